@@ -1,0 +1,160 @@
+"""Model architectures: the numbers that size a decoder LLM, and published presets.
+
+Every figure in PRESETS is copied from the model's published Hugging Face
+config.json. `num_params` counts parameters the way those checkpoints store
+them, so it matches the published totals (tests/test_arch.py checks 1%).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+HeadType = Literal["lm", "value", "reward"]
+
+
+class ModelArch(BaseModel):
+    """A Llama-family decoder (Llama 2/3, Qwen2): RMSNorm, RoPE, GQA, SwiGLU."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_layers: int = Field(gt=0, description="Transformer blocks.")
+    hidden_size: int = Field(gt=0, description="Model width h.")
+    intermediate_size: int = Field(gt=0, description="SwiGLU inner width.")
+    num_heads: int = Field(gt=0, description="Query heads.")
+    num_kv_heads: int = Field(gt=0, description="Key/value heads (GQA); equal to num_heads for MHA.")
+    vocab_size: int = Field(gt=0, description="Embedding rows.")
+    max_positions: int = Field(gt=0, description="Longest sequence the RoPE config supports.")
+    tied_embeddings: bool = Field(False, description="lm_head shares the embedding matrix.")
+    qkv_bias: bool = Field(False, description="Bias on q/k/v projections (Qwen2).")
+    rope_theta: float = Field(10000.0, gt=0, description="RoPE base frequency.")
+    rms_norm_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon.")
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> "ModelArch":
+        if self.hidden_size % self.num_heads != 0:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
+            )
+        if self.num_heads % self.num_kv_heads != 0:
+            raise ValueError(
+                f"num_heads {self.num_heads} is not divisible by num_kv_heads {self.num_kv_heads}"
+            )
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of the k (or v) projection output."""
+        return self.num_kv_heads * self.head_dim
+
+    def layer_params(self) -> int:
+        """Parameters of one transformer block."""
+        h, i = self.hidden_size, self.intermediate_size
+        attn = h * h + 2 * h * self.kv_dim + h * h  # q, k, v, o
+        if self.qkv_bias:
+            attn += h + 2 * self.kv_dim
+        mlp = 3 * h * i  # gate, up, down
+        norms = 2 * h
+        return attn + mlp + norms
+
+    def num_params(self, head: HeadType = "lm") -> int:
+        """Total parameters with the given output head.
+
+        `lm` has a vocab-sized head (shared with the embedding when tied);
+        `value` and `reward` replace it with a (hidden -> 1) projection, as
+        critics and reward models do.
+        """
+        h = self.hidden_size
+        embed = self.vocab_size * h
+        final_norm = h
+        if head == "lm":
+            out = 0 if self.tied_embeddings else self.vocab_size * h
+        else:
+            out = h
+        return embed + self.num_layers * self.layer_params() + final_norm + out
+
+
+def _arch(**kw) -> ModelArch:
+    return ModelArch(**kw)
+
+
+# Published config.json values. Sources: meta-llama/Llama-2-{7,13,70}b-hf,
+# codellama/CodeLlama-34b-hf (Llama 2's 34B was released only as Code Llama),
+# meta-llama/Meta-Llama-3-{8,70}B, Qwen/Qwen2.5-*.
+PRESETS: dict[str, ModelArch] = {
+    "llama2-7b": _arch(num_layers=32, hidden_size=4096, intermediate_size=11008, num_heads=32,
+                       num_kv_heads=32, vocab_size=32000, max_positions=4096),
+    "llama2-13b": _arch(num_layers=40, hidden_size=5120, intermediate_size=13824, num_heads=40,
+                        num_kv_heads=40, vocab_size=32000, max_positions=4096),
+    "llama2-34b": _arch(num_layers=48, hidden_size=8192, intermediate_size=22016, num_heads=64,
+                        num_kv_heads=8, vocab_size=32000, max_positions=16384,
+                        rope_theta=1_000_000.0),
+    "llama2-70b": _arch(num_layers=80, hidden_size=8192, intermediate_size=28672, num_heads=64,
+                        num_kv_heads=8, vocab_size=32000, max_positions=4096),
+    "llama3-8b": _arch(num_layers=32, hidden_size=4096, intermediate_size=14336, num_heads=32,
+                       num_kv_heads=8, vocab_size=128256, max_positions=8192,
+                       rope_theta=500000.0),
+    "llama3-70b": _arch(num_layers=80, hidden_size=8192, intermediate_size=28672, num_heads=64,
+                        num_kv_heads=8, vocab_size=128256, max_positions=8192,
+                        rope_theta=500000.0),
+    "qwen2.5-0.5b": _arch(num_layers=24, hidden_size=896, intermediate_size=4864, num_heads=14,
+                          num_kv_heads=2, vocab_size=151936, max_positions=32768,
+                          tied_embeddings=True, qkv_bias=True, rope_theta=1_000_000.0,
+                          rms_norm_eps=1e-6),
+    "qwen2.5-1.5b": _arch(num_layers=28, hidden_size=1536, intermediate_size=8960, num_heads=12,
+                          num_kv_heads=2, vocab_size=151936, max_positions=32768,
+                          tied_embeddings=True, qkv_bias=True, rope_theta=1_000_000.0,
+                          rms_norm_eps=1e-6),
+    "qwen2.5-7b": _arch(num_layers=28, hidden_size=3584, intermediate_size=18944, num_heads=28,
+                        num_kv_heads=4, vocab_size=152064, max_positions=32768,
+                        qkv_bias=True, rope_theta=1_000_000.0, rms_norm_eps=1e-6),
+    "qwen2.5-14b": _arch(num_layers=48, hidden_size=5120, intermediate_size=13824, num_heads=40,
+                         num_kv_heads=8, vocab_size=152064, max_positions=32768,
+                         qkv_bias=True, rope_theta=1_000_000.0, rms_norm_eps=1e-6),
+    "qwen2.5-32b": _arch(num_layers=64, hidden_size=5120, intermediate_size=27648, num_heads=40,
+                         num_kv_heads=8, vocab_size=152064, max_positions=32768,
+                         qkv_bias=True, rope_theta=1_000_000.0, rms_norm_eps=1e-6),
+    "qwen2.5-72b": _arch(num_layers=80, hidden_size=8192, intermediate_size=29568, num_heads=64,
+                         num_kv_heads=8, vocab_size=152064, max_positions=32768,
+                         qkv_bias=True, rope_theta=1_000_000.0, rms_norm_eps=1e-6),
+    # Tiny sizes for tests and the CPU demo: small enough to train in seconds,
+    # shaped so every tp in {1, 2, 4} divides heads and kv heads.
+    "tiny-llama": _arch(num_layers=4, hidden_size=64, intermediate_size=176, num_heads=4,
+                        num_kv_heads=4, vocab_size=256, max_positions=256),
+    "tiny-llama-gqa": _arch(num_layers=4, hidden_size=64, intermediate_size=176, num_heads=8,
+                            num_kv_heads=4, vocab_size=256, max_positions=256),
+    "tiny-qwen": _arch(num_layers=4, hidden_size=64, intermediate_size=176, num_heads=4,
+                       num_kv_heads=2, vocab_size=256, max_positions=256,
+                       tied_embeddings=True, qkv_bias=True, rms_norm_eps=1e-6),
+}
+
+# Parameter totals as published (safetensors metadata / model cards), lm head.
+PUBLISHED_NUM_PARAMS: dict[str, int] = {
+    "llama2-7b": 6_738_415_616,
+    "llama2-13b": 13_015_864_320,
+    "llama2-34b": 33_743_970_304,
+    "llama2-70b": 68_976_648_192,
+    "llama3-8b": 8_030_261_248,
+    "llama3-70b": 70_553_706_496,
+    "qwen2.5-0.5b": 494_032_768,
+    "qwen2.5-1.5b": 1_543_714_304,
+    "qwen2.5-7b": 7_615_616_512,
+    "qwen2.5-14b": 14_770_033_664,
+    "qwen2.5-32b": 32_763_876_352,
+    "qwen2.5-72b": 72_706_203_648,
+}
+
+
+def get_preset(name: str) -> ModelArch:
+    """The preset called `name`; KeyError lists the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown architecture preset {name!r}; known: {', '.join(sorted(PRESETS))}"
+        ) from None

@@ -1,0 +1,159 @@
+"""The spec a user writes: cluster, models, model function calls, dataset.
+
+Pydantic v2 models with `extra="forbid"` everywhere, so a typo in a field
+name is an error, never silently ignored. Field validators check one value;
+cross-references (keys produced/consumed, models named by calls, cycles) are
+checked in planner/graph/validate.py where the whole spec is in view.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from planner.graph.arch import PRESETS, HeadType, ModelArch
+
+CallType = Literal["generate", "inference", "train"]
+
+# Hardware profile names shipped with the cost model. A path to a profile file
+# (ending in .json) is accepted too, for profiles measured by `planner profile`.
+KNOWN_HARDWARE = ("h100-sxm", "a100-sxm-80g", "h200", "cpu")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClusterSpec(_Strict):
+    """The devices a plan may use: `nodes` x `gpus_per_node`, one hardware kind."""
+
+    nodes: int = Field(gt=0, description="Number of nodes.")
+    gpus_per_node: int = Field(gt=0, description="Devices per node (GPUs, or virtual CPU devices).")
+    hardware: str = Field(
+        description="Hardware profile: one of " + ", ".join(KNOWN_HARDWARE)
+        + ", or a path to a measured profile .json."
+    )
+    gpu_memory_gib: float | None = Field(
+        None, gt=0, description="Override of the profile's per-device memory, in GiB."
+    )
+
+    @field_validator("hardware")
+    @classmethod
+    def _known_hardware(cls, value: str) -> str:
+        if value not in KNOWN_HARDWARE and not value.endswith(".json"):
+            raise ValueError(
+                f"unknown hardware {value!r}; expected one of {', '.join(KNOWN_HARDWARE)} "
+                "or a profile .json path"
+            )
+        return value
+
+    @property
+    def num_devices(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+
+class ModelSpec(_Strict):
+    """A named LLM: its architecture, whether it trains, and its output head."""
+
+    arch: Union[str, ModelArch] = Field(
+        description="A preset name (e.g. llama2-7b) or explicit architecture numbers."
+    )
+    trainable: bool = Field(False, description="Has a train call; parameters change every iteration.")
+    head: HeadType = Field("lm", description="lm (token logits), value (critic) or reward (scalar).")
+    checkpoint: str | None = Field(None, description="Hugging Face checkpoint directory.")
+    dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="Parameter dtype.")
+
+    @field_validator("arch")
+    @classmethod
+    def _known_preset(cls, value):
+        if isinstance(value, str) and value not in PRESETS:
+            raise ValueError(
+                f"unknown architecture preset {value!r}; known: {', '.join(sorted(PRESETS))}"
+            )
+        return value
+
+    @property
+    def architecture(self) -> ModelArch:
+        return PRESETS[self.arch] if isinstance(self.arch, str) else self.arch
+
+
+class CallSpec(_Strict):
+    """One model function call (MFC): a node of the dataflow graph.
+
+    Lengths: a generate call has `prompt_len` and `gen_len`; inference and
+    train calls have either `seq_len` or both (then seq_len = prompt + gen).
+    `num_seqs` counts sequences per iteration, after group expansion.
+    """
+
+    name: str = Field(min_length=1, description="Unique call name, e.g. actor_gen.")
+    model: str = Field(description="Name of a model in `models`.")
+    type: CallType = Field(description="generate, inference or train.")
+    inputs: list[str] = Field(default_factory=list, description="Data keys read.")
+    outputs: list[str] = Field(default_factory=list, description="Data keys produced.")
+    num_seqs: int = Field(gt=0, description="Sequences processed per iteration.")
+    prompt_len: int | None = Field(None, gt=0, description="Prompt tokens per sequence.")
+    gen_len: int | None = Field(None, gt=0, description="Generated tokens per sequence.")
+    seq_len: int | None = Field(None, gt=0, description="Total tokens per sequence.")
+    minibatches: int = Field(1, gt=0, description="Optimizer steps per epoch (train only).")
+    epochs: int = Field(1, gt=0, description="Passes over the batch (train only).")
+    group_size: int = Field(1, gt=0, description="Samples per prompt (GRPO-style generation).")
+
+    @model_validator(mode="after")
+    def _check_lengths(self) -> "CallSpec":
+        if self.type == "generate":
+            if self.prompt_len is None or self.gen_len is None:
+                raise ValueError("a generate call needs prompt_len and gen_len")
+        elif self.seq_len is None and (self.prompt_len is None or self.gen_len is None):
+            raise ValueError(f"a {self.type} call needs seq_len, or prompt_len and gen_len")
+        if self.type != "train" and (self.minibatches != 1 or self.epochs != 1):
+            raise ValueError("minibatches and epochs apply to train calls only")
+        if self.type == "train" and self.minibatches > self.num_seqs:
+            raise ValueError(
+                f"minibatches {self.minibatches} exceeds num_seqs {self.num_seqs}"
+            )
+        if self.group_size > 1 and self.num_seqs % self.group_size != 0:
+            raise ValueError(
+                f"num_seqs {self.num_seqs} is not a multiple of group_size {self.group_size}"
+            )
+        return self
+
+    @property
+    def total_len(self) -> int:
+        """Tokens per sequence: prompt + generation, or seq_len."""
+        if self.seq_len is not None:
+            return self.seq_len
+        return self.prompt_len + self.gen_len  # type: ignore[operator]
+
+
+class DatasetSpec(_Strict):
+    """What the data loader provides each iteration."""
+
+    keys: list[str] = Field(description="Data keys given by the dataset, e.g. [prompts].")
+    iterations: int = Field(1, gt=0, description="Training iterations to run.")
+    path: str | None = Field(None, description="Prompts file (jsonl) for the runtime.")
+
+
+class Spec(_Strict):
+    """A whole RLHF workload: what runs, on what, and how the data flows."""
+
+    name: str | None = Field(None, description="A label for reports.")
+    cluster: ClusterSpec
+    models: dict[str, ModelSpec] = Field(description="Model name -> model.")
+    calls: list[CallSpec] = Field(description="The model function calls of one iteration.")
+    dataset: DatasetSpec
+
+    def call(self, name: str) -> CallSpec:
+        for c in self.calls:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def canonical_json(self) -> str:
+        """A stable text of the spec: the hash input for plans."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def spec_hash(self) -> str:
+        return "sha256:" + hashlib.sha256(self.canonical_json().encode()).hexdigest()
