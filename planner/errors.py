@@ -1,0 +1,35 @@
+"""User-facing errors: each carries one line that says what is wrong and where.
+
+The CLI prints `str(err)` alone and exits 2; anything else reaching the CLI is
+a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input from the user (a spec, a plan, a flag, a file)."""
+
+
+class SpecError(UserError):
+    """A spec problem, located as `FILE:LINE FIELD.PATH: message`."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 field: str | None = None) -> None:
+        self.message = message
+        self.file = file
+        self.line = line
+        self.field = field
+        super().__init__(self.format())
+
+    def format(self) -> str:
+        where = self.file or "<spec>"
+        if self.line is not None:
+            where += f":{self.line}"
+        if self.field:
+            where += f" {self.field}"
+        return f"{where}: {self.message}"
+
+
+class PlanError(UserError):
+    """A plan that cannot be loaded or does not fit its spec or cluster."""
