@@ -5,5 +5,16 @@ planner/layout plans, and the cost model prices the same plans.
 """
 
 from planner.layout.layout import Layout, LayoutError, format_layout, parse_layout
+from planner.layout.sharding import (
+    ParamRule,
+    check_layout,
+    layer_stages,
+    local_shards,
+    param_rules,
+    shard_slice,
+)
 
-__all__ = ["Layout", "LayoutError", "format_layout", "parse_layout"]
+__all__ = [
+    "Layout", "LayoutError", "ParamRule", "check_layout", "format_layout", "layer_stages",
+    "local_shards", "param_rules", "parse_layout", "shard_slice",
+]
