@@ -28,7 +28,8 @@ class SpecError(UserError):
             where += f":{self.line}"
         if self.field:
             where += f" {self.field}"
-        return f"{where}: {self.message}"
+        # One line, always: a key or name with a newline in it must not break it.
+        return f"{where}: {self.message}".replace("\r", "\\r").replace("\n", "\\n")
 
 
 class PlanError(UserError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -100,6 +101,9 @@ class CallSpec(_Strict):
     minibatches: int = Field(1, gt=0, description="Optimizer steps per epoch (train only).")
     epochs: int = Field(1, gt=0, description="Passes over the batch (train only).")
     group_size: int = Field(1, gt=0, description="Samples per prompt (GRPO-style generation).")
+    sampling: Literal["sample", "greedy"] = Field(
+        "sample", description="Decoding of a generate call: sample or greedy (ReMax baseline)."
+    )
 
     @model_validator(mode="after")
     def _check_lengths(self) -> "CallSpec":
@@ -128,6 +132,28 @@ class CallSpec(_Strict):
         return self.prompt_len + self.gen_len  # type: ignore[operator]
 
 
+class FunctionSpec(_Strict):
+    """A host-side Python function between calls, e.g. a rule-based reward.
+
+    It runs on the controller, takes no device time, and is not a graph node:
+    the graph links the producers of its inputs to the consumers of its outputs.
+    """
+
+    name: str = Field(min_length=1, description="Unique name, e.g. reward_fn.")
+    fn: str = Field(description="Python function as module:function.")
+    inputs: list[str] = Field(default_factory=list, description="Data keys read.")
+    outputs: list[str] = Field(default_factory=list, description="Data keys produced.")
+
+    @field_validator("fn")
+    @classmethod
+    def _module_function(cls, value: str) -> str:
+        mod, sep, func = value.partition(":")
+        ident = r"[A-Za-z_][A-Za-z0-9_]*"
+        if not sep or not re.fullmatch(rf"{ident}(\.{ident})*", mod) or not re.fullmatch(ident, func):
+            raise ValueError(f"expected module:function, e.g. mypkg.rewards:score, got {value!r}")
+        return value
+
+
 class DatasetSpec(_Strict):
     """What the data loader provides each iteration."""
 
@@ -143,6 +169,9 @@ class Spec(_Strict):
     cluster: ClusterSpec
     models: dict[str, ModelSpec] = Field(description="Model name -> model.")
     calls: list[CallSpec] = Field(description="The model function calls of one iteration.")
+    functions: list[FunctionSpec] = Field(
+        default_factory=list, description="Host-side functions between calls (rule rewards)."
+    )
     dataset: DatasetSpec
 
     def call(self, name: str) -> CallSpec:

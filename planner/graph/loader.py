@@ -1,0 +1,261 @@
+"""Load a spec from YAML (or a Python dict) into a checked `Spec`.
+
+Every error becomes one `SpecError` line: `FILE:LINE FIELD.PATH: message`.
+Line numbers come from PyYAML's node marks, recorded per field path while
+the document is composed; pydantic's error locations are mapped onto them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from planner.errors import SpecError
+from planner.graph.algorithms import ALGORITHMS, DATASET_KEYS, expand
+from planner.graph.spec import Spec
+
+Loc = tuple[Any, ...]
+Locator = Callable[[Loc], tuple[int | None, str]]
+
+
+def format_path(loc: Loc) -> str:
+    """('calls', 3, 'inputs', 1) -> 'calls[3].inputs[1]'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+def _line_map(node: yaml.Node, file: str) -> dict[Loc, int]:
+    """Line (1-based) of every mapping key and sequence item, by field path."""
+    lines: dict[Loc, int] = {(): node.start_mark.line + 1}
+
+    def walk(n: yaml.Node, path: Loc) -> None:
+        if isinstance(n, yaml.MappingNode):
+            seen: set[str] = set()
+            for key_node, value_node in n.value:
+                key = str(key_node.value)
+                if key in seen:
+                    raise SpecError(f"duplicate key '{key}'", file=file,
+                                    line=key_node.start_mark.line + 1,
+                                    field=format_path(path + (key,)))
+                seen.add(key)
+                lines[path + (key,)] = key_node.start_mark.line + 1
+                walk(value_node, path + (key,))
+        elif isinstance(n, yaml.SequenceNode):
+            for i, item in enumerate(n.value):
+                lines[path + (i,)] = item.start_mark.line + 1
+                walk(item, path + (i,))
+
+    walk(node, ())
+    return lines
+
+
+def parse_yaml(text: str, file: str) -> tuple[Any, dict[Loc, int]]:
+    """The document's data and its line map; malformed YAML is a SpecError."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SpecError(f"malformed YAML: {problem}", file=file,
+                        line=mark.line + 1 if mark else None) from None
+    except (ValueError, RecursionError) as err:  # e.g. a timestamp out of range
+        raise SpecError(f"malformed YAML: {err}", file=file) from None
+    lines = _line_map(node, file) if node is not None else {}
+    return data, lines
+
+
+# ---------------------------------------------------------------------- locating
+
+
+def make_locator(lines: dict[Loc, int], data: Any, expanded: dict[str, int]) -> Locator:
+    """Map a field path to (line, printable field).
+
+    `expanded[section]` = how many leading items of `section` the user wrote;
+    items past that came from the algorithm shorthand and are reported at the
+    `algorithm` line.
+    """
+
+    def locate(loc: Loc) -> tuple[int | None, str]:
+        loc = _data_path(data, loc)
+        field = format_path(loc)
+        if loc and loc[0] in expanded and len(loc) > 1 and isinstance(loc[1], int) \
+                and loc[1] >= expanded[loc[0]]:
+            return lines.get(("algorithm",)), f"algorithm(expanded {field})"
+        for n in range(len(loc), -1, -1):
+            key = tuple(p if isinstance(p, int) else str(p) for p in loc[:n])
+            if key in lines:
+                return lines[key], field
+        return None, field
+
+    return locate
+
+
+def _data_path(data: Any, loc: Loc) -> Loc:
+    """Drop pydantic's union-member tags (e.g. 'ModelArch', 'str') from a location."""
+    out: list[Any] = []
+    node = data
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+            out.append(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+            out.append(part)
+        elif isinstance(part, str) and _is_union_tag(part):
+            continue
+        else:
+            out.append(part)  # a missing or unknown field: name it, stop descending
+            node = None
+    return tuple(out)
+
+
+def _is_union_tag(part: str) -> bool:
+    """pydantic names union members in locations: 'ModelArch', 'str', 'function-after[...]'."""
+    return part[:1].isupper() or "[" in part or part in ("str", "int", "float", "dict", "list")
+
+
+def pydantic_message(err: dict[str, Any], model: type[BaseModel] | None) -> str:
+    kind = err["type"]
+    loc = err["loc"]
+    if kind == "extra_forbidden":
+        name = str(loc[-1]) if loc else "?"
+        hint = ""
+        if model is not None:
+            match = difflib.get_close_matches(name, _field_names(model), n=1)
+            hint = f" (did you mean '{match[0]}'?)" if match else ""
+        return f"unknown field '{name}'{hint}"
+    if kind == "missing":
+        return f"missing required field '{loc[-1]}'"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        return msg[len("Value error, "):]
+    value = err.get("input")
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return f"{msg[0].lower()}{msg[1:]}, got {value!r}"
+    return msg[0].lower() + msg[1:]
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    names: list[str] = []
+    stack = [model]
+    while stack:
+        m = stack.pop()
+        for name, info in m.model_fields.items():
+            names.append(name)
+            ann = info.annotation
+            for cand in getattr(ann, "__args__", ()) + (ann,):
+                if isinstance(cand, type) and issubclass(cand, BaseModel) and cand not in stack:
+                    stack.append(cand)
+    return names
+
+
+_UNION_MISMATCH = {"string_type", "model_type", "dict_type", "model_attributes_type"}
+
+
+def _raise_validation(exc: ValidationError, file: str | None, locate: Locator,
+                      model: type[BaseModel], prefix: Loc = ()) -> None:
+    errs = exc.errors()
+    # A union field (arch: preset name | numbers) reports a type error for each
+    # member it did not match; the member that matched the input's type says more.
+    specific = [e for e in errs if e["type"] not in _UNION_MISMATCH]
+    located = []
+    for e in specific or errs:
+        line, field = locate(prefix + tuple(e["loc"]))
+        # A typo gives "unknown field" and "missing field": the first says more.
+        located.append((e["type"] == "missing", line or 0, field, pydantic_message(e, model)))
+    _, line, field, msg = min(located, key=lambda t: t[:2])
+    raise SpecError(msg, file=file, line=line or None, field=field) from None
+
+
+# ----------------------------------------------------------------------- loading
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read, parse and check a YAML spec file."""
+    file = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise SpecError(f"cannot read spec: {err.strerror}", file=file) from None
+    except UnicodeDecodeError:
+        raise SpecError("cannot read spec: not UTF-8 text", file=file) from None
+    data, lines = parse_yaml(text, file)
+    return spec_from_data(data, file=file, lines=lines)
+
+
+def spec_from_data(data: Any, *, file: str | None = None,
+                   lines: dict[Loc, int] | None = None) -> Spec:
+    """Build and check a Spec from plain data (what YAML or JSON gives)."""
+    from planner.graph.validate import check_spec  # validate imports dataflow, which needs Spec
+
+    lines = lines or {}
+    if not isinstance(data, dict):
+        raise SpecError("expected a mapping with cluster, models, calls (or algorithm), dataset",
+                        file=file, line=1)
+    expanded: dict[str, int] = {}
+    if "algorithm" in data:
+        data = _expand_algorithm(data, file, lines, expanded)
+    locate = make_locator(lines, data, expanded)
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as exc:
+        _raise_validation(exc, file, locate, Spec)
+    check_spec(spec, file=file, locate=locate)
+    return spec
+
+
+def _expand_algorithm(data: dict, file: str | None, lines: dict[Loc, int],
+                      expanded: dict[str, int]) -> dict:
+    plain_locate = make_locator(lines, data, {})
+
+    def fail(msg: str, loc: Loc) -> None:
+        line, field = plain_locate(loc)
+        raise SpecError(msg, file=file, line=line, field=field)
+
+    alg = data["algorithm"]
+    if "calls" in data:
+        fail("give either calls or algorithm, not both", ("calls",))
+    if not isinstance(alg, dict):
+        fail("expected a mapping like {name: ppo, batch_size: ...}", ("algorithm",))
+    name = alg.get("name")
+    if name not in ALGORITHMS:
+        fail(f"unknown algorithm {name!r}; known: {', '.join(ALGORITHMS)}", ("algorithm", "name"))
+    params_model = ALGORITHMS[name][0]
+    try:
+        params = params_model.model_validate(alg)
+    except ValidationError as exc:
+        _raise_validation(exc, file, plain_locate, params_model, prefix=("algorithm",))
+    models = data.get("models")
+    if isinstance(models, dict):
+        for role, model_name in params.roles().items():  # type: ignore[attr-defined]
+            if model_name not in models:
+                loc = ("algorithm", role) if role in alg else ("algorithm",)
+                fail(f"the {role} model '{model_name}' is not in models "
+                     f"(models: {', '.join(map(str, models)) or 'none'})", loc)
+    calls, funcs = expand(params)
+    out = {k: v for k, v in data.items() if k != "algorithm"}
+    out["calls"] = [c.model_dump(exclude_defaults=True) for c in calls]
+    expanded["calls"] = 0
+    user_funcs = data.get("functions", [])
+    if funcs:
+        if not isinstance(user_funcs, list):
+            fail("expected a list of functions", ("functions",))
+        expanded["functions"] = len(user_funcs)
+        out["functions"] = list(user_funcs) + [f.model_dump() for f in funcs]
+    ds = out.get("dataset")
+    if isinstance(ds, dict) and "keys" not in ds:
+        out["dataset"] = {**ds, "keys": DATASET_KEYS[name]}
+    return out

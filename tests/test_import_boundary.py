@@ -1,0 +1,39 @@
+"""Arrows point one way (DESIGN.md): planner never imports runtime; graph and
+cost_model never import torch.distributed; cost_model never imports search."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def _imports(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+    return out
+
+
+def _violations(folder: str, forbidden: tuple[str, ...]) -> list[str]:
+    bad = []
+    for path in (ROOT / folder).rglob("*.py"):
+        for mod in _imports(path):
+            if any(mod == f or mod.startswith(f + ".") for f in forbidden):
+                bad.append(f"{path.relative_to(ROOT)} imports {mod}")
+    return bad
+
+
+def test_planner_never_imports_runtime():
+    assert _violations("planner", ("runtime",)) == []
+
+
+def test_graph_and_layout_are_pure():
+    assert _violations("planner/graph", ("torch",)) == []
+    assert _violations("planner/layout", ("torch",)) == []
+
+
+def test_cost_model_never_imports_search_or_distributed_at_module_level():
+    assert _violations("planner/cost_model", ("planner.search", "runtime")) == []

@@ -1,0 +1,72 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from planner.errors import PlanError
+from planner.graph.loader import load_spec
+from planner.plan import (CallAssignment, CallEstimate, ExecutionPlan, Provenance, load_plan,
+                          save_plan)
+
+SPEC = Path(__file__).parent.parent / "specs" / "tiny-ppo-cpu.yaml"
+
+
+def make_plan():
+    spec = load_spec(SPEC)
+    calls = [CallAssignment(name=c.name, device_ids=[0, 1, 2, 3], dp=2, tp=2, pp=1,
+                            micro_batches=2,
+                            estimate=CallEstimate(start_s=i, end_s=i + 0.5,
+                                                  peak_memory_bytes=1000,
+                                                  breakdown_s={"compute": 0.5}))
+             for i, c in enumerate(spec.calls)]
+    plan = ExecutionPlan(spec_hash=spec.spec_hash(), spec_path=str(SPEC), cluster=spec.cluster,
+                         calls=calls, iteration_time_s=5.0,
+                         provenance=Provenance(method="manual", seed=1))
+    return spec, plan
+
+
+def test_round_trip(tmp_path):
+    spec, plan = make_plan()
+    path = tmp_path / "plan.json"
+    save_plan(plan, path)
+    again = load_plan(path, spec=spec)
+    assert again == plan
+    assert again.assignment("actor_train").layout_str == "0-3:d2t2"
+    assert not list(tmp_path.glob(".*tmp"))  # no temp file left behind
+
+
+def _tampered(tmp_path, mutate):
+    spec, plan = make_plan()
+    data = json.loads(plan.model_dump_json())
+    mutate(data)
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(data))
+    return spec, path
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda d: d["calls"][1]["device_ids"].__setitem__(3, 7),
+     "calls[1].device_ids[3]: device 7 does not exist (the cluster has devices 0-3)"),
+    (lambda d: d["calls"][0].__setitem__("dp", 4),
+     "calls[0]: dp*tp*pp = 4*2*1 = 8 but 4 device ids are given"),
+    (lambda d: d["calls"].pop(2), "calls: no assignment for call(s) critic_inf"),
+    (lambda d: d["calls"].append(dict(d["calls"][0])),
+     "calls[5].name: call 'actor_gen' is assigned twice (also calls[0])"),
+    (lambda d: d.__setitem__("spec_hash", "sha256:00"),
+     "spec_hash: the plan was made for another spec"),
+    (lambda d: d["calls"][0].__setitem__("speed", 3), "calls[0].speed: unknown field 'speed'"),
+    (lambda d: d.__setitem__("format_version", 99), "format_version: 99 is not supported"),
+])
+def test_tampered_plan_is_refused(tmp_path, mutate, message):
+    spec, path = _tampered(tmp_path, mutate)
+    with pytest.raises(PlanError) as info:
+        load_plan(path, spec=spec)
+    assert str(info.value).startswith(f"{path} "), str(info.value)
+    assert message in str(info.value)
+
+
+def test_malformed_json(tmp_path):
+    path = tmp_path / "plan.json"
+    path.write_text("{\n  \"calls\": [\n")
+    with pytest.raises(PlanError, match=r"plan.json:3 malformed JSON"):
+        load_plan(path)
