@@ -13,8 +13,8 @@ install:
 	$(PYTHON) -m pip install -q -e ".[test]"
 
 demo: install
-	planner validate specs/*.yaml
-	planner graph specs/tiny-ppo-cpu.yaml
+	$(PYTHON) -m planner.cli validate specs/*.yaml
+	$(PYTHON) -m planner.cli graph specs/tiny-ppo-cpu.yaml
 
 test: install
 	$(PYTHON) -m pytest -q
