@@ -13,7 +13,13 @@ from planner.layout.sharding import (
     param_rules,
     shard_slice,
 )
-from planner.layout.transfer import Piece, TransferPlan, TransferStats, plan_transfer, transfer_bytes
+from planner.layout.transfer import (
+    Piece,
+    TransferPlan,
+    TransferStats,
+    plan_transfer,
+    transfer_bytes,
+)
 
 __all__ = [
     "Layout", "LayoutError", "ParamRule", "check_layout", "format_layout", "layer_stages",

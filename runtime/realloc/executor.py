@@ -1,0 +1,188 @@
+"""Execute a transfer plan on torch.distributed (gloo on CPU, NCCL on GPU).
+
+Every process of the group calls `execute` (or `reallocate`) with the same
+plan; processes outside both layouts just take part in the input check and
+get an empty dict back. Device ids of the layouts are ranks of the group
+unless `device_to_rank` maps them.
+
+Order of work, per process:
+1. check the inputs (devices inside the group, this device's source shards
+   present with the right shapes, one dtype); then one all-reduce so that
+   every process raises if any process found a problem, before a byte moves;
+2. local copies (a source shard the destination shard equals is reused
+   without a copy when `free_source` is set);
+3. rounds of batched p2p (`dist.batch_isend_irecv`): per peer and round one
+   packed buffer, at most `chunk_bytes` sent and `chunk_bytes` received per
+   process per round (see schedule.py);
+4. with `free_source`, the source shards are dropped from the caller's dict
+   so their memory can go back to the allocator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.distributed as dist
+
+from planner.graph.arch import HeadType, ModelArch
+from planner.layout.layout import Layout, LayoutError
+from planner.layout.transfer import TransferPlan, plan_transfer
+from runtime.realloc.schedule import DeviceSchedule, device_schedule
+
+DEFAULT_CHUNK_BYTES = 256 << 20
+
+
+class ReallocError(ValueError):
+    """Inputs a realloc cannot use; raised on every process before anything moves."""
+
+
+def _device_rank_map(plan: TransferPlan, device_to_rank: Mapping[int, int] | None,
+                     world: int) -> dict[int, int]:
+    devices = sorted(set(plan.src.device_ids) | set(plan.dst.device_ids))
+    if device_to_rank is None:
+        outside = [d for d in devices if d >= world]
+        if outside:
+            raise ReallocError(f"devices {outside} of layouts {plan.src} -> {plan.dst} are "
+                               f"outside the process group of {world} ranks")
+        return {d: d for d in devices}
+    missing = [d for d in devices if d not in device_to_rank]
+    if missing:
+        raise ReallocError(f"devices {missing} have no rank in device_to_rank")
+    bad = {d: device_to_rank[d] for d in devices if not 0 <= device_to_rank[d] < world}
+    if bad:
+        raise ReallocError(f"device_to_rank maps {bad} outside the group of {world} ranks")
+    if len({device_to_rank[d] for d in devices}) != len(devices):
+        raise ReallocError("device_to_rank maps two devices to one rank")
+    return {d: device_to_rank[d] for d in devices}
+
+
+def check_shards(sched: DeviceSchedule, shards: Mapping[str, torch.Tensor],
+                 dtype: torch.dtype) -> str | None:
+    """Why this device's source shards do not fit the plan, or None."""
+    want = sched.src_shapes
+    missing = sorted(set(want) - set(shards))
+    if missing:
+        return (f"device {sched.device}: {len(missing)} source shards missing, "
+                f"e.g. {missing[0]}")
+    extra = sorted(set(shards) - set(want))
+    if extra:
+        return f"device {sched.device}: unexpected source shard {extra[0]} (not in its layout)"
+    for name, shape in want.items():
+        t = shards[name]
+        if tuple(t.shape) != shape:
+            return (f"device {sched.device}: {name} has shape {tuple(t.shape)}, "
+                    f"the source layout gives {shape}")
+        if t.dtype != dtype:
+            return f"device {sched.device}: {name} is {t.dtype}, expected {dtype}"
+    return None
+
+
+def execute(plan: TransferPlan, shards: dict[str, torch.Tensor], *, dtype: torch.dtype,
+            group: dist.ProcessGroup | None = None,
+            device_to_rank: Mapping[int, int] | None = None,
+            chunk_bytes: int = DEFAULT_CHUNK_BYTES, free_source: bool = False,
+            tensor_device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """Run `plan`: from this process's source shards (HF name -> shard) return its
+    destination shards. Collective over `group`: every process must call it."""
+    world = dist.get_world_size(group)
+    my_rank = dist.get_rank(group)
+    if tensor_device is None:
+        tensor_device = (torch.device("cuda", torch.cuda.current_device())
+                         if dist.get_backend(group) == "nccl" else torch.device("cpu"))
+    tensor_device = torch.device(tensor_device)
+    # Plan-level checks: the plan is the same everywhere, so every process raises here.
+    rank_of = _device_rank_map(plan, device_to_rank, world)
+    me = next((d for d, r in rank_of.items() if r == my_rank), None)
+
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    problem = None
+    sched = None
+    if me is not None:
+        try:
+            sched = device_schedule(plan, me, chunk_bytes=chunk_bytes, itemsize=itemsize)
+        except ValueError as e:
+            problem = str(e)
+        if sched is not None:
+            problem = check_shards(sched, shards, dtype)
+    elif shards:
+        problem = f"rank {my_rank} is in neither layout but was given source shards"
+    # All processes agree before anything moves (MIN of "ok" flags).
+    ok = torch.tensor([0 if problem else 1], dtype=torch.int32, device=tensor_device)
+    dist.all_reduce(ok, op=dist.ReduceOp.MIN, group=group)
+    if problem:
+        raise ReallocError(problem)
+    if int(ok.item()) == 0:
+        raise ReallocError("realloc aborted: another process found bad input (see its error)")
+    if sched is None:
+        return {}
+
+    out = _run(sched, shards, rank_of, dtype, group, tensor_device, free_source)
+    if free_source:
+        shards.clear()
+    return out
+
+
+def _run(sched: DeviceSchedule, shards: dict[str, torch.Tensor], rank_of: dict[int, int],
+         dtype: torch.dtype, group, tensor_device: torch.device,
+         free_source: bool) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for piece in sched.local:
+        src = shards[piece.name]
+        # A whole shard staying put: keep the tensor itself when the source may go.
+        if (free_source and tuple(src.shape) == sched.dst_shapes[piece.name]
+                and all(s == slice(0, n) for s, n in zip(piece.src_slice, src.shape))
+                and piece.src_slice == piece.dst_slice):
+            out[piece.name] = src
+    for name, shape in sched.dst_shapes.items():
+        if name not in out:
+            out[name] = torch.empty(shape, dtype=dtype, device=tensor_device)
+    for piece in sched.local:
+        dst = out[piece.name]
+        if dst is not shards[piece.name]:
+            dst[piece.dst_slice].copy_(shards[piece.name][piece.src_slice])
+
+    for msgs in sched.rounds:
+        ops, recvs = [], []
+        for m in msgs:
+            peer = rank_of[m.peer]
+            if m.send:
+                views = [shards[p.name][p.src_slice] for p in m.parts]
+                # One contiguous block goes as it is; otherwise pack (one copy).
+                buf = (views[0] if len(views) == 1 and views[0].is_contiguous()
+                       else torch.cat([v.reshape(-1) for v in views]))
+                ops.append(dist.P2POp(dist.isend, buf, peer, group))
+            else:
+                direct = (out[m.parts[0].name][m.parts[0].dst_slice]
+                          if len(m.parts) == 1 else None)
+                if direct is not None and direct.is_contiguous():
+                    # Receive straight into the destination shard.
+                    ops.append(dist.P2POp(dist.irecv, direct, peer, group))
+                    continue
+                buf = torch.empty(m.numel, dtype=dtype, device=tensor_device)
+                ops.append(dist.P2POp(dist.irecv, buf, peer, group))
+                recvs.append((m, buf))
+        if not ops:
+            continue
+        for req in dist.batch_isend_irecv(ops):
+            req.wait()
+        for m, buf in recvs:
+            off = 0
+            for p in m.parts:
+                dst = out[p.name][p.dst_slice]
+                dst.copy_(buf[off:off + p.numel].view(dst.shape))
+                off += p.numel
+    return out
+
+
+def reallocate(shards: dict[str, torch.Tensor], arch: ModelArch, src: Layout, dst: Layout, *,
+               dtype: torch.dtype, head: HeadType = "lm", gpus_per_node: int = 8,
+               dst_arch: ModelArch | None = None, **kwargs) -> dict[str, torch.Tensor]:
+    """Plan and execute in one call; bad layouts raise ReallocError on every process."""
+    try:
+        plan = plan_transfer(arch, src, dst, head=head, gpus_per_node=gpus_per_node,
+                             dtype_bytes=torch.empty(0, dtype=dtype).element_size(),
+                             dst_arch=dst_arch)
+    except LayoutError as e:
+        raise ReallocError(str(e)) from None
+    return execute(plan, shards, dtype=dtype, **kwargs)
