@@ -130,3 +130,19 @@ def test_algorithm_errors_point_at_algorithm(tmp_path):
 def test_missing_file():
     with pytest.raises(SpecError, match="nope.yaml: cannot read spec"):
         load_spec("nope.yaml")
+
+
+@pytest.mark.parametrize("edit,expected", [
+    ("minibatches: 2", ":10 algorithm: expands to an invalid call: minibatches 99 exceeds num_seqs 16"),
+    ("name: [ppo]", ":11 algorithm.name: unknown algorithm ['ppo']; known: ppo, grpo"),
+])
+def test_algorithm_expansion_errors(tmp_path, edit, expected):
+    from pathlib import Path
+    text = (Path(__file__).parent.parent / "specs" / "tiny-ppo-cpu.yaml").read_text()
+    text = text.replace("minibatches: 2", "minibatches: 99") if edit.startswith("mini") \
+        else text.replace("name: ppo", edit)
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert expected in str(info.value)

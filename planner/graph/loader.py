@@ -231,7 +231,7 @@ def _expand_algorithm(data: dict, file: str | None, lines: dict[Loc, int],
     if not isinstance(alg, dict):
         fail("expected a mapping like {name: ppo, batch_size: ...}", ("algorithm",))
     name = alg.get("name")
-    if name not in ALGORITHMS:
+    if not isinstance(name, str) or name not in ALGORITHMS:
         fail(f"unknown algorithm {name!r}; known: {', '.join(ALGORITHMS)}", ("algorithm", "name"))
     params_model = ALGORITHMS[name][0]
     try:
@@ -245,7 +245,11 @@ def _expand_algorithm(data: dict, file: str | None, lines: dict[Loc, int],
                 loc = ("algorithm", role) if role in alg else ("algorithm",)
                 fail(f"the {role} model '{model_name}' is not in models "
                      f"(models: {', '.join(map(str, models)) or 'none'})", loc)
-    calls, funcs = expand(params)
+    try:
+        calls, funcs = expand(params)
+    except ValidationError as exc:  # parameters that make an impossible call
+        e = exc.errors()[0]
+        fail(f"expands to an invalid call: {pydantic_message(e, None)}", ("algorithm",))
     out = {k: v for k, v in data.items() if k != "algorithm"}
     out["calls"] = [c.model_dump(exclude_defaults=True) for c in calls]
     expanded["calls"] = 0
