@@ -1,0 +1,47 @@
+"""The cost model: hardware profiles, time and memory of every call, realloc and transfer cost.
+
+Public API (the search and the CLI use only these):
+
+    load_profile(name_or_path, memory_override_gib=None) -> HardwareProfile
+    estimate_call(arch, head, call, layout, micro_batches, profile, *, trainable,
+                  gpus_per_node, recompute=False, shard_optimizer=False) -> CallEstimate
+    decode_step(arch, head, batch, context, profile, *, tp=1, pp=1) -> DecodeStep
+    realloc_cost(arch, head, src, dst, profile, *, gpus_per_node) -> TransferCost
+    data_transfer_cost(nbytes, src, dst, profile, *, gpus_per_node) -> TransferCost
+    check_layout(arch, layout, gpus_per_node) (raises IllegalLayoutError)
+
+This package never imports planner.search, runtime, or torch.distributed; the
+profiler imports torch lazily inside its measuring functions.
+"""
+
+from planner.cost_model.estimator import (
+    CallEstimate,
+    CallShape,
+    DecodeStep,
+    clear_cache,
+    decode_step,
+    estimate_call,
+)
+from planner.cost_model.legality import IllegalLayoutError, check_layout, layout_problem, mesh_problem
+from planner.cost_model.memory import MemoryEstimate
+from planner.cost_model.transfer import (
+    TransferCost,
+    data_transfer_cost,
+    realloc_bytes,
+    realloc_cost,
+)
+from planner.cost_model.profile import (
+    PROFILE_FORMAT_VERSION,
+    SHIPPED_PROFILES,
+    HardwareProfile,
+    ProfileError,
+    load_profile,
+)
+
+__all__ = [
+    "CallEstimate", "CallShape", "DecodeStep", "HardwareProfile", "IllegalLayoutError",
+    "MemoryEstimate", "PROFILE_FORMAT_VERSION", "ProfileError", "SHIPPED_PROFILES",
+    "check_layout", "clear_cache", "decode_step", "estimate_call", "layout_problem",
+    "load_profile", "mesh_problem", "TransferCost", "data_transfer_cost", "realloc_bytes",
+    "realloc_cost",
+]

@@ -1,0 +1,390 @@
+"""Time and memory of one model function call under one layout: the search's oracle.
+
+    estimate_call(arch, head, call, layout, micro_batches, profile,
+                  trainable=..., gpus_per_node=...) -> CallEstimate
+
+One function per call type (train, inference, generate). Each returns the
+time of the call on its layout, a breakdown of named seconds that sum to it,
+and the per-GPU memory (memory.py). Results are cached: the answer depends on
+the layout only through (dp, tp, pp) and which link tier its dp and pp groups
+cross, so the search's many meshes of one shape share one computation.
+
+Pipeline model: 1F1B (Narayanan et al. 2021): m micro-batches over pp stages
+take (m + pp - 1) stage-times, i.e. compute plus a fill of (pp - 1)/m of it.
+Formulas and sources: README.md beside this file.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from types import MappingProxyType
+from typing import Mapping
+
+from planner.cost_model.device import Device, device_of
+from planner.cost_model.flops import (
+    Dims,
+    dims_of,
+    forward_flops_per_token,
+    head_out_features,
+    train_flops_per_token,
+)
+from planner.cost_model.layer_time import (
+    decode_layer_bounds_s,
+    decode_layer_s,
+    head_bwd_s,
+    head_fwd_s,
+    layer_bwd_s,
+    layer_fwd_s,
+)
+from planner.cost_model.legality import IllegalLayoutError, batch_problem, layout_problem
+from planner.cost_model.memory import (
+    MemoryEstimate,
+    activation_bytes_per_layer,
+    kv_cache_bytes,
+    logits_bytes,
+    optimizer_bytes_per_param,
+    stage_param_counts,
+)
+from planner.cost_model.profile import HardwareProfile
+from planner.graph.arch import HeadType, ModelArch
+from planner.graph.spec import CallSpec
+from planner.layout.layout import Layout
+from planner.layout.sharding import layer_stages
+
+# Bytes an Adam step reads and writes per parameter: grad in, fp32 master,
+# momentum and variance in and out, 16-bit param out (2 + 8 + 8 + 8 + 2); the
+# fp32 case (grad 4, param 8, moments 16) also comes to 28.
+ADAM_BYTES_PER_PARAM = 28
+
+
+@dataclass(frozen=True, slots=True)
+class CallShape:
+    """The numbers of a call that its cost depends on (hashable, unlike CallSpec)."""
+
+    type: str
+    num_seqs: int
+    seq_len: int          # total tokens per sequence
+    prompt_len: int       # generate: prompt tokens (else seq_len)
+    gen_len: int          # generate: new tokens (else 0)
+    minibatches: int = 1
+    epochs: int = 1
+
+    @classmethod
+    def of(cls, call: "CallSpec | CallShape") -> "CallShape":
+        if isinstance(call, CallShape):
+            return call
+        if call.type == "generate":
+            return cls("generate", call.num_seqs, call.total_len, call.prompt_len, call.gen_len)
+        return cls(call.type, call.num_seqs, call.total_len, call.total_len, 0,
+                   call.minibatches, call.epochs)
+
+
+@dataclass(frozen=True, slots=True)
+class CallEstimate:
+    """time_s = sum(breakdown.values()); memory on the most loaded GPU; model FLOPs done."""
+
+    time_s: float
+    breakdown: Mapping[str, float]
+    memory: MemoryEstimate
+    flops: float
+
+    def as_dict(self) -> dict:
+        return {"time_s": self.time_s, "breakdown_s": dict(self.breakdown),
+                "memory_bytes": self.memory.as_dict(), "flops": self.flops}
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeStep:
+    """One decode step of a whole model: its time and the two sides of its roofline."""
+
+    time_s: float
+    compute_s: float   # FLOPs / achieved FLOP/s
+    memory_s: float    # (weights / (tp*pp) + KV) / bandwidth, on the slowest stage
+    bound: str         # "memory" or "compute": the larger side
+
+
+@dataclass(frozen=True, slots=True)
+class _Ctx:
+    """Everything the per-type estimators need; hashable for the cache."""
+
+    arch: ModelArch
+    head: HeadType
+    dp: int
+    tp: int
+    pp: int
+    m: int
+    dev: Device
+    dtype_bytes: int
+    dp_tier: str
+    pp_tier: str
+
+    @property
+    def dims(self) -> Dims:
+        return dims_of(self.arch)
+
+
+# ----------------------------------------------------------------- topology
+
+
+@lru_cache(maxsize=65536)
+def _tiers(layout: Layout, gpus_per_node: int) -> tuple[str, str]:
+    """Link tier crossed by the dp groups and by the pp hops of a layout."""
+    node = [d // gpus_per_node for d in layout.device_ids]
+    dp_inter = pp_inter = False
+    for t in range(layout.tp):
+        for p in range(layout.pp):
+            ranks = [layout.rank_of(d, t, p) for d in range(layout.dp)]
+            if len({node[r] for r in ranks}) > 1:
+                dp_inter = True
+            if p + 1 < layout.pp:
+                nxt = [layout.rank_of(d, t, p + 1) for d in range(layout.dp)]
+                if any(node[a] != node[b] for a, b in zip(ranks, nxt)):
+                    pp_inter = True
+    return ("inter_node" if dp_inter else "intra_node", "inter_node" if pp_inter else "intra_node")
+
+
+@lru_cache(maxsize=65536)
+def _layout_problem(arch: ModelArch, layout: Layout, gpus_per_node: int,
+                    num_devices: int | None) -> str | None:
+    return layout_problem(arch, layout, gpus_per_node, num_devices)
+
+
+# ------------------------------------------------------------- shared pieces
+
+
+def _stage_times(c: _Ctx, fwd_layer_s: float, bwd_layer_s: float, head_s: float) -> float:
+    """The slowest pp stage's time for one micro-batch: its layers, plus the head on the last."""
+    stages = layer_stages(c.arch.num_layers, c.pp)
+    per_layer = fwd_layer_s + bwd_layer_s
+    times = [len(r) * per_layer for r in stages]
+    times[-1] += head_s
+    return max(times)
+
+
+def _tp_allreduce_s(c: _Ctx, tokens: float) -> float:
+    if c.tp == 1:
+        return 0.0
+    return c.dev.collective_s("all_reduce", tokens * c.arch.hidden_size * c.dtype_bytes, c.tp,
+                              "intra_node")
+
+
+def _p2p_s(c: _Ctx, tokens: float) -> float:
+    if c.pp == 1:
+        return 0.0
+    return c.dev.collective_s("p2p", tokens * c.arch.hidden_size * c.dtype_bytes, 2, c.pp_tier)
+
+
+def _max_stage_layers(c: _Ctx) -> int:
+    return max(len(r) for r in layer_stages(c.arch.num_layers, c.pp))
+
+
+def _stage_params(c: _Ctx) -> int:
+    return max(stage_param_counts(c.arch, c.head, c.tp, c.pp))
+
+
+def _per_rank(num_seqs: int, parts: int) -> int:
+    return -(-num_seqs // parts)
+
+
+def _bd(**parts: float) -> tuple[float, Mapping[str, float]]:
+    return sum(parts.values()), MappingProxyType(parts)
+
+
+# ------------------------------------------------------------------- train
+
+
+def _train(c: _Ctx, s: CallShape, recompute: bool, shard_optimizer: bool,
+           flash: bool) -> CallEstimate:
+    d, dev, m = c.dims, c.dev, c.m
+    seq = s.seq_len
+    rank_seqs = _per_rank(s.num_seqs, s.minibatches * c.dp)  # per optimizer step, slowest rank
+    b = rank_seqs / m
+    tokens = b * seq
+    t_f = layer_fwd_s(dev, d, b, seq, c.tp)
+    t_b = layer_bwd_s(dev, d, b, seq, c.tp) + (t_f if recompute else 0.0)
+    out = head_out_features(c.arch, c.head)
+    t_head = head_fwd_s(dev, d.hidden, out, tokens, c.tp) + head_bwd_s(dev, d.hidden, out, tokens, c.tp)
+    t_stage = _stage_times(c, t_f, t_b, t_head)
+    n_layers = _max_stage_layers(c)
+    # Megatron TP: 2 all-reduces per layer forward (after attention, after MLP), 2 in backward.
+    ar_per_layer = 4 + (2 if recompute else 0)
+    t_tp = n_layers * ar_per_layer * _tp_allreduce_s(c, tokens)
+    params = _stage_params(c)
+    # Gradient all-reduce once per optimizer step (reduce-scatter + all-gather when the
+    # optimizer is sharded: the same bytes on the wire).
+    t_dp = dev.collective_s("all_reduce", params * c.dtype_bytes, c.dp, c.dp_tier)
+    opt_params = params / c.dp if shard_optimizer else params
+    t_opt = dev.memory_s(ADAM_BYTES_PER_PARAM * opt_params)
+    steps = s.minibatches * s.epochs
+    time_s, bd = _bd(
+        compute=steps * m * t_stage,
+        tp_comm=steps * m * t_tp,
+        pp_fill=steps * (c.pp - 1) * (t_stage + t_tp),
+        pp_p2p=steps * (2 * (m + c.pp - 2) * _p2p_s(c, tokens) if c.pp > 1 else 0.0),
+        dp_comm=steps * t_dp,
+        optimizer=steps * t_opt,
+    )
+    mb_seqs = _per_rank(rank_seqs, m)
+    mb_tokens = mb_seqs * seq
+    act_layer = activation_bytes_per_layer(c.arch, mb_tokens, seq, c.tp, dtype_bytes=c.dtype_bytes,
+                                           flash_attention=flash, recompute=recompute)
+    in_flight = min(m, c.pp)  # 1F1B: stage 0 holds pp micro-batches at most
+    acts = act_layer * n_layers * in_flight + logits_bytes(c.arch, c.head, mb_tokens, c.tp)
+    if recompute:  # the layer being recomputed holds its full activations
+        acts += activation_bytes_per_layer(c.arch, mb_tokens, seq, c.tp,
+                                           dtype_bytes=c.dtype_bytes, flash_attention=flash)
+    mem = MemoryEstimate(
+        params_bytes=params * c.dtype_bytes,
+        grads_bytes=params * c.dtype_bytes,
+        optimizer_bytes=int(opt_params * optimizer_bytes_per_param(c.dtype_bytes)),
+        activations_bytes=int(acts),
+        kv_cache_bytes=0,
+    )
+    flops = train_flops_per_token(c.arch, c.head, seq) * s.num_seqs * seq * s.epochs
+    return CallEstimate(time_s, bd, mem, flops)
+
+
+# --------------------------------------------------------------- inference
+
+
+def _forward_pass(c: _Ctx, num_seqs: int, seq: int, head_tokens_per_seq: float
+                  ) -> tuple[float, float, float, float]:
+    """(compute, tp_comm, pp_fill, pp_p2p) of a pipelined forward over one dp rank's sequences."""
+    d, dev, m = c.dims, c.dev, c.m
+    b = _per_rank(num_seqs, c.dp) / m
+    tokens = b * seq
+    t_f = layer_fwd_s(dev, d, b, seq, c.tp)
+    out = head_out_features(c.arch, c.head)
+    t_head = head_fwd_s(dev, d.hidden, out, b * head_tokens_per_seq, c.tp)
+    t_stage = _stage_times(c, t_f, 0.0, t_head)
+    t_tp = _max_stage_layers(c) * 2 * _tp_allreduce_s(c, tokens)
+    p2p = (m + c.pp - 2) * _p2p_s(c, tokens) if c.pp > 1 else 0.0
+    return m * t_stage, m * t_tp, (c.pp - 1) * (t_stage + t_tp), p2p
+
+
+def _inference(c: _Ctx, s: CallShape, flash: bool) -> CallEstimate:
+    compute, tp_comm, fill, p2p = _forward_pass(c, s.num_seqs, s.seq_len, s.seq_len)
+    time_s, bd = _bd(compute=compute, tp_comm=tp_comm, pp_fill=fill, pp_p2p=p2p)
+    mb_tokens = _per_rank(_per_rank(s.num_seqs, c.dp), c.m) * s.seq_len
+    # Forward only: one layer's activations alive at a time, plus the micro-batch's logits.
+    acts = activation_bytes_per_layer(c.arch, mb_tokens, s.seq_len, c.tp,
+                                      dtype_bytes=c.dtype_bytes, flash_attention=flash)
+    acts += logits_bytes(c.arch, c.head, mb_tokens, c.tp)
+    mem = MemoryEstimate(_stage_params(c) * c.dtype_bytes, 0, 0, int(acts), 0)
+    flops = forward_flops_per_token(c.arch, c.head, s.seq_len) * s.num_seqs * s.seq_len
+    return CallEstimate(time_s, bd, mem, flops)
+
+
+# ---------------------------------------------------------------- generate
+
+
+def _decode_stage_s(c: _Ctx, b: float, context: float) -> float:
+    """The slowest stage's decode step for `b` sequences at `context`, with its TP all-reduces."""
+    d, dev = c.dims, c.dev
+    t_layer = decode_layer_s(dev, d, b, context, c.tp) + 2 * _tp_allreduce_s(c, b)
+    out = head_out_features(c.arch, c.head)
+    return _stage_times(c, t_layer, 0.0, head_fwd_s(dev, d.hidden, out, b, c.tp))
+
+
+def _generate(c: _Ctx, s: CallShape, flash: bool) -> CallEstimate:
+    dev, m = c.dev, c.m
+    # Prefill: a forward over the prompts; only the last position needs logits.
+    compute, tp_pre, fill, p2p_pre = _forward_pass(c, s.num_seqs, s.prompt_len, 1.0)
+    rank_seqs = _per_rank(s.num_seqs, c.dp)
+    b = rank_seqs / m
+    steps = max(s.gen_len - 1, 0)  # the prefill already produced the first new token
+    decode = tp_dec = p2p_dec = 0.0
+    if steps:
+        # A round advances every micro-batch by one token; each token crosses all pp
+        # stages, so a round takes max(m, pp) stage-steps. The step time is linear in
+        # the context only piecewise (roofline), so average it by Simpson's rule.
+        c0, c1 = s.prompt_len, s.prompt_len + steps
+        mid = (c0 + c1) / 2
+        t_avg = (_decode_stage_s(c, b, c0) + 4 * _decode_stage_s(c, b, mid)
+                 + _decode_stage_s(c, b, c1)) / 6
+        tp_step = _max_stage_layers(c) * 2 * _tp_allreduce_s(c, b)
+        rounds = steps * max(m, c.pp)
+        decode = rounds * (t_avg - tp_step)
+        tp_dec = rounds * tp_step
+        p2p_dec = rounds * _p2p_s(c, b)
+    time_s, bd = _bd(prefill=compute, decode=decode, tp_comm=tp_pre + tp_dec, pp_fill=fill,
+                     pp_p2p=p2p_pre + p2p_dec)
+    n_layers = _max_stage_layers(c)
+    kv = kv_cache_bytes(c.arch, rank_seqs * s.seq_len, c.tp, layers=n_layers,
+                        dtype_bytes=c.dtype_bytes)
+    mb_tokens = _per_rank(rank_seqs, m) * s.prompt_len
+    acts = activation_bytes_per_layer(c.arch, mb_tokens, s.prompt_len, c.tp,
+                                      dtype_bytes=c.dtype_bytes, flash_attention=flash)
+    acts += logits_bytes(c.arch, c.head, _per_rank(rank_seqs, m), c.tp)
+    mem = MemoryEstimate(_stage_params(c) * c.dtype_bytes, 0, 0, int(acts), int(kv))
+    # Decode tokens attend to prompt_len + steps/2 cached tokens on average.
+    flops = (forward_flops_per_token(c.arch, c.head, s.prompt_len) * s.num_seqs * s.prompt_len
+             + forward_flops_per_token(c.arch, c.head, s.prompt_len + steps / 2)
+             * s.num_seqs * steps)
+    return CallEstimate(time_s, bd, mem, flops)
+
+
+# ------------------------------------------------------------------ public
+
+
+@lru_cache(maxsize=1 << 17)
+def _estimate_cached(c: _Ctx, shape: CallShape, recompute: bool, shard_optimizer: bool
+                     ) -> CallEstimate:
+    flash = c.dev.profile.flash_attention
+    if shape.type == "train":
+        return _train(c, shape, recompute, shard_optimizer, flash)
+    if shape.type == "inference":
+        return _inference(c, shape, flash)
+    if shape.type == "generate":
+        return _generate(c, shape, flash)
+    raise ValueError(f"unknown call type {shape.type!r}")
+
+
+def estimate_call(arch: ModelArch, head: HeadType, call: CallSpec | CallShape, layout: Layout,
+                  micro_batches: int, profile: HardwareProfile, *, trainable: bool,
+                  gpus_per_node: int, recompute: bool = False, shard_optimizer: bool = False,
+                  dtype_bytes: int | None = None, num_devices: int | None = None) -> CallEstimate:
+    """Time, breakdown and per-GPU memory of `call` on `layout` with `micro_batches`.
+
+    Raises IllegalLayoutError (a UserError) with the reason when the layout or the
+    micro-batch count cannot run the call. `trainable` must be True for train calls.
+    `dtype_bytes` is the parameter/activation dtype (default: the profile's dtype).
+    Cached: repeated questions cost a dictionary lookup.
+    """
+    why = _layout_problem(arch, layout, gpus_per_node, num_devices)
+    shape = CallShape.of(call)
+    if why is None:
+        num_seqs = math.ceil(shape.num_seqs / shape.minibatches)
+        why = batch_problem(num_seqs, layout.dp, micro_batches)
+    if why is None and shape.type == "train" and not trainable:
+        why = "a train call needs a trainable model"
+    if why is not None:
+        raise IllegalLayoutError(f"layout {layout} m{micro_batches}: {why}")
+    dp_tier, pp_tier = _tiers(layout, gpus_per_node)
+    dev = device_of(profile)
+    c = _Ctx(arch, head, layout.dp, layout.tp, layout.pp, micro_batches, dev,
+             dtype_bytes or profile.dtype_bytes, dp_tier, pp_tier)
+    return _estimate_cached(c, shape, recompute, shard_optimizer)
+
+
+def decode_step(arch: ModelArch, head: HeadType, batch: int, context: int, profile: HardwareProfile,
+                *, tp: int = 1, pp: int = 1, dtype_bytes: int | None = None) -> DecodeStep:
+    """One decode step of `batch` sequences at `context` cached tokens, one micro-batch."""
+    dev = device_of(profile)
+    c = _Ctx(arch, head, 1, tp, pp, 1, dev, dtype_bytes or profile.dtype_bytes,
+             "intra_node", "intra_node")
+    time_s = pp * _decode_stage_s(c, batch, context) + pp * _p2p_s(c, batch)
+    n_layers = _max_stage_layers(c)
+    compute_s, memory_s = decode_layer_bounds_s(dev, c.dims, batch, context, tp)
+    out = head_out_features(arch, head) / tp
+    compute_s = compute_s * n_layers * pp + 2.0 * batch * arch.hidden_size * out / dev.matmul_flops_per_s
+    memory_s = (memory_s * n_layers * pp
+                + arch.hidden_size * out * c.dtype_bytes / dev.memory_bytes_per_s)
+    return DecodeStep(time_s, compute_s, memory_s, "memory" if memory_s >= compute_s else "compute")
+
+
+def clear_cache() -> None:
+    """Forget cached estimates (tests that rebuild profiles use this)."""
+    _estimate_cached.cache_clear()

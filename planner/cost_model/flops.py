@@ -1,0 +1,93 @@
+"""Counting: FLOPs, GEMM shapes and bytes of a Llama-family decoder. No hardware here.
+
+Conventions (Megatron-LM, Narayanan et al. 2021; PaLM appendix B):
+- a GEMM [m, k] x [k, n] is 2*m*n*k FLOPs; backward is twice forward;
+- attention adds 4*s*h FLOPs per token per layer in forward (QK^T and AV,
+  counted over the full s x s matrix, the usual MFU convention);
+- so training FLOPs per token = 3 * (2 * N_matmul + 4 * L * h * s), which is
+  "6N + 12 L h s" with N the parameters that take part in GEMMs (all but the
+  embedding lookup and the norm weights).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from planner.graph.arch import HeadType, ModelArch
+
+
+class Dims(NamedTuple):
+    """The widths of one transformer layer (hashable, cheap)."""
+
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+
+def dims_of(arch: ModelArch) -> Dims:
+    return Dims(arch.hidden_size, arch.intermediate_size, arch.num_heads, arch.num_kv_heads)
+
+
+def layer_gemms(d: Dims, tp: int) -> tuple[tuple[float, float], ...]:
+    """(n, k) of every weight GEMM of one layer on one tp rank: y[m, n] = x[m, k] W^T.
+
+    Megatron split: q/k/v/gate/up column-parallel (n / tp), o/down row-parallel (k / tp).
+    Separate q, k, v and gate, up GEMMs, as the Hugging Face parameter layout has them.
+    """
+    h, i, kv = d.hidden, d.intermediate, d.kv_dim
+    return (
+        (h / tp, h), (kv / tp, h), (kv / tp, h),  # q, k, v
+        (h, h / tp),                               # o
+        (i / tp, h), (i / tp, h),                  # gate, up
+        (h, i / tp),                               # down
+    )
+
+
+def layer_matmul_params(d: Dims) -> int:
+    return 2 * d.hidden * d.hidden + 2 * d.hidden * d.kv_dim + 3 * d.hidden * d.intermediate
+
+
+def layer_elementwise_elems_per_token(d: Dims, tp: int) -> float:
+    """Elements read + written per token by one layer's non-GEMM forward ops, per tp rank.
+
+    RMSNorm x2 (read h, write h), residual add x2 (read 2h, write h): replicated on
+    every tp rank; RoPE on q and k (read + write) and SwiGLU (read gate, up; write
+    one) are split by tp. The ideal fused count: eager frameworks touch more, and
+    the profile's overhead terms absorb the difference.
+    """
+    h, i, kv = d.hidden, d.intermediate, d.kv_dim
+    return 4 * h + 6 * h + (2 * (h + kv) + 3 * i) / tp
+
+
+def head_out_features(arch: ModelArch, head: HeadType) -> int:
+    """Output width of the final projection: the vocabulary, or 1 for value/reward heads."""
+    return arch.vocab_size if head == "lm" else 1
+
+
+def matmul_params(arch: ModelArch, head: HeadType = "lm") -> int:
+    """Parameters that take part in a GEMM per token: every layer's weights and the output head."""
+    return arch.num_layers * layer_matmul_params(dims_of(arch)) + arch.hidden_size * head_out_features(arch, head)
+
+
+def forward_flops_per_token(arch: ModelArch, head: HeadType, seq_len: int) -> float:
+    """2 * N_matmul + 4 * L * h * s (attention over the full s x s matrix)."""
+    return 2.0 * matmul_params(arch, head) + 4.0 * arch.num_layers * arch.hidden_size * seq_len
+
+
+def train_flops_per_token(arch: ModelArch, head: HeadType, seq_len: int) -> float:
+    """Forward + backward (twice forward), no recompute: about 6N + 12 L h s."""
+    return 3.0 * forward_flops_per_token(arch, head, seq_len)
+
+
+def kv_cache_bytes_per_token(arch: ModelArch, dtype_bytes: int = 2) -> int:
+    """K and V of every layer: 2 * layers * kv_heads * head_dim * dtype bytes."""
+    return 2 * arch.num_layers * arch.num_kv_heads * arch.head_dim * dtype_bytes

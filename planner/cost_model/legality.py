@@ -1,0 +1,89 @@
+"""Which layouts a call may use, and why not: each refusal is one line naming the rule.
+
+Rules (DESIGN.md "Words"): a device mesh is whole contiguous nodes, or an
+aligned power-of-two slice inside one node; tp divides the query heads and
+the KV heads and stays inside a node (its all-reduces run twice per layer);
+pp is at most the number of layers; every dp rank gets at least one sequence
+and every micro-batch at least one sequence.
+"""
+
+from __future__ import annotations
+
+from planner.errors import UserError
+from planner.graph.arch import ModelArch
+from planner.layout.layout import Layout
+
+
+class IllegalLayoutError(UserError):
+    """A layout the cost model refuses; the message says which rule it breaks."""
+
+
+def mesh_problem(device_ids: tuple[int, ...] | list[int], gpus_per_node: int,
+                 num_devices: int | None = None) -> str | None:
+    """Why a device set is not a legal mesh, or None when it is."""
+    ids = sorted(device_ids)
+    n = len(ids)
+    if n == 0:
+        return "the mesh has no devices"
+    if num_devices is not None and ids[-1] >= num_devices:
+        return f"device {ids[-1]} does not exist: the cluster has devices 0-{num_devices - 1}"
+    if ids != list(range(ids[0], ids[0] + n)):
+        return f"devices {ids[0]}..{ids[-1]} are not contiguous"
+    start = ids[0]
+    if start % gpus_per_node == 0 and n % gpus_per_node == 0:
+        return None  # whole contiguous nodes
+    if n > gpus_per_node or start // gpus_per_node != (start + n - 1) // gpus_per_node:
+        return (f"{n} devices from {start} are neither whole nodes ({gpus_per_node} per node) "
+                "nor a slice inside one node")
+    if n & (n - 1):
+        return f"a slice inside a node must have a power-of-two size, got {n}"
+    if start % n:
+        return f"a slice of {n} devices must start at a multiple of {n}, got {start}"
+    return None
+
+
+def layout_problem(arch: ModelArch, layout: Layout, gpus_per_node: int,
+                   num_devices: int | None = None) -> str | None:
+    """Why a model cannot use this layout, or None when it can."""
+    why = mesh_problem(layout.device_ids, gpus_per_node, num_devices)
+    if why:
+        return why
+    tp, pp = layout.tp, layout.pp
+    if arch.num_heads % tp:
+        return f"tp {tp} does not divide the model's {arch.num_heads} attention heads"
+    if arch.num_kv_heads % tp:
+        return f"tp {tp} does not divide the model's {arch.num_kv_heads} KV heads"
+    for what, size in (("intermediate size", arch.intermediate_size),
+                       ("vocabulary", arch.vocab_size)):
+        if size % tp:
+            return f"tp {tp} does not divide the model's {what} {size}"
+    if pp > arch.num_layers:
+        return f"pp {pp} exceeds the model's {arch.num_layers} layers"
+    if tp > 1:
+        for r in range(0, layout.world_size, tp):
+            nodes = {layout.device_ids[r + t] // gpus_per_node for t in range(tp)}
+            if len(nodes) > 1:
+                return (f"tp group of ranks {r}-{r + tp - 1} spans nodes {sorted(nodes)}: "
+                        f"tp must stay inside a node of {gpus_per_node}")
+    return None
+
+
+def check_layout(arch: ModelArch, layout: Layout, gpus_per_node: int,
+                 num_devices: int | None = None) -> None:
+    """Raise IllegalLayoutError with the reason when the layout is not legal for the model."""
+    why = layout_problem(arch, layout, gpus_per_node, num_devices)
+    if why:
+        raise IllegalLayoutError(f"layout {layout}: {why}")
+
+
+def batch_problem(num_seqs: int, dp: int, micro_batches: int) -> str | None:
+    """Why `num_seqs` sequences cannot be split over dp ranks and micro-batches."""
+    if micro_batches < 1:
+        return f"micro-batches must be >= 1, got {micro_batches}"
+    if dp > num_seqs:
+        return f"dp {dp} exceeds the {num_seqs} sequences of a batch: a dp rank would be idle"
+    per_rank = -(-num_seqs // dp)
+    if micro_batches > per_rank:
+        return (f"{micro_batches} micro-batches exceed the {per_rank} sequences per dp rank: "
+                "a micro-batch would be empty")
+    return None

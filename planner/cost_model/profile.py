@@ -1,0 +1,272 @@
+"""Hardware profiles: the numbers the cost model prices work with, as checked data.
+
+A profile describes ONE device (a GPU, or one virtual CPU device) and the
+links between devices. It holds peak figures (compute, memory bandwidth,
+memory size, link tiers) and, when `planner profile` measured a machine,
+tables that override the analytic roofline (see tables.py for how they are
+looked up). Profiles shipped with the package live in ./profiles/*.json;
+a measured profile is any .json path with the same schema.
+
+Units: seconds, bytes, FLOP/s, bytes/s; no milli-anything inside.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from planner.errors import UserError
+
+PROFILE_FORMAT_VERSION = 1
+SHIPPED_PROFILES = ("h100-sxm", "a100-sxm-80g", "h200", "cpu")
+Tier = Literal["intra_node", "inter_node"]
+CollectiveOp = Literal["all_reduce", "all_gather", "broadcast", "p2p"]
+
+
+class ProfileError(UserError):
+    """A hardware profile that cannot be found or read; the message names the file and field."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LinkTier(_Frozen):
+    """One tier of the interconnect, as achieved by collectives (nccl-tests 'bus bandwidth')."""
+
+    bus_bytes_per_s: float = Field(gt=0, description="Achieved collective bus bandwidth per device.")
+    latency_s: float = Field(ge=0, description="Per-step latency of a collective (alpha of alpha-beta).")
+
+
+class Overheads(_Frozen):
+    """Fixed costs that are not kernels: framework dispatch and launch latency.
+
+    A measured profile fits them from its layer and decode tables (measured
+    minus the kernel model); shipped GPU profiles state an assumption.
+    """
+
+    layer_fwd_s: float = Field(0.0, ge=0, description="Per transformer layer per forward pass.")
+    layer_bwd_s: float = Field(0.0, ge=0, description="Per transformer layer per backward pass.")
+    decode_layer_s: float = Field(0.0, ge=0, description="Per transformer layer per decode step.")
+
+
+def _check_grid(name: str, xs: list, ys: list, values: list[list[float]]) -> None:
+    for axis_name, axis in (("x", xs), ("y", ys)):
+        if not axis:
+            raise ValueError(f"{name}: empty {axis_name} axis")
+        if any(b <= a for a, b in zip(axis, axis[1:])):
+            raise ValueError(f"{name}: {axis_name} axis must be strictly increasing, got {axis}")
+    if len(values) != len(xs) or any(len(row) != len(ys) for row in values):
+        raise ValueError(f"{name}: values must be a {len(xs)} x {len(ys)} grid")
+    if any(v <= 0 for row in values for v in row):
+        raise ValueError(f"{name}: values must be positive")
+
+
+class GemmTable(_Frozen):
+    """Measured time of [m, k] x [k, k] GEMMs. A [m,k]x[k,n] GEMM is looked up at sqrt(k*n)."""
+
+    m: list[int] = Field(description="Rows (tokens) axis.")
+    k: list[int] = Field(description="Square weight side axis.")
+    time_s: list[list[float]] = Field(description="time_s[i][j] for m[i], k[j].")
+
+    @model_validator(mode="after")
+    def _grid(self) -> "GemmTable":
+        _check_grid("gemm", self.m, self.k, self.time_s)
+        return self
+
+
+class AttentionTable(_Frozen):
+    """Measured causal attention (SDPA) time for `batch_heads` independent (seq x head_dim) heads."""
+
+    batch_heads: int = Field(gt=0, description="batch * heads of every measurement.")
+    seq: list[int] = Field(description="Sequence length axis.")
+    head_dim: list[int] = Field(description="Head dimension axis.")
+    fwd_s: list[list[float]] = Field(description="Forward time, fwd_s[i][j] for seq[i], head_dim[j].")
+    bwd_s: list[list[float]] = Field(description="Backward time (gradient of q, k, v).")
+
+    @model_validator(mode="after")
+    def _grid(self) -> "AttentionTable":
+        _check_grid("attention.fwd_s", self.seq, self.head_dim, self.fwd_s)
+        _check_grid("attention.bwd_s", self.seq, self.head_dim, self.bwd_s)
+        return self
+
+
+class LayerShape(_Frozen):
+    """The shape of the reference transformer layer a table was measured with."""
+
+    hidden_size: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+    num_heads: int = Field(gt=0)
+    num_kv_heads: int = Field(gt=0)
+
+
+class DecodeTable(_Frozen):
+    """Measured time of one decode step of one layer, by batch x context (tokens already cached)."""
+
+    layer: LayerShape
+    batch: list[int]
+    context: list[int]
+    time_s: list[list[float]] = Field(description="time_s[i][j] for batch[i], context[j].")
+
+    @model_validator(mode="after")
+    def _grid(self) -> "DecodeTable":
+        _check_grid("decode", self.batch, self.context, self.time_s)
+        return self
+
+
+class LayerTable(_Frozen):
+    """Measured forward and backward time of one transformer layer, by batch x seq."""
+
+    layer: LayerShape
+    batch: list[int]
+    seq: list[int]
+    fwd_s: list[list[float]]
+    bwd_s: list[list[float]]
+
+    @model_validator(mode="after")
+    def _grid(self) -> "LayerTable":
+        _check_grid("layer.fwd_s", self.batch, self.seq, self.fwd_s)
+        _check_grid("layer.bwd_s", self.batch, self.seq, self.bwd_s)
+        return self
+
+
+class CollectiveTable(_Frozen):
+    """Measured bus bandwidth (nccl-tests convention) of one collective on one link tier."""
+
+    op: CollectiveOp
+    tier: Tier = "intra_node"
+    group_size: list[int] = Field(description="Group size axis (p2p: 2).")
+    bytes: list[int] = Field(description="Message size axis (all_gather: the gathered output).")
+    bus_bytes_per_s: list[list[float]] = Field(description="[i][j] for group_size[i], bytes[j].")
+
+    @model_validator(mode="after")
+    def _grid(self) -> "CollectiveTable":
+        _check_grid(f"collectives.{self.op}", self.group_size, self.bytes, self.bus_bytes_per_s)
+        return self
+
+
+class MeasuredTables(_Frozen):
+    """What `planner profile` measured; every table is optional."""
+
+    gemm: GemmTable | None = None
+    attention: AttentionTable | None = None
+    decode: DecodeTable | None = None
+    layers: list[LayerTable] = Field(default_factory=list)
+    collectives: list[CollectiveTable] = Field(default_factory=list)
+    memory_bytes_per_s: float | None = Field(None, gt=0, description="Measured copy bandwidth.")
+
+
+class HardwareProfile(_Frozen):
+    """One device kind and its links. See planner/cost_model/README.md for sources."""
+
+    format_version: int = Field(description="Profile schema version; this code reads 1.")
+    name: str = Field(min_length=1)
+    kind: Literal["gpu", "cpu"]
+    description: str = ""
+    source: str = Field("", description="Where the figures come from.")
+    dtype: Literal["bf16", "fp16", "fp32"] = Field(
+        "bf16", description="Compute dtype the figures (and tables) are for."
+    )
+    peak_flops: float = Field(gt=0, description="Dense matmul FLOP/s of one device at `dtype`.")
+    memory_bytes_per_s: float = Field(gt=0, description="Peak device memory (HBM) bandwidth.")
+    memory_bytes: int = Field(gt=0, description="Usable device memory.")
+    matmul_efficiency: float = Field(gt=0, le=1, description="Achieved / peak for large GEMMs.")
+    attention_efficiency: float = Field(gt=0, le=1, description="Achieved / peak for attention.")
+    memory_efficiency: float = Field(gt=0, le=1, description="Achieved / peak memory bandwidth.")
+    flash_attention: bool = Field(
+        True, description="Attention never stores the s x s score matrix (FlashAttention, SDPA)."
+    )
+    intra_node: LinkTier
+    inter_node: LinkTier
+    overheads: Overheads = Field(default_factory=Overheads)
+    measured: MeasuredTables | None = None
+    host: dict[str, str] = Field(default_factory=dict, description="Where a profile was measured.")
+
+    @model_validator(mode="after")
+    def _version(self) -> "HardwareProfile":
+        if self.format_version != PROFILE_FORMAT_VERSION:
+            raise ValueError(
+                f"format_version {self.format_version} is not supported; "
+                f"this planner reads {PROFILE_FORMAT_VERSION}"
+            )
+        return self
+
+    @property
+    def dtype_bytes(self) -> int:
+        return 4 if self.dtype == "fp32" else 2
+
+    def tier(self, name: Tier) -> LinkTier:
+        return self.intra_node if name == "intra_node" else self.inter_node
+
+    def with_memory_gib(self, gib: float) -> "HardwareProfile":
+        return self.model_copy(update={"memory_bytes": int(gib * 2**30)})
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json", exclude_none=True), indent=1) + "\n"
+
+
+def _format_validation(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{loc}: {first['msg']}{more}"
+
+
+def parse_profile(text: str, where: str) -> HardwareProfile:
+    """A profile from JSON text; ProfileError names `where` and the bad field."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ProfileError(f"{where}:{err.lineno}: not valid JSON: {err.msg}") from None
+    if not isinstance(data, dict):
+        raise ProfileError(f"{where}: expected a JSON object")
+    try:
+        return HardwareProfile.model_validate(data)
+    except ValidationError as err:
+        raise ProfileError(f"{where} {_format_validation(err)}") from None
+
+
+@lru_cache(maxsize=64)
+def _load(name_or_path: str, stamp: int = 0) -> HardwareProfile:
+    if name_or_path in SHIPPED_PROFILES:
+        res = resources.files("planner.cost_model") / "profiles" / f"{name_or_path}.json"
+        return parse_profile(res.read_text(), f"<shipped profile {name_or_path}>")
+    if not name_or_path.endswith(".json"):
+        raise ProfileError(
+            f"unknown hardware {name_or_path!r}; expected one of "
+            f"{', '.join(SHIPPED_PROFILES)} or a profile .json path"
+        )
+    path = Path(name_or_path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ProfileError(f"{path}: cannot read profile: {err.strerror}") from None
+    return parse_profile(text, str(path))
+
+
+def load_profile(name_or_path: str | Path, memory_override_gib: float | None = None) -> HardwareProfile:
+    """A shipped profile by name (h100-sxm, a100-sxm-80g, h200, cpu) or a measured .json.
+
+    `memory_override_gib` replaces the device memory (ClusterSpec.gpu_memory_gib).
+    Loaded profiles are cached and immutable, so repeated loads are free.
+    """
+    if memory_override_gib is not None and memory_override_gib <= 0:
+        raise ProfileError(f"memory override must be > 0 GiB, got {memory_override_gib}")
+    gib = None if memory_override_gib is None else float(memory_override_gib)
+    key = str(name_or_path)
+    try:  # a rewritten file is a new profile: key the cache on its mtime too
+        stamp = Path(key).stat().st_mtime_ns if key.endswith(".json") else 0
+    except OSError:
+        stamp = 0
+    return _load_with_memory(key, stamp, gib)
+
+
+@lru_cache(maxsize=64)
+def _load_with_memory(name_or_path: str, stamp: int, gib: float | None) -> HardwareProfile:
+    profile = _load(name_or_path, stamp)
+    return profile if gib is None else profile.with_memory_gib(gib)
