@@ -19,6 +19,7 @@ COMMANDS = [
     "validate",
     "graph",
     "schema",
+    "estimate",
 ]
 
 
