@@ -99,6 +99,22 @@ class TimelineEvent(_Strict):
     args: dict[str, Any] = Field(default_factory=dict)
 
 
+class DeviceMemory(_Strict):
+    """One GPU's memory at its peak over the iteration, split by kind.
+
+    Optional in a plan: `planner show` reconstructs it from the cost model when
+    a plan leaves it out, so the simulator may fill it with what it checked.
+    """
+
+    device_id: int = Field(ge=0)
+    peak_bytes: int = Field(ge=0, description="Resident states + the largest transient here.")
+    by_kind_bytes: dict[str, int] = Field(
+        default_factory=dict,
+        description="Kind (params, grads, optimizer, activations, kv_cache, realloc_copy, ...) "
+                    "-> bytes at the peak; sums to peak_bytes.")
+    peak_call: str | None = Field(None, description="The call whose working memory sets the peak.")
+
+
 class Provenance(_Strict):
     """How the plan was found."""
 
@@ -122,6 +138,10 @@ class ExecutionPlan(_Strict):
     timeline: list[TimelineEvent] = Field(default_factory=list)
     iteration_time_s: float | None = Field(None, ge=0, description="Estimated steady state.")
     provenance: Provenance | None = None
+    memory_capacity_bytes: int | None = Field(
+        None, ge=0, description="Memory per GPU the plan was checked against (optional).")
+    device_memory: list[DeviceMemory] = Field(
+        default_factory=list, description="Per-GPU peak memory split by kind (optional).")
 
     def assignment(self, name: str) -> CallAssignment:
         for a in self.calls:
