@@ -20,6 +20,7 @@ COMMANDS = [
     "graph",
     "schema",
     "estimate",
+    "profile",
 ]
 
 

@@ -1,0 +1,94 @@
+"""`planner profile --out FILE`: measure this machine into a hardware profile.
+
+Times GEMMs, causal attention, memory bandwidth, collectives (gloo processes
+on CPU, NCCL on GPUs), a reference transformer layer's forward/backward and
+its decode steps, then writes a profile (JSON) that specs can name as their
+`hardware`. The file is written atomically: a failed run leaves no file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from planner.errors import UserError
+
+EXAMPLES = """examples:
+  planner profile --out profiles/my-laptop.json --quick
+  planner profile --out profiles/h100-node.json --device cuda
+  planner profile --out profiles/cpu4.json --group-sizes 2,4
+then in a spec:  cluster: {nodes: 1, gpus_per_node: 4, hardware: profiles/my-laptop.json}
+"""
+
+
+class ProfileArgsError(UserError):
+    """Bad flags for `planner profile`."""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("profile", help="measure this machine into a hardware profile",
+                       description=__doc__, epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="profile file to write (.json)")
+    p.add_argument("--quick", action="store_true", help="fewer sizes: under a minute on 2 cores")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="what to profile (default cpu)")
+    p.add_argument("--name", help="profile name (default: the file name without .json)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per CPU device (default 1: one core per virtual device)")
+    p.add_argument("--group-sizes", default=None,
+                   help="collective group sizes, comma separated (default: 2 on CPU, 2,4,8 "
+                   "up to the GPU count); 0 to skip collectives")
+    p.set_defaults(run=run)
+
+
+def _groups(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        groups = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ProfileArgsError(f"--group-sizes {text!r}: expected integers like 2,4") from None
+    if groups == [0]:
+        return []
+    if any(g < 2 for g in groups):
+        raise ProfileArgsError(f"--group-sizes {text!r}: a group has at least 2 processes")
+    return sorted(set(groups))
+
+
+def run(args: argparse.Namespace) -> int:
+    from planner.cost_model.profiler import plan_for, profile_machine, write_profile
+
+    out = Path(args.out)
+    if out.suffix != ".json":
+        raise ProfileArgsError(f"--out {args.out!r}: expected a .json file name")
+    if args.threads < 1:
+        raise ProfileArgsError(f"--threads {args.threads}: expected >= 1")
+    groups = _groups(args.group_sizes)
+    name = args.name or out.stem
+    console = Console(stderr=True)
+    plan = plan_for(args.device, args.quick, groups if groups is not None else [2])
+    t0 = time.perf_counter()
+    with Progress(TextColumn("[bold]{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        task = progress.add_task("profiling", total=plan.num_steps())
+
+        def step(what: str) -> None:
+            progress.update(task, advance=1, description=what)
+
+        profile = profile_machine(name, quick=args.quick, device=args.device,
+                                  threads=args.threads, group_sizes=groups, step=step)
+        progress.update(task, completed=plan.num_steps(), description="done")
+    write_profile(profile, out)
+    o = profile.overheads
+    console.print(
+        f"wrote {out} in {time.perf_counter() - t0:.0f} s: GEMM peak "
+        f"{profile.peak_flops / 1e9:.1f} GFLOP/s, memory {profile.memory_bytes_per_s / 1e9:.1f} GB/s, "
+        f"all-reduce bus {profile.intra_node.bus_bytes_per_s / 1e9:.2f} GB/s, overheads per layer "
+        f"fwd {o.layer_fwd_s * 1e6:.0f} us / bwd {o.layer_bwd_s * 1e6:.0f} us / decode "
+        f"{o.decode_layer_s * 1e6:.0f} us", highlight=False)
+    return 0

@@ -1,0 +1,76 @@
+"""`planner profile --quick` on this machine (2 gloo processes), and estimates from its tables."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from planner.cli import main
+from planner.cost_model import CallShape, decode_step, estimate_call, load_profile
+from planner.cost_model.device import Device
+from planner.cost_model.flops import Dims
+from planner.cost_model.layer_time import decode_layer_s, layer_fwd_s
+from planner.cost_model.profile import HardwareProfile, MeasuredTables
+from planner.graph.arch import ModelArch
+from planner.layout.layout import Layout
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory) -> tuple[str, HardwareProfile]:
+    out = tmp_path_factory.mktemp("prof") / "quick.json"
+    assert main(["profile", "--out", str(out), "--quick", "--group-sizes", "2"]) == 0
+    return str(out), load_profile(out)
+
+
+@pytest.mark.multiprocess
+def test_quick_profile_is_valid_and_complete(measured):
+    path, p = measured
+    data = json.loads(open(path).read())
+    assert data["format_version"] == 1 and p.kind == "cpu" and p.dtype == "fp32"
+    m = p.measured
+    assert m.gemm and m.attention and m.decode and m.layers and m.memory_bytes_per_s
+    assert {t.op for t in m.collectives} == {"all_reduce", "all_gather", "broadcast", "p2p"}
+    assert all(t.group_size[0] == 2 for t in m.collectives)
+    assert p.peak_flops > 1e8 and p.memory_bytes_per_s > 1e8
+    assert p.intra_node.bus_bytes_per_s > 0 and p.host["clock"] in ("thread", "wall")
+    o = p.overheads
+    assert min(o.layer_fwd_s, o.layer_bwd_s, o.decode_layer_s) >= 0
+
+
+@pytest.mark.multiprocess
+def test_estimates_from_the_measured_profile_use_its_tables(measured):
+    _, p = measured
+    dev = Device(p)
+    g = p.measured.gemm
+    assert dev.gemm_s(g.m[1], g.k[2], g.k[2]) == pytest.approx(g.time_s[1][2])
+    dec = p.measured.decode
+    d = Dims(dec.layer.hidden_size, dec.layer.intermediate_size, dec.layer.num_heads,
+             dec.layer.num_kv_heads)
+    assert decode_layer_s(dev, d, dec.batch[1], dec.context[0], 1) == pytest.approx(dec.time_s[1][0])
+    lt = p.measured.layers[0]
+    assert layer_fwd_s(dev, d, lt.batch[0], lt.seq[1], 1) == pytest.approx(lt.fwd_s[0][1])
+    ar = next(t for t in p.measured.collectives if t.op == "all_reduce")
+    t_ar = ar.bytes[1] * (2 * 1 / 2) / ar.bus_bytes_per_s[0][1]
+    assert dev.collective_s("all_reduce", ar.bytes[1], 2) == pytest.approx(t_ar)
+    # The whole-call estimate changes when the tables are dropped.
+    arch = ModelArch(num_layers=2, hidden_size=dec.layer.hidden_size,
+                     intermediate_size=dec.layer.intermediate_size, num_heads=dec.layer.num_heads,
+                     num_kv_heads=dec.layer.num_kv_heads, vocab_size=256, max_positions=1024)
+    call = CallShape("generate", 4, 64, 32, 32)
+    with_tables = estimate_call(arch, "lm", call, Layout((0,)), 1, p, trainable=False,
+                                gpus_per_node=4)
+    bare = p.model_copy(update={"measured": MeasuredTables()})
+    without = estimate_call(arch, "lm", call, Layout((0,)), 1, bare, trainable=False,
+                            gpus_per_node=4)
+    assert with_tables.time_s != pytest.approx(without.time_s)
+    assert decode_step(arch, "lm", 8, 64, p).time_s > 0
+
+
+def test_profile_flag_errors_write_nothing(tmp_path, capsys):
+    assert main(["profile", "--out", str(tmp_path / "p.txt"), "--quick"]) == 2
+    assert main(["profile", "--out", str(tmp_path / "p.json"), "--group-sizes", "1"]) == 2
+    assert main(["profile", "--out", str(tmp_path / "p.json"), "--threads", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "expected a .json" in err and "at least 2" in err
+    assert list(tmp_path.iterdir()) == []
