@@ -54,11 +54,13 @@ def _worker(rank: int, init: str, results: str) -> None:
             arch, a, b = _arch(arch_x), _lay(a_x), _lay(b_x)
             full = full_model(arch, head, seed=i, dtype=dtype)
             mine_a = device_shards(full, arch, a, rank, head)
+            # Odd cases send every contiguous block of >= 256 bytes in place.
+            direct = 256 if i % 2 else 1 << 20
             there = reallocate(dict(mine_a), arch, a, b, dtype=dtype, head=head,
-                               gpus_per_node=2, chunk_bytes=chunk)
+                               gpus_per_node=2, chunk_bytes=chunk, direct_min_bytes=direct)
             _assert_equal(there, device_shards(full, arch, b, rank, head), f"case {i} A->B")
             back = reallocate(there, arch, b, a, dtype=dtype, head=head, gpus_per_node=2,
-                              chunk_bytes=chunk, free_source=True)
+                              chunk_bytes=chunk, free_source=True, direct_min_bytes=direct)
             assert there == {}, "free_source leaves the caller's dict empty"
             _assert_equal(back, mine_a, f"case {i} B->A")
 

@@ -9,7 +9,7 @@ from planner.layout.layout import parse_layout
 from planner.layout.transfer import plan_transfer
 from runtime.realloc.executor import check_shards
 from runtime.realloc.reference import device_shards, full_model
-from runtime.realloc.schedule import device_schedule, split_piece
+from runtime.realloc.schedule import device_schedule, is_contiguous_block, split_piece
 
 CASES = [
     ("tiny-qwen", "0-3:d2t2", "0-3:p2t2"),
@@ -31,17 +31,38 @@ def test_rounds_respect_chunk_budget_and_ends_agree(preset, a, b, chunk_bytes):
             for send in (True, False):
                 total = sum(m.numel * 4 for m in msgs if m.send == send)
                 assert total <= max(chunk_bytes, row_bytes * len(msgs)), (d, send, total)
-    # Message k between s and d holds the same parts at both ends.
+    # Round k between s and d holds the same messages, in the same order, at both ends.
     for d, s in scheds.items():
         for k, msgs in enumerate(s.rounds):
-            for m in msgs:
-                if m.send:
-                    peer_msgs = [x for x in scheds[m.peer].rounds[k]
-                                 if not x.send and x.peer == d]
-                    assert len(peer_msgs) == 1 and peer_msgs[0].parts == m.parts
+            for peer in {m.peer for m in msgs if m.send}:
+                sent = [(m.direct, m.parts) for m in msgs if m.send and m.peer == peer]
+                got = [(m.direct, m.parts) for m in scheds[peer].rounds[k]
+                       if not m.send and m.peer == d]
+                assert sent == got
     # Parts cover exactly the non-local pieces.
     sent = sum(m.numel * 4 for s in scheds.values() for msgs in s.rounds for m in msgs if m.send)
     assert sent == plan.stats().total_bytes
+
+
+def test_direct_messages_are_contiguous_and_large():
+    arch = get_preset("tiny-llama")
+    plan = plan_transfer(arch, parse_layout("0-1:t2"), parse_layout("2-3:t2"), dtype_bytes=4)
+    sched = device_schedule(plan, 0, chunk_bytes=1 << 30, itemsize=4, direct_min_bytes=1024)
+    msgs = [m for r in sched.rounds for m in r]
+    direct = [m.parts[0] for m in msgs if m.direct]
+    packed = [p for m in msgs if not m.direct for p in m.parts]
+    names = {p.name.split(".")[-2] for p in direct}
+    # Same tp on both sides: every shard goes whole, so all large ones go direct.
+    assert {"q_proj", "o_proj", "down_proj", "embed_tokens"} <= names
+    assert all(p.numel * 4 < 1024 for p in packed)  # the norms
+    assert len([m for m in msgs if not m.direct]) == 1
+
+
+def test_contiguous_block():
+    assert is_contiguous_block((slice(2, 5), slice(0, 8)), (10, 8))
+    assert not is_contiguous_block((slice(0, 10), slice(0, 4)), (10, 8))
+    assert is_contiguous_block((slice(3, 4), slice(2, 6)), (10, 8))
+    assert is_contiguous_block((slice(1, 7),), (10,))
 
 
 def test_split_piece_rows():

@@ -9,17 +9,19 @@ Order of work, per process:
 1. check the inputs (devices inside the group, this device's source shards
    present with the right shapes, one dtype); then one all-reduce so that
    every process raises if any process found a problem, before a byte moves;
-2. local copies (a source shard the destination shard equals is reused
-   without a copy when `free_source` is set);
-3. rounds of batched p2p (`dist.batch_isend_irecv`): per peer and round one
-   packed buffer, at most `chunk_bytes` sent and `chunk_bytes` received per
-   process per round (see schedule.py);
-4. with `free_source`, the source shards are dropped from the caller's dict
+2. rounds of batched p2p (`dist.batch_isend_irecv`), at most `chunk_bytes`
+   sent and `chunk_bytes` received per process per round (see schedule.py):
+   first the large contiguous blocks, sent from and received into the shards
+   themselves; while they travel, the local copies (a source shard equal to
+   its destination shard is reused without a copy when `free_source` is set)
+   and the packing of the rest, which follows as one buffer per peer;
+3. with `free_source`, the source shards are dropped from the caller's dict
    so their memory can go back to the allocator.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 
 import torch
@@ -31,6 +33,8 @@ from planner.layout.transfer import TransferPlan, plan_transfer
 from runtime.realloc.schedule import DeviceSchedule, device_schedule
 
 DEFAULT_CHUNK_BYTES = 256 << 20
+# Below this a part rides in the pair's packed buffer instead of its own message.
+DEFAULT_DIRECT_MIN_BYTES = 64 << 10
 
 
 class ReallocError(ValueError):
@@ -55,6 +59,20 @@ def _device_rank_map(plan: TransferPlan, device_to_rank: Mapping[int, int] | Non
     if len({device_to_rank[d] for d in devices}) != len(devices):
         raise ReallocError("device_to_rank maps two devices to one rank")
     return {d: device_to_rank[d] for d in devices}
+
+
+# Schedules per plan object: an RLHF loop replays the same plan every iteration.
+_SCHEDULES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _schedule(plan: TransferPlan, device: int, chunk_bytes: int, itemsize: int,
+              direct_min_bytes: int) -> DeviceSchedule:
+    cache = _SCHEDULES.setdefault(plan, {})
+    key = (device, chunk_bytes, itemsize, direct_min_bytes)
+    if key not in cache:
+        cache[key] = device_schedule(plan, device, chunk_bytes=chunk_bytes, itemsize=itemsize,
+                                     direct_min_bytes=direct_min_bytes)
+    return cache[key]
 
 
 def check_shards(sched: DeviceSchedule, shards: Mapping[str, torch.Tensor],
@@ -82,9 +100,15 @@ def execute(plan: TransferPlan, shards: dict[str, torch.Tensor], *, dtype: torch
             group: dist.ProcessGroup | None = None,
             device_to_rank: Mapping[int, int] | None = None,
             chunk_bytes: int = DEFAULT_CHUNK_BYTES, free_source: bool = False,
-            tensor_device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+            tensor_device: torch.device | str | None = None,
+            direct_min_bytes: int = DEFAULT_DIRECT_MIN_BYTES,
+            out: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Run `plan`: from this process's source shards (HF name -> shard) return its
-    destination shards. Collective over `group`: every process must call it."""
+    destination shards. Collective over `group`: every process must call it.
+
+    `out`, when given, holds destination tensors to fill in place (e.g. the
+    generation engine's parameters from the previous iteration): no allocation.
+    """
     world = dist.get_world_size(group)
     my_rank = dist.get_rank(group)
     if tensor_device is None:
@@ -100,11 +124,13 @@ def execute(plan: TransferPlan, shards: dict[str, torch.Tensor], *, dtype: torch
     sched = None
     if me is not None:
         try:
-            sched = device_schedule(plan, me, chunk_bytes=chunk_bytes, itemsize=itemsize)
+            sched = _schedule(plan, me, chunk_bytes, itemsize, direct_min_bytes)
         except ValueError as e:
             problem = str(e)
         if sched is not None:
             problem = check_shards(sched, shards, dtype)
+        if sched is not None and problem is None and out is not None:
+            problem = check_out(sched, out, dtype)
     elif shards:
         problem = f"rank {my_rank} is in neither layout but was given source shards"
     # All processes agree before anything moves (MIN of "ok" flags).
@@ -117,55 +143,91 @@ def execute(plan: TransferPlan, shards: dict[str, torch.Tensor], *, dtype: torch
     if sched is None:
         return {}
 
-    out = _run(sched, shards, rank_of, dtype, group, tensor_device, free_source)
+    result = _run(sched, shards, rank_of, dtype, group, tensor_device, free_source,
+                  dict(out) if out is not None else {})
     if free_source:
         shards.clear()
-    return out
+    return result
+
+
+def check_out(sched: DeviceSchedule, out: Mapping[str, torch.Tensor],
+              dtype: torch.dtype) -> str | None:
+    """Why the given destination tensors do not fit the plan, or None."""
+    if set(out) != set(sched.dst_shapes):
+        diff = sorted(set(out) ^ set(sched.dst_shapes))
+        return f"device {sched.device}: out does not match the destination shards, e.g. {diff[0]}"
+    for name, shape in sched.dst_shapes.items():
+        t = out[name]
+        if tuple(t.shape) != shape or t.dtype != dtype or not t.is_contiguous():
+            return (f"device {sched.device}: out[{name!r}] is {tuple(t.shape)} {t.dtype}, "
+                    f"expected contiguous {shape} {dtype}")
+    return None
 
 
 def _run(sched: DeviceSchedule, shards: dict[str, torch.Tensor], rank_of: dict[int, int],
          dtype: torch.dtype, group, tensor_device: torch.device,
-         free_source: bool) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
+         free_source: bool, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # A whole shard staying put: keep the tensor itself when the source may go
+    # (unless the caller gave destination tensors to fill).
+    may_alias = free_source and not out
     for piece in sched.local:
         src = shards[piece.name]
-        # A whole shard staying put: keep the tensor itself when the source may go.
-        if (free_source and tuple(src.shape) == sched.dst_shapes[piece.name]
+        if (may_alias and tuple(src.shape) == sched.dst_shapes[piece.name]
                 and all(s == slice(0, n) for s, n in zip(piece.src_slice, src.shape))
                 and piece.src_slice == piece.dst_slice):
             out[piece.name] = src
     for name, shape in sched.dst_shapes.items():
         if name not in out:
             out[name] = torch.empty(shape, dtype=dtype, device=tensor_device)
-    for piece in sched.local:
-        dst = out[piece.name]
-        if dst is not shards[piece.name]:
-            dst[piece.dst_slice].copy_(shards[piece.name][piece.src_slice])
 
-    for msgs in sched.rounds:
-        ops, recvs = [], []
+    def local_copies() -> None:
+        for piece in sched.local:
+            dst = out[piece.name]
+            if dst is not shards[piece.name]:
+                dst[piece.dst_slice].copy_(shards[piece.name][piece.src_slice])
+
+    if not sched.rounds:
+        local_copies()
+    for k, msgs in enumerate(sched.rounds):
+        # Two batches per round, each matched within itself at both ends (so NCCL
+        # groups cannot wait on each other): the in-place messages go first, and
+        # the copies (local, packing) run while they are on the wire.
+        reqs = []
+        direct, staged = [], []
         for m in msgs:
-            peer = rank_of[m.peer]
+            if m.direct:
+                p = m.parts[0]
+                view = shards[p.name][p.src_slice] if m.send else out[p.name][p.dst_slice]
+                if not m.in_place:  # strided block: one staging copy at this end
+                    if m.send:
+                        view = view.contiguous()
+                    else:
+                        staged.append((view, torch.empty(view.shape, dtype=dtype,
+                                                         device=tensor_device)))
+                        view = staged[-1][1]
+                direct.append(dist.P2POp(dist.isend if m.send else dist.irecv, view,
+                                         rank_of[m.peer], group))
+        if direct:
+            reqs += dist.batch_isend_irecv(direct)
+        if k == 0:
+            local_copies()
+        packed, recvs = [], []
+        for m in msgs:
+            if m.direct:
+                continue
             if m.send:
-                views = [shards[p.name][p.src_slice] for p in m.parts]
-                # One contiguous block goes as it is; otherwise pack (one copy).
-                buf = (views[0] if len(views) == 1 and views[0].is_contiguous()
-                       else torch.cat([v.reshape(-1) for v in views]))
-                ops.append(dist.P2POp(dist.isend, buf, peer, group))
+                buf = torch.cat([shards[p.name][p.src_slice].reshape(-1) for p in m.parts])
+                packed.append(dist.P2POp(dist.isend, buf, rank_of[m.peer], group))
             else:
-                direct = (out[m.parts[0].name][m.parts[0].dst_slice]
-                          if len(m.parts) == 1 else None)
-                if direct is not None and direct.is_contiguous():
-                    # Receive straight into the destination shard.
-                    ops.append(dist.P2POp(dist.irecv, direct, peer, group))
-                    continue
                 buf = torch.empty(m.numel, dtype=dtype, device=tensor_device)
-                ops.append(dist.P2POp(dist.irecv, buf, peer, group))
+                packed.append(dist.P2POp(dist.irecv, buf, rank_of[m.peer], group))
                 recvs.append((m, buf))
-        if not ops:
-            continue
-        for req in dist.batch_isend_irecv(ops):
+        if packed:
+            reqs += dist.batch_isend_irecv(packed)
+        for req in reqs:
             req.wait()
+        for view, buf in staged:
+            view.copy_(buf)
         for m, buf in recvs:
             off = 0
             for p in m.parts:

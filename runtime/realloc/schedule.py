@@ -11,6 +11,13 @@ receiver d is cut into messages of
 bytes, and message k of every pair goes in round k. A piece larger than that
 is split along its first dim (a single row larger than the budget still goes
 whole: the bound is then one row).
+
+Few copies: a part of at least `direct_min_bytes` travels as its own message
+("direct"), sent straight from the source shard where its block there is
+contiguous and received straight into the destination shard where its block
+there is contiguous; only a strided end (e.g. a row-parallel slice changing
+tp) goes through a staging buffer. Smaller parts of a pair's round are packed
+into one buffer, so tiny tensors (norms, biases) do not cost a message each.
 """
 
 from __future__ import annotations
@@ -34,11 +41,14 @@ class Part:
 
 @dataclass
 class Message:
-    """One packed buffer between this device and `peer` in one round."""
+    """One buffer between this device and `peer` in one round: a packed list of
+    parts, or (direct) a single large part."""
 
-    peer: int   # device id of the other end
-    send: bool  # True: this device sends it
+    peer: int     # device id of the other end
+    send: bool    # True: this device sends it
+    direct: bool = False
     parts: list[Part] = field(default_factory=list)
+    in_place: bool = False  # direct, and this end's block is contiguous: no staging
 
     @property
     def numel(self) -> int:
@@ -63,6 +73,16 @@ def _numel(sl: tuple[slice, ...]) -> int:
     for s in sl:
         n *= s.stop - s.start
     return n
+
+
+def is_contiguous_block(sl: tuple[slice, ...], shape: tuple[int, ...]) -> bool:
+    """Whether a block of a C-contiguous tensor of `shape` is one contiguous range:
+    leading dims of length 1, then one partial dim, then full dims."""
+    dims = [(s.stop - s.start, n) for s, n in zip(sl, shape)]
+    i = 0
+    while i < len(dims) and dims[i][0] == 1:
+        i += 1
+    return all(length == n for length, n in dims[i + 1:])
 
 
 def split_piece(piece: Piece, max_numel: int) -> list[Part]:
@@ -94,11 +114,13 @@ def _peer_counts(plan: TransferPlan) -> tuple[dict[int, int], dict[int, int]]:
             dict(zip(receivers.tolist(), n_send.tolist())))
 
 
-def device_schedule(plan: TransferPlan, device: int, *, chunk_bytes: int,
-                    itemsize: int) -> DeviceSchedule:
+def device_schedule(plan: TransferPlan, device: int, *, chunk_bytes: int, itemsize: int,
+                    direct_min_bytes: int = 64 << 10) -> DeviceSchedule:
     """What `device` copies, sends and receives, round by round."""
     if chunk_bytes < itemsize:
         raise ValueError(f"chunk_bytes {chunk_bytes} is smaller than one element")
+    src_shard = {r.name: r.shard_shape(plan.src.tp) for r in plan.rules}
+    dst_shard = {r.name: r.shard_shape(plan.dst.tp) for r in plan.rules}
     src_shapes: dict[str, tuple[int, ...]] = {}
     dst_shapes: dict[str, tuple[int, ...]] = {}
     for layout, shapes in ((plan.src, src_shapes), (plan.dst, dst_shapes)):
@@ -125,14 +147,30 @@ def device_schedule(plan: TransferPlan, device: int, *, chunk_bytes: int,
         s, d = (device, peer) if send else (peer, device)
         budget = chunk_bytes // max(n_recv_of[s], n_send_of[d])
         max_numel = max(1, budget // itemsize)
-        msgs: list[Message] = [Message(peer, send)]
+        direct_numel = max(1, direct_min_bytes // itemsize)
+        # Fill rounds up to the pair's budget; each round: direct messages + one packed.
+        pair_rounds: list[list[Message]] = [[]]
+        used = 0
         for piece in pieces:
             for part in split_piece(piece, max_numel):
-                if msgs[-1].parts and msgs[-1].numel + part.numel > max_numel:
-                    msgs.append(Message(peer, send))
-                msgs[-1].parts.append(part)
-        while len(rounds) < len(msgs):
+                if used and used + part.numel > max_numel:
+                    pair_rounds.append([])
+                    used = 0
+                used += part.numel
+                msgs = pair_rounds[-1]
+                if part.numel >= direct_numel:
+                    mine = ((part.src_slice, src_shard) if send
+                            else (part.dst_slice, dst_shard))
+                    msgs.append(Message(peer, send, True, [part],
+                                        is_contiguous_block(mine[0], mine[1][part.name])))
+                else:
+                    packed = next((m for m in msgs if not m.direct), None)
+                    if packed is None:
+                        packed = Message(peer, send)
+                        msgs.append(packed)
+                    packed.parts.append(part)
+        while len(rounds) < len(pair_rounds):
             rounds.append([])
-        for k, m in enumerate(msgs):
-            rounds[k].append(m)
+        for k, msgs in enumerate(pair_rounds):
+            rounds[k].extend(msgs)
     return DeviceSchedule(device, src_shapes, dst_shapes, local, rounds)
