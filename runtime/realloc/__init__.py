@@ -9,5 +9,7 @@ from runtime.realloc.executor import (
 )
 from runtime.realloc.schedule import DeviceSchedule, device_schedule
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "DEFAULT_DIRECT_MIN_BYTES", "DeviceSchedule", "ReallocError", "device_schedule",
-           "execute", "reallocate"]
+__all__ = [
+    "DEFAULT_CHUNK_BYTES", "DEFAULT_DIRECT_MIN_BYTES", "DeviceSchedule", "ReallocError",
+    "device_schedule", "execute", "reallocate",
+]
