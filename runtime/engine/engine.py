@@ -66,6 +66,10 @@ class Engine:
                  max_grad_norm: float | None = 1.0) -> None:
         layout = groups.layout
         check_layout(arch, layout)
+        if (arch.tied_embeddings and head == "lm" and layout.pp > 1
+                and groups.embed_group is None):
+            raise ValueError("a tied-embedding model under pp > 1 needs "
+                             "build_groups(..., tied_embeddings=True)")
         self.arch, self.head, self.groups, self.layout = arch, head, groups, layout
         self.device = groups.device
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
@@ -90,6 +94,16 @@ class Engine:
         self.optim_kwargs = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         self.max_grad_norm = max_grad_norm
         self.optimizer: torch.optim.Optimizer | None = None
+
+    @classmethod
+    def from_checkpoint(cls, path: str, groups: ParallelGroups, head: HeadType = "lm",
+                        **kwargs) -> "Engine":
+        """An engine with the architecture of an HF checkpoint, loaded from it."""
+        from runtime.engine.checkpoint import arch_from_hf_config, load_checkpoint, read_config
+
+        engine = cls(arch_from_hf_config(read_config(path)), groups, head, **kwargs)
+        load_checkpoint(engine, path)
+        return engine
 
     # -- parameters -------------------------------------------------------
     def _named_local_params(self) -> dict[str, nn.Parameter]:
@@ -261,7 +275,7 @@ class Engine:
             if not g.is_first_stage:
                 self._send(x.grad, g.prev_stage_rank)
         del stash
-        counts = torch.stack([loss_total, weight_total])
+        counts = torch.stack([loss_total, weight_total]).to(self.device)  # NCCL: on GPU
         if not (g.is_last_stage and g.t == 0):
             counts.zero_()
         if self.layout.world_size > 1:

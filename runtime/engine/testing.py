@@ -31,7 +31,8 @@ def hf_model(arch: ModelArch, head: HeadType = "lm", seed: int = 0, init_std: fl
                   max_position_embeddings=arch.max_positions,
                   tie_word_embeddings=arch.tied_embeddings, rope_theta=arch.rope_theta,
                   rms_norm_eps=arch.rms_norm_eps, initializer_range=init_std,
-                  num_labels=1, pad_token_id=0)
+                  num_labels=1, pad_token_id=0,
+                  bos_token_id=None, eos_token_id=None)  # random weights: no real EOS
     prefix = "Qwen2" if qwen else "Llama"
     cls = getattr(transformers, prefix + ("ForCausalLM" if head == "lm"
                                           else "ForSequenceClassification"))
