@@ -19,7 +19,6 @@ import torch
 
 from planner.graph.arch import ModelArch, get_preset
 from planner.layout.layout import Layout
-from runtime.engine.checkpoint import load_checkpoint
 from runtime.engine.engine import Engine
 from runtime.engine.generate import GenerationConfig, generate
 from runtime.engine.parallelize import build_groups
@@ -67,8 +66,7 @@ def main() -> None:
     arch = _arch(args)
     with tempfile.TemporaryDirectory() as d:
         hf = make_hf_checkpoint(d, arch, seed=0, init_std=0.2)
-        eng = Engine(arch, build_groups(Layout((0,))), lr=1e-4)
-        load_checkpoint(eng, d)
+        eng = Engine.from_checkpoint(d, build_groups(Layout((0,))), lr=1e-4)
     print(f"model: {arch.num_params() / 1e6:.2f} M params, {arch.num_layers} layers, "
           f"hidden {arch.hidden_size}, vocab {arch.vocab_size}; threads {args.threads}")
 

@@ -59,7 +59,7 @@ def split_batch(batch: Batch, n: int) -> list[Batch]:
 
 class Engine:
     def __init__(self, arch: ModelArch, groups: ParallelGroups, head: HeadType = "lm", *,
-                 dtype: torch.dtype | None = None, seed: int = 0,
+                 dtype: torch.dtype | None = None, seed: int | None = 0,
                  activation_checkpointing: bool = False, lr: float = 1e-5,
                  betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
                  weight_decay: float = 0.0,
@@ -90,7 +90,8 @@ class Engine:
         self._check_against_rules()
         self.tied_copy = (arch.tied_embeddings and head == "lm" and layout.pp > 1
                           and g.is_last_stage)
-        self.init_weights(seed)
+        if seed is not None:  # None: leave memory as is (a checkpoint load follows)
+            self.init_weights(seed)
         self.optim_kwargs = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         self.max_grad_norm = max_grad_norm
         self.optimizer: torch.optim.Optimizer | None = None
@@ -101,6 +102,7 @@ class Engine:
         """An engine with the architecture of an HF checkpoint, loaded from it."""
         from runtime.engine.checkpoint import arch_from_hf_config, load_checkpoint, read_config
 
+        kwargs.setdefault("seed", None)  # no random init: the load overwrites everything
         engine = cls(arch_from_hf_config(read_config(path)), groups, head, **kwargs)
         load_checkpoint(engine, path)
         return engine
