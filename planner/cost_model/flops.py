@@ -59,13 +59,17 @@ def layer_matmul_params(d: Dims) -> int:
 def layer_elementwise_elems_per_token(d: Dims, tp: int) -> float:
     """Elements read + written per token by one layer's non-GEMM forward ops, per tp rank.
 
-    RMSNorm x2 (read h, write h), residual add x2 (read 2h, write h): replicated on
-    every tp rank; RoPE on q and k (read + write) and SwiGLU (read gate, up; write
-    one) are split by tp. The ideal fused count: eager frameworks touch more, and
-    the profile's overhead terms absorb the difference.
+    Counted for an eager engine (one kernel per op, nothing fused), as ours runs:
+    - RMSNorm x2, replicated on every tp rank: pow (r h, w h), mean (r h),
+      x * rsqrt (r h, w h), weight * (r h, w h) = 7h each;
+    - residual add x2, replicated: r 2h, w h = 3h each;
+    - RoPE on q and k (widths h/tp, kv/tp): neg of a half (r, w 1/2 each), cat
+      (r 1, w 1), x * cos, rot * sin (r 1, w 1 each), add (r 2, w 1) = 9 per element;
+    - q, k, v made contiguous for attention and the output back (r, w each);
+    - SwiGLU: silu (r I, w I), product (r 2I, w I) = 5I / tp.
     """
     h, i, kv = d.hidden, d.intermediate, d.kv_dim
-    return 4 * h + 6 * h + (2 * (h + kv) + 3 * i) / tp
+    return 2 * 7 * h + 2 * 3 * h + (9 * (h + kv) + 2 * (2 * h + 2 * kv) + 5 * i) / tp
 
 
 def head_out_features(arch: ModelArch, head: HeadType) -> int:

@@ -2,16 +2,15 @@
 
 A layer is priced as the sum of its kernels (GEMMs, attention, elementwise
 passes; device.py) plus the profile's per-layer overhead (framework dispatch,
-fitted by the profiler). Where the profile measured whole layers (layer and
-decode tables), the result is scaled by measured / modelled at the nearest
-measured shape, interpolated log-log over (batch, seq) or (batch, context):
-so a layer of the measured shape costs exactly what was measured, and other
-shapes inherit the correction of the nearest one.
+measured by the profiler on a tiny probe layer). Where the profile measured
+whole layers of exactly this shape (layer and decode tables), the measurement
+overrides: the model is scaled by measured / modelled, interpolated log-log
+between the measured (batch, seq) or (batch, context) points and held at the
+nearest point outside them. Layers of other shapes use the kernel model
+alone: a correction measured at one width says little about another.
 """
 
 from __future__ import annotations
-
-import math
 
 from planner.cost_model.device import Device
 from planner.cost_model.flops import (
@@ -59,15 +58,13 @@ def decode_layer_kernels_s(dev: Device, d: Dims, batch: float, context: float, t
 # ---------------------------------------------------------- measured corrections
 
 
-def _nearest_layer_table(dev: Device, d: Dims):
+def _layer_table(dev: Device, d: Dims):
     tables = dev.profile.measured.layers if dev.profile.measured else []
-    if not tables:
-        return None
-    return min(tables, key=lambda t: abs(math.log(t.layer.hidden_size / d.hidden)))
+    return next((t for t in tables if _dims(t.layer) == d), None)
 
 
 def _layer_ratio(dev: Device, d: Dims, batch: float, seq: float, backward: bool) -> float:
-    table = _nearest_layer_table(dev, d)
+    table = _layer_table(dev, d)
     if table is None:
         return 1.0
     key = ("layer_ratio", id(table), backward)
@@ -84,9 +81,9 @@ def _layer_ratio(dev: Device, d: Dims, batch: float, seq: float, backward: bool)
     return grid(batch, seq)
 
 
-def _decode_ratio(dev: Device, batch: float, context: float) -> float:
+def _decode_ratio(dev: Device, d: Dims, batch: float, context: float) -> float:
     table = dev.profile.measured.decode if dev.profile.measured else None
-    if table is None:
+    if table is None or _dims(table.layer) != d:
         return 1.0
     grid = dev.cache.get("decode_ratio")
     if grid is None:
@@ -118,7 +115,7 @@ def decode_layer_s(dev: Device, d: Dims, batch: float, context: float, tp: int) 
     """One layer's decode step: `batch` new tokens, each attending to `context` cached ones."""
     t = dev.with_overhead(decode_layer_kernels_s(dev, d, batch, context, tp),
                           dev.overheads.decode_layer_s)
-    return t * _decode_ratio(dev, batch, context)
+    return t * _decode_ratio(dev, d, batch, context)
 
 
 def decode_layer_bounds_s(dev: Device, d: Dims, batch: float, context: float,

@@ -1,17 +1,20 @@
 """Turn measurements into profile numbers: peaks, link tiers, per-layer overheads.
 
 Overheads are what the kernel model (GEMMs + attention + elementwise passes,
-priced from the measured tables) does not explain of a measured whole layer:
-framework dispatch, small ops, allocator. On a CPU, dispatch and compute add,
-so the overhead is the intercept of a least-squares line
-measured = overhead + slope * kernels over the measured points. On a GPU,
-launches overlap kernels, so it is the floor: the fastest measured layer.
+priced from the measured tables) does not explain of a whole layer:
+framework dispatch, small ops, the allocator. They are measured directly on
+a probe layer so small that its kernels are negligible (PROBE_SHAPE at 1 x 8
+tokens, decode at 1 x 8): on a CPU, where dispatch and compute add, the
+overhead is the probe's time minus its (tiny) kernel model; on a GPU, where
+launches overlap kernels, it is the probe's time itself, the floor a layer
+cannot beat. The layer and decode tables then correct the rest of the way
+at their own shapes (layer_time.py).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 from planner.cost_model.device import Device, collective_steps_and_factor
 from planner.cost_model.flops import Dims
@@ -26,60 +29,32 @@ from planner.cost_model.profile import (
     DecodeTable,
     GemmTable,
     HardwareProfile,
+    LayerShape,
     LayerTable,
     LinkTier,
     Overheads,
 )
 
-
-def intercept(kernels: Sequence[float], measured: Sequence[float]) -> float:
-    """Intercept of the least-squares line measured = a + b * kernels, clamped to >= 0."""
-    n = len(kernels)
-    if n == 0:
-        return 0.0
-    mx, my = sum(kernels) / n, sum(measured) / n
-    var = sum((x - mx) ** 2 for x in kernels)
-    if var <= 0:
-        return max(my - mx, 0.0)
-    slope = sum((x - mx) * (y - my) for x, y in zip(kernels, measured)) / var
-    return max(my - slope * mx, 0.0)
+PROBE_SHAPE = LayerShape(hidden_size=32, intermediate_size=88, num_heads=2, num_kv_heads=1)
+PROBE_BATCH, PROBE_SEQ, PROBE_CONTEXT = 1, 8, 8
 
 
-def _dims(t: LayerTable | DecodeTable) -> Dims:
-    s = t.layer
-    return Dims(s.hidden_size, s.intermediate_size, s.num_heads, s.num_kv_heads)
-
-
-def _points(table, kernels: Callable, xs, ys, values, dev: Device):
-    d = _dims(table)
-    ks, ms = [], []
-    for i, x in enumerate(xs):
-        for j, y in enumerate(ys):
-            ks.append(kernels(dev, d, x, y, 1))
-            ms.append(values[i][j])
-    return ks, ms
-
-
-def fit_overheads(profile: HardwareProfile, layers: Sequence[LayerTable],
-                  decode: DecodeTable | None) -> Overheads:
-    """Per-layer overheads of `profile` (whose measured tables must already be set)."""
+def fit_overheads(profile: HardwareProfile, probe: LayerTable, probe_decode: DecodeTable
+                  ) -> Overheads:
+    """Per-layer overheads from the probe layer (1 x 1 tables) priced with `profile`'s kernels."""
     dev = Device(profile)
-    out = {}
-    for key, kernels, pick in (
-        ("layer_fwd_s", layer_fwd_kernels_s, lambda t: t.fwd_s),
-        ("layer_bwd_s", layer_bwd_kernels_s, lambda t: t.bwd_s),
-    ):
-        ks, ms = [], []
-        for t in layers:
-            k, m = _points(t, kernels, t.batch, t.seq, pick(t), dev)
-            ks += k
-            ms += m
-        out[key] = (min(ms) if dev.is_gpu else intercept(ks, ms)) if ms else 0.0
-    if decode is not None:
-        ks, ms = _points(decode, decode_layer_kernels_s, decode.batch, decode.context,
-                         decode.time_s, dev)
-        out["decode_layer_s"] = min(ms) if dev.is_gpu else intercept(ks, ms)
-    return Overheads(**out)
+    s = probe.layer
+    d = Dims(s.hidden_size, s.intermediate_size, s.num_heads, s.num_kv_heads)
+    b, t = probe.batch[0], probe.seq[0]
+    c = probe_decode.context[0]
+    measured = (probe.fwd_s[0][0], probe.bwd_s[0][0], probe_decode.time_s[0][0])
+    if dev.is_gpu:
+        fwd, bwd, dec = measured
+    else:
+        fwd = max(measured[0] - layer_fwd_kernels_s(dev, d, b, t, 1), 0.0)
+        bwd = max(measured[1] - layer_bwd_kernels_s(dev, d, b, t, 1), 0.0)
+        dec = max(measured[2] - decode_layer_kernels_s(dev, d, probe_decode.batch[0], c, 1), 0.0)
+    return Overheads(layer_fwd_s=fwd, layer_bwd_s=bwd, decode_layer_s=dec)
 
 
 def peak_gemm_flops(g: GemmTable) -> float:

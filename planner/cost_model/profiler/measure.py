@@ -1,9 +1,18 @@
 """Timing kernels and layers on this machine (torch is imported inside the functions).
 
-Every measurement is the median of several timed batches of calls after a
-warm-up, each batch long enough (>= ~1 ms) for the clock and, on a GPU, the
-synchronisation to be noise. Medians, not minima: the estimates should say
-what a run typically sees.
+Every measurement is the minimum over timed batches of calls after a warm-up,
+each batch long enough (>= ~1 ms) for the clock and, on a GPU, the
+synchronisation to be noise; the points of a table are timed in `rounds`
+interleaved passes, so each point gets chances at quiet moments spread over
+the whole run. The minimum, as timeit advises: on a dedicated machine it
+agrees with the median within a few percent, and on a machine shared with
+other processes it is the figure least disturbed by them, so it is the one
+that reproduces.
+
+Weights are cold: a real forward pass reads each weight once, from memory,
+so GEMMs and layers are timed cycling through enough copies of their weights
+to overflow the caches (COLD_BYTES); activations stay hot, as they are when
+the previous op just wrote them.
 
 Clock: on a GPU, wall time. On a CPU with one thread per device, the
 thread's CPU time (CLOCK_THREAD_CPUTIME_ID): it equals wall time on an idle
@@ -13,7 +22,7 @@ the core, so a profile taken on a busy machine still describes the machine.
 
 from __future__ import annotations
 
-import statistics
+import math
 import time
 from typing import Callable, Sequence
 
@@ -27,16 +36,34 @@ from planner.cost_model.profile import (
 
 Tick = Callable[[], None]
 
+# More than the last-level cache of any CPU or GPU we plan for (H100 L2: 50 MB).
+COLD_BYTES = 96 * 1024 * 1024
+MAX_COPIES = 256
+
+
+def _copies(nbytes: int) -> int:
+    """How many copies of `nbytes` of weights make a cycle that overflows the caches."""
+    return max(1, min(MAX_COPIES, -(-COLD_BYTES // max(nbytes, 1))))
+
+
+class _Cycle:
+    def __init__(self, items: list):
+        self.items, self.i = items, 0
+
+    def next(self):
+        self.i = (self.i + 1) % len(self.items)
+        return self.items[self.i]
+
 
 def _noop() -> None:
     pass
 
 
 class Bench:
-    """Where and how to time: device, dtype, time per point, and a sync function."""
+    """Where and how to time: device, dtype, time per point, rounds, and a sync function."""
 
     def __init__(self, device: str = "cpu", dtype: str = "fp32", min_time_s: float = 0.05,
-                 min_batches: int = 3, clock: str | None = None):
+                 min_batches: int = 3, rounds: int = 2, clock: str | None = None):
         import torch
 
         self.torch = torch
@@ -44,6 +71,7 @@ class Bench:
         self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
         self.min_time_s = min_time_s
         self.min_batches = min_batches
+        self.rounds = rounds
         self.sync: Callable[[], None] = (
             torch.cuda.synchronize if self.device.type == "cuda" else _noop)
         if clock is None:
@@ -53,7 +81,7 @@ class Bench:
         self.clock: Callable[[], float] = time.thread_time if clock == "thread" else time.perf_counter
 
     def time(self, fn: Callable[[], object]) -> float:
-        """Median seconds per call of fn."""
+        """Seconds per call of fn (the fastest timed batch)."""
         clock = self.clock
         fn()
         self.sync()
@@ -72,53 +100,62 @@ class Bench:
             dt = clock() - t0
             samples.append(dt / inner)
             spent += dt
-        return statistics.median(samples)
+        return min(samples)
+
+    def time_all(self, fns: Sequence[Callable[[], object]], tick: Tick = _noop) -> list[float]:
+        """The best time of each fn over `rounds` interleaved passes; tick once per fn per pass."""
+        best = [math.inf] * len(fns)
+        for _ in range(self.rounds):
+            for i, fn in enumerate(fns):
+                best[i] = min(best[i], self.time(fn))
+                tick()
+        return best
 
     def randn(self, *shape: int, grad: bool = False):
         t = self.torch.randn(*shape, device=self.device, dtype=self.dtype)
         return t.requires_grad_(grad)
 
 
+def _grid(values: list[float], ncols: int) -> list[list[float]]:
+    return [values[i:i + ncols] for i in range(0, len(values), ncols)]
+
+
 def measure_gemm(bench: Bench, ms: Sequence[int], ks: Sequence[int], tick: Tick = _noop) -> GemmTable:
-    times = []
+    elem = bench.torch.empty((), dtype=bench.dtype).element_size()
+    fns = []
     for m in ms:
-        row = []
         for k in ks:
-            a, w = bench.randn(m, k), bench.randn(k, k)
-            row.append(bench.time(lambda: a @ w))
-            tick()
-        times.append(row)
-    return GemmTable(m=list(ms), k=list(ks), time_s=times)
+            a = bench.randn(m, k)
+            ws = _Cycle([bench.randn(k, k) for _ in range(_copies(k * k * elem))])
+            fns.append(lambda a=a, ws=ws: a @ ws.next())
+    return GemmTable(m=list(ms), k=list(ks), time_s=_grid(bench.time_all(fns, tick), len(ks)))
 
 
 def measure_attention(bench: Bench, batch_heads: int, seqs: Sequence[int], head_dims: Sequence[int],
                       tick: Tick = _noop) -> AttentionTable:
     import torch.nn.functional as F
 
-    fwd, bwd = [], []
+    fwd_fns, both_fns = [], []
     for s in seqs:
-        frow, brow = [], []
         for d in head_dims:
             q, k, v = (bench.randn(1, batch_heads, s, d, grad=True) for _ in range(3))
             g = bench.randn(1, batch_heads, s, d)
 
-            def forward():
+            def forward(q=q, k=k, v=v):
                 with bench.torch.no_grad():
                     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
-            def both():
-                out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-                out.backward(g)
+            def both(q=q, k=k, v=v, g=g):
+                F.scaled_dot_product_attention(q, k, v, is_causal=True).backward(g)
 
-            t_f = bench.time(forward)
-            t_fb = bench.time(both)
-            frow.append(t_f)
-            brow.append(max(t_fb - t_f, 0.1 * t_f))  # guard against noise making it <= 0
-            tick()
-        fwd.append(frow)
-        bwd.append(brow)
+            fwd_fns.append(forward)
+            both_fns.append(both)
+    times = bench.time_all(fwd_fns + both_fns, tick)
+    n = len(fwd_fns)
+    fwd = times[:n]
+    bwd = [max(fb - f, 0.1 * f) for f, fb in zip(fwd, times[n:])]  # noise must not make it <= 0
     return AttentionTable(batch_heads=batch_heads, seq=list(seqs), head_dim=list(head_dims),
-                          fwd_s=fwd, bwd_s=bwd)
+                          fwd_s=_grid(fwd, len(head_dims)), bwd_s=_grid(bwd, len(head_dims)))
 
 
 def measure_memory_bandwidth(bench: Bench, nbytes: int) -> float:
@@ -126,63 +163,67 @@ def measure_memory_bandwidth(bench: Bench, nbytes: int) -> float:
     n = nbytes // 4
     src = bench.torch.empty(n, device=bench.device, dtype=bench.torch.float32).normal_()
     dst = bench.torch.empty_like(src)
-    t = bench.time(lambda: dst.copy_(src))
+    t = bench.time_all([lambda: dst.copy_(src)])[0]
     return 2 * n * 4 / t
 
 
-def _layer(bench: Bench, shape: LayerShape, max_positions: int):
+def _layers(bench: Bench, shape: LayerShape, max_positions: int) -> _Cycle:
+    """Copies of the reference layer, enough that cycling through them keeps weights cold."""
     from planner.cost_model.profiler.reference import RefLayer
 
     bench.torch.manual_seed(0)
-    return RefLayer(shape, max_positions=max_positions).to(device=bench.device, dtype=bench.dtype)
+    first = RefLayer(shape, max_positions=max_positions).to(device=bench.device, dtype=bench.dtype)
+    nbytes = sum(p.numel() * p.element_size() for p in first.parameters())
+    layers = [first]
+    for _ in range(_copies(nbytes) - 1):
+        layers.append(RefLayer(shape, max_positions=max_positions).to(device=bench.device,
+                                                                    dtype=bench.dtype))
+    return _Cycle(layers)
 
 
 def measure_layers(bench: Bench, shape: LayerShape, batches: Sequence[int], seqs: Sequence[int],
                    tick: Tick = _noop) -> LayerTable:
-    layer = _layer(bench, shape, max(seqs))
-    fwd, bwd = [], []
+    layers = _layers(bench, shape, max(seqs))
+    fwd_fns, both_fns = [], []
     for b in batches:
-        frow, brow = [], []
         for s in seqs:
             x = bench.randn(b, s, shape.hidden_size, grad=True)
             g = bench.randn(b, s, shape.hidden_size)
 
-            def forward():
+            def forward(x=x):
                 with bench.torch.no_grad():
-                    return layer(x)
+                    return layers.next()(x)
 
-            def both():
-                layer(x).backward(g)
+            def both(x=x, g=g):
+                layers.next()(x).backward(g)
 
-            t_f = bench.time(forward)
-            t_fb = bench.time(both)
-            frow.append(t_f)
-            brow.append(max(t_fb - t_f, 0.1 * t_f))
-            tick()
-        fwd.append(frow)
-        bwd.append(brow)
-    return LayerTable(layer=shape, batch=list(batches), seq=list(seqs), fwd_s=fwd, bwd_s=bwd)
+            fwd_fns.append(forward)
+            both_fns.append(both)
+    times = bench.time_all(fwd_fns + both_fns, tick)
+    n = len(fwd_fns)
+    fwd = times[:n]
+    bwd = [max(fb - f, 0.1 * f) for f, fb in zip(fwd, times[n:])]
+    return LayerTable(layer=shape, batch=list(batches), seq=list(seqs),
+                      fwd_s=_grid(fwd, len(seqs)), bwd_s=_grid(bwd, len(seqs)))
 
 
 def measure_decode(bench: Bench, shape: LayerShape, batches: Sequence[int],
                    contexts: Sequence[int], tick: Tick = _noop) -> DecodeTable:
     """One decode step of one layer: a new token per sequence after `context` cached ones."""
     torch = bench.torch
-    layer = _layer(bench, shape, max(contexts) + 1)
+    layers = _layers(bench, shape, max(contexts) + 1)
     d = shape.hidden_size // shape.num_heads
-    times = []
+    fns = []
     for b in batches:
-        row = []
         for c in contexts:
             cache = (bench.randn(b, shape.num_kv_heads, c + 1, d),
                      bench.randn(b, shape.num_kv_heads, c + 1, d))
             x = bench.randn(b, 1, shape.hidden_size)
 
-            def step():
+            def step(x=x, cache=cache, c=c):
                 with torch.no_grad():
-                    return layer(x, cache, start=c)
+                    return layers.next()(x, cache, start=c)
 
-            row.append(bench.time(step))
-            tick()
-        times.append(row)
-    return DecodeTable(layer=shape, batch=list(batches), context=list(contexts), time_s=times)
+            fns.append(step)
+    return DecodeTable(layer=shape, batch=list(batches), context=list(contexts),
+                       time_s=_grid(bench.time_all(fns, tick), len(contexts)))

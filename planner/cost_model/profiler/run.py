@@ -46,12 +46,15 @@ class Plan:
     coll_sizes: list[int]
     coll_groups: list[int] = field(default_factory=list)
     min_time_s: float = 0.05
+    rounds: int = 2
 
     def num_steps(self) -> int:
-        return (len(self.gemm_m) * len(self.gemm_k)
-                + len(self.attn_seq) * len(self.attn_head_dim) + 1
-                + len(self.layer_shapes) * len(self.layer_batch) * len(self.layer_seq)
-                + len(self.decode_batch) * len(self.decode_context) + len(self.coll_groups))
+        """Progress ticks: one per point per round, one per collective group, memory, probe."""
+        points = (len(self.gemm_m) * len(self.gemm_k)
+                  + 2 * len(self.attn_seq) * len(self.attn_head_dim)
+                  + 2 * len(self.layer_shapes) * len(self.layer_batch) * len(self.layer_seq)
+                  + len(self.decode_batch) * len(self.decode_context))
+        return points * self.rounds + len(self.coll_groups) + 2
 
 
 def _shape(h: int, i: int, heads: int, kv: int) -> LayerShape:
@@ -66,14 +69,14 @@ def plan_for(device: str, quick: bool, group_sizes: list[int]) -> Plan:
                         layer_shapes=[_shape(128, 352, 4, 2)], layer_batch=[1, 4],
                         layer_seq=[32, 128], decode_batch=[1, 8, 32], decode_context=[32, 256],
                         membw_bytes=64 * MiB, coll_sizes=[4 * KiB, 256 * KiB, 4 * MiB],
-                        coll_groups=group_sizes, min_time_s=0.03)
+                        coll_groups=group_sizes, min_time_s=0.02)
         return Plan(gemm_m=[1, 4, 16, 64, 256, 1024, 4096], gemm_k=[32, 64, 128, 256, 512, 1024, 2048],
                     attn_batch_heads=8, attn_seq=[16, 64, 256, 1024], attn_head_dim=[16, 32, 64, 128],
                     layer_shapes=[_shape(128, 352, 4, 2), _shape(512, 1376, 8, 8)],
                     layer_batch=[1, 4, 16], layer_seq=[16, 64, 256],
                     decode_batch=[1, 4, 16, 64], decode_context=[16, 64, 256, 1024],
                     membw_bytes=256 * MiB, coll_sizes=[1 * KiB, 16 * KiB, 256 * KiB, 4 * MiB, 32 * MiB],
-                    coll_groups=group_sizes, min_time_s=0.1)
+                    coll_groups=group_sizes, min_time_s=0.05, rounds=3)
     if quick:
         return Plan(gemm_m=[1, 16, 256, 4096, 16384], gemm_k=[256, 1024, 4096, 8192],
                     attn_batch_heads=32, attn_seq=[128, 512, 2048, 8192], attn_head_dim=[64, 128],
@@ -90,7 +93,7 @@ def plan_for(device: str, quick: bool, group_sizes: list[int]) -> Plan:
                 decode_batch=[1, 4, 16, 64, 256, 1024], decode_context=[128, 512, 2048, 8192],
                 membw_bytes=4096 * MiB,
                 coll_sizes=[8 * KiB, 64 * KiB, 1 * MiB, 16 * MiB, 256 * MiB, 1024 * MiB],
-                coll_groups=group_sizes, min_time_s=0.1)
+                coll_groups=group_sizes, min_time_s=0.05, rounds=3)
 
 
 def _base_name(device: str) -> str:
@@ -137,6 +140,10 @@ def profile_machine(name: str, *, quick: bool, device: str = "cpu", threads: int
 
     from planner.cost_model.profiler import collectives, measure
     from planner.cost_model.profiler.fit import (
+        PROBE_BATCH,
+        PROBE_CONTEXT,
+        PROBE_SEQ,
+        PROBE_SHAPE,
         fit_overheads,
         intra_node_tier,
         peak_attention_flops,
@@ -153,7 +160,7 @@ def profile_machine(name: str, *, quick: bool, device: str = "cpu", threads: int
     plan = plan_for("cpu" if device == "cpu" else "cuda", quick, group_sizes)
     dtype = "fp32" if device == "cpu" else "bf16"
     base = load_profile(_base_name(device))
-    bench = measure.Bench(device, dtype, min_time_s=plan.min_time_s)
+    bench = measure.Bench(device, dtype, min_time_s=plan.min_time_s, rounds=plan.rounds)
     host = _host(device, threads, quick)
     host["clock"] = bench.clock_name
 
@@ -192,7 +199,12 @@ def profile_machine(name: str, *, quick: bool, device: str = "cpu", threads: int
               for s in plan.layer_shapes]
     decode = measure.measure_decode(bench, plan.layer_shapes[0], plan.decode_batch,
                                     plan.decode_context, lambda: step("decode steps"))
-    overheads = fit_overheads(kernels_only, layers, decode)
+    # The probe is tiny: time it long and often, its overheads enter every estimate.
+    probe_bench = measure.Bench(device, dtype, min_time_s=0.1, min_batches=10, rounds=3)
+    probe = measure.measure_layers(probe_bench, PROBE_SHAPE, [PROBE_BATCH], [PROBE_SEQ])
+    probe_decode = measure.measure_decode(probe_bench, PROBE_SHAPE, [PROBE_BATCH], [PROBE_CONTEXT])
+    step("overhead probe")
+    overheads = fit_overheads(kernels_only, probe, probe_decode)
     measured = kernels_only.measured.model_copy(update={"layers": layers, "decode": decode})
     return kernels_only.model_copy(update={"overheads": overheads, "measured": measured})
 
