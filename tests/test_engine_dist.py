@@ -1,8 +1,9 @@
-"""The engine under (dp, tp, pp) = (2,1,1), (1,2,1), (1,1,2) on gloo, against one process.
+"""The engine under (dp, tp, pp) = (2,1,1), (1,2,1), (1,1,2), (1,2,2) on gloo vs one process.
 
 One spawn of 2 processes runs every layout for two models (Llama with GQA,
 untied; Qwen2 with qkv bias and tied embeddings); a second spawn of 4
-processes runs tp=2 x pp=2. Each check below reads what the workers wrote.
+processes runs tp=2 x pp=2 for Qwen2 and for a Llama critic (value head).
+Each check below reads what the workers wrote.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from runtime.engine.checkpoint import load_checkpoint, read_index
 from runtime.engine.engine import Engine
 from runtime.engine.generate import GenerationConfig, generate
 from runtime.engine.parallelize import build_groups
-from runtime.engine.scenarios import layout_tag, layouts_scenario
+from runtime.engine.scenarios import layout_tag, layouts_scenario, value_loss
 from runtime.engine.testing import make_hf_checkpoint, random_batch, spawn
 
 pytestmark = pytest.mark.multiprocess
@@ -44,7 +45,9 @@ def run(tmp_path_factory):
     arch = get_preset("tiny-llama-gqa")
     batch = random_batch(arch, 4, 10, seed=0, pad_left=[0, 3, 1, 0])
     prompts = random_batch(arch, 4, 6, seed=1, pad_left=[2, 0, 0, 1])
-    data = {**batch, "prompt_ids": prompts["input_ids"], "prompt_mask": prompts["attention_mask"]}
+    target = torch.linspace(-1, 1, 4)[:, None].expand(4, 10).contiguous()
+    data = {**batch, "prompt_ids": prompts["input_ids"], "prompt_mask": prompts["attention_mask"],
+            "target": target}
     torch.save(data, root / "data.pt")
     refs = {}
     for key, preset in MODELS.items():
@@ -62,14 +65,30 @@ def run(tmp_path_factory):
         ref["train_stats"] = eng.train_step(batch)  # one micro-batch, one process
         ref["trained"] = {k: v.clone() for k, v in eng.local_tensors().items()}
         refs[key] = ref
-    jobs = [(refs[k]["ckpt"], refs[k]["out"], TWO) for k in MODELS]
+    # a critic: Llama with a value head, trained with a squared-error loss
+    a = get_preset("tiny-llama")
+    ckpt = str(root / "value" / "ckpt")
+    hf = make_hf_checkpoint(ckpt, a, "value", seed=4, init_std=0.2)
+    eng = Engine(a, build_groups(Layout((0,))), "value", **TRAIN)
+    load_checkpoint(eng, ckpt)
+    ref = {"ckpt": ckpt, "out": str(root / "value"), "orig": _tensors(ckpt),
+           "values": eng.values(batch["input_ids"], batch["attention_mask"])}
+    with torch.no_grad():
+        ref["hf_last"] = hf(**batch).logits[:, 0]
+    ref["train_stats"] = eng.train_step({**batch, "target": target}, value_loss)
+    ref["trained"] = {k: v.clone() for k, v in eng.local_tensors().items()}
+    refs["value"] = ref
+
+    jobs = [(refs[k]["ckpt"], refs[k]["out"], TWO, "lm") for k in MODELS]
     spawn(layouts_scenario, 2, jobs, str(root / "data.pt"), TRAIN, GEN)
-    spawn(layouts_scenario, 4, [(refs["qwen"]["ckpt"], refs["qwen"]["out"], FOUR)],
-          str(root / "data.pt"), TRAIN, GEN)
+    jobs = [(refs["qwen"]["ckpt"], refs["qwen"]["out"], FOUR, "lm"),
+            (refs["value"]["ckpt"], refs["value"]["out"], FOUR, "value")]
+    spawn(layouts_scenario, 4, jobs, str(root / "data.pt"), TRAIN, GEN)
     return data, refs
 
 
 CASES = [(m, lay) for m in MODELS for lay in TWO] + [("qwen", lay) for lay in FOUR]
+ALL = CASES + [("value", lay) for lay in FOUR]
 
 
 def _results(refs, model: str, layout: str) -> list[dict]:
@@ -107,7 +126,7 @@ def test_greedy_generation_matches_one_process(run, model, layout):
                                    atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("model,layout", CASES)
+@pytest.mark.parametrize("model,layout", ALL)
 def test_save_load_round_trip_is_bit_exact(run, model, layout):
     _, refs = run
     assert all(res["roundtrip_equal"] for res in _results(refs, model, layout))
@@ -118,7 +137,7 @@ def test_save_load_round_trip_is_bit_exact(run, model, layout):
         assert torch.equal(t, orig[name]), name
 
 
-@pytest.mark.parametrize("model,layout", CASES)
+@pytest.mark.parametrize("model,layout", ALL)
 def test_train_step_matches_one_process(run, model, layout):
     _, refs = run
     ref = refs[model]
@@ -133,3 +152,12 @@ def test_train_step_matches_one_process(run, model, layout):
         torch.testing.assert_close(t, ref["trained"][name], atol=2e-6, rtol=0, msg=name)
         moved = max(moved, (t - ref["orig"][name]).abs().max().item())
     assert moved > 5e-4  # the step really changed the weights (lr 1e-3)
+
+
+@pytest.mark.parametrize("layout", FOUR)
+def test_value_head_matches_one_process_and_transformers(run, layout):
+    _, refs = run
+    ref = refs["value"]
+    for res in _results(refs, "value", layout):
+        torch.testing.assert_close(res["values"], ref["values"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(res["values"][:, -1], ref["hf_last"], atol=1e-5, rtol=1e-5)
