@@ -21,6 +21,7 @@ COMMANDS = [
     "schema",
     "estimate",
     "profile",
+    "show",
 ]
 
 
