@@ -111,6 +111,7 @@ def sample_plan(spec_path: str | Path, alloc: dict[str, tuple[str, int]], *,
         end_at[(name, it)] = occupy("call", name, list(lay.device_ids), ready,
                                     estimates[name].time_s, it, {})
     steady = num_iterations // 2
+    t0 = min(e.start_s for e in events if e.iteration == steady)  # estimates: within the iteration
     calls = []
     for c in spec.calls:
         ev = next(e for e in events if e.kind == "call" and e.name == c.name
@@ -120,7 +121,7 @@ def sample_plan(spec_path: str | Path, alloc: dict[str, tuple[str, int]], *,
         calls.append(CallAssignment(
             name=c.name, device_ids=list(lay.device_ids), dp=lay.dp, tp=lay.tp, pp=lay.pp,
             micro_batches=alloc[c.name][1],
-            estimate=CallEstimate(start_s=ev.start_s, end_s=ev.end_s,
+            estimate=CallEstimate(start_s=ev.start_s - t0, end_s=ev.end_s - t0,
                                   peak_memory_bytes=est.memory.peak_bytes,
                                   breakdown_s=dict(est.breakdown))))
     starts = [min(e.start_s for e in events if e.iteration == k) for k in range(num_iterations)]
@@ -128,7 +129,9 @@ def sample_plan(spec_path: str | Path, alloc: dict[str, tuple[str, int]], *,
         max(e.end_s for e in events)
     return ExecutionPlan(
         spec_hash=spec.spec_hash(), spec_path=str(spec_path), cluster=cluster, calls=calls,
-        realloc=realloc_steps, timeline=events if with_timeline else [],
+        realloc=[r.model_copy(update={"start_s": r.start_s - t0, "end_s": r.end_s - t0})
+                 for r in realloc_steps],
+        timeline=events if with_timeline else [],
         iteration_time_s=period,
         provenance=Provenance(method="manual", seed=0, search_time_s=0.0,
                               baselines_s=baselines_s or {},

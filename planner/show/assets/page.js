@@ -207,7 +207,7 @@
       "(pass --spec)."); return; }
     const wrap = h("div", { class: "scroll-x" }, c);
     const svg = s("svg", { width: G.width, height: G.height, viewBox: `0 0 ${G.width} ${G.height}`,
-      id: "graph-svg" }, wrap);
+      id: "graph-svg", style: "margin:0 auto" }, wrap);
     const defs = s("defs", {}, svg);
     for (const [id, col] of [["arr-data", "#475467"], ["arr-param", "#c4320a"],
       ["arr-next", "#98a2b3"]]) {
@@ -362,7 +362,7 @@
     const laneH = nsrc * rowH + (nsrc - 1) * srcGap + laneGap;
     const nodeGap = NODES > 1 ? (rowH >= 12 ? 10 : 6) : 0;
     const W = Math.max(760, c.clientWidth - 36);
-    const left = laneH >= 13 ? 118 : 96, right = 62, top = 30, bottom = 26;
+    const left = laneH >= 13 ? 118 : 96, right = 62, top = 44, bottom = 26;
     const plotW = W - left - right;
     const span = Math.max(...TL.map((t) => t.span_s), D.iteration_time_s || 0) * 1.01 || 1;
     const X = (t) => left + (t / span) * plotW;
@@ -446,14 +446,31 @@
     // One label per run of adjacent lanes of an event (readable at 128 GPUs too).
     const labels = s("g", { "pointer-events": "none" }, svg);
     for (const { x, i, devs } of blocks.values()) {
-      if (x.k !== "call") continue;
+      if (x.k !== "call" || (i > 0 && TL.length > 1)) continue;  // one label per call: the estimate's
       devs.sort((a, b) => a - b);
-      let runs = [], start = devs[0], prev = devs[0];
+      // Runs of adjacent lanes inside a node. On big clusters (small node bands) a call's
+      // consecutive node runs are grouped ~320 px at a time and labelled once, inside the
+      // group's middle node, so labels neither repeat on every node nor sit in the gaps.
+      const segs = [];
+      let start = devs[0], prev = devs[0];
       for (const d of devs.slice(1).concat([null])) {
         if (d !== null && d === prev + 1 && Math.floor(d / GPN) === Math.floor(prev / GPN)) {
           prev = d; continue;
         }
-        runs.push([start, prev]); start = prev = d;
+        segs.push([start, prev]); start = prev = d;
+      }
+      let runs = segs;
+      if (laneH * GPN < 120) {
+        const per = Math.max(1, Math.round(320 / (laneH * GPN + nodeGap)));
+        runs = [];
+        let group = [];
+        const flush = () => { if (group.length) runs.push(group[Math.floor((group.length - 1) / 2)]); group = []; };
+        segs.forEach((sg, k) => {
+          const contiguous = k > 0 && sg[0] === segs[k - 1][1] + 1;
+          if (!contiguous || group.length >= per) flush();
+          group.push(sg);
+        });
+        flush();
       }
       const w = X(x.e) - X(x.s);
       for (const [a, b] of runs) {
@@ -480,7 +497,7 @@
       s("line", { x1: px, x2: px, y1: top - 4, y2: H - bottom + 4, stroke: "#3b5bdb",
         "stroke-width": 1.4, "stroke-dasharray": "5 4" }, svg);
       const nearEnd = px > left + plotW * 0.8;
-      s("text", { x: nearEnd ? px - 5 : px + 5, y: top - 10 + 0, "text-anchor": nearEnd ? "end" :
+      s("text", { x: nearEnd ? px - 5 : px + 5, y: top - 24, "text-anchor": nearEnd ? "end" :
         "start", "font-size": 11, fill: "#3b5bdb", "font-weight": 600, stroke: "#fff",
         "stroke-width": 3, "paint-order": "stroke" }, svg, `period ${fmtS(D.iteration_time_s)}`);
     }
@@ -809,6 +826,11 @@
       const it = h("span", { "data-call": call.name, style: "cursor:pointer" }, lg);
       h("span", { class: "sw", style: `background:${call.color}` }, it);
       it.appendChild(document.createTextNode(call.name));
+    }
+    if (D.timelines.length > 1) {
+      const it = h("span", {}, lg);
+      h("span", { class: "sw", style: "background:#98a2b3;opacity:.72;border:1px solid #101828" }, it);
+      it.appendChild(document.createTextNode("measured (lower row of each GPU)"));
     }
     for (const [k, label] of [["realloc", "parameter realloc"], ["transfer", "data transfer"],
       ["offload", "offload"], ["idle", "idle"]]) {
