@@ -7,7 +7,6 @@ only where chromium, chromedriver or selenium cannot be found.
 import struct
 import zlib
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -15,7 +15,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from planner.errors import PlanError
 from planner.graph.loader import load_spec
 from planner.graph.spec import Spec
 from planner.plan import ExecutionPlan, check_plan, load_plan, write_atomic
@@ -90,5 +89,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.perfetto} ({len(trace['traceEvents'])} trace events)")
     return 0
 
-
-__all__ = ["add_parser", "run", "PlanError"]

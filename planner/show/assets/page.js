@@ -616,21 +616,26 @@
     h("span", { class: "sw", style: "background:none;border:0;border-top:2px dashed #d92d20;" +
       "height:0;width:16px;vertical-align:3px" }, capIt);
     capIt.appendChild(document.createTextNode("capacity"));
-    const W = Math.max(680, c.clientWidth - 36), left = 52, right = 12, top = 14, bottom = 34;
+    const W = Math.max(680, c.clientWidth - 36), left = 52, right = 12, top = 14, bottom = 46;
     const H = 250, plotW = W - left - right, plotH = H - top - bottom;
     const cap = M.capacity_bytes || 0;
-    const maxB = Math.max(cap * 1.06, ...M.devices.map((d) => d.peak * 1.04), 1);
+    const peakMax = Math.max(...M.devices.map((d) => d.peak), 1);
+    // A plan far below capacity (tiny models) is drawn to its own scale, capacity noted.
+    const capOnScale = cap && peakMax > 0.2 * cap;
+    const maxB = Math.max(capOnScale ? cap * 1.06 : 0, peakMax * 1.08);
+    const unit = maxB >= GIB ? GIB : maxB >= 1024 ** 2 ? 1024 ** 2 : 1024;
+    const uname = unit === GIB ? "GiB" : unit === 1024 ** 2 ? "MiB" : "KiB";
     const gapN = NODES > 1 ? Math.max(3, Math.min(12, plotW / NUM * 0.8)) : 0;
     const slot = (plotW - gapN * (NODES - 1)) / NUM;
-    const bw = Math.max(1.5, slot * (slot > 8 ? 0.78 : 0.9));
+    const bw = Math.min(64, Math.max(1.5, slot * (slot > 8 ? 0.78 : 0.9)));
     const bx = (d) => left + d * slot + Math.floor(d / GPN) * gapN + (slot - bw) / 2;
     const Y = (b) => top + plotH - (b / maxB) * plotH;
     const svg = s("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, id: "memory-chart" }, body);
-    const step = niceStep(maxB / GIB, 5);
-    for (let g = 0; g * GIB <= maxB; g += step) {
-      s("line", { x1: left, x2: W - right, y1: Y(g * GIB), y2: Y(g * GIB), stroke: "#eaecf0" }, svg);
-      s("text", { x: left - 6, y: Y(g * GIB) + 3.5, "text-anchor": "end", "font-size": 10.5,
-        fill: "#667085" }, svg, `${+g.toFixed(1)} GiB`);
+    const step = niceStep(maxB / unit, 5);
+    for (let g = 0; g * unit <= maxB; g += step) {
+      s("line", { x1: left, x2: W - right, y1: Y(g * unit), y2: Y(g * unit), stroke: "#eaecf0" }, svg);
+      s("text", { x: left - 6, y: Y(g * unit) + 3.5, "text-anchor": "end", "font-size": 10.5,
+        fill: "#667085" }, svg, `${+g.toFixed(1)} ${uname}`);
     }
     for (const dev of M.devices) {
       const g = s("g", { class: "mem-bar", "data-gpu": dev.d }, svg);
@@ -656,17 +661,24 @@
           `<table>${rows}</table>`;
       });
     }
-    if (cap) {
+    if (cap && !capOnScale) {
+      s("text", { x: W - right - 4, y: top + 4, "text-anchor": "end", "font-size": 11,
+        fill: "#d92d20", "font-weight": 600 }, svg, `capacity ${fmtB(cap)}: far above this scale`);
+    } else if (cap) {
       s("line", { x1: left, x2: W - right, y1: Y(cap), y2: Y(cap), stroke: "#d92d20",
         "stroke-width": 1.5, "stroke-dasharray": "6 4" }, svg);
       s("text", { x: W - right - 4, y: Y(cap) - 5, "text-anchor": "end", "font-size": 11,
         fill: "#d92d20", "font-weight": 600 }, svg, `capacity ${fmtB(cap)}`);
     }
+    if (slot >= 18) for (const dev of M.devices) s("text", { x: bx(dev.d) + bw / 2,
+      y: H - bottom + 13, "text-anchor": "middle", "font-size": 9.5, fill: "#667085" }, svg,
+      slot >= 40 ? `GPU ${dev.d}` : String(dev.d));
     for (let n = 0; n < NODES; n++) {
       const x0 = bx(n * GPN), x1 = bx(n * GPN + GPN - 1) + bw;
-      s("line", { x1: x0, x2: x1, y1: H - bottom + 6, y2: H - bottom + 6, stroke: "#98a2b3" }, svg);
+      const ly = H - bottom + (slot >= 18 ? 19 : 6);
+      s("line", { x1: x0, x2: x1, y1: ly, y2: ly, stroke: "#98a2b3" }, svg);
       const lbl = (x1 - x0) > 60 ? `node ${n}` : `${n}`;
-      s("text", { x: (x0 + x1) / 2, y: H - bottom + 20, "text-anchor": "middle", "font-size": 10.5,
+      s("text", { x: (x0 + x1) / 2, y: ly + 14, "text-anchor": "middle", "font-size": 10.5,
         fill: "#475467" }, svg, lbl);
     }
     const worst = M.devices.reduce((a, b) => (b.peak > a.peak ? b : a));
