@@ -165,3 +165,21 @@ def ppo_7b_16gpu(**kw) -> ExecutionPlan:
 def ppo_70b_128gpu(**kw) -> ExecutionPlan:
     return _with_baseline(SPECS / "ppo-llama2-70b-128gpu.yaml", PPO_70B_128GPU, "0-127:d4p4t8",
                           32, **kw)
+
+
+def main() -> int:
+    """Write the sample plans: python -m planner.show.sample OUT_DIR"""
+    import sys
+
+    from planner.plan import save_plan
+
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else ".")
+    for name, make in [("ppo-7b-16gpu", ppo_7b_16gpu), ("ppo-70b-128gpu", ppo_70b_128gpu)]:
+        path = out / f"sample-{name}.json"
+        save_plan(make(), path)
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
