@@ -22,6 +22,8 @@ COMMANDS = [
     "estimate",
     "profile",
     "show",
+    "search",
+    "evaluate",
 ]
 
 

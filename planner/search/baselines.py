@@ -1,0 +1,218 @@
+"""Plans people write by hand, each the best of its kind, priced by the same simulator.
+
+- `colocate`: every call on every device with ONE Megatron-style (dp, tp, pp)
+  (DeepSpeed-Chat style; micro-batches still chosen per call). Nothing moves
+  between calls. The best strategy over all legal ones.
+- `colocate-per-call`: every call on every device, each with its own
+  (dp, tp, pp, m) (verl's hybrid engine: rollout with its own TP), so models
+  reallocate between their calls on the same devices.
+- `split`: generation on its own devices, training and inference on the rest
+  (OpenRLHF style), every call with its own strategy on its side. The best
+  split over every cut of the cluster into two legal meshes (whole nodes, or
+  two halves of one node).
+
+Per-call strategies on fixed meshes are chosen by coordinate descent with the
+simulator (each call in turn tries its options, keeping the best simulated
+period), so memory interplay and reallocs are priced, not guessed. Every
+baseline's candidates are added to the problem, so the search's space holds
+the baselines and a searched plan is never worse than them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.cost_model import IllegalLayoutError
+from planner.cost_model.legality import layout_problem, mesh_problem
+from planner.layout.layout import Layout
+from planner.search.candidates import Candidate, price, shape_options
+from planner.search.problem import Problem
+from planner.search.simulator import Simulator
+
+MAX_OPTIONS = 16  # fastest options per call per mesh for the coordinate descent (+ 4 lean)
+
+
+@dataclass
+class Baseline:
+    name: str
+    description: str
+    assignment: tuple[int, ...] | None   # None: no plan of this kind fits
+    period_s: float | None
+    note: str = ""
+
+
+def _options(p: Problem, call: int, devices: tuple[int, ...]) -> list[Candidate]:
+    opts = shape_options(p.contexts[call], devices, max_pp=p.max_pp)
+    keep = opts[:MAX_OPTIONS]
+    # Keep the leanest few too: with other models resident, memory decides.
+    for c in sorted(opts, key=lambda c: (c.peak_bytes, c.time_s))[:4]:
+        if c not in keep:
+            keep.append(c)
+    return keep
+
+
+def _descend(p: Problem, sim: Simulator, options: list[list[Candidate]], rounds: int = 3
+             ) -> tuple[tuple[int, ...] | None, float | None]:
+    """Coordinate descent over per-call options; returns the best fitting assignment."""
+    if any(not o for o in options):
+        return None, None
+    idx = [[p.add_candidate(i, c) for c in options[i]] for i in range(p.n)]
+    cur = [0] * p.n
+    # Start from the leanest option of every call when the fastest ones do not fit.
+    a = tuple(idx[i][0] for i in range(p.n))
+    if not sim.feasible(a):
+        lean = [min(range(len(options[i])), key=lambda k: options[i][k].peak_bytes)
+                for i in range(p.n)]
+        cur = lean
+        a = tuple(idx[i][cur[i]] for i in range(p.n))
+    best_e = sim.energy(a)
+    for _ in range(rounds):
+        improved = False
+        for i in range(p.n):
+            for k in range(len(options[i])):
+                if k == cur[i]:
+                    continue
+                trial = cur.copy()
+                trial[i] = k
+                b = tuple(idx[x][trial[x]] for x in range(p.n))
+                e = sim.energy(b)
+                if e < best_e - 1e-12:
+                    best_e, cur, improved = e, trial, True
+        if not improved:
+            break
+    a = tuple(idx[i][cur[i]] for i in range(p.n))
+    if not sim.feasible(a):
+        return None, None
+    return a, sim.period(a)
+
+
+def colocate(p: Problem, sim: Simulator) -> Baseline:
+    """One (dp, tp, pp) for every call on all devices; micro-batches per call."""
+    n_dev = p.num_devices
+    devices = tuple(range(n_dev))
+    best: tuple[float, tuple[int, ...], str] | None = None
+    tried = 0
+    for tp in range(1, n_dev + 1):
+        if n_dev % tp or tp > p.gpus_per_node:
+            continue
+        for pp in range(1, n_dev // tp + 1):
+            if (n_dev // tp) % pp or pp > p.max_pp:
+                continue
+            lay = Layout(devices, dp=n_dev // (tp * pp), tp=tp, pp=pp)
+            if any(layout_problem(p.spec.models[m].architecture, lay, p.gpus_per_node, n_dev)
+                   for m in p.model_of):
+                continue
+            tried += 1
+            res = _same_layout(p, sim, lay)
+            if res is not None and (best is None or res[0] < best[0]):
+                best = res
+    desc = "every call on all devices, one (dp, tp, pp) (DeepSpeed-Chat style)"
+    if best is None:
+        return Baseline("colocate", desc, None, None,
+                        f"none of {tried} single strategies fits in memory")
+    return Baseline("colocate", desc, best[1], best[0], best[2])
+
+
+def _same_layout(p: Problem, sim: Simulator, lay: Layout
+                 ) -> tuple[float, tuple[int, ...], str] | None:
+    """Each call on `lay` with the fastest micro-batch count that leaves room for the homes."""
+    per_call: list[list[Candidate]] = []
+    for i in range(p.n):
+        opts = []
+        mb = 1
+        while mb <= 64:
+            try:
+                opts.append(price(p.contexts[i], lay, mb))
+            except IllegalLayoutError:
+                break
+            mb *= 2
+        if not opts:
+            return None
+        per_call.append(opts)
+    resident = sum(min(per_call[h], key=lambda c: c.time_s).states_bytes for h in p.home_calls)
+    room = p.capacity_bytes - resident
+    if room <= 0:
+        return None
+    a = []
+    for i in range(p.n):
+        fit = [c for c in per_call[i] if c.work_bytes <= room]
+        if not fit:
+            return None
+        a.append(p.add_candidate(i, min(fit, key=lambda c: (c.time_s, c.micro_batches))))
+    a_t = tuple(a)
+    if not sim.feasible(a_t):
+        return None
+    return sim.period(a_t), a_t, f"strategy {lay}"
+
+
+def colocate_per_call(p: Problem, sim: Simulator, start: tuple[int, ...] | None = None
+                      ) -> Baseline:
+    """All devices for every call, each call its own strategy (verl hybrid-engine style)."""
+    devices = tuple(range(p.num_devices))
+    options = [_options(p, i, devices) for i in range(p.n)]
+    if start is not None:  # the one-strategy plan is one of these: descend from it
+        for i, j in enumerate(start):
+            c = p.candidates[i][j]
+            if c in options[i]:
+                options[i].remove(c)
+            options[i].insert(0, c)
+    a, per = _descend(p, sim, options)
+    desc = "every call on all devices, each with its own (dp, tp, pp) (verl style)"
+    return Baseline("colocate-per-call", desc, a, per,
+                    "" if a is not None else "no per-call strategies fit in memory together")
+
+
+def _splits(p: Problem) -> list[int]:
+    """First device of the training side for every legal two-mesh cut of the cluster:
+    whole nodes, or (one node) two aligned power-of-two slices."""
+    n, gpn = p.num_devices, p.gpus_per_node
+    cuts = [k * gpn for k in range(1, p.num_nodes)] if p.num_nodes > 1 else list(range(1, n))
+    return sorted(g for g in cuts if mesh_problem(tuple(range(g)), gpn, n) is None
+                  and mesh_problem(tuple(range(g, n)), gpn, n) is None)
+
+
+def split(p: Problem, sim: Simulator) -> Baseline:
+    """Generation on devices [0, g), everything else on [g, N); the best g.
+
+    Every whole-node cut is tried (the period is not unimodal in g: strategies and
+    memory fits jump), or on one node the two halves.
+    """
+    gens = [i for i in range(p.n) if p.calls[i].type == "generate"]
+    desc = "generation on its own devices, training and inference on the rest (OpenRLHF style)"
+    if not gens:
+        return Baseline("split", desc, None, None, "the spec has no generate call")
+    n, gpn = p.num_devices, p.gpus_per_node
+    tried: dict[int, tuple[tuple[int, ...] | None, float | None]] = {}
+
+    def at(g: int) -> float:
+        if g not in tried:
+            gen_dev, rest = tuple(range(g)), tuple(range(g, n))
+            if mesh_problem(gen_dev, gpn, n) or mesh_problem(rest, gpn, n):
+                tried[g] = (None, None)
+            else:
+                options = [_options(p, i, gen_dev if i in gens else rest) for i in range(p.n)]
+                tried[g] = _descend(p, sim, options)
+        per = tried[g][1]
+        return per if per is not None else float("inf")
+
+    for g in _splits(p):
+        at(g)
+    ok = {g: v for g, v in tried.items() if v[1] is not None}
+    if not ok:
+        return Baseline("split", desc, None, None, "no split fits in memory")
+    g = min(ok, key=lambda k: (ok[k][1], k))
+    return Baseline("split", desc, ok[g][0], ok[g][1],
+                    f"generation on devices 0-{g - 1}, the rest on {g}-{n - 1}")
+
+
+def all_baselines(p: Problem, sim: Simulator | None = None) -> list[Baseline]:
+    """Every baseline, tried on a scratch copy of `p`; only the winning plans' candidates
+    are added to `p` (so the search's space holds them without the options tried)."""
+    q = p.scratch()
+    qsim = Simulator(q, max_iterations=sim.max_iterations if sim else 6)
+    first = colocate(q, qsim)
+    out = [first, colocate_per_call(q, qsim, first.assignment), split(q, qsim)]
+    for b in out:
+        if b.assignment is not None:
+            b.assignment = p.adopt(q, b.assignment)
+    return out

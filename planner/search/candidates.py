@@ -1,0 +1,234 @@
+"""Candidates of one call: (mesh, dp, tp, pp, micro-batches) that are legal and fit alone.
+
+Enumeration (DESIGN.md "The search"): for every mesh shape (whole nodes, or a
+power-of-two slice of a node; see meshes.py) every (dp, tp, pp) split with
+dp*tp*pp = mesh size and every power-of-two micro-batch count is priced by the
+cost model once, on the shape's first position. What survives:
+
+1. legal (cost_model.layout_problem, batch rules) and fitting alone in a
+   device's memory: peak = model states + working memory (+ nothing else);
+2. per shape, a few *memory levels*: the fastest strategy, and the fastest one
+   whose peak stays under 75%, 50% and 30% of the device memory, so a search
+   that must squeeze other models' resident states next to it has leaner
+   options of the same mesh (ReaLHF keeps only the fastest, which leaves a
+   search with nothing to place beside a big model);
+3. pruned to the best K by the call's own time, spread over shapes: shapes are
+   ranked by their fastest time, and positions are taken round-robin (first
+   position of every shape, then the second, ...), so K keeps fast big meshes
+   *and* smaller meshes at disjoint positions that calls can share the cluster
+   with. Within a shape, positions come in meshes.py's preference order.
+
+Everything is in seconds and bytes per device (the most loaded device of the
+layout, as the cost model reports it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from planner.cost_model import IllegalLayoutError, estimate_call
+from planner.cost_model.legality import layout_problem
+from planner.cost_model.profile import HardwareProfile
+from planner.graph.spec import CallSpec, ModelSpec
+from planner.layout.layout import Layout, format_layout
+from planner.search.meshes import MeshShape, mesh_shapes, mesh_starts
+
+# Peak-memory fractions that define the memory levels kept per mesh shape.
+MEMORY_LEVELS = (1.0, 0.75, 0.5, 0.3)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One way to run one call: a layout, a micro-batch count and what the cost model says."""
+
+    layout: Layout
+    micro_batches: int
+    time_s: float
+    params_bytes: int   # parameters per device
+    states_bytes: int   # parameters + gradients + optimizer states per device
+    work_bytes: int     # activations + KV cache per device, alive only while the call runs
+    breakdown_s: Mapping[str, float] = field(default_factory=dict, compare=False)
+
+    @property
+    def lo(self) -> int:
+        return self.layout.device_ids[0]
+
+    @property
+    def hi(self) -> int:
+        """One past the last device (meshes are contiguous)."""
+        return self.layout.device_ids[-1] + 1
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.states_bytes + self.work_bytes
+
+    def label(self) -> str:
+        return f"{format_layout(self.layout)} m{self.micro_batches}"
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _powers_of_two_upto(n: int) -> list[int]:
+    out, m = [], 1
+    while m <= n:
+        out.append(m)
+        m *= 2
+    return out
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """What pricing a call needs besides the layout."""
+
+    call: CallSpec
+    model: ModelSpec
+    profile: HardwareProfile
+    gpus_per_node: int
+    num_devices: int
+
+    @property
+    def capacity_bytes(self) -> int:
+        return self.profile.memory_bytes
+
+
+def price(ctx: CallContext, layout: Layout, micro_batches: int) -> Candidate:
+    """The cost model's answer for one layout; raises IllegalLayoutError when it cannot run."""
+    m = ctx.model
+    est = estimate_call(m.architecture, m.head, ctx.call, layout, micro_batches, ctx.profile,
+                        trainable=m.trainable, gpus_per_node=ctx.gpus_per_node,
+                        num_devices=ctx.num_devices)
+    mem = est.memory
+    return Candidate(layout, micro_batches, est.time_s, mem.params_bytes, mem.resident_bytes,
+                     mem.transient_bytes, est.breakdown)
+
+
+def _rank_seqs(call: CallSpec, dp: int) -> int:
+    per_step = math.ceil(call.num_seqs / call.minibatches) if call.type == "train" else call.num_seqs
+    return math.ceil(per_step / dp)
+
+
+def shape_options(ctx: CallContext, layout_devices: tuple[int, ...], *, max_pp: int = 16,
+                  max_micro_batches: int = 64) -> list[Candidate]:
+    """Every legal, memory-feasible (strategy, micro-batches) on one mesh, fastest first."""
+    n = len(layout_devices)
+    arch = ctx.model.architecture
+    cap = ctx.capacity_bytes
+    out: list[Candidate] = []
+    for tp in _divisors(n):
+        if tp > ctx.gpus_per_node:
+            break
+        for pp in _divisors(n // tp):
+            if pp > max_pp:
+                break
+            dp = n // (tp * pp)
+            layout = Layout(layout_devices, dp=dp, tp=tp, pp=pp)
+            if layout_problem(arch, layout, ctx.gpus_per_node, ctx.num_devices):
+                continue
+            per_rank = _rank_seqs(ctx.call, dp)
+            if dp > (ctx.call.num_seqs if ctx.call.type != "train"
+                     else math.ceil(ctx.call.num_seqs / ctx.call.minibatches)):
+                continue
+            best_s = math.inf
+            for mb in _powers_of_two_upto(min(per_rank, max_micro_batches)):
+                try:
+                    cand = price(ctx, layout, mb)
+                except IllegalLayoutError:
+                    continue
+                fits = cand.peak_bytes <= cap
+                if fits:
+                    out.append(cand)
+                    best_s = min(best_s, cand.time_s)
+                # More micro-batches trade time for memory (and, with pp > 1, shrink the
+                # pipeline fill until about 4*pp): stop once one is 1.5x slower than the best
+                # of this split, or past 4*pp and under the leanest memory level.
+                if fits and (cand.time_s > 1.5 * best_s
+                             or (mb >= 4 * pp and cand.peak_bytes <= MEMORY_LEVELS[-1] * cap)):
+                    break
+    out.sort(key=lambda c: (c.time_s, c.peak_bytes, c.layout.tp, c.layout.pp, c.micro_batches))
+    return out
+
+
+def memory_levels(options: list[Candidate], capacity_bytes: int,
+                  levels: tuple[float, ...] = MEMORY_LEVELS) -> list[Candidate]:
+    """The fastest option under each peak-memory level (deduplicated, fastest first)."""
+    out: list[Candidate] = []
+    for f in levels:
+        fit = [c for c in options if c.peak_bytes <= f * capacity_bytes]
+        if fit and fit[0] not in out:
+            out.append(fit[0])
+    return out
+
+
+def moved(c: Candidate, start: int) -> Candidate:
+    """The same strategy on the mesh of the same shape starting at `start`."""
+    lay = c.layout
+    n = lay.world_size
+    return Candidate(Layout(tuple(range(start, start + n)), lay.dp, lay.tp, lay.pp),
+                     c.micro_batches, c.time_s, c.params_bytes, c.states_bytes, c.work_bytes,
+                     c.breakdown_s)
+
+
+@dataclass
+class CallCandidates:
+    """The candidates of one call and why the list looks the way it does."""
+
+    candidates: list[Candidate]
+    # Per shape: its fastest option (None when nothing fits); for error messages.
+    best_by_shape: dict[MeshShape, Candidate | None]
+    leanest: Candidate | None  # the smallest peak over every legal option (even unfitting)
+
+
+def enumerate_call(ctx: CallContext, num_nodes: int, *, top_k: int, max_pp: int = 16
+                   ) -> CallCandidates:
+    """The pruned candidate list of one call (see the module docstring)."""
+    gpn = ctx.gpus_per_node
+    per_shape: dict[MeshShape, list[Candidate]] = {}
+    best: dict[MeshShape, Candidate | None] = {}
+    for shape in mesh_shapes(num_nodes, gpn):
+        starts = mesh_starts(shape, num_nodes, gpn)
+        if not starts:
+            continue
+        devices = tuple(range(starts[0], starts[0] + shape.size))
+        opts = shape_options(ctx, devices, max_pp=max_pp)
+        best[shape] = opts[0] if opts else None
+        if opts:
+            per_shape[shape] = memory_levels(opts, ctx.capacity_bytes)
+    ranked = sorted(per_shape, key=lambda s: (per_shape[s][0].time_s, -s.size, not s.whole_nodes))
+    positions = {s: mesh_starts(s, num_nodes, gpn) for s in ranked}
+    chosen: list[Candidate] = []
+    rnd = 0
+    while len(chosen) < top_k and any(rnd < len(positions[s]) for s in ranked):
+        for s in ranked:
+            if rnd < len(positions[s]):
+                for c in per_shape[s]:
+                    if len(chosen) < top_k:
+                        chosen.append(moved(c, positions[s][rnd]))
+        rnd += 1
+    leanest = None
+    if not chosen:
+        leanest = _leanest(ctx, num_nodes, max_pp)
+    return CallCandidates(chosen, best, leanest)
+
+
+def _leanest(ctx: CallContext, num_nodes: int, max_pp: int) -> Candidate | None:
+    """The option with the smallest peak on the whole cluster (for 'cannot fit' messages)."""
+    n = num_nodes * ctx.gpus_per_node
+    arch = ctx.model.architecture
+    best: Candidate | None = None
+    for tp in _divisors(n):
+        for pp in _divisors(n // tp):
+            lay = Layout(tuple(range(n)), dp=n // (tp * pp), tp=tp, pp=pp)
+            if layout_problem(arch, lay, ctx.gpus_per_node, ctx.num_devices):
+                continue
+            for mb in _powers_of_two_upto(max(1, _rank_seqs(ctx.call, lay.dp))):
+                try:
+                    c = price(ctx, lay, mb)
+                except IllegalLayoutError:
+                    continue
+                if best is None or c.peak_bytes < best.peak_bytes:
+                    best = c
+    return best

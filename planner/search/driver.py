@@ -1,0 +1,165 @@
+"""`search(spec, ...)`: candidates, baselines, MCMC and/or CP-SAT, and the plan.
+
+Methods:
+- `baseline`: the best hand-written kind of plan (planner/search/baselines.py);
+- `mcmc`: Metropolis-Hastings from the baselines (planner/search/mcmc.py);
+- `cpsat`: the exact cyclic model, hinted with the best baseline;
+- `auto` (default): MCMC for half the budget, then CP-SAT hinted with MCMC's
+  plan and capped by its period, which also yields a proven lower bound.
+The plan with the smallest simulated period wins; it is re-simulated with the
+cost model's exact move costs and written as an ExecutionPlan.
+
+Budget: `time_limit_s` covers everything after the candidates are priced
+(baselines included). `steps` makes the run deterministic for a seed (MCMC
+takes that many steps, CP-SAT runs one worker on a deterministic time limit).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from planner.errors import UserError
+from planner.graph.spec import Spec
+from planner.plan import ExecutionPlan, Provenance
+from planner.search.baselines import Baseline, all_baselines
+from planner.search.cpsat import cpsat_search
+from planner.search.mcmc import SearchResult, mcmc_search
+from planner.search.plan_out import build_plan, exact_evaluation
+from planner.search.problem import Problem, build_problem
+from planner.search.simulator import Simulator
+
+METHODS = ("auto", "mcmc", "cpsat", "baseline")
+
+# (stage, fraction of the stage done, best period so far or None)
+Progress = Callable[[str, float, float | None], None]
+
+
+class NoPlanFitsError(UserError):
+    """Every call fits alone, but no combination fits in memory together."""
+
+
+@dataclass
+class SearchOutcome:
+    problem: Problem
+    method: str                       # which method's plan was chosen
+    assignment: tuple[int, ...]
+    order: list[float] | None
+    period_s: float                   # simulated with the search's move costs
+    exact_period_s: float             # re-simulated with exact move costs (the plan's)
+    baselines: list[Baseline]
+    baselines_exact_s: dict[str, float | None]
+    runs: list[SearchResult]
+    lower_bound_s: float | None
+    search_time_s: float
+    plan: ExecutionPlan
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def gap(self) -> float | None:
+        """(plan - bound) / plan, in the search's cost model; None without a bound."""
+        if self.lower_bound_s is None or self.period_s <= 0:
+            return None
+        return max(0.0, (self.period_s - self.lower_bound_s) / self.period_s)
+
+    @property
+    def best_baseline(self) -> tuple[str, float] | None:
+        known = [(n, s) for n, s in self.baselines_exact_s.items() if s is not None]
+        return min(known, key=lambda x: x[1]) if known else None
+
+
+def _no_fit_message(p: Problem, sim: Simulator, closest: tuple[int, ...] | None) -> str:
+    a = closest or tuple(0 for _ in range(p.n))
+    ev = sim.evaluate(a)
+    dev = ev.worst_device
+    resident = top = 0
+    for lo, hi, res, tr in sim.memory_map(a):
+        if lo <= dev < hi:
+            resident, top = res, tr
+    gib = 2**30
+    return (f"no plan fits in memory: every call fits alone, but together the closest plan "
+            f"found needs {ev.peak_bytes / gib:.1f} GiB on device {dev} (resident model states "
+            f"{resident / gib:.1f} + largest working set {top / gib:.1f}) of "
+            f"{p.capacity_bytes / gib:.1f} GiB; use more devices or a larger gpu_memory_gib")
+
+
+def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "auto",
+           time_limit_s: float = 10.0, seed: int = 0, top_k: int = 40, steps: int | None = None,
+           workers: int = 2, cpsat_params: str = "", progress: Progress | None = None,
+           problem: Problem | None = None) -> SearchOutcome:
+    """Find a plan for `spec`; see the module docstring."""
+    if method not in METHODS:
+        raise UserError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+    t0 = time.perf_counter()
+    if progress:
+        progress("candidates", 0.0, None)
+    p = problem or build_problem(spec, spec_path, top_k=top_k)
+    t_priced = time.perf_counter()
+    sim = Simulator(p)
+    if progress:
+        progress("baselines", 0.0, None)
+    baselines = all_baselines(p, sim)
+    known = [b for b in baselines if b.assignment is not None]
+    best_base = min(known, key=lambda b: b.period_s) if known else None
+    runs: list[SearchResult] = []
+
+    def left() -> float:
+        return max(0.5, time_limit_s - (time.perf_counter() - t_priced))
+
+    deterministic = steps is not None
+    if method in ("mcmc", "auto"):
+        budget = left() * (0.5 if method == "auto" else 1.0)
+        runs.append(mcmc_search(
+            sim, seed=seed, steps=steps, time_limit_s=None if deterministic else budget,
+            starts=[b.assignment for b in known],
+            progress=(lambda f, b: progress("mcmc", f, b)) if progress else None))
+    if method in ("cpsat", "auto"):
+        incumbent = min((r for r in runs if r.assignment is not None),
+                        key=lambda r: r.period_s, default=None)
+        hint = incumbent.assignment if incumbent else (best_base.assignment if best_base else None)
+        ub = incumbent.period_s if incumbent else (best_base.period_s if best_base else None)
+        if progress:
+            progress("cpsat", 0.0, ub)
+        params = cpsat_params
+        if deterministic:  # one worker on a deterministic budget: same answer every run
+            params = f"max_deterministic_time:{max(1.0, steps / 5000)} {params}".strip()
+        runs.append(cpsat_search(sim, time_limit_s=left() if not deterministic else 1e6,
+                                 workers=1 if deterministic else workers, seed=seed,
+                                 params=params, hint=hint, upper_bound_s=ub))
+        if progress:
+            progress("cpsat", 1.0, runs[-1].period_s)
+
+    options: list[tuple[float, str, tuple[int, ...], list[float] | None]] = []
+    for b in known:
+        options.append((b.period_s, f"baseline:{b.name}", b.assignment, None))
+    for r in runs:
+        if r.assignment is not None:
+            options.append((r.period_s, r.method, r.assignment, r.order))
+    if not options:
+        closest = next((r.closest for r in runs if r.closest), None)
+        raise NoPlanFitsError(_no_fit_message(p, sim, closest))
+    # Ties go to the searched plans (listed last) only when strictly better.
+    period, chosen, assign, order = min(options, key=lambda o: (o[0], o[1].startswith("base")))
+    bound = next((r.lower_bound_s for r in runs if r.lower_bound_s is not None), None)
+    search_time = time.perf_counter() - t0
+
+    exact_eval = exact_evaluation(p, assign, order)
+    base_exact = {}
+    for b in baselines:
+        base_exact[b.name] = (exact_evaluation(p, b.assignment)[1].period_s
+                              if b.assignment is not None else None)
+    notes = [f"{len(p.candidates[i])} candidates for {p.names[i]}" for i in range(p.n)]
+    for r in runs:
+        extra = f", bound {r.lower_bound_s:.3f} s" if r.lower_bound_s is not None else ""
+        per = f"{r.period_s:.3f} s" if r.period_s is not None else "none"
+        notes.append(f"{r.method}: {per} in {r.elapsed_s:.1f} s ({r.status}{extra})")
+    prov = Provenance(method=chosen, seed=seed, search_time_s=search_time,
+                      lower_bound_s=bound,
+                      baselines_s={k: v for k, v in base_exact.items() if v is not None},
+                      notes=notes)
+    plan = build_plan(p, assign, provenance=prov, order=order, spec_path=spec_path,
+                      evaluation=exact_eval)
+    return SearchOutcome(p, chosen, assign, order, period, exact_eval[1].period_s, baselines,
+                         base_exact, runs, bound, search_time, plan, notes)

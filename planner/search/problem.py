@@ -1,0 +1,281 @@
+"""The search problem: calls in order, their dependencies, homes, candidates and move costs.
+
+Built once per spec; the simulator, MCMC, CP-SAT and the baselines all read
+it. Calls are numbered in a topological order of the iteration's graph (ties
+by spec order), which is also the simulator's priority order.
+
+Homes (DESIGN.md "The simulator"): a trainable model lives on its train
+call's layout (parameters, gradients, optimizer states resident); a frozen
+model on the layout of its first call (parameters resident). Every other
+call of the model whose layout differs from home gets a temporary copy by
+realloc from home just before it runs and drops it after.
+
+Move costs are looked up per (call, home candidate, candidate) for realloc and
+per (edge, source candidate, destination candidate) for data keys, computed on
+first use and cached. `exact=True` prices them with the cost model's exact
+transfer plan (slow for big models: used to re-check a final plan); the
+default uses planner.search.realloc's aggregate form of the same rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import networkx as nx
+
+from planner.cost_model import data_transfer_cost, load_profile, realloc_cost
+from planner.cost_model.profile import HardwareProfile
+from planner.errors import UserError
+from planner.graph.dataflow import build_graph, param_next_edges, train_call_of
+from planner.graph.spec import CallSpec, Spec
+from planner.layout.layout import Layout
+from planner.search.candidates import CallCandidates, CallContext, Candidate, enumerate_call, price
+from planner.search.realloc import NO_MOVE, MoveCost, fast_data_transfer, fast_realloc
+
+# Bytes per token of a per-token data key (token ids int32, log-probs / values fp32).
+KEY_BYTES_PER_TOKEN = 4
+
+
+class ImpossibleSpecError(UserError):
+    """No layout of some call fits in a device's memory; the message names it."""
+
+
+@dataclass(frozen=True)
+class Edge:
+    """u -> v inside an iteration; `nbytes` of data keys move along it."""
+
+    u: int
+    v: int
+    nbytes: int
+    keys: tuple[str, ...]
+
+
+def key_bytes(call: CallSpec, key: str, head: str) -> int:
+    """Size of one data key produced by `call`: per-token, or one scalar per sequence
+    for a reward model's output (the only per-sequence keys the algorithms emit)."""
+    if call.type == "inference" and head == "reward":
+        return call.num_seqs * 4
+    return call.num_seqs * call.total_len * KEY_BYTES_PER_TOKEN
+
+
+def load_cluster_profile(spec: Spec, spec_path: str | Path | None = None) -> HardwareProfile:
+    """The spec's hardware profile; a relative profile path is also tried beside the spec."""
+    hw = spec.cluster.hardware
+    if hw.endswith(".json") and not Path(hw).exists() and spec_path is not None:
+        beside = Path(spec_path).parent / hw
+        if beside.exists():
+            hw = str(beside)
+    return load_profile(hw, spec.cluster.gpu_memory_gib)
+
+
+class Problem:
+    """Everything the search engines share; see the module docstring."""
+
+    def __init__(self, spec: Spec, profile: HardwareProfile, *, top_k: int = 40,
+                 max_pp: int = 16, exact_moves: bool = False,
+                 candidates: list[list[Candidate]] | None = None) -> None:
+        self.spec = spec
+        self.profile = profile
+        self.top_k = top_k
+        self.max_pp = max_pp
+        self.exact_moves = exact_moves
+        cl = spec.cluster
+        self.gpus_per_node = cl.gpus_per_node
+        self.num_nodes = cl.nodes
+        self.num_devices = cl.num_devices
+        self.capacity_bytes = profile.memory_bytes
+
+        g = build_graph(spec)
+        order_of = {c.name: i for i, c in enumerate(spec.calls)}
+        names = list(nx.lexicographical_topological_sort(g, key=lambda n: order_of[n]))
+        self.names: list[str] = names
+        self.index = {n: i for i, n in enumerate(names)}
+        self.calls: list[CallSpec] = [spec.call(n) for n in names]
+        self.n = len(names)
+        self.model_of = [c.model for c in self.calls]
+
+        trains = train_call_of(spec)
+        home_name: dict[str, str] = {}
+        for c in self.calls:
+            m = spec.models[c.model]
+            if m.trainable and c.model in trains:
+                home_name[c.model] = trains[c.model]
+            else:
+                home_name.setdefault(c.model, c.name)
+        self.home = [self.index[home_name[m]] for m in self.model_of]
+        self.is_home = [self.home[i] == i for i in range(self.n)]
+        self.models = sorted(set(self.model_of), key=lambda m: self.home[self.model_of.index(m)])
+        self.home_calls = sorted({self.home[i] for i in range(self.n)})
+
+        self.edges: list[Edge] = []
+        self.in_edges: list[list[int]] = [[] for _ in range(self.n)]
+        for u, v, attrs in g.edges(data=True):
+            iu, iv = self.index[u], self.index[v]
+            keys = tuple(attrs.get("data_keys", ()))
+            head = spec.models[self.calls[iu].model].head
+            nbytes = sum(key_bytes(self.calls[iu], k.split("->")[0], head) for k in keys)
+            self.in_edges[iv].append(len(self.edges))
+            self.edges.append(Edge(iu, iv, nbytes, keys))
+        self.preds = [sorted({self.edges[e].u for e in self.in_edges[v]}) for v in range(self.n)]
+        # Cross-iteration parameter edges: call v of iteration k+1 waits for u of iteration k.
+        self.prev_preds: list[list[int]] = [[] for _ in range(self.n)]
+        for u, v in param_next_edges(spec):
+            iu, iv = self.index[u], self.index[v]
+            if iu not in self.prev_preds[iv]:
+                self.prev_preds[iv].append(iu)
+
+        self.contexts = [CallContext(c, spec.models[c.model], profile, cl.gpus_per_node,
+                                     cl.num_devices) for c in self.calls]
+        self.enumerated: list[CallCandidates] | None = None
+        self._realloc: dict[tuple[int, int, int], MoveCost] = {}
+        self._transfer: dict[tuple[int, int, int], MoveCost] = {}
+        self.version = 0  # bumped when a candidate is added (simulators rebuild their tables)
+        if candidates is not None:
+            self.candidates: list[list[Candidate]] = candidates
+            return
+        self.enumerated = [enumerate_call(ctx, cl.nodes, top_k=top_k, max_pp=max_pp)
+                           for ctx in self.contexts]
+        self.candidates = [list(e.candidates) for e in self.enumerated]
+        self._check_possible()
+        self._add_home_layouts()
+
+    # ------------------------------------------------------------- candidates
+
+    def _check_possible(self) -> None:
+        assert self.enumerated is not None
+        cap_gib = self.capacity_bytes / 2**30
+        for i, e in enumerate(self.enumerated):
+            if e.candidates:
+                continue
+            lean = e.leanest
+            if lean is None:
+                raise ImpossibleSpecError(
+                    f"call '{self.names[i]}': no legal layout on {self.num_devices} devices "
+                    f"for model '{self.model_of[i]}'")
+            raise ImpossibleSpecError(
+                f"call '{self.names[i]}' (model '{self.model_of[i]}') cannot fit: its leanest "
+                f"layout {lean.label()} needs {lean.peak_bytes / 2**30:.1f} GiB per device "
+                f"(states {lean.states_bytes / 2**30:.1f} + working {lean.work_bytes / 2**30:.1f})"
+                f" but a device has {cap_gib:.1f} GiB")
+
+    def _add_home_layouts(self) -> None:
+        """Give every non-home call the option to run on its home's layouts (no realloc, no copy)."""
+        for i in range(self.n):
+            h = self.home[i]
+            if h == i:
+                continue
+            have = {c.layout for c in self.candidates[i]}
+            for hc in self.candidates[h][: max(8, self.top_k // 4)]:
+                if hc.layout not in have:
+                    best = self.best_on_layout(i, hc.layout)
+                    if best is not None:
+                        self.candidates[i].append(best)
+                        self.version += 1
+                        have.add(hc.layout)
+
+    def best_on_layout(self, call: int, layout: Layout) -> Candidate | None:
+        """Fastest micro-batch count of `call` on `layout` that fits alone; None if none."""
+        from planner.cost_model import IllegalLayoutError
+
+        best: Candidate | None = None
+        mb = 1
+        while mb <= 64:
+            try:
+                c = price(self.contexts[call], layout, mb)
+            except IllegalLayoutError:
+                break
+            if c.peak_bytes <= self.capacity_bytes and (best is None or c.time_s < best.time_s):
+                best = c
+            mb *= 2
+        return best
+
+    def add_candidate(self, call: int, cand: Candidate) -> int:
+        """Index of `cand` in the call's list, appending it when new (baselines use this)."""
+        for j, c in enumerate(self.candidates[call]):
+            if c.layout == cand.layout and c.micro_batches == cand.micro_batches:
+                return j
+        self.candidates[call].append(cand)
+        self.version += 1
+        return len(self.candidates[call]) - 1
+
+    def candidate_count(self) -> int:
+        return sum(len(c) for c in self.candidates)
+
+    # ------------------------------------------------------------ move costs
+
+    def realloc(self, call: int, home_j: int, j: int) -> MoveCost:
+        """Moving the model of `call` from its home candidate's layout to candidate j's."""
+        key = (call, home_j, j)
+        hit = self._realloc.get(key)
+        if hit is not None:
+            return hit
+        src = self.candidates[self.home[call]][home_j].layout
+        dst = self.candidates[call][j].layout
+        if src == dst:
+            cost = NO_MOVE
+        else:
+            m = self.spec.models[self.model_of[call]]
+            if self.exact_moves:
+                tc = realloc_cost(m.architecture, m.head, src, dst, self.profile,
+                                  gpus_per_node=self.gpus_per_node)
+                cost = MoveCost(tc.time_s, tc.max_recv_bytes, tc.total_bytes)
+            else:
+                cost = fast_realloc(m.architecture, m.head, src, dst, self.profile,
+                                    gpus_per_node=self.gpus_per_node)
+        self._realloc[key] = cost
+        return cost
+
+    def transfer(self, edge: int, uj: int, vj: int) -> MoveCost:
+        """Data keys of `edge` from candidate uj of its source to candidate vj of its target."""
+        key = (edge, uj, vj)
+        hit = self._transfer.get(key)
+        if hit is not None:
+            return hit
+        e = self.edges[edge]
+        src = self.candidates[e.u][uj].layout
+        dst = self.candidates[e.v][vj].layout
+        if self.exact_moves:
+            tc = data_transfer_cost(e.nbytes, src, dst, self.profile,
+                                    gpus_per_node=self.gpus_per_node)
+            cost = MoveCost(tc.time_s, tc.max_recv_bytes, tc.total_bytes)
+        else:
+            cost = fast_data_transfer(e.nbytes, src, dst, self.profile,
+                                      gpus_per_node=self.gpus_per_node)
+        self._transfer[key] = cost
+        return cost
+
+    def scratch(self) -> "Problem":
+        """A copy with its own candidate lists and caches: baselines try options on it
+        without growing this problem's search space."""
+        q = Problem.__new__(Problem)
+        q.__dict__.update(self.__dict__)
+        q.candidates = [list(c) for c in self.candidates]
+        q._realloc = {}
+        q._transfer = {}
+        q.version = self.version + 1_000_000  # never equal: simulators rebuild their tables
+        return q
+
+    def adopt(self, other: "Problem", assign: tuple[int, ...]) -> tuple[int, ...]:
+        """The same plan as `assign` over `other`'s candidates, in this problem's indices."""
+        return tuple(self.add_candidate(i, other.candidates[i][j]) for i, j in enumerate(assign))
+
+    def exact_copy(self) -> "Problem":
+        """The same problem (same candidates) with exact move costs, for re-checking a plan."""
+        p = Problem.__new__(Problem)
+        p.__dict__.update(self.__dict__)
+        p.exact_moves = True
+        p._realloc = {}
+        p._transfer = {}
+        return p
+
+    # --------------------------------------------------------------- helpers
+
+    def describe(self, assign: tuple[int, ...] | list[int]) -> str:
+        return ", ".join(f"{self.names[i]}={self.candidates[i][j].label()}"
+                         for i, j in enumerate(assign))
+
+
+def build_problem(spec: Spec, spec_path: str | Path | None = None, **kwargs) -> Problem:
+    """Problem for a spec with its own hardware profile."""
+    return Problem(spec, load_cluster_profile(spec, spec_path), **kwargs)

@@ -1,0 +1,342 @@
+"""The simulator: one candidate per call -> steady-state iteration time, memory, timeline.
+
+Scheduling (DESIGN.md "The simulator"; README.md beside this file):
+list scheduling of a few unrolled iterations in a fixed priority order,
+(iteration, topological index) by default. A call starts when its data and
+parameter predecessors (this iteration) and its cross-iteration parameter
+predecessors (the previous one) are done and every device it touches is
+free. Devices run their tasks in priority order, so no tie ever needs
+breaking at run time and the result is deterministic.
+
+A call's start opens with a prologue on its devices: the realloc of its
+model's parameters from home (when its layout differs; it also busies the
+home devices that send), then the data keys from its producers. Then the
+call runs for the cost model's time.
+
+Devices are handled as *segments*: the meshes of one assignment cut the
+device range at a few points, and devices between two cuts are always busy
+together, so the simulator keeps one free time per segment (a handful)
+instead of one per device (up to hundreds).
+
+Steady state: with a fixed order the schedule is a max-plus linear system
+(start = max(...) + durations), which becomes periodic. After each iteration
+the state (segment free times, ends of calls that the next iteration waits
+for) is compared with the previous one; when everything moved by the same
+delta the schedule repeats forever and that delta is the period. Otherwise
+(a frozen model running ahead on its own devices, say) the period is the
+mean iteration time over the last half of `max_iterations`.
+
+Memory (per segment, so per device): resident = every home layout covering
+it (trainable: params + grads + optimizer; frozen: params); plus the largest
+transient of the calls covering it (activations + KV cache, plus the
+temporary parameter copy of a call away from home). Over capacity = overflow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from planner.search.problem import Problem
+
+
+@dataclass(frozen=True)
+class Event:
+    """One bar of the timeline (seconds from the start of the run)."""
+
+    kind: str            # call | realloc | transfer
+    call: int
+    iteration: int
+    lo: int              # devices [lo, hi)
+    hi: int
+    start_s: float
+    end_s: float
+    extra: tuple[tuple[int, int], ...] = ()  # more device ranges (realloc senders)
+
+
+@dataclass
+class Evaluation:
+    """What the simulator says about one assignment."""
+
+    period_s: float
+    overflow_bytes: int          # worst device's peak minus capacity (0 when it fits)
+    peak_bytes: int              # worst device's peak memory
+    worst_device: int            # where the worst peak is
+    converged: bool
+    iteration_ends_s: list[float] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def feasible(self) -> bool:
+        return self.overflow_bytes <= 0
+
+
+class Simulator:
+    """Fast steady-state simulation of assignments (tuples of candidate indices)."""
+
+    def __init__(self, problem: Problem, *, max_iterations: int = 6,
+                 overflow_weight: float = 4.0, order: list[float] | None = None) -> None:
+        """`order`: optional per-call offsets (in iterations) that replace the default
+        priority (iteration, topological index) by (iteration + offset, index); CP-SAT
+        hands its start times in this form so the simulator replays its order."""
+        self.p = problem
+        self.max_iterations = max(2, max_iterations)
+        self.overflow_weight = overflow_weight
+        n = problem.n
+        self.preds = [tuple(x) for x in problem.preds]
+        self.prev_preds = [tuple(x) for x in problem.prev_preds]
+        self.in_edges = [tuple((e, problem.edges[e].u) for e in problem.in_edges[v])
+                         for v in range(n)]
+        self.carried = sorted({u for v in range(n) for u in problem.prev_preds[v]})
+        self.offsets = order
+        self.cache: dict[tuple[int, ...], tuple[float, int]] = {}
+        self.num_sims = 0
+        self._tables()
+
+    # ------------------------------------------------------------ preparation
+
+    def _tables(self) -> None:
+        """Per-call candidate columns as plain lists (attribute lookups cost in a hot loop)."""
+        cs = self.p.candidates
+        self._version = self.p.version
+        self._lo = [[c.lo for c in cl] for cl in cs]
+        self._hi = [[c.hi for c in cl] for cl in cs]
+        self._dur = [[c.time_s for c in cl] for cl in cs]
+        self._work = [[c.work_bytes for c in cl] for cl in cs]
+        self._params = [[c.params_bytes for c in cl] for cl in cs]
+        self._states = [[c.states_bytes for c in cl] for cl in cs]
+        self._moves: dict[tuple[int, int, int], tuple[float, bool]] = {}
+        self._pro: dict[tuple, float] = {}
+
+    def _move(self, i: int, hj: int, j: int) -> tuple[float, bool]:
+        key = (i, hj, j)
+        hit = self._moves.get(key)
+        if hit is None:
+            mv = self.p.realloc(i, hj, j)
+            hit = self._moves[key] = (mv.time_s, mv.total_bytes > 0)
+        return hit
+
+    def _transfers(self, i: int, a: tuple[int, ...]) -> float:
+        edges = self.in_edges[i]
+        if not edges:
+            return 0.0
+        key = (i, a[i], *(a[u] for _, u in edges))
+        hit = self._pro.get(key)
+        if hit is None:
+            hit = sum(self.p.transfer(e, a[u], a[i]).time_s for e, u in edges)
+            self._pro[key] = hit
+        return hit
+
+    def _prepare(self, a: tuple[int, ...]):
+        p = self.p
+        n = p.n
+        if p.version != self._version:
+            self._tables()
+        home = p.home
+        lo = [self._lo[i][a[i]] for i in range(n)]
+        hi = [self._hi[i][a[i]] for i in range(n)]
+        dur = [self._dur[i][a[i]] for i in range(n)]
+        trans = [self._work[i][a[i]] for i in range(n)]
+        realloc_s = [0.0] * n
+        pro = [0.0] * n
+        src_range: list[tuple[int, int] | None] = [None] * n
+        points = set(lo)
+        points.update(hi)
+        for i in range(n):
+            h = home[i]
+            if h != i:
+                r, moves = self._move(i, a[h], a[i])
+                if moves:
+                    realloc_s[i] = r
+                    trans[i] += self._params[i][a[i]]
+                    src_range[i] = (lo[h], hi[h])
+            pro[i] = realloc_s[i] + self._transfers(i, a)
+        cuts = sorted(points)
+        seg_of = {x: k for k, x in enumerate(cuts)}
+        segs = [tuple(range(seg_of[lo[i]], seg_of[hi[i]])) for i in range(n)]
+        extra: list[tuple[int, ...]] = [()] * n
+        occ = list(segs)
+        for i in range(n):
+            sr = src_range[i]
+            if sr is not None:
+                own = segs[i]
+                extra[i] = tuple(x for x in range(seg_of[sr[0]], seg_of[sr[1]]) if x not in own)
+                occ[i] = own + extra[i]
+        used = sorted({x for o in occ for x in o})
+        # Memory per segment: resident homes + the largest transient.
+        num_segs = len(cuts) - 1
+        resident = [0] * num_segs
+        top = [0] * num_segs
+        for h in p.home_calls:
+            st = self._states[h][a[h]]
+            for x in segs[h]:
+                resident[x] += st
+        for i in range(n):
+            t = trans[i]
+            for x in segs[i]:
+                if t > top[x]:
+                    top[x] = t
+        peak = worst = 0
+        for x in range(num_segs):
+            v = resident[x] + top[x]
+            if v > peak:
+                peak, worst = v, cuts[x]
+        return (dur, pro, realloc_s, segs, extra, occ, used, num_segs, peak, worst, lo, hi,
+                src_range, resident, trans, cuts)
+
+    # --------------------------------------------------------------- schedule
+
+    def _priority(self, iterations: int) -> list[tuple[int, int]]:
+        n = self.p.n
+        if self.offsets is None:
+            return [(k, c) for k in range(iterations) for c in range(n)]
+        keys = sorted(((k + self.offsets[c], c, k) for k in range(iterations) for c in range(n)))
+        return [(k, c) for _, c, k in keys]
+
+    def _run(self, a: tuple[int, ...], iterations: int, record: bool) -> Evaluation:
+        (dur, pro, realloc_s, segs, extra, occ, used, num_segs, peak, worst, lo, hi,
+         src_range, _, _, _) = self._prepare(a)
+        n = self.p.n
+        preds, prev_preds = self.preds, self.prev_preds
+        free = [0.0] * num_segs
+        ends = [[0.0] * n for _ in range(iterations)]
+        iter_end = [0.0] * iterations
+        events: list[Event] = []
+        period = None
+        converged = False
+        prev_state: list[float] | None = None
+        done_iters = 0
+        if self.offsets is None:
+            # Iteration-major order: check for a repeating state after each iteration.
+            for k in range(iterations):
+                cur = ends[k]
+                last = ends[k - 1] if k else None
+                for c in range(n):
+                    t = 0.0
+                    for u in preds[c]:
+                        if cur[u] > t:
+                            t = cur[u]
+                    if last is not None:
+                        for u in prev_preds[c]:
+                            if last[u] > t:
+                                t = last[u]
+                    for s in occ[c]:
+                        if free[s] > t:
+                            t = free[s]
+                    r = realloc_s[c]
+                    if r:
+                        for s in extra[c]:
+                            free[s] = t + r
+                    e = t + pro[c] + dur[c]
+                    for s in segs[c]:
+                        free[s] = e
+                    cur[c] = e
+                    if record:
+                        self._record(events, c, k, t, r, pro[c], e, lo[c], hi[c], src_range[c])
+                iter_end[k] = max(cur)
+                done_iters = k + 1
+                state = [free[s] for s in used] + [cur[u] for u in self.carried]
+                if prev_state is not None and not record:
+                    d = iter_end[k] - iter_end[k - 1]
+                    tol = 1e-9 * max(1.0, iter_end[k])
+                    if all(abs(x - y - d) <= tol for x, y in zip(state, prev_state)):
+                        period, converged = d, True
+                        break
+                prev_state = state
+        else:
+            for k, c in self._priority(iterations):
+                cur = ends[k]
+                t = 0.0
+                for u in preds[c]:
+                    if cur[u] > t:
+                        t = cur[u]
+                if k:
+                    last = ends[k - 1]
+                    for u in prev_preds[c]:
+                        if last[u] > t:
+                            t = last[u]
+                for s in occ[c]:
+                    if free[s] > t:
+                        t = free[s]
+                r = realloc_s[c]
+                if r:
+                    for s in extra[c]:
+                        free[s] = t + r
+                e = t + pro[c] + dur[c]
+                for s in segs[c]:
+                    free[s] = e
+                cur[c] = e
+                if record:
+                    self._record(events, c, k, t, r, pro[c], e, lo[c], hi[c], src_range[c])
+            for k in range(iterations):
+                iter_end[k] = max(ends[k])
+            done_iters = iterations
+        if period is None:
+            h = done_iters // 2
+            last = done_iters - 1
+            period = (iter_end[last] - iter_end[h - 1]) / (last - h + 1) if h >= 1 else iter_end[0]
+        cap = self.p.capacity_bytes
+        return Evaluation(period, max(0, peak - cap), peak, worst, converged,
+                          iter_end[:done_iters], events)
+
+    @staticmethod
+    def _record(events: list[Event], c: int, k: int, t: float, r: float, pro: float, e: float,
+                lo: int, hi: int, src: tuple[int, int] | None) -> None:
+        if r > 0 and src is not None:
+            events.append(Event("realloc", c, k, lo, hi, t, t + r, (src,)))
+        if pro - r > 1e-12:
+            events.append(Event("transfer", c, k, lo, hi, t + r, t + pro))
+        events.append(Event("call", c, k, lo, hi, t + pro, e))
+
+    # ----------------------------------------------------------------- public
+
+    def evaluate(self, a: tuple[int, ...] | list[int]) -> Evaluation:
+        """Period, memory and convergence of an assignment (no timeline)."""
+        self.num_sims += 1
+        return self._run(tuple(a), self.max_iterations, record=False)
+
+    def timeline(self, a: tuple[int, ...] | list[int], iterations: int = 3) -> Evaluation:
+        """The same, with every event of `iterations` unrolled iterations recorded."""
+        ev = self._run(tuple(a), max(iterations, 2), record=True)
+        steady = self.evaluate(a)  # the period from the full run, not the short recorded one
+        ev.period_s, ev.converged = steady.period_s, steady.converged
+        return ev
+
+    def memory_by_call(self, a: tuple[int, ...] | list[int]) -> list[int]:
+        """Per call: the peak bytes of its most loaded device while it runs
+        (everything resident there + this call's transient)."""
+        prep = self._prepare(tuple(a))
+        segs, resident, trans = prep[3], prep[13], prep[14]
+        return [max((resident[x] for x in segs[i]), default=0) + trans[i]
+                for i in range(self.p.n)]
+
+    def memory_map(self, a: tuple[int, ...] | list[int]) -> list[tuple[int, int, int, int]]:
+        """(first device, end device, resident bytes, largest transient) per device segment."""
+        prep = self._prepare(tuple(a))
+        segs, resident, trans, cuts = prep[3], prep[13], prep[14], prep[15]
+        top = [0] * len(resident)
+        for i in range(self.p.n):
+            for x in segs[i]:
+                top[x] = max(top[x], trans[i])
+        return [(cuts[x], cuts[x + 1], resident[x], top[x]) for x in range(len(resident))]
+
+    def energy(self, a: tuple[int, ...]) -> float:
+        """Period, inflated by memory overflow: what the search minimises (memoised)."""
+        hit = self.cache.get(a)
+        if hit is None:
+            ev = self.evaluate(a)
+            hit = (ev.period_s, ev.overflow_bytes)
+            self.cache[a] = hit
+        period, over = hit
+        if over > 0:
+            # A step up (so any fitting plan beats a near-fitting one of the same period),
+            # then proportional to the overflow, so the walk can climb back into memory.
+            return period * (1.25 + self.overflow_weight * over / self.p.capacity_bytes)
+        return period
+
+    def feasible(self, a: tuple[int, ...]) -> bool:
+        self.energy(a)
+        return self.cache[a][1] <= 0
+
+    def period(self, a: tuple[int, ...]) -> float:
+        self.energy(a)
+        return self.cache[a][0]
