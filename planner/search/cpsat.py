@@ -201,24 +201,21 @@ def add_device_load(model: cp_model.CpModel, p: Problem, x, period) -> None:
 
 
 def add_memory(model: cp_model.CpModel, p: Problem, x: list[list[cp_model.IntVar]]) -> None:
-    """Resident homes + the chosen call's transient fit on every device class.
-
-    Bytes are counted in MiB, rounded down (a relaxation: the simulator re-checks).
-    """
-    mib = 1 << 20
-    cap = p.capacity_bytes // mib
+    """Resident homes + the chosen call's transient fit on every device class (in bytes,
+    exactly the simulator's rule)."""
+    cap = p.capacity_bytes
     for _, members in device_classes(p):
-        resident = [p.candidates[c][j].states_bytes // mib * x[c][j]
+        resident = [p.candidates[c][j].states_bytes * x[c][j]
                     for c, j in members if p.home[c] == c and p.candidates[c][j].states_bytes]
         for c, j in members:
             cand = p.candidates[c][j]
-            load = sum(resident) + cand.work_bytes // mib
+            load = sum(resident) + cand.work_bytes
             h = p.home[c]
             if h != c:
                 copies = [x[h][k] for k in range(len(p.candidates[h]))
                           if p.realloc(c, k, j).total_bytes > 0]
                 if copies:
-                    load = load + cand.params_bytes // mib * sum(copies)
+                    load = load + cand.params_bytes * sum(copies)
             model.add(load <= cap).only_enforce_if(x[c][j])
 
 

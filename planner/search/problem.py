@@ -260,6 +260,14 @@ class Problem:
         """The same plan as `assign` over `other`'s candidates, in this problem's indices."""
         return tuple(self.add_candidate(i, other.candidates[i][j]) for i, j in enumerate(assign))
 
+    def set_realloc(self, call: int, home_j: int, j: int, cost: MoveCost) -> None:
+        """Fix a realloc cost (hand-worked tests, what-if studies)."""
+        self._realloc[(call, home_j, j)] = cost
+
+    def set_transfer(self, edge: int, uj: int, vj: int, cost: MoveCost) -> None:
+        """Fix a data-transfer cost (hand-worked tests, what-if studies)."""
+        self._transfer[(edge, uj, vj)] = cost
+
     def exact_copy(self) -> "Problem":
         """The same problem (same candidates) with exact move costs, for re-checking a plan."""
         p = Problem.__new__(Problem)
