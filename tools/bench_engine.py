@@ -12,6 +12,7 @@ gradient clipping on full sequences.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 
@@ -34,19 +35,26 @@ def _arch(args) -> ModelArch:
                      num_kv_heads=max(1, heads // 2), vocab_size=args.vocab, max_positions=4096)
 
 
-def _timed_pair(fn_a, fn_b, repeats: int) -> tuple[float, float]:
-    """Best-of-`repeats` seconds of each, interleaved (a, b, a, b, ...) so that
-    load from other processes on a shared machine hits both alike."""
+def _timed_pair(fn_a, fn_b, repeats: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Best-of-`repeats` (wall s, process CPU s) of each, interleaved (a, b, a, b, ...)
+    so that load from other processes on a shared machine hits both alike. CPU
+    seconds are the steadier figure when the machine is busy."""
     fn_a(), fn_b()  # warm-up
-    best_a = best_b = float("inf")
+    best = {"a": [float("inf")] * 2, "b": [float("inf")] * 2}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn_a()
-        t1 = time.perf_counter()
-        fn_b()
-        t2 = time.perf_counter()
-        best_a, best_b = min(best_a, t1 - t0), min(best_b, t2 - t1)
-    return best_a, best_b
+        for key, fn in (("a", fn_a), ("b", fn_b)):
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            w, c = time.perf_counter() - w0, time.process_time() - c0
+            best[key] = [min(best[key][0], w), min(best[key][1], c)]
+    return tuple(best["a"]), tuple(best["b"])
+
+
+def _line(what: str, tokens: int, eng: tuple[float, float], hf: tuple[float, float],
+          extra: str = "") -> str:
+    return (f"{what}: engine {tokens / eng[0]:7.0f} tok/s ({tokens / eng[1]:7.0f} per CPU-s)"
+            f"   transformers {tokens / hf[0]:7.0f} tok/s ({tokens / hf[1]:7.0f} per CPU-s)"
+            f"   speed-up {hf[0] / eng[0]:.2f}x wall, {hf[1] / eng[1]:.2f}x CPU{extra}")
 
 
 def main() -> None:
@@ -81,9 +89,8 @@ def main() -> None:
         lambda: generate(eng, prompts["input_ids"], prompts["attention_mask"], gen_cfg),
         lambda: hf.generate(**prompts, max_new_tokens=args.gen_len, do_sample=False,
                             pad_token_id=0), args.repeats)
-    print(f"generate  batch {args.batch} prompt {args.prompt_len} new {args.gen_len}: "
-          f"engine {new_tokens / t_eng:8.0f} tok/s   transformers {new_tokens / t_hf:8.0f} tok/s"
-          f"   ratio {t_hf / t_eng:.2f}x   same tokens: {same}")
+    print(_line(f"generate batch {args.batch} prompt {args.prompt_len} new {args.gen_len}",
+                new_tokens, t_eng, t_hf, f"   same tokens: {same}"))
 
     batch = random_batch(arch, args.batch, args.seq_len, 2, [0])
     hf.train()
@@ -100,9 +107,8 @@ def main() -> None:
 
     tokens = args.batch * args.seq_len
     t_eng, t_hf = _timed_pair(lambda: eng.train_step(batch), hf_step, args.repeats)
-    print(f"train     batch {args.batch} seq {args.seq_len}: "
-          f"engine {tokens / t_eng:8.0f} tok/s   transformers {tokens / t_hf:8.0f} tok/s"
-          f"   ratio {t_hf / t_eng:.2f}x")
+    print(_line(f"train batch {args.batch} seq {args.seq_len}", tokens, t_eng, t_hf))
+    print(f"load average after: {os.getloadavg()[0]:.1f} (other processes share the cores)")
 
 
 if __name__ == "__main__":

@@ -162,8 +162,8 @@ class Engine:
         return t
 
     def stage_forward(self, x_or_ids: torch.Tensor | None, attention_mask: torch.Tensor,
-                      *, caches=None, position_ids=None, requires_grad: bool = False
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+                      *, caches=None, position_ids=None, requires_grad: bool = False,
+                      last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Receive (unless first), run this stage, send (unless last).
 
         Returns (input, output): the input is the received hidden state, kept
@@ -178,7 +178,8 @@ class Engine:
         else:
             x = self._recv((b, s, self.arch.hidden_size), self.dtype, g.prev_stage_rank)
             x.requires_grad_(requires_grad)
-        out = self.model(x, attention_mask.to(self.device), position_ids, caches)
+        out = self.model(x, attention_mask.to(self.device), position_ids, caches,
+                         last_only=last_only)
         if not g.is_last_stage:
             self._send(out, g.next_stage_rank)
         return x, out

@@ -87,7 +87,7 @@ def generate(engine, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     tokens, logprobs = [], []
     for _ in range(cfg.max_new_tokens):
         _, out = engine.stage_forward(x if g.is_first_stage else None, mask,
-                                      caches=caches, position_ids=pos)
+                                      caches=caches, position_ids=pos, last_only=True)
         picked = None
         if g.is_last_stage:
             logits = gather_vocab(out[:, -1], g.tp_group, engine.tp)

@@ -220,15 +220,18 @@ class Decoder(nn.Module):
     def new_kv_caches(self, batch: int, max_len: int, num_local_kv_heads: int,
                       device: torch.device | str, dtype: torch.dtype) -> dict[str, KVCache]:
         shape = (batch, num_local_kv_heads, max_len, self.arch.head_dim)
-        return {i: KVCache(torch.zeros(shape, device=device, dtype=dtype),
-                           torch.zeros(shape, device=device, dtype=dtype))
+        # empty, not zeros: attention reads only the filled prefix
+        return {i: KVCache(torch.empty(shape, device=device, dtype=dtype),
+                           torch.empty(shape, device=device, dtype=dtype))
                 for i in self.model.layers}
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor,
                 position_ids: torch.Tensor | None = None,
-                caches: dict[str, KVCache] | None = None) -> torch.Tensor:
+                caches: dict[str, KVCache] | None = None,
+                last_only: bool = False) -> torch.Tensor:
         """attention_mask covers all positions so far ([b, k_len]; with a cache,
-        the cached ones plus x's); position_ids [b, s] default from the mask."""
+        the cached ones plus x's); position_ids [b, s] default from the mask.
+        last_only: run the head on the last position only (decoding needs no more)."""
         s = x.shape[1]
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask)[:, -s:]
@@ -247,4 +250,6 @@ class Decoder(nn.Module):
                 cache.length += s
         if not self.last:
             return h
+        if last_only:
+            h = h[:, -1:]
         return self.out_module(self.model.norm(h))
