@@ -72,8 +72,9 @@ def test_decode_on_h100_memory_bound_at_batch_1_compute_bound_at_large_batch():
     assert one.time_s == pytest.approx(one.memory_s, rel=0.15)
     # Short context, large batch: FLOPs dominate (crossover ~ peak / bandwidth ~ 300 tokens).
     big = decode_step(get_preset("llama3-8b"), "lm", 2048, 16, H100)
-    assert big.bound == "compute"
-    assert big.time_s == pytest.approx(big.compute_s, rel=0.3)
+    assert big.bound == "compute" and big.compute_s > 3 * big.memory_s
+    # Eager elementwise ops add to the GEMMs, but the FLOPs set the scale.
+    assert big.compute_s <= big.time_s < 1.5 * big.compute_s
     assert big.time_s / 2048 < one.time_s / 10  # batching amortises the weights
 
 

@@ -171,7 +171,7 @@ CASES = [
 ]
 
 
-def best_time(fn, min_time_s: float = 0.3, min_reps: int = 5) -> float:
+def best_time(fn, min_time_s: float = 0.2, min_reps: int = 3) -> float:
     fn()
     samples, spent = [], 0.0
     while len(samples) < min_reps or (spent < min_time_s and len(samples) < 30):
@@ -183,15 +183,27 @@ def best_time(fn, min_time_s: float = 0.3, min_reps: int = 5) -> float:
     return min(samples)
 
 
-def measure(case: Case, seed: int) -> float:
+def runner(case: Case, seed: int):
+    """A zero-argument function running the case once, on a model built with `seed`."""
     torch.manual_seed(seed)
     model = TinyLlama(case.arch())
     ids = torch.randint(0, 256, (case.batch, case.seq))
     if case.mode == "forward":
-        return best_time(lambda: run_forward(model, ids))
+        return lambda: run_forward(model, ids)
     if case.mode == "train":
-        return best_time(lambda: run_train(model, ids))
-    return best_time(lambda: run_generate(model, ids, case.gen))
+        return lambda: run_train(model, ids)
+    return lambda: run_generate(model, ids, case.gen)
+
+
+def measure_all(cases: list[Case], seed: int, rounds: int) -> list[float]:
+    """Best time of every case over `rounds` interleaved passes (quiet moments spread out)."""
+    fns = [runner(c, seed) for c in cases]
+    best = [math.inf] * len(cases)
+    for r in range(rounds):
+        for i, fn in enumerate(fns):
+            best[i] = min(best[i], best_time(fn))
+        print(f"  measured round {r + 1}/{rounds}", flush=True)
+    return best
 
 
 def estimate(case: Case, profile) -> float:
@@ -216,6 +228,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", help="a measured profile .json (default: profile now, quick)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved measuring passes")
     args = ap.parse_args()
     torch.set_num_threads(1)
     path = args.profile
@@ -228,10 +241,11 @@ def main() -> int:
     print(f"profile {path}: GEMM peak {profile.peak_flops / 1e9:.1f} GFLOP/s, overheads "
           f"fwd {profile.overheads.layer_fwd_s * 1e6:.0f} us, bwd {profile.overheads.layer_bwd_s * 1e6:.0f} "
           f"us, decode {profile.overheads.decode_layer_s * 1e6:.0f} us per layer")
+    measured = measure_all(CASES, args.seed, args.rounds)
     print(f"{'mode':9} {'shape':24} {'measured':>11} {'estimated':>11} {'error':>8}")
     rows = []
-    for case in CASES:
-        m, e = measure(case, args.seed), estimate(case, profile)
+    for case, m in zip(CASES, measured):
+        e = estimate(case, profile)
         rows.append((case, m, e))
         print(f"{case.mode:9} {case.label():24} {m * 1e3:9.2f}ms {e * 1e3:9.2f}ms "
               f"{100 * (e - m) / m:+7.1f}%", flush=True)

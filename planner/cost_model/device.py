@@ -68,6 +68,13 @@ class Device:
                     for j, d in enumerate(a.head_dim)] for i, s in enumerate(a.seq)]
             self._attn_eff = (LogGrid(a.seq, a.head_dim, fwd), LogGrid(a.seq, a.head_dim, bwd),
                               a.batch_heads)
+        self._elem_eff: dict[str, LogGrid] = {}
+        if m is not None and m.elementwise is not None:
+            e = m.elementwise
+            for kind, times in (("binary", e.binary_s), ("unary", e.unary_s),
+                                ("transcendental", e.transcendental_s)):
+                eff = [[self.elementwise_roofline_s(kind, n) / t] for n, t in zip(e.elements, times)]
+                self._elem_eff[kind] = LogGrid(e.elements, [1], eff)
         if m is not None:
             for t in m.collectives:
                 eff = []
@@ -122,6 +129,18 @@ class Device:
         flops = 4.0 * batch * heads * context * head_dim
         nbytes = 2.0 * batch * kv_heads * context * head_dim * self.dtype_bytes  # K and V read
         return max(flops / self.attention_flops_per_s, nbytes / self.memory_bytes_per_s)
+
+    def elementwise_roofline_s(self, kind: str, elements: float) -> float:
+        per_elem = 3 if kind == "binary" else 2  # elements read + written per output element
+        return per_elem * elements * self.dtype_bytes / self.memory_bytes_per_s
+
+    def elementwise_s(self, kind: str, elements: float) -> float:
+        """One eager elementwise op producing `elements` outputs (kinds: flops.py)."""
+        t = self.elementwise_roofline_s(kind, elements)
+        eff = self._elem_eff.get(kind)
+        if eff is not None:
+            t /= eff(max(elements, 1.0))
+        return t
 
     def memory_s(self, nbytes: float) -> float:
         """A memory-bound pass (elementwise ops, optimizer step) touching `nbytes`."""

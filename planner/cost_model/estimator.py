@@ -257,7 +257,7 @@ def _forward_pass(c: _Ctx, num_seqs: int, seq: int, head_tokens_per_seq: float
     tokens = b * seq
     t_f = layer_fwd_s(dev, d, b, seq, c.tp)
     out = head_out_features(c.arch, c.head)
-    t_head = head_fwd_s(dev, d.hidden, out, b * head_tokens_per_seq, c.tp)
+    t_head = head_fwd_s(dev, d.hidden, out, tokens, c.tp, out_tokens=b * head_tokens_per_seq)
     t_stage = _stage_times(c, t_f, 0.0, t_head)
     t_tp = _max_stage_layers(c) * 2 * _tp_allreduce_s(c, tokens)
     p2p = (m + c.pp - 2) * _p2p_s(c, tokens) if c.pp > 1 else 0.0

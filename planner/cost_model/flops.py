@@ -56,20 +56,40 @@ def layer_matmul_params(d: Dims) -> int:
     return 2 * d.hidden * d.hidden + 2 * d.hidden * d.kv_dim + 3 * d.hidden * d.intermediate
 
 
-def layer_elementwise_elems_per_token(d: Dims, tp: int) -> float:
-    """Elements read + written per token by one layer's non-GEMM forward ops, per tp rank.
+# Kinds of elementwise op, priced differently (device.elementwise_s): "binary" reads two
+# tensors and writes one (add, mul, cat), "unary" reads one and writes one (neg, pow,
+# a copy, a reduction), "transcendental" is a unary op whose math costs more than
+# its memory traffic on CPUs (silu, exp).
+ElementwiseOp = tuple[str, float]  # (kind, elements per token of the op's output)
+
+
+def layer_elementwise_ops(d: Dims, tp: int) -> tuple[ElementwiseOp, ...]:
+    """The non-GEMM, non-attention ops of one layer's forward on one tp rank, per token.
 
     Counted for an eager engine (one kernel per op, nothing fused), as ours runs:
-    - RMSNorm x2, replicated on every tp rank: pow (r h, w h), mean (r h),
-      x * rsqrt (r h, w h), weight * (r h, w h) = 7h each;
-    - residual add x2, replicated: r 2h, w h = 3h each;
-    - RoPE on q and k (widths h/tp, kv/tp): neg of a half (r, w 1/2 each), cat
-      (r 1, w 1), x * cos, rot * sin (r 1, w 1 each), add (r 2, w 1) = 9 per element;
-    - q, k, v made contiguous for attention and the output back (r, w each);
-    - SwiGLU: silu (r I, w I), product (r 2I, w I) = 5I / tp.
+    - RMSNorm x2, replicated on every tp rank: pow, mean, x * rsqrt, weight * x;
+    - RoPE on q and k (widths h/tp, kv/tp): neg of a half, cat, x * cos, rot * sin, add;
+    - the attention output made contiguous again (a copy);
+    - residual add x2, replicated;
+    - SwiGLU: silu(gate) * up (width I/tp).
     """
-    h, i, kv = d.hidden, d.intermediate, d.kv_dim
-    return 2 * 7 * h + 2 * 3 * h + (9 * (h + kv) + 2 * (2 * h + 2 * kv) + 5 * i) / tp
+    h, i, kv = d.hidden, d.intermediate / tp, d.kv_dim / tp
+    q = h / tp
+    ops: list[ElementwiseOp] = []
+    for _ in range(2):  # input and post-attention RMSNorm
+        ops += [("unary", h), ("unary", 1), ("binary", h), ("binary", h)]
+    for width in (q, kv):  # RoPE
+        ops += [("unary", width / 2), ("binary", width), ("binary", width), ("binary", width),
+                ("binary", width)]
+    ops += [("unary", q)]                               # attention output, contiguous
+    ops += [("binary", h), ("binary", h)]               # residual adds
+    ops += [("transcendental", i), ("binary", i)]       # silu(gate) * up
+    return tuple(ops)
+
+
+def elementwise_elems_per_token(ops: tuple[ElementwiseOp, ...]) -> float:
+    """Elements read + written per token by the ops (binary 3, unary 2 per output element)."""
+    return sum((3 if kind == "binary" else 2) * n for kind, n in ops)
 
 
 def head_out_features(arch: ModelArch, head: HeadType) -> int:

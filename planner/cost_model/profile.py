@@ -53,6 +53,9 @@ class Overheads(_Frozen):
     layer_fwd_s: float = Field(0.0, ge=0, description="Per transformer layer per forward pass.")
     layer_bwd_s: float = Field(0.0, ge=0, description="Per transformer layer per backward pass.")
     decode_layer_s: float = Field(0.0, ge=0, description="Per transformer layer per decode step.")
+    head_fwd_s: float = Field(
+        0.0, ge=0, description="Per forward pass, outside the layers: embedding, final norm, head.")
+    head_bwd_s: float = Field(0.0, ge=0, description="Per backward pass, outside the layers.")
 
 
 def _check_grid(name: str, xs: list, ys: list, values: list[list[float]]) -> None:
@@ -68,7 +71,8 @@ def _check_grid(name: str, xs: list, ys: list, values: list[list[float]]) -> Non
 
 
 class GemmTable(_Frozen):
-    """Measured time of [m, k] x [k, k] GEMMs. A [m,k]x[k,n] GEMM is looked up at sqrt(k*n)."""
+    """Measured time of F.linear([m, k], [k, k]) (x W^T). A [m,k]x[k,n] GEMM is looked up
+    at sqrt(k*n)."""
 
     m: list[int] = Field(description="Rows (tokens) axis.")
     k: list[int] = Field(description="Square weight side axis.")
@@ -93,6 +97,23 @@ class AttentionTable(_Frozen):
     def _grid(self) -> "AttentionTable":
         _check_grid("attention.fwd_s", self.seq, self.head_dim, self.fwd_s)
         _check_grid("attention.bwd_s", self.seq, self.head_dim, self.bwd_s)
+        return self
+
+
+class ElementwiseTable(_Frozen):
+    """Measured time of one eager elementwise op by output elements: binary (mul), unary
+    (neg), transcendental (silu)."""
+
+    elements: list[int]
+    binary_s: list[float]
+    unary_s: list[float]
+    transcendental_s: list[float]
+
+    @model_validator(mode="after")
+    def _grid(self) -> "ElementwiseTable":
+        for name in ("binary_s", "unary_s", "transcendental_s"):
+            _check_grid(f"elementwise.{name}", self.elements, [1],
+                        [[v] for v in getattr(self, name)])
         return self
 
 
@@ -155,6 +176,7 @@ class MeasuredTables(_Frozen):
 
     gemm: GemmTable | None = None
     attention: AttentionTable | None = None
+    elementwise: ElementwiseTable | None = None
     decode: DecodeTable | None = None
     layers: list[LayerTable] = Field(default_factory=list)
     collectives: list[CollectiveTable] = Field(default_factory=list)

@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 
 from planner.cost_model.profile import (
     AttentionTable,
+    ElementwiseTable,
     DecodeTable,
     GemmTable,
     LayerShape,
@@ -37,7 +38,7 @@ from planner.cost_model.profile import (
 Tick = Callable[[], None]
 
 # More than the last-level cache of any CPU or GPU we plan for (H100 L2: 50 MB).
-COLD_BYTES = 96 * 1024 * 1024
+COLD_BYTES = 64 * 1024 * 1024
 MAX_COPIES = 256
 
 
@@ -111,6 +112,10 @@ class Bench:
                 tick()
         return best
 
+    def full(self, *shape: int):
+        """Cheap filler for weight copies (values do not change GEMM time; no denormals)."""
+        return self.torch.full(shape, 0.01, device=self.device, dtype=self.dtype)
+
     def randn(self, *shape: int, grad: bool = False):
         t = self.torch.randn(*shape, device=self.device, dtype=self.dtype)
         return t.requires_grad_(grad)
@@ -122,12 +127,16 @@ def _grid(values: list[float], ncols: int) -> list[list[float]]:
 
 def measure_gemm(bench: Bench, ms: Sequence[int], ks: Sequence[int], tick: Tick = _noop) -> GemmTable:
     elem = bench.torch.empty((), dtype=bench.dtype).element_size()
+    # F.linear (x @ W^T with W stored [out, in]) is what every nn.Linear runs; on CPUs it
+    # is not the same speed as x @ W for small m.
+    linear = bench.torch.nn.functional.linear
+    weights = {k: _Cycle([bench.randn(k, k)] + [bench.full(k, k)
+                                                for _ in range(_copies(k * k * elem) - 1)])
+               for k in ks}
     fns = []
     for m in ms:
         for k in ks:
-            a = bench.randn(m, k)
-            ws = _Cycle([bench.randn(k, k) for _ in range(_copies(k * k * elem))])
-            fns.append(lambda a=a, ws=ws: a @ ws.next())
+            fns.append(lambda a=bench.randn(m, k), ws=weights[k]: linear(a, ws.next()))
     return GemmTable(m=list(ms), k=list(ks), time_s=_grid(bench.time_all(fns, tick), len(ks)))
 
 
@@ -156,6 +165,26 @@ def measure_attention(bench: Bench, batch_heads: int, seqs: Sequence[int], head_
     bwd = [max(fb - f, 0.1 * f) for f, fb in zip(fwd, times[n:])]  # noise must not make it <= 0
     return AttentionTable(batch_heads=batch_heads, seq=list(seqs), head_dim=list(head_dims),
                           fwd_s=_grid(fwd, len(head_dims)), bwd_s=_grid(bwd, len(head_dims)))
+
+
+def measure_elementwise(bench: Bench, sizes: Sequence[int], tick: Tick = _noop) -> ElementwiseTable:
+    """One eager op per kind at each size: mul (binary), neg (unary), silu (transcendental).
+
+    Inputs are fresh each call where a real layer's would be (the previous op just wrote
+    them): cycling through copies of the inputs that together overflow the caches
+    only for sizes that would not fit anyway.
+    """
+    torch = bench.torch
+    elem = torch.empty((), dtype=bench.dtype).element_size()
+    fns = []
+    for n in sizes:
+        xs = _Cycle([bench.randn(n) for _ in range(min(_copies(n * elem), 8))])
+        y = bench.randn(n)
+        fns += [lambda xs=xs, y=y: xs.next() * y, lambda xs=xs: -xs.next(),
+                lambda xs=xs: torch.nn.functional.silu(xs.next())]
+    times = bench.time_all(fns, tick)
+    return ElementwiseTable(elements=list(sizes), binary_s=times[0::3], unary_s=times[1::3],
+                            transcendental_s=times[2::3])
 
 
 def measure_memory_bandwidth(bench: Bench, nbytes: int) -> float:
@@ -227,3 +256,23 @@ def measure_decode(bench: Bench, shape: LayerShape, batches: Sequence[int],
             fns.append(step)
     return DecodeTable(layer=shape, batch=list(batches), context=list(contexts),
                        time_s=_grid(bench.time_all(fns, tick), len(contexts)))
+
+
+def measure_head(bench: Bench, vocab: int, hidden: int, batch: int, seq: int) -> tuple[float, float]:
+    """(forward, backward) seconds of the part of a model outside its layers."""
+    from planner.cost_model.profiler.reference import RefHead
+
+    torch = bench.torch
+    torch.manual_seed(0)
+    head = RefHead(vocab, hidden).to(device=bench.device, dtype=bench.dtype)
+    ids = torch.randint(0, vocab, (batch, seq), device=bench.device)
+
+    def forward():
+        with torch.no_grad():
+            return head(ids)
+
+    def both():
+        head(ids).sum().backward()
+
+    fwd, fb = bench.time_all([forward, both])
+    return fwd, max(fb - fwd, 0.1 * fwd)

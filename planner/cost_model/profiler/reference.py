@@ -68,3 +68,22 @@ class RefLayer(nn.Module):
         x = x + self.o_proj(out.transpose(1, 2).reshape(b, s, -1))
         y = self._norm(x, self.norm2)
         return x + self.down_proj(F.silu(self.gate_proj(y)) * self.up_proj(y))
+
+
+class RefHead(nn.Module):
+    """Everything of a model outside its layers: embedding, final norm, lm head, log-softmax."""
+
+    def __init__(self, vocab: int, hidden: int, eps: float = 1e-5):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, hidden)
+        self.norm = nn.Parameter(torch.ones(hidden))
+        self.head = nn.Linear(hidden, vocab, bias=False)
+        self.eps = eps
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities of `ids` themselves: [b, s] (the layers are left out)."""
+        x = self.embed(ids)
+        xf = x.float()
+        x = self.norm * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        logp = F.log_softmax(self.head(x).float(), dim=-1)
+        return logp.gather(-1, ids[..., None]).squeeze(-1)

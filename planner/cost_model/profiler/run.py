@@ -44,13 +44,14 @@ class Plan:
     decode_context: list[int]
     membw_bytes: int
     coll_sizes: list[int]
+    elem_sizes: list[int] = field(default_factory=lambda: [1024, 16384, 262144, 4194304])
     coll_groups: list[int] = field(default_factory=list)
     min_time_s: float = 0.05
     rounds: int = 2
 
     def num_steps(self) -> int:
         """Progress ticks: one per point per round, one per collective group, memory, probe."""
-        points = (len(self.gemm_m) * len(self.gemm_k)
+        points = (len(self.gemm_m) * len(self.gemm_k) + 3 * len(self.elem_sizes)
                   + 2 * len(self.attn_seq) * len(self.attn_head_dim)
                   + 2 * len(self.layer_shapes) * len(self.layer_batch) * len(self.layer_seq)
                   + len(self.decode_batch) * len(self.decode_context))
@@ -64,19 +65,20 @@ def _shape(h: int, i: int, heads: int, kv: int) -> LayerShape:
 def plan_for(device: str, quick: bool, group_sizes: list[int]) -> Plan:
     if device == "cpu":
         if quick:
-            return Plan(gemm_m=[1, 16, 256, 2048], gemm_k=[64, 256, 1024], attn_batch_heads=8,
+            return Plan(gemm_m=[1, 16, 256, 1024], gemm_k=[64, 256, 1024], attn_batch_heads=8,
                         attn_seq=[32, 128, 512], attn_head_dim=[16, 64],
                         layer_shapes=[_shape(128, 352, 4, 2)], layer_batch=[1, 4],
                         layer_seq=[32, 128], decode_batch=[1, 8, 32], decode_context=[32, 256],
                         membw_bytes=64 * MiB, coll_sizes=[4 * KiB, 256 * KiB, 4 * MiB],
-                        coll_groups=group_sizes, min_time_s=0.02)
+                        coll_groups=group_sizes, min_time_s=0.02, rounds=3)
         return Plan(gemm_m=[1, 4, 16, 64, 256, 1024, 4096], gemm_k=[32, 64, 128, 256, 512, 1024, 2048],
                     attn_batch_heads=8, attn_seq=[16, 64, 256, 1024], attn_head_dim=[16, 32, 64, 128],
                     layer_shapes=[_shape(128, 352, 4, 2), _shape(512, 1376, 8, 8)],
                     layer_batch=[1, 4, 16], layer_seq=[16, 64, 256],
                     decode_batch=[1, 4, 16, 64], decode_context=[16, 64, 256, 1024],
                     membw_bytes=256 * MiB, coll_sizes=[1 * KiB, 16 * KiB, 256 * KiB, 4 * MiB, 32 * MiB],
-                    coll_groups=group_sizes, min_time_s=0.05, rounds=3)
+                    coll_groups=group_sizes, elem_sizes=[1 << 10, 1 << 14, 1 << 18, 1 << 22, 1 << 24],
+                    min_time_s=0.05, rounds=3)
     if quick:
         return Plan(gemm_m=[1, 16, 256, 4096, 16384], gemm_k=[256, 1024, 4096, 8192],
                     attn_batch_heads=32, attn_seq=[128, 512, 2048, 8192], attn_head_dim=[64, 128],
@@ -84,7 +86,7 @@ def plan_for(device: str, quick: bool, group_sizes: list[int]) -> Plan:
                     layer_seq=[256, 2048], decode_batch=[1, 16, 64, 256],
                     decode_context=[128, 1024, 4096], membw_bytes=1024 * MiB,
                     coll_sizes=[64 * KiB, 1 * MiB, 16 * MiB, 256 * MiB], coll_groups=group_sizes,
-                    min_time_s=0.05)
+                    elem_sizes=[1 << 16, 1 << 20, 1 << 24, 1 << 28], min_time_s=0.05)
     return Plan(gemm_m=[1, 4, 16, 64, 256, 1024, 4096, 16384, 65536],
                 gemm_k=[256, 512, 1024, 2048, 4096, 8192, 16384], attn_batch_heads=32,
                 attn_seq=[128, 512, 1024, 2048, 4096, 8192, 16384], attn_head_dim=[64, 128],
@@ -93,7 +95,8 @@ def plan_for(device: str, quick: bool, group_sizes: list[int]) -> Plan:
                 decode_batch=[1, 4, 16, 64, 256, 1024], decode_context=[128, 512, 2048, 8192],
                 membw_bytes=4096 * MiB,
                 coll_sizes=[8 * KiB, 64 * KiB, 1 * MiB, 16 * MiB, 256 * MiB, 1024 * MiB],
-                coll_groups=group_sizes, min_time_s=0.05, rounds=3)
+                coll_groups=group_sizes, elem_sizes=[1 << 14, 1 << 16, 1 << 20, 1 << 24, 1 << 28],
+                min_time_s=0.05, rounds=3)
 
 
 def _base_name(device: str) -> str:
@@ -144,6 +147,7 @@ def profile_machine(name: str, *, quick: bool, device: str = "cpu", threads: int
         PROBE_CONTEXT,
         PROBE_SEQ,
         PROBE_SHAPE,
+        PROBE_VOCAB,
         fit_overheads,
         intra_node_tier,
         peak_attention_flops,
@@ -167,6 +171,7 @@ def profile_machine(name: str, *, quick: bool, device: str = "cpu", threads: int
     gemm = measure.measure_gemm(bench, plan.gemm_m, plan.gemm_k, lambda: step("GEMMs"))
     attn = measure.measure_attention(bench, plan.attn_batch_heads, plan.attn_seq,
                                      plan.attn_head_dim, lambda: step("attention"))
+    elementwise = measure.measure_elementwise(bench, plan.elem_sizes, lambda: step("elementwise"))
     membw = measure.measure_memory_bandwidth(bench, plan.membw_bytes)
     step("memory bandwidth")
     coll_times = {}
@@ -190,7 +195,8 @@ def profile_machine(name: str, *, quick: bool, device: str = "cpu", threads: int
         attention_efficiency=min(1.0, peak_attention_flops(attn) / peak), memory_efficiency=1.0,
         flash_attention=True, intra_node=intra_node_tier(coll, base.intra_node),
         inter_node=base.inter_node,
-        measured=MeasuredTables(gemm=gemm, attention=attn, collectives=coll,
+        measured=MeasuredTables(gemm=gemm, attention=attn, elementwise=elementwise,
+                                collectives=coll,
                                 memory_bytes_per_s=membw),
         host=host)
 
@@ -200,11 +206,13 @@ def profile_machine(name: str, *, quick: bool, device: str = "cpu", threads: int
     decode = measure.measure_decode(bench, plan.layer_shapes[0], plan.decode_batch,
                                     plan.decode_context, lambda: step("decode steps"))
     # The probe is tiny: time it long and often, its overheads enter every estimate.
-    probe_bench = measure.Bench(device, dtype, min_time_s=0.1, min_batches=10, rounds=3)
+    probe_bench = measure.Bench(device, dtype, min_time_s=0.1, min_batches=10, rounds=5)
     probe = measure.measure_layers(probe_bench, PROBE_SHAPE, [PROBE_BATCH], [PROBE_SEQ])
     probe_decode = measure.measure_decode(probe_bench, PROBE_SHAPE, [PROBE_BATCH], [PROBE_CONTEXT])
+    probe_head = measure.measure_head(probe_bench, PROBE_VOCAB, PROBE_SHAPE.hidden_size,
+                                      PROBE_BATCH, PROBE_SEQ)
     step("overhead probe")
-    overheads = fit_overheads(kernels_only, probe, probe_decode)
+    overheads = fit_overheads(kernels_only, probe, probe_decode, probe_head)
     measured = kernels_only.measured.model_copy(update={"layers": layers, "decode": decode})
     return kernels_only.model_copy(update={"overheads": overheads, "measured": measured})
 
