@@ -112,3 +112,16 @@ def test_gemm_table_overrides_roofline():
     assert dev.gemm_s(4096, 4096, 4096) == pytest.approx(4 * plain.gemm_s(4096, 4096, 4096))
     # A non-square weight is looked up at sqrt(n * k).
     assert dev.gemm_s(16, 64 * 4, 64 // 4) > 0
+
+
+def test_import_boundary():
+    """cost_model (and its commands) import neither search, runtime nor torch at module level."""
+    import subprocess
+    import sys
+
+    code = ("import sys, planner.cost_model, planner.cost_model.profiler, "
+            "planner.commands.estimate, planner.commands.profile; "
+            "bad = [m for m in sys.modules if m.startswith(('planner.search', 'runtime', 'torch'))]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
