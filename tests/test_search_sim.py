@@ -155,3 +155,29 @@ def test_energy_ranks_fitting_plans_first():
     sim = Simulator(p)
     assert sim.energy((1,)) < sim.energy((0,))
     assert not sim.feasible((0,)) and sim.feasible((1,))
+
+
+def test_an_order_equal_to_the_default_gives_the_same_schedule():
+    from planner.search.problem import build_problem
+    from planner.search.scenarios import tiny_parallel_spec
+    import random
+
+    p = build_problem(tiny_parallel_spec(nodes=2, gpn=2), top_k=5)
+    sim = Simulator(p)
+    rng = random.Random(0)
+    same = tuple(0.5 for _ in range(p.n))  # every call shifted alike: iteration-major again
+    for _ in range(50):
+        a = tuple(rng.randrange(len(c)) for c in p.candidates)
+        plain, shifted = sim.evaluate(a), sim.evaluate(a, same)
+        assert shifted.period_s == pytest.approx(plain.period_s, rel=1e-9)
+        assert shifted.converged
+
+
+def test_offsets_that_break_an_edge_are_invalid():
+    p = hand_problem(ppo_like_spec(), {"gen": [cand(0, 2, 4.0)],
+                                       "actor_train": [cand(0, 2, 2.0)],
+                                       "critic_train": [cand(2, 4, 5.0)]})
+    sim = Simulator(p)
+    assert sim.valid_offsets((0.0, 0.0, 0.75))
+    assert not sim.valid_offsets((0.5, 0.0, 0.0))   # gen -> actor_train inside an iteration
+    assert not sim.valid_offsets((0.0, 1.0, 1.0))   # actor_train(k) -> gen(k+1)

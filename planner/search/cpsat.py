@@ -238,6 +238,7 @@ def cpsat_search(sim: Simulator, *, time_limit_s: float = 10.0, workers: int = 2
     v = add_timing(model, p, x, horizon, period_ub)
     add_memory(model, p, x)
     model.minimize(v.period)
+    build_s = time.perf_counter() - t0
     if hint is not None:
         for c, j in enumerate(hint):
             for k, var in enumerate(x[c]):
@@ -255,8 +256,7 @@ def cpsat_search(sim: Simulator, *, time_limit_s: float = 10.0, workers: int = 2
     bound = solver.best_objective_bound / US if status in (cp_model.OPTIMAL, cp_model.FEASIBLE) \
         else None
     if status == cp_model.INFEASIBLE:
-        return SearchResult("cpsat", None, None, time.perf_counter() - t0, status="infeasible",
-                            lower_bound_s=None)
+        return SearchResult("cpsat", None, None, time.perf_counter() - t0, status="INFEASIBLE")
     best_a, best_per, best_order = None, None, None
     for a, offsets in collector.solutions:
         for order in (offsets, None):
@@ -268,8 +268,8 @@ def cpsat_search(sim: Simulator, *, time_limit_s: float = 10.0, workers: int = 2
     objective = (solver.objective_value / US
                  if status in (cp_model.OPTIMAL, cp_model.FEASIBLE) else None)
     return SearchResult("cpsat", best_a, best_per, time.perf_counter() - t0,
-                        lower_bound_s=bound, status=status_name, order=best_order,
-                        model_objective_s=objective)
+                        lower_bound_s=bound, status=f"{status_name}, model built in {build_s:.1f} s",
+                        order=best_order, model_objective_s=objective)
 
 
 class _Collector(cp_model.CpSolverSolutionCallback):

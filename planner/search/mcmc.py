@@ -49,11 +49,70 @@ class SearchResult:
     closest: tuple[int, ...] | None = None  # lowest energy seen, fitting or not (for errors)
 
 
+def _propose(x: tuple[int, ...], movable: list[int], sizes: list[int], rng: random.Random,
+             pair_prob: float) -> tuple[int, ...]:
+    """Another candidate for one call, or (with probability pair_prob) for two calls at once:
+    memory often couples two calls (a home and a call beside it), and a single move
+    between two fitting plans can pass through one that does not fit."""
+    y = list(x)
+    first = rng.randrange(len(movable))
+    calls = [movable[first]]
+    if len(movable) > 1 and rng.random() < pair_prob:
+        second = rng.randrange(len(movable) - 1)
+        calls.append(movable[second + 1 if second >= first else second])
+    for i in calls:
+        j = rng.randrange(sizes[i] - 1)
+        y[i] = j + 1 if j >= x[i] else j
+    return tuple(y)
+
+
+def polish_plan(sim: Simulator, a: tuple[int, ...], offsets: tuple[float, ...] | None = None,
+                *, deadline: float | None = None) -> list[tuple[int, ...]]:
+    """Steepest descent over single-call changes from a fitting plan (order fixed);
+    the improving plans, best last."""
+    p = sim.p
+    out = []
+    cur, cur_p = a, sim.period(a, offsets)
+    while True:
+        best, best_p = None, cur_p
+        for i in range(p.n):
+            for j in range(len(p.candidates[i])):
+                if j == cur[i]:
+                    continue
+                y = cur[:i] + (j,) + cur[i + 1:]
+                if sim.feasible(y, offsets) and sim.period(y, offsets) < best_p - 1e-12:
+                    best, best_p = y, sim.period(y, offsets)
+            if deadline is not None and time.perf_counter() > deadline:
+                break
+        if best is None:
+            return out
+        cur, cur_p = best, best_p
+        out.append(cur)
+        if deadline is not None and time.perf_counter() > deadline:
+            return out
+
+
+OFFSET_STEP = 0.25   # order offsets live on a grid of quarter iterations
+OFFSET_LEVELS = 8    # 0, 0.25, ..., 1.75
+
+
+def offsets_of(levels: tuple[int, ...]) -> tuple[float, ...] | None:
+    """Grid levels -> the simulator's offsets (None for the default order)."""
+    return tuple(v * OFFSET_STEP for v in levels) if any(levels) else None
+
+
 def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
                 time_limit_s: float | None = None, starts: list[tuple[int, ...]] | None = None,
                 cycles: int = 4, t_start: float = 0.07, t_end: float = 0.0015,
+                pair_prob: float = 0.25, order_prob: float = 0.1, polish: bool = True,
                 progress: Progress | None = None) -> SearchResult:
-    """Anneal from the best of `starts` (default: every call's fastest candidate)."""
+    """Anneal from the best of `starts` (default: every call's fastest candidate).
+
+    The state also holds the simulator's priority order as one offset per call (in
+    quarter iterations; all 0 = iteration-major): with probability `order_prob` a move
+    shifts one call's offset instead of changing its candidate, e.g. letting a critic's
+    training yield to the next iteration's generation on devices they share.
+    """
     if steps is None and time_limit_s is None:
         raise ValueError("give steps or time_limit_s")
     p = sim.p
@@ -61,25 +120,34 @@ def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
     sizes = [len(c) for c in p.candidates]
     rng = random.Random(seed)
     t_begin = time.perf_counter()
-    pool = list(starts or []) + [tuple(0 for _ in range(n))]
+    zero = tuple(0 for _ in range(n))
+    pool = list(starts or []) + [zero]
+
+    def energy(a: tuple[int, ...], o: tuple[int, ...]) -> float:
+        return sim.energy(a, offsets_of(o))
+
     x = min(pool, key=lambda a: (sim.energy(a), a))
-    ex = sim.energy(x)
+    ox = zero
+    ex = energy(x, ox)
     # The walk's best by energy (where cycles restart) and the best plan that fits.
-    anchor, anchor_e = x, ex
+    anchor, anchor_e = (x, ox), ex
     best: tuple[int, ...] | None = None
+    best_o = zero
     best_period = math.inf
     history: list[tuple[float, float]] = []
 
-    def consider(a: tuple[int, ...]) -> None:
-        nonlocal best, best_period
-        if sim.feasible(a):
-            per = sim.period(a)
-            if per < best_period or (per == best_period and best is not None and a < best):
-                best, best_period = a, per
+    def consider(a: tuple[int, ...], o: tuple[int, ...]) -> None:
+        nonlocal best, best_o, best_period
+        off = offsets_of(o)
+        if sim.feasible(a, off):
+            per = sim.period(a, off)
+            if per < best_period - 1e-12 or (abs(per - best_period) <= 1e-12
+                                             and best is not None and (a, o) < (best, best_o)):
+                best, best_o, best_period = a, o, per
                 history.append((time.perf_counter() - t_begin, per))
 
     for a in pool:
-        consider(a)
+        consider(a, zero)
     movable = [i for i in range(n) if sizes[i] > 1]
     step = accepted = 0
     frac = 0.0
@@ -101,24 +169,34 @@ def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
         c = min(int(frac * cycles), cycles - 1)
         if c != cycle:  # a new cycle restarts hot from the best point so far
             cycle = c
-            x, ex = anchor, anchor_e
+            (x, ox), ex = anchor, anchor_e
         temp = t_start * math.exp(log_ratio * (frac * cycles - c)) * ex
-        i = movable[rng.randrange(len(movable))]
-        j = rng.randrange(sizes[i] - 1)
-        if j >= x[i]:
-            j += 1
-        y = x[:i] + (j,) + x[i + 1:]
-        ey = sim.energy(y)
         step += 1
+        y, oy = x, ox
+        if rng.random() < order_prob:
+            i = rng.randrange(n)
+            v = rng.randrange(OFFSET_LEVELS - 1)
+            oy = ox[:i] + ((v + 1 if v >= ox[i] else v),) + ox[i + 1:]
+            if not sim.valid_offsets(tuple(v * OFFSET_STEP for v in oy)):
+                continue
+        else:
+            y = _propose(x, movable, sizes, rng, pair_prob)
+        ey = energy(y, oy)
         if ey <= ex or rng.random() < math.exp(-(ey - ex) / temp):
-            x, ex = y, ey
+            x, ox, ex = y, oy, ey
             accepted += 1
             if ey < anchor_e:
-                anchor, anchor_e = y, ey
-            consider(y)
+                anchor, anchor_e = (y, oy), ey
+            consider(y, oy)
+    if best is not None and polish:
+        for a in polish_plan(sim, best, offsets_of(best_o),
+                             deadline=None if time_limit_s is None
+                             else t_begin + time_limit_s * 1.05):
+            consider(a, best_o)
     if progress is not None:
         progress(1.0, best_period if best is not None else None)
     return SearchResult("mcmc", best, best_period if best is not None else None,
                         time.perf_counter() - t_begin, step, accepted,
                         status="ok" if best is not None else "no plan fits in memory",
-                        history=history, closest=anchor)
+                        history=history, closest=anchor[0],
+                        order=list(offsets_of(best_o)) if offsets_of(best_o) else None)

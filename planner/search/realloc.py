@@ -100,8 +100,28 @@ def _source(src: Layout, gpus_per_node: int) -> _Source:
     return _Source(coord, {n: _intern(frozenset(h)) for n, h in holds.items()})
 
 
-def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:
-    return max(0.0, min(a1, b1) - max(a0, b0))
+@lru_cache(maxsize=4096)
+def _stage_overlaps(num_layers: int, s_pp: int, d_pp: int, p: int) -> tuple[tuple[int, int], ...]:
+    """(source stage q, blocks it shares with destination stage p), for every q sharing any."""
+    dst = layer_stages(num_layers, d_pp)[p]
+    out = []
+    for q, src in enumerate(layer_stages(num_layers, s_pp)):
+        n = min(dst.stop, src.stop) - max(dst.start, src.start)
+        if n > 0:
+            out.append((q, n))
+    return tuple(out)
+
+
+@lru_cache(maxsize=4096)
+def _tp_overlaps(s_tp: int, d_tp: int, t: int) -> tuple[tuple[int, float], ...]:
+    """(source tp rank u, fraction of a sharded tensor it shares with destination rank t)."""
+    lo, hi = t / d_tp, (t + 1) / d_tp
+    out = []
+    for u in range(s_tp):
+        f = min(hi, (u + 1) / s_tp) - max(lo, u / s_tp)
+        if f > 0:
+            out.append((u, f))
+    return tuple(out)
 
 
 def _receiver_bytes(g: _Groups, s_tp: int, s_pp: int, d_tp: int, d_pp: int, t: int, p: int,
@@ -109,43 +129,42 @@ def _receiver_bytes(g: _Groups, s_tp: int, s_pp: int, d_tp: int, d_pp: int, t: i
                     ) -> tuple[float, float]:
     """(intra-node, inter-node) bytes one destination rank (tp t, stage p) must receive."""
     intra = inter = 0.0
-    lo, hi = t / d_tp, (t + 1) / d_tp
+    lq, lu = local if local is not None else (-1, -1)
     node_stages = {q for q, _ in node}
+    tps = _tp_overlaps(s_tp, d_tp, t)
 
     def take(stages: tuple[int, ...], count: float, sharded: int, replicated: int) -> None:
         nonlocal intra, inter
-        if count <= 0:
-            return
-        for u in range(s_tp):
-            f = _overlap(lo, hi, u / s_tp, (u + 1) / s_tp)
-            if f <= 0 or not sharded:
-                continue
-            if local is not None and local[1] == u and local[0] in stages:
-                continue
-            if any((q, u) in node for q in stages):
-                intra += count * f * sharded
-            else:
-                inter += count * f * sharded
-        if replicated:
-            if local is not None and local[0] in stages:
-                return
+        if sharded:
+            for u, f in tps:
+                if lu == u and lq in stages:
+                    continue
+                b = count * f * sharded
+                if any((q, u) in node for q in stages):
+                    intra += b
+                else:
+                    inter += b
+        if replicated and lq not in stages:
             if any(q in node_stages for q in stages):
                 intra += count * replicated
             else:
                 inter += count * replicated
 
-    # Blocks of destination stage p, grouped by the source stage that holds them.
-    dst_layers = layer_stages(g.num_layers, d_pp)[p]
-    for q, src_layers in enumerate(layer_stages(g.num_layers, s_pp)):
-        n = len(range(max(dst_layers.start, src_layers.start), min(dst_layers.stop, src_layers.stop)))
+    for q, n in _stage_overlaps(g.num_layers, s_pp, d_pp, p):
         take((q,), n, g.layer_sharded, g.layer_replicated)
     if p == 0:
         take((0,), 1, g.first_sharded, g.first_replicated)
     if p == d_pp - 1:
         take((s_pp - 1,), 1, g.last_sharded, g.last_replicated)
-    if p == 0 or p == d_pp - 1:
+    if g.both_sharded and (p == 0 or p == d_pp - 1):
         take((0, s_pp - 1) if s_pp > 1 else (0,), 1, g.both_sharded, 0)
     return intra, inter
+
+
+@lru_cache(maxsize=8192)
+def _receivers(dst: Layout) -> tuple[tuple[int, int, int], ...]:
+    """(device, tp rank, pp stage) of every rank of a destination layout."""
+    return tuple((d, r % dst.tp, r // (dst.tp * dst.dp)) for r, d in enumerate(dst.device_ids))
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,11 +199,8 @@ def fast_realloc(arch: ModelArch, head: HeadType, src: Layout, dst: Layout,
             _memo.clear()
         memo = _memo[mkey] = {}
     coord, node_id = s.coord, s.node_id
-    d_tp, d_dp = dst.tp, dst.dp
     worst_s = worst_b = total = 0.0
-    for rank, d in enumerate(dst.device_ids):
-        t = rank % d_tp
-        p = rank // (d_tp * d_dp)
+    for d, t, p in _receivers(dst):
         key = (t, p, coord.get(d), node_id.get(d // gpus_per_node, 0))
         hit = memo.get(key)
         if hit is None:
@@ -201,25 +217,37 @@ def fast_realloc(arch: ModelArch, head: HeadType, src: Layout, dst: Layout,
     return MoveCost(worst_s, worst_b, total)
 
 
+@lru_cache(maxsize=8192)
+def _placement(layout: Layout, gpus_per_node: int) -> tuple[frozenset[int], frozenset[int]]:
+    """(devices, nodes) of a layout."""
+    return frozenset(layout.device_ids), frozenset(d // gpus_per_node for d in layout.device_ids)
+
+
 def fast_data_transfer(nbytes: float, src: Layout, dst: Layout, profile: HardwareProfile, *,
                        gpus_per_node: int) -> MoveCost:
     """Time to give every dp rank of `dst` its share of a batch held by `src`'s dp ranks.
 
-    A device already holding its whole share receives nothing; otherwise its share
-    comes over NVLink when a source device shares its node, else the network.
+    A device of `src` keeps its share when both sides split the batch alike; every
+    other receiver gets its share over NVLink when a source device shares its node,
+    else over the network (the slowest receiver bounds the transfer).
     """
     if nbytes <= 0 or (src.device_ids == dst.device_ids and src.dp == dst.dp
                        and src.tp == dst.tp):
         return NO_MOVE
-    dev = device_of(profile)
     share = nbytes / dst.dp
-    src_nodes = {d // gpus_per_node for d in src.device_ids}
-    src_devs = set(src.device_ids)
-    worst = total = 0.0
+    keep = src.dp == dst.dp
+    src_devs, src_nodes = _placement(src, gpus_per_node)
+    n_intra = n_inter = 0
     for d in dst.device_ids:
-        if d in src_devs and src.dp == dst.dp:
+        if keep and d in src_devs:
             continue
-        tier = "intra_node" if d // gpus_per_node in src_nodes else "inter_node"
-        worst = max(worst, dev.collective_s("p2p", share, 2, tier))
-        total += share
-    return MoveCost(worst, share if total else 0.0, total)
+        if d // gpus_per_node in src_nodes:
+            n_intra += 1
+        else:
+            n_inter += 1
+    if not n_intra and not n_inter:
+        return NO_MOVE
+    dev = device_of(profile)
+    worst = max(dev.collective_s("p2p", share, 2, "intra_node") if n_intra else 0.0,
+                dev.collective_s("p2p", share, 2, "inter_node") if n_inter else 0.0)
+    return MoveCost(worst, share, share * (n_intra + n_inter))

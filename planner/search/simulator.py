@@ -39,6 +39,21 @@ from dataclasses import dataclass, field
 from planner.search.problem import Problem
 
 
+def _mean_period(iter_end: list[float]) -> float:
+    """Mean iteration time over the second half of the simulated iterations."""
+    done = len(iter_end)
+    h = done // 2
+    if h < 1:
+        return iter_end[0] if iter_end else 0.0
+    return (iter_end[done - 1] - iter_end[h - 1]) / (done - h)
+
+
+def _bisect_left(xs: list[float], x: float) -> int:
+    from bisect import bisect_left
+
+    return bisect_left(xs, x)
+
+
 @dataclass(frozen=True)
 class Event:
     """One bar of the timeline (seconds from the start of the run)."""
@@ -185,16 +200,15 @@ class Simulator:
 
     # --------------------------------------------------------------- schedule
 
-    def _priority(self, iterations: int) -> list[tuple[int, int]]:
-        n = self.p.n
-        if self.offsets is None:
-            return [(k, c) for k in range(iterations) for c in range(n)]
-        keys = sorted(((k + self.offsets[c], c, k) for k in range(iterations) for c in range(n)))
-        return [(k, c) for _, c, k in keys]
-
-    def _run(self, a: tuple[int, ...], iterations: int, record: bool) -> Evaluation:
+    def _run(self, a: tuple[int, ...], iterations: int, record: bool,
+             offsets: tuple[float, ...] | list[float] | None = None) -> Evaluation:
+        prep = self._prepare(a)
+        if offsets is None:
+            offsets = self.offsets
+        if offsets is not None and any(offsets):
+            return self._run_ordered(prep, iterations, record, offsets)
         (dur, pro, realloc_s, segs, extra, occ, used, num_segs, peak, worst, lo, hi,
-         src_range, _, _, _) = self._prepare(a)
+         src_range) = prep[:13]
         n = self.p.n
         preds, prev_preds = self.preds, self.prev_preds
         free = [0.0] * num_segs
@@ -205,52 +219,16 @@ class Simulator:
         converged = False
         prev_state: list[float] | None = None
         done_iters = 0
-        if self.offsets is None:
-            # Iteration-major order: check for a repeating state after each iteration.
-            for k in range(iterations):
-                cur = ends[k]
-                last = ends[k - 1] if k else None
-                for c in range(n):
-                    t = 0.0
-                    for u in preds[c]:
-                        if cur[u] > t:
-                            t = cur[u]
-                    if last is not None:
-                        for u in prev_preds[c]:
-                            if last[u] > t:
-                                t = last[u]
-                    for s in occ[c]:
-                        if free[s] > t:
-                            t = free[s]
-                    r = realloc_s[c]
-                    if r:
-                        for s in extra[c]:
-                            free[s] = t + r
-                    e = t + pro[c] + dur[c]
-                    for s in segs[c]:
-                        free[s] = e
-                    cur[c] = e
-                    if record:
-                        self._record(events, c, k, t, r, pro[c], e, lo[c], hi[c], src_range[c])
-                iter_end[k] = max(cur)
-                done_iters = k + 1
-                state = [free[s] for s in used] + [cur[u] for u in self.carried]
-                if prev_state is not None and not record:
-                    d = iter_end[k] - iter_end[k - 1]
-                    tol = 1e-9 * max(1.0, iter_end[k])
-                    if all(abs(x - y - d) <= tol for x, y in zip(state, prev_state)):
-                        period, converged = d, True
-                        break
-                prev_state = state
-        else:
-            for k, c in self._priority(iterations):
-                cur = ends[k]
+        # Iteration-major order: check for a repeating state after each iteration.
+        for k in range(iterations):
+            cur = ends[k]
+            last = ends[k - 1] if k else None
+            for c in range(n):
                 t = 0.0
                 for u in preds[c]:
                     if cur[u] > t:
                         t = cur[u]
-                if k:
-                    last = ends[k - 1]
+                if last is not None:
                     for u in prev_preds[c]:
                         if last[u] > t:
                             t = last[u]
@@ -267,16 +245,92 @@ class Simulator:
                 cur[c] = e
                 if record:
                     self._record(events, c, k, t, r, pro[c], e, lo[c], hi[c], src_range[c])
-            for k in range(iterations):
-                iter_end[k] = max(ends[k])
-            done_iters = iterations
+            iter_end[k] = max(cur)
+            done_iters = k + 1
+            state = [free[s] for s in used] + [cur[u] for u in self.carried]
+            if prev_state is not None and not record:
+                d = iter_end[k] - iter_end[k - 1]
+                tol = 1e-9 * max(1.0, iter_end[k])
+                if all(abs(x - y - d) <= tol for x, y in zip(state, prev_state)):
+                    period, converged = d, True
+                    break
+            prev_state = state
         if period is None:
-            h = done_iters // 2
-            last = done_iters - 1
-            period = (iter_end[last] - iter_end[h - 1]) / (last - h + 1) if h >= 1 else iter_end[0]
+            period = _mean_period(iter_end[:done_iters])
         cap = self.p.capacity_bytes
         return Evaluation(period, max(0, peak - cap), peak, worst, converged,
                           iter_end[:done_iters], events)
+
+    def _run_ordered(self, prep, iterations: int, record: bool,
+                     offsets: tuple[float, ...] | list[float]) -> Evaluation:
+        """Tasks in order of (iteration + offset of the call, topological index).
+
+        Every unit interval of keys holds one task of every call, so the state after all
+        keys < r (segment free times, ends of the tasks whose successors may still come)
+        is compared with the state at r - 1: a uniform shift means the schedule repeats.
+        """
+        (dur, pro, realloc_s, segs, extra, occ, used, num_segs, peak, worst, lo, hi,
+         src_range) = prep[:13]
+        n = self.p.n
+        preds, prev_preds = self.preds, self.prev_preds
+        span = int(max(offsets)) + 1          # offsets lie in [0, span)
+        total = iterations + span
+        order = sorted((k + offsets[c], c, k) for k in range(total) for c in range(n))
+        free = [0.0] * num_segs
+        ends = [[0.0] * n for _ in range(total)]
+        keys: list[float] = []
+        done_ends: list[float] = []
+        events: list[Event] = []
+        period = None
+        converged = False
+        prev_state: list[float] | None = None
+        cut = span + 2                        # first cut with full look-back windows
+        for key, c, k in order:
+            while not record and key >= cut and cut <= total:
+                # State at this cut: free times + ends of tasks with keys in [cut-span-1, cut).
+                first = _bisect_left(keys, cut - span - 1)
+                state = [free[s] for s in used] + done_ends[first:]
+                if prev_state is not None and len(state) == len(prev_state):
+                    d = done_ends[-1] - prev_last
+                    tol = 1e-9 * max(1.0, done_ends[-1])
+                    if all(abs(x - y - d) <= tol for x, y in zip(state, prev_state)):
+                        period, converged = d, True
+                        break
+                prev_state, prev_last = state, done_ends[-1]
+                cut += 1
+            if converged:
+                break
+            cur = ends[k]
+            t = 0.0
+            for u in preds[c]:
+                if cur[u] > t:
+                    t = cur[u]
+            if k:
+                last = ends[k - 1]
+                for u in prev_preds[c]:
+                    if last[u] > t:
+                        t = last[u]
+            for s in occ[c]:
+                if free[s] > t:
+                    t = free[s]
+            r = realloc_s[c]
+            if r:
+                for s in extra[c]:
+                    free[s] = t + r
+            e = t + pro[c] + dur[c]
+            for s in segs[c]:
+                free[s] = e
+            cur[c] = e
+            keys.append(key)
+            done_ends.append(e)
+            if record and k < iterations:
+                self._record(events, c, k, t, r, pro[c], e, lo[c], hi[c], src_range[c])
+        shown = iterations if record else total
+        iter_end = [max(ends[k]) for k in range(shown)]
+        if period is None:
+            period = _mean_period(iter_end)
+        cap = self.p.capacity_bytes
+        return Evaluation(period, max(0, peak - cap), peak, worst, converged, iter_end, events)
 
     @staticmethod
     def _record(events: list[Event], c: int, k: int, t: float, r: float, pro: float, e: float,
@@ -289,15 +343,18 @@ class Simulator:
 
     # ----------------------------------------------------------------- public
 
-    def evaluate(self, a: tuple[int, ...] | list[int]) -> Evaluation:
-        """Period, memory and convergence of an assignment (no timeline)."""
+    def evaluate(self, a: tuple[int, ...] | list[int],
+                 offsets: tuple[float, ...] | None = None) -> Evaluation:
+        """Period, memory and convergence of an assignment (no timeline). `offsets`
+        (per call, in iterations) replace the simulator's own order for this run."""
         self.num_sims += 1
-        return self._run(tuple(a), self.max_iterations, record=False)
+        return self._run(tuple(a), self.max_iterations, False, offsets)
 
-    def timeline(self, a: tuple[int, ...] | list[int], iterations: int = 3) -> Evaluation:
+    def timeline(self, a: tuple[int, ...] | list[int], iterations: int = 3,
+                 offsets: tuple[float, ...] | None = None) -> Evaluation:
         """The same, with every event of `iterations` unrolled iterations recorded."""
-        ev = self._run(tuple(a), max(iterations, 2), record=True)
-        steady = self.evaluate(a)  # the period from the full run, not the short recorded one
+        ev = self._run(tuple(a), max(iterations, 2), True, offsets)
+        steady = self.evaluate(a, offsets)  # the period of the full run, not the short one
         ev.period_s, ev.converged = steady.period_s, steady.converged
         return ev
 
@@ -319,13 +376,14 @@ class Simulator:
                 top[x] = max(top[x], trans[i])
         return [(cuts[x], cuts[x + 1], resident[x], top[x]) for x in range(len(resident))]
 
-    def energy(self, a: tuple[int, ...]) -> float:
+    def energy(self, a: tuple[int, ...], offsets: tuple[float, ...] | None = None) -> float:
         """Period, inflated by memory overflow: what the search minimises (memoised)."""
-        hit = self.cache.get(a)
+        key = a if offsets is None else (a, offsets)
+        hit = self.cache.get(key)
         if hit is None:
-            ev = self.evaluate(a)
+            ev = self.evaluate(a, offsets)
             hit = (ev.period_s, ev.overflow_bytes)
-            self.cache[a] = hit
+            self.cache[key] = hit
         period, over = hit
         if over > 0:
             # A step up (so any fitting plan beats a near-fitting one of the same period),
@@ -333,10 +391,23 @@ class Simulator:
             return period * (1.25 + self.overflow_weight * over / self.p.capacity_bytes)
         return period
 
-    def feasible(self, a: tuple[int, ...]) -> bool:
-        self.energy(a)
-        return self.cache[a][1] <= 0
+    def feasible(self, a: tuple[int, ...], offsets: tuple[float, ...] | None = None) -> bool:
+        self.energy(a, offsets)
+        return self.cache[a if offsets is None else (a, offsets)][1] <= 0
 
-    def period(self, a: tuple[int, ...]) -> float:
-        self.energy(a)
-        return self.cache[a][0]
+    def period(self, a: tuple[int, ...], offsets: tuple[float, ...] | None = None) -> float:
+        self.energy(a, offsets)
+        return self.cache[a if offsets is None else (a, offsets)][0]
+
+    def valid_offsets(self, offsets: tuple[float, ...]) -> bool:
+        """Whether an order respects the graph: along an edge u -> v, u's key comes first
+        (equal keys fall back on the topological index); across iterations, u of
+        iteration k strictly before v of k + 1."""
+        for v in range(self.p.n):
+            for u in self.preds[v]:
+                if offsets[u] > offsets[v]:
+                    return False
+            for u in self.prev_preds[v]:
+                if offsets[u] >= 1.0 + offsets[v]:
+                    return False
+        return True
