@@ -125,8 +125,10 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=1))
         return 0
     console = Console()
+    n = arch.num_params(model.head)
+    size = f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
     console.print(f"[bold]{call.name}[/] ({call.type} of {call.model}, "
-                  f"{arch.num_params(model.head) / 1e9:.2f}B params) on [bold]{layout}[/] "
+                  f"{size} params) on [bold]{layout}[/] "
                   f"m{args.micro_batches}, {profile.name}", highlight=False)
     t = Table()
     t.add_column("time", style="bold")
