@@ -89,6 +89,7 @@ class CallContext:
     profile: HardwareProfile
     gpus_per_node: int
     num_devices: int
+    shard_optimizer: bool = False  # Adam states sharded over dp (ZeRO-1); the runtime does not
 
     @property
     def capacity_bytes(self) -> int:
@@ -100,7 +101,7 @@ def price(ctx: CallContext, layout: Layout, micro_batches: int) -> Candidate:
     m = ctx.model
     est = estimate_call(m.architecture, m.head, ctx.call, layout, micro_batches, ctx.profile,
                         trainable=m.trainable, gpus_per_node=ctx.gpus_per_node,
-                        num_devices=ctx.num_devices)
+                        num_devices=ctx.num_devices, shard_optimizer=ctx.shard_optimizer)
     mem = est.memory
     return Candidate(layout, micro_batches, est.time_s, mem.params_bytes, mem.resident_bytes,
                      mem.transient_bytes, est.breakdown)

@@ -221,7 +221,7 @@ def add_memory(model: cp_model.CpModel, p: Problem, x: list[list[cp_model.IntVar
 
 def cpsat_search(sim: Simulator, *, time_limit_s: float = 10.0, workers: int = 2,
                  seed: int = 0, params: str = "", hint: tuple[int, ...] | None = None,
-                 upper_bound_s: float | None = None) -> SearchResult:
+                 upper_bound_s: float | None = None, progress=None) -> SearchResult:
     """Solve the cyclic model; return the best re-simulated solution, the bound and the status.
 
     `params` is extra SatParameters in text form, e.g. "linearization_level:2".
@@ -250,7 +250,7 @@ def cpsat_search(sim: Simulator, *, time_limit_s: float = 10.0, workers: int = 2
     solver.parameters.max_time_in_seconds = max(0.1, time_limit_s - (time.perf_counter() - t0))
     solver.parameters.num_workers = workers
     solver.parameters.random_seed = seed
-    collector = _Collector(v, p)
+    collector = _Collector(v, p, progress, solver.parameters.max_time_in_seconds)
     status = solver.solve(model, collector)
     status_name = solver.status_name(status)
     bound = solver.best_objective_bound / US if status in (cp_model.OPTIMAL, cp_model.FEASIBLE) \
@@ -275,9 +275,10 @@ def cpsat_search(sim: Simulator, *, time_limit_s: float = 10.0, workers: int = 2
 class _Collector(cp_model.CpSolverSolutionCallback):
     """Keeps every improving solution: (assignment, start offsets in periods)."""
 
-    def __init__(self, v: _Vars, p: Problem) -> None:
+    def __init__(self, v: _Vars, p: Problem, progress=None, limit_s: float = 1.0) -> None:
         super().__init__()
         self.v, self.p = v, p
+        self.progress, self.limit_s = progress, limit_s
         self.solutions: list[tuple[tuple[int, ...], list[float]]] = []
 
     def on_solution_callback(self) -> None:
@@ -286,3 +287,5 @@ class _Collector(cp_model.CpSolverSolutionCallback):
         per = max(1, self.value(v.period))
         offsets = [self.value(s) / per for s in v.start]
         self.solutions.append((a, offsets))
+        if self.progress is not None:  # CP-SAT's own objective (a relaxation of the simulator)
+            self.progress(min(1.0, self.wall_time / self.limit_s), per / US)

@@ -131,7 +131,9 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
             params = f"max_deterministic_time:{max(1.0, steps / 5000)} {params}".strip()
         runs.append(cpsat_search(sim, time_limit_s=left() if not deterministic else 1e6,
                                  workers=1 if deterministic else workers, seed=seed,
-                                 params=params, hint=hint, upper_bound_s=ub))
+                                 params=params, hint=hint, upper_bound_s=ub,
+                                 progress=(lambda f, b: progress("cpsat", f, b))
+                                 if progress else None))
         if progress:
             progress("cpsat", 1.0, runs[-1].period_s)
 

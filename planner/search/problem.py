@@ -73,7 +73,7 @@ class Problem:
     """Everything the search engines share; see the module docstring."""
 
     def __init__(self, spec: Spec, profile: HardwareProfile, *, top_k: int = 40,
-                 max_pp: int = 16, exact_moves: bool = False,
+                 max_pp: int = 16, exact_moves: bool = False, shard_optimizer: bool = False,
                  candidates: list[list[Candidate]] | None = None) -> None:
         self.spec = spec
         self.profile = profile
@@ -126,7 +126,7 @@ class Problem:
                 self.prev_preds[iv].append(iu)
 
         self.contexts = [CallContext(c, spec.models[c.model], profile, cl.gpus_per_node,
-                                     cl.num_devices) for c in self.calls]
+                                     cl.num_devices, shard_optimizer) for c in self.calls]
         self.enumerated: list[CallCandidates] | None = None
         self._realloc: dict[tuple[int, int, int], MoveCost] = {}
         self._transfer: dict[tuple[int, int, int], MoveCost] = {}
