@@ -52,13 +52,15 @@ def test_search_writes_a_valid_plan_with_timeline(spec_file, tmp_path, capsys):
     assert "colocate" in text and "split" in text and "speedup" in text
 
 
-def test_same_seed_same_plan_file(spec_file, tmp_path):
+@pytest.mark.parametrize("method", ["mcmc", "auto"])
+def test_same_seed_same_plan_file(spec_file, tmp_path, method):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     for f in (a, b):
         assert main(["search", str(spec_file), "-o", str(f), "--steps", "800", "--seed", "5",
-                     "--method", "mcmc"]) == 0
+                     "--method", method]) == 0
     pa, pb = json.loads(a.read_text()), json.loads(b.read_text())
     assert pa["calls"] == pb["calls"] and pa["iteration_time_s"] == pb["iteration_time_s"]
+    assert pa["timeline"] == pb["timeline"]
 
 
 def test_impossible_spec_exits_2_naming_call_and_memory(tmp_path, capsys):

@@ -48,6 +48,9 @@ def test_mesh_families_are_legal_and_cover_both_halves():
         assert (0, nodes * gpn) in meshes
     shapes = mesh_shapes(2, 8)
     assert [s.size for s in shapes] == [16, 8, 4, 2, 1]
+    every = all_meshes(5, 2, every_node_count=True)
+    assert {size for _, size in every if size >= 2} == {2, 4, 6, 8, 10}
+    assert (4, 6) in every  # 3 nodes from node 2: any whole-node run is a legal mesh
 
 
 def test_candidates_are_legal_fit_alone_and_pruned():

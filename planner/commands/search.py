@@ -40,10 +40,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=METHODS, default="auto",
                    help="auto (MCMC then CP-SAT, default), mcmc, cpsat or baseline")
     p.add_argument("--time-limit", type=float, default=10.0, metavar="S",
-                   help="search budget in seconds after pricing (default 10)")
+                   help="wall-clock budget in seconds, pricing included (default 10)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--top-k", type=int, default=40, metavar="K",
                    help="candidates kept per call (default 40)")
+    p.add_argument("--every-node-count", action="store_true",
+                   help="multi-node meshes of every node count (default: 2^j and N-2^j nodes)")
     p.add_argument("--steps", type=int, metavar="N",
                    help="MCMC steps instead of a time limit: same seed, same plan")
     p.add_argument("--workers", type=int, default=2, help="CP-SAT workers (default 2)")
@@ -87,7 +89,7 @@ def comparison_table(out: SearchOutcome, title: str = "plan vs. baselines") -> T
     plan_s = out.exact_period_s
     t.add_row(f"[bold]searched ({out.method})[/]", f"{plan_s:.3f}", "1.00x", "this plan")
     for b in out.baselines:
-        s = out.baselines_exact_s.get(b.name)
+        s = out.baselines_s.get(b.name)
         if s is None:
             t.add_row(b.name, "-", "-", b.note or "no plan of this kind fits")
         else:
@@ -111,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
 
         out = search(spec, spec_path=args.spec, method=args.method, time_limit_s=args.time_limit,
                      seed=args.seed, top_k=args.top_k, steps=args.steps, workers=args.workers,
-                     cpsat_params=args.cpsat_params, progress=progress)
+                     cpsat_params=args.cpsat_params, progress=progress,
+                     every_node_count=args.every_node_count)
     save_plan(out.plan, args.output)
     show = Console()
     show.print(plan_table(out))

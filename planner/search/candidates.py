@@ -183,13 +183,13 @@ class CallCandidates:
     leanest: Candidate | None  # the smallest peak over every legal option (even unfitting)
 
 
-def enumerate_call(ctx: CallContext, num_nodes: int, *, top_k: int, max_pp: int = 16
-                   ) -> CallCandidates:
+def enumerate_call(ctx: CallContext, num_nodes: int, *, top_k: int, max_pp: int = 16,
+                   every_node_count: bool = False) -> CallCandidates:
     """The pruned candidate list of one call (see the module docstring)."""
     gpn = ctx.gpus_per_node
     per_shape: dict[MeshShape, list[Candidate]] = {}
     best: dict[MeshShape, Candidate | None] = {}
-    for shape in mesh_shapes(num_nodes, gpn):
+    for shape in mesh_shapes(num_nodes, gpn, every_node_count=every_node_count):
         starts = mesh_starts(shape, num_nodes, gpn)
         if not starts:
             continue

@@ -88,14 +88,15 @@ def _no_fit_message(p: Problem, sim: Simulator, closest: tuple[int, ...] | None)
 def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "auto",
            time_limit_s: float = 10.0, seed: int = 0, top_k: int = 40, steps: int | None = None,
            workers: int = 2, cpsat_params: str = "", progress: Progress | None = None,
-           problem: Problem | None = None) -> SearchOutcome:
+           problem: Problem | None = None, every_node_count: bool = False) -> SearchOutcome:
     """Find a plan for `spec`; see the module docstring."""
     if method not in METHODS:
         raise UserError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
     t0 = time.perf_counter()
     if progress:
         progress("candidates", 0.0, None)
-    p = problem or build_problem(spec, spec_path, top_k=top_k)
+    p = problem or build_problem(spec, spec_path, top_k=top_k,
+                                 every_node_count=every_node_count)
     t_priced = time.perf_counter()
     sim = Simulator(p)
     if progress:

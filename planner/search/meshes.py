@@ -49,9 +49,12 @@ def node_counts(num_nodes: int) -> list[int]:
     return sorted(counts, reverse=True)
 
 
-def mesh_shapes(num_nodes: int, gpus_per_node: int) -> list[MeshShape]:
-    """The mesh shapes the search uses (see node_counts), largest first."""
-    shapes = [MeshShape(k * gpus_per_node, True) for k in node_counts(num_nodes)]
+def mesh_shapes(num_nodes: int, gpus_per_node: int, *, every_node_count: bool = False
+                ) -> list[MeshShape]:
+    """The mesh shapes the search uses, largest first: node_counts (or every count from
+    1 to num_nodes with `every_node_count`), then the power-of-two slices of a node."""
+    counts = range(num_nodes, 0, -1) if every_node_count else node_counts(num_nodes)
+    shapes = [MeshShape(k * gpus_per_node, True) for k in counts]
     n = 1
     slices = []
     while n < gpus_per_node:
@@ -90,9 +93,10 @@ def mesh_starts(shape: MeshShape, num_nodes: int, gpus_per_node: int) -> list[in
     return _preference(inside, n)
 
 
-def all_meshes(num_nodes: int, gpus_per_node: int) -> list[tuple[int, int]]:
+def all_meshes(num_nodes: int, gpus_per_node: int, *, every_node_count: bool = False
+               ) -> list[tuple[int, int]]:
     """Every mesh the search uses, as (first device, size) pairs."""
     out = []
-    for shape in mesh_shapes(num_nodes, gpus_per_node):
+    for shape in mesh_shapes(num_nodes, gpus_per_node, every_node_count=every_node_count):
         out.extend((s, shape.size) for s in mesh_starts(shape, num_nodes, gpus_per_node))
     return out

@@ -74,6 +74,7 @@ class Problem:
 
     def __init__(self, spec: Spec, profile: HardwareProfile, *, top_k: int = 40,
                  max_pp: int = 16, exact_moves: bool = False, shard_optimizer: bool = False,
+                 every_node_count: bool = False,
                  candidates: list[list[Candidate]] | None = None) -> None:
         self.spec = spec
         self.profile = profile
@@ -134,7 +135,8 @@ class Problem:
         if candidates is not None:
             self.candidates: list[list[Candidate]] = candidates
             return
-        self.enumerated = [enumerate_call(ctx, cl.nodes, top_k=top_k, max_pp=max_pp)
+        self.enumerated = [enumerate_call(ctx, cl.nodes, top_k=top_k, max_pp=max_pp,
+                                          every_node_count=every_node_count)
                            for ctx in self.contexts]
         self.candidates = [list(e.candidates) for e in self.enumerated]
         self._check_possible()
