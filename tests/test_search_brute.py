@@ -9,10 +9,10 @@ import pytest
 from planner.search.cpsat import cpsat_search
 from planner.search.mcmc import mcmc_search
 from planner.search.problem import build_problem
-from planner.search.scenarios import tiny_parallel_spec
+from planner.search.scenarios import tiny_parallel_spec, tiny_two_source_spec
 from planner.search.simulator import Simulator
 
-CASES = [(1, 4, None), (2, 2, None), (1, 4, 0.006), (2, 2, 0.006)]
+CASES = [(1, 4, None), (2, 2, None), (1, 4, 0.006), (2, 2, 0.006), ("two-source", 4, None)]
 
 
 def brute_force(sim: Simulator) -> tuple[float, tuple[int, ...]]:
@@ -28,7 +28,11 @@ def brute_force(sim: Simulator) -> tuple[float, tuple[int, ...]]:
 @pytest.fixture(scope="module", params=CASES, ids=lambda c: f"{c[0]}x{c[1]}-mem{c[2]}")
 def case(request):
     nodes, gpn, mem = request.param
-    p = build_problem(tiny_parallel_spec(nodes=nodes, gpn=gpn, memory_gib=mem), top_k=5)
+    if nodes == "two-source":  # two calls read the dataset: either may open the iteration
+        spec = tiny_two_source_spec(gpn=gpn)
+    else:
+        spec = tiny_parallel_spec(nodes=nodes, gpn=gpn, memory_gib=mem)
+    p = build_problem(spec, top_k=4 if nodes == "two-source" else 5)
     sim = Simulator(p)
     return p, sim, brute_force(sim)
 

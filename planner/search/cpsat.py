@@ -142,8 +142,8 @@ def add_timing(model: cp_model.CpModel, p: Problem, x: list[list[cp_model.IntVar
         ws = model.new_int_var(-period_ub, period_ub, f"wrap_{c}")
         model.add(ws == m - period)
         wrap_start.append(ws)
-    # The first call of an iteration defines time 0 (a cyclic schedule can be shifted).
-    model.add(start[0] == 0)
+    # A cyclic schedule can be shifted in time: the iteration's earliest call starts at 0.
+    model.add_min_equality(model.new_constant(0), start)
     for e in p.edges:
         model.add(start[e.v] >= start[e.u] + length[e.u])
     for v in range(p.n):

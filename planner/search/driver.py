@@ -4,8 +4,10 @@ Methods:
 - `baseline`: the best hand-written kind of plan (planner/search/baselines.py);
 - `mcmc`: Metropolis-Hastings from the baselines (planner/search/mcmc.py);
 - `cpsat`: the exact cyclic model, hinted with the best baseline;
-- `auto` (default): MCMC for half the budget, then CP-SAT hinted with MCMC's
-  plan and capped by its period, which also yields a proven lower bound.
+- `auto` (default): on a small problem (<= 200 candidates) a short CP-SAT probe
+  first, which ends the search when its optimum re-simulates to its bound (a
+  proven optimum); then MCMC for half the budget, then CP-SAT hinted with the
+  best plan so far and capped by its period, which also yields a lower bound.
 The plan with the smallest simulated period wins; it is re-simulated with the
 cost model's exact move costs and written as an ExecutionPlan.
 
@@ -32,6 +34,7 @@ from planner.search.problem import Problem, build_problem
 from planner.search.simulator import Simulator
 
 METHODS = ("auto", "mcmc", "cpsat", "baseline")
+SMALL_PROBLEM = 200  # candidates in all: auto tries CP-SAT first (it often proves the optimum)
 
 # (stage, fraction of the stage done, best period so far or None)
 Progress = Callable[[str, float, float | None], None]
@@ -114,13 +117,8 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
         return max(0.3, deadline - time.perf_counter())
 
     deterministic = steps is not None
-    if method in ("mcmc", "auto"):
-        budget = left() * (0.5 if method == "auto" else 1.0)
-        runs.append(mcmc_search(
-            sim, seed=seed, steps=steps, time_limit_s=None if deterministic else budget,
-            starts=[b.assignment for b in known],
-            progress=(lambda f, b: progress("mcmc", f, b)) if progress else None))
-    if method in ("cpsat", "auto"):
+
+    def run_cpsat(limit_s: float, det_time: float) -> SearchResult:
         incumbent = min((r for r in runs if r.assignment is not None),
                         key=lambda r: r.period_s, default=None)
         hint = incumbent.assignment if incumbent else (best_base.assignment if best_base else None)
@@ -129,14 +127,35 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
             progress("cpsat", 0.0, ub)
         params = cpsat_params
         if deterministic:  # one worker on a deterministic budget: same answer every run
-            params = f"max_deterministic_time:{max(1.0, steps / 5000)} {params}".strip()
-        runs.append(cpsat_search(sim, time_limit_s=left() if not deterministic else 1e6,
-                                 workers=1 if deterministic else workers, seed=seed,
-                                 params=params, hint=hint, upper_bound_s=ub,
-                                 progress=(lambda f, b: progress("cpsat", f, b))
-                                 if progress else None))
+            params = f"max_deterministic_time:{det_time} {params}".strip()
+        res = cpsat_search(sim, time_limit_s=limit_s if not deterministic else 1e6,
+                           workers=1 if deterministic else workers, seed=seed, params=params,
+                           hint=hint, upper_bound_s=ub,
+                           progress=(lambda f, b: progress("cpsat", f, b)) if progress else None)
         if progress:
-            progress("cpsat", 1.0, runs[-1].period_s)
+            progress("cpsat", 1.0, res.period_s)
+        return res
+
+    def proven(r: SearchResult) -> bool:
+        """CP-SAT's optimum re-simulates to its own bound: no plan of these candidates is
+        faster, so the search can stop."""
+        # CP-SAT floors durations to microseconds: allow a few of them.
+        return (r.assignment is not None and r.lower_bound_s is not None
+                and r.period_s <= r.lower_bound_s * (1 + 1e-6) + 1e-5 * p.n)
+
+    # auto on a small problem: a short CP-SAT probe first; a proven optimum ends the search.
+    if method == "auto" and p.candidate_count() <= SMALL_PROBLEM:
+        runs.append(run_cpsat(0.2 * left(), 0.5))
+        if proven(runs[-1]):
+            method = "done"
+    if method in ("mcmc", "auto"):
+        budget = left() * (0.5 if method == "auto" else 1.0)
+        runs.append(mcmc_search(
+            sim, seed=seed, steps=steps, time_limit_s=None if deterministic else budget,
+            starts=[b.assignment for b in known],
+            progress=(lambda f, b: progress("mcmc", f, b)) if progress else None))
+    if method in ("cpsat", "auto"):
+        runs.append(run_cpsat(left(), max(1.0, (steps or 0) / 5000)))
 
     options: list[tuple[float, str, tuple[int, ...], list[float] | None]] = []
     for b in known:
@@ -149,7 +168,8 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
         raise NoPlanFitsError(_no_fit_message(p, sim, closest))
     # Ties go to the searched plans (listed last) only when strictly better.
     period, chosen, assign, order = min(options, key=lambda o: (o[0], o[1].startswith("base")))
-    bound = next((r.lower_bound_s for r in runs if r.lower_bound_s is not None), None)
+    bounds = [r.lower_bound_s for r in runs if r.lower_bound_s is not None]
+    bound = max(bounds) if bounds else None  # every CP-SAT run's bound holds: keep the best
     search_time = time.perf_counter() - t0
 
     exact_eval = exact_evaluation(p, assign, order)

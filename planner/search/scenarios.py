@@ -93,3 +93,18 @@ def tiny_parallel_spec(*, nodes: int = 1, gpn: int = 4, memory_gib: float | None
     ], {"actor": TINY_MODELS["actor"], "ref": TINY_MODELS["ref"],
         "reward": {"arch": "tiny-llama", "head": "reward"}}, nodes=nodes, gpn=gpn,
         memory_gib=memory_gib)
+
+
+def tiny_two_source_spec(*, nodes: int = 1, gpn: int = 4, memory_gib: float | None = None
+                         ) -> Spec:
+    """ReMax-like: two generations read the dataset (two sources), each rewarded, then train."""
+    return spec_of([
+        call("actor_gen", "actor", "generate", ["prompts"], ["seqs"]),
+        call("actor_gen_greedy", "actor", "generate", ["prompts"], ["greedy"],
+             sampling="greedy"),
+        call("reward_inf", "reward", "inference", ["seqs"], ["rewards"]),
+        call("reward_inf_greedy", "reward", "inference", ["greedy"], ["greedy_rewards"]),
+        call("actor_train", "actor", "train", ["seqs", "rewards", "greedy_rewards"], [],
+             minibatches=2),
+    ], {"actor": TINY_MODELS["actor"], "reward": {"arch": "tiny-llama", "head": "reward"}},
+        nodes=nodes, gpn=gpn, memory_gib=memory_gib)
