@@ -74,7 +74,7 @@ def plan_table(out: SearchOutcome) -> Table:
     for a in out.plan.calls:
         e = a.estimate
         t.add_row(a.name, a.layout_str, str(a.micro_batches),
-                  f"{e.start_s:.2f}" if e else "-", f"{e.end_s:.2f}" if e else "-",
+                  f"{e.start_s:.3f}" if e else "-", f"{e.end_s:.3f}" if e else "-",
                   f"{e.peak_memory_bytes / 2**30:.1f}" if e else "-")
     return t
 
