@@ -39,6 +39,9 @@ from dataclasses import dataclass, field
 from planner.search.problem import Problem
 
 
+CACHE_LIMIT = 1_000_000  # memoised energies / prologues kept before a cache starts over
+
+
 def _mean_period(iter_end: list[float]) -> float:
     """Mean iteration time over the second half of the simulated iterations."""
     done = len(iter_end)
@@ -137,6 +140,8 @@ class Simulator:
         key = (i, a[i], *(a[u] for _, u in edges))
         hit = self._pro.get(key)
         if hit is None:
+            if len(self._pro) >= CACHE_LIMIT:
+                self._pro.clear()
             hit = sum(self.p.transfer(e, a[u], a[i]).time_s for e, u in edges)
             self._pro[key] = hit
         return hit
@@ -381,6 +386,8 @@ class Simulator:
         key = a if offsets is None else (a, offsets)
         hit = self.cache.get(key)
         if hit is None:
+            if len(self.cache) >= CACHE_LIMIT:  # long runs: bound the memory, keep going
+                self.cache.clear()
             ev = self.evaluate(a, offsets)
             hit = (ev.period_s, ev.overflow_bytes)
             self.cache[key] = hit
@@ -391,13 +398,20 @@ class Simulator:
             return period * (1.25 + self.overflow_weight * over / self.p.capacity_bytes)
         return period
 
+    def _cached(self, a: tuple[int, ...], offsets: tuple[float, ...] | None
+                ) -> tuple[float, int]:
+        key = a if offsets is None else (a, offsets)
+        hit = self.cache.get(key)
+        if hit is None:
+            self.energy(a, offsets)
+            hit = self.cache[key]
+        return hit
+
     def feasible(self, a: tuple[int, ...], offsets: tuple[float, ...] | None = None) -> bool:
-        self.energy(a, offsets)
-        return self.cache[a if offsets is None else (a, offsets)][1] <= 0
+        return self._cached(a, offsets)[1] <= 0
 
     def period(self, a: tuple[int, ...], offsets: tuple[float, ...] | None = None) -> float:
-        self.energy(a, offsets)
-        return self.cache[a if offsets is None else (a, offsets)][0]
+        return self._cached(a, offsets)[0]
 
     def valid_offsets(self, offsets: tuple[float, ...]) -> bool:
         """Whether an order respects the graph: along an edge u -> v, u's key comes first
