@@ -244,7 +244,7 @@ def cpsat_search(sim: Simulator, *, time_limit_s: float = 10.0, workers: int = 2
             for k, var in enumerate(x[c]):
                 model.add_hint(var, k == j)
     solver = cp_model.CpSolver()
-    if params and not solver.parameters.merge_text_format(params):
+    if params and not _merge_params(solver, params):
         raise CpSatParamsError(f"CP-SAT parameters {params!r}: not valid SatParameters text "
                                "(e.g. 'linearization_level:2 symmetry_level:2')")
     solver.parameters.max_time_in_seconds = max(0.1, time_limit_s - (time.perf_counter() - t0))
@@ -270,6 +270,20 @@ def cpsat_search(sim: Simulator, *, time_limit_s: float = 10.0, workers: int = 2
     return SearchResult("cpsat", best_a, best_per, time.perf_counter() - t0,
                         lower_bound_s=bound, status=f"{status_name}, model built in {build_s:.1f} s",
                         order=best_order, model_objective_s=objective)
+
+
+def _merge_params(solver: cp_model.CpSolver, text: str) -> bool:
+    """SatParameters from text: OR-Tools >= 9.12 parses it itself, older ones are protos."""
+    merge = getattr(solver.parameters, "merge_text_format", None)
+    if merge is not None:
+        return bool(merge(text))
+    from google.protobuf import text_format
+
+    try:
+        text_format.Merge(text, solver.parameters)
+    except text_format.ParseError:
+        return False
+    return True
 
 
 class _Collector(cp_model.CpSolverSolutionCallback):
