@@ -12,9 +12,18 @@ install:
 		|| $(PYTHON) -m pip install -q torch==2.13.0
 	$(PYTHON) -m pip install -q -e ".[test]"
 
+# The main job on the embedded default: search a plan for tiny PPO on 4 virtual
+# CPU devices, run it on a local Ray cluster, then picture estimate beside
+# measurement. Everything lands in runs/demo/ (replaced on each run).
+DEMO := runs/demo
 demo: install
 	$(PYTHON) -m planner.cli validate specs/*.yaml
-	$(PYTHON) -m planner.cli graph specs/tiny-ppo-cpu.yaml
+	rm -rf $(DEMO) && mkdir -p $(DEMO)
+	$(PYTHON) -m planner.cli search specs/tiny-ppo-cpu.yaml -o $(DEMO)/plan.json --steps 5000
+	$(PYTHON) -m runtime.cli run $(DEMO)/plan.json --run-dir $(DEMO)/run
+	$(PYTHON) -m planner.cli show $(DEMO)/plan.json -o $(DEMO)/plan.html \
+		--perfetto $(DEMO)/plan_trace.json --measured $(DEMO)/run/trace.json
+	@echo "open $(DEMO)/plan.html; metrics in $(DEMO)/run/metrics.jsonl"
 
 test: install
 	$(PYTHON) -m pytest -q

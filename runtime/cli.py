@@ -1,8 +1,4 @@
-"""`runtime`: execute a plan.json.
-
-The executor (Ray workers, engine, realloc) is being built; for now `runtime
-run` loads and checks the plan against its spec and says so plainly.
-"""
+"""`runtime`: execute a plan.json on Ray workers."""
 
 from __future__ import annotations
 
@@ -10,38 +6,66 @@ import argparse
 import sys
 
 from planner.errors import UserError
-from planner.graph.loader import load_spec
-from planner.plan import load_plan
 
 EXAMPLES = """examples:
-  runtime run plan.json --spec specs/tiny-ppo-cpu.yaml
+  runtime run plan.json                          # local Ray, the plan's spec, its iterations
+  runtime run plan.json --iterations 4 --run-dir runs/ppo
+  runtime run plan.json --run-dir runs/ppo --resume --iterations 8
+  runtime run plan.json --address auto           # join an existing Ray cluster
 """
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="runtime", description="FlowPlan runtime.",
-                                     epilog=EXAMPLES,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    run = sub.add_parser("run", help="execute a plan", epilog=EXAMPLES,
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="runtime", description="FlowPlan runtime: execute a plan.",
+                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    run = sub.add_parser("run", help="execute a plan on Ray workers", epilog=EXAMPLES,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("plan", help="plan.json written by `planner search`")
     run.add_argument("--spec", help="the spec the plan solves (default: the plan's spec_path)")
-    args = parser.parse_args(argv)
+    run.add_argument("--iterations", type=int, help="iterations to run (default: the spec's)")
+    run.add_argument("--run-dir", default="runs/latest",
+                     help="metrics, checkpoints and trace go here (default: runs/latest)")
+    run.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    run.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    run.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    run.add_argument("--save-every", type=int, default=1, help="checkpoint every N iterations")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command != "run":
-        parser.print_help()
+        build_parser().print_help()
         return 2
+    if args.iterations is not None and args.iterations < 1:
+        sys.stderr.write("runtime run: --iterations must be >= 1\n")
+        return 2
+    if args.save_every < 1:
+        sys.stderr.write("runtime run: --save-every must be >= 1\n")
+        return 2
+    from runtime.controller import RunError
+    from runtime.run import run_plan
+
     try:
-        plan = load_plan(args.plan)
-        spec_path = args.spec or plan.spec_path
-        if spec_path:
-            load_plan(args.plan, spec=load_spec(spec_path))
-        sys.stderr.write(f"{args.plan}: plan checked; executing plans is not available in "
-                         "this version yet\n")
-        return 2
+        summary = run_plan(args.plan, spec_path=args.spec, iterations=args.iterations,
+                           run_dir=args.run_dir, resume=args.resume, seed=args.seed,
+                           address=args.address, save_every=args.save_every)
     except UserError as err:
         sys.stderr.write(f"{err}\n")
         return 2
+    except RunError as err:
+        sys.stderr.write(f"run failed: {err}\n")
+        return 1
+    print(f"done: {summary.iterations_done} iterations, metrics in "
+          f"{summary.run_dir}/metrics.jsonl, trace in {summary.run_dir}/trace.json")
+    return 0
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def test_validate_all_specs():
 def test_broken_spec_exits_2_with_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text((ROOT / "specs" / "tiny-ppo-cpu.yaml").read_text().replace(
-        "batch_size: 16", "batch_size: -1"))
+        "batch_size: 32", "batch_size: -1"))
     r = planner("validate", str(bad))
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr

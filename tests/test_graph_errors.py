@@ -133,7 +133,7 @@ def test_missing_file():
 
 
 @pytest.mark.parametrize("edit,expected", [
-    ("minibatches: 2", ":10 algorithm: expands to an invalid call: minibatches 99 exceeds num_seqs 16"),
+    ("minibatches: 2", ":10 algorithm: expands to an invalid call: minibatches 99 exceeds num_seqs 32"),
     ("name: [ppo]", ":11 algorithm.name: unknown algorithm ['ppo']; known: ppo, grpo"),
 ])
 def test_algorithm_expansion_errors(tmp_path, edit, expected):

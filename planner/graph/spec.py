@@ -56,6 +56,15 @@ class ClusterSpec(_Strict):
         return self.nodes * self.gpus_per_node
 
 
+class OptimizerSpec(_Strict):
+    """AdamW settings of a trainable model."""
+
+    lr: float = Field(1e-5, gt=0, description="Learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="Adam betas.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+
+
 class ModelSpec(_Strict):
     """A named LLM: its architecture, whether it trains, and its output head."""
 
@@ -66,6 +75,8 @@ class ModelSpec(_Strict):
     head: HeadType = Field("lm", description="lm (token logits), value (critic) or reward (scalar).")
     checkpoint: str | None = Field(None, description="Hugging Face checkpoint directory.")
     dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="Parameter dtype.")
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec,
+                                     description="AdamW settings (trainable models).")
 
     @field_validator("arch")
     @classmethod
@@ -162,6 +173,20 @@ class DatasetSpec(_Strict):
     path: str | None = Field(None, description="Prompts file (jsonl) for the runtime.")
 
 
+class RLSpec(_Strict):
+    """Algorithm hyperparameters the runtime uses (the planner ignores them)."""
+
+    kl_coef: float = Field(0.05, ge=0, description="KL penalty to the reference.")
+    clip_eps: float = Field(0.2, gt=0, description="PPO ratio clip.")
+    value_clip_eps: float = Field(0.2, gt=0, description="Value clip of the critic loss.")
+    gamma: float = Field(1.0, gt=0, le=1, description="Discount.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling; 1 = off.")
+    top_k: int = Field(0, ge=0, description="Top-k sampling; 0 = off.")
+    tokenizer: str = Field("char", description="'char' (built in) or a tokenizer directory.")
+
+
 class Spec(_Strict):
     """A whole RLHF workload: what runs, on what, and how the data flows."""
 
@@ -173,6 +198,7 @@ class Spec(_Strict):
         default_factory=list, description="Host-side functions between calls (rule rewards)."
     )
     dataset: DatasetSpec
+    rl: RLSpec = Field(default_factory=RLSpec, description="Runtime hyperparameters.")
 
     def call(self, name: str) -> CallSpec:
         for c in self.calls:

@@ -1,0 +1,335 @@
+"""The controller: walks a plan's calls for N iterations on the workers.
+
+Per iteration it keeps a key -> value store (prompts, sequences, logprobs,
+values, rewards, ...) on the host. A call is submitted as soon as its data and
+parameter predecessors are done, in the plan's start order, so calls on
+disjoint meshes run at once, as the plan's timeline has them. Before a call
+whose layout differs from its model's home, the workers of both layouts
+reallocate the parameters; after it the copy is dropped. Host functions
+(rule rewards) run here when their inputs arrive.
+
+Submission order is the only synchronisation: it is one global order, and
+each worker executes its tasks in the order received (see worker.py).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+import torch
+
+from planner.errors import UserError
+from planner.graph.dataflow import build_graph
+from planner.graph.spec import CallSpec, Spec
+from planner.plan import ExecutionPlan
+from runtime import rollout
+from runtime.algorithms.grpo import group_advantages
+from runtime.algorithms.ppo import gae, kl_penalised_rewards, masked_mean, masked_whiten
+from runtime.worker import home_call, layout_of
+
+
+class RunError(Exception):
+    """A call failed on a worker; names the call, the device and the cause."""
+
+
+class UnsupportedSpec(UserError):
+    pass
+
+
+def check_supported(spec: Spec) -> None:
+    """The runtime runs PPO, GRPO and ReMax graphs; refuse others before starting."""
+    for i, c in enumerate(spec.calls):
+        m = spec.models[c.model]
+        if c.type == "train":
+            if m.head == "reward":
+                raise UnsupportedSpec(f"calls[{i}] ({c.name}): training a reward model is not "
+                                      "supported by the runtime yet (PPO, GRPO, ReMax are)")
+            if m.head == "lm" and "seqs" not in c.inputs:
+                raise UnsupportedSpec(f"calls[{i}] ({c.name}): the runtime trains policies on "
+                                      "generated 'seqs' (PPO, GRPO, ReMax); DPO/SFT are not "
+                                      "supported yet")
+        if c.type == "generate" and c.inputs != ["prompts"]:
+            raise UnsupportedSpec(f"calls[{i}] ({c.name}): a generate call reads [prompts]")
+
+
+@dataclass
+class Pending:
+    call: CallSpec
+    call_refs: list
+    realloc_refs: list
+    devices: list[int]
+    submitted_s: float
+
+
+@dataclass
+class IterationResult:
+    metrics: dict[str, float]
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Controller:
+    def __init__(self, spec: Spec, plan: ExecutionPlan, workers: list, *, tokenizer, prompts,
+                 reward_fns: dict[str, Any], seed: int, on_submit=None) -> None:
+        check_supported(spec)
+        self.spec, self.plan, self.workers = spec, plan, workers
+        self.tokenizer, self.sampler = tokenizer, prompts
+        self.reward_fns, self.seed = reward_fns, seed
+        graph = build_graph(spec)
+        topo = {n: i for i, n in enumerate(nx.topological_sort(graph))}
+        start = {a.name: (a.estimate.start_s if a.estimate else 0.0) for a in plan.calls}
+        self.order = sorted((c.name for c in spec.calls), key=lambda n: (start[n], topo[n]))
+        self.preds = {n: set(graph.predecessors(n)) for n in graph.nodes}
+        self.functions = list(spec.functions)
+        # Called as on_submit(iteration, call_name, workers) before each call is
+        # submitted: the fault-injection point of the tests (kill a worker).
+        self.on_submit = on_submit
+
+    # -- one iteration ------------------------------------------------------
+    def run_iteration(self, iteration: int) -> IterationResult:
+        import ray
+
+        t_start = time.time()
+        store: dict[str, Any] = {}
+        gen_calls = [c for c in self.spec.calls if c.type == "generate"]
+        prompts_per_call = {c.num_seqs // c.group_size for c in gen_calls}
+        if len(prompts_per_call) > 1:
+            raise UnsupportedSpec("generate calls disagree on the number of prompts")
+        n_prompts = prompts_per_call.pop() if prompts_per_call else 0
+        store["prompts"] = self.sampler.next_batch(n_prompts)
+        done: set[str] = set()
+        waiting = list(self.order)
+        inflight: dict[str, Pending] = {}
+        events: list[dict[str, Any]] = []
+        timings: dict[str, float] = {}
+        realloc_s = 0.0
+        train_stats: dict[str, list[dict]] = {}
+        funcs_done: set[str] = set()
+        finished: set = set()  # refs of tasks that returned
+        while waiting or inflight:
+            for name in list(waiting):
+                call = self.spec.call(name)
+                if self.preds[name] <= done and all(k in store for k in call.inputs):
+                    inflight[name] = self._submit(call, store, iteration)
+                    waiting.remove(name)
+            if not inflight:
+                missing = {n: [k for k in self.spec.call(n).inputs if k not in store]
+                           for n in waiting}
+                raise RunError(f"iteration {iteration}: calls {missing} wait for keys no one "
+                               "produces")
+            # Block until one more task finishes (finished ones are not waited on
+            # again: that would spin and take a core from the workers).
+            refs = [r for p in inflight.values() for r in p.call_refs + p.realloc_refs
+                    if r not in finished]
+            ready, _ = ray.wait(refs, num_returns=1)
+            # A failed task fails the run at once: its peers may be blocked in a
+            # collective with the dead worker and would never return.
+            for name, p in inflight.items():
+                for r in set(ready) & set(p.call_refs + p.realloc_refs):
+                    self._check(name, p, r, inflight)
+                    finished.add(r)
+            for name, p in list(inflight.items()):
+                if not set(p.call_refs + p.realloc_refs) <= finished:
+                    continue
+                results = self._get(name, p)
+                reallocs = self._get(name, p, realloc=True)
+                del inflight[name]
+                done.add(name)
+                out, t_call, ev = self._collect(p.call, results, iteration)
+                events += ev
+                timings[name] = t_call
+                if reallocs:
+                    r0 = min(r["start"] for r in reallocs)
+                    r1 = max(r["end"] for r in reallocs)
+                    realloc_s += r1 - r0
+                    events += [dict(kind="realloc", name=f"realloc {p.call.model}->{name}",
+                                    device=r["device"], start=r["start"], end=r["end"],
+                                    iteration=iteration, args={"recv_bytes": r["recv_bytes"]})
+                               for r in reallocs]
+                self._store_outputs(p.call, out, store, train_stats)
+                self._run_functions(store, funcs_done)
+        wall_s = time.time() - t_start
+        metrics = self._metrics(iteration, store, timings, realloc_s, wall_s, train_stats)
+        return IterationResult(metrics, events)
+
+    def _submit(self, call: CallSpec, store: dict[str, Any], iteration: int) -> Pending:
+        import ray
+
+        plan, spec = self.plan, self.spec
+        if self.on_submit is not None:
+            self.on_submit(iteration, call.name, self.workers)
+        dst = layout_of(plan, call.name)
+        src = layout_of(plan, home_call(spec, plan, call.model))
+        realloc_refs = []
+        if src != dst:
+            union = sorted(set(src.device_ids) | set(dst.device_ids))
+            realloc_refs = [(d, self.workers[d].realloc.remote(call.model, call.name))
+                            for d in union]
+        batch, options = self._inputs(call, store, iteration)
+        batch_ref = ray.put(batch)
+        call_refs = [(d, self.workers[d].run_call.remote(call.name, batch_ref, iteration, options))
+                     for d in dst.device_ids]
+        if src != dst:
+            for d in dst.device_ids:
+                self.workers[d].drop.remote(call.model, call.name)
+        p = Pending(call, [r for _, r in call_refs], [r for _, r in realloc_refs],
+                    list(dst.device_ids), time.time())
+        p.ref_device = {r: d for d, r in call_refs + realloc_refs}  # type: ignore[attr-defined]
+        return p
+
+    def _get(self, name: str, p: Pending, realloc: bool = False) -> list[dict]:
+        return [self._check(name, p, r) for r in (p.realloc_refs if realloc else p.call_refs)]
+
+    def _check(self, name: str, p: Pending, ref, inflight: dict[str, Pending] | None = None
+               ) -> Any:
+        """The result of a finished task, or a RunError naming call, device and cause."""
+        import ray
+
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayActorError as err:
+            device = p.ref_device[ref]
+            # Every queued task of a dead worker fails; the one it was running is
+            # the earliest submitted (inflight keeps submission order).
+            running = next((n for n, q in (inflight or {}).items()
+                            if device in q.ref_device.values()), name)
+            raise RunError(f"call {running}: the worker of device {device} died "
+                           f"({type(err).__name__})") from None
+        except ray.exceptions.RayTaskError as err:
+            cause = err.cause if getattr(err, "cause", None) is not None else err
+            what = "realloc before call" if ref in p.realloc_refs else "call"
+            raise RunError(f"{what} {name} failed on device {p.ref_device[ref]}: "
+                           f"{type(cause).__name__}: {cause}".splitlines()[0]) from None
+
+    # -- data ---------------------------------------------------------------
+    def _inputs(self, call: CallSpec, store: dict[str, Any], iteration: int
+                ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tok = self.tokenizer
+        rl = self.spec.rl
+        if call.type == "generate":
+            prompts = [p for p in store["prompts"] for _ in range(call.group_size)]
+            batch = rollout.encode_prompts(tok, prompts, call.prompt_len)
+            return batch, {"eos_id": tok.eos_id, "pad_id": tok.pad_id}
+        seqs_key = next(k for k in call.inputs if k.endswith("seqs"))
+        seqs = store[seqs_key]
+        base = {k: seqs[k] for k in ("input_ids", "attention_mask", "prompt_len")}
+        if call.type == "inference":
+            return {**base, "last_index": seqs["last_index"]}, {}
+        mask = seqs["response_mask"]
+        model = self.spec.models[call.model]
+        adv = self._advantages(call, store)
+        if model.head == "value":
+            batch = {**base, "response_mask": mask, "old_values": store["values"],
+                     "returns": adv["returns"]}
+            return batch, {"loss": "critic_loss",
+                           "loss_kwargs": {"clip_eps": rl.value_clip_eps}}
+        batch = {**base, "response_mask": mask, "old_logprobs": store["logprobs"]}
+        if "advantages" in adv:
+            batch["advantages"] = adv["advantages"]
+            return batch, {"loss": "ppo_actor_loss", "loss_kwargs": {"clip_eps": rl.clip_eps}}
+        batch["seq_advantages"] = adv["seq_advantages"]
+        batch["ref_logprobs"] = store["ref_logprobs"]
+        return batch, {"loss": "grpo_actor_loss",
+                       "loss_kwargs": {"clip_eps": rl.clip_eps, "kl_coef": rl.kl_coef}}
+
+    def _advantages(self, call: CallSpec, store: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """PPO (values given): KL-penalised token rewards + GAE; GRPO: group-normalised
+        scores; ReMax: score minus the greedy sample's score. Computed once per iteration."""
+        if "_adv" in store:
+            return store["_adv"]
+        rl = self.spec.rl
+        seqs = store["seqs"]
+        mask = seqs["response_mask"]
+        scores = store["rewards"].float()
+        if "values" in store:
+            rewards, kl = kl_penalised_rewards(scores, store["logprobs"], store["ref_logprobs"],
+                                               mask, rl.kl_coef)
+            advantages, returns = gae(rewards, store["values"], mask, rl.gamma, rl.lam)
+            out = {"advantages": masked_whiten(advantages, mask), "returns": returns,
+                   "kl": masked_mean(kl, mask)}
+        elif "greedy_rewards" in store:
+            out = {"seq_advantages": scores - store["greedy_rewards"].float()}
+        else:
+            gen = next(c for c in self.spec.calls if c.type == "generate")
+            out = {"seq_advantages": group_advantages(scores, gen.group_size)
+                   if gen.group_size > 1 else scores - scores.mean()}
+        if "kl" not in out and "ref_logprobs" in store:
+            out["kl"] = masked_mean(store["logprobs"] - store["ref_logprobs"], mask)
+        store["_adv"] = out
+        return out
+
+    def _collect(self, call: CallSpec, results: list[dict], iteration: int):
+        parts = sorted((r for r in results if r["result"] is not None), key=lambda r: r["dp_index"])
+        t0 = min(r["start"] for r in results)
+        t1 = max(r["end"] for r in results)
+        a = self.plan.assignment(call.name)
+        events = [dict(kind="call", name=call.name, device=r["device"], start=r["start"],
+                       end=r["end"], iteration=iteration,
+                       args={"layout": a.layout_str, "micro_batches": a.micro_batches})
+                  for r in results]
+        if call.type == "train":  # every dp leader reports the same global losses
+            return {"steps": parts[0]["result"]["steps"]}, t1 - t0, events
+        merged = {k: torch.cat([p["result"][k] for p in parts]) for k in parts[0]["result"]}
+        return merged, t1 - t0, events
+
+    def _store_outputs(self, call: CallSpec, out: dict, store: dict[str, Any],
+                       train_stats: dict[str, list[dict]]) -> None:
+        if call.type == "train":
+            train_stats[call.name] = out["steps"]
+            return
+        if call.type == "generate":
+            prompt = rollout.encode_prompts(
+                self.tokenizer, [p for p in store["prompts"] for _ in range(call.group_size)],
+                call.prompt_len)
+            seqs = rollout.build_sequences(prompt, out["tokens"], out["lengths"],
+                                           self.tokenizer.pad_id)
+            store[call.outputs[0]] = seqs
+            if len(call.outputs) > 1:
+                store[call.outputs[1]] = out["logprobs"] * seqs["response_mask"]
+            return
+        model = self.spec.models[call.model]
+        value = out["scores"] if model.head == "reward" else (
+            out["values"] if model.head == "value" else out["logprobs"])
+        store[call.outputs[0]] = value
+
+    def _run_functions(self, store: dict[str, Any], done: set[str]) -> None:
+        for f in self.functions:
+            if f.name in done or not all(k in store for k in f.inputs):
+                continue
+            seqs = store[f.inputs[0]]
+            responses = rollout.decode_responses(self.tokenizer, seqs)
+            prompts = rollout.decode_prompts(self.tokenizer, seqs)
+            p = int(seqs["prompt_len"][0])
+            ids = [row[m.bool()].tolist() for row, m in
+                   zip(seqs["input_ids"][:, p:], seqs["response_mask"])]
+            scores = self.reward_fns[f.name](prompts, responses, ids)
+            store[f.outputs[0]] = torch.tensor(scores, dtype=torch.float32)
+            done.add(f.name)
+
+    # -- metrics ------------------------------------------------------------
+    def _metrics(self, iteration: int, store: dict[str, Any], timings: dict[str, float],
+                 realloc_s: float, wall_s: float, train_stats: dict[str, list[dict]]
+                 ) -> dict[str, float]:
+        m: dict[str, float] = {"iteration": iteration, "timing_s/iteration": wall_s,
+                               "timing_s/realloc": realloc_s}
+        for name, t in timings.items():
+            m[f"timing_s/{name}"] = t
+        seqs = store.get("seqs")
+        if seqs is not None:
+            tokens = int(seqs["attention_mask"].sum())
+            m["perf/total_tokens"] = tokens
+            m["perf/throughput"] = tokens / wall_s / self.plan.cluster.num_devices
+            m["response_length/mean"] = float(seqs["response_mask"].sum(1).float().mean())
+        if "rewards" in store:
+            m["reward/mean"] = float(store["rewards"].float().mean())
+        adv = store.get("_adv", {})
+        if "kl" in adv:
+            m["actor/kl"] = float(adv["kl"])
+        for name, steps in train_stats.items():
+            if steps:
+                m[f"{name}/loss"] = sum(s["loss"] for s in steps) / len(steps)
+                m[f"{name}/loss_first_step"] = steps[0]["loss"]
+                m[f"{name}/grad_norm"] = sum(s["grad_norm"] for s in steps) / len(steps)
+        return m

@@ -1,0 +1,307 @@
+"""One worker per device: holds its shards of every model and runs its part of calls.
+
+The controller drives workers through Ray (runtime/launcher.py wraps this
+class as an actor); the class itself is plain Python so it can be tested in
+processes without Ray.
+
+What a worker holds (DESIGN.md "The simulator", memory rule):
+- `home[model]`: the model's home engine, on the layout of its train call
+  (trainable) or of its first call (frozen), with parameters and, once it
+  trains, optimizer states, for the whole run;
+- `temp[(model, call)]`: a temporary copy on a call's layout when that differs
+  from home, filled by realloc just before the call and dropped after it.
+
+Ordering: every collective (group creation, realloc, calls) is issued by the
+single controller in one global order, and a Ray actor runs its tasks in the
+order it receives them, so all processes meet in the same order: no deadlock.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import time
+import zlib
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from planner.graph.spec import CallSpec, Spec
+from planner.layout.layout import Layout
+from planner.layout.transfer import plan_transfer
+from planner.plan import ExecutionPlan
+from runtime import losses
+from runtime.engine.checkpoint import load_checkpoint, save_checkpoint
+from runtime.engine.engine import Engine
+from runtime.engine.generate import GenerationConfig, generate
+from runtime.engine.parallelize import build_groups, local
+from runtime.realloc.executor import execute
+
+Batch = dict[str, torch.Tensor]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def init_seed(spec: Spec, model: str, seed: int) -> int:
+    """Models of the same architecture and head start from the same weights (the
+    reference is the initial policy), whatever their names."""
+    m = spec.models[model]
+    key = m.architecture.model_dump_json() + m.head
+    return (seed * 1_000_003 + zlib.crc32(key.encode())) % (2 ** 31)
+
+
+def home_call(spec: Spec, plan: ExecutionPlan, model: str) -> str:
+    """The call whose layout is the model's home."""
+    calls = [c for c in spec.calls if c.model == model]
+    trains = [c for c in calls if c.type == "train"]
+    return (trains or calls)[0].name
+
+
+def layout_of(plan: ExecutionPlan, call: str) -> Layout:
+    return plan.assignment(call).layout
+
+
+class Worker:
+    def __init__(self, device_id: int, world_size: int, backend: str, num_threads: int = 1):
+        self.device_id = device_id
+        self.world_size = world_size
+        self.backend = backend
+        if backend == "gloo":
+            torch.set_num_threads(num_threads)
+        self.home: dict[str, Engine | None] = {}
+        self.temp: dict[tuple[str, str], Engine | None] = {}
+        self.groups: dict[Layout, Any] = {}
+        self.union_groups: dict[tuple[int, ...], Any] = {}
+
+    # -- startup ----------------------------------------------------------
+    def address(self) -> tuple[str, int]:
+        host = socket.gethostbyname(socket.gethostname()) if self.backend == "nccl" else "127.0.0.1"
+        return host, free_port()
+
+    def init_distributed(self, master_addr: str, master_port: int) -> int:
+        os.environ["MASTER_ADDR"] = master_addr
+        os.environ["MASTER_PORT"] = str(master_port)
+        if self.backend == "nccl":
+            torch.cuda.set_device(0)  # Ray gives each worker one visible GPU
+        dist.init_process_group(self.backend, rank=self.device_id, world_size=self.world_size)
+        return self.device_id
+
+    def setup(self, spec_json: str, plan_json: str, seed: int,
+              resume_dir: str | None = None) -> dict[str, Any]:
+        """Create every process group in one global order, then the home engines."""
+        self.spec = Spec.model_validate_json(spec_json)
+        self.plan = ExecutionPlan.model_validate_json(plan_json)
+        self.seed = seed
+        spec, plan = self.spec, self.plan
+        for c in spec.calls:  # collective: every worker walks the same list
+            layout = layout_of(plan, c.name)
+            if layout not in self.groups:
+                arch = spec.models[c.model].architecture
+                self.groups[layout] = build_groups(layout, tied_embeddings=arch.tied_embeddings)
+        for c in spec.calls:
+            src = layout_of(plan, home_call(spec, plan, c.model))
+            dst = layout_of(plan, c.name)
+            if src != dst:
+                ranks = tuple(sorted(set(src.device_ids) | set(dst.device_ids)))
+                if ranks not in self.union_groups:
+                    self.union_groups[ranks] = dist.new_group(list(ranks))
+        for name in spec.models:
+            if not any(c.model == name for c in spec.calls):
+                continue
+            layout = layout_of(plan, home_call(spec, plan, name))
+            self.home[name] = self._engine(name, layout)
+        if resume_dir:
+            self._load(resume_dir)
+        else:
+            for name, m in spec.models.items():
+                if m.checkpoint and self.home.get(name) is not None:
+                    load_checkpoint(self.home[name], m.checkpoint)
+        return {"device": self.device_id, "models": sorted(k for k, v in self.home.items() if v)}
+
+    def _engine(self, model: str, layout: Layout) -> Engine | None:
+        groups = self.groups[layout]
+        if groups is None:
+            return None
+        m = self.spec.models[model]
+        opt = m.optimizer
+        return Engine(m.architecture, groups, m.head, seed=init_seed(self.spec, model, self.seed),
+                      lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay,
+                      max_grad_norm=opt.max_grad_norm)
+
+    # -- realloc ----------------------------------------------------------
+    def realloc(self, model: str, call: str) -> dict[str, Any]:
+        """Copy `model` from its home layout onto `call`'s layout (collective over
+        the union of both device sets). Returns timing and bytes received."""
+        t0 = time.time()
+        spec, plan = self.spec, self.plan
+        src = layout_of(plan, home_call(spec, plan, model))
+        dst = layout_of(plan, call)
+        ranks = tuple(sorted(set(src.device_ids) | set(dst.device_ids)))
+        m = spec.models[model]
+        engine = self._engine(model, dst)
+        self.temp[(model, call)] = engine
+        home = self.home.get(model)
+        shards = home.local_tensors() if home is not None else {}
+        dtype = (home or engine).dtype
+        transfer = plan_transfer(m.architecture, src, dst, head=m.head,
+                                 gpus_per_node=plan.cluster.gpus_per_node,
+                                 dtype_bytes=torch.empty(0, dtype=dtype).element_size())
+        out = engine.local_tensors() if engine is not None else None
+        execute(transfer, shards, dtype=dtype, group=self.union_groups[ranks],
+                device_to_rank={d: i for i, d in enumerate(ranks)}, out=out)
+        recv = transfer.stats().recv_bytes.get(self.device_id, 0)
+        return {"start": t0, "end": time.time(), "recv_bytes": int(recv), "device": self.device_id}
+
+    def drop(self, model: str, call: str) -> None:
+        self.temp.pop((model, call), None)
+
+    def _engine_for(self, call: CallSpec) -> Engine | None:
+        return self.temp.get((call.model, call.name)) or self.home.get(call.model)
+
+    # -- calls ------------------------------------------------------------
+    def run_call(self, name: str, batch: Batch, iteration: int,
+                 options: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Run this device's part of call `name`. The first rank of each dp
+        replica returns its replica's results; other ranks return none."""
+        t0 = time.time()
+        call = self.spec.call(name)
+        engine = self._engine_for(call)
+        if engine is None:
+            raise RuntimeError(f"device {self.device_id} is not in call {name}'s layout")
+        a = self.plan.assignment(name)
+        g = engine.groups
+        d = g.d
+        options = options or {}
+        if call.type == "train":  # minibatches are global: split first, then over dp
+            out = self._train(engine, call, batch, a.dp, a.micro_batches, options)
+        else:
+            local_batch = {k: torch.tensor_split(v, a.dp)[d] for k, v in batch.items()}
+            if call.type == "generate":
+                out = self._generate(engine, call, local_batch, iteration, options)
+            else:
+                out = self._inference(engine, call, local_batch, a.micro_batches)
+        leader = g.t == 0 and g.p == 0
+        return {"result": out if leader else None, "dp_index": d, "start": t0,
+                "end": time.time(), "device": self.device_id}
+
+    def _generate(self, engine: Engine, call: CallSpec, batch: Batch, iteration: int,
+                  options: dict[str, Any]) -> Batch:
+        rl = self.spec.rl
+        greedy = call.sampling == "greedy"
+        # A seed per (iteration, call, dp replica): the same layout samples the same tokens.
+        seed = zlib.crc32(f"{self.seed}/{iteration}/{call.name}/{engine.groups.d}".encode())
+        cfg = GenerationConfig(max_new_tokens=call.gen_len, eos_token_id=options.get("eos_id"),
+                               pad_token_id=options.get("pad_id"), greedy=greedy,
+                               temperature=rl.temperature, top_k=rl.top_k, top_p=rl.top_p,
+                               seed=seed)
+        out = generate(engine, batch["prompt_ids"], batch["prompt_mask"], cfg)
+        # Pad to gen_len so replicas' results concatenate.
+        pad = call.gen_len - out.tokens.shape[1]
+        tokens = torch.nn.functional.pad(out.tokens, (0, pad), value=cfg.pad_token_id or 0)
+        logprobs = torch.nn.functional.pad(out.logprobs, (0, pad))
+        return {"tokens": tokens, "logprobs": logprobs, "lengths": out.lengths}
+
+    def _inference(self, engine: Engine, call: CallSpec, batch: Batch, micro_batches: int
+                   ) -> Batch:
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        mbs = min(micro_batches, ids.shape[0])
+        p_len, g_len = int(batch["prompt_len"][0]), ids.shape[1] - int(batch["prompt_len"][0])
+        if engine.head == "lm":
+            lp = engine.logprobs(ids, mask, mbs)
+            return {"logprobs": losses.response_part(lp, p_len, g_len).cpu()}
+        values = engine.values(ids, mask, mbs)
+        if engine.head == "reward":
+            last = batch["last_index"].to(values.device)
+            return {"scores": values.gather(1, last[:, None]).squeeze(1).cpu()}
+        return {"values": losses.response_part(values, p_len, g_len).cpu()}
+
+    def _train(self, engine: Engine, call: CallSpec, batch: Batch, dp: int, micro_batches: int,
+               options: dict[str, Any]) -> dict[str, Any]:
+        loss_name = options["loss"]
+        p_len = int(batch["prompt_len"][0])
+        g_len = batch["input_ids"].shape[1] - p_len
+        kwargs = dict(options.get("loss_kwargs", {}), prompt_len=p_len, gen_len=g_len)
+        loss_fn = functools.partial(getattr(losses, loss_name), **kwargs)
+        tensors = {k: v for k, v in batch.items() if k != "prompt_len"}
+        steps = []
+        for _ in range(call.epochs):
+            for mb in _split(tensors, call.minibatches):
+                mine = {k: torch.tensor_split(v, dp)[engine.groups.d] for k, v in mb.items()}
+                mbs = min(micro_batches, mine["input_ids"].shape[0])
+                steps.append(engine.train_step(mine, loss_fn, mbs))
+        return {"steps": steps}
+
+    # -- checkpoints ------------------------------------------------------
+    def save(self, ckpt_dir: str) -> None:
+        """Trainable models as HF checkpoints plus this rank's optimizer state."""
+        for name, m in self.spec.models.items():
+            engine = self.home.get(name)
+            if not m.trainable or engine is None:
+                continue
+            save_checkpoint(engine, os.path.join(ckpt_dir, name))
+            state = _optimizer_state(engine)
+            path = os.path.join(ckpt_dir, "optim", name, f"device{self.device_id}.pt")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            torch.save(state, path + ".tmp")
+            os.replace(path + ".tmp", path)
+
+    def _load(self, ckpt_dir: str) -> None:
+        for name, m in self.spec.models.items():
+            engine = self.home.get(name)
+            if engine is None:
+                continue
+            if m.trainable:
+                load_checkpoint(engine, os.path.join(ckpt_dir, name))
+                path = os.path.join(ckpt_dir, "optim", name, f"device{self.device_id}.pt")
+                _load_optimizer_state(engine, torch.load(path, weights_only=True))
+            elif m.checkpoint:
+                load_checkpoint(engine, m.checkpoint)
+
+    def shutdown(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _split(batch: Batch, n: int) -> list[Batch]:
+    size = next(iter(batch.values())).shape[0]
+    n = max(1, min(n, size))
+    parts = {k: torch.tensor_split(v, n) for k, v in batch.items()}
+    return [{k: parts[k][i] for k in batch} for i in range(n)]
+
+
+def _optimizer_state(engine: Engine) -> dict[str, dict[str, torch.Tensor]]:
+    """Adam moments of this rank's shards, by parameter name (plain local tensors)."""
+    if engine.optimizer is None:
+        return {}
+    out = {}
+    for name, p in engine.params.items():
+        st = engine.optimizer.state.get(p)
+        if st:
+            out[name] = {k: local(v).detach().clone().cpu() if torch.is_tensor(v) else v
+                         for k, v in st.items()}
+    return out
+
+
+def _load_optimizer_state(engine: Engine, saved: dict[str, dict[str, torch.Tensor]]) -> None:
+    if not saved:
+        return
+    engine.optimizer = engine._make_optimizer()
+    for name, p in engine.params.items():
+        if name not in saved:
+            continue
+        st = {}
+        for k, v in saved[name].items():
+            if k != "step" and hasattr(p, "device_mesh"):
+                from torch.distributed.tensor import DTensor
+
+                v = DTensor.from_local(v.to(local(p).device), p.device_mesh, p.placements)
+            elif torch.is_tensor(v):
+                v = v.to(local(p).device) if k != "step" else v
+            st[k] = v
+        engine.optimizer.state[p] = st

@@ -1,0 +1,89 @@
+"""Estimated vs measured time per call of a finished `runtime run`.
+
+    python tools/compare_run.py runs/demo/plan.json runs/demo/run [--skip 1]
+
+Reads the plan's estimates (call durations, realloc, the steady-state
+iteration) and the run's metrics.jsonl (timing_s/<call>, timing_s/realloc,
+timing_s/iteration, perf/throughput), drops the first --skip iterations
+(warm-up) and prints, per call, the estimate, the median measurement and
+their ratio, plus tokens/s. Measured call times are worker-side wall
+times (first start to last end over the call's devices), so they include
+Python and data movement inside the call but not Ray's dispatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from planner.errors import UserError  # noqa: E402
+from planner.plan import load_plan  # noqa: E402
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+    try:
+        return [json.loads(x) for x in lines if x.strip()]
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not JSON lines ({err})") from None
+
+
+def compare(plan_path: str, run_dir: str, skip: int) -> list[tuple[str, float, float]]:
+    plan = load_plan(plan_path)
+    metrics = _metrics(Path(run_dir))[skip:]
+    if not metrics:
+        raise UserError(f"{run_dir}/metrics.jsonl: no iterations after skipping {skip}")
+
+    def median(key: str) -> float:
+        vals = [m[key] for m in metrics if key in m]
+        return statistics.median(vals) if vals else float("nan")
+
+    rows = []
+    for a in plan.calls:
+        if a.estimate is None:
+            continue
+        est = a.estimate.end_s - a.estimate.start_s - a.estimate.breakdown_s.get("realloc", 0.0)
+        rows.append((f"{a.name} ({a.layout_str})", est, median(f"timing_s/{a.name}")))
+    realloc_est = sum(a.estimate.breakdown_s.get("realloc", 0.0) for a in plan.calls
+                      if a.estimate is not None)
+    rows.append(("realloc (sum)", realloc_est, median("timing_s/realloc")))
+    rows.append(("iteration", plan.iteration_time_s or float("nan"),
+                 median("timing_s/iteration")))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("plan")
+    ap.add_argument("run_dir")
+    ap.add_argument("--skip", type=int, default=1, help="warm-up iterations to drop (default 1)")
+    args = ap.parse_args(argv)
+    try:
+        rows = compare(args.plan, args.run_dir, args.skip)
+        metrics = _metrics(Path(args.run_dir))[args.skip:]
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{'':32} {'estimate ms':>12} {'measured ms':>12} {'measured/est':>13}")
+    for name, est, got in rows:
+        ratio = got / est if est > 0 else float("nan")
+        print(f"{name:32} {est * 1e3:12.1f} {got * 1e3:12.1f} {ratio:12.1f}x")
+    tput = statistics.median(m["perf/throughput"] for m in metrics if "perf/throughput" in m)
+    plan = load_plan(args.plan)
+    n = plan.cluster.num_devices
+    print(f"throughput: {tput:.0f} tokens/s/device, {tput * n:.0f} tokens/s over {n} devices "
+          f"(median of {len(metrics)} iterations)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
