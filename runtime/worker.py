@@ -78,6 +78,7 @@ class Worker:
         self.temp: dict[tuple[str, str], Engine | None] = {}
         self.groups: dict[Layout, Any] = {}
         self.union_groups: dict[tuple[int, ...], Any] = {}
+        self.transfers: dict[tuple[str, str], Any] = {}  # (model, call) -> TransferPlan
 
     # -- startup ----------------------------------------------------------
     def address(self) -> tuple[str, int]:
@@ -124,13 +125,16 @@ class Worker:
                     load_checkpoint(self.home[name], m.checkpoint)
         return {"device": self.device_id, "models": sorted(k for k, v in self.home.items() if v)}
 
-    def _engine(self, model: str, layout: Layout) -> Engine | None:
+    def _engine(self, model: str, layout: Layout, *, init: bool = True) -> Engine | None:
+        """An engine of `model` on `layout` (None off the layout); init=False leaves
+        the parameters uninitialised, for a realloc target that is overwritten whole."""
         groups = self.groups[layout]
         if groups is None:
             return None
         m = self.spec.models[model]
         opt = m.optimizer
-        return Engine(m.architecture, groups, m.head, seed=init_seed(self.spec, model, self.seed),
+        seed = init_seed(self.spec, model, self.seed) if init else None
+        return Engine(m.architecture, groups, m.head, seed=seed,
                       lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay,
                       max_grad_norm=opt.max_grad_norm)
 
@@ -144,14 +148,17 @@ class Worker:
         dst = layout_of(plan, call)
         ranks = tuple(sorted(set(src.device_ids) | set(dst.device_ids)))
         m = spec.models[model]
-        engine = self._engine(model, dst)
+        engine = self._engine(model, dst, init=False)
         self.temp[(model, call)] = engine
         home = self.home.get(model)
         shards = home.local_tensors() if home is not None else {}
         dtype = (home or engine).dtype
-        transfer = plan_transfer(m.architecture, src, dst, head=m.head,
-                                 gpus_per_node=plan.cluster.gpus_per_node,
-                                 dtype_bytes=torch.empty(0, dtype=dtype).element_size())
+        transfer = self.transfers.get((model, call))
+        if transfer is None:  # the same every iteration: plan it once
+            transfer = plan_transfer(m.architecture, src, dst, head=m.head,
+                                     gpus_per_node=plan.cluster.gpus_per_node,
+                                     dtype_bytes=torch.empty(0, dtype=dtype).element_size())
+            self.transfers[(model, call)] = transfer
         out = engine.local_tensors() if engine is not None else None
         execute(transfer, shards, dtype=dtype, group=self.union_groups[ranks],
                 device_to_rank={d: i for i, d in enumerate(ranks)}, out=out)

@@ -118,3 +118,18 @@ def test_killed_worker_stops_run_and_keeps_checkpoint(ray_local, tmp_path):
     assert state["iteration"] == 0
     from safetensors.torch import load_file
     assert load_file(ckpt / "iter_000000" / "actor" / "model.safetensors")
+
+
+@pytest.mark.parametrize("algo", ["grpo", "remax"])
+def test_critic_free_searched_plan_learns(ray_local, tmp_path, algo):
+    """GRPO (group-normalised advantages) and ReMax (greedy baseline): no critic."""
+    from planner.cli import main as planner_main
+
+    plan = tmp_path / "plan.json"
+    assert planner_main(["search", str(ROOT / "specs" / f"tiny-{algo}-cpu.yaml"), "-o",
+                         str(plan), "--steps", "1000"]) == 0
+    res = run_plan(str(plan), iterations=8, run_dir=str(tmp_path / "run"), seed=1)
+    rewards = [m["reward/mean"] for m in res.metrics]
+    first, last = sum(rewards[:2]) / 2, sum(rewards[-2:]) / 2
+    assert last > max(3 * first, first + 0.05), rewards
+    assert "critic_train/loss" not in res.metrics[0] and "actor_train/loss" in res.metrics[0]
