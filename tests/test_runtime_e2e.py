@@ -133,3 +133,17 @@ def test_critic_free_searched_plan_learns(ray_local, tmp_path, algo):
     first, last = sum(rewards[:2]) / 2, sum(rewards[-2:]) / 2
     assert last > max(3 * first, first + 0.05), rewards
     assert "critic_train/loss" not in res.metrics[0] and "actor_train/loss" in res.metrics[0]
+
+
+def test_plan_bigger_than_the_ray_cluster_is_refused(ray_local, tmp_path):
+    """The module's Ray has 4 CPU slots; a 2x4-device plan cannot be placed."""
+    from runtime.launcher import LaunchError
+    from tests.runtime_scenarios import manual_plan
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text((ROOT / "specs" / "tiny-ppo-cpu.yaml").read_text().replace(
+        "nodes: 1, gpus_per_node: 4", "nodes: 2, gpus_per_node: 4"))
+    plan = manual_plan(spec, {"*": "0-7:d8"}, tmp_path / "plan.json")
+    with pytest.raises(LaunchError, match=r"the plan needs 8 CPU slots \(2x4\) but the Ray "
+                                          r"cluster has 4"):
+        run_plan(str(plan), iterations=1, run_dir=str(tmp_path / "run"), seed=1)

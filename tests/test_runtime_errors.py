@@ -1,0 +1,74 @@
+"""`runtime run` refuses bad input with one line and exit 2, before Ray starts."""
+
+import json
+
+import pytest
+
+from runtime.cli import main
+from tests.runtime_scenarios import ROOT, colocated_tiny_ppo, manual_plan
+
+
+def _run(capsys, *args: str) -> tuple[int, str]:
+    rc = main(["run", *args])
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    return rc, err
+
+
+def test_missing_plan(capsys, tmp_path):
+    rc, err = _run(capsys, str(tmp_path / "nope.json"))
+    assert rc == 2 and "nope.json: cannot read plan" in err
+
+
+def test_plan_of_another_spec(capsys, tmp_path):
+    plan = colocated_tiny_ppo(tmp_path)
+    rc, err = _run(capsys, str(plan), "--spec", str(ROOT / "specs" / "tiny-grpo-cpu.yaml"))
+    assert rc == 2 and "the plan was made for another spec" in err
+
+
+def test_tampered_plan_names_the_field(capsys, tmp_path):
+    plan = colocated_tiny_ppo(tmp_path)
+    data = json.loads(plan.read_text())
+    data["calls"][0]["dp"] = 3
+    plan.write_text(json.dumps(data))
+    rc, err = _run(capsys, str(plan))
+    assert rc == 2 and err.startswith(str(plan)) and "calls[0]" in err
+
+
+def test_unsupported_algorithm_is_refused(capsys, tmp_path):
+    plan = manual_plan(ROOT / "specs" / "dpo-llama3-8b-8gpu.yaml", {"*": "0-7:d8"},
+                       tmp_path / "dpo.json")
+    rc, err = _run(capsys, str(plan), "--run-dir", str(tmp_path / "run"))
+    assert rc == 2 and "DPO/SFT are not supported yet" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--iterations", "0"], "--iterations must be >= 1"),
+    (["--save-every", "0"], "--save-every must be >= 1"),
+])
+def test_bad_flag_values(capsys, tmp_path, flags, expected):
+    rc, err = _run(capsys, str(colocated_tiny_ppo(tmp_path)), *flags)
+    assert rc == 2 and expected in err
+
+
+def test_unparsable_flag(capsys, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        main(["run", str(colocated_tiny_ppo(tmp_path)), "--iterations", "two"])
+    assert info.value.code == 2
+    assert "--iterations: invalid int value: 'two'" in capsys.readouterr().err
+
+
+def test_resume_without_checkpoint(capsys, tmp_path):
+    plan = colocated_tiny_ppo(tmp_path)
+    rc, err = _run(capsys, str(plan), "--run-dir", str(tmp_path / "run"), "--resume")
+    assert rc == 2 and "nothing to resume" in err
+
+
+def test_existing_run_is_not_overwritten(capsys, tmp_path):
+    plan = colocated_tiny_ppo(tmp_path)
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    rc, err = _run(capsys, str(plan), "--run-dir", str(tmp_path / "run"))
+    assert rc == 2 and "a run is already there" in err
+
