@@ -57,11 +57,13 @@ def check_supported(spec: Spec) -> None:
 
 @dataclass
 class Pending:
+    """A submitted call: its tasks' refs, which device each runs on, and the
+    host batch it was sent (a generate call's prompts build its sequences)."""
     call: CallSpec
     call_refs: list
     realloc_refs: list
-    devices: list[int]
-    submitted_s: float
+    ref_device: dict
+    inputs: dict[str, torch.Tensor]
 
 
 @dataclass
@@ -107,7 +109,7 @@ class Controller:
         realloc_s = 0.0
         train_stats: dict[str, list[dict]] = {}
         funcs_done: set[str] = set()
-        finished: set = set()  # refs of tasks that returned
+        finished: dict = {}  # ref of a task that returned -> its result
         while waiting or inflight:
             for name in list(waiting):
                 call = self.spec.call(name)
@@ -128,13 +130,12 @@ class Controller:
             # collective with the dead worker and would never return.
             for name, p in inflight.items():
                 for r in set(ready) & set(p.call_refs + p.realloc_refs):
-                    self._check(name, p, r, inflight)
-                    finished.add(r)
+                    finished[r] = self._check(name, p, r, inflight)
             for name, p in list(inflight.items()):
-                if not set(p.call_refs + p.realloc_refs) <= finished:
+                if not all(r in finished for r in p.call_refs + p.realloc_refs):
                     continue
-                results = self._get(name, p)
-                reallocs = self._get(name, p, realloc=True)
+                results = [finished.pop(r) for r in p.call_refs]
+                reallocs = [finished.pop(r) for r in p.realloc_refs]
                 del inflight[name]
                 done.add(name)
                 out, t_call, ev = self._collect(p.call, results, iteration)
@@ -148,7 +149,7 @@ class Controller:
                                     device=r["device"], start=r["start"], end=r["end"],
                                     iteration=iteration, args={"recv_bytes": r["recv_bytes"]})
                                for r in reallocs]
-                self._store_outputs(p.call, out, store, train_stats)
+                self._store_outputs(p.call, out, store, train_stats, p.inputs)
                 self._run_functions(store, funcs_done)
         wall_s = time.time() - t_start
         metrics = self._metrics(iteration, store, timings, realloc_s, wall_s, train_stats)
@@ -174,13 +175,8 @@ class Controller:
         if src != dst:
             for d in dst.device_ids:
                 self.workers[d].drop.remote(call.model, call.name)
-        p = Pending(call, [r for _, r in call_refs], [r for _, r in realloc_refs],
-                    list(dst.device_ids), time.time())
-        p.ref_device = {r: d for d, r in call_refs + realloc_refs}  # type: ignore[attr-defined]
-        return p
-
-    def _get(self, name: str, p: Pending, realloc: bool = False) -> list[dict]:
-        return [self._check(name, p, r) for r in (p.realloc_refs if realloc else p.call_refs)]
+        return Pending(call, [r for _, r in call_refs], [r for _, r in realloc_refs],
+                       {r: d for d, r in call_refs + realloc_refs}, batch)
 
     def _check(self, name: str, p: Pending, ref, inflight: dict[str, Pending] | None = None
                ) -> Any:
@@ -275,15 +271,13 @@ class Controller:
         return merged, t1 - t0, events
 
     def _store_outputs(self, call: CallSpec, out: dict, store: dict[str, Any],
-                       train_stats: dict[str, list[dict]]) -> None:
+                       train_stats: dict[str, list[dict]], inputs: dict[str, torch.Tensor]
+                       ) -> None:
         if call.type == "train":
             train_stats[call.name] = out["steps"]
             return
-        if call.type == "generate":
-            prompt = rollout.encode_prompts(
-                self.tokenizer, [p for p in store["prompts"] for _ in range(call.group_size)],
-                call.prompt_len)
-            seqs = rollout.build_sequences(prompt, out["tokens"], out["lengths"],
+        if call.type == "generate":  # inputs: the encoded prompts it was sent
+            seqs = rollout.build_sequences(inputs, out["tokens"], out["lengths"],
                                            self.tokenizer.pad_id)
             store[call.outputs[0]] = seqs
             if len(call.outputs) > 1:

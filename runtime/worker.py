@@ -34,12 +34,10 @@ from planner.layout.transfer import plan_transfer
 from planner.plan import ExecutionPlan
 from runtime import losses
 from runtime.engine.checkpoint import load_checkpoint, save_checkpoint
-from runtime.engine.engine import Engine
+from runtime.engine.engine import Batch, Engine, split_batch
 from runtime.engine.generate import GenerationConfig, generate
 from runtime.engine.parallelize import build_groups, local
 from runtime.realloc.executor import execute
-
-Batch = dict[str, torch.Tensor]
 
 
 def free_port() -> int:
@@ -238,7 +236,7 @@ class Worker:
         tensors = {k: v for k, v in batch.items() if k != "prompt_len"}
         steps = []
         for _ in range(call.epochs):
-            for mb in _split(tensors, call.minibatches):
+            for mb in split_batch(tensors, call.minibatches):  # spec: minibatches <= num_seqs
                 mine = {k: torch.tensor_split(v, dp)[engine.groups.d] for k, v in mb.items()}
                 mbs = min(micro_batches, mine["input_ids"].shape[0])
                 steps.append(engine.train_step(mine, loss_fn, mbs))
@@ -273,13 +271,6 @@ class Worker:
     def shutdown(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-def _split(batch: Batch, n: int) -> list[Batch]:
-    size = next(iter(batch.values())).shape[0]
-    n = max(1, min(n, size))
-    parts = {k: torch.tensor_split(v, n) for k, v in batch.items()}
-    return [{k: parts[k][i] for k in batch} for i in range(n)]
 
 
 def _optimizer_state(engine: Engine) -> dict[str, dict[str, torch.Tensor]]:
