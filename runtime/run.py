@@ -23,7 +23,7 @@ from rich.console import Console
 from planner.errors import UserError
 from planner.graph.loader import load_spec
 from planner.plan import load_plan, write_atomic
-from runtime.controller import Controller, RunError, check_supported
+from runtime.controller import Controller, check_supported
 from runtime.data.prompts import PromptSampler, load_prompts
 from runtime.data.tokenizer import load_tokenizer
 from runtime.rewards import load_reward_fn

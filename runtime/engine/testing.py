@@ -6,7 +6,6 @@ transformers is imported lazily: only the reference side needs it.
 
 from __future__ import annotations
 
-import os
 import socket
 from datetime import timedelta
 
