@@ -20,8 +20,10 @@ class LaunchError(UserError):
     pass
 
 
-def start_workers(plan: ExecutionPlan, *, address: str | None, num_threads: int = 1,
-                  log_to_driver: bool = False):
+def start_workers(plan: ExecutionPlan, *, address: str | None, on_gpu: bool,
+                  num_threads: int = 1, log_to_driver: bool = False):
+    """`on_gpu`: the kind of the cluster's hardware profile (a measured CPU profile is
+    a .json path too, so the hardware name alone does not say)."""
     import ray
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -29,7 +31,6 @@ def start_workers(plan: ExecutionPlan, *, address: str | None, num_threads: int 
     from runtime.worker import Worker
 
     cluster = plan.cluster
-    on_gpu = cluster.hardware != "cpu"
     n = cluster.num_devices
     if not ray.is_initialized():
         # Workers import this project: ship the working directory's packages.

@@ -21,6 +21,7 @@ from pathlib import Path
 from rich.console import Console
 
 from planner.errors import UserError
+from planner.cost_model.profile import load_spec_profile
 from planner.graph.loader import load_spec
 from planner.plan import load_plan, write_atomic
 from runtime.controller import Controller, check_supported
@@ -56,6 +57,7 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
     spec = load_spec(spec_file)
     plan = load_plan(plan_path, spec=spec)
     check_supported(spec)
+    on_gpu = load_spec_profile(spec.cluster.hardware, None, spec_file).kind == "gpu"
     tokenizer = load_tokenizer(spec.rl.tokenizer)
     for name, m in spec.models.items():
         if m.head == "lm" and tokenizer.vocab_size > m.architecture.vocab_size:
@@ -98,7 +100,7 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
     failed = True
     try:
         with console.status(f"starting {plan.cluster.num_devices} workers"):
-            workers, groups = start_workers(plan, address=address)
+            workers, groups = start_workers(plan, address=address, on_gpu=on_gpu)
             ray.get([w.setup.remote(spec.model_dump_json(), plan.model_dump_json(), seed,
                                     resume_dir) for w in workers])
         sampler = PromptSampler(prompts, seed=seed, drawn=drawn)

@@ -72,3 +72,17 @@ def test_existing_run_is_not_overwritten(capsys, tmp_path):
     rc, err = _run(capsys, str(plan), "--run-dir", str(tmp_path / "run"))
     assert rc == 2 and "a run is already there" in err
 
+
+
+def test_missing_hardware_profile_is_named(capsys, tmp_path):
+    # A measured CPU profile beside the spec, gone by the time the plan runs.
+    spec = tmp_path / "spec.yaml"
+    spec.write_text((ROOT / "specs" / "tiny-ppo-cpu.yaml").read_text()
+                    .replace("hardware: cpu}", "hardware: profile.json}"))
+    profile = tmp_path / "profile.json"
+    profile.write_text((ROOT / "profiles" / "cpu-epyc-2core.json").read_text())
+    plan = manual_plan(spec, {"*": "0-3:d4"}, tmp_path / "plan.json")
+    profile.unlink()
+    rc, err = _run(capsys, str(plan), "--run-dir", str(tmp_path / "run"))
+    assert rc == 2 and "profile.json" in err
+    assert not (tmp_path / "run").exists()

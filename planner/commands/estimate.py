@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from planner.cost_model import estimate_call, load_profile
-from planner.cost_model.profile import HardwareProfile
+from planner.cost_model import estimate_call
+from planner.cost_model.profile import HardwareProfile, load_spec_profile
 from planner.errors import UserError
 from planner.graph.loader import load_spec
 from planner.graph.spec import ClusterSpec, ModelSpec, Spec
@@ -72,12 +71,7 @@ def _layout(args: argparse.Namespace, cluster: ClusterSpec) -> Layout:
 
 
 def _profile(spec_path: str, cluster: ClusterSpec) -> HardwareProfile:
-    hw = cluster.hardware
-    if hw.endswith(".json") and not Path(hw).exists():
-        beside = Path(spec_path).parent / hw  # a profile path relative to the spec file
-        if beside.exists():
-            hw = str(beside)
-    return load_profile(hw, cluster.gpu_memory_gib)
+    return load_spec_profile(cluster.hardware, cluster.gpu_memory_gib, spec_path)
 
 
 def dtype_bytes_for(model: ModelSpec, profile: HardwareProfile) -> int:

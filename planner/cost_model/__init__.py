@@ -3,6 +3,7 @@
 Public API (the search and the CLI use only these):
 
     load_profile(name_or_path, memory_override_gib=None) -> HardwareProfile
+    load_spec_profile(hardware, memory_override_gib, spec_path) -> HardwareProfile
     estimate_call(arch, head, call, layout, micro_batches, profile, *, trainable,
                   gpus_per_node, recompute=False, shard_optimizer=False) -> CallEstimate
     decode_step(arch, head, batch, context, profile, *, tp=1, pp=1) -> DecodeStep
@@ -36,12 +37,13 @@ from planner.cost_model.profile import (
     HardwareProfile,
     ProfileError,
     load_profile,
+    load_spec_profile,
 )
 
 __all__ = [
     "CallEstimate", "CallShape", "DecodeStep", "HardwareProfile", "IllegalLayoutError",
     "MemoryEstimate", "PROFILE_FORMAT_VERSION", "ProfileError", "SHIPPED_PROFILES",
     "check_layout", "clear_cache", "decode_step", "estimate_call", "layout_problem",
-    "load_profile", "mesh_problem", "TransferCost", "data_transfer_cost", "realloc_bytes",
+    "load_profile", "load_spec_profile", "mesh_problem", "TransferCost", "data_transfer_cost", "realloc_bytes",
     "realloc_cost",
 ]

@@ -207,6 +207,11 @@ class HardwareProfile(_Frozen):
     inter_node: LinkTier
     overheads: Overheads = Field(default_factory=Overheads)
     measured: MeasuredTables | None = None
+    cores_per_node: int | None = Field(
+        None, gt=0,
+        description="CPU profiles: virtual devices one node runs at full speed at once (its "
+                    "cores / torch threads per device). More devices than that share the cores, "
+                    "so their compute slows by devices / cores_per_node. None: never shared.")
     host: dict[str, str] = Field(default_factory=dict, description="Where a profile was measured.")
 
     @model_validator(mode="after")
@@ -224,6 +229,13 @@ class HardwareProfile(_Frozen):
 
     def tier(self, name: Tier) -> LinkTier:
         return self.intra_node if name == "intra_node" else self.inter_node
+
+    def core_share(self, devices_per_node: int) -> float:
+        """How many devices of a node share one core (>= 1): the factor compute slows by
+        when every virtual CPU device of a node is busy at once. 1 on GPUs."""
+        if self.kind != "cpu" or self.cores_per_node is None:
+            return 1.0
+        return max(1.0, devices_per_node / self.cores_per_node)
 
     def with_memory_gib(self, gib: float) -> "HardwareProfile":
         return self.model_copy(update={"memory_bytes": int(gib * 2**30)})
@@ -286,6 +298,17 @@ def load_profile(name_or_path: str | Path, memory_override_gib: float | None = N
     except OSError:
         stamp = 0
     return _load_with_memory(key, stamp, gib)
+
+
+def load_spec_profile(hardware: str, memory_override_gib: float | None,
+                      spec_path: str | Path | None) -> HardwareProfile:
+    """A spec's `cluster.hardware` profile; a relative .json path that does not exist
+    from here is also tried beside the spec file."""
+    if hardware.endswith(".json") and not Path(hardware).exists() and spec_path is not None:
+        beside = Path(spec_path).parent / hardware
+        if beside.exists():
+            hardware = str(beside)
+    return load_profile(hardware, memory_override_gib)
 
 
 @lru_cache(maxsize=64)

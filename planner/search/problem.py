@@ -24,8 +24,8 @@ from pathlib import Path
 
 import networkx as nx
 
-from planner.cost_model import data_transfer_cost, load_profile, realloc_cost
-from planner.cost_model.profile import HardwareProfile
+from planner.cost_model import data_transfer_cost, realloc_cost
+from planner.cost_model.profile import HardwareProfile, load_spec_profile
 from planner.errors import UserError
 from planner.graph.dataflow import build_graph, param_next_edges, train_call_of
 from planner.graph.spec import CallSpec, Spec
@@ -61,12 +61,7 @@ def key_bytes(call: CallSpec, key: str, head: str) -> int:
 
 def load_cluster_profile(spec: Spec, spec_path: str | Path | None = None) -> HardwareProfile:
     """The spec's hardware profile; a relative profile path is also tried beside the spec."""
-    hw = spec.cluster.hardware
-    if hw.endswith(".json") and not Path(hw).exists() and spec_path is not None:
-        beside = Path(spec_path).parent / hw
-        if beside.exists():
-            hw = str(beside)
-    return load_profile(hw, spec.cluster.gpu_memory_gib)
+    return load_spec_profile(spec.cluster.hardware, spec.cluster.gpu_memory_gib, spec_path)
 
 
 class Problem:

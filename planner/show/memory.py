@@ -42,19 +42,22 @@ class MemoryView:
 def _profile_capacity(plan: ExecutionPlan) -> int | None:
     if plan.memory_capacity_bytes is not None:
         return plan.memory_capacity_bytes
-    from planner.cost_model import load_profile
+    from planner.cost_model.profile import load_spec_profile
 
     try:
-        return load_profile(plan.cluster.hardware, plan.cluster.gpu_memory_gib).memory_bytes
+        return load_spec_profile(plan.cluster.hardware, plan.cluster.gpu_memory_gib,
+                                 plan.spec_path).memory_bytes
     except (UserError, OSError):
         return None
 
 
 def _from_cost_model(plan: ExecutionPlan, spec: Spec) -> list[DeviceMemory]:
     from planner.commands.estimate import dtype_bytes_for
-    from planner.cost_model import estimate_call, load_profile
+    from planner.cost_model import estimate_call
+    from planner.cost_model.profile import load_spec_profile
 
-    profile = load_profile(plan.cluster.hardware, plan.cluster.gpu_memory_gib)
+    profile = load_spec_profile(plan.cluster.hardware, plan.cluster.gpu_memory_gib,
+                                plan.spec_path)
     home = train_call_of(spec)
     n = plan.cluster.num_devices
     resident: list[dict[str, int]] = [{} for _ in range(n)]

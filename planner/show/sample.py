@@ -15,8 +15,8 @@ from pathlib import Path
 
 import networkx as nx
 
-from planner.cost_model import (data_transfer_cost, estimate_call, load_profile,
-                                realloc_cost)
+from planner.cost_model import data_transfer_cost, estimate_call, realloc_cost
+from planner.cost_model.profile import load_spec_profile
 from planner.graph.dataflow import train_call_of, unroll
 from planner.graph.loader import load_spec
 from planner.layout.layout import parse_layout
@@ -52,7 +52,7 @@ def sample_plan(spec_path: str | Path, alloc: dict[str, tuple[str, int]], *,
                 baselines_s: dict[str, float] | None = None) -> ExecutionPlan:
     spec = load_spec(spec_path)
     cluster = spec.cluster
-    profile = load_profile(cluster.hardware, cluster.gpu_memory_gib)
+    profile = load_spec_profile(cluster.hardware, cluster.gpu_memory_gib, spec_path)
     gpn = cluster.gpus_per_node
     layouts = {name: parse_layout(text) for name, (text, _) in alloc.items()}
     estimates = {}
