@@ -185,3 +185,28 @@ def test_estimates_are_cached():
                       gpus_per_node=8)
     assert a is b  # same shape on another mesh of the same topology: one computation
     assert math.isfinite(a.time_s)
+
+
+def test_virtual_cpu_devices_sharing_cores_slow_compute_not_communication():
+    # 4 virtual devices on a 2-core node: each computes at half speed; the gloo
+    # collectives were measured between processes that already shared the host.
+    alone = load_profile("cpu")
+    shared = alone.model_copy(update={"cores_per_node": 2})
+    arch = get_preset("tiny-llama")
+    layout = parse_layout("0-3:d2t2")
+    train = CallShape("train", 32, 32, 32, 0)
+    gen = CallShape("generate", 32, 32, 16, 16)
+    for shape in (train, gen):
+        a = estimate_call(arch, "lm", shape, layout, 1, alone, trainable=True, gpus_per_node=4)
+        b = estimate_call(arch, "lm", shape, layout, 1, shared, trainable=True, gpus_per_node=4)
+        for term, seconds in a.breakdown.items():
+            factor = 2.0 if term in ("compute", "optimizer", "prefill", "decode", "pp_fill") else 1.0
+            assert b.breakdown[term] == pytest.approx(seconds * factor), term
+        assert a.breakdown["tp_comm"] > 0 and b.time_s == pytest.approx(sum(b.breakdown.values()))
+    # As many devices as cores, or a GPU profile: nothing shared.
+    same = estimate_call(arch, "lm", train, parse_layout("0-1:d2"), 1, shared, trainable=True,
+                         gpus_per_node=2)
+    ref = estimate_call(arch, "lm", train, parse_layout("0-1:d2"), 1, alone, trainable=True,
+                        gpus_per_node=2)
+    assert same.time_s == ref.time_s
+    assert H100.model_copy(update={"cores_per_node": 1}).core_share(8) == 1.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -34,6 +35,7 @@ def test_quick_profile_is_valid_and_complete(measured):
     assert all(t.group_size[0] == 2 for t in m.collectives)
     assert p.peak_flops > 1e8 and p.memory_bytes_per_s > 1e8
     assert p.intra_node.bus_bytes_per_s > 0 and p.host["clock"] in ("thread", "wall")
+    assert p.cores_per_node == len(os.sched_getaffinity(0))  # --threads 1: a device per core
     o = p.overheads
     assert min(o.layer_fwd_s, o.layer_bwd_s, o.decode_layer_s) >= 0
 

@@ -119,6 +119,7 @@ class _Ctx:
     dtype_bytes: int
     dp_tier: str
     pp_tier: str
+    core_share: float  # devices per physical core (profile.core_share); 1 on GPUs
 
     @property
     def dims(self) -> Dims:
@@ -334,12 +335,27 @@ def _estimate_cached(c: _Ctx, shape: CallShape, recompute: bool, shard_optimizer
                      ) -> CallEstimate:
     flash = c.dev.profile.flash_attention
     if shape.type == "train":
-        return _train(c, shape, recompute, shard_optimizer, flash)
-    if shape.type == "inference":
-        return _inference(c, shape, flash)
-    if shape.type == "generate":
-        return _generate(c, shape, flash)
-    raise ValueError(f"unknown call type {shape.type!r}")
+        est = _train(c, shape, recompute, shard_optimizer, flash)
+    elif shape.type == "inference":
+        est = _inference(c, shape, flash)
+    elif shape.type == "generate":
+        est = _generate(c, shape, flash)
+    else:
+        raise ValueError(f"unknown call type {shape.type!r}")
+    return _shared_cores(est, c.core_share)
+
+
+# Terms a device computes itself. Virtual CPU devices that share a core take
+# proportionally longer for these; collectives are measured between processes
+# that already shared the host, so their terms stay as they are.
+_COMPUTE_TERMS = frozenset({"compute", "pp_fill", "optimizer", "prefill", "decode"})
+
+
+def _shared_cores(est: CallEstimate, share: float) -> CallEstimate:
+    if share == 1.0:
+        return est
+    parts = {k: v * share if k in _COMPUTE_TERMS else v for k, v in est.breakdown.items()}
+    return CallEstimate(sum(parts.values()), MappingProxyType(parts), est.memory, est.flops)
 
 
 def estimate_call(arch: ModelArch, head: HeadType, call: CallSpec | CallShape, layout: Layout,
@@ -365,7 +381,8 @@ def estimate_call(arch: ModelArch, head: HeadType, call: CallSpec | CallShape, l
     dp_tier, pp_tier = _tiers(layout, gpus_per_node)
     dev = device_of(profile)
     c = _Ctx(arch, head, layout.dp, layout.tp, layout.pp, micro_batches, dev,
-             dtype_bytes or profile.dtype_bytes, dp_tier, pp_tier)
+             dtype_bytes or profile.dtype_bytes, dp_tier, pp_tier,
+             profile.core_share(gpus_per_node))
     return _estimate_cached(c, shape, recompute, shard_optimizer)
 
 
@@ -374,7 +391,7 @@ def decode_step(arch: ModelArch, head: HeadType, batch: int, context: int, profi
     """One decode step of `batch` sequences at `context` cached tokens, one micro-batch."""
     dev = device_of(profile)
     c = _Ctx(arch, head, 1, tp, pp, 1, dev, dtype_bytes or profile.dtype_bytes,
-             "intra_node", "intra_node")
+             "intra_node", "intra_node", 1.0)  # one device alone: no core sharing
     time_s = pp * _decode_stage_s(c, batch, context) + pp * _p2p_s(c, batch)
     n_layers = _max_stage_layers(c)
     compute_s, memory_s = decode_layer_bounds_s(dev, c.dims, batch, context, tp)

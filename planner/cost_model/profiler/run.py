@@ -135,6 +135,16 @@ def _device_memory_bytes(device: str) -> int:
     return torch.cuda.get_device_properties(0).total_memory
 
 
+def _device_slots(threads: int) -> int:
+    """Virtual CPU devices this machine runs at full speed at once: the cores this process
+    may use, over the torch threads each device's measurements used."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(threads, 1))
+
+
 def profile_machine(name: str, *, quick: bool, device: str = "cpu", threads: int = 1,
                     group_sizes: list[int] | None = None,
                     step: Callable[[str], None] = lambda what: None) -> HardwareProfile:
@@ -198,6 +208,7 @@ def profile_machine(name: str, *, quick: bool, device: str = "cpu", threads: int
         measured=MeasuredTables(gemm=gemm, attention=attn, elementwise=elementwise,
                                 collectives=coll,
                                 memory_bytes_per_s=membw),
+        cores_per_node=_device_slots(threads) if device == "cpu" else None,
         host=host)
 
     layers = [measure.measure_layers(bench, s, plan.layer_batch, plan.layer_seq,
