@@ -12,14 +12,18 @@ install:
 		|| $(PYTHON) -m pip install -q torch==2.13.0
 	$(PYTHON) -m pip install -q -e ".[test]"
 
-# The main job on the embedded default: search a plan for tiny PPO on 4 virtual
-# CPU devices, run it on a local Ray cluster, then picture estimate beside
-# measurement. Everything lands in runs/demo/ (replaced on each run).
+# The main job on the embedded default: measure this machine, search a plan for
+# tiny PPO on 4 virtual CPU devices priced with that profile, run it on a local
+# Ray cluster, then picture estimate beside measurement. Everything lands in
+# runs/demo/ (replaced on each run); spec.yaml is specs/tiny-ppo-cpu.yaml with
+# `hardware: profile.json`.
 DEMO := runs/demo
 demo: install
 	$(PYTHON) -m planner.cli validate specs/*.yaml
 	rm -rf $(DEMO) && mkdir -p $(DEMO)
-	$(PYTHON) -m planner.cli search specs/tiny-ppo-cpu.yaml -o $(DEMO)/plan.json --steps 5000
+	$(PYTHON) -m planner.cli profile --quick --out $(DEMO)/profile.json
+	sed 's/hardware: cpu}/hardware: profile.json}/' specs/tiny-ppo-cpu.yaml > $(DEMO)/spec.yaml
+	$(PYTHON) -m planner.cli search $(DEMO)/spec.yaml -o $(DEMO)/plan.json --steps 5000
 	$(PYTHON) -m runtime.cli run $(DEMO)/plan.json --run-dir $(DEMO)/run
 	$(PYTHON) -m planner.cli show $(DEMO)/plan.json -o $(DEMO)/plan.html \
 		--perfetto $(DEMO)/plan_trace.json --measured $(DEMO)/run/trace.json

@@ -29,8 +29,15 @@ def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
 # First in the file: it starts its own Ray (in the `runtime run` process) before
 # the module's in-process instance exists.
 def test_searched_plan_runs_and_learns(tmp_path):
-    """`planner search` -> `runtime run` -> `planner show --measured`, as the README's demo."""
-    spec = ROOT / "specs" / "tiny-ppo-cpu.yaml"
+    """`planner search` -> `runtime run` -> `planner show --measured`, as the README's demo:
+    the spec priced with a measured CPU profile beside it (a .json hardware name is
+    still a CPU cluster: gloo workers, not GPUs)."""
+    (tmp_path / "spec").mkdir()  # the profile is found beside the spec, not in the cwd
+    spec = tmp_path / "spec" / "spec.yaml"
+    spec.write_text((ROOT / "specs" / "tiny-ppo-cpu.yaml").read_text()
+                    .replace("hardware: cpu}", "hardware: profile.json}"))
+    (tmp_path / "spec" / "profile.json").write_text(
+        (ROOT / "profiles" / "cpu-epyc-2core.json").read_text())
     plan, run = tmp_path / "plan.json", tmp_path / "run"
     _cli("planner.cli", "search", str(spec), "-o", str(plan), "--steps", "2000", cwd=tmp_path)
     out = _cli("runtime.cli", "run", str(plan), "--iterations", "8", "--run-dir", str(run),
@@ -58,6 +65,11 @@ def test_searched_plan_runs_and_learns(tmp_path):
     _cli("planner.cli", "show", str(plan), "-o", str(tmp_path / "plan.html"),
          "--measured", str(run / "trace.json"), cwd=tmp_path)
     assert "measured" in (tmp_path / "plan.html").read_text()
+    # tools/compare_run.py prints estimate vs measurement per call, as the README quotes.
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "compare_run.py"), str(plan),
+                        str(run)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "actor_gen (" in r.stdout and "iteration alone (no overlap)" in r.stdout
 
 
 @pytest.fixture(scope="module")
