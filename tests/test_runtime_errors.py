@@ -84,5 +84,5 @@ def test_missing_hardware_profile_is_named(capsys, tmp_path):
     plan = manual_plan(spec, {"*": "0-3:d4"}, tmp_path / "plan.json")
     profile.unlink()
     rc, err = _run(capsys, str(plan), "--run-dir", str(tmp_path / "run"))
-    assert rc == 2 and "profile.json" in err
+    assert rc == 2 and "spec.yaml cluster.hardware: profile.json" in err
     assert not (tmp_path / "run").exists()

@@ -70,10 +70,6 @@ def _layout(args: argparse.Namespace, cluster: ClusterSpec) -> Layout:
         raise EstimateError(f"bad layout: {err}") from None
 
 
-def _profile(spec_path: str, cluster: ClusterSpec) -> HardwareProfile:
-    return load_spec_profile(cluster.hardware, cluster.gpu_memory_gib, spec_path)
-
-
 def dtype_bytes_for(model: ModelSpec, profile: HardwareProfile) -> int:
     """The runtime computes in fp32 on CPUs whatever the spec says; on GPUs in the model dtype."""
     if profile.kind == "cpu":
@@ -102,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         raise EstimateError(f"--call {args.call!r}: no such call in {args.spec}; known: {known}") from None
     model = spec.models[call.model]
     arch = model.architecture
-    profile = _profile(args.spec, spec.cluster)
+    profile = load_spec_profile(spec.cluster.hardware, spec.cluster.gpu_memory_gib, args.spec)
     layout = _layout(args, spec.cluster)
     est = estimate_call(arch, model.head, call, layout, args.micro_batches, profile,
                         trainable=model.trainable, gpus_per_node=spec.cluster.gpus_per_node,

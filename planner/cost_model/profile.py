@@ -308,7 +308,12 @@ def load_spec_profile(hardware: str, memory_override_gib: float | None,
         beside = Path(spec_path).parent / hardware
         if beside.exists():
             hardware = str(beside)
-    return load_profile(hardware, memory_override_gib)
+    try:
+        return load_profile(hardware, memory_override_gib)
+    except ProfileError as err:
+        if spec_path is None:
+            raise
+        raise ProfileError(f"{spec_path} cluster.hardware: {err}") from None
 
 
 @lru_cache(maxsize=64)
