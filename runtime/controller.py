@@ -22,13 +22,13 @@ import networkx as nx
 import torch
 
 from planner.errors import UserError
-from planner.graph.dataflow import build_graph
+from planner.graph.dataflow import build_graph, home_calls
 from planner.graph.spec import CallSpec, Spec
 from planner.plan import ExecutionPlan
 from runtime import rollout
 from runtime.algorithms.grpo import group_advantages
 from runtime.algorithms.ppo import gae, kl_penalised_rewards, masked_mean, masked_whiten
-from runtime.worker import home_call, layout_of
+from runtime.worker import layout_of, union_ranks
 
 
 class RunError(Exception):
@@ -84,6 +84,7 @@ class Controller:
         start = {a.name: (a.estimate.start_s if a.estimate else 0.0) for a in plan.calls}
         self.order = sorted((c.name for c in spec.calls), key=lambda n: (start[n], topo[n]))
         self.preds = {n: set(graph.predecessors(n)) for n in graph.nodes}
+        self.homes = home_calls(spec, graph)
         self.functions = list(spec.functions)
         # Called as on_submit(iteration, call_name, workers) before each call is
         # submitted: the fault-injection point of the tests (kill a worker).
@@ -158,16 +159,15 @@ class Controller:
     def _submit(self, call: CallSpec, store: dict[str, Any], iteration: int) -> Pending:
         import ray
 
-        plan, spec = self.plan, self.spec
+        plan = self.plan
         if self.on_submit is not None:
             self.on_submit(iteration, call.name, self.workers)
         dst = layout_of(plan, call.name)
-        src = layout_of(plan, home_call(spec, plan, call.model))
+        src = layout_of(plan, self.homes[call.model])
         realloc_refs = []
         if src != dst:
-            union = sorted(set(src.device_ids) | set(dst.device_ids))
             realloc_refs = [(d, self.workers[d].realloc.remote(call.model, call.name))
-                            for d in union]
+                            for d in union_ranks(src, dst)]
         batch, options = self._inputs(call, store, iteration)
         batch_ref = ray.put(batch)
         call_refs = [(d, self.workers[d].run_call.remote(call.name, batch_ref, iteration, options))

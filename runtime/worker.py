@@ -6,7 +6,8 @@ processes without Ray.
 
 What a worker holds (DESIGN.md "The simulator", memory rule):
 - `home[model]`: the model's home engine, on the layout of its train call
-  (trainable) or of its first call (frozen), with parameters and, once it
+  (trainable) or of its first call to run (frozen; `home_calls`, the rule the
+  planner priced), with parameters and, once it
   trains, optimizer states, for the whole run;
 - `temp[(model, call)]`: a temporary copy on a call's layout when that differs
   from home, filled by realloc just before the call and dropped after it.
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from planner.graph.dataflow import home_calls
 from planner.graph.spec import CallSpec, Spec
 from planner.layout.layout import Layout
 from planner.layout.transfer import plan_transfer
@@ -54,15 +56,13 @@ def init_seed(spec: Spec, model: str, seed: int) -> int:
     return (seed * 1_000_003 + zlib.crc32(key.encode())) % (2 ** 31)
 
 
-def home_call(spec: Spec, plan: ExecutionPlan, model: str) -> str:
-    """The call whose layout is the model's home."""
-    calls = [c for c in spec.calls if c.model == model]
-    trains = [c for c in calls if c.type == "train"]
-    return (trains or calls)[0].name
-
-
 def layout_of(plan: ExecutionPlan, call: str) -> Layout:
     return plan.assignment(call).layout
+
+
+def union_ranks(src: Layout, dst: Layout) -> tuple[int, ...]:
+    """The devices a realloc from `src` to `dst` runs on (its process group)."""
+    return tuple(sorted(set(src.device_ids) | set(dst.device_ids)))
 
 
 class Worker:
@@ -98,23 +98,23 @@ class Worker:
         self.plan = ExecutionPlan.model_validate_json(plan_json)
         self.seed = seed
         spec, plan = self.spec, self.plan
+        self.homes = home_calls(spec)  # model -> its home call, as the planner priced it
         for c in spec.calls:  # collective: every worker walks the same list
             layout = layout_of(plan, c.name)
             if layout not in self.groups:
                 arch = spec.models[c.model].architecture
                 self.groups[layout] = build_groups(layout, tied_embeddings=arch.tied_embeddings)
         for c in spec.calls:
-            src = layout_of(plan, home_call(spec, plan, c.model))
+            src = layout_of(plan, self.homes[c.model])
             dst = layout_of(plan, c.name)
             if src != dst:
-                ranks = tuple(sorted(set(src.device_ids) | set(dst.device_ids)))
+                ranks = union_ranks(src, dst)
                 if ranks not in self.union_groups:
                     self.union_groups[ranks] = dist.new_group(list(ranks))
         for name in spec.models:
             if not any(c.model == name for c in spec.calls):
                 continue
-            layout = layout_of(plan, home_call(spec, plan, name))
-            self.home[name] = self._engine(name, layout)
+            self.home[name] = self._engine(name, layout_of(plan, self.homes[name]))
         if resume_dir:
             self._load(resume_dir)
         else:
@@ -142,9 +142,9 @@ class Worker:
         the union of both device sets). Returns timing and bytes received."""
         t0 = time.time()
         spec, plan = self.spec, self.plan
-        src = layout_of(plan, home_call(spec, plan, model))
+        src = layout_of(plan, self.homes[model])
         dst = layout_of(plan, call)
-        ranks = tuple(sorted(set(src.device_ids) | set(dst.device_ids)))
+        ranks = union_ranks(src, dst)
         m = spec.models[model]
         engine = self._engine(model, dst, init=False)
         self.temp[(model, call)] = engine

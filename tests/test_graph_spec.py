@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from planner.graph.algorithms import DPOParams, GRPOParams, PPOParams, RMParams, SFTParams, expand
-from planner.graph.dataflow import build_graph, param_next_edges, unroll
+from planner.graph.dataflow import build_graph, call_order, home_calls, param_next_edges, unroll
 from planner.graph.loader import load_spec, spec_from_data
 
 SPECS = sorted((Path(__file__).parent.parent / "specs").glob("*.yaml"))
@@ -87,3 +87,18 @@ def test_algorithm_library(params, names):
 def test_grpo_group_expansion():
     calls, _ = expand(GRPOParams(batch_size=4, prompt_len=8, gen_len=8, group_size=4))
     assert calls[0].num_seqs == 16 and calls[0].group_size == 4
+
+
+def test_home_calls_follow_dependency_order_not_listing_order():
+    # A frozen model's home is its first call to run; here the spec lists a call
+    # that reads ref_inf's output before ref_inf itself.
+    spec = load_spec(Path(__file__).parent.parent / "specs" / "tiny-ppo-cpu.yaml")
+    assert home_calls(spec) == {"actor": "actor_train", "critic": "critic_train",
+                                "ref": "ref_inf"}
+    data = spec.model_dump(mode="json", exclude_none=True)
+    i = next(k for k, c in enumerate(data["calls"]) if c["name"] == "ref_inf")
+    data["calls"].insert(i, dict(data["calls"][i], name="ref_again", inputs=["ref_logprobs"],
+                                 outputs=["ref_again"]))
+    reordered = spec_from_data(data)
+    assert call_order(reordered).index("ref_inf") < call_order(reordered).index("ref_again")
+    assert home_calls(reordered)["ref"] == "ref_inf"

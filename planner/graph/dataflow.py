@@ -76,6 +76,23 @@ def build_graph(spec: Spec) -> nx.DiGraph:
     return g
 
 
+def call_order(spec: Spec, graph: nx.DiGraph | None = None) -> list[str]:
+    """Call names in dependency order, ties broken by the spec's order."""
+    g = graph if graph is not None else build_graph(spec)
+    order_of = {c.name: i for i, c in enumerate(spec.calls)}
+    return list(nx.lexicographical_topological_sort(g, key=lambda n: order_of[n]))
+
+
+def home_calls(spec: Spec, graph: nx.DiGraph | None = None) -> dict[str, str]:
+    """Model -> the call whose layout is its home: a trainable model's train call,
+    otherwise the model's first call in `call_order`. The planner prices resident
+    memory and realloc from this; the runtime keeps parameters there."""
+    homes = {m: c for m, c in train_call_of(spec).items() if spec.models[m].trainable}
+    for name in call_order(spec, graph):
+        homes.setdefault(spec.call(name).model, name)
+    return homes
+
+
 def _edge(g: nx.DiGraph, u: str, v: str) -> dict:
     if not g.has_edge(u, v):
         g.add_edge(u, v, data_keys=[], param=False)

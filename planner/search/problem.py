@@ -22,12 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import networkx as nx
-
 from planner.cost_model import data_transfer_cost, realloc_cost
 from planner.cost_model.profile import HardwareProfile, load_spec_profile
 from planner.errors import UserError
-from planner.graph.dataflow import build_graph, param_next_edges, train_call_of
+from planner.graph.dataflow import build_graph, call_order, home_calls, param_next_edges
 from planner.graph.spec import CallSpec, Spec
 from planner.layout.layout import Layout
 from planner.search.candidates import CallCandidates, CallContext, Candidate, enumerate_call, price
@@ -83,22 +81,14 @@ class Problem:
         self.capacity_bytes = profile.memory_bytes
 
         g = build_graph(spec)
-        order_of = {c.name: i for i, c in enumerate(spec.calls)}
-        names = list(nx.lexicographical_topological_sort(g, key=lambda n: order_of[n]))
+        names = call_order(spec, g)
         self.names: list[str] = names
         self.index = {n: i for i, n in enumerate(names)}
         self.calls: list[CallSpec] = [spec.call(n) for n in names]
         self.n = len(names)
         self.model_of = [c.model for c in self.calls]
 
-        trains = train_call_of(spec)
-        home_name: dict[str, str] = {}
-        for c in self.calls:
-            m = spec.models[c.model]
-            if m.trainable and c.model in trains:
-                home_name[c.model] = trains[c.model]
-            else:
-                home_name.setdefault(c.model, c.name)
+        home_name = home_calls(spec, g)
         self.home = [self.index[home_name[m]] for m in self.model_of]
         self.is_home = [self.home[i] == i for i in range(self.n)]
         self.models = sorted(set(self.model_of), key=lambda m: self.home[self.model_of.index(m)])
