@@ -84,7 +84,7 @@ def test_breakdown_sums_to_time_and_names():
          {"compute", "tp_comm", "pp_fill", "pp_p2p", "dp_comm", "optimizer"}),
         (_call("inference", num_seqs=64, seq_len=512), {"compute", "tp_comm", "pp_fill", "pp_p2p"}),
         (_call("generate", num_seqs=64, prompt_len=256, gen_len=256),
-         {"prefill", "decode", "tp_comm", "pp_fill", "pp_p2p"}),
+         {"prefill", "decode", "tp_comm", "pp_fill", "pp_p2p", "engine", "refit"}),
     ]:
         est = estimate_call(LLAMA7B, "lm", call, parse_layout("0-15:d2p2t4"), 4, H100,
                             trainable=True, gpus_per_node=8)
@@ -200,7 +200,7 @@ def test_virtual_cpu_devices_sharing_cores_slow_compute_not_communication():
         a = estimate_call(arch, "lm", shape, layout, 1, alone, trainable=True, gpus_per_node=4)
         b = estimate_call(arch, "lm", shape, layout, 1, shared, trainable=True, gpus_per_node=4)
         for term, seconds in a.breakdown.items():
-            factor = 2.0 if term in ("compute", "optimizer", "prefill", "decode", "pp_fill") else 1.0
+            factor = 2.0 if term in ("compute", "optimizer", "prefill", "decode", "pp_fill", "refit") else 1.0
             assert b.breakdown[term] == pytest.approx(seconds * factor), term
         assert a.breakdown["tp_comm"] > 0 and b.time_s == pytest.approx(sum(b.breakdown.values()))
     # As many devices as cores, or a GPU profile: nothing shared.

@@ -48,7 +48,7 @@ def test_estimates_from_the_measured_profile_use_its_tables(measured):
     assert dev.gemm_s(g.m[1], g.k[2], g.k[2]) == pytest.approx(g.time_s[1][2])
     dec = p.measured.decode
     d = Dims(dec.layer.hidden_size, dec.layer.intermediate_size, dec.layer.num_heads,
-             dec.layer.num_kv_heads)
+             dec.layer.num_kv_heads, dec.layer.hidden_size // dec.layer.num_heads)
     assert decode_layer_s(dev, d, dec.batch[1], dec.context[0], 1) == pytest.approx(dec.time_s[1][0])
     lt = p.measured.layers[0]
     assert layer_fwd_s(dev, d, lt.batch[0], lt.seq[1], 1) == pytest.approx(lt.fwd_s[0][1])

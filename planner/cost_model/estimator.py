@@ -17,7 +17,7 @@ Formulas and sources: README.md beside this file.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from types import MappingProxyType
 from typing import Mapping
@@ -38,6 +38,12 @@ from planner.cost_model.layer_time import (
     layer_bwd_s,
     layer_fwd_s,
 )
+from planner.cost_model.generation import (
+    decode_segments,
+    kv_tokens_in_flight,
+    rank_lengths,
+    slots_for,
+)
 from planner.cost_model.legality import IllegalLayoutError, batch_problem, layout_problem
 from planner.cost_model.memory import (
     MemoryEstimate,
@@ -49,7 +55,8 @@ from planner.cost_model.memory import (
 )
 from planner.cost_model.profile import HardwareProfile
 from planner.graph.arch import HeadType, ModelArch
-from planner.graph.spec import CallSpec
+from planner.graph.lengths import LengthDist
+from planner.graph.spec import CallSpec, GenerationEngineSpec
 from planner.layout.layout import Layout
 from planner.layout.sharding import layer_stages
 
@@ -61,24 +68,53 @@ ADAM_BYTES_PER_PARAM = 28
 
 @dataclass(frozen=True, slots=True)
 class CallShape:
-    """The numbers of a call that its cost depends on (hashable, unlike CallSpec)."""
+    """The numbers of a call that its cost depends on (hashable, unlike CallSpec).
+
+    Lengths are maxima (memory is sized on them: a micro-batch or a dense KV
+    cache must hold its longest sequence); `*_mean` are the means that packed
+    (dynamic-batch) forwards really compute, and `gen_dist` the distribution a
+    generate call's decode is simulated over (None: every sequence gen_len).
+    """
 
     type: str
     num_seqs: int
-    seq_len: int          # total tokens per sequence
+    seq_len: int          # total tokens per sequence, at most
     prompt_len: int       # generate: prompt tokens (else seq_len)
     gen_len: int          # generate: new tokens (else 0)
     minibatches: int = 1
     epochs: int = 1
+    seq_len_mean: float | None = None     # None: seq_len
+    prompt_len_mean: float | None = None  # None: prompt_len
+    gen_dist: LengthDist | None = None
+    batching: str = "continuous"          # generate: continuous or waves
+    max_num_seqs: int = 256               # generate: engine cap on sequences in flight
+    max_num_batched_tokens: int = 8192    # generate: prompt tokens per prefill batch
 
     @classmethod
     def of(cls, call: "CallSpec | CallShape") -> "CallShape":
         if isinstance(call, CallShape):
             return call
         if call.type == "generate":
-            return cls("generate", call.num_seqs, call.total_len, call.prompt_len, call.gen_len)
+            eng = call.engine or GenerationEngineSpec()
+            return cls("generate", call.num_seqs, call.total_len, call.prompt_len, call.gen_len,
+                       seq_len_mean=call.total_len_mean, prompt_len_mean=call.prompt_len_mean,
+                       gen_dist=call.gen_len_dist, batching=eng.batching,
+                       max_num_seqs=eng.max_num_seqs,
+                       max_num_batched_tokens=eng.max_num_batched_tokens)
         return cls(call.type, call.num_seqs, call.total_len, call.total_len, 0,
-                   call.minibatches, call.epochs)
+                   call.minibatches, call.epochs, seq_len_mean=call.total_len_mean)
+
+    @property
+    def mean_len(self) -> float:
+        return float(self.seq_len if self.seq_len_mean is None else self.seq_len_mean)
+
+    @property
+    def prompt_mean(self) -> float:
+        return float(self.prompt_len if self.prompt_len_mean is None else self.prompt_len_mean)
+
+    @property
+    def gen_mean(self) -> float:
+        return float(self.gen_len if self.gen_dist is None else self.gen_dist.mean)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +225,12 @@ def _per_rank(num_seqs: int, parts: int) -> int:
     return -(-num_seqs // parts)
 
 
+def _mb_tokens(mb_seqs: int, s: CallShape) -> float:
+    """Tokens of a micro-batch: its sequences at the mean length when packed, and at least
+    one sequence at the max (a micro-batch must hold the longest)."""
+    return max(mb_seqs * s.mean_len, float(s.seq_len))
+
+
 def _bd(**parts: float) -> tuple[float, Mapping[str, float]]:
     return sum(parts.values()), MappingProxyType(parts)
 
@@ -199,7 +241,8 @@ def _bd(**parts: float) -> tuple[float, Mapping[str, float]]:
 def _train(c: _Ctx, s: CallShape, recompute: bool, shard_optimizer: bool,
            flash: bool) -> CallEstimate:
     d, dev, m = c.dims, c.dev, c.m
-    seq = s.seq_len
+    # Packed sequences (dynamic batch size): compute on the mean length, memory on the max.
+    seq = s.mean_len
     rank_seqs = _per_rank(s.num_seqs, s.minibatches * c.dp)  # per optimizer step, slowest rank
     b = rank_seqs / m
     tokens = b * seq
@@ -227,14 +270,15 @@ def _train(c: _Ctx, s: CallShape, recompute: bool, shard_optimizer: bool,
         dp_comm=steps * t_dp,
         optimizer=steps * t_opt,
     )
-    mb_seqs = _per_rank(rank_seqs, m)
-    mb_tokens = mb_seqs * seq
-    act_layer = activation_bytes_per_layer(c.arch, mb_tokens, seq, c.tp, dtype_bytes=c.dtype_bytes,
-                                           flash_attention=flash, recompute=recompute)
+    mb_tokens = _mb_tokens(_per_rank(rank_seqs, m), s)
+    max_seq = s.seq_len
+    act_layer = activation_bytes_per_layer(c.arch, mb_tokens, max_seq, c.tp,
+                                           dtype_bytes=c.dtype_bytes, flash_attention=flash,
+                                           recompute=recompute)
     in_flight = min(m, c.pp)  # 1F1B: stage 0 holds pp micro-batches at most
     acts = act_layer * n_layers * in_flight + logits_bytes(c.arch, c.head, mb_tokens, c.tp)
     if recompute:  # the layer being recomputed holds its full activations
-        acts += activation_bytes_per_layer(c.arch, mb_tokens, seq, c.tp,
+        acts += activation_bytes_per_layer(c.arch, mb_tokens, max_seq, c.tp,
                                            dtype_bytes=c.dtype_bytes, flash_attention=flash)
     mem = MemoryEstimate(
         params_bytes=params * c.dtype_bytes,
@@ -266,15 +310,16 @@ def _forward_pass(c: _Ctx, num_seqs: int, seq: int, head_tokens_per_seq: float
 
 
 def _inference(c: _Ctx, s: CallShape, flash: bool) -> CallEstimate:
-    compute, tp_comm, fill, p2p = _forward_pass(c, s.num_seqs, s.seq_len, s.seq_len)
+    seq = s.mean_len  # packed: the real tokens
+    compute, tp_comm, fill, p2p = _forward_pass(c, s.num_seqs, seq, seq)
     time_s, bd = _bd(compute=compute, tp_comm=tp_comm, pp_fill=fill, pp_p2p=p2p)
-    mb_tokens = _per_rank(_per_rank(s.num_seqs, c.dp), c.m) * s.seq_len
+    mb_tokens = _mb_tokens(_per_rank(_per_rank(s.num_seqs, c.dp), c.m), s)
     # Forward only: one layer's activations alive at a time, plus the micro-batch's logits.
     acts = activation_bytes_per_layer(c.arch, mb_tokens, s.seq_len, c.tp,
                                       dtype_bytes=c.dtype_bytes, flash_attention=flash)
     acts += logits_bytes(c.arch, c.head, mb_tokens, c.tp)
     mem = MemoryEstimate(_stage_params(c) * c.dtype_bytes, 0, 0, int(acts), 0)
-    flops = forward_flops_per_token(c.arch, c.head, s.seq_len) * s.num_seqs * s.seq_len
+    flops = forward_flops_per_token(c.arch, c.head, seq) * s.num_seqs * seq
     return CallEstimate(time_s, bd, mem, flops)
 
 
@@ -289,41 +334,63 @@ def _decode_stage_s(c: _Ctx, b: float, context: float) -> float:
     return _stage_times(c, t_layer, 0.0, head_fwd_s(dev, d.hidden, out, b, c.tp))
 
 
-def _generate(c: _Ctx, s: CallShape, flash: bool) -> CallEstimate:
-    dev, m = c.dev, c.m
-    # Prefill: a forward over the prompts; only the last position needs logits.
-    compute, tp_pre, fill, p2p_pre = _forward_pass(c, s.num_seqs, s.prompt_len, 1.0)
+def _decode_step_parts(c: _Ctx, b: float, context: float) -> tuple[float, float, float]:
+    """(kernels, tp_comm, pp_p2p) of one engine step advancing `b` sequences by one token.
+
+    With pp > 1 the sequences in flight are split into pp groups that follow each
+    other through the stages (vLLM's virtual engines), so a step is pp stage-steps
+    of b / pp sequences; with pp = 1 it is one pass over all of them.
+    """
+    groups = c.pp
+    gb = b / groups
+    stage = _decode_stage_s(c, gb, context)
+    tp = _max_stage_layers(c) * 2 * _tp_allreduce_s(c, gb)
+    return groups * (stage - tp), groups * tp, groups * _p2p_s(c, gb)
+
+
+def _generate(c: _Ctx, s: CallShape, flash: bool, trainable: bool) -> CallEstimate:
+    """Prefill in token-budget batches, then the decode schedule of generation.py.
+
+    The call's micro-batch count m is the number of KV-sized parts ("waves") the
+    rank's batch is cut into: m = 1 holds every sequence's KV at once, larger m
+    holds 1/m of it and runs longer. Prefill batching is separate: prompts go
+    in batches of max_num_batched_tokens tokens, whatever m is.
+    """
+    dev = c.dev
     rank_seqs = _per_rank(s.num_seqs, c.dp)
-    b = rank_seqs / m
-    steps = max(s.gen_len - 1, 0)  # the prefill already produced the first new token
+    prompt = s.prompt_mean
+    chunks = max(1, min(rank_seqs, math.ceil(rank_seqs * prompt / s.max_num_batched_tokens)))
+    compute, tp_pre, fill, p2p_pre = _forward_pass(replace(c, m=chunks), s.num_seqs, prompt, 1.0)
+    slots = slots_for(rank_seqs, c.m, s.max_num_seqs)
+    lens = rank_lengths(s.gen_dist, s.gen_len, rank_seqs, s.num_seqs)
     decode = tp_dec = p2p_dec = 0.0
-    if steps:
-        # A round advances every micro-batch by one token; each token crosses all pp
-        # stages, so a round takes max(m, pp) stage-steps. The step time is linear in
-        # the context only piecewise (roofline), so average it by Simpson's rule.
-        c0, c1 = s.prompt_len, s.prompt_len + steps
-        mid = (c0 + c1) / 2
-        t_avg = (_decode_stage_s(c, b, c0) + 4 * _decode_stage_s(c, b, mid)
-                 + _decode_stage_s(c, b, c1)) / 6
-        tp_step = _max_stage_layers(c) * 2 * _tp_allreduce_s(c, b)
-        rounds = steps * max(m, c.pp)
-        decode = rounds * (t_avg - tp_step)
-        tp_dec = rounds * tp_step
-        p2p_dec = rounds * _p2p_s(c, b)
+    for seg in decode_segments(lens, prompt, slots, s.batching):
+        kernels, tp, p2p = _decode_step_parts(c, seg.batch, seg.context)
+        decode += seg.steps * kernels
+        tp_dec += seg.steps * tp
+        p2p_dec += seg.steps * p2p
+    steps = sum(seg.steps for seg in decode_segments(lens, prompt, slots, s.batching))
+    engine = steps * dev.profile.overheads.engine_step_s
+    params = _stage_params(c)
+    # A trainable model's fresh weights are copied into the engine before it generates
+    # (refit): read + write of this rank's parameters at memory bandwidth.
+    refit = dev.memory_s(2 * params * c.dtype_bytes) if trainable else 0.0
     time_s, bd = _bd(prefill=compute, decode=decode, tp_comm=tp_pre + tp_dec, pp_fill=fill,
-                     pp_p2p=p2p_pre + p2p_dec)
+                     pp_p2p=p2p_pre + p2p_dec, engine=engine, refit=refit)
     n_layers = _max_stage_layers(c)
-    kv = kv_cache_bytes(c.arch, rank_seqs * s.seq_len, c.tp, layers=n_layers,
-                        dtype_bytes=c.dtype_bytes)
-    mb_tokens = _per_rank(rank_seqs, m) * s.prompt_len
-    acts = activation_bytes_per_layer(c.arch, mb_tokens, s.prompt_len, c.tp,
-                                      dtype_bytes=c.dtype_bytes, flash_attention=flash)
-    acts += logits_bytes(c.arch, c.head, _per_rank(rank_seqs, m), c.tp)
-    mem = MemoryEstimate(_stage_params(c) * c.dtype_bytes, 0, 0, int(acts), int(kv))
-    # Decode tokens attend to prompt_len + steps/2 cached tokens on average.
-    flops = (forward_flops_per_token(c.arch, c.head, s.prompt_len) * s.num_seqs * s.prompt_len
-             + forward_flops_per_token(c.arch, c.head, s.prompt_len + steps / 2)
-             * s.num_seqs * steps)
+    kv_tokens = kv_tokens_in_flight(slots, prompt, s.gen_mean, s.prompt_len, s.gen_len,
+                                    s.batching)
+    kv = kv_cache_bytes(c.arch, kv_tokens, c.tp, layers=n_layers, dtype_bytes=c.dtype_bytes)
+    pre_seqs = _per_rank(rank_seqs, chunks)
+    acts = activation_bytes_per_layer(c.arch, max(pre_seqs * prompt, s.prompt_len), s.prompt_len,
+                                      c.tp, dtype_bytes=c.dtype_bytes, flash_attention=flash)
+    acts += logits_bytes(c.arch, c.head, max(pre_seqs, slots), c.tp)
+    mem = MemoryEstimate(params * c.dtype_bytes, 0, 0, int(acts), int(kv))
+    # Decode tokens attend to prompt + half their generation on average.
+    gen = s.gen_mean
+    flops = (forward_flops_per_token(c.arch, c.head, prompt) * s.num_seqs * prompt
+             + forward_flops_per_token(c.arch, c.head, prompt + gen / 2)
+             * s.num_seqs * max(gen - 1, 0))
     return CallEstimate(time_s, bd, mem, flops)
 
 
@@ -331,15 +398,15 @@ def _generate(c: _Ctx, s: CallShape, flash: bool) -> CallEstimate:
 
 
 @lru_cache(maxsize=1 << 17)
-def _estimate_cached(c: _Ctx, shape: CallShape, recompute: bool, shard_optimizer: bool
-                     ) -> CallEstimate:
+def _estimate_cached(c: _Ctx, shape: CallShape, recompute: bool, shard_optimizer: bool,
+                     trainable: bool = False) -> CallEstimate:
     flash = c.dev.profile.flash_attention
     if shape.type == "train":
         est = _train(c, shape, recompute, shard_optimizer, flash)
     elif shape.type == "inference":
         est = _inference(c, shape, flash)
     elif shape.type == "generate":
-        est = _generate(c, shape, flash)
+        est = _generate(c, shape, flash, trainable)
     else:
         raise ValueError(f"unknown call type {shape.type!r}")
     return _shared_cores(est, c.core_share)
@@ -348,7 +415,7 @@ def _estimate_cached(c: _Ctx, shape: CallShape, recompute: bool, shard_optimizer
 # Terms a device computes itself. Virtual CPU devices that share a core take
 # proportionally longer for these; collectives are measured between processes
 # that already shared the host, so their terms stay as they are.
-_COMPUTE_TERMS = frozenset({"compute", "pp_fill", "optimizer", "prefill", "decode"})
+_COMPUTE_TERMS = frozenset({"compute", "pp_fill", "optimizer", "prefill", "decode", "refit"})
 
 
 def _shared_cores(est: CallEstimate, share: float) -> CallEstimate:
@@ -383,7 +450,7 @@ def estimate_call(arch: ModelArch, head: HeadType, call: CallSpec | CallShape, l
     c = _Ctx(arch, head, layout.dp, layout.tp, layout.pp, micro_batches, dev,
              dtype_bytes or profile.dtype_bytes, dp_tier, pp_tier,
              profile.core_share(gpus_per_node))
-    return _estimate_cached(c, shape, recompute, shard_optimizer)
+    return _estimate_cached(c, shape, recompute, shard_optimizer, trainable)
 
 
 def decode_step(arch: ModelArch, head: HeadType, batch: int, context: int, profile: HardwareProfile,

@@ -23,10 +23,11 @@ class Dims(NamedTuple):
     intermediate: int
     heads: int
     kv_heads: int
+    head_dim: int
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
+    def q_dim(self) -> int:
+        return self.heads * self.head_dim
 
     @property
     def kv_dim(self) -> int:
@@ -34,7 +35,8 @@ class Dims(NamedTuple):
 
 
 def dims_of(arch: ModelArch) -> Dims:
-    return Dims(arch.hidden_size, arch.intermediate_size, arch.num_heads, arch.num_kv_heads)
+    return Dims(arch.hidden_size, arch.intermediate_size, arch.num_heads, arch.num_kv_heads,
+                arch.head_dim)  # type: ignore[arg-type]
 
 
 def layer_gemms(d: Dims, tp: int) -> tuple[tuple[float, float], ...]:
@@ -43,17 +45,17 @@ def layer_gemms(d: Dims, tp: int) -> tuple[tuple[float, float], ...]:
     Megatron split: q/k/v/gate/up column-parallel (n / tp), o/down row-parallel (k / tp).
     Separate q, k, v and gate, up GEMMs, as the Hugging Face parameter layout has them.
     """
-    h, i, kv = d.hidden, d.intermediate, d.kv_dim
+    h, i, kv, q = d.hidden, d.intermediate, d.kv_dim, d.q_dim
     return (
-        (h / tp, h), (kv / tp, h), (kv / tp, h),  # q, k, v
-        (h, h / tp),                               # o
+        (q / tp, h), (kv / tp, h), (kv / tp, h),  # q, k, v
+        (h, q / tp),                               # o
         (i / tp, h), (i / tp, h),                  # gate, up
         (h, i / tp),                               # down
     )
 
 
 def layer_matmul_params(d: Dims) -> int:
-    return 2 * d.hidden * d.hidden + 2 * d.hidden * d.kv_dim + 3 * d.hidden * d.intermediate
+    return 2 * d.hidden * d.q_dim + 2 * d.hidden * d.kv_dim + 3 * d.hidden * d.intermediate
 
 
 # Kinds of elementwise op, priced differently (device.elementwise_s): "binary" reads two
@@ -74,7 +76,7 @@ def layer_elementwise_ops(d: Dims, tp: int) -> tuple[ElementwiseOp, ...]:
     - SwiGLU: silu(gate) * up (width I/tp).
     """
     h, i, kv = d.hidden, d.intermediate / tp, d.kv_dim / tp
-    q = h / tp
+    q = d.q_dim / tp
     ops: list[ElementwiseOp] = []
     for _ in range(2):  # input and post-attention RMSNorm
         ops += [("unary", h), ("unary", 1), ("binary", h), ("binary", h)]
@@ -103,8 +105,9 @@ def matmul_params(arch: ModelArch, head: HeadType = "lm") -> int:
 
 
 def forward_flops_per_token(arch: ModelArch, head: HeadType, seq_len: int) -> float:
-    """2 * N_matmul + 4 * L * h * s (attention over the full s x s matrix)."""
-    return 2.0 * matmul_params(arch, head) + 4.0 * arch.num_layers * arch.hidden_size * seq_len
+    """2 * N_matmul + 4 * L * q_dim * s (attention over the full s x s matrix; q_dim = h
+    unless head_dim is set apart from hidden / heads)."""
+    return 2.0 * matmul_params(arch, head) + 4.0 * arch.num_layers * arch.q_dim * seq_len
 
 
 def train_flops_per_token(arch: ModelArch, head: HeadType, seq_len: int) -> float:

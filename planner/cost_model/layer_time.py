@@ -31,7 +31,8 @@ from planner.cost_model.profile import LayerShape
 
 
 def _dims(shape: LayerShape) -> Dims:
-    return Dims(shape.hidden_size, shape.intermediate_size, shape.num_heads, shape.num_kv_heads)
+    return Dims(shape.hidden_size, shape.intermediate_size, shape.num_heads, shape.num_kv_heads,
+                shape.hidden_size // shape.num_heads)
 
 
 # --------------------------------------------------------------------- kernels
@@ -144,7 +145,7 @@ def decode_layer_bounds_s(dev: Device, d: Dims, batch: float, context: float,
 
     compute = FLOPs / achieved FLOP/s; memory = (weights / tp + KV cache read) / bandwidth.
     """
-    flops = 2.0 * batch * layer_matmul_params(d) / tp + 4.0 * batch * d.hidden / tp * context
+    flops = 2.0 * batch * layer_matmul_params(d) / tp + 4.0 * batch * d.q_dim / tp * context
     weight_bytes = layer_matmul_params(d) / tp * dev.dtype_bytes
     kv_bytes = 2.0 * batch * context * d.kv_dim / tp * dev.dtype_bytes
     return flops / dev.matmul_flops_per_s, (weight_bytes + kv_bytes) / dev.memory_bytes_per_s

@@ -56,6 +56,9 @@ class Overheads(_Frozen):
     head_fwd_s: float = Field(
         0.0, ge=0, description="Per forward pass, outside the layers: embedding, final norm, head.")
     head_bwd_s: float = Field(0.0, ge=0, description="Per backward pass, outside the layers.")
+    engine_step_s: float = Field(
+        0.0, ge=0, description="Per generation-engine decode step, on top of the kernels: "
+        "scheduling, sampling, detokenising (host work that does not overlap the GPU).")
 
 
 def _check_grid(name: str, xs: list, ys: list, values: list[list[float]]) -> None:

@@ -30,13 +30,19 @@ class ModelArch(BaseModel):
     qkv_bias: bool = Field(False, description="Bias on q/k/v projections (Qwen2).")
     rope_theta: float = Field(10000.0, gt=0, description="RoPE base frequency.")
     rms_norm_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon.")
+    head_dim: int | None = Field(
+        None, gt=0, description="Width of one attention head; default hidden_size / num_heads "
+        "(Qwen3 sets it: 128 with 64 heads x hidden 5120).")
 
     @model_validator(mode="after")
     def _check_heads(self) -> "ModelArch":
-        if self.hidden_size % self.num_heads != 0:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
-            )
+        if self.head_dim is None:
+            if self.hidden_size % self.num_heads != 0:
+                raise ValueError(
+                    f"hidden_size {self.hidden_size} is not divisible by num_heads "
+                    f"{self.num_heads}; give head_dim explicitly"
+                )
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
         if self.num_heads % self.num_kv_heads != 0:
             raise ValueError(
                 f"num_heads {self.num_heads} is not divisible by num_kv_heads {self.num_kv_heads}"
@@ -44,20 +50,21 @@ class ModelArch(BaseModel):
         return self
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+    def q_dim(self) -> int:
+        """Width of the q projection output (and the o projection input): heads x head_dim."""
+        return self.num_heads * self.head_dim  # type: ignore[operator]
 
     @property
     def kv_dim(self) -> int:
         """Width of the k (or v) projection output."""
-        return self.num_kv_heads * self.head_dim
+        return self.num_kv_heads * self.head_dim  # type: ignore[operator]
 
     def layer_params(self) -> int:
         """Parameters of one transformer block."""
         h, i = self.hidden_size, self.intermediate_size
-        attn = h * h + 2 * h * self.kv_dim + h * h  # q, k, v, o
+        attn = 2 * h * self.q_dim + 2 * h * self.kv_dim  # q, o, k, v
         if self.qkv_bias:
-            attn += h + 2 * self.kv_dim
+            attn += self.q_dim + 2 * self.kv_dim
         mlp = 3 * h * i  # gate, up, down
         norms = 2 * h
         return attn + mlp + norms
@@ -122,6 +129,23 @@ PRESETS: dict[str, ModelArch] = {
     "qwen2.5-72b": _arch(num_layers=80, hidden_size=8192, intermediate_size=29568, num_heads=64,
                          num_kv_heads=8, vocab_size=152064, max_positions=32768,
                          qkv_bias=True, rope_theta=1_000_000.0, rms_norm_eps=1e-6),
+    # Qwen/Qwen3-8B, Qwen/Qwen3-32B: head_dim 128 is not hidden/heads. Their per-head
+    # q/k RMSNorm (2 x 128 weights per layer) is not counted or run.
+    "qwen3-8b": _arch(num_layers=36, hidden_size=4096, intermediate_size=12288, num_heads=32,
+                      num_kv_heads=8, head_dim=128, vocab_size=151936, max_positions=40960,
+                      rope_theta=1_000_000.0, rms_norm_eps=1e-6),
+    "qwen3-32b": _arch(num_layers=64, hidden_size=5120, intermediate_size=25600, num_heads=64,
+                       num_kv_heads=8, head_dim=128, vocab_size=151936, max_positions=40960,
+                       rope_theta=1_000_000.0, rms_norm_eps=1e-6),
+    # meta-llama/Llama-3.1-8B: Llama 3 8B's shape with a 128K RoPE-scaled context.
+    "llama3.1-8b": _arch(num_layers=32, hidden_size=4096, intermediate_size=14336, num_heads=32,
+                         num_kv_heads=8, vocab_size=128256, max_positions=131072,
+                         rope_theta=500000.0),
+    # Qwen/Qwen2.5-Math-7B: Qwen2.5-7B's shape with a 4K context.
+    "qwen2.5-math-7b": _arch(num_layers=28, hidden_size=3584, intermediate_size=18944,
+                             num_heads=28, num_kv_heads=4, vocab_size=152064,
+                             max_positions=4096, qkv_bias=True, rope_theta=10000.0,
+                             rms_norm_eps=1e-6),
     # Tiny sizes for tests and the CPU demo: small enough to train in seconds,
     # shaped so every tp in {1, 2, 4} divides heads and kv heads.
     "tiny-llama": _arch(num_layers=4, hidden_size=64, intermediate_size=176, num_heads=4,

@@ -16,6 +16,7 @@ from typing import Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from planner.graph.arch import PRESETS, HeadType, ModelArch
+from planner.graph.lengths import LengthDist
 
 CallType = Literal["generate", "inference", "train"]
 
@@ -92,12 +93,33 @@ class ModelSpec(_Strict):
         return PRESETS[self.arch] if isinstance(self.arch, str) else self.arch
 
 
+class GenerationEngineSpec(_Strict):
+    """How a generation engine batches (vLLM-style settings; defaults are verl's rollout ones).
+
+    Concurrency is bounded by the KV memory left after weights (the call's
+    micro-batch count, chosen by the search, is the number of waves the
+    batch is cut into); these settings cap it further and say how prefill
+    is batched, separately from decode.
+    """
+
+    batching: Literal["continuous", "waves"] = Field(
+        "continuous", description="continuous: a finished sequence's slot is refilled at once "
+        "(vLLM, SGLang); waves: a batch runs until its slowest sequence (static batching).")
+    max_num_seqs: int = Field(256, gt=0, description="Most sequences decoded together per engine "
+                              "(vLLM max_num_seqs; verl's default 256).")
+    max_num_batched_tokens: int = Field(8192, gt=0, description="Prompt tokens per prefill batch "
+                                        "(vLLM max_num_batched_tokens; verl's default 8192).")
+
+
 class CallSpec(_Strict):
     """One model function call (MFC): a node of the dataflow graph.
 
     Lengths: a generate call has `prompt_len` and `gen_len`; inference and
     train calls have either `seq_len` or both (then seq_len = prompt + gen).
     `num_seqs` counts sequences per iteration, after group expansion.
+    Each length is an integer, or a distribution ({mean, max, dist} or a
+    histogram, planner/graph/lengths.py): then the integer field holds its max
+    (what the engine pads or reserves to) and `*_dist` the distribution.
     """
 
     name: str = Field(min_length=1, description="Unique call name, e.g. actor_gen.")
@@ -115,9 +137,40 @@ class CallSpec(_Strict):
     sampling: Literal["sample", "greedy"] = Field(
         "sample", description="Decoding of a generate call: sample or greedy (ReMax baseline)."
     )
+    prompt_len_dist: LengthDist | None = Field(
+        None, description="Distribution of prompt lengths (prompt_len is its max).")
+    gen_len_dist: LengthDist | None = Field(
+        None, description="Distribution of generated lengths (gen_len is its max).")
+    seq_len_dist: LengthDist | None = Field(
+        None, description="Distribution of total lengths (seq_len is its max).")
+    engine: GenerationEngineSpec | None = Field(
+        None, description="Generation engine settings (generate calls; defaults if absent).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_distributions(cls, data):
+        """`gen_len: {mean, max, ...}` -> gen_len = max, gen_len_dist = the distribution."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for key in ("prompt_len", "gen_len", "seq_len"):
+            value = out.get(key)
+            if isinstance(value, (dict, LengthDist)):
+                dist = value if isinstance(value, LengthDist) else LengthDist(**value)
+                if out.get(f"{key}_dist") is not None:
+                    raise ValueError(f"{key} is a distribution and {key}_dist is also given")
+                out[f"{key}_dist"] = dist
+                out[key] = dist.max
+        return out
 
     @model_validator(mode="after")
     def _check_lengths(self) -> "CallSpec":
+        for key in ("prompt_len", "gen_len", "seq_len"):
+            dist = getattr(self, f"{key}_dist")
+            if dist is not None and getattr(self, key) != dist.max:
+                raise ValueError(f"{key} {getattr(self, key)} differs from {key}_dist.max {dist.max}")
+        if self.engine is not None and self.type != "generate":
+            raise ValueError("engine settings apply to generate calls only")
         if self.type == "generate":
             if self.prompt_len is None or self.gen_len is None:
                 raise ValueError("a generate call needs prompt_len and gen_len")
@@ -137,10 +190,30 @@ class CallSpec(_Strict):
 
     @property
     def total_len(self) -> int:
-        """Tokens per sequence: prompt + generation, or seq_len."""
+        """Tokens per sequence at most: prompt + generation, or seq_len (memory sizes from this)."""
         if self.seq_len is not None:
             return self.seq_len
         return self.prompt_len + self.gen_len  # type: ignore[operator]
+
+    @property
+    def prompt_len_mean(self) -> float:
+        if self.prompt_len_dist is not None:
+            return float(self.prompt_len_dist.mean)
+        return float(self.prompt_len if self.prompt_len is not None else self.total_len)
+
+    @property
+    def gen_len_mean(self) -> float:
+        if self.gen_len_dist is not None:
+            return float(self.gen_len_dist.mean)
+        return float(self.gen_len or 0)
+
+    @property
+    def total_len_mean(self) -> float:
+        """Mean tokens per sequence: what a packed (dynamic-batch) forward really computes."""
+        if self.seq_len is not None:
+            return float(self.seq_len_dist.mean) if self.seq_len_dist is not None \
+                else float(self.seq_len)
+        return self.prompt_len_mean + self.gen_len_mean
 
 
 class FunctionSpec(_Strict):

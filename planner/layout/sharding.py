@@ -117,6 +117,7 @@ class ParamRule:
 def _param_rules(arch: ModelArch, head: HeadType) -> tuple[ParamRule, ...]:
     h, i, v, kv, L = (arch.hidden_size, arch.intermediate_size, arch.vocab_size,
                       arch.kv_dim, arch.num_layers)
+    q = arch.q_dim
     rules: list[ParamRule] = []
 
     def add(name: str, shape: tuple[int, ...], tp_dim: int | None, placement: Placement,
@@ -129,14 +130,14 @@ def _param_rules(arch: ModelArch, head: HeadType) -> tuple[ParamRule, ...]:
     for l in range(L):
         p = f"model.layers.{l}."
         add(p + "input_layernorm.weight", (h,), None, "layer", l)
-        add(p + "self_attn.q_proj.weight", (h, h), 0, "layer", l)
+        add(p + "self_attn.q_proj.weight", (q, h), 0, "layer", l)
         add(p + "self_attn.k_proj.weight", (kv, h), 0, "layer", l)
         add(p + "self_attn.v_proj.weight", (kv, h), 0, "layer", l)
         if arch.qkv_bias:
-            add(p + "self_attn.q_proj.bias", (h,), 0, "layer", l)
+            add(p + "self_attn.q_proj.bias", (q,), 0, "layer", l)
             add(p + "self_attn.k_proj.bias", (kv,), 0, "layer", l)
             add(p + "self_attn.v_proj.bias", (kv,), 0, "layer", l)
-        add(p + "self_attn.o_proj.weight", (h, h), 1, "layer", l)
+        add(p + "self_attn.o_proj.weight", (h, q), 1, "layer", l)
         add(p + "post_attention_layernorm.weight", (h,), None, "layer", l)
         add(p + "mlp.gate_proj.weight", (i, h), 0, "layer", l)
         add(p + "mlp.up_proj.weight", (i, h), 0, "layer", l)

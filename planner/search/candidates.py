@@ -112,8 +112,23 @@ def _rank_seqs(call: CallSpec, dp: int) -> int:
     return math.ceil(per_step / dp)
 
 
+# Most micro-batches tried for train and inference calls. Generate calls try every power
+# of two up to their per-rank batch: there the count is the number of KV-sized waves, and a
+# batch twice as large must be able to run in twice the waves (never refused when half fits).
+MAX_MICRO_BATCHES = 64
+
+
+def micro_batch_counts(ctx: CallContext, dp: int,
+                       max_micro_batches: int = MAX_MICRO_BATCHES) -> list[int]:
+    """The micro-batch counts enumerated for a call on dp ranks (one rule for the candidate
+    lists and for the 'cannot fit' message, so the two never disagree)."""
+    per_rank = _rank_seqs(ctx.call, dp)
+    cap = per_rank if ctx.call.type == "generate" else min(per_rank, max_micro_batches)
+    return _powers_of_two_upto(max(1, cap))
+
+
 def shape_options(ctx: CallContext, layout_devices: tuple[int, ...], *, max_pp: int = 16,
-                  max_micro_batches: int = 64) -> list[Candidate]:
+                  max_micro_batches: int = MAX_MICRO_BATCHES) -> list[Candidate]:
     """Every legal, memory-feasible (strategy, micro-batches) on one mesh, fastest first."""
     n = len(layout_devices)
     arch = ctx.model.architecture
@@ -129,12 +144,11 @@ def shape_options(ctx: CallContext, layout_devices: tuple[int, ...], *, max_pp: 
             layout = Layout(layout_devices, dp=dp, tp=tp, pp=pp)
             if layout_problem(arch, layout, ctx.gpus_per_node, ctx.num_devices):
                 continue
-            per_rank = _rank_seqs(ctx.call, dp)
             if dp > (ctx.call.num_seqs if ctx.call.type != "train"
                      else math.ceil(ctx.call.num_seqs / ctx.call.minibatches)):
                 continue
             best_s = math.inf
-            for mb in _powers_of_two_upto(min(per_rank, max_micro_batches)):
+            for mb in micro_batch_counts(ctx, dp, max_micro_batches):
                 try:
                     cand = price(ctx, layout, mb)
                 except IllegalLayoutError:
@@ -222,10 +236,12 @@ def _leanest(ctx: CallContext, num_nodes: int, max_pp: int) -> Candidate | None:
     best: Candidate | None = None
     for tp in _divisors(n):
         for pp in _divisors(n // tp):
+            if pp > max_pp:  # the same space shape_options enumerates
+                break
             lay = Layout(tuple(range(n)), dp=n // (tp * pp), tp=tp, pp=pp)
             if layout_problem(arch, lay, ctx.gpus_per_node, ctx.num_devices):
                 continue
-            for mb in _powers_of_two_upto(max(1, _rank_seqs(ctx.call, lay.dp))):
+            for mb in micro_batch_counts(ctx, lay.dp):
                 try:
                     c = price(ctx, lay, mb)
                 except IllegalLayoutError:

@@ -79,10 +79,10 @@ class Attention(nn.Module):
         super().__init__()
         h, kv = arch.hidden_size, arch.kv_dim
         self.head_dim = arch.head_dim
-        self.q_proj = nn.Linear(h, h, bias=arch.qkv_bias)
+        self.q_proj = nn.Linear(h, arch.q_dim, bias=arch.qkv_bias)
         self.k_proj = nn.Linear(h, kv, bias=arch.qkv_bias)
         self.v_proj = nn.Linear(h, kv, bias=arch.qkv_bias)
-        self.o_proj = nn.Linear(h, h, bias=False)
+        self.o_proj = nn.Linear(arch.q_dim, h, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:

@@ -48,7 +48,8 @@ def fit_overheads(profile: HardwareProfile, probe: LayerTable, probe_decode: Dec
     with `profile`'s kernels (its own overheads must be zero)."""
     dev = Device(profile)
     s = probe.layer
-    d = Dims(s.hidden_size, s.intermediate_size, s.num_heads, s.num_kv_heads)
+    d = Dims(s.hidden_size, s.intermediate_size, s.num_heads, s.num_kv_heads,
+             s.hidden_size // s.num_heads)
     b, t = probe.batch[0], probe.seq[0]
     c = probe_decode.context[0]
     measured = (probe.fwd_s[0][0], probe.bwd_s[0][0], probe_decode.time_s[0][0], *probe_head)

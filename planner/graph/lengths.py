@@ -1,0 +1,149 @@
+"""Sequence lengths as a distribution: what real rollouts look like (a mean, a cap, a tail).
+
+A spec writes a length either as a plain integer (every sequence has it) or as
+
+    gen_len: {mean: 1200, max: 20480, dist: exponential}
+    gen_len: {histogram: [[256, 0.5], [1024, 0.3], [8192, 0.2]]}
+
+`exponential` is an exponential truncated to [1, max] whose rate is solved so
+the mean is `mean`: a mean below (1 + max) / 2 gives a long right tail (most
+responses short, a few near the cap), a mean above it piles lengths up at the
+cap (a run where many responses are truncated); mean = (1 + max) / 2 is
+uniform. `uniform` spreads lengths evenly over [2*mean - max, max].
+`histogram` is a list of (length, weight) pairs.
+
+The cost model reads a distribution only through `quantiles(n)` (n
+representative lengths, deterministic) and `mean` / `max`.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DistKind = Literal["exponential", "uniform", "histogram"]
+
+
+class LengthDist(BaseModel):
+    """A distribution of sequence lengths (tokens): mean, cap, and shape."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mean: float | None = Field(None, gt=0, description="Mean length (derived for histograms).")
+    max: int | None = Field(None, gt=0, description="Longest length: the engine's cap.")
+    dist: DistKind = Field("exponential", description="exponential (truncated), uniform or "
+                           "histogram.")
+    histogram: tuple[tuple[int, float], ...] | None = Field(
+        None, description="(length, weight) pairs; weights need not sum to 1.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _histogram_implies_dist(cls, data):
+        if isinstance(data, dict) and data.get("histogram") is not None and "dist" not in data:
+            data = dict(data, dist="histogram")
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> "LengthDist":
+        if self.dist == "histogram":
+            h = self.histogram
+            if not h:
+                raise ValueError("a histogram length needs histogram: [[length, weight], ...]")
+            if any(n <= 0 or w < 0 for n, w in h) or sum(w for _, w in h) <= 0:
+                raise ValueError("histogram lengths must be > 0, weights >= 0, some weight > 0")
+            total = sum(w for _, w in h)
+            mean = sum(n * w for n, w in h) / total
+            top = max(n for n, w in h if w > 0)
+            if self.mean is not None and abs(self.mean - mean) > 0.5:
+                raise ValueError(f"mean {self.mean} does not match the histogram's mean {mean:.1f}")
+            if self.max is not None and self.max != top:
+                raise ValueError(f"max {self.max} does not match the histogram's longest {top}")
+            object.__setattr__(self, "mean", mean)
+            object.__setattr__(self, "max", top)
+            return self
+        if self.histogram is not None:
+            raise ValueError(f"histogram given but dist is {self.dist!r}")
+        if self.mean is None or self.max is None:
+            raise ValueError(f"a {self.dist} length needs mean and max")
+        if self.mean > self.max:
+            raise ValueError(f"mean {self.mean} exceeds max {self.max}")
+        if self.dist == "uniform" and 2 * self.mean - self.max < 1:
+            raise ValueError(f"uniform: 2*mean - max = {2 * self.mean - self.max:g} must be >= 1 "
+                             "(lengths spread over [2*mean - max, max])")
+        if self.dist == "exponential" and self.mean < 1:
+            raise ValueError("exponential: mean must be >= 1")
+        return self
+
+    def quantiles(self, n: int) -> tuple[int, ...]:
+        """n representative lengths: the quantiles at (j + 0.5) / n, ascending, each in [1, max]."""
+        return _quantiles(self, n)
+
+    def quantile(self, q: float) -> float:
+        """The length below which a fraction q of sequences lie."""
+        if self.dist == "histogram":
+            pairs = sorted(self.histogram or [])
+            total = sum(w for _, w in pairs)
+            acc = 0.0
+            for length, w in pairs:
+                acc += w / total
+                if q < acc - 1e-12:
+                    return float(length)
+            return float(pairs[-1][0])
+        lo, hi = (2 * self.mean - self.max, float(self.max)) if self.dist == "uniform" \
+            else (1.0, float(self.max))
+        if self.dist == "uniform" or hi <= lo:
+            return lo + q * (hi - lo)
+        y = (self.mean - lo) / (hi - lo)  # target mean on [0, 1]
+        if y <= 0.5:
+            return lo + (hi - lo) * _exp_quantile(_rate_for_mean(y), q)
+        return hi - (hi - lo) * _exp_quantile(_rate_for_mean(1.0 - y), 1.0 - q)
+
+
+def _unit_mean(u: float) -> float:
+    """Mean of the exponential with rate u truncated to [0, 1] (u > 0)."""
+    if u < 1e-6:
+        return 0.5 - u / 12.0
+    if u > 700:
+        return 1.0 / u
+    return 1.0 / u - 1.0 / math.expm1(u)
+
+
+@lru_cache(maxsize=4096)
+def _rate_for_mean(y: float) -> float:
+    """The rate u > 0 whose truncated exponential on [0, 1] has mean y (0 < y <= 0.5)."""
+    if y >= 0.5 - 1e-9:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while _unit_mean(hi) > y:
+        hi *= 2.0
+    for _ in range(100):  # the mean falls monotonically with the rate
+        mid = (lo + hi) / 2
+        if _unit_mean(mid) > y:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def _exp_quantile(u: float, q: float) -> float:
+    """Inverse CDF on [0, 1] of the truncated exponential with rate u >= 0."""
+    if u == 0.0:
+        return q
+    return -math.log1p(-q * -math.expm1(-u)) / u
+
+
+@lru_cache(maxsize=1024)
+def _quantiles(dist: LengthDist, n: int) -> tuple[int, ...]:
+    cap = int(dist.max or 1)
+    return tuple(min(cap, max(1, round(dist.quantile((j + 0.5) / n)))) for j in range(n))
+
+
+def length_mean(value: int | LengthDist) -> float:
+    return float(value) if isinstance(value, int) else float(value.mean)  # type: ignore[arg-type]
+
+
+def length_max(value: int | LengthDist) -> int:
+    return value if isinstance(value, int) else int(value.max)  # type: ignore[arg-type]
