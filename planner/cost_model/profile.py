@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from planner.errors import UserError
 
 PROFILE_FORMAT_VERSION = 1
-SHIPPED_PROFILES = ("h100-sxm", "a100-sxm-80g", "h200", "cpu")
+SHIPPED_PROFILES = ("h100-sxm", "a100-sxm-80g", "h200", "h20", "cpu")
 Tier = Literal["intra_node", "inter_node"]
 CollectiveOp = Literal["all_reduce", "all_gather", "broadcast", "p2p"]
 

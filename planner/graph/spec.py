@@ -22,7 +22,7 @@ CallType = Literal["generate", "inference", "train"]
 
 # Hardware profile names shipped with the cost model. A path to a profile file
 # (ending in .json) is accepted too, for profiles measured by `planner profile`.
-KNOWN_HARDWARE = ("h100-sxm", "a100-sxm-80g", "h200", "cpu")
+KNOWN_HARDWARE = ("h100-sxm", "a100-sxm-80g", "h200", "h20", "cpu")
 
 
 class _Strict(BaseModel):
