@@ -75,6 +75,9 @@ class CaseResult:
     published_stage_s: dict[str, float]
     call_s: dict[str, float]
     micro_batches: dict[str, int] = field(default_factory=dict)
+    # Model FLOPs of each published stage / (published seconds x GPUs x peak FLOP/s): the
+    # MFU the publication implies at the case's lengths; above 1 the lengths cannot be right.
+    implied_mfu: dict[str, float] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
@@ -215,11 +218,14 @@ def price_case(case: Case, constants: dict[str, float]) -> CaseResult:
     gpn = spec.cluster.gpus_per_node
     homes = {c.model: alloc[c.name][0] for c in spec.calls if c.type == "train"}
     call_s: dict[str, float] = {}
+    call_flops: dict[str, float] = {}
     mbs: dict[str, int] = {}
     for call in spec.calls:
         layout, given = alloc[call.name]
         m = micro_batches(case, spec, call, layout, given, profile)
-        t = _estimate(spec, call, layout, m, profile, call.name in case.recompute).time_s
+        est = _estimate(spec, call, layout, m, profile, call.name in case.recompute)
+        t = est.time_s
+        call_flops[call.name] = est.flops
         home = homes.get(call.model)
         if home is not None and call.type != "train" and home != layout:
             model = spec.models[call.model]
@@ -229,8 +235,11 @@ def price_case(case: Case, constants: dict[str, float]) -> CaseResult:
         mbs[call.name] = m
     stage_s = {st: sum(call_s[c] for c in calls) for st, calls in case.stages.items()}
     pub_stages = {k: float(v) for k, v in case.published.get("stages", {}).items()}
+    peak = profile.peak_flops * spec.cluster.num_devices
+    mfu = {st: sum(call_flops[c] for c in case.stages[st]) / (pub * peak)
+           for st, pub in pub_stages.items()}
     return CaseResult(case.name, sum(call_s.values()), float(case.published["step_s"]),
-                      stage_s, pub_stages, call_s, mbs)
+                      stage_s, pub_stages, call_s, mbs, mfu)
 
 
 def fit_constants(cases: list[Case], constants: dict[str, Any], rounds: int = 3

@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         + (f", stage {v['fit_stage']}" if v.get("fit_stage") else "") + ")"
         for k, v in constants.items()))
     print()
-    head = f"{'case':46} {'set':8} {'est s':>8} {'pub s':>8} {'est/pub':>8}  stages est/pub"
+    head = (f"{'case':46} {'set':8} {'est s':>8} {'pub s':>8} {'est/pub':>8}  "
+            "stages est/pub (MFU the published time implies at the case's lengths)")
     print(head)
     print("-" * len(head))
     errs: dict[str, list[float]] = {"fit": [], "held-out": []}
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         for st, pub in r.published_stage_s.items():
             est = r.stage_s[st]
             stage_errs[which].append(_err(est, pub))
-            parts.append(f"{st} {est:.0f}/{pub:.0f}={est / pub:.2f}")
+            parts.append(f"{st} {est:.0f}/{pub:.0f}={est / pub:.2f} (mfu {r.implied_mfu[st]:.2f})")
         print(f"{case.name:46} {which:8} {r.step_s:8.1f} {r.published_step_s:8.1f} "
               f"{r.ratio:8.2f}  {'; '.join(parts) or '(no stage split published)'}")
     print()
