@@ -37,7 +37,7 @@ from planner.plan import ExecutionPlan
 from runtime import losses
 from runtime.engine.checkpoint import load_checkpoint, save_checkpoint
 from runtime.engine.engine import Batch, Engine, split_batch
-from runtime.engine.generate import GenerationConfig, generate
+from runtime.engine.generate import GenerationConfig, generate_waves
 from runtime.engine.parallelize import build_groups, local
 from runtime.realloc.executor import execute
 
@@ -188,7 +188,8 @@ class Worker:
         else:
             local_batch = {k: torch.tensor_split(v, a.dp)[d] for k, v in batch.items()}
             if call.type == "generate":
-                out = self._generate(engine, call, local_batch, iteration, options)
+                out = self._generate(engine, call, local_batch, iteration, options,
+                                     a.micro_batches)
             else:
                 out = self._inference(engine, call, local_batch, a.micro_batches)
         leader = g.t == 0 and g.p == 0
@@ -196,7 +197,7 @@ class Worker:
                 "end": time.time(), "device": self.device_id}
 
     def _generate(self, engine: Engine, call: CallSpec, batch: Batch, iteration: int,
-                  options: dict[str, Any]) -> Batch:
+                  options: dict[str, Any], waves: int = 1) -> Batch:
         rl = self.spec.rl
         greedy = call.sampling == "greedy"
         # A seed per (iteration, call, dp replica): the same layout samples the same tokens.
@@ -205,7 +206,9 @@ class Worker:
                                pad_token_id=options.get("pad_id"), greedy=greedy,
                                temperature=rl.temperature, top_k=rl.top_k, top_p=rl.top_p,
                                seed=seed)
-        out = generate(engine, batch["prompt_ids"], batch["prompt_mask"], cfg)
+        # The plan's micro-batch count of a generate call is its number of waves: the KV
+        # cache holds one wave's sequences at a time.
+        out = generate_waves(engine, batch["prompt_ids"], batch["prompt_mask"], cfg, waves)
         # Pad to gen_len so replicas' results concatenate.
         pad = call.gen_len - out.tokens.shape[1]
         tokens = torch.nn.functional.pad(out.tokens, (0, pad), value=cfg.pad_token_id or 0)

@@ -14,7 +14,7 @@ from planner.layout.layout import Layout
 from planner.layout.sharding import local_shards
 from runtime.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from runtime.engine.engine import Engine
-from runtime.engine.generate import GenerationConfig, generate
+from runtime.engine.generate import GenerationConfig, generate, generate_waves
 from runtime.engine.model import Decoder
 from runtime.engine.parallelize import build_groups
 from runtime.engine.testing import hf_model, make_hf_checkpoint, random_batch
@@ -113,6 +113,20 @@ def test_sampling_is_seeded_and_respects_top_k(ckpts):
     top1 = generate(eng, p["input_ids"], p["attention_mask"],
                     GenerationConfig(8, greedy=False, top_k=1, seed=0))
     assert torch.equal(greedy.tokens, top1.tokens)
+
+
+def test_generation_in_waves_equals_one_batch(ckpts):
+    # Greedy decoding: each sequence's tokens do not depend on its batch-mates, so two
+    # waves of 2 give what one batch of 4 gives; sampling reseeds each wave.
+    path, _, preset, _ = ckpts["llama"]
+    eng = engine(preset)
+    load_checkpoint(eng, path)
+    p = random_batch(get_preset(preset), 4, 5, seed=3, pad_left=[0, 2])
+    cfg = GenerationConfig(max_new_tokens=6)
+    one = generate(eng, p["input_ids"], p["attention_mask"], cfg)
+    two = generate_waves(eng, p["input_ids"], p["attention_mask"], cfg, waves=2)
+    assert torch.equal(one.tokens, two.tokens) and torch.equal(one.lengths, two.lengths)
+    torch.testing.assert_close(one.logprobs, two.logprobs, atol=1e-5, rtol=1e-5)
 
 
 def test_micro_batches_and_activation_checkpointing_give_the_same_step(ckpts):

@@ -16,7 +16,7 @@ temperature 1); RLHF recomputes them in training anyway.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -114,3 +114,22 @@ def generate(engine, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         first = torch.where(is_eos.any(1), is_eos.float().argmax(1) + 1, lengths)
         lengths = first
     return GenerationOutput(toks.cpu(), lps.cpu(), lengths.cpu())
+
+
+def generate_waves(engine, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   cfg: GenerationConfig, waves: int = 1) -> GenerationOutput:
+    """`generate` over the batch cut into `waves` consecutive parts, one after another, so
+    the KV cache holds one part at a time (the plan's micro-batch count of a generate call;
+    planner/cost_model/generation.py prices it). Outputs are padded to max_new_tokens and
+    concatenated. Wave w > 0 samples with seed + w: one wave equals `generate`."""
+    waves = max(1, min(waves, input_ids.shape[0]))
+    pad = cfg.pad_token_id if cfg.pad_token_id is not None else (cfg.eos_token_id or 0)
+    tokens, logprobs, lengths = [], [], []
+    for w, (ids, mask) in enumerate(zip(torch.tensor_split(input_ids, waves),
+                                        torch.tensor_split(attention_mask, waves))):
+        out = generate(engine, ids, mask, replace(cfg, seed=cfg.seed + w) if w else cfg)
+        fill = cfg.max_new_tokens - out.tokens.shape[1]
+        tokens.append(torch.nn.functional.pad(out.tokens, (0, fill), value=pad))
+        logprobs.append(torch.nn.functional.pad(out.logprobs, (0, fill)))
+        lengths.append(out.lengths)
+    return GenerationOutput(torch.cat(tokens), torch.cat(logprobs), torch.cat(lengths))
