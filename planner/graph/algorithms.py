@@ -11,11 +11,11 @@ ref_logprobs, values -> train calls.
 
 from __future__ import annotations
 
-from typing import Annotated, Callable, Literal, Union
+from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from planner.graph.lengths import LengthDist
+from planner.graph.lengths import LengthValue
 from planner.graph.spec import CallSpec, FunctionSpec
 
 
@@ -26,9 +26,9 @@ class _Params(BaseModel):
 
 
 class _RLParams(_Params):
-    prompt_len: Union[Annotated[int, Field(gt=0)], LengthDist] = Field(
+    prompt_len: LengthValue = Field(
         description="Prompt tokens per sequence, or their distribution {mean, max, dist}.")
-    gen_len: Union[Annotated[int, Field(gt=0)], LengthDist] = Field(
+    gen_len: LengthValue = Field(
         description="Generated tokens per sequence, or their distribution {mean, max, dist}.")
     minibatches: int = Field(4, gt=0, description="Optimizer steps per train call epoch.")
     epochs: int = Field(1, gt=0, description="Passes over the batch per train call.")

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from typing_extensions import Annotated
 
 DistKind = Literal["exponential", "uniform", "histogram"]
 
@@ -147,3 +148,23 @@ def length_mean(value: int | LengthDist) -> float:
 
 def length_max(value: int | LengthDist) -> int:
     return value if isinstance(value, int) else int(value.max)  # type: ignore[arg-type]
+
+
+def _to_length(value):
+    """An int > 0 stays; a mapping becomes a LengthDist, its first error as one message."""
+    if isinstance(value, dict):
+        try:
+            return LengthDist(**value)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(x) for x in err["loc"])
+            raise ValueError(f"{where + ': ' if where else ''}{err['msg']}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, LengthDist)):
+        raise ValueError("expected a length: an integer > 0 or {mean, max, dist}")
+    if isinstance(value, int) and value <= 0:
+        raise ValueError(f"expected a length > 0, got {value}")
+    return value
+
+
+# A length field: an integer, or a distribution written as a mapping.
+LengthValue = Annotated[Union[int, LengthDist], BeforeValidator(_to_length)]

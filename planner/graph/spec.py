@@ -16,7 +16,7 @@ from typing import Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from planner.graph.arch import PRESETS, HeadType, ModelArch
-from planner.graph.lengths import LengthDist
+from planner.graph.lengths import LengthDist, _to_length
 
 CallType = Literal["generate", "inference", "train"]
 
@@ -156,7 +156,7 @@ class CallSpec(_Strict):
         for key in ("prompt_len", "gen_len", "seq_len"):
             value = out.get(key)
             if isinstance(value, (dict, LengthDist)):
-                dist = value if isinstance(value, LengthDist) else LengthDist(**value)
+                dist = _to_length(value)
                 if out.get(f"{key}_dist") is not None:
                     raise ValueError(f"{key} is a distribution and {key}_dist is also given")
                 out[f"{key}_dist"] = dist
