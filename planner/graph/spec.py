@@ -106,7 +106,8 @@ class GenerationEngineSpec(_Strict):
         "continuous", description="continuous: a finished sequence's slot is refilled at once "
         "(vLLM, SGLang); waves: a batch runs until its slowest sequence (static batching).")
     max_num_seqs: int = Field(256, gt=0, description="Most sequences decoded together per engine "
-                              "(vLLM max_num_seqs; verl's default 256).")
+                              "(vLLM max_num_seqs; verl's default 256). The native engine "
+                              "runs each wave whole and does not apply this cap.")
     max_num_batched_tokens: int = Field(8192, gt=0, description="Prompt tokens per prefill batch "
                                         "(vLLM max_num_batched_tokens; verl's default 8192).")
 
