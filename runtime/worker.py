@@ -11,6 +11,11 @@ What a worker holds (DESIGN.md "The simulator", memory rule):
   trains, optimizer states, for the whole run;
 - `temp[(model, call)]`: a temporary copy on a call's layout when that differs
   from home, filled by realloc just before the call and dropped after it.
+  The engine itself is built once per (model, layout) at setup and kept in
+  `temp_engines`; dropping frees only its parameter storage (realloc
+  allocates it again), and where this device's shards on the call's layout
+  are exactly its home shards the copy shares the home's storage: a realloc
+  that moves no bytes then costs no allocation, no copy and no collective.
 
 Ordering: every collective (group creation, realloc, calls) is issued by the
 single controller in one global order, and a Ray actor runs its tasks in the
@@ -39,7 +44,7 @@ from runtime.engine.checkpoint import load_checkpoint, save_checkpoint
 from runtime.engine.engine import Batch, Engine, split_batch
 from runtime.engine.generate import GenerationConfig, generate_waves
 from runtime.engine.parallelize import build_groups, local
-from runtime.realloc.executor import execute
+from runtime.realloc.executor import execute, plan_crosses_devices
 
 
 def free_port() -> int:
@@ -77,6 +82,8 @@ class Worker:
         self.groups: dict[Layout, Any] = {}
         self.union_groups: dict[tuple[int, ...], Any] = {}
         self.transfers: dict[tuple[str, str], Any] = {}  # (model, call) -> TransferPlan
+        # (model, layout) -> engine away from home, built once; storage freed between uses
+        self.temp_engines: dict[tuple[str, Layout], Engine | None] = {}
 
     # -- startup ----------------------------------------------------------
     def address(self) -> tuple[str, int]:
@@ -115,6 +122,10 @@ class Worker:
             if not any(c.model == name for c in spec.calls):
                 continue
             self.home[name] = self._engine(name, layout_of(plan, self.homes[name]))
+        for c in spec.calls:  # engines away from home: built here once, not per realloc
+            dst = layout_of(plan, c.name)
+            if dst != layout_of(plan, self.homes[c.model]):
+                self._temp_engine(c.model, dst)
         if resume_dir:
             self._load(resume_dir)
         else:
@@ -136,6 +147,17 @@ class Worker:
                       lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay,
                       max_grad_norm=opt.max_grad_norm)
 
+    def _temp_engine(self, model: str, layout: Layout) -> Engine | None:
+        """The engine of `model` on a layout away from home, built on first use with
+        its parameter storage freed (realloc binds or allocates it)."""
+        key = (model, layout)
+        if key not in self.temp_engines:
+            engine = self._engine(model, layout, init=False)
+            if engine is not None:
+                _bind(engine, {n: t.new_empty(0) for n, t in engine.local_tensors().items()})
+            self.temp_engines[key] = engine
+        return self.temp_engines[key]
+
     # -- realloc ----------------------------------------------------------
     def realloc(self, model: str, call: str) -> dict[str, Any]:
         """Copy `model` from its home layout onto `call`'s layout (collective over
@@ -146,7 +168,7 @@ class Worker:
         dst = layout_of(plan, call)
         ranks = union_ranks(src, dst)
         m = spec.models[model]
-        engine = self._engine(model, dst, init=False)
+        engine = self._temp_engine(model, dst)
         self.temp[(model, call)] = engine
         home = self.home.get(model)
         shards = home.local_tensors() if home is not None else {}
@@ -157,14 +179,23 @@ class Worker:
                                      gpus_per_node=plan.cluster.gpus_per_node,
                                      dtype_bytes=torch.empty(0, dtype=dtype).element_size())
             self.transfers[(model, call)] = transfer
-        out = engine.local_tensors() if engine is not None else None
-        execute(transfer, shards, dtype=dtype, group=self.union_groups[ranks],
-                device_to_rank={d: i for i, d in enumerate(ranks)}, out=out)
+        same = (engine is not None and home is not None
+                and engine.local_slices() == home.local_slices())
+        if engine is not None:  # share the home's storage, or allocate the freed storage
+            _bind(engine, shards if same else {
+                n: torch.empty(sl_shape, dtype=dtype, device=engine.device)
+                for n, sl_shape in _shapes(engine).items()})
+        if not (same and not plan_crosses_devices(transfer)):  # else: nothing to do at all
+            out = engine.local_tensors() if engine is not None else None
+            execute(transfer, shards, dtype=dtype, group=self.union_groups[ranks],
+                    device_to_rank={d: i for i, d in enumerate(ranks)}, out=out)
         recv = transfer.stats().recv_bytes.get(self.device_id, 0)
         return {"start": t0, "end": time.time(), "recv_bytes": int(recv), "device": self.device_id}
 
     def drop(self, model: str, call: str) -> None:
-        self.temp.pop((model, call), None)
+        engine = self.temp.pop((model, call), None)
+        if engine is not None:  # free (or unshare) the copy; the engine stays for next time
+            _bind(engine, {n: t.new_empty(0) for n, t in engine.local_tensors().items()})
 
     def _engine_for(self, call: CallSpec) -> Engine | None:
         return self.temp.get((call.model, call.name)) or self.home.get(call.model)
@@ -274,6 +305,19 @@ class Worker:
     def shutdown(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _shapes(engine: Engine) -> dict[str, tuple[int, ...]]:
+    """This rank's shard shape of every parameter (from the sharding rules)."""
+    return {n: tuple(s.stop - s.start for s in sl) for n, sl in engine.local_slices().items()}
+
+
+@torch.no_grad()
+def _bind(engine: Engine, tensors: dict[str, torch.Tensor]) -> None:
+    """Point each local parameter shard of `engine` at `tensors[name]`'s storage
+    (an empty tensor frees it; a home shard shares it)."""
+    for name, p in engine.params.items():
+        local(p).set_(tensors[name])
 
 
 def _optimizer_state(engine: Engine) -> dict[str, dict[str, torch.Tensor]]:

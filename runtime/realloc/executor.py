@@ -8,7 +8,9 @@ unless `device_to_rank` maps them.
 Order of work, per process:
 1. check the inputs (devices inside the group, this device's source shards
    present with the right shapes, one dtype); then one all-reduce so that
-   every process raises if any process found a problem, before a byte moves;
+   every process raises if any process found a problem, before a byte moves
+   (skipped when no piece crosses devices: nobody waits on anybody, so each
+   process raises on its own and no collective is needed at all);
 2. rounds of batched p2p (`dist.batch_isend_irecv`), at most `chunk_bytes`
    sent and `chunk_bytes` received per process per round (see schedule.py):
    first the large contiguous blocks, sent from and received into the shards
@@ -75,6 +77,12 @@ def _schedule(plan: TransferPlan, device: int, chunk_bytes: int, itemsize: int,
     return cache[key]
 
 
+def plan_crosses_devices(plan: TransferPlan) -> bool:
+    """Whether any piece of `plan` moves between two devices (the same answer on every
+    process: the plan is the same everywhere)."""
+    return bool((~plan.is_local).any())
+
+
 def check_shards(sched: DeviceSchedule, shards: Mapping[str, torch.Tensor],
                  dtype: torch.dtype) -> str | None:
     """Why this device's source shards do not fit the plan, or None."""
@@ -133,13 +141,16 @@ def execute(plan: TransferPlan, shards: dict[str, torch.Tensor], *, dtype: torch
             problem = check_out(sched, out, dtype)
     elif shards:
         problem = f"rank {my_rank} is in neither layout but was given source shards"
-    # All processes agree before anything moves (MIN of "ok" flags).
-    ok = torch.tensor([0 if problem else 1], dtype=torch.int32, device=tensor_device)
-    dist.all_reduce(ok, op=dist.ReduceOp.MIN, group=group)
-    if problem:
-        raise ReallocError(problem)
-    if int(ok.item()) == 0:
-        raise ReallocError("realloc aborted: another process found bad input (see its error)")
+    if not plan_crosses_devices(plan):  # local copies only: no process waits on another
+        if problem:
+            raise ReallocError(problem)
+    else:  # all processes agree before anything moves (MIN of "ok" flags)
+        ok = torch.tensor([0 if problem else 1], dtype=torch.int32, device=tensor_device)
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN, group=group)
+        if problem:
+            raise ReallocError(problem)
+        if int(ok.item()) == 0:
+            raise ReallocError("realloc aborted: another process found bad input (see its error)")
     if sched is None:
         return {}
 

@@ -1,0 +1,78 @@
+"""Worker realloc without Ray (2 gloo processes): engines away from home are built
+once at setup, a realloc that moves no bytes shares the home's storage (no copy),
+one that moves bytes fills freed storage exactly, and drop frees it again."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from planner.graph.loader import load_spec
+from planner.layout import parse_layout
+from planner.plan import CallAssignment, ExecutionPlan, Provenance
+from runtime.engine.model import init_tensor
+from runtime.engine.testing import spawn
+from runtime.worker import Worker, init_seed
+from tests.runtime_scenarios import TINY_PPO
+
+# actor: home 0-1:d2 (both devices hold it whole) -> actor_gen on device 0: no bytes move.
+# critic: home 0-1:t2 -> critic_inf 0-1:d2: each device receives the other's half.
+ALLOC = {"actor_train": "0-1:d2", "actor_gen": "0:d1", "ref_inf": "1:d1",
+         "critic_train": "0-1:t2", "critic_inf": "0-1:d2"}
+
+
+def _spec_and_plan():
+    spec = load_spec(TINY_PPO)
+    spec = spec.model_copy(update={"cluster": spec.cluster.model_copy(
+        update={"gpus_per_node": 2})})
+    calls = []
+    for c in spec.calls:
+        lay = parse_layout(ALLOC[c.name])
+        calls.append(CallAssignment(name=c.name, device_ids=list(lay.device_ids), dp=lay.dp,
+                                    tp=lay.tp, pp=lay.pp))
+    plan = ExecutionPlan(spec_hash=spec.spec_hash(), cluster=spec.cluster, calls=calls,
+                         provenance=Provenance(method="manual"))
+    return spec, plan
+
+
+def _expected(w: Worker, model: str, engine) -> dict[str, torch.Tensor]:
+    seed = init_seed(w.spec, model, w.seed)
+    return {n: init_tensor(n, engine.rules[n].shape, seed)[sl]
+            for n, sl in engine.local_slices().items()}
+
+
+def _run(rank: int) -> None:
+    spec, plan = _spec_and_plan()
+    w = Worker(rank, 2, "gloo")
+    w.setup(spec.model_dump_json(), plan.model_dump_json(), seed=3)
+    built = dict(w.temp_engines)
+    assert set(built) == {("actor", parse_layout("0:d1")), ("critic", parse_layout("0-1:d2"))}
+    for _ in range(2):  # the second iteration reuses the engines built at setup
+        # Zero bytes: device 0 shares the home storage; device 1 is not in the layout.
+        r = w.realloc("actor", "actor_gen")
+        assert r["recv_bytes"] == 0
+        gen = w.temp[("actor", "actor_gen")]
+        if rank == 0:
+            home = w.home["actor"].local_tensors()
+            assert all(t.data_ptr() == home[n].data_ptr()
+                       for n, t in gen.local_tensors().items())
+        else:
+            assert gen is None
+        w.drop("actor", "actor_gen")
+        # Bytes move: the freed storage is allocated again and filled exactly.
+        r = w.realloc("critic", "critic_inf")
+        assert r["recv_bytes"] > 0
+        inf = w.temp[("critic", "critic_inf")]
+        want = _expected(w, "critic", inf)
+        got = inf.local_tensors()
+        assert all(torch.equal(got[n], want[n]) for n in want)
+        w.drop("critic", "critic_inf")
+        assert all(t.numel() == 0 for t in inf.local_tensors().values())
+        home = w.home["actor"].local_tensors()
+        assert all(t.numel() > 0 for t in home.values())  # unsharing never frees home
+    assert w.temp_engines == built and all(w.temp_engines[k] is built[k] for k in built)
+
+
+@pytest.mark.multiprocess
+def test_realloc_reuses_engines_and_skips_zero_byte_moves():
+    spawn(_run, 2)
