@@ -3,6 +3,8 @@ write metrics, checkpoints and a measured trace into a run directory.
 
 Run directory:
     metrics.jsonl            one JSON object per iteration (verl-style keys)
+    run.json                 spec hash and the identity of the profile that priced the plan
+    plan.json, spec.json     copies of what ran (planner calibrate reads the three)
     trace.json               measured timeline (Perfetto / Chrome trace events)
     checkpoints/iter_NNNNNN/ trainable models as HF safetensors + optimizer
                              states + state.json (written whole, then renamed)
@@ -23,7 +25,7 @@ from rich.console import Console
 from planner.errors import UserError
 from planner.cost_model.profile import load_spec_profile
 from planner.graph.loader import load_spec
-from planner.plan import load_plan, write_atomic
+from planner.plan import load_plan, save_plan, write_atomic
 from runtime.controller import Controller, check_supported
 from runtime.data.prompts import PromptSampler, load_prompts
 from runtime.data.tokenizer import load_tokenizer
@@ -57,7 +59,8 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
     spec = load_spec(spec_file)
     plan = load_plan(plan_path, spec=spec)
     check_supported(spec)
-    on_gpu = load_spec_profile(spec.cluster.hardware, None, spec_file).kind == "gpu"
+    profile = load_spec_profile(spec.cluster.hardware, None, spec_file)
+    on_gpu = profile.kind == "gpu"
     tokenizer = load_tokenizer(spec.rl.tokenizer)
     for name, m in spec.models.items():
         if m.head == "lm" and tokenizer.vocab_size > m.architecture.vocab_size:
@@ -82,6 +85,7 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
     elif (out / "checkpoints").exists():
         raise UserError(f"{out}: a run is already there; use --resume or another --run-dir")
     out.mkdir(parents=True, exist_ok=True)
+    write_run_record(out, spec, plan, plan_path, profile, seed)
     metrics_path = out / "metrics.jsonl"
     history = []
     if resume and metrics_path.exists():
@@ -123,6 +127,20 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
         if started_ray:
             ray.shutdown()
     return RunSummary(out, history, total - start_it)
+
+
+RUN_RECORD_VERSION = 1
+
+
+def write_run_record(out: Path, spec, plan, plan_path: str, profile, seed: int) -> None:
+    """What `planner calibrate` needs to price the run again: the plan and spec it ran
+    (copies) and the identity of the profile that priced it."""
+    save_plan(plan, out / "plan.json")
+    write_atomic(out / "spec.json", spec.model_dump_json(indent=1) + "\n")
+    record = {"format_version": RUN_RECORD_VERSION, "spec_hash": spec.spec_hash(),
+              "plan_path": str(plan_path), "seed": seed,
+              "profile": {"name": profile.name, "identity": profile.identity()}}
+    write_atomic(out / "run.json", json.dumps(record, indent=2) + "\n")
 
 
 def _save(workers, out: Path, iteration: int, drawn: int, seed: int, spec_hash: str) -> None:

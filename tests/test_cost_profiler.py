@@ -20,7 +20,9 @@ from planner.layout.layout import Layout
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory) -> tuple[str, HardwareProfile]:
     out = tmp_path_factory.mktemp("prof") / "quick.json"
-    assert main(["profile", "--out", str(out), "--quick", "--group-sizes", "2"]) == 0
+    # --no-runtime: the Ray measurement (tools/bench_plans.py and README) takes ~10-50 s here
+    assert main(["profile", "--out", str(out), "--quick", "--group-sizes", "2",
+                 "--no-runtime"]) == 0
     return str(out), load_profile(out)
 
 

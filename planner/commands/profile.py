@@ -43,6 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--group-sizes", default=None,
                    help="collective group sizes, comma separated (default: 2 on CPU, 2,4,8 "
                    "up to the GPU count); 0 to skip collectives")
+    p.add_argument("--no-runtime", action="store_true",
+                   help="skip the runtime's own overheads (Ray task launch, data hand-off, "
+                   "realloc agreement); they are then priced at zero")
     p.set_defaults(run=run)
 
 
@@ -81,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
             progress.update(task, advance=1, description=what)
 
         profile = profile_machine(name, quick=args.quick, device=args.device,
-                                  threads=args.threads, group_sizes=groups, step=step)
+                                  threads=args.threads, group_sizes=groups,
+                                  runtime=not args.no_runtime, step=step)
         progress.update(task, completed=plan.num_steps(), description="done")
     write_profile(profile, out)
     o = profile.overheads
@@ -91,4 +95,9 @@ def run(args: argparse.Namespace) -> int:
         f"all-reduce bus {profile.intra_node.bus_bytes_per_s / 1e9:.2f} GB/s, overheads per layer "
         f"fwd {o.layer_fwd_s * 1e6:.0f} us / bwd {o.layer_bwd_s * 1e6:.0f} us / decode "
         f"{o.decode_layer_s * 1e6:.0f} us", highlight=False)
+    rt = profile.runtime
+    if rt is not None:
+        rate = f"{rt.handoff_bytes_per_s / 1e6:.0f} MB/s" if rt.handoff_bytes_per_s else "-"
+        console.print(f"runtime: call launch {rt.call_launch_s * 1e3:.2f} ms, data hand-off "
+                      f"{rate}, realloc fixed {rt.realloc_fixed_s * 1e3:.2f} ms", highlight=False)
     return 0

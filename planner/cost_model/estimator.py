@@ -54,6 +54,7 @@ from planner.cost_model.memory import (
     stage_param_counts,
 )
 from planner.cost_model.profile import HardwareProfile
+from planner.cost_model.runtime_terms import call_terms, handoff_bytes
 from planner.graph.arch import HeadType, ModelArch
 from planner.graph.lengths import LengthDist
 from planner.graph.spec import CallSpec, GenerationEngineSpec
@@ -89,20 +90,22 @@ class CallShape:
     batching: str = "continuous"          # generate: continuous or waves
     max_num_seqs: int = 256               # generate: engine cap on sequences in flight
     max_num_batched_tokens: int = 8192    # generate: prompt tokens per prefill batch
+    io_keys: int = 0      # data keys in + out (the runtime's hand-off through its driver)
 
     @classmethod
     def of(cls, call: "CallSpec | CallShape") -> "CallShape":
         if isinstance(call, CallShape):
             return call
+        io = len(call.inputs) + len(call.outputs)
         if call.type == "generate":
             eng = call.engine or GenerationEngineSpec()
             return cls("generate", call.num_seqs, call.total_len, call.prompt_len, call.gen_len,
                        seq_len_mean=call.total_len_mean, prompt_len_mean=call.prompt_len_mean,
                        gen_dist=call.gen_len_dist, batching=eng.batching,
                        max_num_seqs=eng.max_num_seqs,
-                       max_num_batched_tokens=eng.max_num_batched_tokens)
+                       max_num_batched_tokens=eng.max_num_batched_tokens, io_keys=io)
         return cls(call.type, call.num_seqs, call.total_len, call.total_len, 0,
-                   call.minibatches, call.epochs, seq_len_mean=call.total_len_mean)
+                   call.minibatches, call.epochs, seq_len_mean=call.total_len_mean, io_keys=io)
 
     @property
     def mean_len(self) -> float:
@@ -409,7 +412,17 @@ def _estimate_cached(c: _Ctx, shape: CallShape, recompute: bool, shard_optimizer
         est = _generate(c, shape, flash, trainable)
     else:
         raise ValueError(f"unknown call type {shape.type!r}")
-    return _shared_cores(est, c.core_share)
+    return _runtime(_shared_cores(est, c.core_share), c, shape)
+
+
+def _runtime(est: CallEstimate, c: _Ctx, s: CallShape) -> CallEstimate:
+    """Add the runtime's own terms (runtime_terms.py): launch, hand-off, calibration."""
+    extra = call_terms(c.dev.profile, s.type, c.dp * c.tp * c.pp, est.time_s,
+                       handoff_bytes(s.num_seqs, s.seq_len, s.io_keys))
+    if not extra:
+        return est
+    parts = {**est.breakdown, **extra}
+    return CallEstimate(sum(parts.values()), MappingProxyType(parts), est.memory, est.flops)
 
 
 # Terms a device computes itself. Virtual CPU devices that share a core take

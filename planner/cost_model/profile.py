@@ -61,6 +61,49 @@ class Overheads(_Frozen):
         "scheduling, sampling, detokenising (host work that does not overlap the GPU).")
 
 
+RUNTIME_OVERHEADS_VERSION = 1
+
+
+class RuntimeOverheads(_Frozen):
+    """What the runtime itself costs, outside the devices' kernels. `planner profile`
+    measures the first three on this machine (a tiny Ray actor round trip, Ray
+    object-store hand-off, a gloo all-reduce inside a Ray task); `planner calibrate`
+    refits them, and the host-function time, from measured runs (README.md beside
+    this file). A profile without this block prices them at zero."""
+
+    format_version: int = Field(RUNTIME_OVERHEADS_VERSION, description="This block's version.")
+    call_launch_s: float = Field(0.0, ge=0, description=(
+        "Per call: the driver submits a task to every device of the call and collects "
+        "the results (Ray actor task round trip with a small payload)."))
+    handoff_bytes_per_s: float | None = Field(None, gt=0, description=(
+        "Data keys the driver hands to a call and gets back: Ray object-store put + get "
+        "throughput. None: not measured (priced at zero)."))
+    realloc_fixed_s: float = Field(0.0, ge=0, description=(
+        "Per realloc that moves bytes, besides the bytes: its Ray task round trip and the "
+        "executor's agreement all-reduce over the union of both layouts."))
+    host_function_s_per_seq: float = Field(0.0, ge=0, description=(
+        "Per sequence through a host function (rule reward) on the driver: decoding and "
+        "scoring. Fitted by planner calibrate (it depends on the user's function)."))
+    source: str = Field("", description="How each number was obtained.")
+
+    @model_validator(mode="after")
+    def _version(self) -> "RuntimeOverheads":
+        if self.format_version != RUNTIME_OVERHEADS_VERSION:
+            raise ValueError(f"format_version {self.format_version} is not supported; this "
+                             f"planner reads {RUNTIME_OVERHEADS_VERSION}")
+        return self
+
+
+class CallCorrection(_Frozen):
+    """measured / estimated device time of one call kind on one layout size, fitted by
+    `planner calibrate` from runtime traces; priced as the breakdown term `calibration`."""
+
+    call_type: Literal["generate", "inference", "train"]
+    num_devices: int = Field(gt=0, description="Devices of the call's layout (dp*tp*pp).")
+    scale: float = Field(gt=0, description="Multiplies the call's device terms.")
+    samples: int = Field(1, gt=0, description="Measured calls the scale was fitted from.")
+
+
 def _check_grid(name: str, xs: list, ys: list, values: list[list[float]]) -> None:
     for axis_name, axis in (("x", xs), ("y", ys)):
         if not axis:
@@ -216,6 +259,10 @@ class HardwareProfile(_Frozen):
                     "cores / torch threads per device). More devices than that share the cores, "
                     "so their compute slows by devices / cores_per_node. None: never shared.")
     host: dict[str, str] = Field(default_factory=dict, description="Where a profile was measured.")
+    runtime: RuntimeOverheads | None = Field(
+        None, description="The runtime's own costs (launch, hand-off, realloc, host functions).")
+    corrections: list[CallCorrection] = Field(
+        default_factory=list, description="Per call kind and layout size, from planner calibrate.")
 
     @model_validator(mode="after")
     def _version(self) -> "HardwareProfile":
@@ -240,8 +287,23 @@ class HardwareProfile(_Frozen):
             return 1.0
         return max(1.0, devices_per_node / self.cores_per_node)
 
+    def correction(self, call_type: str, num_devices: int) -> float:
+        """The calibrated scale of a call kind's device time on `num_devices` (1: none). A
+        size without its own fit takes the nearest fitted size of the same kind."""
+        fits = [c for c in self.corrections if c.call_type == call_type]
+        if not fits:
+            return 1.0
+        return min(fits, key=lambda c: (abs(c.num_devices - num_devices), c.num_devices)).scale
+
     def with_memory_gib(self, gib: float) -> "HardwareProfile":
         return self.model_copy(update={"memory_bytes": int(gib * 2**30)})
+
+    def identity(self) -> str:
+        """sha256 of the profile's canonical JSON: what a run directory records, so
+        `planner calibrate` knows which profile priced the run."""
+        import hashlib
+
+        return "sha256:" + hashlib.sha256(self.to_json().encode()).hexdigest()
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json", exclude_none=True), indent=1) + "\n"

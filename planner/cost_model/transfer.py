@@ -17,6 +17,7 @@ from functools import lru_cache
 
 from planner.cost_model.device import Device, device_of
 from planner.cost_model.profile import HardwareProfile
+from planner.cost_model.runtime_terms import realloc_fixed_s
 from planner.graph.arch import HeadType, ModelArch
 from planner.layout.layout import Layout
 from planner.layout.transfer import TransferStats, transfer_bytes
@@ -56,6 +57,7 @@ def realloc_cost(arch: ModelArch, head: HeadType, src: Layout, dst: Layout,
     """Time to give `dst` its parameter shards from `src` (slowest receiver bound)."""
     stats = realloc_bytes(arch, head, src, dst, gpus_per_node, dtype_bytes or profile.dtype_bytes)
     time_s = _slowest_receiver(device_of(profile), stats.recv_intra_bytes, stats.recv_inter_bytes)
+    time_s += realloc_fixed_s(profile, stats.total_bytes)
     return TransferCost(time_s, stats.max_recv_bytes, stats.intra_node_bytes,
                         stats.inter_node_bytes)
 

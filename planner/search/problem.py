@@ -24,15 +24,13 @@ from pathlib import Path
 
 from planner.cost_model import data_transfer_cost, realloc_cost
 from planner.cost_model.profile import HardwareProfile, load_spec_profile
+from planner.cost_model.runtime_terms import KEY_BYTES_PER_TOKEN, host_function_s
 from planner.errors import UserError
 from planner.graph.dataflow import build_graph, call_order, home_calls, param_next_edges
 from planner.graph.spec import CallSpec, Spec
 from planner.layout.layout import Layout
 from planner.search.candidates import CallCandidates, CallContext, Candidate, enumerate_call, price
 from planner.search.realloc import NO_MOVE, MoveCost, fast_data_transfer, fast_realloc
-
-# Bytes per token of a per-token data key (token ids int32, log-probs / values fp32).
-KEY_BYTES_PER_TOKEN = 4
 
 
 class ImpossibleSpecError(UserError):
@@ -47,6 +45,7 @@ class Edge:
     v: int
     nbytes: int
     keys: tuple[str, ...]
+    host_s: float = 0.0  # host functions the keys pass through (rule rewards), on the driver
 
 
 def key_bytes(call: CallSpec, key: str, head: str) -> int:
@@ -101,8 +100,10 @@ class Problem:
             keys = tuple(attrs.get("data_keys", ()))
             head = spec.models[self.calls[iu].model].head
             nbytes = sum(key_bytes(self.calls[iu], k.split("->")[0], head) for k in keys)
+            host_s = sum(host_function_s(profile, self.calls[iu].num_seqs) for k in keys
+                         if "->" in k)  # "seqs->rewards": through a host function
             self.in_edges[iv].append(len(self.edges))
-            self.edges.append(Edge(iu, iv, nbytes, keys))
+            self.edges.append(Edge(iu, iv, nbytes, keys, host_s))
         self.preds = [sorted({self.edges[e].u for e in self.in_edges[v]}) for v in range(self.n)]
         # Cross-iteration parameter edges: call v of iteration k+1 waits for u of iteration k.
         self.prev_preds: list[list[int]] = [[] for _ in range(self.n)]
@@ -229,6 +230,8 @@ class Problem:
         else:
             cost = fast_data_transfer(e.nbytes, src, dst, self.profile,
                                       gpus_per_node=self.gpus_per_node)
+        if e.host_s:
+            cost = MoveCost(cost.time_s + e.host_s, cost.max_recv_bytes, cost.total_bytes)
         self._transfer[key] = cost
         return cost
 

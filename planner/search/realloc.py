@@ -30,6 +30,7 @@ from functools import lru_cache
 
 from planner.cost_model.device import device_of
 from planner.cost_model.profile import HardwareProfile
+from planner.cost_model.runtime_terms import realloc_fixed_s
 from planner.graph.arch import HeadType, ModelArch
 from planner.layout.layout import Layout
 from planner.layout.sharding import layer_stages, param_rules
@@ -214,7 +215,7 @@ def fast_realloc(arch: ModelArch, head: HeadType, src: Layout, dst: Layout,
         if hit[1] > worst_b:
             worst_b = hit[1]
         total += hit[1]
-    return MoveCost(worst_s, worst_b, total)
+    return MoveCost(worst_s + realloc_fixed_s(profile, total), worst_b, total)
 
 
 @lru_cache(maxsize=8192)

@@ -55,7 +55,7 @@ class Plan:
                   + 2 * len(self.attn_seq) * len(self.attn_head_dim)
                   + 2 * len(self.layer_shapes) * len(self.layer_batch) * len(self.layer_seq)
                   + len(self.decode_batch) * len(self.decode_context))
-        return points * self.rounds + len(self.coll_groups) + 2
+        return points * self.rounds + len(self.coll_groups) + 3
 
 
 def _shape(h: int, i: int, heads: int, kv: int) -> LayerShape:
@@ -146,9 +146,10 @@ def _device_slots(threads: int) -> int:
 
 
 def profile_machine(name: str, *, quick: bool, device: str = "cpu", threads: int = 1,
-                    group_sizes: list[int] | None = None,
+                    group_sizes: list[int] | None = None, runtime: bool = True,
                     step: Callable[[str], None] = lambda what: None) -> HardwareProfile:
-    """Measure this machine. `step(description)` is called after every measured point."""
+    """Measure this machine. `step(description)` is called after every measured point.
+    `runtime`: also measure the runtime's own overheads (starts a private Ray instance)."""
     import torch
 
     from planner.cost_model.profiler import collectives, measure
@@ -225,7 +226,13 @@ def profile_machine(name: str, *, quick: bool, device: str = "cpu", threads: int
     step("overhead probe")
     overheads = fit_overheads(kernels_only, probe, probe_decode, probe_head)
     measured = kernels_only.measured.model_copy(update={"layers": layers, "decode": decode})
-    return kernels_only.model_copy(update={"overheads": overheads, "measured": measured})
+    update = {"overheads": overheads, "measured": measured}
+    if runtime:
+        from planner.cost_model.profiler.runtime_overheads import measure_runtime_overheads
+
+        update["runtime"] = measure_runtime_overheads(max(2, min(group_sizes or [2])))
+        step("runtime overheads (Ray, gloo)")
+    return kernels_only.model_copy(update=update)
 
 
 def write_profile(profile: HardwareProfile, path: str | Path) -> Path:

@@ -1,0 +1,55 @@
+"""The runtime's own costs as named terms of an estimate (profile.runtime, profile.corrections).
+
+- `launch`: per call, the driver's task round trip to the call's devices;
+- `handoff`: the call's data keys through the driver (in and out), at the
+  measured object-store throughput;
+- `calibration`: (scale - 1) x the call's device terms, where `planner
+  calibrate` fitted a scale for this call kind and layout size;
+- realloc: a fixed cost per realloc that moves bytes;
+- host functions: per sequence, on the data edge through the function.
+
+Each is a measured (or fitted-from-measurement) quantity; a profile without
+them prices them at zero. Seconds and bytes throughout.
+"""
+
+from __future__ import annotations
+
+from planner.cost_model.profile import HardwareProfile
+
+# Bytes per token of a per-token data key (token ids int32, log-probs / values fp32).
+KEY_BYTES_PER_TOKEN = 4
+
+# Terms this module adds: never scaled by a correction, never counted as device time.
+RUNTIME_TERMS = ("launch", "handoff", "calibration")
+
+
+def handoff_bytes(num_seqs: int, seq_len: int, io_keys: int) -> int:
+    """Bytes of a call's data keys in and out, each a per-token key."""
+    return num_seqs * seq_len * KEY_BYTES_PER_TOKEN * io_keys
+
+
+def call_terms(profile: HardwareProfile, call_type: str, num_devices: int, device_s: float,
+               io_bytes: int) -> dict[str, float]:
+    """The runtime terms of one call whose device terms sum to `device_s`."""
+    out: dict[str, float] = {}
+    scale = profile.correction(call_type, num_devices)
+    if scale != 1.0:
+        out["calibration"] = (scale - 1.0) * device_s
+    rt = profile.runtime
+    if rt is not None:
+        out["launch"] = rt.call_launch_s
+        if rt.handoff_bytes_per_s:
+            out["handoff"] = io_bytes / rt.handoff_bytes_per_s
+    return out
+
+
+def realloc_fixed_s(profile: HardwareProfile, moved_bytes: float) -> float:
+    """Fixed cost of a realloc besides its bytes; a realloc that moves none costs nothing."""
+    rt = profile.runtime
+    return rt.realloc_fixed_s if rt is not None and moved_bytes > 0 else 0.0
+
+
+def host_function_s(profile: HardwareProfile, num_seqs: int) -> float:
+    """Driver time of one host function over `num_seqs` sequences."""
+    rt = profile.runtime
+    return rt.host_function_s_per_seq * num_seqs if rt is not None else 0.0
