@@ -24,6 +24,7 @@ COMMANDS = [
     "show",
     "search",
     "evaluate",
+    "calibrate",
 ]
 
 

@@ -1,0 +1,300 @@
+"""`planner calibrate`: fit a profile's runtime terms and corrections from measured runs.
+
+A run directory (`runtime run --run-dir D`) holds run.json (spec hash, identity
+of the profile that priced the plan), plan.json and spec.json (copies of what
+ran), trace.json (every call and realloc, per device) and metrics.jsonl.
+From the trace, per call and iteration (the first `skip` iterations are
+warm-up):
+- span: first start to last end over the call's devices (worker-side work);
+- gap: from the moment it was ready (its in-iteration predecessors done and
+  its devices free: the last earlier slice on any of them) to its start, or
+  to the start of the realloc before it: the driver's launch, hand-off and
+  host work.
+
+Fitted, each a measured quantity (README.md, "planner calibrate"):
+- corrections[kind, layout size].scale = median(span / device terms of the
+  estimate) over the calls of that kind and size;
+- runtime.call_launch_s = median(gap - hand-off estimate) over calls that
+  read no host-function output;
+- runtime.host_function_s_per_seq = median((gap - launch - hand-off) / seqs)
+  over calls that do;
+- runtime.realloc_fixed_s = median(realloc span - its bytes' time) over
+  reallocs that move bytes (unchanged when none did).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from planner.cost_model.profile import (
+    CallCorrection,
+    HardwareProfile,
+    RuntimeOverheads,
+)
+from planner.cost_model.runtime_terms import RUNTIME_TERMS
+from planner.errors import UserError
+from planner.graph.dataflow import build_graph
+from planner.graph.spec import Spec
+from planner.plan import ExecutionPlan, plan_from_json_text
+
+
+class CalibrateError(UserError):
+    """A run directory or profile `planner calibrate` cannot use; names the file and field."""
+
+
+@dataclass
+class Run:
+    """One measured run: what ran and what the trace says."""
+
+    path: Path
+    spec: Spec
+    plan: ExecutionPlan
+    span_s: dict[str, list[float]] = field(default_factory=dict)   # call -> per iteration
+    gap_s: dict[str, list[float]] = field(default_factory=dict)
+    realloc_s: list[tuple[str, float, int]] = field(default_factory=list)  # (call, span, bytes)
+    iteration_s: list[float] = field(default_factory=list)
+    host_fed: set[str] = field(default_factory=set)  # calls reading a host function's output
+
+
+def _read_json(path: Path):
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise CalibrateError(f"{path}: cannot read ({err.strerror})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CalibrateError(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from None
+
+
+def _field(doc: dict, key: str, path: Path, kind: type):
+    if not isinstance(doc, dict) or not isinstance(doc.get(key), kind):
+        raise CalibrateError(f"{path} {key}: missing or not a {kind.__name__}")
+    return doc[key]
+
+
+def load_run(run_dir: str | Path, profile: HardwareProfile, profile_path: str,
+             skip: int = 1) -> Run:
+    """Read and check one run directory against the profile being calibrated."""
+    d = Path(run_dir)
+    if not d.is_dir():
+        raise CalibrateError(f"{d}: not a run directory")
+    record = _read_json(d / "run.json")
+    spec_hash = _field(record, "spec_hash", d / "run.json", str)
+    prof = _field(record, "profile", d / "run.json", dict)
+    ident = _field(prof, "identity", d / "run.json", str)
+    if ident != profile.identity():
+        raise CalibrateError(
+            f"{d / 'run.json'} profile.identity: the run was priced with profile "
+            f"'{prof.get('name')}' ({ident[:19]}...), not {profile_path} "
+            f"({profile.identity()[:19]}...)")
+    try:
+        spec = Spec.model_validate_json((d / "spec.json").read_text())
+    except OSError as err:
+        raise CalibrateError(f"{d / 'spec.json'}: cannot read ({err.strerror})") from None
+    except ValueError as err:
+        raise CalibrateError(f"{d / 'spec.json'}: not a spec ({str(err).splitlines()[0]})") \
+            from None
+    if spec.spec_hash() != spec_hash:
+        raise CalibrateError(f"{d / 'run.json'} spec_hash: the run was made for another spec "
+                             f"than {d / 'spec.json'}")
+    try:
+        plan_text = (d / "plan.json").read_text()
+    except OSError as err:
+        raise CalibrateError(f"{d / 'plan.json'}: cannot read ({err.strerror})") from None
+    try:
+        plan = plan_from_json_text(plan_text, file=str(d / "plan.json"), spec=spec)
+    except UserError as err:
+        raise CalibrateError(str(err)) from None
+    run = Run(d, spec, plan)
+    _read_trace(run, d / "trace.json", skip)
+    metrics = d / "metrics.jsonl"
+    try:
+        lines = metrics.read_text().splitlines()
+        rows = [json.loads(x) for x in lines if x.strip()]
+    except OSError as err:
+        raise CalibrateError(f"{metrics}: cannot read ({err.strerror})") from None
+    except json.JSONDecodeError as err:
+        raise CalibrateError(f"{metrics}: not JSON lines ({err.msg})") from None
+    run.iteration_s = [float(r["timing_s/iteration"]) for r in rows
+                       if isinstance(r, dict) and r.get("iteration", -1) >= skip
+                       and "timing_s/iteration" in r]
+    if not run.span_s or not run.iteration_s:
+        raise CalibrateError(f"{d}: no measured iterations after the first {skip} "
+                             "(run more iterations or lower --skip)")
+    return run
+
+
+def _read_trace(run: Run, path: Path, skip: int) -> None:
+    doc = _read_json(path)
+    events = _field(doc, "traceEvents", path, list)
+    calls: dict[tuple[str, int], list] = {}     # (call, iteration) -> [start, end, devices]
+    reallocs: dict[tuple[str, int], list] = {}  # (call, iteration) -> [start, end, bytes]
+    device_ends: dict[int, list[float]] = {}    # device -> ends of all its slices
+    names = {c.name for c in run.spec.calls}
+    try:
+        for e in events:
+            if e.get("ph") != "X":
+                continue
+            args = e["args"]
+            it, t0, t1 = int(args["iteration"]), e["ts"] * 1e-6, (e["ts"] + e["dur"]) * 1e-6
+            device = int(args["gpu"])
+            if args["kind"] == "call" and e["name"] in names:
+                box = calls.setdefault((e["name"], it), [t0, t1, set()])
+                box[2].add(device)
+            elif args["kind"] == "realloc":
+                box = reallocs.setdefault((e["name"].split("->")[-1], it), [t0, t1, 0])
+                box[2] += int(args.get("recv_bytes", 0))
+            else:
+                continue
+            box[0], box[1] = min(box[0], t0), max(box[1], t1)
+            device_ends.setdefault(device, []).append(t1)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CalibrateError(f"{path} traceEvents: not a runtime trace ({err!r} missing or "
+                             "malformed)") from None
+    g = build_graph(run.spec)
+    run.host_fed = {v for u, v, a in g.edges(data=True)
+                    if any("->" in k for k in a.get("data_keys", ()))}
+    for (name, it), (t0, t1, devices) in sorted(calls.items(), key=lambda kv: kv[1][0]):
+        if it < skip:
+            continue
+        start = min(t0, reallocs.get((name, it), [t0])[0])
+        # Ready: its inputs are there and its devices are free; the rest is the driver's.
+        ready = [calls[(p, it)][1] for p in g.predecessors(name) if (p, it) in calls]
+        ready += [x for d in devices for x in device_ends.get(d, ()) if x <= start + 1e-6]
+        run.span_s.setdefault(name, []).append(t1 - t0)
+        if ready:
+            run.gap_s.setdefault(name, []).append(max(0.0, start - max(ready)))
+        r = reallocs.get((name, it))
+        if r is not None:
+            run.realloc_s.append((name, r[1] - r[0], r[2]))
+
+
+# ------------------------------------------------------------------ estimates
+
+
+@dataclass
+class CallRow:
+    """One call of one run: estimate before/after beside the measurement (median)."""
+
+    run: str
+    call: str
+    kind: str
+    num_devices: int
+    measured_s: float      # gap + span: what the call adds to the iteration
+    span_s: float
+    gap_s: float | None
+    estimate_s: float      # the whole estimate (device terms + runtime terms)
+    device_s: float        # device terms only
+    handoff_s: float
+    num_seqs: int
+
+
+def device_s(breakdown) -> float:
+    """The device terms of an estimate: everything but the runtime's own terms."""
+    return sum(v for k, v in breakdown.items() if k not in RUNTIME_TERMS)
+
+
+def price_plan(spec: Spec, plan: ExecutionPlan, profile: HardwareProfile):
+    """The plan's calls priced under `profile` (name -> Candidate), and the simulated
+    iteration: (candidates, first iteration alone, steady-state period)."""
+    from planner.search.candidates import price
+    from planner.search.plan_out import exact_evaluation
+    from planner.search.problem import Problem
+
+    p = Problem(spec, profile, candidates=[[] for _ in spec.calls])
+    assign = []
+    for i, name in enumerate(p.names):
+        a = plan.assignment(name)
+        assign.append(p.add_candidate(i, price(p.contexts[i], a.layout, a.micro_batches)))
+    _, ev = exact_evaluation(p, tuple(assign))
+    first = [e for e in ev.events if e.iteration == 0]
+    alone = max(e.end_s for e in first) - min(e.start_s for e in first)
+    cands = {p.names[i]: p.candidates[i][assign[i]] for i in range(p.n)}
+    return cands, alone, ev.period_s
+
+
+def call_rows(run: Run, profile: HardwareProfile) -> tuple[list[CallRow], float, float]:
+    cands, alone, steady = price_plan(run.spec, run.plan, profile)
+    rows = []
+    for c in run.spec.calls:
+        if c.name not in run.span_s:
+            continue
+        cand = cands[c.name]
+        bd = cand.breakdown_s
+        device = device_s(bd)
+        span = statistics.median(run.span_s[c.name])
+        gaps = run.gap_s.get(c.name)
+        gap = statistics.median(gaps) if gaps else None
+        a = run.plan.assignment(c.name)
+        rows.append(CallRow(run.path.name, c.name, c.type, a.dp * a.tp * a.pp,
+                            span + (gap or 0.0), span, gap, cand.time_s, device,
+                            bd.get("handoff", 0.0), c.num_seqs))
+    return rows, alone, steady
+
+
+# ----------------------------------------------------------------------- fit
+
+
+def _median(xs: list[float], default: float) -> float:
+    return statistics.median(xs) if xs else default
+
+
+def fit(profile: HardwareProfile, runs: list[Run]) -> HardwareProfile:
+    """The profile with corrections and runtime terms fitted to `runs` (see module doc)."""
+    base = profile.model_copy(update={"corrections": []})
+    ratios: dict[tuple[str, int], list[float]] = {}
+    launch, host = [], []
+    for run in runs:
+        rows, _, _ = call_rows(run, base)
+        for r in rows:
+            if r.device_s > 0:
+                ratios.setdefault((r.kind, r.num_devices), []).append(r.span_s / r.device_s)
+            if r.gap_s is None:
+                continue
+            if r.call in run.host_fed:
+                host.append((r, run))
+            else:
+                launch.append(r.gap_s - r.handoff_s)
+    rt = profile.runtime or RuntimeOverheads()
+    launch_s = max(0.0, _median(launch, rt.call_launch_s))
+    per_seq = [(r.gap_s - launch_s - r.handoff_s) / r.num_seqs for r, _ in host]
+    host_s = max(0.0, _median(per_seq, rt.host_function_s_per_seq))
+    realloc = _realloc_excess(base, runs)
+    realloc_s = max(0.0, _median(realloc, rt.realloc_fixed_s))
+    corrections = [CallCorrection(call_type=k, num_devices=n, scale=statistics.median(v),
+                                  samples=len(v))
+                   for (k, n), v in sorted(ratios.items())]
+    names = ", ".join(r.path.name for r in runs)
+    source = (f"{rt.source + '; ' if rt.source else ''}planner calibrate from runs {names}: "
+              f"call_launch_s from {len(launch)} call gaps, host_function_s_per_seq from "
+              f"{len(per_seq)}, realloc_fixed_s from {len(realloc)} reallocs moving bytes")
+    new_rt = rt.model_copy(update={"call_launch_s": launch_s, "host_function_s_per_seq": host_s,
+                                   "realloc_fixed_s": realloc_s, "source": source})
+    return profile.model_copy(update={"runtime": new_rt, "corrections": corrections})
+
+
+def _realloc_excess(profile: HardwareProfile, runs: list[Run]) -> list[float]:
+    """Measured realloc span minus the time of its bytes (without any fixed term)."""
+    from planner.cost_model import realloc_cost
+
+    bare = profile.model_copy(update={"runtime": None})
+    out = []
+    for run in runs:
+        from planner.graph.dataflow import home_calls
+
+        homes = home_calls(run.spec)
+        for name, span, nbytes in run.realloc_s:
+            if nbytes <= 0:
+                continue
+            call = run.spec.call(name)
+            m = run.spec.models[call.model]
+            src = run.plan.assignment(homes[call.model]).layout
+            dst = run.plan.assignment(name).layout
+            tc = realloc_cost(m.architecture, m.head, src, dst, bare,
+                              gpus_per_node=run.plan.cluster.gpus_per_node)
+            out.append(span - tc.time_s)
+    return out

@@ -1,0 +1,102 @@
+"""`planner calibrate RUN_DIR... --profile P.json -o P2.json`: fit a profile to measured runs.
+
+Reads each run directory `runtime run` wrote (run.json, plan.json, spec.json,
+trace.json, metrics.jsonl), refuses runs priced with another profile or made
+for another spec, fits the runtime terms and per-kind, per-size corrections
+(planner/calibration.py), prints estimate vs measurement before and after,
+and writes the calibrated profile atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from planner.errors import UserError
+
+EXAMPLES = """examples:
+  runtime run runs/ppo/plan.json --run-dir runs/ppo --iterations 5
+  planner calibrate runs/ppo --profile profiles/mybox.json -o profiles/mybox-cal.json
+  planner calibrate runs/ppo runs/grpo --profile P.json -o P2.json --skip 2
+then in a spec:  cluster: {..., hardware: profiles/mybox-cal.json}
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help="fit a profile's runtime terms to measured runs",
+                       description=__doc__, epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories of runtime run")
+    p.add_argument("--profile", required=True, help="the profile the runs were priced with")
+    p.add_argument("-o", "--output", required=True, help="calibrated profile to write (.json)")
+    p.add_argument("--skip", type=int, default=1, help="warm-up iterations to drop (default 1)")
+    p.set_defaults(run=run)
+
+
+def _ratio(est: float, got: float) -> str:
+    return f"{got / est:.2f}x" if est > 0 else "-"
+
+
+def run(args: argparse.Namespace) -> int:
+    from planner.calibration import CalibrateError, call_rows, fit, load_run
+    from planner.cost_model.profile import load_profile
+    from planner.cost_model.profiler import write_profile
+
+    out = Path(args.output)
+    if out.suffix != ".json" or out.is_dir():
+        raise CalibrateError(f"-o {args.output!r}: expected a .json file name")
+    if args.skip < 0:
+        raise CalibrateError(f"--skip {args.skip}: expected >= 0")
+    if not args.profile.endswith(".json"):
+        raise CalibrateError(f"--profile {args.profile!r}: expected the profile .json the "
+                             "runs were priced with")
+    profile = load_profile(args.profile)
+    runs = [load_run(d, profile, args.profile, args.skip) for d in args.runs]
+    calibrated = fit(profile, runs)
+
+    t = Table(title="estimate vs measured (medians; a call's time = its launch gap + its span)")
+    for col in ("run", "call", "devices", "measured ms", "before ms", "meas/before",
+                "after ms", "meas/after"):
+        t.add_column(col, justify="left" if col in ("run", "call") else "right")
+    errs: dict[str, list[float]] = {"call before": [], "call after": [], "iteration before": [],
+                                    "iteration after": []}
+    for r in runs:
+        before, alone0, steady0 = call_rows(r, profile)
+        after, alone1, steady1 = call_rows(r, calibrated)
+        for b, a in zip(before, after):
+            t.add_row(b.run, b.call, str(b.num_devices), f"{b.measured_s * 1e3:.1f}",
+                      f"{b.estimate_s * 1e3:.1f}", _ratio(b.estimate_s, b.measured_s),
+                      f"{a.estimate_s * 1e3:.1f}", _ratio(a.estimate_s, a.measured_s))
+            errs["call before"].append(abs(b.measured_s / b.estimate_s - 1))
+            errs["call after"].append(abs(a.measured_s / a.estimate_s - 1))
+        it = statistics.median(r.iteration_s)
+        # The runtime runs one iteration at a time today: compare with the plan's
+        # iteration alone (the steady state overlaps iterations; printed beside it).
+        t.add_row(r.path.name, "[bold]iteration (alone)[/]", "", f"{it * 1e3:.1f}",
+                  f"{alone0 * 1e3:.1f}", _ratio(alone0, it), f"{alone1 * 1e3:.1f}",
+                  _ratio(alone1, it))
+        t.add_row(r.path.name, "iteration (steady state)", "", f"{it * 1e3:.1f}",
+                  f"{steady0 * 1e3:.1f}", _ratio(steady0, it), f"{steady1 * 1e3:.1f}",
+                  _ratio(steady1, it))
+        errs["iteration before"].append(abs(it / alone0 - 1))
+        errs["iteration after"].append(abs(it / alone1 - 1))
+    console = Console(width=max(Console().width, 132))  # piped output keeps whole rows
+    console.print(t)
+    console.print("median |measured/estimate - 1|: " + ", ".join(
+        f"{k} {statistics.median(v) * 100:.0f}%" for k, v in errs.items() if v), highlight=False)
+    rt = calibrated.runtime
+    console.print(f"fitted: call launch {rt.call_launch_s * 1e3:.2f} ms, host functions "
+                  f"{rt.host_function_s_per_seq * 1e6:.1f} us/seq, realloc fixed "
+                  f"{rt.realloc_fixed_s * 1e3:.2f} ms, corrections " + ", ".join(
+                      f"{c.call_type}/{c.num_devices} x{c.scale:.2f}"
+                      for c in calibrated.corrections), highlight=False)
+    try:
+        write_profile(calibrated, out)
+    except OSError as err:
+        raise UserError(f"-o {out}: cannot write ({err.strerror})") from None
+    console.print(f"wrote {out}")
+    return 0

@@ -1,0 +1,117 @@
+"""`planner calibrate` on a run directory made here with the runtime's own writers
+(run record, trace) and a synthetic timeline: every call takes 2x its device
+estimate and starts 6 ms after it is ready; the calibrated profile must price
+that run closer than the profile it started from. Bad inputs: one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from planner.calibration import call_rows, device_s, load_run, price_plan
+from planner.cli import main
+from planner.cost_model.profile import RuntimeOverheads, load_profile
+from planner.cost_model.profiler import write_profile
+from planner.graph.dataflow import build_graph
+from planner.graph.loader import load_spec
+from planner.plan import load_plan
+from runtime.run import write_run_record
+from runtime.trace import write_trace
+from tests.runtime_scenarios import TINY_PPO, manual_plan
+
+SCALE, GAP_S, ITERATIONS = 2.0, 0.006, 4
+ALLOC = {"actor_train": "0-3:d4", "actor_gen": "0-1:d2", "ref_inf": "2-3:d2",
+         "critic_inf": "0-1:d2", "critic_train": "0-3:d2t2"}
+
+
+def _make_run(tmp: Path, profile_path: Path) -> Path:
+    """A run directory of tiny PPO whose trace follows SCALE and GAP_S exactly."""
+    spec = load_spec(TINY_PPO)
+    plan = load_plan(manual_plan(TINY_PPO, ALLOC, tmp / "plan.json"), spec)
+    profile = load_profile(profile_path)
+    est = {n: device_s(c.breakdown_s) for n, c in price_plan(spec, plan, profile)[0].items()}
+    g = build_graph(spec)
+    events, metrics, t = [], [], 1.0
+    free = {d: t for d in range(4)}
+    for it in range(ITERATIONS):
+        t_iter, end = t, {}
+        for c in spec.calls:  # spec order is a topological order here
+            devices = plan.assignment(c.name).device_ids
+            ready = max([end[p] for p in g.predecessors(c.name)] + [free[d] for d in devices])
+            start = ready + GAP_S
+            stop = start + SCALE * est[c.name]
+            events += [dict(kind="call", name=c.name, device=d, start=start, end=stop,
+                            iteration=it, args={}) for d in devices]
+            end[c.name] = stop
+            for d in devices:
+                free[d] = stop
+        t = max(end.values())
+        metrics.append({"iteration": it, "timing_s/iteration": t - t_iter})
+    run = tmp / "run"
+    run.mkdir()
+    write_run_record(run, spec, plan, str(tmp / "plan.json"), profile, seed=0)
+    write_trace(run / "trace.json", events, spec.cluster.gpus_per_node, 0.0)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    return run
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("cal")
+    prof = load_profile("cpu").model_copy(update={"runtime": RuntimeOverheads(
+        call_launch_s=0.001, handoff_bytes_per_s=1e9, realloc_fixed_s=0.0)})
+    path = write_profile(prof, tmp / "profile.json")
+    return _make_run(tmp, path), path
+
+
+def test_calibrated_profile_prices_the_run_closer(recorded, tmp_path, capsys):
+    run, prof_path = recorded
+    out = tmp_path / "cal.json"
+    assert main(["calibrate", str(run), "--profile", str(prof_path), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "iteration (alone)" in printed and f"wrote {out}" in printed
+    before, after = load_profile(prof_path), load_profile(out)
+    assert {c.call_type for c in after.corrections} == {"generate", "inference", "train"}
+    assert all(c.scale == pytest.approx(SCALE, rel=1e-3) for c in after.corrections)
+    assert after.runtime.call_launch_s == pytest.approx(GAP_S, abs=1e-3)
+    err = {}
+    for name, prof in (("before", before), ("after", after)):
+        rows, alone, _ = call_rows(load_run(run, before, "p"), prof)
+        err[name] = sum(abs(r.measured_s / r.estimate_s - 1) for r in rows) / len(rows)
+        err[name + " iteration"] = abs(
+            sum(load_run(run, before, "p").iteration_s) / (ITERATIONS - 1) / alone - 1)
+    assert err["after"] < 0.05 < err["before"]
+    assert err["after iteration"] < err["before iteration"] / 2
+
+
+def _one_line_exit_2(argv, capsys, *expected: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for e in expected:
+        assert e in err, err
+
+
+def test_bad_inputs_exit_2_with_one_line(recorded, tmp_path, capsys):
+    run, prof_path = recorded
+    out = tmp_path / "o.json"
+    bad = tmp_path / "bad"
+    shutil.copytree(run, bad)
+    (bad / "trace.json").unlink()
+    _one_line_exit_2(["calibrate", str(bad), "--profile", str(prof_path), "-o", str(out)],
+                     capsys, "trace.json", "cannot read")
+    (bad / "trace.json").write_text('{"traceEvents": [')
+    _one_line_exit_2(["calibrate", str(bad), "--profile", str(prof_path), "-o", str(out)],
+                     capsys, "trace.json:1", "not valid JSON")
+    shutil.copy(run / "trace.json", bad / "trace.json")
+    rec = json.loads((bad / "run.json").read_text())
+    (bad / "run.json").write_text(json.dumps({**rec, "spec_hash": "sha256:0"}))
+    _one_line_exit_2(["calibrate", str(bad), "--profile", str(prof_path), "-o", str(out)],
+                     capsys, "run.json spec_hash", "another spec")
+    other = write_profile(load_profile("cpu"), tmp_path / "other.json")
+    _one_line_exit_2(["calibrate", str(run), "--profile", str(other), "-o", str(out)],
+                     capsys, "run.json profile.identity", "other.json")
+    assert not out.exists()
