@@ -163,11 +163,13 @@ def _read_trace(run: Run, path: Path, skip: int) -> None:
             continue
         start = min(t0, reallocs.get((name, it), [t0])[0])
         # Ready: its inputs are there and its devices are free; the rest is the driver's.
-        ready = [calls[(p, it)][1] for p in g.predecessors(name) if (p, it) in calls]
-        ready += [x for d in devices for x in device_ends.get(d, ()) if x <= start + 1e-6]
+        # A call with no predecessor in its iteration gets no gap: before it the driver
+        # also saves checkpoints and writes metrics, which no plan prices.
+        preds = [calls[(p, it)][1] for p in g.predecessors(name) if (p, it) in calls]
+        busy = [x for d in devices for x in device_ends.get(d, ()) if x <= start + 1e-6]
         run.span_s.setdefault(name, []).append(t1 - t0)
-        if ready:
-            run.gap_s.setdefault(name, []).append(max(0.0, start - max(ready)))
+        if preds:
+            run.gap_s.setdefault(name, []).append(max(0.0, start - max(preds + busy)))
         r = reallocs.get((name, it))
         if r is not None:
             run.realloc_s.append((name, r[1] - r[0], r[2]))
@@ -184,10 +186,10 @@ class CallRow:
     call: str
     kind: str
     num_devices: int
-    measured_s: float      # gap + span: what the call adds to the iteration
+    measured_s: float      # gap + span: what the call adds to the iteration (span: no gap)
     span_s: float
     gap_s: float | None
-    estimate_s: float      # the whole estimate (device terms + runtime terms)
+    estimate_s: float      # the estimate of the same (without launch and hand-off: no gap)
     device_s: float        # device terms only
     handoff_s: float
     num_seqs: int
@@ -230,8 +232,11 @@ def call_rows(run: Run, profile: HardwareProfile) -> tuple[list[CallRow], float,
         gaps = run.gap_s.get(c.name)
         gap = statistics.median(gaps) if gaps else None
         a = run.plan.assignment(c.name)
+        est = cand.time_s
+        if gap is None:  # compare the span alone with the estimate's work on the devices
+            est -= bd.get("launch", 0.0) + bd.get("handoff", 0.0)
         rows.append(CallRow(run.path.name, c.name, c.type, a.dp * a.tp * a.pp,
-                            span + (gap or 0.0), span, gap, cand.time_s, device,
+                            span + (gap or 0.0), span, gap, est, device,
                             bd.get("handoff", 0.0), c.num_seqs))
     return rows, alone, steady
 

@@ -1,0 +1,230 @@
+"""Does the plan the planner ranks fastest run fastest? Estimated vs measured, per plan.
+
+    python tools/bench_plans.py --devices 2 [--iterations 5] [--profile P.json]
+        [--calibrate-on tiny-ppo] [--specs tiny-ppo,tiny-grpo,tiny-remax] [--out runs/bench_plans]
+
+For tiny PPO, GRPO and ReMax (rule reward, tiny Llamas, one node of --devices
+virtual CPU devices), priced with a profile of this machine (`planner profile
+--quick`, measured first unless --profile is given): searches a plan, builds
+every baseline (colocate, colocate-per-call, split), runs each through
+`runtime run` for --iterations, and prints per plan the estimated and
+measured iteration (median, first iteration dropped), their ratio, per-call
+ratios (a call's time = its launch gap + its span, as `planner calibrate`
+reads them), the measured speedup of the searched plan over each baseline,
+and Kendall's tau between the estimated and the measured order of the plans.
+
+The runtime runs one iteration at a time, so the measured iteration is
+compared with the plan's first iteration alone (printed: "alone"); the
+steady state, which overlaps iterations, is printed beside it.
+
+--calibrate-on SPEC: fit the profile (`planner calibrate`) on that spec's runs
+only and price every other spec's plans again with it: the held-out figures
+say whether calibration carries over. Plans are not searched again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from planner.calibration import call_rows, load_run, price_plan  # noqa: E402
+from planner.cost_model.profile import load_profile  # noqa: E402
+from planner.errors import UserError  # noqa: E402
+from planner.graph.loader import load_spec  # noqa: E402
+from planner.plan import Provenance, load_plan, save_plan  # noqa: E402
+from planner.search.baselines import all_baselines  # noqa: E402
+from planner.search.plan_out import build_plan  # noqa: E402
+from planner.search.problem import build_problem  # noqa: E402
+from planner.search.simulator import Simulator  # noqa: E402
+
+# name -> (shipped spec it starts from, algorithm name to put in its place)
+SPECS = {"tiny-ppo": ("tiny-ppo-cpu.yaml", "ppo"), "tiny-grpo": ("tiny-grpo-cpu.yaml", "grpo"),
+         "tiny-remax": ("tiny-ppo-cpu.yaml", "remax")}
+PLANS = ("searched", "colocate", "colocate-per-call", "split")
+
+
+def _cli(args: list[str], log: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]), OMP_NUM_THREADS="1")
+    with open(log, "w") as f:
+        rc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, stdout=f,
+                            stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
+        raise UserError(f"{' '.join(args[:2])} failed (exit {rc}, log {log}): {tail[0]}")
+
+
+def write_spec(name: str, devices: int, profile: Path, out: Path) -> Path:
+    """The tiny spec for `name` on one node of `devices`, priced with `profile`."""
+    base, algo = SPECS[name]
+    text = (ROOT / "specs" / base).read_text()
+    text = text.replace("gpus_per_node: 4", f"gpus_per_node: {devices}")
+    text = text.replace("hardware: cpu}", f"hardware: {profile.resolve()}}}")
+    text = text.replace("name: ppo\n", f"name: {algo}\n")
+    text = text.replace("name: tiny-ppo-cpu", f"name: {name}-{devices}dev")
+    if algo == "remax":  # no critic in ReMax
+        text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith(
+            "critic:"))
+    path = out / f"{name}.yaml"
+    path.write_text(text + "\n")
+    load_spec(path)  # a bad edit fails here, not in the runtime
+    return path
+
+
+def make_plans(spec_path: Path, out: Path) -> dict[str, Path]:
+    """The searched plan (planner search) and every baseline's plan."""
+    plans = {"searched": out / "searched.json"}
+    _cli(["planner.cli", "search", str(spec_path), "-o", str(plans["searched"]),
+          "--steps", "3000"], out / "search.log")
+    spec = load_spec(spec_path)
+    p = build_problem(spec, spec_path)
+    for b in all_baselines(p, Simulator(p)):
+        if b.assignment is None:
+            continue
+        plan = build_plan(p, b.assignment, provenance=Provenance(method=f"baseline:{b.name}"),
+                          spec_path=spec_path)
+        plans[b.name] = out / f"{b.name}.json"
+        save_plan(plan, plans[b.name])
+    return plans
+
+
+def kendall_tau(xs: list[float], ys: list[float]) -> float:
+    """Kendall's tau-b (ties in either order count as neither agreeing nor not)."""
+    conc = disc = tx = ty = 0
+    n = len(xs)
+    for i in range(n):
+        for j in range(i + 1, n):
+            a, b = xs[i] - xs[j], ys[i] - ys[j]
+            if a == 0 and b == 0:
+                continue
+            if a == 0:
+                tx += 1
+            elif b == 0:
+                ty += 1
+            elif (a > 0) == (b > 0):
+                conc += 1
+            else:
+                disc += 1
+    denom = math.sqrt((conc + disc + tx) * (conc + disc + ty))
+    return (conc - disc) / denom if denom else float("nan")
+
+
+def measure(spec_name: str, plans: dict[str, Path], out: Path, iterations: int,
+            profile_path: Path, profile) -> dict[str, dict]:
+    res = {}
+    for plan_name, plan_path in plans.items():
+        run_dir = out / f"run-{plan_name}"
+        if not (run_dir / "metrics.jsonl").exists():
+            _cli(["runtime.cli", "run", str(plan_path), "--run-dir", str(run_dir),
+                  "--iterations", str(iterations)], out / f"run-{plan_name}.log")
+        run = load_run(run_dir, profile, str(profile_path))
+        res[plan_name] = {"run": run, "plan": load_plan(plan_path)}
+        print(f"  {spec_name} {plan_name}: measured "
+              f"{statistics.median(run.iteration_s) * 1e3:.1f} ms / iteration", flush=True)
+    return res
+
+
+def report(spec_name: str, res: dict[str, dict], profile, label: str) -> dict:
+    """Print one spec's table under `profile`; returns its figures."""
+    rows = {}
+    for name, r in res.items():
+        calls, alone, steady = call_rows(r["run"], profile)
+        measured = statistics.median(r["run"].iteration_s)
+        ratios = {c.call: c.measured_s / c.estimate_s for c in calls}
+        rows[name] = {"alone_s": alone, "steady_s": steady, "measured_s": measured,
+                      "ratio": measured / alone, "call_ratios": ratios}
+    print(f"\n{spec_name} ({label}); iteration ms, measured / estimate(alone):")
+    print(f"  {'plan':18} {'est alone':>9} {'est steady':>10} {'measured':>9} {'ratio':>6}  "
+          "per-call measured/estimate")
+    for name, x in rows.items():
+        per_call = ", ".join(f"{c} {v:.2f}" for c, v in x["call_ratios"].items())
+        print(f"  {name:18} {x['alone_s'] * 1e3:9.1f} {x['steady_s'] * 1e3:10.1f} "
+              f"{x['measured_s'] * 1e3:9.1f} {x['ratio']:6.2f}  {per_call}")
+    names = list(rows)
+    tau_alone = kendall_tau([rows[n]["alone_s"] for n in names],
+                            [rows[n]["measured_s"] for n in names])
+    tau_steady = kendall_tau([rows[n]["steady_s"] for n in names],
+                             [rows[n]["measured_s"] for n in names])
+    if "searched" in rows:
+        s = rows["searched"]["measured_s"]
+        print("  measured speedup of searched over: " + ", ".join(
+            f"{n} {rows[n]['measured_s'] / s:.2f}x" for n in names if n != "searched"))
+    all_calls = [v for x in rows.values() for v in x["call_ratios"].values()]
+    med_call = statistics.median(abs(v - 1) for v in all_calls)
+    med_iter = statistics.median(abs(x["ratio"] - 1) for x in rows.values())
+    print(f"  Kendall tau (estimated vs measured order): alone {tau_alone:.2f}, steady "
+          f"{tau_steady:.2f}; median |measured/estimate - 1|: calls {med_call * 100:.0f}%, "
+          f"iterations {med_iter * 100:.0f}%")
+    return {"plans": rows, "tau_alone": tau_alone, "tau_steady": tau_steady,
+            "median_call_error": med_call, "median_iteration_error": med_iter}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--devices", type=int, choices=(2, 4), default=2)
+    ap.add_argument("--iterations", type=int, default=5)
+    ap.add_argument("--profile", help="profile .json of this machine (default: measure one)")
+    ap.add_argument("--specs", default=",".join(SPECS))
+    ap.add_argument("--calibrate-on", help="fit the profile on this spec's runs only")
+    ap.add_argument("--out", default="runs/bench_plans")
+    args = ap.parse_args(argv)
+    try:
+        specs = [s.strip() for s in args.specs.split(",") if s.strip()]
+        unknown = [s for s in specs + [args.calibrate_on or specs[0]] if s not in SPECS]
+        if unknown:
+            raise UserError(f"unknown spec {unknown[0]!r}; expected one of {', '.join(SPECS)}")
+        if args.iterations < 2:
+            raise UserError("--iterations: at least 2 (the first is warm-up)")
+        out = Path(args.out) / f"{args.devices}dev"
+        out.mkdir(parents=True, exist_ok=True)
+        prof_path = Path(args.profile) if args.profile else out / "profile.json"
+        if not args.profile and not prof_path.exists():
+            print(f"measuring this machine into {prof_path} ...", flush=True)
+            _cli(["planner.cli", "profile", "--quick", "--out", str(prof_path)],
+                 out / "profile.log")
+        profile = load_profile(prof_path)
+        figures: dict = {"devices": args.devices, "profile": str(prof_path), "specs": {}}
+        results = {}
+        for name in specs:
+            d = out / name
+            d.mkdir(exist_ok=True)
+            spec_path = write_spec(name, args.devices, prof_path, d)
+            plans = make_plans(spec_path, d)
+            results[name] = measure(name, plans, d, args.iterations, prof_path, profile)
+            figures["specs"][name] = report(name, results[name], profile, "profile as measured")
+        if args.calibrate_on:
+            cal = out / f"calibrated-on-{args.calibrate_on}.json"
+            runs = [str(r["run"].path) for r in results[args.calibrate_on].values()]
+            _cli(["planner.cli", "calibrate", *runs, "--profile", str(prof_path), "-o",
+                  str(cal)], out / "calibrate.log")
+            print(f"\ncalibrated on {args.calibrate_on} -> {cal}")
+            calibrated = load_profile(cal)
+            figures["calibrated_on"] = args.calibrate_on
+            figures["held_out"] = {}
+            for name in specs:
+                tag = "calibrated on it" if name == args.calibrate_on else "held out"
+                figures["held_out"][name] = report(name, results[name], calibrated,
+                                                   f"profile calibrated on {args.calibrate_on}"
+                                                   f", {tag}")
+        for spec_fig in [*figures["specs"].values(), *figures.get("held_out", {}).values()]:
+            for x in spec_fig["plans"].values():
+                x.pop("run", None)
+        (out / "bench.json").write_text(json.dumps(figures, indent=1, default=str) + "\n")
+        print(f"\nfigures in {out / 'bench.json'}")
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
