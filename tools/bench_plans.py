@@ -28,6 +28,7 @@ import argparse
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -70,7 +71,7 @@ def write_spec(name: str, devices: int, profile: Path, out: Path) -> Path:
     text = text.replace("gpus_per_node: 4", f"gpus_per_node: {devices}")
     text = text.replace("hardware: cpu}", f"hardware: {profile.resolve()}}}")
     text = text.replace("name: ppo\n", f"name: {algo}\n")
-    text = text.replace("name: tiny-ppo-cpu", f"name: {name}-{devices}dev")
+    text = re.sub(r"^name: .*$", f"name: {name}-{devices}dev", text, count=1, flags=re.M)
     if algo == "remax":  # no critic in ReMax
         text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith(
             "critic:"))
