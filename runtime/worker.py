@@ -185,7 +185,8 @@ class Worker:
             _bind(engine, shards if same else {
                 n: torch.empty(sl_shape, dtype=dtype, device=engine.device)
                 for n, sl_shape in _shapes(engine).items()})
-        if not (same and not plan_crosses_devices(transfer)):  # else: nothing to do at all
+        # No piece crosses devices and this device's copy is shared or absent: nothing to do.
+        if plan_crosses_devices(transfer) or (engine is not None and not same):
             out = engine.local_tensors() if engine is not None else None
             execute(transfer, shards, dtype=dtype, group=self.union_groups[ranks],
                     device_to_rank={d: i for i, d in enumerate(ranks)}, out=out)
