@@ -115,3 +115,38 @@ def test_bad_inputs_exit_2_with_one_line(recorded, tmp_path, capsys):
     _one_line_exit_2(["calibrate", str(run), "--profile", str(other), "-o", str(out)],
                      capsys, "run.json profile.identity", "other.json")
     assert not out.exists()
+
+
+def test_runtime_terms_are_named_in_the_breakdown():
+    from planner.cost_model import estimate_call, realloc_cost
+    from planner.cost_model.profile import CallCorrection
+    from planner.cost_model.runtime_terms import handoff_bytes
+    from planner.layout import parse_layout
+
+    spec = load_spec(TINY_PPO)
+    call, model = spec.call("actor_train"), spec.models["actor"]
+    bare = load_profile("cpu")
+    prof = bare.model_copy(update={
+        "runtime": RuntimeOverheads(call_launch_s=0.01, handoff_bytes_per_s=1e6,
+                                    realloc_fixed_s=0.002),
+        "corrections": [CallCorrection(call_type="train", num_devices=2, scale=3.0)]})
+
+    def est(p, layout):
+        return estimate_call(model.architecture, model.head, call, parse_layout(layout), 1, p,
+                             trainable=True, gpus_per_node=4)
+
+    plain, priced = est(bare, "0-3:d4"), est(prof, "0-3:d4")  # size 4: nearest fit is 2
+    bd = priced.breakdown
+    assert bd["launch"] == 0.01
+    io = len(call.inputs) + len(call.outputs)
+    assert bd["handoff"] == pytest.approx(handoff_bytes(call.num_seqs, call.total_len, io) / 1e6)
+    assert bd["calibration"] == pytest.approx(2.0 * plain.time_s)
+    assert priced.time_s == pytest.approx(sum(bd.values()))
+    moved = realloc_cost(model.architecture, model.head, parse_layout("0-1:t2"),
+                         parse_layout("2-3:d2"), prof, gpus_per_node=4)
+    moved_bare = realloc_cost(model.architecture, model.head, parse_layout("0-1:t2"),
+                              parse_layout("2-3:d2"), bare, gpus_per_node=4)
+    assert moved.time_s == pytest.approx(moved_bare.time_s + 0.002)
+    none = realloc_cost(model.architecture, model.head, parse_layout("0-3:d4"),
+                        parse_layout("0-1:d2"), prof, gpus_per_node=4)
+    assert none.total_bytes == 0 and none.time_s == 0.0
