@@ -134,6 +134,10 @@ def measure(spec_name: str, plans: dict[str, Path], out: Path, iterations: int,
     return res
 
 
+def _layouts(plan) -> tuple:
+    return tuple(sorted((a.name, a.layout_str, a.micro_batches) for a in plan.calls))
+
+
 def report(spec_name: str, res: dict[str, dict], profile, label: str) -> dict:
     """Print one spec's table under `profile`; returns its figures."""
     rows = {}
@@ -146,10 +150,14 @@ def report(spec_name: str, res: dict[str, dict], profile, label: str) -> dict:
     print(f"\n{spec_name} ({label}); iteration ms, measured / estimate(alone):")
     print(f"  {'plan':18} {'est alone':>9} {'est steady':>10} {'measured':>9} {'ratio':>6}  "
           "per-call measured/estimate")
+    seen: dict[tuple, str] = {}
     for name, x in rows.items():
         per_call = ", ".join(f"{c} {v:.2f}" for c, v in x["call_ratios"].items())
+        same = seen.setdefault(_layouts(res[name]["plan"]), name)
+        x["same_plan_as"] = same if same != name else None
+        note = f"  (the same plan as {same}: the difference is noise)" if same != name else ""
         print(f"  {name:18} {x['alone_s'] * 1e3:9.1f} {x['steady_s'] * 1e3:10.1f} "
-              f"{x['measured_s'] * 1e3:9.1f} {x['ratio']:6.2f}  {per_call}")
+              f"{x['measured_s'] * 1e3:9.1f} {x['ratio']:6.2f}  {per_call}{note}")
     names = list(rows)
     tau_alone = kendall_tau([rows[n]["alone_s"] for n in names],
                             [rows[n]["measured_s"] for n in names])
