@@ -7,7 +7,7 @@ import json
 
 import networkx as nx
 
-from planner.graph.dataflow import build_graph, param_next_edges
+from planner.graph.dataflow import build_graph, param_lag_edges
 from planner.graph.loader import load_spec
 from planner.graph.spec import Spec
 
@@ -37,8 +37,17 @@ def graph_json(spec: Spec) -> dict:
         "data_edges": [{"from": u, "to": v, "keys": a["data_keys"]}
                        for u, v, a in g.edges(data=True) if a["data_keys"]],
         "param_edges": [{"from": u, "to": v} for u, v, a in g.edges(data=True) if a["param"]],
-        "param_next_edges": [{"from": u, "to": v} for u, v in param_next_edges(spec)],
+        "param_next_edges": [{"from": u, "to": v, "lag": lag}
+                             for u, v, lag in param_lag_edges(spec)],
+        "max_staleness": spec.max_staleness,
     }
+
+
+def _lag_note(lag: int) -> str:
+    """How an edge of `lag` iterations reads: 'next' when on-policy."""
+    if lag == 1:
+        return "next"
+    return f"lag {lag}: iteration k -> k+{lag}, policy up to {lag - 1} version(s) stale"
 
 
 def graph_text(spec: Spec) -> str:
@@ -56,8 +65,9 @@ def graph_text(spec: Spec) -> str:
               for u, v, a in g.edges(data=True) if a["data_keys"]]
     lines.append("parameter edges (within an iteration):")
     lines += [f"  {u} => {v}" for u, v, a in g.edges(data=True) if a["param"]]
-    lines.append("parameter edges (iteration k -> k+1):")
-    lines += [f"  {u} => {v} (next)" for u, v in param_next_edges(spec)]
+    lines.append("parameter edges (iteration k -> k+1):" if not spec.max_staleness else
+                 f"parameter edges (iteration k -> k+lag; max_staleness {spec.max_staleness}):")
+    lines += [f"  {u} => {v} ({_lag_note(lag)})" for u, v, lag in param_lag_edges(spec)]
     return "\n".join(lines)
 
 
@@ -72,8 +82,9 @@ def graph_dot(spec: Spec) -> str:
             out.append(f'  "{u}" -> "{v}" [label="{", ".join(a["data_keys"])}"];')
         if a["param"]:
             out.append(f'  "{u}" -> "{v}" [style=dashed, color=red, label="param"];')
-    for u, v in param_next_edges(spec):
-        out.append(f'  "{u}" -> "{v}" [style=dotted, color=red, label="param (next iter)", '
+    for u, v, lag in param_lag_edges(spec):
+        label = "param (next iter)" if lag == 1 else f"param (lag {lag} iters)"
+        out.append(f'  "{u}" -> "{v}" [style=dotted, color=red, label="{label}", '
                    "constraint=false];")
     out.append("}")
     return "\n".join(out)

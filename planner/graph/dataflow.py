@@ -7,6 +7,10 @@ attributes say why:
   a model trains only after every other call that reads its parameters.
 Across iterations every call of a trainable model M waits for M's train call
 of the previous iteration: `unroll(spec, k)` adds those edges (`param_next`).
+With `max_staleness: K` a generate call waits only for the train call K+1
+iterations back (it may sample with a policy up to K versions old): each
+cross-iteration edge has a `lag` in iterations, 1 + K for generate calls and
+1 for the rest (inference and train stay on-policy).
 Frozen models have no parameter edges.
 """
 
@@ -100,15 +104,22 @@ def _edge(g: nx.DiGraph, u: str, v: str) -> dict:
 
 
 def param_next_edges(spec: Spec) -> list[tuple[str, str]]:
-    """(train call of M in iteration k, call of M in iteration k+1), for every trainable M."""
+    """(train call of M in iteration k, call of M in a later iteration), for every trainable M."""
+    return [(u, v) for u, v, _ in param_lag_edges(spec)]
+
+
+def param_lag_edges(spec: Spec) -> list[tuple[str, str, int]]:
+    """(train call of M, call c of M, lag): c of iteration k + lag waits for the train
+    call of iteration k. lag = 1 + max_staleness for generate calls, 1 otherwise."""
     trains = train_call_of(spec)
-    return [(trains[c.model], c.name) for c in spec.calls
-            if c.model in trains and spec.models[c.model].trainable]
+    return [(trains[c.model], c.name,
+             1 + spec.max_staleness if c.type == "generate" else 1)
+            for c in spec.calls if c.model in trains and spec.models[c.model].trainable]
 
 
 def unroll(spec: Spec, num_iterations: int) -> nx.DiGraph:
     """`num_iterations` copies of the graph, nodes `(call, iteration)`, with the
-    cross-iteration parameter edges between consecutive copies."""
+    cross-iteration parameter edges (`param_next`, `lag` iterations apart)."""
     if num_iterations < 1:
         raise ValueError("num_iterations must be >= 1")
     one = build_graph(spec)
@@ -118,9 +129,9 @@ def unroll(spec: Spec, num_iterations: int) -> nx.DiGraph:
             g.add_node((n, it), iteration=it, **attrs)
         for u, v, attrs in one.edges(data=True):
             g.add_edge((u, it), (v, it), data_keys=list(attrs["data_keys"]),
-                       param=attrs["param"], param_next=False)
-    nexts = param_next_edges(spec)
-    for it in range(num_iterations - 1):
-        for u, v in nexts:
-            g.add_edge((u, it), (v, it + 1), data_keys=[], param=False, param_next=True)
+                       param=attrs["param"], param_next=False, lag=0)
+    for u, v, lag in param_lag_edges(spec):
+        for it in range(num_iterations - lag):
+            g.add_edge((u, it), (v, it + lag), data_keys=[], param=False, param_next=True,
+                       lag=lag)
     return g

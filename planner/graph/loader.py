@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from planner.errors import SpecError
 from planner.graph.algorithms import ALGORITHMS, DATASET_KEYS, expand
-from planner.graph.spec import Spec
+from planner.graph.spec import Spec, staleness_problem
 
 Loc = tuple[Any, ...]
 Locator = Callable[[Loc], tuple[int | None, str]]
@@ -234,6 +234,16 @@ def _expand_algorithm(data: dict, file: str | None, lines: dict[Loc, int],
     if not isinstance(name, str) or name not in ALGORITHMS:
         fail(f"unknown algorithm {name!r}; known: {', '.join(ALGORITHMS)}", ("algorithm", "name"))
     params_model = ALGORITHMS[name][0]
+    # max_staleness is a property of the whole spec, accepted here too for convenience.
+    staleness = alg.get("max_staleness")
+    if "max_staleness" in alg:
+        if "max_staleness" in data:
+            fail("give max_staleness at the top level or in algorithm, not both",
+                 ("algorithm", "max_staleness"))
+        problem = staleness_problem(staleness)
+        if problem:
+            fail(problem, ("algorithm", "max_staleness"))
+        alg = {k: v for k, v in alg.items() if k != "max_staleness"}
     try:
         params = params_model.model_validate(alg)
     except ValidationError as exc:
@@ -251,6 +261,10 @@ def _expand_algorithm(data: dict, file: str | None, lines: dict[Loc, int],
         e = exc.errors()[0]
         fail(f"expands to an invalid call: {pydantic_message(e, None)}", ("algorithm",))
     out = {k: v for k, v in data.items() if k != "algorithm"}
+    if staleness is not None:
+        out["max_staleness"] = staleness
+        if ("algorithm", "max_staleness") in lines:  # errors about it point at its line
+            lines[("max_staleness",)] = lines[("algorithm", "max_staleness")]
     out["calls"] = [c.model_dump(exclude_defaults=True) for c in calls]
     expanded["calls"] = 0
     user_funcs = data.get("functions", [])

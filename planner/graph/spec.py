@@ -261,6 +261,16 @@ class RLSpec(_Strict):
     tokenizer: str = Field("char", description="'char' (built in) or a tokenizer directory.")
 
 
+def staleness_problem(value) -> str | None:
+    """Why `value` is not a max_staleness (an integer >= 0), or None. YAML gives bools
+    and floats too; neither is a count of policy versions."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"expected an integer >= 0 (policy versions of lag), got {value!r}"
+    if value < 0:
+        return f"expected an integer >= 0 (policy versions of lag), got {value}"
+    return None
+
+
 class Spec(_Strict):
     """A whole RLHF workload: what runs, on what, and how the data flows."""
 
@@ -273,6 +283,17 @@ class Spec(_Strict):
     )
     dataset: DatasetSpec
     rl: RLSpec = Field(default_factory=RLSpec, description="Runtime hyperparameters.")
+    max_staleness: int = Field(
+        0, description="Bounded staleness K: a generate call of a trainable model in iteration "
+        "i may use the policy trained in iteration i-1-K (0 = synchronous, on-policy).")
+
+    @field_validator("max_staleness", mode="before")
+    @classmethod
+    def _staleness(cls, value):
+        problem = staleness_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     def call(self, name: str) -> CallSpec:
         for c in self.calls:
@@ -281,8 +302,12 @@ class Spec(_Strict):
         raise KeyError(name)
 
     def canonical_json(self) -> str:
-        """A stable text of the spec: the hash input for plans."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """A stable text of the spec: the hash input for plans. max_staleness 0 is left
+        out, so synchronous specs keep the hashes they had before the field existed."""
+        data = self.model_dump(mode="json")
+        if not data.get("max_staleness"):
+            data.pop("max_staleness", None)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def spec_hash(self) -> str:
         return "sha256:" + hashlib.sha256(self.canonical_json().encode()).hexdigest()

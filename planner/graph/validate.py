@@ -87,6 +87,11 @@ def check_spec(spec: Spec, *, file: str | None = None, locate: Locator | None = 
 
     _check_acyclic(spec, fail, call_index)
 
+    if spec.max_staleness > 0 and not any(
+            c.type == "generate" and spec.models[c.model].trainable for c in spec.calls):
+        fail(f"max_staleness {spec.max_staleness} needs a generate call of a trainable model "
+             "(only generation may run on an older policy)", "max_staleness")
+
 
 def _check_acyclic(spec: Spec, fail: Callable[..., None], call_index: dict[str, int]) -> None:
     # Functions first: a function reading its own (indirect) output loops forever.
