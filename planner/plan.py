@@ -137,6 +137,9 @@ class ExecutionPlan(_Strict):
     realloc: list[ReallocStep] = Field(default_factory=list)
     timeline: list[TimelineEvent] = Field(default_factory=list)
     iteration_time_s: float | None = Field(None, ge=0, description="Estimated steady state.")
+    max_staleness: int = Field(
+        0, ge=0, description="Staleness the plan's schedule assumes: a generate call of "
+        "iteration i may use the policy trained in iteration i-1-K (<= the spec's bound).")
     provenance: Provenance | None = None
     memory_capacity_bytes: int | None = Field(
         None, ge=0, description="Memory per GPU the plan was checked against (optional).")
@@ -171,6 +174,9 @@ def check_plan(plan: ExecutionPlan, spec: Spec | None = None, *, file: str = "<p
     if plan.spec_hash != spec.spec_hash():
         raise PlanError(f"{file} spec_hash: the plan was made for another spec "
                         f"({plan.spec_hash[:19]}... != {spec.spec_hash()[:19]}...); search again")
+    if plan.max_staleness > spec.max_staleness:
+        raise PlanError(f"{file} max_staleness: the plan assumes {plan.max_staleness} but the "
+                        f"spec allows at most {spec.max_staleness}")
     if plan.cluster != spec.cluster:
         raise PlanError(f"{file} cluster: differs from the spec's cluster")
     names = [c.name for c in spec.calls]

@@ -17,6 +17,7 @@ from planner.errors import UserError
 from planner.graph.loader import load_spec
 from planner.plan import save_plan
 from planner.search.driver import METHODS, SearchOutcome, search
+from planner.search.staleness import StalenessOutcome, search_staleness
 
 EXAMPLES = """examples:
   planner search specs/ppo-llama2-7b-16gpu.yaml -o plan.json
@@ -24,6 +25,7 @@ EXAMPLES = """examples:
   planner search specs/grpo-qwen2.5-7b-8gpu.yaml -o plan.json --method mcmc --seed 3
   planner search specs/dpo-llama3-8b-8gpu.yaml -o plan.json --method baseline
   planner search specs/tiny-ppo-cpu.yaml -o plan.json --steps 5000   # deterministic
+  planner search spec-with-max_staleness-1.yaml -o plan.json   # table per staleness 0..K
 """
 
 
@@ -97,6 +99,25 @@ def comparison_table(out: SearchOutcome, title: str = "plan vs. baselines") -> T
     return t
 
 
+def staleness_table(res: StalenessOutcome) -> Table:
+    """What each version of lag buys: the best plan and the best baseline per staleness k."""
+    t = Table(title="best plan per staleness bound (generation may use the policy of "
+                    "iteration i-1-K)")
+    for col, just in (("K", "right"), ("iteration (s)", "right"), ("speedup vs K=0", "right"),
+                      ("best baseline (s)", "left"), ("plan vs baseline", "right"),
+                      ("plan", "left")):
+        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    sync_s = res.synchronous.exact_period_s
+    for k, out in enumerate(res.per_k):
+        base = out.best_baseline
+        mark = "[bold]" if out is res.chosen else ""
+        t.add_row(f"{mark}{k}", f"{out.exact_period_s:.3f}", f"{sync_s / out.exact_period_s:.2f}x",
+                  f"{base[0]} {base[1]:.3f}" if base else "-",
+                  f"{base[1] / out.exact_period_s:.2f}x" if base else "-",
+                  out.problem.describe(out.assignment))
+    return t
+
+
 def run(args: argparse.Namespace) -> int:
     _check(args)
     spec = load_spec(args.spec)
@@ -111,12 +132,18 @@ def run(args: argparse.Namespace) -> int:
             bar.update(task, description=label, completed=frac,
                        best=f"best {best:.3f} s" if best is not None else "")
 
-        out = search(spec, spec_path=args.spec, method=args.method, time_limit_s=args.time_limit,
-                     seed=args.seed, top_k=args.top_k, steps=args.steps, workers=args.workers,
-                     cpsat_params=args.cpsat_params, progress=progress,
-                     every_node_count=args.every_node_count)
+        common = dict(spec_path=args.spec, method=args.method, time_limit_s=args.time_limit,
+                      seed=args.seed, top_k=args.top_k, steps=args.steps, workers=args.workers,
+                      cpsat_params=args.cpsat_params, progress=progress,
+                      every_node_count=args.every_node_count)
+        stale = search_staleness(spec, **common) if spec.max_staleness else None
+        out = stale.chosen if stale else search(spec, **common)
     save_plan(out.plan, args.output)
     show = Console()
+    if stale is not None:
+        show.print(staleness_table(stale))
+        show.print(f"writing the best plan within max_staleness {spec.max_staleness}: "
+                   f"staleness {out.problem.staleness}")
     show.print(plan_table(out))
     show.print(comparison_table(out))
     if out.lower_bound_s is not None:

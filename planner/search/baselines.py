@@ -9,7 +9,9 @@
 - `split`: generation on its own devices, training and inference on the rest
   (OpenRLHF style), every call with its own strategy on its side. The best
   split over every cut of the cluster into two legal meshes (whole nodes, or
-  two halves of one node).
+  two halves of one node). Under max_staleness K > 0 the same plan is
+  simulated with generation up to K policy versions ahead: `async-split`,
+  verl's fully-async mode with the rollout:train split chosen as the best cut.
 
 Per-call strategies on fixed meshes are chosen by coordinate descent with the
 simulator (each call in turn tries its options, keeping the best simulated
@@ -178,9 +180,14 @@ def split(p: Problem, sim: Simulator) -> Baseline:
     memory fits jump), or on one node the two halves.
     """
     gens = [i for i in range(p.n) if p.calls[i].type == "generate"]
-    desc = "generation on its own devices, training and inference on the rest (OpenRLHF style)"
+    name, desc = "split", \
+        "generation on its own devices, training and inference on the rest (OpenRLHF style)"
+    if p.staleness:  # the same cut, simulated with the stale edges: generation runs ahead
+        name, desc = "async-split", (
+            f"generation on its own devices up to {p.staleness} policy version(s) ahead of "
+            "training and inference on the rest (verl fully-async style)")
     if not gens:
-        return Baseline("split", desc, None, None, "the spec has no generate call")
+        return Baseline(name, desc, None, None, "the spec has no generate call")
     n, gpn = p.num_devices, p.gpus_per_node
     tried: dict[int, tuple[tuple[int, ...] | None, float | None]] = {}
 
@@ -199,9 +206,9 @@ def split(p: Problem, sim: Simulator) -> Baseline:
         at(g)
     ok = {g: v for g, v in tried.items() if v[1] is not None}
     if not ok:
-        return Baseline("split", desc, None, None, "no split fits in memory")
+        return Baseline(name, desc, None, None, "no split fits in memory")
     g = min(ok, key=lambda k: (ok[k][1], k))
-    return Baseline("split", desc, ok[g][0], ok[g][1],
+    return Baseline(name, desc, ok[g][0], ok[g][1],
                     f"generation on devices 0-{g - 1}, the rest on {g}-{n - 1}")
 
 

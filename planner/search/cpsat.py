@@ -17,8 +17,8 @@ minimises P (modulo scheduling, as for software pipelining):
   NoOverlap per device class over them. Because every copy lies in [-P, 2P),
   this is exactly "no overlap modulo P" (and forces len <= P);
 - precedence: s[v] >= s[u] + len[u] along data and parameter edges; across
-  iterations (train of M at k before every call of M at k+1):
-  s[v] + P >= s[u] + len[u];
+  iterations (train of M at k before every call of M at k+lag, lag 1, or
+  1 + max_staleness for a generate call): s[v] + lag*P >= s[u] + len[u];
 - memory per device class: the home candidates covering it plus any call's
   transient (with the temporary parameter copy when its layout differs from
   home) fit in capacity, as the simulator checks.
@@ -27,7 +27,7 @@ Relaxations (so the optimum is a lower bound on the simulator's best period
 over the same candidates): the realloc busies only the receiving call's
 devices (the simulator also busies the sending home devices); durations are
 rounded down to whole microseconds; a call may lag the iteration's first call
-by at most WINDOWS periods (documented limit of the bound). After solving,
+by at most WINDOWS (+ max_staleness) periods (documented limit of the bound). After solving,
 every solution found is re-simulated in plain Python and the best simulated
 one is returned; the simulator replays CP-SAT's order (start times).
 """
@@ -122,6 +122,7 @@ def add_timing(model: cp_model.CpModel, p: Problem, x: list[list[cp_model.IntVar
                horizon: int, period_ub: int) -> _Vars:
     """Period, starts (absolute and modulo), lengths, precedences and per-device NoOverlap."""
     period = model.new_int_var(1, period_ub, "period")
+    windows = num_windows(p)
     start, mod, length, wrap_start = [], [], [], []
     for c in range(p.n):
         pro = add_prologue(model, p, x, c, horizon)
@@ -131,10 +132,10 @@ def add_timing(model: cp_model.CpModel, p: Problem, x: list[list[cp_model.IntVar
         model.add(ln <= period)
         m = model.new_int_var(0, period_ub, f"mod_{c}")
         model.add(m <= period - 1)
-        q = [model.new_bool_var(f"lag_{c}_{w}") for w in range(WINDOWS)]
+        q = [model.new_bool_var(f"lag_{c}_{w}") for w in range(windows)]
         model.add_exactly_one(q)
-        s = model.new_int_var(0, WINDOWS * period_ub, f"start_{c}")
-        for w in range(WINDOWS):
+        s = model.new_int_var(0, windows * period_ub, f"start_{c}")
+        for w in range(windows):
             model.add(s == m + w * period).only_enforce_if(q[w])
         start.append(s)
         mod.append(m)
@@ -147,11 +148,17 @@ def add_timing(model: cp_model.CpModel, p: Problem, x: list[list[cp_model.IntVar
     for e in p.edges:
         model.add(start[e.v] >= start[e.u] + length[e.u])
     for v in range(p.n):
-        for u in p.prev_preds[v]:
-            model.add(start[v] + period >= start[u] + length[u])
+        for u, lag in zip(p.prev_preds[v], p.prev_lags[v]):
+            model.add(start[v] + lag * period >= start[u] + length[u])
     add_device_no_overlap(model, p, x, mod, wrap_start, length, period_ub)
     add_device_load(model, p, x, period)
     return _Vars(x, start, mod, length, period)
+
+
+def num_windows(p: Problem) -> int:
+    """Periods a call may lag its iteration's first call: WINDOWS, plus the extra
+    iterations a stale generation may run ahead of training (max_staleness)."""
+    return WINDOWS + max((lag for lags in p.prev_lags for lag in lags), default=1) - 1
 
 
 def device_classes(p: Problem) -> list[tuple[int, list[tuple[int, int]]]]:

@@ -41,6 +41,27 @@ def exact_evaluation(p: Problem, assign: tuple[int, ...], order: list[float] | N
     return exact, sim.timeline(assign, iterations=TIMELINE_ITERATIONS)
 
 
+def policy_versions(p: Problem, events: list[Event]) -> dict[tuple[int, int], int]:
+    """(generate call, iteration) -> the policy version it samples with, read off the
+    timeline: how many train steps of its model had ended when its prologue (the realloc
+    that copies the parameters) began. Iteration i on-policy uses version i; under
+    max_staleness K the schedule guarantees a version >= i - K."""
+    starts: dict[tuple[int, int], float] = {}
+    train_ends: dict[int, list[float]] = {}
+    for e in events:
+        key = (e.call, e.iteration)
+        starts[key] = min(starts.get(key, e.start_s), e.start_s)
+        if e.kind == "call" and p.calls[e.call].type == "train":
+            train_ends.setdefault(e.call, []).append(e.end_s)
+    out = {}
+    for (c, k), t in starts.items():
+        if p.calls[c].type != "generate" or not p.prev_preds[c]:
+            continue
+        ends = train_ends.get(p.prev_preds[c][0], [])
+        out[(c, k)] = sum(1 for x in ends if x <= t + 1e-9)
+    return out
+
+
 def build_plan(p: Problem, assign: tuple[int, ...], *, provenance: Provenance,
                order: list[float] | None = None, spec_path: str | Path | None = None,
                evaluation: tuple[Problem, Evaluation] | None = None) -> ExecutionPlan:
@@ -90,6 +111,7 @@ def build_plan(p: Problem, assign: tuple[int, ...], *, provenance: Provenance,
             end_s=max(0.0, r.end_s - origin) if r else 0.0,
             bytes=int(mv.total_bytes)))
 
+    versions = policy_versions(p, ev.events) if p.staleness else {}
     timeline = []
     for e in ev.events:
         name = p.names[e.call]
@@ -105,6 +127,11 @@ def build_plan(p: Problem, assign: tuple[int, ...], *, provenance: Provenance,
         else:
             label = name
             args["type"] = p.calls[e.call].type
+            v = versions.get((e.call, e.iteration))
+            if v is not None:  # what `planner show` draws on a generation bar
+                args.update(policy_version=v, staleness=e.iteration - v,
+                            policy=f"policy v{v}" + (f" (i-{e.iteration - v})"
+                                                     if e.iteration > v else " (on-policy)"))
         timeline.append(TimelineEvent(kind=e.kind, name=label, device_ids=_devices(e.lo, e.hi,
                                       e.extra), start_s=e.start_s, end_s=e.end_s,
                                       iteration=e.iteration, args=args))
@@ -112,4 +139,4 @@ def build_plan(p: Problem, assign: tuple[int, ...], *, provenance: Provenance,
                          spec_path=str(spec_path) if spec_path is not None else None,
                          cluster=p.spec.cluster, calls=calls, realloc=reallocs,
                          timeline=timeline, iteration_time_s=ev.period_s,
-                         provenance=provenance)
+                         max_staleness=p.staleness, provenance=provenance)

@@ -26,7 +26,7 @@ from planner.cost_model import data_transfer_cost, realloc_cost
 from planner.cost_model.profile import HardwareProfile, load_spec_profile
 from planner.cost_model.runtime_terms import KEY_BYTES_PER_TOKEN, host_function_s
 from planner.errors import UserError
-from planner.graph.dataflow import build_graph, call_order, home_calls, param_next_edges
+from planner.graph.dataflow import build_graph, call_order, home_calls, param_lag_edges
 from planner.graph.spec import CallSpec, Spec
 from planner.layout.layout import Layout
 from planner.search.candidates import CallCandidates, CallContext, Candidate, enumerate_call, price
@@ -105,12 +105,7 @@ class Problem:
             self.in_edges[iv].append(len(self.edges))
             self.edges.append(Edge(iu, iv, nbytes, keys, host_s))
         self.preds = [sorted({self.edges[e].u for e in self.in_edges[v]}) for v in range(self.n)]
-        # Cross-iteration parameter edges: call v of iteration k+1 waits for u of iteration k.
-        self.prev_preds: list[list[int]] = [[] for _ in range(self.n)]
-        for u, v in param_next_edges(spec):
-            iu, iv = self.index[u], self.index[v]
-            if iu not in self.prev_preds[iv]:
-                self.prev_preds[iv].append(iu)
+        self._set_lags(spec)
 
         self.contexts = [CallContext(c, spec.models[c.model], profile, cl.gpus_per_node,
                                      cl.num_devices, shard_optimizer) for c in self.calls]
@@ -127,6 +122,28 @@ class Problem:
         self.candidates = [list(e.candidates) for e in self.enumerated]
         self._check_possible()
         self._add_home_layouts()
+
+    def _set_lags(self, spec: Spec) -> None:
+        """Cross-iteration parameter edges: call v of iteration k + prev_lags[v][x] waits for
+        prev_preds[v][x] of iteration k (lag 1; 1 + max_staleness for generate calls).
+        `staleness` is the bound these edges assume (<= the spec's max_staleness)."""
+        self.staleness = spec.max_staleness
+        self.prev_preds: list[list[int]] = [[] for _ in range(self.n)]
+        self.prev_lags: list[list[int]] = [[] for _ in range(self.n)]
+        for u, v, lag in param_lag_edges(spec):
+            iu, iv = self.index[u], self.index[v]
+            if iu not in self.prev_preds[iv]:
+                self.prev_preds[iv].append(iu)
+                self.prev_lags[iv].append(lag)
+
+    def with_staleness(self, k: int) -> "Problem":
+        """The same candidates (a scratch copy) with the edges of max_staleness k: the
+        search compares staleness bounds without pricing the candidates again."""
+        if not 0 <= k <= self.spec.max_staleness:
+            raise ValueError(f"staleness {k} outside 0..{self.spec.max_staleness}")
+        q = self.scratch()
+        q._set_lags(self.spec.model_copy(update={"max_staleness": k}))
+        return q  # q.spec stays the user's spec: plans of q carry its hash
 
     # ------------------------------------------------------------- candidates
 

@@ -4,7 +4,8 @@ Scheduling (DESIGN.md "The simulator"; README.md beside this file):
 list scheduling of a few unrolled iterations in a fixed priority order,
 (iteration, topological index) by default. A call starts when its data and
 parameter predecessors (this iteration) and its cross-iteration parameter
-predecessors (the previous one) are done and every device it touches is
+predecessors (the previous one; `lag` iterations back for a generate call
+under max_staleness) are done and every device it touches is
 free. Devices run their tasks in priority order, so no tie ever needs
 breaking at run time and the result is deterministic.
 
@@ -101,11 +102,16 @@ class Simulator:
         self.overflow_weight = overflow_weight
         n = problem.n
         self.preds = [tuple(x) for x in problem.preds]
-        self.prev_preds = [tuple(x) for x in problem.prev_preds]
+        # (predecessor, lag): call c of iteration k waits for u of iteration k - lag.
+        self.prev_preds = [tuple(zip(problem.prev_preds[v], problem.prev_lags[v]))
+                           for v in range(n)]
+        self.max_lag = max((lag for pp in self.prev_preds for _, lag in pp), default=1)
         self.in_edges = [tuple((e, problem.edges[e].u) for e in problem.in_edges[v])
                          for v in range(n)]
-        self.carried = sorted({u for v in range(n) for u in problem.prev_preds[v]})
-        self.offsets = order
+        # Ends the coming iterations still wait for: (u, iterations back).
+        self.carried = sorted({(u, back) for v in range(n) for u, lag in self.prev_preds[v]
+                               for back in range(lag)})
+        self.offsets = order if order is not None else self.ahead_offsets()
         self.cache: dict[tuple[int, ...], tuple[float, int]] = {}
         self.num_sims = 0
         self._tables()
@@ -227,16 +233,14 @@ class Simulator:
         # Iteration-major order: check for a repeating state after each iteration.
         for k in range(iterations):
             cur = ends[k]
-            last = ends[k - 1] if k else None
             for c in range(n):
                 t = 0.0
                 for u in preds[c]:
                     if cur[u] > t:
                         t = cur[u]
-                if last is not None:
-                    for u in prev_preds[c]:
-                        if last[u] > t:
-                            t = last[u]
+                for u, lag in prev_preds[c]:
+                    if k >= lag and ends[k - lag][u] > t:
+                        t = ends[k - lag][u]
                 for s in occ[c]:
                     if free[s] > t:
                         t = free[s]
@@ -252,7 +256,8 @@ class Simulator:
                     self._record(events, c, k, t, r, pro[c], e, lo[c], hi[c], src_range[c])
             iter_end[k] = max(cur)
             done_iters = k + 1
-            state = [free[s] for s in used] + [cur[u] for u in self.carried]
+            state = [free[s] for s in used] + [ends[k - b][u] if k >= b else 0.0
+                                               for u, b in self.carried]
             if prev_state is not None and not record:
                 d = iter_end[k] - iter_end[k - 1]
                 tol = 1e-9 * max(1.0, iter_end[k])
@@ -289,11 +294,13 @@ class Simulator:
         period = None
         converged = False
         prev_state: list[float] | None = None
-        cut = span + 2                        # first cut with full look-back windows
+        back = self.max_lag                   # iterations a cross-iteration edge reaches back
+        cut = span + 1 + back                 # first cut with full look-back windows
         for key, c, k in order:
             while not record and key >= cut and cut <= total:
-                # State at this cut: free times + ends of tasks with keys in [cut-span-1, cut).
-                first = _bisect_left(keys, cut - span - 1)
+                # State at this cut: free times + ends of tasks with keys in
+                # [cut-span-back, cut) (the ones a task at or after the cut may wait for).
+                first = _bisect_left(keys, cut - span - back)
                 state = [free[s] for s in used] + done_ends[first:]
                 if prev_state is not None and len(state) == len(prev_state):
                     d = done_ends[-1] - prev_last
@@ -310,11 +317,9 @@ class Simulator:
             for u in preds[c]:
                 if cur[u] > t:
                     t = cur[u]
-            if k:
-                last = ends[k - 1]
-                for u in prev_preds[c]:
-                    if last[u] > t:
-                        t = last[u]
+            for u, lag in prev_preds[c]:
+                if k >= lag and ends[k - lag][u] > t:
+                    t = ends[k - lag][u]
             for s in occ[c]:
                 if free[s] > t:
                     t = free[s]
@@ -413,15 +418,28 @@ class Simulator:
     def period(self, a: tuple[int, ...], offsets: tuple[float, ...] | None = None) -> float:
         return self._cached(a, offsets)[0]
 
+    def ahead_offsets(self) -> list[float] | None:
+        """The default order under max_staleness K > 0: a stale generate call of iteration
+        k + K ranks with the other calls of iteration k (they get offset K, it 0), so on
+        shared devices (the realloc's senders included) the next generation goes first,
+        as an asynchronous system runs it. None when nothing is stale or the order would
+        break an edge (a generate call that reads another call's output)."""
+        stale = {v for v in range(self.p.n) for _, lag in self.prev_preds[v] if lag > 1}
+        if not stale:
+            return None
+        ahead = float(max(lag for v in stale for _, lag in self.prev_preds[v]) - 1)
+        offsets = tuple(0.0 if c in stale else ahead for c in range(self.p.n))
+        return list(offsets) if self.valid_offsets(offsets) else None
+
     def valid_offsets(self, offsets: tuple[float, ...]) -> bool:
         """Whether an order respects the graph: along an edge u -> v, u's key comes first
         (equal keys fall back on the topological index); across iterations, u of
-        iteration k strictly before v of k + 1."""
+        iteration k strictly before v of k + lag."""
         for v in range(self.p.n):
             for u in self.preds[v]:
                 if offsets[u] > offsets[v]:
                     return False
-            for u in self.prev_preds[v]:
-                if offsets[u] >= 1.0 + offsets[v]:
+            for u, lag in self.prev_preds[v]:
+                if offsets[u] >= lag + offsets[v]:
                     return False
         return True

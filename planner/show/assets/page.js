@@ -478,7 +478,7 @@
         const hgt = y1 - y0;
         if (hgt < 9) continue;
         const fs = Math.min(12, Math.max(9, hgt * 0.5));
-        const full = x.n;
+        const full = x.a && x.a.policy ? `${x.n} · ${x.a.policy}` : x.n;  // stale generation
         if (full.length * fs * 0.6 + 6 > w) continue;
         s("text", { x: X(x.s) + w / 2, y: (y0 + y1) / 2 + fs * 0.35, "text-anchor": "middle",
           "font-size": fs, "font-weight": 600, fill: "#fff", stroke: "rgba(16,24,40,.35)",
@@ -521,7 +521,8 @@
       const a = x.a || {};
       const rank = a.rank !== undefined ? `this GPU: rank ${a.rank} = dp ${a.dp_rank}, ` +
         `tp ${a.tp_rank}, pp stage ${a.pp_stage}<br>` : "";
-      return callTip(CALL[x.n], where + rank);
+      const pol = a.policy ? `samples with ${esc(a.policy)}<br>` : "";
+      return callTip(CALL[x.n], where + rank + pol);
     }
     const a = x.a || {};
     let body = `<b>${esc(x.n)}</b> <span class="t-muted">${x.k}</span><br>` + where;

@@ -1,0 +1,52 @@
+"""Bounded staleness as a searched dimension: the best plan for each K in 0..max_staleness.
+
+A spec with `max_staleness: K` allows a generate call of iteration i to use the
+policy trained in iteration i-1-K (planner/graph/dataflow.py). Every smaller
+bound is allowed too, and a plan that needs less staleness is the better
+answer at equal speed (its samples are fresher). So the search runs once per
+k = 0..K on the same priced candidates (Problem.with_staleness), each with
+its share of the time budget, and the caller sees what each version of lag
+buys; the written plan is the fastest, ties to the smaller k, and records the
+k it assumes. Baselines are searched per k too (under k > 0 the split
+baseline becomes the async one: baselines.split).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from planner.graph.spec import Spec
+from planner.search.driver import Progress, SearchOutcome, search
+from planner.search.problem import Problem, build_problem
+
+
+@dataclass
+class StalenessOutcome:
+    per_k: list[SearchOutcome]       # index k: the best plan with staleness at most k
+    chosen: SearchOutcome            # the fastest, ties to the smallest k
+
+    @property
+    def synchronous(self) -> SearchOutcome:
+        return self.per_k[0]
+
+
+def search_staleness(spec: Spec, *, spec_path: str | Path | None = None,
+                     time_limit_s: float = 10.0, top_k: int = 40,
+                     every_node_count: bool = False, problem: Problem | None = None,
+                     progress: Progress | None = None, **kwargs) -> StalenessOutcome:
+    """Search every staleness bound 0..spec.max_staleness; `kwargs` go to `search`."""
+    t0 = time.perf_counter()
+    if progress:
+        progress("candidates", 0.0, None)
+    p = problem or build_problem(spec, spec_path, top_k=top_k, every_node_count=every_node_count)
+    num = spec.max_staleness + 1
+    per_k: list[SearchOutcome] = []
+    for k in range(num):
+        share = max(0.5, (time_limit_s - (time.perf_counter() - t0)) / (num - k))
+        stage = (lambda s, f, b, k=k: progress(f"K={k} {s}", f, b)) if progress else None
+        per_k.append(search(spec, spec_path=spec_path, problem=p.with_staleness(k),
+                            time_limit_s=share, progress=stage, **kwargs))
+    chosen = min(per_k, key=lambda o: (o.exact_period_s, o.problem.staleness))
+    return StalenessOutcome(per_k, chosen)
