@@ -1,0 +1,216 @@
+"""Bounded staleness (max_staleness K): the graph's lagged edges, the search over them,
+the async baseline, the plan's policy versions, and refused values."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import networkx as nx
+import pytest
+
+from planner.cli import main
+from planner.graph.dataflow import build_graph, param_lag_edges, unroll
+from planner.graph.loader import load_spec, spec_from_data
+from planner.search.baselines import all_baselines
+from planner.search.cpsat import cpsat_search
+from planner.search.plan_out import build_plan
+from planner.plan import Provenance
+from planner.search.problem import build_problem
+from planner.search.scenarios import (cand, hand_problem, spec_of, call, TINY_MODELS,
+                                      tiny_parallel_spec)
+from planner.search.simulator import Simulator
+from planner.search.staleness import search_staleness
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = sorted((ROOT / "specs").glob("*.yaml"))
+
+
+def stale(spec, k: int):
+    """The spec with max_staleness k, validated again."""
+    return spec_from_data({**spec.model_dump(mode="json", exclude_defaults=False),
+                           "max_staleness": k})
+
+
+# ---------------------------------------------------------------------------- graph
+
+
+@pytest.mark.parametrize("name", ["tiny-ppo-cpu", "tiny-grpo-cpu", "tiny-remax-cpu"])
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_unrolled_edges_are_exactly_the_described_ones(name, k):
+    """Brute force over every pair of nodes of 6 unrolled iterations: a cross-iteration
+    edge exists iff its source is the train call of the target's (trainable) model and
+    it reaches back 1 + K iterations to a generate call, 1 to any other call."""
+    spec = stale(load_spec(ROOT / "specs" / f"{name}.yaml"), k)
+    n = 6
+    g = unroll(spec, n)
+    nodes = list(g.nodes)
+    trains = {c.model: c.name for c in spec.calls if c.type == "train"}
+    for (u, i), (v, j) in itertools.product(nodes, nodes):
+        cv = spec.call(v)
+        want = (j > i and spec.models[cv.model].trainable and trains.get(cv.model) == u
+                and j - i == (1 + k if cv.type == "generate" else 1))
+        got = g.has_edge((u, i), (v, j)) and g.edges[(u, i), (v, j)]["param_next"]
+        assert got == want, ((u, i), (v, j))
+        if got:
+            assert g.edges[(u, i), (v, j)]["lag"] == j - i
+    # Inside an iteration nothing changes.
+    assert nx.utils.graphs_equal(build_graph(spec), build_graph(stale(spec, 0)))
+
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_generation_sees_the_policy_of_iteration_i_minus_1_minus_k(k):
+    """Through every path of the unrolled graph, the newest training a generate call of
+    iteration i waits for is iteration i-1-K's; inference and train calls wait for i-1's."""
+    spec = stale(load_spec(ROOT / "specs" / "tiny-ppo-cpu.yaml"), k)
+    g = unroll(spec, 7)
+    for (v, i) in g.nodes:
+        c = spec.call(v)
+        if not spec.models[c.model].trainable:
+            continue
+        train = next(x.name for x in spec.calls if x.type == "train" and x.model == c.model)
+        newest = max((j for (u, j) in nx.ancestors(g, (v, i)) if u == train), default=None)
+        if c.type == "train":
+            want = i - 1
+        else:
+            want = i - 1 - (k if c.type == "generate" else 0)
+        assert newest == (want if want >= 0 else None), (v, i)
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
+def test_k0_leaves_specs_and_hashes_unchanged(path):
+    spec = load_spec(path)
+    assert spec.max_staleness == 0
+    assert "max_staleness" not in spec.canonical_json()
+    assert stale(spec, 0).spec_hash() == spec.spec_hash()
+    assert spec.model_copy(update={"max_staleness": 1}).spec_hash() != spec.spec_hash()
+    assert all(lag == 1 for *_, lag in param_lag_edges(spec))
+    if spec.cluster.hardware == "cpu":  # small enough to price here
+        p = build_problem(spec, path, top_k=2)
+        assert all(lag == 1 for lags in p.prev_lags for lag in lags)
+        assert Simulator(p).offsets is None  # the synchronous order, exactly as before
+
+
+# --------------------------------------------------------------------------- search
+
+
+def _hand_async_problem(k: int):
+    """Generation, reference and training on 2 devices: on-policy they must run one
+    after the other; one version of lag lets generation of i+1 overlap training of i."""
+    spec = spec_of([
+        call("actor_gen", "actor", "generate", ["prompts"], ["seqs"]),
+        call("ref_inf", "ref", "inference", ["seqs"], ["ref_logp"]),
+        call("actor_train", "actor", "train", ["seqs", "ref_logp"], [], minibatches=2),
+    ], {"actor": TINY_MODELS["actor"], "ref": TINY_MODELS["ref"]}, gpn=2)
+    spec = spec.model_copy(update={"max_staleness": k})
+    return hand_problem(spec, {
+        "actor_gen": [cand(0, 1, 3.0), cand(1, 2, 3.0), cand(0, 2, 2.6)],
+        "ref_inf": [cand(0, 2, 0.5), cand(1, 2, 0.6), cand(0, 1, 0.6)],
+        "actor_train": [cand(0, 2, 2.0), cand(1, 2, 2.5), cand(0, 1, 2.5)],
+    }, realloc_s=0.2)
+
+
+def _brute(sim: Simulator):
+    p = sim.p
+    return min((sim.period(a), a) for a in itertools.product(
+        *[range(len(c)) for c in p.candidates]) if sim.feasible(a))
+
+
+def test_cpsat_with_k1_finds_the_brute_force_optimum_and_bounds_it():
+    sync = _brute(Simulator(_hand_async_problem(0)))[0]
+    p = _hand_async_problem(1)
+    best, a = _brute(Simulator(p))
+    assert best < sync * 0.9  # the lag is worth something here
+    r = cpsat_search(Simulator(p), time_limit_s=30, workers=1, seed=0)
+    assert r.status.startswith("OPTIMAL")
+    assert r.period_s == pytest.approx(best, rel=1e-4)
+    sim = Simulator(p)
+    for b in itertools.product(*[range(len(c)) for c in p.candidates]):
+        if sim.feasible(b):  # the bound is never above a simulated plan
+            assert r.lower_bound_s <= sim.period(b) * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("nodes,gpn", [(1, 4), (2, 2)])
+def test_cpsat_k1_bound_on_priced_tiny_problems(nodes, gpn):
+    """Candidates priced by the cost model: CP-SAT's bound is below every simulated plan
+    and its plan (re-simulated in its own order) no worse than the brute-force optimum
+    of the simulator's default order (it may be better: CP-SAT also chooses the order)."""
+    spec = tiny_parallel_spec(nodes=nodes, gpn=gpn).model_copy(update={"max_staleness": 1})
+    p = build_problem(spec, top_k=3)
+    sim = Simulator(p)
+    best, _ = _brute(sim)
+    r = cpsat_search(Simulator(p), time_limit_s=4, workers=1, seed=0)
+    assert r.lower_bound_s is not None and r.period_s is not None
+    assert r.period_s <= best * (1 + 1e-9)
+    for b in itertools.product(*[range(len(c)) for c in p.candidates]):
+        if sim.feasible(b):
+            assert r.lower_bound_s <= sim.period(b) * (1 + 1e-9)
+
+
+def test_staleness_search_table_and_plan():
+    spec = _hand_async_problem(1).spec
+    p = _hand_async_problem(1)
+    res = search_staleness(spec, problem=p, steps=300, method="mcmc", time_limit_s=5)
+    k0, k1 = res.per_k
+    assert k0.problem.staleness == 0 and k1.problem.staleness == 1
+    assert k1.exact_period_s < k0.exact_period_s
+    assert res.chosen is k1
+    plan = res.chosen.plan
+    assert plan.max_staleness == 1 and plan.spec_hash == spec.spec_hash()
+    gens = [e for e in plan.timeline if e.kind == "call" and e.args.get("type") == "generate"]
+    assert gens and all(0 <= e.args["staleness"] <= 1 for e in gens)
+    assert all(e.args["policy_version"] == e.iteration - e.args["staleness"] for e in gens)
+    assert any(e.args["staleness"] == 1 for e in gens)  # it does run ahead
+    names = {b.name for b in k1.baselines}
+    assert "async-split" in names and "split" in {b.name for b in k0.baselines}
+
+
+def test_async_baseline_not_slower_than_its_synchronous_split():
+    spec = tiny_parallel_spec(nodes=2, gpn=2)
+    for_k = {}
+    for k in (0, 1):
+        p = build_problem(spec.model_copy(update={"max_staleness": k}), top_k=4)
+        bs = {b.name: b for b in all_baselines(p, Simulator(p))}
+        for_k[k] = bs["async-split" if k else "split"].period_s
+    assert for_k[1] <= for_k[0] * (1 + 1e-9)
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+@pytest.mark.parametrize("value,where", [("-1", "top"), ("1.5", "top"), ("true", "algorithm"),
+                                         ("'2'", "algorithm"), ("1", "dpo")])
+def test_bad_max_staleness_is_one_line_exit_2(tmp_path, capsys, value, where):
+    if where == "dpo":  # no generate call at all
+        text = (ROOT / "specs" / "dpo-llama3-8b-8gpu.yaml").read_text() + \
+            f"max_staleness: {value}\n"
+    elif where == "top":
+        text = (ROOT / "specs" / "tiny-grpo-cpu.yaml").read_text() + f"max_staleness: {value}\n"
+    else:
+        text = (ROOT / "specs" / "tiny-grpo-cpu.yaml").read_text().replace(
+            "algorithm:\n", f"algorithm:\n  max_staleness: {value}\n")
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    if where == "dpo":  # once through the console entry point, as a user runs it
+        r = subprocess.run([sys.executable, "-m", "planner.cli", "search", str(f), "-o",
+                            str(tmp_path / "plan.json")], capture_output=True, text=True,
+                           cwd=ROOT, timeout=120)
+        code, err = r.returncode, r.stderr
+    else:
+        code, err = main(["validate", str(f)]), capsys.readouterr().err
+    assert code == 2, err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and "max_staleness" in lines[0] and str(f) in lines[0], err
+    assert not (tmp_path / "plan.json").exists()
+
+
+def test_frozen_generation_only_is_refused():
+    """A generate call of a frozen model has no policy to be stale about."""
+    spec = spec_of([call("gen", "ref", "generate", ["prompts"], ["seqs"]),
+                    call("train", "actor", "train", ["seqs"], [])],
+                   {"actor": TINY_MODELS["actor"], "ref": TINY_MODELS["ref"]})
+    with pytest.raises(Exception, match="needs a generate call of a trainable model"):
+        stale(spec, 1)
