@@ -10,14 +10,18 @@ a spec it was not made for.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from planner import limits as L
+from planner.bounded_io import BoundsError, load_json, read_bounded
+from planner.cost_model.legality import call_problem
 from planner.errors import PlanError
+from planner.graph.loader import format_path, pydantic_message
+from planner.outputs import write_atomic  # noqa: F401 - re-exported: plan files are written with it
 from planner.graph.spec import ClusterSpec, Spec
 from planner.layout import Layout, format_layout
 
@@ -25,15 +29,19 @@ PLAN_FORMAT_VERSION = 1
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Every number finite; integer fields carry bounds from planner/limits.py.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class CallEstimate(_Strict):
     """The cost model's figures for one call in the planned timeline."""
 
-    start_s: float = Field(ge=0, description="Start within the steady-state iteration.")
-    end_s: float = Field(ge=0, description="End within the steady-state iteration.")
-    peak_memory_bytes: int = Field(ge=0, description="Peak memory per device of this call.")
+    start_s: float = Field(ge=0, le=L.MAX_SECONDS,
+                           description="Start within the steady-state iteration.")
+    end_s: float = Field(ge=0, le=L.MAX_SECONDS,
+                         description="End within the steady-state iteration.")
+    peak_memory_bytes: int = Field(ge=0, le=L.MAX_BYTES,
+                                   description="Peak memory per device of this call.")
     breakdown_s: dict[str, float] = Field(default_factory=dict,
                                           description="Named time terms, seconds.")
 
@@ -48,11 +56,13 @@ class CallAssignment(_Strict):
     """Where and how one call runs."""
 
     name: str = Field(description="Call name from the spec.")
-    device_ids: list[int] = Field(min_length=1, description="Devices, in layout rank order.")
-    dp: int = Field(gt=0, description="Data-parallel degree.")
-    tp: int = Field(gt=0, description="Tensor-parallel degree (innermost).")
-    pp: int = Field(gt=0, description="Pipeline-parallel degree (outermost).")
-    micro_batches: int = Field(1, gt=0, description="Micro-batches per step.")
+    device_ids: list[int] = Field(min_length=1, max_length=L.MAX_DEVICES,
+                                  description="Devices, in layout rank order.")
+    dp: int = Field(gt=0, le=L.MAX_DEVICES, description="Data-parallel degree.")
+    tp: int = Field(gt=0, le=L.MAX_DEVICES, description="Tensor-parallel degree (innermost).")
+    pp: int = Field(gt=0, le=L.MAX_DEVICES, description="Pipeline-parallel degree (outermost).")
+    micro_batches: int = Field(1, gt=0, le=L.MAX_MICRO_BATCHES,
+                               description="Micro-batches per step.")
     estimate: CallEstimate | None = Field(None, description="Estimated timing and memory.")
 
     @model_validator(mode="after")
@@ -82,9 +92,9 @@ class ReallocStep(_Strict):
     model: str
     from_call: str
     to_call: str
-    start_s: float = Field(0.0, ge=0)
-    end_s: float = Field(0.0, ge=0)
-    bytes: int = Field(0, ge=0, description="Bytes received over all devices.")
+    start_s: float = Field(0.0, ge=0, le=L.MAX_SECONDS)
+    end_s: float = Field(0.0, ge=0, le=L.MAX_SECONDS)
+    bytes: int = Field(0, ge=0, le=L.MAX_BYTES, description="Bytes received over all devices.")
 
 
 class TimelineEvent(_Strict):
@@ -92,10 +102,10 @@ class TimelineEvent(_Strict):
 
     kind: Literal["call", "realloc", "transfer", "offload"]
     name: str
-    device_ids: list[int]
-    start_s: float = Field(ge=0)
-    end_s: float = Field(ge=0)
-    iteration: int = Field(0, ge=0)
+    device_ids: list[int] = Field(max_length=L.MAX_DEVICES)
+    start_s: float = Field(ge=0, le=L.MAX_SECONDS)
+    end_s: float = Field(ge=0, le=L.MAX_SECONDS)
+    iteration: int = Field(0, ge=0, le=L.MAX_ITERATION_INDEX)
     args: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -106,8 +116,9 @@ class DeviceMemory(_Strict):
     a plan leaves it out, so the simulator may fill it with what it checked.
     """
 
-    device_id: int = Field(ge=0)
-    peak_bytes: int = Field(ge=0, description="Resident states + the largest transient here.")
+    device_id: int = Field(ge=0, le=L.MAX_DEVICES)
+    peak_bytes: int = Field(ge=0, le=L.MAX_BYTES,
+                            description="Resident states + the largest transient here.")
     by_kind_bytes: dict[str, int] = Field(
         default_factory=dict,
         description="Kind (params, grads, optimizer, activations, kv_cache, realloc_copy, ...) "
@@ -120,8 +131,9 @@ class Provenance(_Strict):
 
     method: str = Field(description="mcmc, cpsat, baseline, manual, ...")
     seed: int | None = None
-    search_time_s: float | None = Field(None, ge=0)
-    lower_bound_s: float | None = Field(None, ge=0, description="Proven bound (CP-SAT).")
+    search_time_s: float | None = Field(None, ge=0, le=L.MAX_SECONDS)
+    lower_bound_s: float | None = Field(None, ge=0, le=L.MAX_SECONDS,
+                                        description="Proven bound (CP-SAT).")
     baselines_s: dict[str, float] = Field(default_factory=dict,
                                           description="Baseline name -> estimated iteration time.")
     notes: list[str] = Field(default_factory=list)
@@ -136,13 +148,15 @@ class ExecutionPlan(_Strict):
     calls: list[CallAssignment]
     realloc: list[ReallocStep] = Field(default_factory=list)
     timeline: list[TimelineEvent] = Field(default_factory=list)
-    iteration_time_s: float | None = Field(None, ge=0, description="Estimated steady state.")
+    iteration_time_s: float | None = Field(None, ge=0, le=L.MAX_SECONDS,
+                                           description="Estimated steady state.")
     max_staleness: int = Field(
-        0, ge=0, description="Staleness the plan's schedule assumes: a generate call of "
+        0, ge=0, le=L.MAX_STALENESS, description="Staleness the plan's schedule assumes: a generate call of "
         "iteration i may use the policy trained in iteration i-1-K (<= the spec's bound).")
     provenance: Provenance | None = None
     memory_capacity_bytes: int | None = Field(
-        None, ge=0, description="Memory per GPU the plan was checked against (optional).")
+        None, ge=0, le=L.MAX_BYTES,
+        description="Memory per GPU the plan was checked against (optional).")
     device_memory: list[DeviceMemory] = Field(
         default_factory=list, description="Per-GPU peak memory split by kind (optional).")
 
@@ -154,21 +168,27 @@ class ExecutionPlan(_Strict):
 
 
 def check_plan(plan: ExecutionPlan, spec: Spec | None = None, *, file: str = "<plan>") -> None:
-    """Cross-checks: devices exist, calls assigned once, and, given the spec, that it matches."""
+    """Every rule a plan must meet before any tool uses it (planner evaluate, show and
+    `runtime run` all load plans through here, so a plan one refuses, all refuse):
+    the format version, calls assigned once, every device a field names exists,
+    free-form numbers finite, realloc steps between known calls; and, given the spec,
+    that it is the plan's spec and every call's layout and micro-batches are legal
+    (planner/cost_model/legality.py)."""
     if plan.format_version != PLAN_FORMAT_VERSION:
         raise PlanError(f"{file} format_version: {plan.format_version} is not supported "
                         f"(this planner reads version {PLAN_FORMAT_VERSION})")
-    num_devices = plan.cluster.num_devices
     seen: dict[str, int] = {}
     for i, a in enumerate(plan.calls):
         if a.name in seen:
             raise PlanError(f"{file} calls[{i}].name: call '{a.name}' is assigned twice "
                             f"(also calls[{seen[a.name]}])")
         seen[a.name] = i
-        for j, d in enumerate(a.device_ids):
-            if not 0 <= d < num_devices:
-                raise PlanError(f"{file} calls[{i}].device_ids[{j}]: device {d} does not exist "
-                                f"(the cluster has devices 0-{num_devices - 1})")
+    _check_fields(plan.model_dump(), plan.cluster.num_devices, file)
+    for i, r in enumerate(plan.realloc):
+        for what in ("from_call", "to_call"):
+            if getattr(r, what) not in seen:
+                raise PlanError(f"{file} realloc[{i}].{what}: '{getattr(r, what)}' is not a "
+                                "call of the plan")
     if spec is None:
         return
     if plan.spec_hash != spec.spec_hash():
@@ -186,19 +206,62 @@ def check_plan(plan: ExecutionPlan, spec: Spec | None = None, *, file: str = "<p
     missing = [n for n in names if n not in seen]
     if missing:
         raise PlanError(f"{file} calls: no assignment for call(s) {', '.join(missing)}")
+    for i, a in enumerate(plan.calls):
+        call = spec.call(a.name)
+        why = call_problem(spec.models[call.model].architecture, call.num_seqs,
+                           call.minibatches, a.layout, a.micro_batches,
+                           plan.cluster.gpus_per_node, plan.cluster.num_devices)
+        if why:
+            raise PlanError(f"{file} calls[{i}]: {a.name} on {a.layout_str} "
+                            f"m{a.micro_batches}: {why}")
+
+
+def _names_devices(key: str) -> bool:
+    """A field holding device ids: its name says `device` (device_ids, src_device, ...);
+    `num_*` fields are counts."""
+    return "device" in key and not key.startswith("num_")
+
+
+def _check_fields(data: Any, num_devices: int, file: str) -> None:
+    """Walk the whole plan, typed fields and free-form ones (timeline args, breakdowns)
+    alike: device ids in range, integers bounded, floats finite."""
+    stack: list[tuple[Any, tuple[Any, ...], bool]] = [(data, (), False)]
+    while stack:
+        node, loc, devices = stack.pop()
+        if isinstance(node, bool) or node is None or isinstance(node, str):
+            continue
+        where = f"{file} {format_path(loc)}"
+        if isinstance(node, int):
+            if devices and not 0 <= node < num_devices:
+                raise PlanError(f"{where}: device {node} does not exist "
+                                f"(the cluster has devices 0-{num_devices - 1})")
+            if abs(node) > L.MAX_BYTES:
+                raise PlanError(f"{where}: {node} is out of range (at most {L.MAX_BYTES})")
+        elif isinstance(node, float):
+            if not math.isfinite(node):
+                raise PlanError(f"{where}: expected a finite number, got {node}")
+        elif isinstance(node, dict):
+            stack.extend((v, loc + (k,), _names_devices(str(k)))
+                         for k, v in reversed(list(node.items())))
+        elif isinstance(node, (list, tuple)):
+            # A list under a device field lists devices only when its items are numbers.
+            stack.extend((v, loc + (j,), devices and isinstance(v, int))
+                         for j, v in reversed(list(enumerate(node))))
 
 
 def plan_from_json_text(text: str, *, file: str = "<plan>", spec: Spec | None = None
                         ) -> ExecutionPlan:
     try:
-        data = json.loads(text)
+        data = load_json(text)
     except json.JSONDecodeError as err:
         raise PlanError(f"{file}:{err.lineno} malformed JSON: {err.msg}") from None
+    except BoundsError as err:
+        at = f":{err.line}" if err.line else ""
+        field = f" {format_path(err.loc)}" if err.loc else ""
+        raise PlanError(f"{file}{at}{field}: {err.message}") from None
     try:
         plan = ExecutionPlan.model_validate(data)
     except ValidationError as exc:
-        from planner.graph.loader import format_path, pydantic_message
-
         e = exc.errors()[0]
         msg = pydantic_message(e, ExecutionPlan)
         raise PlanError(f"{file} {format_path(tuple(e['loc']))}: {msg}") from None
@@ -210,26 +273,14 @@ def load_plan(path: str | Path, spec: Spec | None = None) -> ExecutionPlan:
     """Read and check plan.json; PlanError names the file and field on any problem."""
     file = str(path)
     try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise PlanError(f"{file}: cannot read plan: {getattr(err, 'strerror', None) or err}") \
-            from None
+        text = read_bounded(path, L.MAX_PLAN_BYTES, "plan")
+    except BoundsError as err:
+        raise PlanError(f"{file}: {err.message}") from None
+    except UnicodeDecodeError:
+        raise PlanError(f"{file}: cannot read plan: not UTF-8 text") from None
+    except OSError as err:
+        raise PlanError(f"{file}: cannot read plan: {err.strerror or err}") from None
     return plan_from_json_text(text, file=file, spec=spec)
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write a file so readers see the old or the new content, never half of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_plan(plan: ExecutionPlan, path: str | Path) -> None:

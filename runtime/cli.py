@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from planner.errors import UserError
+from planner.limits import MAX_ITERATIONS, MAX_SEED
 
 EXAMPLES = """examples:
   runtime run plan.json                          # local Ray, the plan's spec, its iterations
@@ -39,17 +42,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "run":
         build_parser().print_help()
         return 2
-    if args.iterations is not None and args.iterations < 1:
-        sys.stderr.write("runtime run: --iterations must be >= 1\n")
-        return 2
-    if args.save_every < 1:
-        sys.stderr.write("runtime run: --save-every must be >= 1\n")
-        return 2
+    for flag, value, lo, hi in (("--iterations", args.iterations, 1, MAX_ITERATIONS),
+                                ("--save-every", args.save_every, 1, MAX_ITERATIONS),
+                                ("--seed", args.seed, 0, MAX_SEED)):
+        if value is not None and not lo <= value <= hi:
+            sys.stderr.write(f"runtime run: {flag} {value}: expected {lo} to {hi}\n")
+            return 2
+    # SIGTERM ends the run like Ctrl-C does: run_plan's `finally` stops the workers and
+    # the Ray instance it started (SIGKILL cannot be caught: see runtime/ray_session.py).
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
     from runtime.controller import RunError
     from runtime.run import run_plan
 
@@ -63,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunError as err:
         sys.stderr.write(f"run failed: {err}\n")
         return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
     print(f"done: {summary.iterations_done} iterations, metrics in "
           f"{summary.run_dir}/metrics.jsonl, trace in {summary.run_dir}/trace.json")
     return 0

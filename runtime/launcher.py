@@ -21,9 +21,10 @@ class LaunchError(UserError):
 
 
 def start_workers(plan: ExecutionPlan, *, address: str | None, on_gpu: bool,
-                  num_threads: int = 1, log_to_driver: bool = False):
+                  num_threads: int = 1, log_to_driver: bool = False, on_local_ray=None):
     """`on_gpu`: the kind of the cluster's hardware profile (a measured CPU profile is
-    a .json path too, so the hardware name alone does not say)."""
+    a .json path too, so the hardware name alone does not say). `on_local_ray()` runs
+    as soon as a local Ray instance this call started is up (to record it)."""
     import ray
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -43,6 +44,8 @@ def start_workers(plan: ExecutionPlan, *, address: str | None, on_gpu: bool,
             # address="local": a new instance even if another one runs on this machine.
             ray.init(address="local", num_cpus=n if not on_gpu else None, runtime_env=env,
                      include_dashboard=False, log_to_driver=log_to_driver)
+            if on_local_ray is not None:
+                on_local_ray()
     have = ray.cluster_resources()
     need_key = "GPU" if on_gpu else "CPU"
     if have.get(need_key, 0) < n:

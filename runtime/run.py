@@ -22,11 +22,15 @@ from pathlib import Path
 
 from rich.console import Console
 
-from planner.errors import UserError
+from planner import limits as L
+from planner.bounded_io import BoundsError, read_bounded
 from planner.cost_model.profile import load_spec_profile
+from planner.errors import UserError
 from planner.graph.loader import load_spec
-from planner.plan import load_plan, save_plan, write_atomic
-from runtime.controller import Controller, check_supported
+from planner.outputs import check_output_dir, write_atomic
+from planner.plan import load_plan, save_plan
+from runtime import ray_session
+from runtime.controller import Controller, RunError, check_supported
 from runtime.data.prompts import PromptSampler, load_prompts
 from runtime.data.tokenizer import load_tokenizer
 from runtime.rewards import load_reward_fn
@@ -41,10 +45,45 @@ class RunSummary:
 
 
 def _latest(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint, or None when there is none; UserError when the
+    marker names something that is not a checkpoint directory."""
     marker = run_dir / "checkpoints" / "latest"
     if not marker.exists():
         return None
-    return run_dir / "checkpoints" / marker.read_text().strip()
+    try:
+        name = marker.read_text().strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{marker}: cannot read: {getattr(err, 'strerror', None) or err}") \
+            from None
+    ckpt = marker.parent / name
+    if not name or "/" in name or name in (".", "..") or not ckpt.is_dir():
+        raise UserError(f"{marker}: names {name!r}, which is not a checkpoint directory "
+                        f"in {marker.parent}")
+    return ckpt
+
+
+def _read_state(ckpt: Path, spec_hash: str) -> dict:
+    """A checkpoint's state.json, checked; UserError names the file and field."""
+    path = ckpt / "state.json"
+    try:
+        state = json.loads(read_bounded(path, 1 << 20, "state file"))
+    except BoundsError as err:
+        raise UserError(f"{path}: {err.message}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read: {getattr(err, 'strerror', None) or err}") \
+            from None
+    except ValueError as err:
+        raise UserError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    for key in ("iteration", "prompts_drawn", "seed"):
+        value = state.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or \
+                not 0 <= value <= L.MAX_ITERATIONS * L.MAX_SEQS:
+            raise UserError(f"{path} {key}: expected a non-negative integer, got {value!r}")
+    if state.get("spec_hash") != spec_hash:
+        raise UserError(f"{path} spec_hash: the checkpoint was made for another spec")
+    return state
 
 
 def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | None = None,
@@ -52,6 +91,9 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
              address: str | None = None, save_every: int = 1,
              console: Console | None = None, on_submit=None) -> RunSummary:
     console = console or Console(stderr=True)
+    check_output_dir(run_dir, "--run-dir", inputs=(plan_path, spec_path))
+    if not 0 <= seed <= L.MAX_SEED:
+        raise UserError(f"--seed {seed}: expected 0 to {L.MAX_SEED}")
     plan = load_plan(plan_path)
     spec_file = spec_path or plan.spec_path
     if not spec_file:
@@ -77,21 +119,28 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
         ckpt = _latest(out)
         if ckpt is None:
             raise UserError(f"{out}: nothing to resume (no checkpoints/latest)")
-        state = json.loads((ckpt / "state.json").read_text())
-        if state["spec_hash"] != spec.spec_hash():
-            raise UserError(f"{ckpt}/state.json: the checkpoint was made for another spec")
+        state = _read_state(ckpt, spec.spec_hash())
         start_it, drawn, seed = state["iteration"] + 1, state["prompts_drawn"], state["seed"]
         resume_dir = str(ckpt)
     elif (out / "checkpoints").exists():
         raise UserError(f"{out}: a run is already there; use --resume or another --run-dir")
-    out.mkdir(parents=True, exist_ok=True)
-    write_run_record(out, spec, plan, plan_path, profile, seed)
     metrics_path = out / "metrics.jsonl"
     history = []
-    if resume and metrics_path.exists():
-        history = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
-        history = [m for m in history if m["iteration"] < start_it]
-    write_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in history))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if resume and metrics_path.exists():
+            history = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
+            history = [m for m in history if isinstance(m, dict)
+                       and isinstance(m.get("iteration"), int) and m["iteration"] < start_it]
+        write_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in history))
+        write_run_record(out, spec, plan, plan_path, profile, seed)
+    except OSError as err:
+        raise UserError(f"{err.filename or out}: cannot write: {err.strerror}") from None
+    except ValueError as err:
+        raise UserError(f"{metrics_path}: not JSON lines ({err})") from None
+    stale = ray_session.cleanup_stale(out)
+    if stale:
+        console.print(f"stopped {stale} Ray processes left by a killed run in {out}")
 
     import ray
 
@@ -104,7 +153,8 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
     failed = True
     try:
         with console.status(f"starting {plan.cluster.num_devices} workers"):
-            workers, groups = start_workers(plan, address=address, on_gpu=on_gpu)
+            workers, groups = start_workers(plan, address=address, on_gpu=on_gpu,
+                                            on_local_ray=lambda: ray_session.record(out))
             ray.get([w.setup.remote(spec.model_dump_json(), plan.model_dump_json(), seed,
                                     resume_dir) for w in workers])
         sampler = PromptSampler(prompts, seed=seed, drawn=drawn)
@@ -118,14 +168,20 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
                 f.write(json.dumps(res.metrics) + "\n")
             _print_iteration(console, res.metrics, total)
             if (it + 1) % save_every == 0 or it + 1 == total:
-                _save(workers, out, it, sampler.drawn, seed, spec.spec_hash())
+                _save(lambda d: _save_on_workers(workers, d), out, it, sampler.drawn, seed,
+                      spec.spec_hash())
             write_trace(out / "trace.json", events, plan.cluster.gpus_per_node, t0)
         failed = False
+    except OSError as err:  # the driver's own files: metrics, trace
+        raise RunError(f"cannot write {err.filename or out}: {err.strerror or err}") from None
     finally:
-        if workers:
-            stop_workers(workers, groups, graceful=not failed)
-        if started_ray:
-            ray.shutdown()
+        try:
+            if workers:
+                stop_workers(workers, groups, graceful=not failed)
+        finally:
+            if started_ray:
+                ray.shutdown()
+                ray_session.forget(out)
     return RunSummary(out, history, total - start_it)
 
 
@@ -143,21 +199,43 @@ def write_run_record(out: Path, spec, plan, plan_path: str, profile, seed: int) 
     write_atomic(out / "run.json", json.dumps(record, indent=2) + "\n")
 
 
-def _save(workers, out: Path, iteration: int, drawn: int, seed: int, spec_hash: str) -> None:
+def _save_on_workers(workers, ckpt_dir: str) -> None:
+    """Every worker writes its shards into `ckpt_dir`; a worker's write error comes back
+    as the OSError it was (Ray wraps it with the worker's traceback)."""
     import ray
 
+    try:
+        ray.get([w.save.remote(ckpt_dir) for w in workers])
+    except ray.exceptions.RayTaskError as err:
+        cause = getattr(err, "cause", None)
+        if isinstance(cause, OSError):
+            raise OSError(cause.errno, cause.strerror or str(cause), cause.filename) from None
+        if isinstance(cause, RuntimeError):  # torch.save reports a short write this way
+            raise OSError(None, str(cause).strip().splitlines()[0][:200], ckpt_dir) from None
+        raise
+
+
+def _save(save_shards, out: Path, iteration: int, drawn: int, seed: int,
+          spec_hash: str) -> None:
+    """Checkpoint into iter_N.partial, then rename: a failure (a full disk) leaves the
+    previous checkpoint as `latest`, no .partial, and one line naming path and cause."""
     name = f"iter_{iteration:06d}"
     final = out / "checkpoints" / name
     partial = out / "checkpoints" / (name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    ray.get([w.save.remote(str(partial)) for w in workers])
-    state = {"iteration": iteration, "prompts_drawn": drawn, "seed": seed,
-             "spec_hash": spec_hash}
-    (partial / "state.json").write_text(json.dumps(state, indent=2) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    os.rename(partial, final)
-    write_atomic(out / "checkpoints" / "latest", name + "\n")
+    try:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        save_shards(str(partial))
+        state = {"iteration": iteration, "prompts_drawn": drawn, "seed": seed,
+                 "spec_hash": spec_hash}
+        write_atomic(partial / "state.json", json.dumps(state, indent=2) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        os.rename(partial, final)
+        write_atomic(out / "checkpoints" / "latest", name + "\n")
+    except OSError as err:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise RunError(f"checkpoint {name}: cannot write {err.filename or partial}: "
+                       f"{err.strerror or err}") from None
 
 
 def _print_iteration(console: Console, m: dict, total: int) -> None:

@@ -22,6 +22,7 @@ from rich.table import Table
 from planner.errors import UserError
 from planner.graph.loader import load_spec
 from planner.layout.layout import Layout, LayoutError, parse_layout
+from planner.outputs import check_output_file
 from planner.plan import Provenance, load_plan, save_plan
 from planner.search.baselines import all_baselines
 from planner.search.candidates import price
@@ -130,8 +131,10 @@ def _row(t: Table, label: str, p: Problem, a: tuple[int, ...], plan_s: float | N
 def run(args: argparse.Namespace) -> int:
     if not args.alloc and not args.plan:
         raise AllocError("give --alloc \"call=DEVICES:STRATEGY, ...\" or --plan plan.json")
-    if args.output and not args.alloc:
+    if args.output is not None and not args.alloc:
         raise AllocError("-o writes the --alloc plan: give --alloc too")
+    if args.output is not None:
+        check_output_file(args.output, "-o", inputs=(args.spec, args.plan))
     spec = load_spec(args.spec)
     p = build_problem(spec, args.spec)
     hand = file_plan = None
@@ -163,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             _row(t, b.name, p, b.assignment, first, b.note or b.description)
     Console().print(t)
-    if args.output and hand is not None:
+    if args.output is not None and hand is not None:
         exact = exact_evaluation(p, hand)
         prov = Provenance(method="manual", notes=[f"--alloc {args.alloc}"])
         save_plan(build_plan(p, hand, provenance=prov, spec_path=args.spec, evaluation=exact),

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from planner.errors import UserError
+from planner.outputs import check_output_file
 
 EXAMPLES = """examples:
   planner profile --out profiles/my-laptop.json --quick
@@ -69,8 +70,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".json":
         raise ProfileArgsError(f"--out {args.out!r}: expected a .json file name")
-    if args.threads < 1:
-        raise ProfileArgsError(f"--threads {args.threads}: expected >= 1")
+    if not 1 <= args.threads <= 1024:
+        raise ProfileArgsError(f"--threads {args.threads}: expected 1 to 1024")
+    check_output_file(args.out, "--out")
     groups = _groups(args.group_sizes)
     name = args.name or out.stem
     console = Console(stderr=True)

@@ -13,9 +13,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from planner import limits as L
 from planner.errors import UserError
 from planner.graph.loader import load_spec
+from planner.outputs import check_output_file
 from planner.plan import save_plan
+from planner.search.cpsat import check_params
 from planner.search.driver import METHODS, SearchOutcome, search
 from planner.search.staleness import StalenessOutcome, search_staleness
 
@@ -57,14 +60,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
-    if args.time_limit <= 0:
-        raise SearchFlagError(f"--time-limit {args.time_limit}: expected seconds > 0")
-    if args.top_k < 1:
-        raise SearchFlagError(f"--top-k {args.top_k}: expected at least 1")
-    if args.steps is not None and args.steps < 1:
-        raise SearchFlagError(f"--steps {args.steps}: expected at least 1")
-    if args.workers < 1:
-        raise SearchFlagError(f"--workers {args.workers}: expected at least 1")
+    """Flags and the output path, before any work."""
+    if not (0 < args.time_limit <= L.MAX_TIME_LIMIT_S):  # also refuses nan and inf
+        raise SearchFlagError(f"--time-limit {args.time_limit}: expected seconds in "
+                              f"(0, {L.MAX_TIME_LIMIT_S:.0f}]")
+    for flag, value, hi in (("--top-k", args.top_k, L.MAX_TOP_K_CANDIDATES),
+                            ("--steps", args.steps, 10**9), ("--workers", args.workers,
+                                                             L.MAX_WORKERS)):
+        if value is not None and not 1 <= value <= hi:
+            raise SearchFlagError(f"{flag} {value}: expected 1 to {hi}")
+    if not 0 <= args.seed <= L.MAX_SEED:
+        raise SearchFlagError(f"--seed {args.seed}: expected 0 to {L.MAX_SEED}")
+    check_params(args.cpsat_params)
+    check_output_file(args.output, "-o", inputs=(args.spec,))
 
 
 def plan_table(out: SearchOutcome) -> Table:
@@ -123,7 +131,9 @@ def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     console = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[best]}"),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
+                  TimeElapsedColumn(), console=console, transient=True,
+                  disable=not console.is_terminal) as bar:  # off a terminal it prints a
+        # blank line when it stops, which would precede an error message
         task = bar.add_task("pricing candidates", total=1.0, best="")
 
         def progress(stage: str, frac: float, best: float | None) -> None:

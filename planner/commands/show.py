@@ -17,7 +17,8 @@ from pathlib import Path
 
 from planner.graph.loader import load_spec
 from planner.graph.spec import Spec
-from planner.plan import ExecutionPlan, check_plan, load_plan, write_atomic
+from planner.outputs import check_output_file, write_atomic
+from planner.plan import ExecutionPlan, check_plan, load_plan
 from planner.show import (ShowError, page_data, plan_timeline, read_measured, render_html,
                           trace_events, write_trace)
 
@@ -59,8 +60,14 @@ def _find_spec(plan: ExecutionPlan, plan_path: str) -> tuple[Spec | None, list[s
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.output and not args.perfetto:
+    if args.output is None and args.perfetto is None:
         raise ShowError("nothing to write: give -o HTML and/or --perfetto JSON")
+    inputs = (args.plan, args.spec, args.measured)
+    if args.output is not None:
+        check_output_file(args.output, "-o", inputs=inputs,
+                          others=(("--perfetto", args.perfetto),))
+    if args.perfetto is not None:
+        check_output_file(args.perfetto, "--perfetto", inputs=inputs)
     warnings: list[str] = []
     if args.spec:
         spec: Spec | None = load_spec(args.spec)

@@ -44,7 +44,8 @@ from planner.cost_model.generation import (
     rank_lengths,
     slots_for,
 )
-from planner.cost_model.legality import IllegalLayoutError, batch_problem, layout_problem
+from planner.cost_model.legality import (IllegalLayoutError, batch_problem, layout_problem,
+                                         step_seqs)
 from planner.cost_model.memory import (
     MemoryEstimate,
     activation_bytes_per_layer,
@@ -452,8 +453,8 @@ def estimate_call(arch: ModelArch, head: HeadType, call: CallSpec | CallShape, l
     why = _layout_problem(arch, layout, gpus_per_node, num_devices)
     shape = CallShape.of(call)
     if why is None:
-        num_seqs = math.ceil(shape.num_seqs / shape.minibatches)
-        why = batch_problem(num_seqs, layout.dp, micro_batches)
+        why = batch_problem(step_seqs(shape.num_seqs, shape.minibatches), layout.dp,
+                            micro_batches)
     if why is None and shape.type == "train" and not trainable:
         why = "a train call needs a trainable model"
     if why is not None:

@@ -9,6 +9,8 @@ and every micro-batch at least one sequence.
 
 from __future__ import annotations
 
+import math
+
 from planner.errors import UserError
 from planner.graph.arch import ModelArch
 from planner.layout.layout import Layout
@@ -87,3 +89,17 @@ def batch_problem(num_seqs: int, dp: int, micro_batches: int) -> str | None:
         return (f"{micro_batches} micro-batches exceed the {per_rank} sequences per dp rank: "
                 "a micro-batch would be empty")
     return None
+
+
+def step_seqs(num_seqs: int, minibatches: int) -> int:
+    """Sequences in one optimizer step (a call that does not train has one step)."""
+    return math.ceil(num_seqs / minibatches)
+
+
+def call_problem(arch: ModelArch, num_seqs: int, minibatches: int, layout: Layout,
+                 micro_batches: int, gpus_per_node: int,
+                 num_devices: int | None = None) -> str | None:
+    """Why a call cannot run on `layout` with `micro_batches`, or None: the rule that
+    the cost model prices by and that every plan loader checks."""
+    return (layout_problem(arch, layout, gpus_per_node, num_devices)
+            or batch_problem(step_seqs(num_seqs, minibatches), layout.dp, micro_batches))

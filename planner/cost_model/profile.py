@@ -20,6 +20,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from planner import limits as L
+from planner.bounded_io import BoundsError, load_json, read_bounded
 from planner.errors import UserError
 
 PROFILE_FORMAT_VERSION = 1
@@ -33,7 +35,7 @@ class ProfileError(UserError):
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class LinkTier(_Frozen):
@@ -319,9 +321,12 @@ def _format_validation(err: ValidationError) -> str:
 def parse_profile(text: str, where: str) -> HardwareProfile:
     """A profile from JSON text; ProfileError names `where` and the bad field."""
     try:
-        data = json.loads(text)
+        data = load_json(text)
     except json.JSONDecodeError as err:
         raise ProfileError(f"{where}:{err.lineno}: not valid JSON: {err.msg}") from None
+    except BoundsError as err:
+        at = f":{err.line}" if err.line else ""
+        raise ProfileError(f"{where}{at}: {err.message}") from None
     if not isinstance(data, dict):
         raise ProfileError(f"{where}: expected a JSON object")
     try:
@@ -342,7 +347,11 @@ def _load(name_or_path: str, stamp: int = 0) -> HardwareProfile:
         )
     path = Path(name_or_path)
     try:
-        text = path.read_text()
+        text = read_bounded(path, L.MAX_PLAN_BYTES, "profile")
+    except BoundsError as err:
+        raise ProfileError(f"{path}: {err.message}") from None
+    except UnicodeDecodeError:
+        raise ProfileError(f"{path}: cannot read profile: not UTF-8 text") from None
     except OSError as err:
         raise ProfileError(f"{path}: cannot read profile: {err.strerror}") from None
     return parse_profile(text, str(path))

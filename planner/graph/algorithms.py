@@ -15,14 +15,16 @@ from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from planner import limits as L
 from planner.graph.lengths import LengthValue
 from planner.graph.spec import CallSpec, FunctionSpec
 
 
 class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    batch_size: int = Field(gt=0, description="Prompts (or pairs, or sequences) per iteration.")
+    batch_size: int = Field(gt=0, le=L.MAX_SEQS,
+                            description="Prompts (or pairs, or sequences) per iteration.")
 
 
 class _RLParams(_Params):
@@ -30,8 +32,10 @@ class _RLParams(_Params):
         description="Prompt tokens per sequence, or their distribution {mean, max, dist}.")
     gen_len: LengthValue = Field(
         description="Generated tokens per sequence, or their distribution {mean, max, dist}.")
-    minibatches: int = Field(4, gt=0, description="Optimizer steps per train call epoch.")
-    epochs: int = Field(1, gt=0, description="Passes over the batch per train call.")
+    minibatches: int = Field(4, gt=0, le=L.MAX_STEPS,
+                             description="Optimizer steps per train call epoch.")
+    epochs: int = Field(1, gt=0, le=L.MAX_STEPS,
+                        description="Passes over the batch per train call.")
     actor: str = Field("actor", description="Model name of the policy.")
     ref: str = Field("ref", description="Model name of the frozen reference.")
     reward: str = Field("reward", description="Model name of the reward model.")
@@ -69,7 +73,7 @@ class PPOParams(_RLParams):
 
 class GRPOParams(_RLParams):
     name: Literal["grpo"] = "grpo"
-    group_size: int = Field(8, gt=1, description="Samples per prompt.")
+    group_size: int = Field(8, gt=1, le=L.MAX_GROUP, description="Samples per prompt.")
 
 
 class ReMaxParams(_RLParams):
@@ -78,9 +82,10 @@ class ReMaxParams(_RLParams):
 
 class DPOParams(_Params):
     name: Literal["dpo"] = "dpo"
-    seq_len: int = Field(gt=0, description="Tokens per sequence (chosen or rejected).")
-    minibatches: int = Field(4, gt=0)
-    epochs: int = Field(1, gt=0)
+    seq_len: int = Field(gt=0, le=L.MAX_TOKENS,
+                         description="Tokens per sequence (chosen or rejected).")
+    minibatches: int = Field(4, gt=0, le=L.MAX_STEPS)
+    epochs: int = Field(1, gt=0, le=L.MAX_STEPS)
     actor: str = "actor"
     ref: str = "ref"
 
@@ -90,9 +95,9 @@ class DPOParams(_Params):
 
 class SFTParams(_Params):
     name: Literal["sft"] = "sft"
-    seq_len: int = Field(gt=0, description="Tokens per sequence.")
-    minibatches: int = Field(1, gt=0)
-    epochs: int = Field(1, gt=0)
+    seq_len: int = Field(gt=0, le=L.MAX_TOKENS, description="Tokens per sequence.")
+    minibatches: int = Field(1, gt=0, le=L.MAX_STEPS)
+    epochs: int = Field(1, gt=0, le=L.MAX_STEPS)
     actor: str = "actor"
 
     def roles(self) -> dict[str, str]:
@@ -101,9 +106,10 @@ class SFTParams(_Params):
 
 class RMParams(_Params):
     name: Literal["rm"] = "rm"
-    seq_len: int = Field(gt=0, description="Tokens per sequence (chosen or rejected).")
-    minibatches: int = Field(1, gt=0)
-    epochs: int = Field(1, gt=0)
+    seq_len: int = Field(gt=0, le=L.MAX_TOKENS,
+                         description="Tokens per sequence (chosen or rejected).")
+    minibatches: int = Field(1, gt=0, le=L.MAX_STEPS)
+    epochs: int = Field(1, gt=0, le=L.MAX_STEPS)
     reward: str = "reward"
 
     def roles(self) -> dict[str, str]:

@@ -11,27 +11,32 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from planner import limits as L
+
 HeadType = Literal["lm", "value", "reward"]
 
 
 class ModelArch(BaseModel):
     """A Llama-family decoder (Llama 2/3, Qwen2): RMSNorm, RoPE, GQA, SwiGLU."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    num_layers: int = Field(gt=0, description="Transformer blocks.")
-    hidden_size: int = Field(gt=0, description="Model width h.")
-    intermediate_size: int = Field(gt=0, description="SwiGLU inner width.")
-    num_heads: int = Field(gt=0, description="Query heads.")
-    num_kv_heads: int = Field(gt=0, description="Key/value heads (GQA); equal to num_heads for MHA.")
-    vocab_size: int = Field(gt=0, description="Embedding rows.")
-    max_positions: int = Field(gt=0, description="Longest sequence the RoPE config supports.")
+    num_layers: int = Field(gt=0, le=L.MAX_LAYERS, description="Transformer blocks.")
+    hidden_size: int = Field(gt=0, le=L.MAX_HIDDEN, description="Model width h.")
+    intermediate_size: int = Field(gt=0, le=L.MAX_INTERMEDIATE, description="SwiGLU inner width.")
+    num_heads: int = Field(gt=0, le=L.MAX_HEADS, description="Query heads.")
+    num_kv_heads: int = Field(gt=0, le=L.MAX_HEADS,
+                              description="Key/value heads (GQA); equal to num_heads for MHA.")
+    vocab_size: int = Field(gt=0, le=L.MAX_VOCAB, description="Embedding rows.")
+    max_positions: int = Field(gt=0, le=L.MAX_POSITIONS,
+                               description="Longest sequence the RoPE config supports.")
     tied_embeddings: bool = Field(False, description="lm_head shares the embedding matrix.")
     qkv_bias: bool = Field(False, description="Bias on q/k/v projections (Qwen2).")
-    rope_theta: float = Field(10000.0, gt=0, description="RoPE base frequency.")
-    rms_norm_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon.")
+    rope_theta: float = Field(10000.0, gt=0, le=L.MAX_ROPE_THETA,
+                              description="RoPE base frequency.")
+    rms_norm_eps: float = Field(1e-5, gt=0, le=1.0, description="RMSNorm epsilon.")
     head_dim: int | None = Field(
-        None, gt=0, description="Width of one attention head; default hidden_size / num_heads "
+        None, gt=0, le=L.MAX_HIDDEN, description="Width of one attention head; default hidden_size / num_heads "
         "(Qwen3 sets it: 128 with 64 heads x hidden 5120).")
 
     @model_validator(mode="after")

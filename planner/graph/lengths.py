@@ -25,20 +25,24 @@ from typing import Literal, Union
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from typing_extensions import Annotated
 
+from planner import limits as L
+
 DistKind = Literal["exponential", "uniform", "histogram"]
 
 
 class LengthDist(BaseModel):
     """A distribution of sequence lengths (tokens): mean, cap, and shape."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    mean: float | None = Field(None, gt=0, description="Mean length (derived for histograms).")
-    max: int | None = Field(None, gt=0, description="Longest length: the engine's cap.")
+    mean: float | None = Field(None, gt=0, le=L.MAX_TOKENS,
+                               description="Mean length (derived for histograms).")
+    max: int | None = Field(None, gt=0, le=L.MAX_TOKENS,
+                            description="Longest length: the engine's cap.")
     dist: DistKind = Field("exponential", description="exponential (truncated), uniform or "
                            "histogram.")
     histogram: tuple[tuple[int, float], ...] | None = Field(
-        None, description="(length, weight) pairs; weights need not sum to 1.")
+        None, max_length=4096, description="(length, weight) pairs; weights need not sum to 1.")
 
     @model_validator(mode="before")
     @classmethod
@@ -53,8 +57,9 @@ class LengthDist(BaseModel):
             h = self.histogram
             if not h:
                 raise ValueError("a histogram length needs histogram: [[length, weight], ...]")
-            if any(n <= 0 or w < 0 for n, w in h) or sum(w for _, w in h) <= 0:
-                raise ValueError("histogram lengths must be > 0, weights >= 0, some weight > 0")
+            if any(n <= 0 or n > L.MAX_TOKENS or w < 0 for n, w in h) or sum(w for _, w in h) <= 0:
+                raise ValueError(f"histogram lengths must be in 1..{L.MAX_TOKENS}, weights >= 0, "
+                                 "some weight > 0")
             total = sum(w for _, w in h)
             mean = sum(n * w for n, w in h) / total
             top = max(n for n, w in h if w > 0)

@@ -14,6 +14,8 @@ from typing import Any, Callable
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from planner import limits as L
+from planner.bounded_io import BoundsError, load_yaml, read_bounded
 from planner.errors import SpecError
 from planner.graph.algorithms import ALGORITHMS, DATASET_KEYS, expand
 from planner.graph.spec import Spec, staleness_problem
@@ -62,17 +64,17 @@ def _line_map(node: yaml.Node, file: str) -> dict[Loc, int]:
 
 
 def parse_yaml(text: str, file: str) -> tuple[Any, dict[Loc, int]]:
-    """The document's data and its line map; malformed YAML is a SpecError."""
+    """The document's data and its line map; malformed or unbounded YAML is a SpecError."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data, node = load_yaml(text)
+    except BoundsError as err:
+        raise SpecError(err.message, file=file, line=err.line,
+                        field=format_path(err.loc) if err.loc else None) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise SpecError(f"malformed YAML: {problem}", file=file,
                         line=mark.line + 1 if mark else None) from None
-    except (ValueError, RecursionError) as err:  # e.g. a timestamp out of range
-        raise SpecError(f"malformed YAML: {err}", file=file) from None
     lines = _line_map(node, file) if node is not None else {}
     return data, lines
 
@@ -187,13 +189,34 @@ def load_spec(path: str | Path) -> Spec:
     """Read, parse and check a YAML spec file."""
     file = str(path)
     try:
-        text = Path(path).read_text()
+        text = read_bounded(path, L.MAX_SPEC_BYTES, "spec")
+    except BoundsError as err:
+        raise SpecError(err.message, file=file) from None
+    except IsADirectoryError:
+        raise SpecError("cannot read spec: it is a directory", file=file) from None
     except OSError as err:
         raise SpecError(f"cannot read spec: {err.strerror}", file=file) from None
     except UnicodeDecodeError:
         raise SpecError("cannot read spec: not UTF-8 text", file=file) from None
     data, lines = parse_yaml(text, file)
-    return spec_from_data(data, file=file, lines=lines)
+    spec = spec_from_data(data, file=file, lines=lines)
+    _check_hardware(spec, file, lines)
+    return spec
+
+
+def _check_hardware(spec: Spec, file: str, lines: dict[Loc, int]) -> None:
+    """The hardware profile the spec names exists and reads (a spec file's one file check)."""
+    from planner.cost_model.profile import ProfileError, load_spec_profile
+
+    try:
+        load_spec_profile(spec.cluster.hardware, spec.cluster.gpu_memory_gib, None if
+                          not spec.cluster.hardware.endswith(".json") else file)
+    except ProfileError as err:
+        msg = str(err)
+        prefix = f"{file} cluster.hardware: "
+        raise SpecError(msg[len(prefix):] if msg.startswith(prefix) else msg, file=file,
+                        line=lines.get(("cluster", "hardware")), field="cluster.hardware") \
+            from None
 
 
 def spec_from_data(data: Any, *, file: str | None = None,

@@ -15,6 +15,7 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from planner import limits as L
 from planner.graph.arch import PRESETS, HeadType, ModelArch
 from planner.graph.lengths import LengthDist, _to_length
 
@@ -26,20 +27,24 @@ KNOWN_HARDWARE = ("h100-sxm", "a100-sxm-80g", "h200", "h20", "cpu")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinity are never a valid setting; every number also has a bound
+    # from planner/limits.py.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ClusterSpec(_Strict):
     """The devices a plan may use: `nodes` x `gpus_per_node`, one hardware kind."""
 
-    nodes: int = Field(gt=0, description="Number of nodes.")
-    gpus_per_node: int = Field(gt=0, description="Devices per node (GPUs, or virtual CPU devices).")
+    nodes: int = Field(gt=0, le=L.MAX_NODES, description="Number of nodes.")
+    gpus_per_node: int = Field(gt=0, le=L.MAX_GPUS_PER_NODE,
+                               description="Devices per node (GPUs, or virtual CPU devices).")
     hardware: str = Field(
         description="Hardware profile: one of " + ", ".join(KNOWN_HARDWARE)
         + ", or a path to a measured profile .json."
     )
     gpu_memory_gib: float | None = Field(
-        None, gt=0, description="Override of the profile's per-device memory, in GiB."
+        None, gt=0, le=L.MAX_GPU_MEMORY_GIB,
+        description="Override of the profile's per-device memory, in GiB."
     )
 
     @field_validator("hardware")
@@ -52,6 +57,14 @@ class ClusterSpec(_Strict):
             )
         return value
 
+    @model_validator(mode="after")
+    def _bounded_devices(self) -> "ClusterSpec":
+        if self.nodes * self.gpus_per_node > L.MAX_DEVICES:
+            raise ValueError(f"{self.nodes} x {self.gpus_per_node} = "
+                             f"{self.nodes * self.gpus_per_node} devices; at most "
+                             f"{L.MAX_DEVICES} are supported")
+        return self
+
     @property
     def num_devices(self) -> int:
         return self.nodes * self.gpus_per_node
@@ -60,10 +73,19 @@ class ClusterSpec(_Strict):
 class OptimizerSpec(_Strict):
     """AdamW settings of a trainable model."""
 
-    lr: float = Field(1e-5, gt=0, description="Learning rate.")
-    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay.")
-    betas: tuple[float, float] = Field((0.9, 0.95), description="Adam betas.")
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    lr: float = Field(1e-5, gt=0, le=L.MAX_LR, description="Learning rate.")
+    weight_decay: float = Field(0.0, ge=0, le=L.MAX_WEIGHT_DECAY,
+                                description="Decoupled weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="Adam betas, each in [0, 1).")
+    max_grad_norm: float = Field(1.0, gt=0, le=L.MAX_GRAD_NORM,
+                                 description="Gradient clipping norm.")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in value):
+            raise ValueError(f"expected two betas in [0, 1), got {list(value)}")
+        return value
 
 
 class ModelSpec(_Strict):
@@ -72,8 +94,10 @@ class ModelSpec(_Strict):
     arch: Union[str, ModelArch] = Field(
         description="A preset name (e.g. llama2-7b) or explicit architecture numbers."
     )
-    trainable: bool = Field(False, description="Has a train call; parameters change every iteration.")
-    head: HeadType = Field("lm", description="lm (token logits), value (critic) or reward (scalar).")
+    trainable: bool = Field(False,
+                            description="Has a train call; parameters change every iteration.")
+    head: HeadType = Field("lm",
+                           description="lm (token logits), value (critic) or reward (scalar).")
     checkpoint: str | None = Field(None, description="Hugging Face checkpoint directory.")
     dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="Parameter dtype.")
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec,
@@ -105,10 +129,12 @@ class GenerationEngineSpec(_Strict):
     batching: Literal["continuous", "waves"] = Field(
         "continuous", description="continuous: a finished sequence's slot is refilled at once "
         "(vLLM, SGLang); waves: a batch runs until its slowest sequence (static batching).")
-    max_num_seqs: int = Field(256, gt=0, description="Most sequences decoded together per engine "
+    max_num_seqs: int = Field(256, gt=0, le=L.MAX_SEQS,
+                              description="Most sequences decoded together per engine "
                               "(vLLM max_num_seqs; verl's default 256). The native engine "
                               "runs each wave whole and does not apply this cap.")
-    max_num_batched_tokens: int = Field(8192, gt=0, description="Prompt tokens per prefill batch "
+    max_num_batched_tokens: int = Field(8192, gt=0, le=L.MAX_TOKENS,
+                                        description="Prompt tokens per prefill batch "
                                         "(vLLM max_num_batched_tokens; verl's default 8192).")
 
 
@@ -128,13 +154,18 @@ class CallSpec(_Strict):
     type: CallType = Field(description="generate, inference or train.")
     inputs: list[str] = Field(default_factory=list, description="Data keys read.")
     outputs: list[str] = Field(default_factory=list, description="Data keys produced.")
-    num_seqs: int = Field(gt=0, description="Sequences processed per iteration.")
-    prompt_len: int | None = Field(None, gt=0, description="Prompt tokens per sequence.")
-    gen_len: int | None = Field(None, gt=0, description="Generated tokens per sequence.")
-    seq_len: int | None = Field(None, gt=0, description="Total tokens per sequence.")
-    minibatches: int = Field(1, gt=0, description="Optimizer steps per epoch (train only).")
-    epochs: int = Field(1, gt=0, description="Passes over the batch (train only).")
-    group_size: int = Field(1, gt=0, description="Samples per prompt (GRPO-style generation).")
+    num_seqs: int = Field(gt=0, le=L.MAX_SEQS, description="Sequences processed per iteration.")
+    prompt_len: int | None = Field(None, gt=0, le=L.MAX_TOKENS,
+                                   description="Prompt tokens per sequence.")
+    gen_len: int | None = Field(None, gt=0, le=L.MAX_TOKENS,
+                                description="Generated tokens per sequence.")
+    seq_len: int | None = Field(None, gt=0, le=L.MAX_TOKENS,
+                                description="Total tokens per sequence.")
+    minibatches: int = Field(1, gt=0, le=L.MAX_STEPS,
+                             description="Optimizer steps per epoch (train only).")
+    epochs: int = Field(1, gt=0, le=L.MAX_STEPS, description="Passes over the batch (train only).")
+    group_size: int = Field(1, gt=0, le=L.MAX_GROUP,
+                            description="Samples per prompt (GRPO-style generation).")
     sampling: Literal["sample", "greedy"] = Field(
         "sample", description="Decoding of a generate call: sample or greedy (ReMax baseline)."
     )
@@ -243,21 +274,24 @@ class DatasetSpec(_Strict):
     """What the data loader provides each iteration."""
 
     keys: list[str] = Field(description="Data keys given by the dataset, e.g. [prompts].")
-    iterations: int = Field(1, gt=0, description="Training iterations to run.")
+    iterations: int = Field(1, gt=0, le=L.MAX_ITERATIONS,
+                            description="Training iterations to run.")
     path: str | None = Field(None, description="Prompts file (jsonl) for the runtime.")
 
 
 class RLSpec(_Strict):
     """Algorithm hyperparameters the runtime uses (the planner ignores them)."""
 
-    kl_coef: float = Field(0.05, ge=0, description="KL penalty to the reference.")
-    clip_eps: float = Field(0.2, gt=0, description="PPO ratio clip.")
-    value_clip_eps: float = Field(0.2, gt=0, description="Value clip of the critic loss.")
+    kl_coef: float = Field(0.05, ge=0, le=L.MAX_RL_COEF,
+                           description="KL penalty to the reference.")
+    clip_eps: float = Field(0.2, gt=0, le=L.MAX_RL_COEF, description="PPO ratio clip.")
+    value_clip_eps: float = Field(0.2, gt=0, le=L.MAX_RL_COEF,
+                                  description="Value clip of the critic loss.")
     gamma: float = Field(1.0, gt=0, le=1, description="Discount.")
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    temperature: float = Field(1.0, gt=0, le=L.MAX_RL_COEF, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling; 1 = off.")
-    top_k: int = Field(0, ge=0, description="Top-k sampling; 0 = off.")
+    top_k: int = Field(0, ge=0, le=L.MAX_TOP_K, description="Top-k sampling; 0 = off.")
     tokenizer: str = Field("char", description="'char' (built in) or a tokenizer directory.")
 
 
@@ -266,8 +300,9 @@ def staleness_problem(value) -> str | None:
     and floats too; neither is a count of policy versions."""
     if isinstance(value, bool) or not isinstance(value, int):
         return f"expected an integer >= 0 (policy versions of lag), got {value!r}"
-    if value < 0:
-        return f"expected an integer >= 0 (policy versions of lag), got {value}"
+    if not 0 <= value <= L.MAX_STALENESS:
+        return (f"expected an integer in 0..{L.MAX_STALENESS} (policy versions of lag), "
+                f"got {value}")
     return None
 
 

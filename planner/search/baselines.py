@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from planner.cost_model import IllegalLayoutError
 from planner.cost_model.legality import layout_problem, mesh_problem
 from planner.layout.layout import Layout
+from planner.search.budget import check as check_budget
 from planner.search.candidates import Candidate, price, shape_options
 from planner.search.problem import Problem
 from planner.search.simulator import Simulator
@@ -74,6 +75,7 @@ def _descend(p: Problem, sim: Simulator, options: list[list[Candidate]], rounds:
             for k in range(len(options[i])):
                 if k == cur[i]:
                     continue
+                check_budget("computing the baselines")
                 trial = cur.copy()
                 trial[i] = k
                 b = tuple(idx[x][trial[x]] for x in range(p.n))

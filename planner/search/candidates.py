@@ -33,6 +33,7 @@ from planner.cost_model.legality import layout_problem
 from planner.cost_model.profile import HardwareProfile
 from planner.graph.spec import CallSpec, ModelSpec
 from planner.layout.layout import Layout, format_layout
+from planner.search.budget import check as check_budget
 from planner.search.meshes import MeshShape, mesh_shapes, mesh_starts
 
 # Peak-memory fractions that define the memory levels kept per mesh shape.
@@ -140,6 +141,7 @@ def shape_options(ctx: CallContext, layout_devices: tuple[int, ...], *, max_pp: 
         for pp in _divisors(n // tp):
             if pp > max_pp:
                 break
+            check_budget("pricing layouts")  # their number grows with the cluster
             dp = n // (tp * pp)
             layout = Layout(layout_devices, dp=dp, tp=tp, pp=pp)
             if layout_problem(arch, layout, ctx.gpus_per_node, ctx.num_devices):
@@ -149,6 +151,7 @@ def shape_options(ctx: CallContext, layout_devices: tuple[int, ...], *, max_pp: 
                 continue
             best_s = math.inf
             for mb in micro_batch_counts(ctx, dp, max_micro_batches):
+                check_budget("pricing layouts")
                 try:
                     cand = price(ctx, layout, mb)
                 except IllegalLayoutError:
@@ -238,10 +241,12 @@ def _leanest(ctx: CallContext, num_nodes: int, max_pp: int) -> Candidate | None:
         for pp in _divisors(n // tp):
             if pp > max_pp:  # the same space shape_options enumerates
                 break
+            check_budget("pricing layouts")
             lay = Layout(tuple(range(n)), dp=n // (tp * pp), tp=tp, pp=pp)
             if layout_problem(arch, lay, ctx.gpus_per_node, ctx.num_devices):
                 continue
             for mb in micro_batch_counts(ctx, lay.dp):
+                check_budget("pricing layouts")
                 try:
                     c = price(ctx, lay, mb)
                 except IllegalLayoutError:

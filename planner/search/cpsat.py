@@ -251,6 +251,7 @@ def cpsat_search(sim: Simulator, *, time_limit_s: float = 10.0, workers: int = 2
             for k, var in enumerate(x[c]):
                 model.add_hint(var, k == j)
     solver = cp_model.CpSolver()
+    check_params(params)
     if params and not _merge_params(solver, params):
         raise CpSatParamsError(f"CP-SAT parameters {params!r}: not valid SatParameters text "
                                "(e.g. 'linearization_level:2 symmetry_level:2')")
@@ -277,6 +278,21 @@ def cpsat_search(sim: Simulator, *, time_limit_s: float = 10.0, workers: int = 2
     return SearchResult("cpsat", best_a, best_per, time.perf_counter() - t0,
                         lower_bound_s=bound, status=f"{status_name}, model built in {build_s:.1f} s",
                         order=best_order, model_objective_s=objective)
+
+
+def check_params(text: str) -> None:
+    """Refuse bad SatParameters text with one line, before any work. Parsed by the
+    Python protobuf library: OR-Tools' own parser logs two absl lines on failure."""
+    if not text.strip():
+        return
+    from google.protobuf import text_format
+    from ortools.sat import sat_parameters_pb2
+
+    try:
+        text_format.Parse(text, sat_parameters_pb2.SatParameters())
+    except text_format.ParseError as err:
+        raise CpSatParamsError(f"--cpsat-params {text!r}: not valid SatParameters text ({err}); "
+                               "e.g. 'linearization_level:2 symmetry_level:2'") from None
 
 
 def _merge_params(solver: cp_model.CpSolver, text: str) -> bool:

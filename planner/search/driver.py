@@ -27,6 +27,7 @@ from planner.errors import UserError
 from planner.graph.spec import Spec
 from planner.plan import ExecutionPlan, Provenance
 from planner.search.baselines import Baseline, all_baselines
+from planner.search.budget import budget as time_budget
 from planner.search.cpsat import cpsat_search
 from planner.search.mcmc import SearchResult, mcmc_search
 from planner.search.plan_out import build_plan, exact_evaluation
@@ -98,13 +99,14 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
     t0 = time.perf_counter()
     if progress:
         progress("candidates", 0.0, None)
-    p = problem or build_problem(spec, spec_path, top_k=top_k,
-                                 every_node_count=every_node_count)
-    t_priced = time.perf_counter()
-    sim = Simulator(p)
-    if progress:
-        progress("baselines", 0.0, None)
-    baselines = all_baselines(p, sim)
+    with time_budget(time_limit_s, t0):  # pricing and baselines grow with the cluster
+        p = problem or build_problem(spec, spec_path, top_k=top_k,
+                                     every_node_count=every_node_count)
+        t_priced = time.perf_counter()
+        sim = Simulator(p)
+        if progress:
+            progress("baselines", 0.0, None)
+        baselines = all_baselines(p, sim)
     t_baselines = time.perf_counter()
     known = [b for b in baselines if b.assignment is not None]
     best_base = min(known, key=lambda b: b.period_s) if known else None

@@ -24,6 +24,7 @@ from planner.cost_model.profile import (
     ProfileError,
     load_profile,
 )
+from planner.outputs import write_atomic
 
 KiB, MiB = 1024, 1024 * 1024
 
@@ -240,12 +241,5 @@ def write_profile(profile: HardwareProfile, path: str | Path) -> Path:
     path = Path(path)
     text = profile.to_json()
     HardwareProfile.model_validate_json(text)  # what we write must load back
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_atomic(path, text)
     return path

@@ -1,0 +1,46 @@
+"""The search's wall-clock budget, seen by every loop whose work grows with the problem.
+
+Pricing candidates and computing baselines grow with the cluster (meshes x
+strategies x devices per layout); on 8192 GPUs they alone take minutes. The
+driver opens a budget for the whole search; those loops call `check(stage)`,
+which costs one clock read and raises SearchTimeError once the budget is
+spent, so `--time-limit` holds whatever the size. MCMC and CP-SAT keep their
+own time limits inside the same budget.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from planner.errors import UserError
+
+
+class SearchTimeError(UserError):
+    """The time limit ran out before the search had a plan to offer."""
+
+
+_deadline_s: float | None = None   # time.perf_counter() value; None: no budget open
+_limit_s: float = 0.0
+
+
+@contextmanager
+def budget(limit_s: float, start_s: float | None = None) -> Iterator[None]:
+    """Open a budget of `limit_s` seconds from `start_s` (default: now)."""
+    global _deadline_s, _limit_s
+    prev = (_deadline_s, _limit_s)
+    _deadline_s = (start_s if start_s is not None else time.perf_counter()) + limit_s
+    _limit_s = limit_s
+    try:
+        yield
+    finally:
+        _deadline_s, _limit_s = prev
+
+
+def check(stage: str) -> None:
+    """Raise SearchTimeError when the open budget is spent."""
+    if _deadline_s is not None and time.perf_counter() > _deadline_s:
+        raise SearchTimeError(f"--time-limit {_limit_s:g} s ran out while {stage}, before any "
+                              "plan was found; give a larger --time-limit (a cluster this "
+                              "large needs more time to price)")

@@ -1,0 +1,119 @@
+"""The local Ray instance a `runtime run` started, recorded in its run directory.
+
+What happens to Ray's processes when the driver ends (Ray 2.60, checked by hand
+with the commands in README "Errors and limits"):
+- normal exit, an exception, Ctrl-C, SIGTERM (the CLI turns it into SystemExit):
+  `ray.shutdown()` in run_plan's `finally` stops every process of the instance;
+- SIGKILL of the driver: nothing in the driver runs. gcs_server, raylet and the
+  workers notice and exit, but raylet's DashboardAgent and RuntimeEnvAgent are
+  re-parented to init and stay alive. No code can run at SIGKILL, so the next
+  `runtime run` with the same run directory removes them: the driver writes
+  `ray_session.json` (its pid, start time and Ray session directory) when Ray
+  is up and deletes it after shutdown; a file left behind by a dead driver
+  names a session whose processes are found by the session directory they
+  hold open (or name on their command line) and are killed.
+Only processes of that one session are touched, never other Ray instances on
+the machine (other users' or other runs').
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from planner.errors import UserError
+from planner.outputs import write_atomic
+
+SESSION_FILE = "ray_session.json"
+
+
+def _start_time(pid: int) -> int | None:
+    """Process start time in clock ticks since boot (tells a reused pid apart)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[19]) if fields[0] != "Z" else None  # field 22 of proc(5); Z = zombie
+
+
+def record(run_dir: Path) -> None:
+    """Note this driver's local Ray session in the run directory."""
+    import ray
+
+    node = ray._private.worker._global_node  # noqa: SLF001 - the session dir has no public API
+    if node is None:
+        return
+    info = {"driver_pid": os.getpid(), "driver_start": _start_time(os.getpid()),
+            "session_dir": node.get_session_dir_path()}
+    write_atomic(run_dir / SESSION_FILE, json.dumps(info) + "\n")
+
+
+def forget(run_dir: Path) -> None:
+    (run_dir / SESSION_FILE).unlink(missing_ok=True)
+
+
+def session_processes(session_dir: str) -> list[int]:
+    """Live processes of this user that name or hold open a file under `session_dir`."""
+    prefix = session_dir.rstrip("/") + "/"
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if session_dir in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                out.append(int(entry.name))
+                continue
+            for fd in (entry / "fd").iterdir():
+                if os.readlink(fd).startswith(prefix):
+                    out.append(int(entry.name))
+                    break
+        except OSError:  # gone, or another user's process
+            continue
+    return sorted(out)
+
+
+def _terminate(pids: list[int], grace_s: float = 3.0) -> None:
+    """SIGTERM, then SIGKILL what is still alive after `grace_s` (Ray's agents ignore TERM)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            pids = [p for p in pids if _start_time(p) is not None]
+            if not pids:
+                return
+            time.sleep(0.05)
+
+
+def cleanup_stale(run_dir: Path) -> int:
+    """Kill the Ray processes a killed earlier driver left for `run_dir`; how many.
+
+    Raises UserError when that driver is still running: two runs must not share
+    a run directory."""
+    path = run_dir / SESSION_FILE
+    try:
+        info = json.loads(path.read_text())
+        pid, start = int(info["driver_pid"]), info.get("driver_start")
+        session_dir = str(info["session_dir"])
+    except FileNotFoundError:
+        return 0
+    except (OSError, ValueError, KeyError, TypeError):
+        path.unlink(missing_ok=True)  # unreadable: it names nothing we can check
+        return 0
+    if pid == os.getpid():  # this process's own earlier run: its Ray may still be in use
+        path.unlink(missing_ok=True)
+        return 0
+    if start is not None and _start_time(pid) == start:
+        raise UserError(f"{run_dir}: another runtime run (pid {pid}) is using this run "
+                        "directory; wait for it or use another --run-dir")
+    pids = session_processes(session_dir) if "session_" in Path(session_dir).name else []
+    _terminate(pids)
+    path.unlink(missing_ok=True)
+    return len(pids)
