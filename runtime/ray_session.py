@@ -76,7 +76,7 @@ def session_processes(session_dir: str) -> list[int]:
     return sorted(out)
 
 
-def _terminate(pids: list[int], grace_s: float = 3.0) -> None:
+def _terminate(pids: list[int], grace_s: float = 1.0) -> None:
     """SIGTERM, then SIGKILL what is still alive after `grace_s` (Ray's agents ignore TERM)."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:

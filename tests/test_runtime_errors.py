@@ -45,8 +45,9 @@ def test_unsupported_algorithm_is_refused(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("flags,expected", [
-    (["--iterations", "0"], "--iterations must be >= 1"),
-    (["--save-every", "0"], "--save-every must be >= 1"),
+    (["--iterations", "0"], "--iterations 0: expected 1 to"),
+    (["--save-every", "0"], "--save-every 0: expected 1 to"),
+    (["--seed", str(2**64)], f"--seed {2**64}: expected 0 to"),
 ])
 def test_bad_flag_values(capsys, tmp_path, flags, expected):
     rc, err = _run(capsys, str(colocated_tiny_ppo(tmp_path)), *flags)
@@ -84,5 +85,5 @@ def test_missing_hardware_profile_is_named(capsys, tmp_path):
     plan = manual_plan(spec, {"*": "0-3:d4"}, tmp_path / "plan.json")
     profile.unlink()
     rc, err = _run(capsys, str(plan), "--run-dir", str(tmp_path / "run"))
-    assert rc == 2 and "spec.yaml cluster.hardware: profile.json" in err
+    assert rc == 2 and "spec.yaml:5 cluster.hardware: profile.json" in err
     assert not (tmp_path / "run").exists()

@@ -291,7 +291,7 @@ def check_params(text: str) -> None:
     try:
         text_format.Parse(text, sat_parameters_pb2.SatParameters())
     except text_format.ParseError as err:
-        raise CpSatParamsError(f"--cpsat-params {text!r}: not valid SatParameters text ({err}); "
+        raise CpSatParamsError(f"--cpsat-params {text!r}: not valid CP-SAT parameters ({err}); "
                                "e.g. 'linearization_level:2 symmetry_level:2'") from None
 
 

@@ -1,0 +1,291 @@
+"""Issue 16: each failure fuzzing found, as a test. Bad input is one line and exit 2,
+outputs never clobber inputs, faults leave nothing half-done."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from planner import limits as L
+from planner.cli import main as planner
+from planner.outputs import write_atomic
+from runtime.cli import main as runtime
+from tests.runtime_scenarios import ROOT, TINY_PPO
+
+TINY = TINY_PPO.read_text()
+
+
+def one_line(capsys, rc: int) -> str:
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and err.strip(), err
+    assert not err.startswith("\n"), "a blank line before the error"
+    return err.strip()
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory) -> Path:
+    """A plan the search wrote (timeline, device memory, provenance), on the tiny spec."""
+    d = tmp_path_factory.mktemp("plan")
+    spec = d / "spec.yaml"
+    spec.write_text(TINY)
+    plan = d / "plan.json"
+    assert planner(["search", str(spec), "-o", str(plan), "--method", "mcmc",
+                    "--steps", "50"]) == 0
+    return plan
+
+
+# ------------------------------------------------------------------------ specs
+
+def _spec_cases() -> list[tuple[str, str, str]]:
+    """(id, YAML text, what the one line must say)."""
+    bomb = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    bomb += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    return [
+        ("recursive-anchor", "a: &a [*a]\n", ":1: alias *a refers to a node that contains it"),
+        ("anchor-bomb", "\n".join(bomb) + "\n", "expands to more than"),
+        ("deep-nesting", "a: " + "[" * 2_000 + "]" * 2_000 + "\n", "nested more than 64"),
+        ("5000-digits", TINY.replace("nodes: 1", "nodes: " + "9" * 5000),
+         ":5 cluster.nodes: integer of 5000 digits"),
+        ("2^63-nodes", TINY.replace("nodes: 1", f"nodes: {2**63}"),
+         ":5 cluster.nodes: input should be less than or equal to"),
+        ("1e30-memory", TINY.replace("gpus_per_node: 4", "gpus_per_node: 4, gpu_memory_gib: 1e+30"),
+         ":5 cluster.gpu_memory_gib: input should be less than or equal to"),
+        ("inf-memory", TINY.replace("gpus_per_node: 4", "gpus_per_node: 4, gpu_memory_gib: .inf"),
+         "cluster.gpu_memory_gib: input should be a finite number"),
+        ("inf-lr", TINY.replace("lr: 1.0e-2}}\n  critic", "lr: .inf}}\n  critic"),
+         ":7 models.actor.optimizer.lr: input should be a finite number"),
+        ("nan-betas", TINY.replace("{lr: 1.0e-2}}\n  critic", "{betas: [.nan, .nan]}}\n  critic"),
+         "models.actor.optimizer.betas"),
+        ("missing-hardware", TINY.replace("hardware: cpu", "hardware: nonexistent.json"),
+         ":5 cluster.hardware: nonexistent.json: cannot read profile"),
+        ("million-gpus", TINY.replace("nodes: 1, gpus_per_node: 4", "nodes: 1000, gpus_per_node: 1000"),
+         "cluster.gpus_per_node: input should be less than or equal to 64"),
+        ("1e9-layers", TINY.replace("{arch: tiny-llama, trainable: true, optimizer",
+                                    "{arch: {num_layers: 1000000000, hidden_size: 64, "
+                                    "intermediate_size: 176, num_heads: 4, num_kv_heads: 4, "
+                                    "vocab_size: 256, max_positions: 256}, trainable: true, "
+                                    "optimizer"),
+         "models.actor.arch.num_layers: input should be less than or equal to 1024"),
+        ("bad-timestamp", TINY.replace("name: tiny-ppo-cpu", "name: 2001-13-45"),
+         ":4 name: cannot read value '2001-13-45'"),
+        ("control-char", TINY.replace("name: tiny-ppo-cpu", "name: \"a\x07b\""),
+         ":4: special characters are not allowed"),
+        ("too-large", TINY + "".join(f"k{i}: 1\n" for i in range(120_000)), "larger than 1024 KiB"),
+    ]
+
+
+@pytest.mark.parametrize("text,expected", [c[1:] for c in _spec_cases()],
+                         ids=[c[0] for c in _spec_cases()])
+def test_bad_spec_is_one_line_in_validate_and_search(tmp_path, capsys, text, expected):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    err = one_line(capsys, planner(["validate", str(spec)]))
+    assert err.startswith(str(spec)) and expected in err
+    out = tmp_path / "plan.json"
+    assert one_line(capsys, planner(["search", str(spec), "-o", str(out)])) == err
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------ plans
+
+def _plan_cases(plan: dict) -> list[tuple[str, str, str]]:
+    text = json.dumps(plan)
+    illegal = json.loads(text)
+    illegal["calls"][0].update(device_ids=[0, 1, 2], dp=1, tp=3, pp=1)
+    timeline = json.loads(text)
+    timeline["timeline"][0]["device_ids"] = [99]
+    memory = json.loads(text)
+    memory["device_memory"] = [{"device_id": 7, "peak_bytes": 1}]
+    args = json.loads(text)
+    args["timeline"][0]["args"] = {"device": 4}
+    return [
+        ("nested", "[" * 100_000 + "]" * 100_000, "nested more than 64"),
+        ("5000-digits", text.replace('"format_version": 1', '"format_version": ' + "9" * 5000),
+         "format_version: an integer of 5000 digits"),
+        ("Infinity", text.replace('"iteration_time_s": ', '"iteration_time_s": Infinity, "x": '),
+         "iteration_time_s: Infinity is not a finite number"),
+        ("NaN", text.replace('"start_s": ', '"start_s": NaN, "y": ', 1), "NaN is not a finite"),
+        ("1e999", text.replace('"iteration_time_s": ', '"iteration_time_s": 1e999, "x": '),
+         "too large to be finite"),
+        ("illegal-layout", json.dumps(illegal), "calls[0]: "),
+        ("timeline-device", json.dumps(timeline), "timeline[0].device_ids[0]: device 99 does not"),
+        ("memory-device", json.dumps(memory), "device_memory[0].device_id: device 7 does not"),
+        ("args-device", json.dumps(args), "timeline[0].args.device: device 4 does not exist"),
+    ]
+
+
+def test_bad_plans_are_refused_alike_by_show_evaluate_and_runtime(searched, tmp_path, capsys):
+    spec = json.loads(searched.read_text())["spec_path"]
+    for name, text, expected in _plan_cases(json.loads(searched.read_text())):
+        bad = tmp_path / f"{name}.json"
+        bad.write_text(text)
+        html, run_dir = tmp_path / "p.html", tmp_path / "run"
+        errs = [one_line(capsys, planner(["show", str(bad), "-o", str(html)])),
+                one_line(capsys, planner(["evaluate", spec, "--plan", str(bad)])),
+                one_line(capsys, runtime(["run", str(bad), "--run-dir", str(run_dir)]))]
+        for err in errs:
+            assert err.startswith(str(bad)) and expected in err, (name, err)
+        assert not html.exists() and not run_dir.exists(), name  # refused before any work
+
+
+# ---------------------------------------------------------------- output paths
+
+def test_outputs_never_clobber_inputs(searched, tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(TINY)
+    plan = tmp_path / "plan.json"
+    plan.write_bytes(searched.read_bytes())
+    before = {p: p.read_bytes() for p in (spec, plan)}
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    cases = [
+        (["search", str(spec), "-o", str(spec)], "is an input of this command"),
+        (["show", str(plan), "-o", str(plan)], "is an input of this command"),
+        (["show", str(plan), "--perfetto", str(plan)], "is an input of this command"),
+        (["show", str(plan), "-o", str(tmp_path / "x"), "--perfetto", str(tmp_path / "x")],
+         "is also the --perfetto output"),
+        (["evaluate", str(spec), "--alloc", "x=0:d1", "-o", str(spec)], "is an input"),
+        (["search", str(spec), "-o", str(tmp_path)], "is a directory"),
+        (["search", str(spec), "-o", str(a_file / "p.json")], "is a file, not a directory"),
+        (["search", str(spec), "-o", ""], "expected a file path"),
+        (["show", str(plan), "--perfetto", str(tmp_path)], "is a directory"),
+        (["profile", "--out", str(a_file / "p.json")], "is a file, not a directory"),
+        (["profile", "--out", str(tmp_path / "d.json"), "--threads", "0"], "--threads 0"),
+    ]
+    (tmp_path / "d.json").mkdir()
+    cases.append((["profile", "--out", str(tmp_path / "d.json")], "is a directory"))
+    for argv, expected in cases:
+        t0 = time.perf_counter()
+        err = one_line(capsys, planner(argv))
+        assert expected in err, (argv, err)
+        assert time.perf_counter() - t0 < 5, "checked after the work"
+    err = one_line(capsys, runtime(["run", str(plan), "--run-dir", str(a_file)]))
+    assert "--run-dir" in err and "is a file" in err
+    assert {p: p.read_bytes() for p in (spec, plan)} == before
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_atomic_writes_keep_the_umask_mode(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        write_atomic(tmp_path / "f.json", "{}\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "f.json").stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+# ------------------------------------------------------------------------ search
+
+def test_search_flags_are_one_line_without_log_noise(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(TINY)
+    out = str(tmp_path / "p.json")
+    for flags, expected in ((["--cpsat-params", "garbage"], "--cpsat-params 'garbage'"),
+                            (["--seed", str(2**64)], "--seed 18446744073709551616: expected"),
+                            (["--time-limit", "nan"], "--time-limit nan"),
+                            (["--time-limit", "inf"], "--time-limit inf")):
+        assert expected in one_line(capsys, planner(["search", str(spec), "-o", out, *flags]))
+
+
+def test_search_on_the_largest_cluster_honours_its_time_limit(tmp_path, capsys):
+    """8192 GPUs (the most a spec may name) would take minutes to price: the budget
+    stops the search at its time limit with one line."""
+    spec = tmp_path / "big.yaml"
+    spec.write_text((ROOT / "specs" / "ppo-llama2-70b-128gpu.yaml").read_text()
+                    .replace("nodes: 16, gpus_per_node: 8", f"nodes: {L.MAX_DEVICES // 8}, "
+                             "gpus_per_node: 8"))
+    t0 = time.perf_counter()
+    rc = planner(["search", str(spec), "-o", str(tmp_path / "p.json"), "--time-limit", "1"])
+    took_s = time.perf_counter() - t0
+    assert "--time-limit 1 s ran out" in one_line(capsys, rc)
+    assert took_s < 1.0 + 1.0  # the budget, plus loading the spec and the last step
+    assert not (tmp_path / "p.json").exists()
+
+
+# ----------------------------------------------------------------------- runtime
+
+def _checkpointed_run(tmp_path: Path, searched: Path) -> Path:
+    run = tmp_path / "run"
+    (run / "checkpoints" / "iter_000000").mkdir(parents=True)
+    return run
+
+
+def test_resume_with_a_broken_checkpoint_is_one_line(searched, tmp_path, capsys):
+    run = _checkpointed_run(tmp_path, searched)
+    latest = run / "checkpoints" / "latest"
+    latest.write_text("iter_000007\n")
+    err = one_line(capsys, runtime(["run", str(searched), "--run-dir", str(run), "--resume"]))
+    assert "latest: names 'iter_000007', which is not a checkpoint directory" in err
+    latest.write_text("iter_000000\n")
+    state = run / "checkpoints" / "iter_000000" / "state.json"
+    for garbage, expected in (("{not json", "not valid JSON"), ("[1]", "expected a JSON object"),
+                              ('{"iteration": "x"}', "iteration: expected a non-negative")):
+        state.write_text(garbage)
+        err = one_line(capsys, runtime(["run", str(searched), "--run-dir", str(run), "--resume"]))
+        assert err.startswith(str(state)) and expected in err
+
+
+def test_a_failed_checkpoint_is_one_line_and_leaves_no_partial(tmp_path):
+    from runtime.controller import RunError
+    from runtime.run import _save
+
+    out = tmp_path / "run"
+    _save(lambda d: Path(d, "w.pt").write_text("ok"), out, 0, 8, 0, "sha256:x")
+
+    def disk_full(ckpt_dir: str) -> None:
+        raise OSError(28, "No space left on device", os.path.join(ckpt_dir, "actor", "w.pt"))
+
+    with pytest.raises(RunError) as info:
+        _save(disk_full, out, 1, 16, 0, "sha256:x")
+    msg = str(info.value)
+    assert "\n" not in msg and "No space left on device" in msg
+    assert "iter_000001.partial/actor/w.pt" in msg
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["iter_000000", "latest"]
+    assert (out / "checkpoints" / "latest").read_text() == "iter_000000\n"
+
+
+def test_second_run_stops_ray_processes_a_killed_driver_left(tmp_path):
+    """What SIGKILL leaves (raylet's agents) hold files of the session open: the next
+    run with the same run directory finds them by that and stops them."""
+    from runtime import ray_session
+
+    session = tmp_path / "session_2026-01-01_00-00-00_000000_1"
+    (session / "logs").mkdir(parents=True)
+    # An orphan holding a session log open, like DashboardAgent; it ignores SIGTERM.
+    orphan = subprocess.Popen([sys.executable, "-c",
+                               "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN)"
+                               f"; f = open({str(session / 'logs' / 'agent.out')!r}, 'w'); "
+                               "print('up', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert orphan.stdout.readline().strip() == "up"
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        run = tmp_path / "run"
+        run.mkdir()
+        (run / ray_session.SESSION_FILE).write_text(json.dumps(
+            {"driver_pid": dead.pid, "driver_start": 1, "session_dir": str(session)}))
+        assert ray_session.cleanup_stale(run) == 1
+        assert orphan.wait(timeout=10) == -9
+        assert bystander.poll() is None  # another process is never touched
+        assert not (run / ray_session.SESSION_FILE).exists()
+        # A driver still running keeps its directory: a second run is refused.
+        (run / ray_session.SESSION_FILE).write_text(json.dumps(
+            {"driver_pid": bystander.pid, "driver_start": ray_session._start_time(bystander.pid),
+             "session_dir": str(session)}))
+        with pytest.raises(Exception, match="another runtime run"):
+            ray_session.cleanup_stale(run)
+    finally:
+        for p in (orphan, bystander):
+            p.kill()
+            p.wait()
