@@ -114,6 +114,9 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
     total = iterations or spec.dataset.iterations
 
     out = Path(run_dir)
+    stale = ray_session.cleanup_stale(out)  # first: whatever this command then refuses
+    if stale:
+        console.print(f"stopped {stale} Ray processes left by a killed run in {out}")
     start_it, drawn, resume_dir = 0, 0, None
     if resume:
         ckpt = _latest(out)
@@ -138,9 +141,6 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
         raise UserError(f"{err.filename or out}: cannot write: {err.strerror}") from None
     except ValueError as err:
         raise UserError(f"{metrics_path}: not JSON lines ({err})") from None
-    stale = ray_session.cleanup_stale(out)
-    if stale:
-        console.print(f"stopped {stale} Ray processes left by a killed run in {out}")
 
     import ray
 

@@ -19,6 +19,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from planner import limits as L
+from planner.bounded_io import BoundsError, load_json, read_bounded
 from planner.graph.spec import ClusterSpec
 from planner.show.tracks import Slice, ShowError, Timeline, pack_rows
 
@@ -104,7 +106,10 @@ def read_measured(path: str | Path, cluster: ClusterSpec, call_names: set[str], 
     """
     file = str(path)
     try:
-        data = json.loads(Path(path).read_text())
+        data = load_json(read_bounded(path, L.MAX_PLAN_BYTES, "trace"))
+    except BoundsError as err:
+        at = f":{err.line}" if err.line else ""
+        raise ShowError(f"--measured {file}{at}: {err.message}") from None
     except OSError as err:
         raise ShowError(f"--measured {file}: cannot read: {err.strerror or err}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
