@@ -4,8 +4,10 @@ Pricing candidates and computing baselines grow with the cluster (meshes x
 strategies x devices per layout); on 8192 GPUs they alone take minutes. The
 driver opens a budget for the whole search; those loops call `check(stage)`,
 which costs one clock read and raises SearchTimeError once the budget is
-spent, so `--time-limit` holds whatever the size. MCMC and CP-SAT keep their
-own time limits inside the same budget.
+spent. Without candidates there is no plan, so a pricing cut short ends the
+search with that one line; baselines cut short are skipped (`note_cut`) and
+the search goes on from every call's fastest candidate. MCMC and CP-SAT keep
+their own time limits inside the same budget.
 """
 
 from __future__ import annotations
@@ -23,24 +25,37 @@ class SearchTimeError(UserError):
 
 _deadline_s: float | None = None   # time.perf_counter() value; None: no budget open
 _limit_s: float = 0.0
+_cut: list[str] = []               # stages stopped by the budget, in order
 
 
 @contextmanager
 def budget(limit_s: float, start_s: float | None = None) -> Iterator[None]:
     """Open a budget of `limit_s` seconds from `start_s` (default: now)."""
-    global _deadline_s, _limit_s
-    prev = (_deadline_s, _limit_s)
+    global _deadline_s, _limit_s, _cut
+    prev = (_deadline_s, _limit_s, _cut)
     _deadline_s = (start_s if start_s is not None else time.perf_counter()) + limit_s
-    _limit_s = limit_s
+    _limit_s, _cut = limit_s, []
     try:
         yield
     finally:
-        _deadline_s, _limit_s = prev
+        _deadline_s, _limit_s, _cut = prev
+
+
+def spent() -> bool:
+    return _deadline_s is not None and time.perf_counter() > _deadline_s
+
+
+def note_cut(what: str) -> None:
+    _cut.append(what)
+
+
+def cut_short() -> list[str]:
+    return list(_cut)
 
 
 def check(stage: str) -> None:
     """Raise SearchTimeError when the open budget is spent."""
-    if _deadline_s is not None and time.perf_counter() > _deadline_s:
+    if spent():
         raise SearchTimeError(f"--time-limit {_limit_s:g} s ran out while {stage}, before any "
                               "plan was found; give a larger --time-limit (a cluster this "
                               "large needs more time to price)")

@@ -27,6 +27,7 @@ from planner.errors import UserError
 from planner.graph.spec import Spec
 from planner.plan import ExecutionPlan, Provenance
 from planner.search.baselines import Baseline, all_baselines
+from planner.search.budget import SearchTimeError, cut_short, note_cut
 from planner.search.budget import budget as time_budget
 from planner.search.cpsat import cpsat_search
 from planner.search.mcmc import SearchResult, mcmc_search
@@ -106,7 +107,13 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
         sim = Simulator(p)
         if progress:
             progress("baselines", 0.0, None)
-        baselines = all_baselines(p, sim)
+        try:
+            baselines = all_baselines(p, sim)
+        except SearchTimeError:  # the search goes on from every call's fastest candidate
+            baselines = []
+            note_cut("baselines skipped (the search started from each call's fastest "
+                     "candidate)")
+        cut = cut_short()
     t_baselines = time.perf_counter()
     known = [b for b in baselines if b.assignment is not None]
     best_base = min(known, key=lambda b: b.period_s) if known else None
@@ -181,6 +188,8 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
     base_exact = {b.name: b.period_s for b in baselines}
     notes = [f"{len(p.candidates[i])} candidates for {p.names[i]}" for i in range(p.n)]
     notes.append(f"pricing {t_priced - t0:.1f} s, baselines {t_baselines - t_priced:.1f} s")
+    if cut:
+        notes.append("time limit reached: " + "; ".join(cut))
     for r in runs:
         extra = f", bound {r.lower_bound_s:.3f} s" if r.lower_bound_s is not None else ""
         per = f"{r.period_s:.3f} s" if r.period_s is not None else "none"
