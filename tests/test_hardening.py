@@ -158,6 +158,7 @@ def test_outputs_never_clobber_inputs(searched, tmp_path, capsys):
         (["search", str(spec), "-o", ""], "expected a file path"),
         (["show", str(plan), "--perfetto", str(tmp_path)], "is a directory"),
         (["profile", "--out", str(a_file / "p.json")], "is a file, not a directory"),
+        (["calibrate", str(tmp_path), "--profile", str(plan), "-o", str(plan)], "is an input"),
         (["profile", "--out", str(tmp_path / "d.json"), "--threads", "0"], "--threads 0"),
     ]
     (tmp_path / "d.json").mkdir()

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from planner.errors import UserError
+from planner.outputs import check_output_file
 
 EXAMPLES = """examples:
   runtime run runs/ppo/plan.json --run-dir runs/ppo --iterations 5
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix != ".json" or out.is_dir():
         raise CalibrateError(f"-o {args.output!r}: expected a .json file name")
+    check_output_file(args.output, "-o", inputs=(args.profile, *args.runs))
     if args.skip < 0:
         raise CalibrateError(f"--skip {args.skip}: expected >= 0")
     if not args.profile.endswith(".json"):
