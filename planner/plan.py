@@ -21,7 +21,7 @@ from planner.bounded_io import BoundsError, load_json, read_bounded
 from planner.cost_model.legality import call_problem
 from planner.errors import PlanError
 from planner.graph.loader import format_path, pydantic_message
-from planner.outputs import write_atomic  # noqa: F401 - re-exported: plan files are written with it
+from planner.outputs import write_atomic  # noqa: F401 - re-exported (plans are written by it)
 from planner.graph.spec import ClusterSpec, Spec
 from planner.layout import Layout, format_layout
 
@@ -151,8 +151,9 @@ class ExecutionPlan(_Strict):
     iteration_time_s: float | None = Field(None, ge=0, le=L.MAX_SECONDS,
                                            description="Estimated steady state.")
     max_staleness: int = Field(
-        0, ge=0, le=L.MAX_STALENESS, description="Staleness the plan's schedule assumes: a generate call of "
-        "iteration i may use the policy trained in iteration i-1-K (<= the spec's bound).")
+        0, ge=0, le=L.MAX_STALENESS, description="Staleness the plan's schedule assumes: a "
+        "generate call of iteration i may use the policy trained in iteration i-1-K (<= the "
+        "spec's bound).")
     provenance: Provenance | None = None
     memory_capacity_bytes: int | None = Field(
         None, ge=0, le=L.MAX_BYTES,
