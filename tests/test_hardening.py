@@ -201,6 +201,14 @@ def test_search_flags_are_one_line_without_log_noise(tmp_path, capsys):
         assert expected in one_line(capsys, planner(["search", str(spec), "-o", out, *flags]))
 
 
+def test_huge_device_ranges_in_layout_notation_are_one_line(capsys):
+    """`0-99999999999` once built a list of 10^11 ids (MemoryError)."""
+    spec = str(TINY_PPO)
+    for argv in (["estimate", spec, "--call", "actor_gen", "--devices", "0-99999999999"],
+                 ["evaluate", spec, "--alloc", "actor_gen=0-99999999999:d4"]):
+        assert "device ids go up to 8191" in one_line(capsys, planner(argv))
+
+
 def test_search_on_the_largest_cluster_honours_its_time_limit(tmp_path, capsys):
     """8192 GPUs (the most a spec may name) would take minutes to price: the budget
     stops the search at its time limit with one line."""

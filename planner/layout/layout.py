@@ -18,6 +18,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from planner.limits import MAX_DEVICES
+
 
 class LayoutError(ValueError):
     """A layout string or layout that cannot be used; the message says why."""
@@ -76,6 +78,9 @@ def _parse_devices(text: str) -> tuple[int, ...]:
         hi = int(m.group(2)) if m.group(2) is not None else lo
         if hi < lo:
             raise LayoutError(f"bad device range {part!r}: end before start")
+        if hi >= MAX_DEVICES or len(ids) + hi - lo + 1 > MAX_DEVICES:  # before building it
+            raise LayoutError(f"bad device range {part!r}: device ids go up to "
+                              f"{MAX_DEVICES - 1} (at most {MAX_DEVICES} devices)")
         ids.extend(range(lo, hi + 1))
     return tuple(ids)
 
