@@ -214,3 +214,15 @@ def test_frozen_generation_only_is_refused():
                    {"actor": TINY_MODELS["actor"], "ref": TINY_MODELS["ref"]})
     with pytest.raises(Exception, match="needs a generate call of a trainable model"):
         stale(spec, 1)
+
+
+def test_graph_command_and_page_show_the_lag():
+    from planner.commands.graph import graph_json, graph_text
+    from planner.show.graph_layout import layout_graph
+
+    spec = stale(load_spec(ROOT / "specs" / "tiny-grpo-cpu.yaml"), 1)
+    lags = {(e["from"], e["to"]): e["lag"] for e in graph_json(spec)["param_next_edges"]}
+    assert lags == {("actor_train", "actor_gen"): 2, ("actor_train", "actor_train"): 1}
+    assert "actor_train => actor_gen (lag 2" in graph_text(spec)
+    back = [e for e in layout_graph(spec)["edges"] if e["kind"] == "param_next"]
+    assert [e["lag"] for e in back] == [2] and "max_staleness 1" in back[0]["label"]

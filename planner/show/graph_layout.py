@@ -13,7 +13,7 @@ from typing import Any
 
 import networkx as nx
 
-from planner.graph.dataflow import build_graph, key_producers, param_next_edges
+from planner.graph.dataflow import build_graph, key_producers, param_lag_edges
 from planner.graph.spec import Spec
 
 NODE_W, NODE_H = 178, 58
@@ -116,10 +116,12 @@ def layout_graph(spec: Spec) -> dict[str, Any]:
         if a["param"]:
             edges.append({"from": u, "to": v, "kind": "param", "label": "params",
                           "points": route(u, v)})
-    for u, v in param_next_edges(spec):
+    for u, v, lag in param_lag_edges(spec):
         if u == v:  # a train call after its own previous run: true, and no news
             continue
-        edges.append({"from": u, "to": v, "kind": "param_next", "label": "next iteration",
+        label = "next iteration" if lag == 1 else \
+            f"{lag} iterations later (max_staleness {lag - 1})"
+        edges.append({"from": u, "to": v, "kind": "param_next", "label": label, "lag": lag,
                       "points": []})
     width = MARGIN * 2 + (max(columns) + 1) * NODE_W + max(columns) * COL_GAP
     num_back = sum(1 for e in edges if e["kind"] == "param_next")

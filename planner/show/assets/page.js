@@ -282,6 +282,8 @@
       s("path", { d, fill: "none", stroke: "transparent", "stroke-width": 9 }, edgeLayer);
       setTip(p.nextSibling, () => `<b>${esc(e.from)} → ${esc(e.to)}</b><br>${e.kind === "data" ?
         "data: " + esc(e.label) : e.kind === "param" ? "parameter edge: trains after this read" :
+        e.lag > 1 ? `generation ${e.lag} iterations later waits for this training ` +
+        `(it may sample with a policy up to ${e.lag - 1} version(s) old)` :
         "next iteration waits for this training"}`);
       if (e.kind === "data" && e.label) {
         const txt = e.label.length > 26 ? e.label.slice(0, 24) + "…" : e.label;
