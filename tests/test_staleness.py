@@ -226,3 +226,26 @@ def test_graph_command_and_page_show_the_lag():
     assert "actor_train => actor_gen (lag 2" in graph_text(spec)
     back = [e for e in layout_graph(spec)["edges"] if e["kind"] == "param_next"]
     assert [e["lag"] for e in back] == [2] and "max_staleness 1" in back[0]["label"]
+
+
+def test_evaluate_prices_a_plan_with_the_staleness_it_assumes(tmp_path, capsys, monkeypatch):
+    """A synchronous split plan, evaluated against a spec allowing K=1, keeps its own
+    (on-policy) edges: it is not priced as the faster async-split."""
+    from planner.plan import save_plan
+
+    monkeypatch.setenv("COLUMNS", "400")  # one table row per line
+    text = (ROOT / "specs" / "grpo-qwen2.5-7b-8gpu.yaml").read_text() + "max_staleness: 1\n"
+    f = tmp_path / "k1.yaml"
+    f.write_text(text)
+    res = search_staleness(load_spec(f), spec_path=f, method="baseline", time_limit_s=5)
+    k0 = res.per_k[0]
+    split = next(b for b in k0.baselines if b.name == "split")
+    plan = build_plan(k0.problem, split.assignment, spec_path=f,
+                      provenance=Provenance(method="baseline:split"))
+    assert plan.max_staleness == 0
+    async_s = res.per_k[1].baselines_s["async-split"]
+    assert async_s < plan.iteration_time_s * 0.9  # the same placement, run ahead
+    save_plan(plan, tmp_path / "split.json")
+    assert main(["evaluate", str(f), "--plan", str(tmp_path / "split.json")]) == 0
+    row = next(x for x in capsys.readouterr().out.splitlines() if "split.json" in x)
+    assert f"{plan.iteration_time_s:.3f}" in row and f"{async_s:.3f}" not in row

@@ -143,7 +143,9 @@ def run(args: argparse.Namespace) -> int:
     if args.plan:
         plan = load_plan(args.plan, spec)
         alloc = {a.name: (a.layout, a.micro_batches) for a in plan.calls}
-        file_plan = (assignment_of(p, alloc, where=args.plan), plan)
+        # A plan found for a smaller staleness than the spec allows is priced as it assumed.
+        pp = p.with_staleness(plan.max_staleness) if plan.max_staleness != p.staleness else p
+        file_plan = (assignment_of(pp, alloc, where=args.plan), plan, pp)
     baselines = all_baselines(p, Simulator(p))
 
     t = Table(title="estimated iteration time")
@@ -157,8 +159,8 @@ def run(args: argparse.Namespace) -> int:
         first = _row(t, "[bold]--alloc[/]", p, hand, None, p.describe(hand))
     if file_plan is not None:
         method = file_plan[1].provenance.method if file_plan[1].provenance else "plan"
-        s = _row(t, f"[bold]{args.plan}[/] ({method})", p, file_plan[0], first,
-                 p.describe(file_plan[0]))
+        s = _row(t, f"[bold]{args.plan}[/] ({method})", file_plan[2], file_plan[0], first,
+                 file_plan[2].describe(file_plan[0]))
         first = first or s
     for b in baselines:
         if b.assignment is None:
