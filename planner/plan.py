@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,9 +22,10 @@ from planner.bounded_io import BoundsError, load_json, read_bounded
 from planner.cost_model.legality import call_problem
 from planner.errors import PlanError
 from planner.graph.loader import format_path, pydantic_message
-from planner.outputs import write_atomic  # noqa: F401 - re-exported (plans are written by it)
 from planner.graph.spec import ClusterSpec, Spec
 from planner.layout import Layout, format_layout
+from planner.layout.layout import LayoutError, parse_devices
+from planner.outputs import write_atomic  # noqa: F401 - re-exported (plans are written by it)
 
 PLAN_FORMAT_VERSION = 1
 
@@ -217,6 +219,20 @@ def check_plan(plan: ExecutionPlan, spec: Spec | None = None, *, file: str = "<p
                             f"m{a.micro_batches}: {why}")
 
 
+_LAYOUT_TEXT = re.compile(r"\s*([\d\s,-]+):")
+
+
+def _layout_devices(text: str) -> tuple[int, ...]:
+    """Device ids of a string in layout notation (`0-7:d4t2`, `0-1:d2 m1`); () otherwise."""
+    m = _LAYOUT_TEXT.match(text)
+    if not m:
+        return ()
+    try:
+        return parse_devices(m.group(1))
+    except LayoutError:
+        return ()
+
+
 def _names_devices(key: str) -> bool:
     """A field holding device ids: its name says `device` (device_ids, src_device, ...);
     `num_*` fields are counts."""
@@ -229,9 +245,16 @@ def _check_fields(data: Any, num_devices: int, file: str) -> None:
     stack: list[tuple[Any, tuple[Any, ...], bool]] = [(data, (), False)]
     while stack:
         node, loc, devices = stack.pop()
-        if isinstance(node, bool) or node is None or isinstance(node, str):
+        if isinstance(node, bool) or node is None:
             continue
         where = f"{file} {format_path(loc)}"
+        if isinstance(node, str):  # a layout names devices too (homes, realloc, timeline args)
+            bad = [d for d in _layout_devices(node) if d >= num_devices] \
+                if loc and "layout" in str(loc[-1]) else []
+            if bad:
+                raise PlanError(f"{where}: device {bad[0]} of {node!r} does not exist "
+                                f"(the cluster has devices 0-{num_devices - 1})")
+            continue
         if isinstance(node, int):
             if devices and not 0 <= node < num_devices:
                 raise PlanError(f"{where}: device {node} does not exist "

@@ -110,6 +110,8 @@ def _plan_cases(plan: dict) -> list[tuple[str, str, str]]:
     memory["device_memory"] = [{"device_id": 7, "peak_bytes": 1}]
     args = json.loads(text)
     args["timeline"][0]["args"] = {"device": 4}
+    layout = json.loads(text)
+    layout["timeline"][0]["args"]["layout"] = "0-5:d6 m1"
     return [
         ("nested", "[" * 100_000 + "]" * 100_000, "nested more than 64"),
         ("5000-digits", re.sub(r'"format_version": \d+', '"format_version": ' + "9" * 5000, text),
@@ -123,6 +125,7 @@ def _plan_cases(plan: dict) -> list[tuple[str, str, str]]:
         ("timeline-device", json.dumps(timeline), "timeline[0].device_ids[0]: device 99 does not"),
         ("memory-device", json.dumps(memory), "device_memory[0].device_id: device 7 does not"),
         ("args-device", json.dumps(args), "timeline[0].args.device: device 4 does not exist"),
+        ("args-layout", json.dumps(layout), "timeline[0].args.layout: device 4 of '0-5:d6 m1'"),
     ]
 
 

@@ -18,7 +18,7 @@ from planner.errors import UserError
 from planner.graph.loader import load_spec
 from planner.graph.spec import ClusterSpec, ModelSpec, Spec
 from planner.layout.layout import Layout, LayoutError, parse_layout
-from planner.layout.layout import _parse_devices as parse_devices  # the notation's device part
+from planner.layout.layout import parse_devices  # the notation's device part
 
 EXAMPLES = """examples:
   planner estimate specs/ppo-llama2-7b-16gpu.yaml --call actor_train \\

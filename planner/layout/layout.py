@@ -67,7 +67,8 @@ class Layout:
         return format_layout(self)
 
 
-def _parse_devices(text: str) -> tuple[int, ...]:
+def parse_devices(text: str) -> tuple[int, ...]:
+    """`0-7,16-23` -> the ids; LayoutError when it is not a device list or too large."""
     ids: list[int] = []
     for part in text.split(","):
         part = part.strip()
@@ -106,7 +107,7 @@ def parse_layout(text: str) -> Layout:
     if ":" not in text:
         raise LayoutError(f"bad layout {text!r}: expected DEVICES:STRATEGY, e.g. 0-15:d2p2t4")
     dev_text, strat = text.strip().split(":", 1)
-    devices = _parse_devices(dev_text)
+    devices = parse_devices(dev_text)
     factors = {"d": 1, "t": 1, "p": 1}
     seen: set[str] = set()
     pos = 0
