@@ -1,10 +1,12 @@
 """The execution plan (plan.json): what the planner decides and the runtime runs.
 
-A plan gives every call of a spec a layout (device ids, dp, tp, pp) and a
-micro-batch count, the estimates that justified it, the parameter
-reallocations between calls, and how it was found. It carries a format
-version and the hash of the spec it solves, so a plan is never run against
-a spec it was not made for.
+The whole contract between planner, picture and runtime (README "The plan"):
+the spec itself, every call's layout and micro-batch count, each model's home,
+every realloc step (source and target layouts, bytes and the transfer plan's
+pieces), the order calls are submitted in, per-device peak memory by kind,
+the timeline and the estimates. `planner show` and `runtime run` read these
+decisions; neither re-derives one. A plan carries a format version and the
+hash of the spec it embeds, so it is never run against another spec.
 """
 
 from __future__ import annotations
@@ -27,7 +29,13 @@ from planner.layout import Layout, format_layout
 from planner.layout.layout import LayoutError, parse_devices
 from planner.outputs import write_atomic  # noqa: F401 - re-exported (plans are written by it)
 
-PLAN_FORMAT_VERSION = 1
+PLAN_FORMAT_VERSION = 2
+
+# Memory kinds of DeviceMemory.by_kind_bytes, resident first (planner/search/residency.py).
+MEMORY_KINDS = ("params", "grads", "optimizer", "realloc_copy", "activations", "kv_cache")
+
+# TransferPieces.data: the columns of planner.layout.transfer.TransferPlan, in this order.
+PIECE_COLUMNS = ("param", "src_rank", "dst_rank", "lo", "hi", "nbytes")
 
 
 class _Strict(BaseModel):
@@ -55,7 +63,7 @@ class CallEstimate(_Strict):
 
 
 class CallAssignment(_Strict):
-    """Where and how one call runs."""
+    """Where and how one call runs, and what it waits for."""
 
     name: str = Field(description="Call name from the spec.")
     device_ids: list[int] = Field(min_length=1, max_length=L.MAX_DEVICES,
@@ -66,6 +74,10 @@ class CallAssignment(_Strict):
     micro_batches: int = Field(1, gt=0, le=L.MAX_MICRO_BATCHES,
                                description="Micro-batches per step.")
     estimate: CallEstimate | None = Field(None, description="Estimated timing and memory.")
+    after: list[str] = Field(
+        default_factory=list,
+        description="Calls of the same iteration this one waits for (data and parameter "
+                    "edges of the dataflow graph).")
 
     @model_validator(mode="after")
     def _sizes(self) -> "CallAssignment":
@@ -88,15 +100,46 @@ class CallAssignment(_Strict):
         return format_layout(self.layout)
 
 
-class ReallocStep(_Strict):
-    """A model's parameters moved from one call's layout to the next call's."""
+class ModelHome(_Strict):
+    """Where a model's parameters live for the whole run (graph.dataflow.home_calls)."""
 
     model: str
-    from_call: str
-    to_call: str
+    call: str = Field(description="The call whose layout is the home (train call if trainable).")
+    layout: str = Field(description="That layout, in layout notation (e.g. 0-7:d4t2).")
+    trainable: bool = Field(description="Gradients and optimizer states live there too.")
+
+
+class TransferPieces(_Strict):
+    """The transfer plan of a realloc, row for row (planner.layout.transfer.TransferPlan):
+    `data` = base64 of zlib-compressed little-endian int64, the PIECE_COLUMNS one after
+    another, `num_pieces` values each. `param` indexes layout.sharding.param_rules(arch,
+    head); [lo, hi) is the interval of the parameter's tp split dim (whole tensor when
+    replicated); ranks are layout ranks of the source / target layout."""
+
+    num_pieces: int = Field(ge=0, le=L.MAX_BYTES)
+    encoding: Literal["zlib-base64-int64le"] = "zlib-base64-int64le"
+    columns: list[str] = Field(default_factory=lambda: list(PIECE_COLUMNS))
+    data: str
+
+
+class ReallocStep(_Strict):
+    """A model's parameters copied from its home layout onto a call's layout before the
+    call (dropped after it: nothing moves back)."""
+
+    model: str
+    from_call: str = Field(description="The model's home call.")
+    to_call: str = Field(description="The call that runs on the copy.")
+    src_layout: str = Field(description="Home layout, layout notation.")
+    dst_layout: str = Field(description="The call's layout, layout notation.")
     start_s: float = Field(0.0, ge=0, le=L.MAX_SECONDS)
     end_s: float = Field(0.0, ge=0, le=L.MAX_SECONDS)
-    bytes: int = Field(0, ge=0, le=L.MAX_BYTES, description="Bytes received over all devices.")
+    bytes: int = Field(0, ge=0, le=L.MAX_BYTES,
+                       description="Bytes received over links, all devices together.")
+    max_recv_bytes: int = Field(0, ge=0, le=L.MAX_BYTES,
+                                description="The most one device receives.")
+    dtype_bytes: int = Field(gt=0, le=8, description="Bytes per parameter element the pieces "
+                                                     "assume.")
+    transfer: TransferPieces
 
 
 class TimelineEvent(_Strict):
@@ -112,11 +155,8 @@ class TimelineEvent(_Strict):
 
 
 class DeviceMemory(_Strict):
-    """One GPU's memory at its peak over the iteration, split by kind.
-
-    Optional in a plan: `planner show` reconstructs it from the cost model when
-    a plan leaves it out, so the simulator may fill it with what it checked.
-    """
+    """One GPU's memory at its peak over the iteration, split by kind: exactly what the
+    search's simulator and CP-SAT checked (planner/search/residency.py)."""
 
     device_id: int = Field(ge=0, le=L.MAX_DEVICES)
     peak_bytes: int = Field(ge=0, le=L.MAX_BYTES,
@@ -145,10 +185,19 @@ class Provenance(_Strict):
 class ExecutionPlan(_Strict):
     format_version: int = Field(PLAN_FORMAT_VERSION, description="plan.json format version.")
     spec_hash: str = Field(description="Spec.spec_hash() of the spec this plan solves.")
-    spec_path: str | None = Field(None, description="Where the spec was read from.")
+    spec_path: str | None = Field(None, description="Where the spec was read from (informative: "
+                                                     "the plan embeds the spec).")
+    spec: Spec = Field(description="The spec itself, so the plan runs from any directory.")
+    hardware_kind: Literal["gpu", "cpu"] = Field(description="The profile's device kind.")
     cluster: ClusterSpec
     calls: list[CallAssignment]
-    realloc: list[ReallocStep] = Field(default_factory=list)
+    homes: list[ModelHome] = Field(description="Each model's home layout.")
+    realloc: list[ReallocStep] = Field(
+        default_factory=list,
+        description="One step per call whose layout differs from its model's home.")
+    submit_order: list[str] = Field(
+        description="Every call once: the order the runtime submits an iteration's calls in "
+                    "(steady-state start time, ties by topological order).")
     timeline: list[TimelineEvent] = Field(default_factory=list)
     iteration_time_s: float | None = Field(None, ge=0, le=L.MAX_SECONDS,
                                            description="Estimated steady state.")
@@ -157,11 +206,14 @@ class ExecutionPlan(_Strict):
         "generate call of iteration i may use the policy trained in iteration i-1-K (<= the "
         "spec's bound).")
     provenance: Provenance | None = None
-    memory_capacity_bytes: int | None = Field(
-        None, ge=0, le=L.MAX_BYTES,
-        description="Memory per GPU the plan was checked against (optional).")
+    memory_capacity_bytes: int = Field(ge=0, le=L.MAX_BYTES,
+                                       description="Memory per GPU (the profile's).")
+    memory_headroom_bytes: int = Field(
+        ge=0, le=L.MAX_BYTES,
+        description="Kept free on every GPU (CUDA context, NCCL, fragmentation): a device's "
+                    "peak must stay within capacity minus this.")
     device_memory: list[DeviceMemory] = Field(
-        default_factory=list, description="Per-GPU peak memory split by kind (optional).")
+        description="Per-GPU peak memory split by kind, one entry per device.")
 
     def assignment(self, name: str) -> CallAssignment:
         for a in self.calls:
@@ -169,18 +221,37 @@ class ExecutionPlan(_Strict):
                 return a
         raise KeyError(name)
 
+    def home_of(self, model: str) -> ModelHome:
+        for h in self.homes:
+            if h.model == model:
+                return h
+        raise KeyError(model)
+
+    def realloc_into(self, call: str) -> ReallocStep | None:
+        """The realloc step before `call` (None: it runs on its model's home copy)."""
+        return next((r for r in self.realloc if r.to_call == call), None)
+
 
 def check_plan(plan: ExecutionPlan, spec: Spec | None = None, *, file: str = "<plan>") -> None:
     """Every rule a plan must meet before any tool uses it (planner evaluate, show and
     `runtime run` all load plans through here, so a plan one refuses, all refuse):
-    the format version, calls assigned once, every device a field names exists,
-    free-form numbers finite, realloc steps between known calls; and, given the spec,
-    that it is the plan's spec and every call's layout and micro-batches are legal
-    (planner/cost_model/legality.py)."""
+    the format version, the embedded spec matching its hash (and a given spec file's),
+    calls assigned once, every device a field names exists, free-form numbers finite,
+    every call's layout and micro-batches legal (planner/cost_model/legality.py), the
+    homes, realloc steps, submission order and memory covering what they must."""
     if plan.format_version != PLAN_FORMAT_VERSION:
         raise PlanError(f"{file} format_version: {plan.format_version} is not supported "
-                        f"(this planner reads version {PLAN_FORMAT_VERSION})")
+                        f"(this planner reads version {PLAN_FORMAT_VERSION}); re-run "
+                        "`planner search` to write a new plan")
+    if spec is not None and plan.spec_hash != spec.spec_hash():
+        raise PlanError(f"{file} spec_hash: the plan was made for another spec "
+                        f"({plan.spec_hash[:19]}... != {spec.spec_hash()[:19]}...); search again")
+    own = plan.spec
+    if plan.spec_hash != own.spec_hash():
+        raise PlanError(f"{file} spec_hash: does not match the embedded spec "
+                        f"({plan.spec_hash[:19]}... != {own.spec_hash()[:19]}...)")
     seen: dict[str, int] = {}
+    names = [c.name for c in own.calls]
     for i, a in enumerate(plan.calls):
         if a.name in seen:
             raise PlanError(f"{file} calls[{i}].name: call '{a.name}' is assigned twice "
@@ -192,31 +263,65 @@ def check_plan(plan: ExecutionPlan, spec: Spec | None = None, *, file: str = "<p
             if getattr(r, what) not in seen:
                 raise PlanError(f"{file} realloc[{i}].{what}: '{getattr(r, what)}' is not a "
                                 "call of the plan")
-    if spec is None:
-        return
-    if plan.spec_hash != spec.spec_hash():
-        raise PlanError(f"{file} spec_hash: the plan was made for another spec "
-                        f"({plan.spec_hash[:19]}... != {spec.spec_hash()[:19]}...); search again")
-    if plan.max_staleness > spec.max_staleness:
+    if plan.max_staleness > own.max_staleness:
         raise PlanError(f"{file} max_staleness: the plan assumes {plan.max_staleness} but the "
-                        f"spec allows at most {spec.max_staleness}")
-    if plan.cluster != spec.cluster:
+                        f"spec allows at most {own.max_staleness}")
+    if plan.cluster != own.cluster:
         raise PlanError(f"{file} cluster: differs from the spec's cluster")
-    names = [c.name for c in spec.calls]
     for i, a in enumerate(plan.calls):
         if a.name not in names:
             raise PlanError(f"{file} calls[{i}].name: '{a.name}' is not a call of the spec")
+        for j, u in enumerate(a.after):
+            if u not in names:
+                raise PlanError(f"{file} calls[{i}].after[{j}]: '{u}' is not a call of the spec")
     missing = [n for n in names if n not in seen]
     if missing:
         raise PlanError(f"{file} calls: no assignment for call(s) {', '.join(missing)}")
     for i, a in enumerate(plan.calls):
-        call = spec.call(a.name)
-        why = call_problem(spec.models[call.model].architecture, call.num_seqs,
+        call = own.call(a.name)
+        why = call_problem(own.models[call.model].architecture, call.num_seqs,
                            call.minibatches, a.layout, a.micro_batches,
                            plan.cluster.gpus_per_node, plan.cluster.num_devices)
         if why:
             raise PlanError(f"{file} calls[{i}]: {a.name} on {a.layout_str} "
                             f"m{a.micro_batches}: {why}")
+    if sorted(plan.submit_order) != sorted(names):
+        raise PlanError(f"{file} submit_order: must list every call of the spec once")
+    _check_homes(plan, file)
+    num_devices = plan.cluster.num_devices
+    devices = sorted(m.device_id for m in plan.device_memory)
+    if devices != list(range(num_devices)):
+        raise PlanError(f"{file} device_memory: expected one entry per device 0-{num_devices - 1}")
+
+
+def _check_homes(plan: ExecutionPlan, file: str) -> None:
+    """Every model has one home on its home call's layout; every call off home has a step."""
+    homes: dict[str, ModelHome] = {}
+    for i, h in enumerate(plan.homes):
+        if h.model in homes or h.model not in plan.spec.models:
+            raise PlanError(f"{file} homes[{i}].model: '{h.model}' is unknown or repeated")
+        if h.call not in {a.name for a in plan.calls} or plan.spec.call(h.call).model != h.model:
+            raise PlanError(f"{file} homes[{i}].call: '{h.call}' is not a call of '{h.model}'")
+        if plan.assignment(h.call).layout_str != h.layout:
+            raise PlanError(f"{file} homes[{i}].layout: {h.layout} is not the layout of "
+                            f"{h.call} ({plan.assignment(h.call).layout_str})")
+        homes[h.model] = h
+    steps = {r.to_call: (k, r) for k, r in enumerate(plan.realloc)}
+    for c in plan.spec.calls:
+        if c.model not in homes:
+            raise PlanError(f"{file} homes: no home for model '{c.model}'")
+        home = homes[c.model]
+        lay = plan.assignment(c.name).layout_str
+        if lay == home.layout:
+            continue
+        if c.name not in steps:
+            raise PlanError(f"{file} realloc: no step moves '{c.model}' from {home.layout} to "
+                            f"{c.name}'s layout {lay}")
+        k, r = steps[c.name]
+        if (r.model, r.from_call, r.src_layout, r.dst_layout) != (c.model, home.call,
+                                                                  home.layout, lay):
+            raise PlanError(f"{file} realloc[{k}]: expected {c.model} from {home.call} "
+                            f"({home.layout}) to {c.name} ({lay})")
 
 
 _LAYOUT_TEXT = re.compile(r"\s*([\d\s,-]+):")
@@ -273,6 +378,7 @@ def _check_fields(data: Any, num_devices: int, file: str) -> None:
                          for j, v in reversed(list(enumerate(node))))
 
 
+
 def plan_from_json_text(text: str, *, file: str = "<plan>", spec: Spec | None = None
                         ) -> ExecutionPlan:
     try:
@@ -283,6 +389,12 @@ def plan_from_json_text(text: str, *, file: str = "<plan>", spec: Spec | None = 
         at = f":{err.line}" if err.line else ""
         field = f" {format_path(err.loc)}" if err.loc else ""
         raise PlanError(f"{file}{at}{field}: {err.message}") from None
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if isinstance(version, int) and version != PLAN_FORMAT_VERSION:
+        # Before the schema: an old plan lacks the fields a new one must have.
+        raise PlanError(f"{file} format_version: {version} is not supported (this planner "
+                        f"reads version {PLAN_FORMAT_VERSION}); re-run `planner search` to "
+                        "write a new plan")
     try:
         plan = ExecutionPlan.model_validate(data)
     except ValidationError as exc:

@@ -10,7 +10,7 @@ from planner.graph.arch import get_preset
 from planner.layout import parse_layout
 from planner.search.meshes import all_meshes, mesh_shapes, node_counts
 from planner.search.problem import build_problem
-from planner.search.realloc import fast_realloc
+from planner.cost_model.fast_moves import fast_realloc
 from planner.search.scenarios import tiny_parallel_spec
 
 PAIRS = [

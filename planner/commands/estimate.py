@@ -12,11 +12,11 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from planner.cost_model import estimate_call
-from planner.cost_model.profile import HardwareProfile, load_spec_profile
+from planner.cost_model import dtype_bytes_for, estimate_call
+from planner.cost_model.profile import load_spec_profile
 from planner.errors import UserError
 from planner.graph.loader import load_spec
-from planner.graph.spec import ClusterSpec, ModelSpec, Spec
+from planner.graph.spec import ClusterSpec, Spec
 from planner.layout.layout import Layout, LayoutError, parse_layout
 from planner.layout.layout import parse_devices  # the notation's device part
 
@@ -68,13 +68,6 @@ def _layout(args: argparse.Namespace, cluster: ClusterSpec) -> Layout:
         return Layout(ids, dp=dp, tp=tp, pp=pp)
     except LayoutError as err:
         raise EstimateError(f"bad layout: {err}") from None
-
-
-def dtype_bytes_for(model: ModelSpec, profile: HardwareProfile) -> int:
-    """The runtime computes in fp32 on CPUs whatever the spec says; on GPUs in the model dtype."""
-    if profile.kind == "cpu":
-        return profile.dtype_bytes
-    return 4 if model.dtype == "fp32" else 2
 
 
 def _gib(n: float) -> str:

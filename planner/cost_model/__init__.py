@@ -10,6 +10,9 @@ Public API (the search and the CLI use only these):
     realloc_cost(arch, head, src, dst, profile, *, gpus_per_node) -> TransferCost
     data_transfer_cost(nbytes, src, dst, profile, *, gpus_per_node) -> TransferCost
     check_layout(arch, layout, gpus_per_node) (raises IllegalLayoutError)
+    dtype_bytes_for(model, profile) -> int            bytes per element a model runs with
+    memory_headroom_bytes(profile, override_gib) -> int   kept free on every device
+    fast_realloc / fast_data_transfer -> MoveCost     the same move rules on aggregates (search)
 
 This package never imports planner.search, runtime, or torch.distributed; the
 profiler imports torch lazily inside its measuring functions.
@@ -23,6 +26,8 @@ from planner.cost_model.estimator import (
     decode_step,
     estimate_call,
 )
+from planner.cost_model.dtype import dtype_bytes_for
+from planner.cost_model.fast_moves import NO_MOVE, MoveCost, fast_data_transfer, fast_realloc
 from planner.cost_model.legality import IllegalLayoutError, check_layout, layout_problem, mesh_problem
 from planner.cost_model.memory import MemoryEstimate
 from planner.cost_model.transfer import (
@@ -38,12 +43,14 @@ from planner.cost_model.profile import (
     ProfileError,
     load_profile,
     load_spec_profile,
+    memory_headroom_bytes,
 )
 
 __all__ = [
     "CallEstimate", "CallShape", "DecodeStep", "HardwareProfile", "IllegalLayoutError",
     "MemoryEstimate", "PROFILE_FORMAT_VERSION", "ProfileError", "SHIPPED_PROFILES",
-    "check_layout", "clear_cache", "decode_step", "estimate_call", "layout_problem",
+    "MoveCost", "NO_MOVE", "dtype_bytes_for", "fast_data_transfer", "fast_realloc",
+    "memory_headroom_bytes", "check_layout", "clear_cache", "decode_step", "estimate_call", "layout_problem",
     "load_profile", "load_spec_profile", "mesh_problem", "TransferCost", "data_transfer_cost", "realloc_bytes",
     "realloc_cost",
 ]

@@ -244,7 +244,12 @@ class HardwareProfile(_Frozen):
     )
     peak_flops: float = Field(gt=0, description="Dense matmul FLOP/s of one device at `dtype`.")
     memory_bytes_per_s: float = Field(gt=0, description="Peak device memory (HBM) bandwidth.")
-    memory_bytes: int = Field(gt=0, description="Usable device memory.")
+    memory_bytes: int = Field(gt=0, description="Device memory (what the device reports).")
+    memory_headroom_bytes: int | None = Field(
+        None, ge=0,
+        description="Memory a plan must leave free on every device: CUDA context, NCCL "
+                    "buffers, allocator fragmentation. None: the default rule "
+                    "(memory_headroom_bytes()).")
     matmul_efficiency: float = Field(gt=0, le=1, description="Achieved / peak for large GEMMs.")
     attention_efficiency: float = Field(gt=0, le=1, description="Achieved / peak for attention.")
     memory_efficiency: float = Field(gt=0, le=1, description="Achieved / peak memory bandwidth.")
@@ -309,6 +314,23 @@ class HardwareProfile(_Frozen):
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json", exclude_none=True), indent=1) + "\n"
+
+
+# Default headroom when a profile names none (typical, not measured here): the CUDA context
+# with PyTorch's kernels loaded (~0.5-1 GiB) plus NCCL's buffers (~1 GiB at 8 GPUs) on a
+# GPU, nothing on a CPU; plus caching-allocator fragmentation, a few percent of memory.
+DEFAULT_RESERVE_BYTES = {"gpu": 2 * 2**30, "cpu": 0}
+DEFAULT_FRAGMENTATION = 0.03
+
+
+def memory_headroom_bytes(profile: HardwareProfile, override_gib: float | None = None) -> int:
+    """Bytes kept free on every device: the spec's override (cluster.memory_headroom_gib),
+    else the profile's own figure, else the default rule above."""
+    if override_gib is not None:
+        return int(override_gib * 2**30)
+    if profile.memory_headroom_bytes is not None:
+        return profile.memory_headroom_bytes
+    return int(DEFAULT_RESERVE_BYTES[profile.kind] + DEFAULT_FRAGMENTATION * profile.memory_bytes)
 
 
 def _format_validation(err: ValidationError) -> str:

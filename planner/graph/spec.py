@@ -46,6 +46,10 @@ class ClusterSpec(_Strict):
         None, gt=0, le=L.MAX_GPU_MEMORY_GIB,
         description="Override of the profile's per-device memory, in GiB."
     )
+    memory_headroom_gib: float | None = Field(
+        None, ge=0, description="Override of the memory kept free on every device (CUDA "
+        "context, NCCL buffers, fragmentation), in GiB; default: the profile's headroom."
+    )
 
     @field_validator("hardware")
     @classmethod

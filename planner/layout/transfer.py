@@ -335,3 +335,43 @@ def transfer_bytes(arch: ModelArch, head: HeadType, src: Layout, dst: Layout,
     for the same pairs many times). The cost model's realloc estimate calls this."""
     return plan_transfer(arch, src, dst, head=head, gpus_per_node=gpus_per_node,
                          dtype_bytes=dtype_bytes).stats()
+
+
+# The serialised form of a plan's rows (plan.json's realloc steps carry it, so the runtime
+# executes exactly the pieces the planner priced without planning again).
+ROW_COLUMNS = ("param", "src_rank", "dst_rank", "lo", "hi", "nbytes")
+
+
+def pack_rows(tp: TransferPlan) -> tuple[int, str]:
+    """(number of rows, base64 of zlib-compressed little-endian int64 ROW_COLUMNS)."""
+    import base64
+    import zlib
+
+    cols = np.stack([np.asarray(getattr(tp, c), dtype="<i8") for c in ROW_COLUMNS]) \
+        if len(tp) else np.zeros((len(ROW_COLUMNS), 0), dtype="<i8")
+    return len(tp), base64.b64encode(zlib.compress(cols.tobytes(), 6)).decode("ascii")
+
+
+def unpack_rows(arch: ModelArch, head: HeadType, src: Layout, dst: Layout, *,
+                gpus_per_node: int, dtype_bytes: int, num_rows: int, data: str) -> TransferPlan:
+    """The TransferPlan that `pack_rows` wrote (rows as given: no planning)."""
+    import base64
+    import binascii
+    import zlib
+
+    try:
+        raw = zlib.decompress(base64.b64decode(data.encode("ascii"), validate=True))
+    except (binascii.Error, zlib.error, ValueError) as err:
+        raise LayoutError(f"transfer pieces: not zlib-base64 data ({err})") from None
+    flat = np.frombuffer(raw, dtype="<i8")
+    if flat.size != len(ROW_COLUMNS) * num_rows:
+        raise LayoutError(f"transfer pieces: {flat.size} values for {num_rows} rows of "
+                          f"{len(ROW_COLUMNS)} columns")
+    cols = flat.reshape(len(ROW_COLUMNS), num_rows).astype(np.int64)
+    rules = tuple(param_rules(arch, head))
+    rows = dict(zip(ROW_COLUMNS, cols))
+    if num_rows and (rows["param"].min() < 0 or rows["param"].max() >= len(rules)
+                     or rows["src_rank"].min() < 0 or rows["src_rank"].max() >= src.world_size
+                     or rows["dst_rank"].min() < 0 or rows["dst_rank"].max() >= dst.world_size):
+        raise LayoutError("transfer pieces: a parameter or rank index is out of range")
+    return TransferPlan(arch, head, src, dst, gpus_per_node, dtype_bytes, rules, rows)

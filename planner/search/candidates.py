@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from planner.cost_model import IllegalLayoutError, estimate_call
+from planner.cost_model import IllegalLayoutError, dtype_bytes_for, estimate_call
 from planner.cost_model.legality import layout_problem
 from planner.cost_model.profile import HardwareProfile
 from planner.graph.spec import CallSpec, ModelSpec
@@ -51,6 +51,8 @@ class Candidate:
     states_bytes: int   # parameters + gradients + optimizer states per device
     work_bytes: int     # activations + KV cache per device, alive only while the call runs
     breakdown_s: Mapping[str, float] = field(default_factory=dict, compare=False)
+    grads_bytes: int = 0     # of states_bytes (the rest past params is optimizer states)
+    kv_cache_bytes: int = 0  # of work_bytes (the rest is activations)
 
     @property
     def lo(self) -> int:
@@ -91,10 +93,12 @@ class CallContext:
     gpus_per_node: int
     num_devices: int
     shard_optimizer: bool = False  # Adam states sharded over dp (ZeRO-1); the runtime does not
+    headroom_bytes: int = 0        # kept free on every device (cost_model.memory_headroom_bytes)
 
     @property
     def capacity_bytes(self) -> int:
-        return self.profile.memory_bytes
+        """What a plan may use on a device: its memory minus the headroom."""
+        return self.profile.memory_bytes - self.headroom_bytes
 
 
 def price(ctx: CallContext, layout: Layout, micro_batches: int) -> Candidate:
@@ -102,10 +106,11 @@ def price(ctx: CallContext, layout: Layout, micro_batches: int) -> Candidate:
     m = ctx.model
     est = estimate_call(m.architecture, m.head, ctx.call, layout, micro_batches, ctx.profile,
                         trainable=m.trainable, gpus_per_node=ctx.gpus_per_node,
-                        num_devices=ctx.num_devices, shard_optimizer=ctx.shard_optimizer)
+                        num_devices=ctx.num_devices, shard_optimizer=ctx.shard_optimizer,
+                        dtype_bytes=dtype_bytes_for(m, ctx.profile))
     mem = est.memory
     return Candidate(layout, micro_batches, est.time_s, mem.params_bytes, mem.resident_bytes,
-                     mem.transient_bytes, est.breakdown)
+                     mem.transient_bytes, est.breakdown, mem.grads_bytes, mem.kv_cache_bytes)
 
 
 def _rank_seqs(call: CallSpec, dp: int) -> int:
@@ -187,7 +192,7 @@ def moved(c: Candidate, start: int) -> Candidate:
     n = lay.world_size
     return Candidate(Layout(tuple(range(start, start + n)), lay.dp, lay.tp, lay.pp),
                      c.micro_batches, c.time_s, c.params_bytes, c.states_bytes, c.work_bytes,
-                     c.breakdown_s)
+                     c.breakdown_s, c.grads_bytes, c.kv_cache_bytes)
 
 
 @dataclass

@@ -21,7 +21,7 @@ minimises P (modulo scheduling, as for software pipelining):
   1 + max_staleness for a generate call): s[v] + lag*P >= s[u] + len[u];
 - memory per device class: the home candidates covering it plus any call's
   transient (with the temporary parameter copy when its layout differs from
-  home) fit in capacity, as the simulator checks.
+  home) fit in capacity minus headroom, by residency.py's rule (the simulator's).
 
 Relaxations (so the optimum is a lower bound on the simulator's best period
 over the same candidates): the realloc busies only the receiving call's
@@ -41,6 +41,7 @@ from ortools.sat.python import cp_model
 
 from planner.errors import UserError
 
+from planner.search import residency
 from planner.search.mcmc import SearchResult
 from planner.search.problem import Problem
 from planner.search.simulator import Simulator
@@ -207,23 +208,31 @@ def add_device_load(model: cp_model.CpModel, p: Problem, x, period) -> None:
         model.add(sum(_us(p.candidates[c][j].time_s) * x[c][j] for c, j in members) <= period)
 
 
-def add_memory(model: cp_model.CpModel, p: Problem, x: list[list[cp_model.IntVar]]) -> None:
-    """Resident homes + the chosen call's transient fit on every device class (in bytes,
-    exactly the simulator's rule)."""
+def add_memory(model: cp_model.CpModel, p: Problem, x: list[list[cp_model.IntVar]]
+               ) -> list[tuple[int, int, int, cp_model.Constraint]]:
+    """Resident homes + the chosen call's transient fit on every device class, in bytes,
+    by residency.py's rule (the simulator's and the plan's). Returns (first device of the
+    class, call, candidate, constraint) per constraint added."""
     cap = p.capacity_bytes
-    for _, members in device_classes(p):
-        resident = [p.candidates[c][j].states_bytes * x[c][j]
-                    for c, j in members if p.home[c] == c and p.candidates[c][j].states_bytes]
+    cs = p.candidates
+    added = []
+    for lo, members in device_classes(p):
+        resident = [residency.resident_bytes(cs[c][j]) * x[c][j]
+                    for c, j in members if p.home[c] == c and cs[c][j].states_bytes]
         for c, j in members:
-            cand = p.candidates[c][j]
-            load = sum(resident) + cand.work_bytes
             h = p.home[c]
-            if h != c:
-                copies = [x[h][k] for k in range(len(p.candidates[h]))
-                          if p.realloc(c, k, j).total_bytes > 0]
-                if copies:
-                    load = load + cand.params_bytes * sum(copies)
-            model.add(load <= cap).only_enforce_if(x[c][j])
+            # The transient depends on the home's candidate k (a copy when layouts differ);
+            # exactly one x[h][k] is 1, so the sum picks the chosen pair's bytes.
+            costs = [residency.transient_bytes(cs[h][k], cs[c][j], h == c)
+                     for k in range(len(cs[h]))]
+            if h == c or len(set(costs)) == 1:
+                transient = costs[0] if h != c else residency.transient_bytes(cs[c][j], cs[c][j],
+                                                                              True)
+            else:
+                transient = sum(t * x[h][k] for k, t in enumerate(costs))
+            ct = model.add(sum(resident) + transient <= cap).only_enforce_if(x[c][j])
+            added.append((lo, c, j, ct))
+    return added
 
 
 def cpsat_search(sim: Simulator, *, time_limit_s: float = 10.0, workers: int = 2,

@@ -87,7 +87,9 @@ def _no_fit_message(p: Problem, sim: Simulator, closest: tuple[int, ...] | None)
     return (f"no plan fits in memory: every call fits alone, but together the closest plan "
             f"found needs {ev.peak_bytes / gib:.1f} GiB on device {dev} (resident model states "
             f"{resident / gib:.1f} + largest working set {top / gib:.1f}) of "
-            f"{p.capacity_bytes / gib:.1f} GiB; use more devices or a larger gpu_memory_gib")
+            f"{p.capacity_bytes / gib:.1f} GiB usable ({p.memory_bytes / gib:.1f} minus "
+            f"{p.headroom_bytes / gib:.1f} headroom); use more devices or a larger "
+            "gpu_memory_gib")
 
 
 def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "auto",

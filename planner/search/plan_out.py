@@ -1,26 +1,41 @@
 """An assignment -> an ExecutionPlan (plan.json), re-checked with exact move costs.
 
 The search prices reallocs and data transfers with the aggregate rule of
-planner/search/realloc.py; the plan written for the runtime is re-simulated
+planner/cost_model/fast_moves.py; the plan written for the runtime is re-simulated
 with the cost model's exact transfer plans, and its iteration time, timeline
 and realloc byte counts come from that run. The simulator's timeline is the
 one the visualizer draws: three unrolled iterations, every call, realloc and
 data transfer with its devices.
+
+Everything the runtime and `planner show` need is written here, once: the
+embedded spec, model homes, realloc steps with their transfer pieces, the
+submission order, and per-device memory by kind from residency.py (the rule
+the simulator and CP-SAT checked, on the same candidates: same bytes).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from planner.cost_model.legality import IllegalLayoutError
+from planner.errors import UserError
+from planner.graph.spec import Spec
+from planner.layout import Layout, format_layout
+from planner.layout.transfer import pack_rows, plan_transfer
 from planner.plan import (
     CallAssignment,
     CallEstimate,
+    DeviceMemory,
     ExecutionPlan,
+    ModelHome,
     Provenance,
     ReallocStep,
     TimelineEvent,
+    TransferPieces,
 )
-from planner.search.problem import Problem
+from planner.search import residency
+from planner.search.candidates import price
+from planner.search.problem import Problem, load_cluster_profile
 from planner.search.simulator import Evaluation, Event, Simulator
 
 TIMELINE_ITERATIONS = 3
@@ -73,7 +88,7 @@ def build_plan(p: Problem, assign: tuple[int, ...], *, provenance: Provenance,
     by_call: dict[int, dict[str, Event]] = {}
     for e in last:
         by_call.setdefault(e.call, {})[e.kind] = e
-    mem = Simulator(exact).memory_by_call(assign)
+    mem = residency.call_peaks(exact, assign)
 
     calls = []
     for name in [c.name for c in p.spec.calls]:
@@ -94,29 +109,20 @@ def build_plan(p: Problem, assign: tuple[int, ...], *, provenance: Provenance,
         lay = cand.layout
         calls.append(CallAssignment(name=name, device_ids=list(lay.device_ids), dp=lay.dp,
                                     tp=lay.tp, pp=lay.pp, micro_batches=cand.micro_batches,
-                                    estimate=est))
+                                    estimate=est, after=[p.names[u] for u in p.preds[i]]))
 
-    reallocs = []
-    for i in range(p.n):
-        h = p.home[i]
-        if h == i:
-            continue
-        mv = exact.realloc(i, assign[h], assign[i])
-        if mv.total_bytes <= 0:
-            continue
-        r = by_call.get(i, {}).get("realloc")
-        reallocs.append(ReallocStep(
-            model=p.model_of[i], from_call=p.names[h], to_call=p.names[i],
-            start_s=max(0.0, r.start_s - origin) if r else 0.0,
-            end_s=max(0.0, r.end_s - origin) if r else 0.0,
-            bytes=int(mv.total_bytes)))
+    reallocs = [_realloc_step(exact, assign, i, by_call.get(i, {}).get("realloc"), origin)
+                for i in range(p.n) if _copies(p, assign, i)]
+    start = {a.name: (a.estimate.start_s if a.estimate else 0.0) for a in calls}
+    submit = sorted(p.names, key=lambda n: (start[n], p.index[n]))
 
     versions = policy_versions(p, ev.events) if p.staleness else {}
     timeline = []
     for e in ev.events:
         name = p.names[e.call]
         cand = p.candidates[e.call][assign[e.call]]
-        args: dict = {"layout": cand.label(), "model": p.model_of[e.call]}
+        args: dict = {"layout": format_layout(cand.layout), "micro_batches": cand.micro_batches,
+                      "model": p.model_of[e.call]}
         if e.kind == "realloc":
             h = p.home[e.call]
             args.update(from_call=p.names[h], to_call=name,
@@ -137,6 +143,71 @@ def build_plan(p: Problem, assign: tuple[int, ...], *, provenance: Provenance,
                                       iteration=e.iteration, args=args))
     return ExecutionPlan(spec_hash=p.spec.spec_hash(),
                          spec_path=str(spec_path) if spec_path is not None else None,
-                         cluster=p.spec.cluster, calls=calls, realloc=reallocs,
+                         spec=p.spec, hardware_kind=p.profile.kind,
+                         cluster=p.spec.cluster, calls=calls, homes=_homes(p, assign),
+                         realloc=reallocs, submit_order=submit,
                          timeline=timeline, iteration_time_s=ev.period_s,
-                         max_staleness=p.staleness, provenance=provenance)
+                         max_staleness=p.staleness, provenance=provenance,
+                         memory_capacity_bytes=p.memory_bytes,
+                         memory_headroom_bytes=p.headroom_bytes,
+                         device_memory=[DeviceMemory(device_id=d.device_id,
+                                                     peak_bytes=d.peak_bytes,
+                                                     by_kind_bytes=d.by_kind_bytes,
+                                                     peak_call=d.peak_call)
+                                        for d in residency.device_peaks(exact, assign)])
+
+
+def _copies(p: Problem, assign: tuple[int, ...], i: int) -> bool:
+    h = p.home[i]
+    return h != i and residency.has_copy(p.candidates[h][assign[h]], p.candidates[i][assign[i]])
+
+
+def _homes(p: Problem, assign: tuple[int, ...]) -> list[ModelHome]:
+    out = []
+    for m in p.models:
+        h = p.home[p.model_of.index(m)]
+        out.append(ModelHome(model=m, call=p.names[h],
+                             layout=format_layout(p.candidates[h][assign[h]].layout),
+                             trainable=p.spec.models[m].trainable))
+    return out
+
+
+def _realloc_step(exact: Problem, assign: tuple[int, ...], i: int, ev: Event | None,
+                  origin: float) -> ReallocStep:
+    """The step before call i with the exact transfer plan's pieces (what the runtime runs)."""
+    h = exact.home[i]
+    src = exact.candidates[h][assign[h]].layout
+    dst = exact.candidates[i][assign[i]].layout
+    m = exact.spec.models[exact.model_of[i]]
+    dtype_bytes = exact.dtype_bytes[i]
+    tp = plan_transfer(m.architecture, src, dst, head=m.head, gpus_per_node=exact.gpus_per_node,
+                       dtype_bytes=dtype_bytes)
+    stats = tp.stats()
+    n, data = pack_rows(tp)
+    return ReallocStep(model=exact.model_of[i], from_call=exact.names[h], to_call=exact.names[i],
+                       src_layout=format_layout(src), dst_layout=format_layout(dst),
+                       start_s=max(0.0, ev.start_s - origin) if ev else 0.0,
+                       end_s=max(0.0, ev.end_s - origin) if ev else 0.0,
+                       bytes=int(stats.total_bytes), max_recv_bytes=int(stats.max_recv_bytes),
+                       dtype_bytes=dtype_bytes, transfer=TransferPieces(num_pieces=n, data=data))
+
+
+class LayoutChoiceError(UserError):
+    """A hand-written layout the cost model cannot price."""
+
+
+def plan_of_layouts(spec: Spec, layouts: dict[str, tuple[Layout, int]], *,
+                    provenance: Provenance, spec_path: str | Path | None = None
+                    ) -> ExecutionPlan:
+    """The plan of a hand-written allocation (call -> (layout, micro-batches)), priced and
+    written by the same rules as a searched plan (no candidate enumeration)."""
+    p = Problem(spec, load_cluster_profile(spec, spec_path), candidates=[[] for _ in spec.calls])
+    assign = []
+    for i, name in enumerate(p.names):
+        layout, mb = layouts[name]
+        try:
+            cand = price(p.contexts[i], layout, mb)
+        except (IllegalLayoutError, UserError) as err:
+            raise LayoutChoiceError(f"{name} on {format_layout(layout)} m{mb}: {err}") from None
+        assign.append(p.add_candidate(i, cand))
+    return build_plan(p, tuple(assign), provenance=provenance, spec_path=spec_path)

@@ -14,7 +14,7 @@ Move costs are looked up per (call, home candidate, candidate) for realloc and
 per (edge, source candidate, destination candidate) for data keys, computed on
 first use and cached. `exact=True` prices them with the cost model's exact
 transfer plan (slow for big models: used to re-check a final plan); the
-default uses planner.search.realloc's aggregate form of the same rule.
+default uses planner.cost_model.fast_moves's aggregate form of the same rule.
 """
 
 from __future__ import annotations
@@ -22,7 +22,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from planner.cost_model import data_transfer_cost, realloc_cost
+from planner.cost_model import (
+    NO_MOVE,
+    MoveCost,
+    data_transfer_cost,
+    dtype_bytes_for,
+    fast_data_transfer,
+    fast_realloc,
+    memory_headroom_bytes,
+    realloc_cost,
+)
 from planner.cost_model.profile import HardwareProfile, load_spec_profile
 from planner.cost_model.runtime_terms import KEY_BYTES_PER_TOKEN, host_function_s
 from planner.errors import UserError
@@ -30,7 +39,6 @@ from planner.graph.dataflow import build_graph, call_order, home_calls, param_la
 from planner.graph.spec import CallSpec, Spec
 from planner.layout.layout import Layout
 from planner.search.candidates import CallCandidates, CallContext, Candidate, enumerate_call, price
-from planner.search.realloc import NO_MOVE, MoveCost, fast_data_transfer, fast_realloc
 
 
 class ImpossibleSpecError(UserError):
@@ -77,7 +85,10 @@ class Problem:
         self.gpus_per_node = cl.gpus_per_node
         self.num_nodes = cl.nodes
         self.num_devices = cl.num_devices
-        self.capacity_bytes = profile.memory_bytes
+        # What a plan may use per device: memory minus the headroom (CUDA context, NCCL, ...).
+        self.memory_bytes = profile.memory_bytes
+        self.headroom_bytes = memory_headroom_bytes(profile, cl.memory_headroom_gib)
+        self.capacity_bytes = profile.memory_bytes - self.headroom_bytes
 
         g = build_graph(spec)
         names = call_order(spec, g)
@@ -108,7 +119,9 @@ class Problem:
         self._set_lags(spec)
 
         self.contexts = [CallContext(c, spec.models[c.model], profile, cl.gpus_per_node,
-                                     cl.num_devices, shard_optimizer) for c in self.calls]
+                                     cl.num_devices, shard_optimizer, self.headroom_bytes)
+                         for c in self.calls]
+        self.dtype_bytes = [dtype_bytes_for(spec.models[m], profile) for m in self.model_of]
         self.enumerated: list[CallCandidates] | None = None
         self._realloc: dict[tuple[int, int, int], MoveCost] = {}
         self._transfer: dict[tuple[int, int, int], MoveCost] = {}
@@ -150,6 +163,7 @@ class Problem:
     def _check_possible(self) -> None:
         assert self.enumerated is not None
         cap_gib = self.capacity_bytes / 2**30
+        room = f" ({self.memory_bytes / 2**30:.1f} minus {self.headroom_bytes / 2**30:.1f} headroom)"
         for i, e in enumerate(self.enumerated):
             if e.candidates:
                 continue
@@ -162,7 +176,7 @@ class Problem:
                 f"call '{self.names[i]}' (model '{self.model_of[i]}') cannot fit: its leanest "
                 f"layout {lean.label()} needs {lean.peak_bytes / 2**30:.1f} GiB per device "
                 f"(states {lean.states_bytes / 2**30:.1f} + working {lean.work_bytes / 2**30:.1f})"
-                f" but a device has {cap_gib:.1f} GiB")
+                f" but a device has {cap_gib:.1f} GiB{room}")
 
     def _add_home_layouts(self) -> None:
         """Give every non-home call the option to run on its home's layouts (no realloc, no copy)."""
@@ -223,11 +237,13 @@ class Problem:
             m = self.spec.models[self.model_of[call]]
             if self.exact_moves:
                 tc = realloc_cost(m.architecture, m.head, src, dst, self.profile,
-                                  gpus_per_node=self.gpus_per_node)
+                                  gpus_per_node=self.gpus_per_node,
+                                  dtype_bytes=self.dtype_bytes[call])
                 cost = MoveCost(tc.time_s, tc.max_recv_bytes, tc.total_bytes)
             else:
                 cost = fast_realloc(m.architecture, m.head, src, dst, self.profile,
-                                    gpus_per_node=self.gpus_per_node)
+                                    gpus_per_node=self.gpus_per_node,
+                                    dtype_bytes=self.dtype_bytes[call])
         self._realloc[key] = cost
         return cost
 

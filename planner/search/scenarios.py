@@ -8,17 +8,20 @@ from planner.graph.spec import Spec
 from planner.layout.layout import Layout
 from planner.search.candidates import Candidate
 from planner.search.problem import Problem
-from planner.search.realloc import NO_MOVE, MoveCost
+from planner.cost_model.fast_moves import NO_MOVE, MoveCost
 
 GIB = 2**30
 
 
 def spec_of(calls: list[dict], models: dict[str, dict], *, nodes: int = 1, gpn: int = 4,
             hardware: str = "cpu", memory_gib: float | None = None,
-            keys: tuple[str, ...] = ("prompts",)) -> Spec:
+            keys: tuple[str, ...] = ("prompts",), headroom_gib: float | None = 0.0) -> Spec:
+    """A small spec; no memory headroom by default, so hand-worked byte counts stay exact."""
     cluster = {"nodes": nodes, "gpus_per_node": gpn, "hardware": hardware}
     if memory_gib is not None:
         cluster["gpu_memory_gib"] = memory_gib
+    if headroom_gib is not None:
+        cluster["memory_headroom_gib"] = headroom_gib
     return spec_from_data({"name": "test", "cluster": cluster, "models": models,
                            "calls": calls, "dataset": {"keys": list(keys)}})
 

@@ -27,16 +27,16 @@ delta the schedule repeats forever and that delta is the period. Otherwise
 (a frozen model running ahead on its own devices, say) the period is the
 mean iteration time over the last half of `max_iterations`.
 
-Memory (per segment, so per device): resident = every home layout covering
-it (trainable: params + grads + optimizer; frozen: params); plus the largest
-transient of the calls covering it (activations + KV cache, plus the
-temporary parameter copy of a call away from home). Over capacity = overflow.
+Memory: residency.py's rule (the one the plan and CP-SAT use): resident home
+states + the largest transient per device; over capacity minus headroom =
+overflow.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from planner.search import residency
 from planner.search.problem import Problem
 
 
@@ -125,10 +125,8 @@ class Simulator:
         self._lo = [[c.lo for c in cl] for cl in cs]
         self._hi = [[c.hi for c in cl] for cl in cs]
         self._dur = [[c.time_s for c in cl] for cl in cs]
-        self._work = [[c.work_bytes for c in cl] for cl in cs]
-        self._params = [[c.params_bytes for c in cl] for cl in cs]
-        self._states = [[c.states_bytes for c in cl] for cl in cs]
         self._moves: dict[tuple[int, int, int], tuple[float, bool]] = {}
+        self._trans: dict[tuple[int, int, int], int] = {}
         self._pro: dict[tuple, float] = {}
 
     def _move(self, i: int, hj: int, j: int) -> tuple[float, bool]:
@@ -137,6 +135,16 @@ class Simulator:
         if hit is None:
             mv = self.p.realloc(i, hj, j)
             hit = self._moves[key] = (mv.time_s, mv.total_bytes > 0)
+        return hit
+
+    def _transient(self, i: int, hj: int, j: int) -> int:
+        """residency.transient_bytes of call i on candidate j, its home on hj (memoised)."""
+        key = (i, hj, j)
+        hit = self._trans.get(key)
+        if hit is None:
+            cs = self.p.candidates
+            h = self.p.home[i]
+            hit = self._trans[key] = residency.transient_bytes(cs[h][hj], cs[i][j], h == i)
         return hit
 
     def _transfers(self, i: int, a: tuple[int, ...]) -> float:
@@ -161,7 +169,6 @@ class Simulator:
         lo = [self._lo[i][a[i]] for i in range(n)]
         hi = [self._hi[i][a[i]] for i in range(n)]
         dur = [self._dur[i][a[i]] for i in range(n)]
-        trans = [self._work[i][a[i]] for i in range(n)]
         realloc_s = [0.0] * n
         pro = [0.0] * n
         src_range: list[tuple[int, int] | None] = [None] * n
@@ -173,7 +180,6 @@ class Simulator:
                 r, moves = self._move(i, a[h], a[i])
                 if moves:
                     realloc_s[i] = r
-                    trans[i] += self._params[i][a[i]]
                     src_range[i] = (lo[h], hi[h])
             pro[i] = realloc_s[i] + self._transfers(i, a)
         cuts = sorted(points)
@@ -188,26 +194,13 @@ class Simulator:
                 extra[i] = tuple(x for x in range(seg_of[sr[0]], seg_of[sr[1]]) if x not in own)
                 occ[i] = own + extra[i]
         used = sorted({x for o in occ for x in o})
-        # Memory per segment: resident homes + the largest transient.
         num_segs = len(cuts) - 1
-        resident = [0] * num_segs
-        top = [0] * num_segs
-        for h in p.home_calls:
-            st = self._states[h][a[h]]
-            for x in segs[h]:
-                resident[x] += st
-        for i in range(n):
-            t = trans[i]
-            for x in segs[i]:
-                if t > top[x]:
-                    top[x] = t
-        peak = worst = 0
-        for x in range(num_segs):
-            v = resident[x] + top[x]
-            if v > peak:
-                peak, worst = v, cuts[x]
+        mem = residency.segments(p, a, lo=lo, hi=hi,  # the one memory rule (residency.py)
+                                 transients=[self._transient(i, a[home[i]], a[i])
+                                             for i in range(n)])
+        peak, worst = mem.peak_bytes, mem.worst_device
         return (dur, pro, realloc_s, segs, extra, occ, used, num_segs, peak, worst, lo, hi,
-                src_range, resident, trans, cuts)
+                src_range)
 
     # --------------------------------------------------------------- schedule
 
@@ -371,20 +364,13 @@ class Simulator:
     def memory_by_call(self, a: tuple[int, ...] | list[int]) -> list[int]:
         """Per call: the peak bytes of its most loaded device while it runs
         (everything resident there + this call's transient)."""
-        prep = self._prepare(tuple(a))
-        segs, resident, trans = prep[3], prep[13], prep[14]
-        return [max((resident[x] for x in segs[i]), default=0) + trans[i]
-                for i in range(self.p.n)]
+        return residency.call_peaks(self.p, tuple(a))
 
     def memory_map(self, a: tuple[int, ...] | list[int]) -> list[tuple[int, int, int, int]]:
         """(first device, end device, resident bytes, largest transient) per device segment."""
-        prep = self._prepare(tuple(a))
-        segs, resident, trans, cuts = prep[3], prep[13], prep[14], prep[15]
-        top = [0] * len(resident)
-        for i in range(self.p.n):
-            for x in segs[i]:
-                top[x] = max(top[x], trans[i])
-        return [(cuts[x], cuts[x + 1], resident[x], top[x]) for x in range(len(resident))]
+        m = residency.segments(self.p, tuple(a))
+        return [(m.cuts[x], m.cuts[x + 1], m.resident[x], m.top[x])
+                for x in range(len(m.cuts) - 1)]
 
     def energy(self, a: tuple[int, ...], offsets: tuple[float, ...] | None = None) -> float:
         """Period, inflated by memory overflow: what the search minimises (memoised)."""

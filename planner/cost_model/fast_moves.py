@@ -1,5 +1,7 @@
 """Realloc and data-transfer time between two layouts, fast enough for a search.
 
+Lives in the cost model (one home for every cost rule); the search calls it.
+
 The cost model prices a realloc from the exact transfer plan
 (planner.layout.transfer): tens of milliseconds for a 70B model on 128 GPUs.
 A search needs thousands of layout pairs, so here is the same rule computed
