@@ -1,6 +1,7 @@
 """`planner show PLAN -o plan.html`: look at a plan in a browser, or in Perfetto.
 
-Writes one self-contained HTML page (no network needed to view it): the
+Reads only the plan (it embeds its spec, memory by kind and timeline: nothing
+is re-estimated). Writes one self-contained HTML page (no network needed to view it): the
 dataflow graph, a GPU x time Gantt of one steady-state iteration, the device
 mesh of every call, per-GPU peak memory against capacity, the comparison
 with the baselines and the search provenance, and the assignment table.
@@ -18,7 +19,7 @@ from pathlib import Path
 from planner.graph.loader import load_spec
 from planner.graph.spec import Spec
 from planner.outputs import check_output_file, write_atomic
-from planner.plan import ExecutionPlan, check_plan, load_plan
+from planner.plan import load_plan
 from planner.show import (ShowError, page_data, plan_timeline, read_measured, render_html,
                           trace_events, write_trace)
 
@@ -37,26 +38,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("plan", metavar="PLAN", help="plan.json (from planner search)")
     p.add_argument("-o", "--output", metavar="HTML", help="write the page here")
     p.add_argument("--perfetto", metavar="JSON", help="write a Chrome/Perfetto trace here")
-    p.add_argument("--spec", help="the spec file (default: the plan's spec_path)")
+    p.add_argument("--spec", help="check that the plan solves this spec file (the plan "
+                                   "embeds its spec; nothing else is read from it)")
     p.add_argument("--measured", metavar="TRACE",
                    help="a measured runtime trace (Perfetto JSON) to lay beside the estimate")
     p.add_argument("--iteration", type=int,
                    help="which unrolled iteration of the plan's timeline to show "
                         "(default: the steady-state one)")
     p.set_defaults(run=run)
-
-
-def _find_spec(plan: ExecutionPlan, plan_path: str) -> tuple[Spec | None, list[str]]:
-    """The plan's own spec_path, as given or relative to the plan file; None if absent."""
-    if not plan.spec_path:
-        return None, ["the plan names no spec: the graph is left out (pass --spec)"]
-    for cand in (Path(plan.spec_path), Path(plan_path).parent / plan.spec_path):
-        if cand.is_file():
-            spec = load_spec(cand)
-            check_plan(plan, spec, file=plan_path)
-            return spec, []
-    return None, [f"spec {plan.spec_path} not found: the graph is left out and memory is "
-                  "not split by kind (pass --spec)"]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,12 +58,9 @@ def run(args: argparse.Namespace) -> int:
     if args.perfetto is not None:
         check_output_file(args.perfetto, "--perfetto", inputs=inputs)
     warnings: list[str] = []
-    if args.spec:
-        spec: Spec | None = load_spec(args.spec)
-        plan = load_plan(args.plan, spec=spec)
-    else:
-        plan = load_plan(args.plan)
-        spec, warnings = _find_spec(plan, args.plan)
+    # The plan embeds its spec; --spec only checks that the plan was made for that file.
+    plan = load_plan(args.plan, spec=load_spec(args.spec) if args.spec else None)
+    spec: Spec = plan.spec
     timelines = [plan_timeline(plan, args.iteration)]
     if args.measured:
         timelines.append(read_measured(args.measured, plan.cluster,

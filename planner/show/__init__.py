@@ -7,7 +7,7 @@ Public API:
     trace_events(timelines, cluster, *, title="plan") -> dict   # Chrome trace JSON
     page_data(plan, spec, timelines, *, plan_file, warnings) -> dict
     render_html(data) -> str
-    memory_view(plan, spec) -> MemoryView
+    memory_view(plan) -> MemoryView
 
 See README.md beside this file.
 """

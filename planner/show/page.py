@@ -25,8 +25,7 @@ _MODEL_HUES = ["#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#e15759", "#76b7b2",
                "#9c755f", "#ff9da7", "#bab0ac"]
 _TYPE_LIGHTNESS = {"generate": -0.10, "inference": 0.12, "train": 0.0}
 MEMORY_COLORS = {"params": "#4e79a7", "grads": "#a0cbe8", "optimizer": "#f28e2b",
-                 "realloc_copy": "#9c755f", "activations": "#59a14f", "kv_cache": "#b07aa1",
-                 "call_peak": "#8c8c8c"}
+                 "realloc_copy": "#9c755f", "activations": "#59a14f", "kv_cache": "#b07aa1"}
 
 
 def _shade(hex_color: str, dl: float) -> str:
@@ -65,7 +64,7 @@ def _timeline_json(tl: Timeline) -> dict[str, Any]:
 def page_data(plan: ExecutionPlan, spec: Spec | None, timelines: list[Timeline], *,
               plan_file: str = "plan.json", warnings: list[str] | None = None) -> dict[str, Any]:
     model_color, call_color = _colors(plan, spec)
-    mem = memory_view(plan, spec)
+    mem = memory_view(plan)
     calls = []
     for a in plan.calls:
         c = spec.call(a.name) if spec is not None else None
@@ -104,8 +103,8 @@ def page_data(plan: ExecutionPlan, spec: Spec | None, timelines: list[Timeline],
         "graph": layout_graph(spec) if spec is not None else None,
         "memory": {
             "source": mem.source, "capacity_bytes": mem.capacity_bytes, "notes": mem.notes,
-            "kinds": [k for k in (*KINDS, "call_peak")
-                      if any(k in d.by_kind_bytes for d in mem.devices)],
+            "headroom_bytes": mem.headroom_bytes, "usable_bytes": mem.usable_bytes,
+            "kinds": [k for k in KINDS if any(k in d.by_kind_bytes for d in mem.devices)],
             "labels": KIND_LABELS, "colors": MEMORY_COLORS,
             "devices": [{"d": d.device_id, "peak": d.peak_bytes, "by": d.by_kind_bytes,
                          "call": d.peak_call} for d in mem.devices],

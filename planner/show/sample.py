@@ -1,27 +1,18 @@
 """Sample plans for the visualizer's tests and screenshots (scenarios as named functions).
 
-`sample_plan(spec_path, alloc)` prices a hand-written allocation with the
-cost model and list-schedules a few iterations of the graph (a call starts
-when its data and parameter predecessors are done and its GPUs are free;
-a realloc precedes a trainable model's call off its home layout; a data
-transfer precedes a call whose inputs live on other GPUs). It is a small
-stand-in for the search's simulator so the page can be built and checked
-before real plans exist; it is not the planner's schedule.
+`sample_plan(spec_path, alloc)` writes the plan of a hand-written allocation
+with the planner's own rules (planner.search.plan_out.plan_of_layouts: the
+cost model, the simulator, the residency rule), as `planner evaluate --alloc
+-o` does. Not used by `planner show` itself, which only reads plans.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import networkx as nx
-
-from planner.cost_model import data_transfer_cost, estimate_call, realloc_cost
-from planner.cost_model.profile import load_spec_profile
-from planner.graph.dataflow import train_call_of, unroll
 from planner.graph.loader import load_spec
 from planner.layout.layout import parse_layout
-from planner.plan import (CallAssignment, CallEstimate, ExecutionPlan, Provenance,
-                          ReallocStep, TimelineEvent)
+from planner.plan import ExecutionPlan, Provenance
 
 SPECS = Path(__file__).resolve().parent.parent.parent / "specs"
 
@@ -43,100 +34,19 @@ PPO_70B_128GPU = {
     "critic_train": ("32-63:d8t4", 4),
 }
 
-# Bytes per token of a data key (int32 token ids, fp32 per-token values).
-_KEY_BYTES_PER_TOKEN = 4
-
-
 def sample_plan(spec_path: str | Path, alloc: dict[str, tuple[str, int]], *,
-                num_iterations: int = 3, with_timeline: bool = True,
+                with_timeline: bool = True,
                 baselines_s: dict[str, float] | None = None) -> ExecutionPlan:
+    from planner.search.plan_out import plan_of_layouts
+
     spec = load_spec(spec_path)
-    cluster = spec.cluster
-    profile = load_spec_profile(cluster.hardware, cluster.gpu_memory_gib, spec_path)
-    gpn = cluster.gpus_per_node
-    layouts = {name: parse_layout(text) for name, (text, _) in alloc.items()}
-    estimates = {}
-    for c in spec.calls:
-        m = spec.models[c.model]
-        estimates[c.name] = estimate_call(m.architecture, m.head, c, layouts[c.name],
-                                          alloc[c.name][1], profile, trainable=m.trainable,
-                                          gpus_per_node=gpn, num_devices=cluster.num_devices)
-    home = {model: layouts[call] for model, call in train_call_of(spec).items()}
-    g = unroll(spec, num_iterations)
-    free_at = [0.0] * cluster.num_devices
-    end_at: dict[tuple[str, int], float] = {}
-    events: list[TimelineEvent] = []
-    realloc_steps: list[ReallocStep] = []
-    spec_order = {c.name: i for i, c in enumerate(spec.calls)}
-    order = nx.lexicographical_topological_sort(g, key=lambda n: (n[1], spec_order[n[0]]))
-
-    def occupy(kind: str, name: str, devices: list[int], ready_s: float, dur_s: float,
-               it: int, args: dict) -> float:
-        start = max([ready_s] + [free_at[d] for d in devices])
-        for d in devices:
-            free_at[d] = start + dur_s
-        events.append(TimelineEvent(kind=kind, name=name, device_ids=sorted(devices),
-                                    start_s=start, end_s=start + dur_s, iteration=it, args=args))
-        return start + dur_s
-
-    for name, it in order:
-        c = spec.call(name)
-        m = spec.models[c.model]
-        lay = layouts[name]
-        ready = max((end_at[p] for p in g.predecessors((name, it))), default=0.0)
-        for p in g.predecessors((name, it)):
-            keys = g.edges[p, (name, it)]["data_keys"]
-            src = layouts[p[0]]
-            if keys and set(src.device_ids) != set(lay.device_ids):
-                nbytes = len(keys) * c.num_seqs * c.total_len * _KEY_BYTES_PER_TOKEN
-                cost = data_transfer_cost(nbytes, src, lay, profile, gpus_per_node=gpn)
-                if cost.time_s > 0:  # the receivers are busy; senders only launch sends
-                    devs = sorted(set(lay.device_ids) - set(src.device_ids))
-                    ready = max(ready, occupy("transfer", f"{p[0]}->{name}", devs,
-                                              end_at[p], cost.time_s, it,
-                                              {"keys": keys, "bytes": int(nbytes)}))
-        if m.trainable and c.model in home and home[c.model] != lay:
-            cost = realloc_cost(m.architecture, m.head, home[c.model], lay, profile,
-                                gpus_per_node=gpn)
-            devs = sorted(set(home[c.model].device_ids) | set(lay.device_ids))
-            src_call = train_call_of(spec)[c.model]
-            r_start = max([ready] + [free_at[d] for d in devs])
-            ready = occupy("realloc", f"realloc {c.model}", devs, ready, cost.time_s, it,
-                           {"model": c.model, "from_call": src_call, "to_call": name,
-                            "bytes": cost.total_bytes})
-            if it == num_iterations // 2:
-                realloc_steps.append(ReallocStep(model=c.model, from_call=src_call,
-                                                 to_call=name, start_s=r_start, end_s=ready,
-                                                 bytes=cost.total_bytes))
-        end_at[(name, it)] = occupy("call", name, list(lay.device_ids), ready,
-                                    estimates[name].time_s, it, {})
-    steady = num_iterations // 2
-    t0 = min(e.start_s for e in events if e.iteration == steady)  # estimates: within the iteration
-    calls = []
-    for c in spec.calls:
-        ev = next(e for e in events if e.kind == "call" and e.name == c.name
-                  and e.iteration == steady)
-        est = estimates[c.name]
-        lay = layouts[c.name]
-        calls.append(CallAssignment(
-            name=c.name, device_ids=list(lay.device_ids), dp=lay.dp, tp=lay.tp, pp=lay.pp,
-            micro_batches=alloc[c.name][1],
-            estimate=CallEstimate(start_s=ev.start_s - t0, end_s=ev.end_s - t0,
-                                  peak_memory_bytes=est.memory.peak_bytes,
-                                  breakdown_s=dict(est.breakdown))))
-    starts = [min(e.start_s for e in events if e.iteration == k) for k in range(num_iterations)]
-    period = (starts[-1] - starts[0]) / (num_iterations - 1) if num_iterations > 1 else \
-        max(e.end_s for e in events)
-    return ExecutionPlan(
-        spec_hash=spec.spec_hash(), spec_path=str(spec_path), cluster=cluster, calls=calls,
-        realloc=[r.model_copy(update={"start_s": r.start_s - t0, "end_s": r.end_s - t0})
-                 for r in realloc_steps],
-        timeline=events if with_timeline else [],
-        iteration_time_s=period,
-        provenance=Provenance(method="manual", seed=0, search_time_s=0.0,
-                              baselines_s=baselines_s or {},
-                              notes=["sample plan hand-scheduled by planner.show.sample "
-                                     "(not a searched plan)"]))
+    layouts = {name: (parse_layout(text), mb) for name, (text, mb) in alloc.items()}
+    prov = Provenance(method="manual", seed=0, search_time_s=0.0,
+                      baselines_s=baselines_s or {},
+                      notes=["sample plan: a hand-written allocation priced by the planner "
+                             "(planner.show.sample), not a searched plan"])
+    plan = plan_of_layouts(spec, layouts, provenance=prov, spec_path=spec_path)
+    return plan if with_timeline else plan.model_copy(update={"timeline": []})
 
 
 def _colocated(alloc: dict[str, tuple[str, int]], layout: str, micro_batches: int
@@ -147,12 +57,9 @@ def _colocated(alloc: dict[str, tuple[str, int]], layout: str, micro_batches: in
 
 def _with_baseline(spec: Path, alloc: dict[str, tuple[str, int]], colocated: str,
                    micro_batches: int, **kw) -> ExecutionPlan:
-    from planner.show.memory import memory_view
-
-    base = sample_plan(spec, _colocated(alloc, colocated, micro_batches), num_iterations=2,
-                       with_timeline=False)
-    mem = memory_view(base, load_spec(spec))
-    fits = max(m.peak_bytes for m in mem.devices) <= (mem.capacity_bytes or 0)
+    base = sample_plan(spec, _colocated(alloc, colocated, micro_batches), with_timeline=False)
+    usable = base.memory_capacity_bytes - base.memory_headroom_bytes
+    fits = max(m.peak_bytes for m in base.device_memory) <= usable
     label = f"colocated {colocated}" + ("" if fits else ", over memory")
     kw.setdefault("baselines_s", {label: base.iteration_time_s})
     return sample_plan(spec, alloc, **kw)

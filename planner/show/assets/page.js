@@ -672,6 +672,13 @@
         "stroke-width": 1.5, "stroke-dasharray": "6 4" }, svg);
       s("text", { x: W - right - 4, y: Y(cap) - 5, "text-anchor": "end", "font-size": 11,
         fill: "#d92d20", "font-weight": 600 }, svg, `capacity ${fmtB(cap)}`);
+      if (M.headroom_bytes) {  // what a plan may use: capacity minus the headroom
+        const u = M.usable_bytes;
+        s("line", { id: "memory-usable", x1: left, x2: W - right, y1: Y(u), y2: Y(u),
+          stroke: "#f79009", "stroke-width": 1.2, "stroke-dasharray": "2 3" }, svg);
+        s("text", { x: left + 4, y: Y(u) - 4, "font-size": 10.5, fill: "#b54708" }, svg,
+          `usable ${fmtB(u)} (headroom ${fmtB(M.headroom_bytes)}: CUDA context, NCCL, fragmentation)`);
+      }
     }
     if (slot >= 18) for (const dev of M.devices) s("text", { x: bx(dev.d) + bw / 2,
       y: H - bottom + 13, "text-anchor": "middle", "font-size": 9.5, fill: "#667085" }, svg,
