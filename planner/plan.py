@@ -189,6 +189,9 @@ class ExecutionPlan(_Strict):
                                                      "the plan embeds the spec).")
     spec: Spec = Field(description="The spec itself, so the plan runs from any directory.")
     hardware_kind: Literal["gpu", "cpu"] = Field(description="The profile's device kind.")
+    profile_name: str = Field(description="The hardware profile that priced the plan.")
+    profile_identity: str = Field(description="HardwareProfile.identity() of that profile "
+                                              "(what `planner calibrate` matches runs on).")
     cluster: ClusterSpec
     calls: list[CallAssignment]
     homes: list[ModelHome] = Field(description="Each model's home layout.")

@@ -2,10 +2,11 @@
 
 Per iteration it keeps a key -> value store (prompts, sequences, logprobs,
 values, rewards, ...) on the host. A call is submitted as soon as its data and
-parameter predecessors are done, in the plan's start order, so calls on
-disjoint meshes run at once, as the plan's timeline has them. Before a call
-whose layout differs from its model's home, the workers of both layouts
-reallocate the parameters; after it the copy is dropped. Host functions
+parameter predecessors (the plan's `after`) are done, in the plan's
+`submit_order`, so calls on disjoint meshes run at once, as the plan's
+timeline has them. Before a call with a realloc step in the plan, the
+workers of both layouts execute the step's transfer pieces; after it the
+copy is dropped. Host functions
 (rule rewards) run here when their inputs arrive.
 
 Submission order is the only synchronisation: it is one global order, and
@@ -18,17 +19,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import networkx as nx
 import torch
 
 from planner.errors import UserError
-from planner.graph.dataflow import build_graph, home_calls
 from planner.graph.spec import CallSpec, Spec
 from planner.plan import ExecutionPlan
 from runtime import rollout
 from runtime.algorithms.grpo import group_advantages
 from runtime.algorithms.ppo import gae, kl_penalised_rewards, masked_mean, masked_whiten
-from runtime.worker import layout_of, union_ranks
+from runtime.worker import home_layout, layout_of, union_ranks
 
 
 class RunError(Exception):
@@ -79,12 +78,9 @@ class Controller:
         self.spec, self.plan, self.workers = spec, plan, workers
         self.tokenizer, self.sampler = tokenizer, prompts
         self.reward_fns, self.seed = reward_fns, seed
-        graph = build_graph(spec)
-        topo = {n: i for i, n in enumerate(nx.topological_sort(graph))}
-        start = {a.name: (a.estimate.start_s if a.estimate else 0.0) for a in plan.calls}
-        self.order = sorted((c.name for c in spec.calls), key=lambda n: (start[n], topo[n]))
-        self.preds = {n: set(graph.predecessors(n)) for n in graph.nodes}
-        self.homes = home_calls(spec, graph)
+        # Order, dependencies, homes and realloc steps are the plan's (never re-derived).
+        self.order = list(plan.submit_order)
+        self.preds = {a.name: set(a.after) for a in plan.calls}
         self.functions = list(spec.functions)
         # Called as on_submit(iteration, call_name, workers) before each call is
         # submitted: the fault-injection point of the tests (kill a worker).
@@ -163,16 +159,17 @@ class Controller:
         if self.on_submit is not None:
             self.on_submit(iteration, call.name, self.workers)
         dst = layout_of(plan, call.name)
-        src = layout_of(plan, self.homes[call.model])
+        step = plan.realloc_into(call.name)
         realloc_refs = []
-        if src != dst:
+        if step is not None:
+            src = home_layout(plan, call.model)
             realloc_refs = [(d, self.workers[d].realloc.remote(call.model, call.name))
                             for d in union_ranks(src, dst)]
         batch, options = self._inputs(call, store, iteration)
         batch_ref = ray.put(batch)
         call_refs = [(d, self.workers[d].run_call.remote(call.name, batch_ref, iteration, options))
                      for d in dst.device_ids]
-        if src != dst:
+        if step is not None:
             for d in dst.device_ids:
                 self.workers[d].drop.remote(call.model, call.name)
         return Pending(call, [r for _, r in call_refs], [r for _, r in realloc_refs],

@@ -24,7 +24,6 @@ from rich.console import Console
 
 from planner import limits as L
 from planner.bounded_io import BoundsError, read_bounded
-from planner.cost_model.profile import load_spec_profile
 from planner.errors import UserError
 from planner.graph.loader import load_spec
 from planner.outputs import check_output_dir, write_atomic
@@ -94,15 +93,12 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
     check_output_dir(run_dir, "--run-dir", inputs=(plan_path, spec_path))
     if not 0 <= seed <= L.MAX_SEED:
         raise UserError(f"--seed {seed}: expected 0 to {L.MAX_SEED}")
-    plan = load_plan(plan_path)
-    spec_file = spec_path or plan.spec_path
-    if not spec_file:
-        raise UserError(f"{plan_path}: the plan names no spec_path; pass --spec")
-    spec = load_spec(spec_file)
-    plan = load_plan(plan_path, spec=spec)
+    # The plan embeds its spec (it runs from any directory); a given spec file must match.
+    plan = load_plan(plan_path, spec=load_spec(spec_path) if spec_path else None)
+    spec = plan.spec
+    spec_file = spec_path or f"{plan_path} spec"  # where spec errors point
     check_supported(spec)
-    profile = load_spec_profile(spec.cluster.hardware, None, spec_file)
-    on_gpu = profile.kind == "gpu"
+    on_gpu = plan.hardware_kind == "gpu"  # the plan records it: no profile file needed
     tokenizer = load_tokenizer(spec.rl.tokenizer)
     for name, m in spec.models.items():
         if m.head == "lm" and tokenizer.vocab_size > m.architecture.vocab_size:
@@ -113,7 +109,7 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
     prompts = load_prompts(spec.dataset.path)
     total = iterations or spec.dataset.iterations
 
-    out = Path(run_dir)
+    out = Path(run_dir).absolute()  # workers write checkpoints here: not relative to their cwd
     stale = ray_session.cleanup_stale(out)  # first: whatever this command then refuses
     if stale:
         console.print(f"stopped {stale} Ray processes left by a killed run in {out}")
@@ -136,7 +132,7 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
             history = [m for m in history if isinstance(m, dict)
                        and isinstance(m.get("iteration"), int) and m["iteration"] < start_it]
         write_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in history))
-        write_run_record(out, spec, plan, plan_path, profile, seed)
+        write_run_record(out, spec, plan, plan_path, None, seed)
     except OSError as err:
         raise UserError(f"{err.filename or out}: cannot write: {err.strerror}") from None
     except ValueError as err:
@@ -182,7 +178,7 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
             if started_ray:
                 ray.shutdown()
                 ray_session.forget(out)
-    return RunSummary(out, history, total - start_it)
+    return RunSummary(Path(run_dir), history, total - start_it)
 
 
 RUN_RECORD_VERSION = 1
@@ -190,12 +186,15 @@ RUN_RECORD_VERSION = 1
 
 def write_run_record(out: Path, spec, plan, plan_path: str, profile, seed: int) -> None:
     """What `planner calibrate` needs to price the run again: the plan and spec it ran
-    (copies) and the identity of the profile that priced it."""
+    (copies) and the identity of the profile that priced it (`profile`, or None: the one
+    the plan records)."""
     save_plan(plan, out / "plan.json")
     write_atomic(out / "spec.json", spec.model_dump_json(indent=1) + "\n")
+    name, ident = ((profile.name, profile.identity()) if profile is not None
+                   else (plan.profile_name, plan.profile_identity))
     record = {"format_version": RUN_RECORD_VERSION, "spec_hash": spec.spec_hash(),
               "plan_path": str(plan_path), "seed": seed,
-              "profile": {"name": profile.name, "identity": profile.identity()}}
+              "profile": {"name": name, "identity": ident}}
     write_atomic(out / "run.json", json.dumps(record, indent=2) + "\n")
 
 

@@ -5,12 +5,13 @@ class as an actor); the class itself is plain Python so it can be tested in
 processes without Ray.
 
 What a worker holds (DESIGN.md "The simulator", memory rule):
-- `home[model]`: the model's home engine, on the layout of its train call
-  (trainable) or of its first call to run (frozen; `home_calls`, the rule the
-  planner priced), with parameters and, once it
-  trains, optimizer states, for the whole run;
-- `temp[(model, call)]`: a temporary copy on a call's layout when that differs
-  from home, filled by realloc just before the call and dropped after it.
+- `home[model]`: the model's home engine, on the home layout the plan names
+  (`plan.homes`: the planner's rule, priced and written once), with
+  parameters and, once it trains, optimizer states, for the whole run;
+- `temp[(model, call)]`: a temporary copy on a call's layout when the plan has
+  a realloc step into that call, filled by executing the step's transfer
+  pieces (as written in the plan: nothing is re-planned) just before the
+  call and dropped after it.
   The engine itself is built once per (model, layout) at setup and kept in
   `temp_engines`; dropping frees only its parameter storage (realloc
   allocates it again), and where this device's shards on the call's layout
@@ -34,11 +35,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from planner.graph.dataflow import home_calls
 from planner.graph.spec import CallSpec, Spec
 from planner.layout.layout import Layout
-from planner.layout.transfer import plan_transfer
-from planner.plan import ExecutionPlan
+from planner.layout.transfer import TransferPlan, unpack_rows
+from planner.plan import ExecutionPlan, ReallocStep
 from runtime import losses
 from runtime.engine.checkpoint import load_checkpoint, save_checkpoint
 from runtime.engine.engine import Batch, Engine, split_batch
@@ -65,9 +65,28 @@ def layout_of(plan: ExecutionPlan, call: str) -> Layout:
     return plan.assignment(call).layout
 
 
+def home_layout(plan: ExecutionPlan, model: str) -> Layout:
+    """Where `model` lives for the whole run, as the plan says."""
+    return layout_of(plan, plan.home_of(model).call)
+
+
 def union_ranks(src: Layout, dst: Layout) -> tuple[int, ...]:
     """The devices a realloc from `src` to `dst` runs on (its process group)."""
     return tuple(sorted(set(src.device_ids) | set(dst.device_ids)))
+
+
+def step_transfer(spec: Spec, plan: ExecutionPlan, step: ReallocStep,
+                  dtype_bytes: int) -> TransferPlan:
+    """The transfer plan a realloc step carries, for parameters of `dtype_bytes` each."""
+    m = spec.models[step.model]
+    t = unpack_rows(m.architecture, m.head, layout_of(plan, step.from_call),
+                    layout_of(plan, step.to_call), gpus_per_node=plan.cluster.gpus_per_node,
+                    dtype_bytes=step.dtype_bytes, num_rows=step.transfer.num_pieces,
+                    data=step.transfer.data)
+    if dtype_bytes != step.dtype_bytes:  # same pieces, other element size (bytes scale)
+        t.nbytes = t.nbytes // step.dtype_bytes * dtype_bytes
+        t.dtype_bytes = dtype_bytes
+    return t
 
 
 class Worker:
@@ -105,27 +124,19 @@ class Worker:
         self.plan = ExecutionPlan.model_validate_json(plan_json)
         self.seed = seed
         spec, plan = self.spec, self.plan
-        self.homes = home_calls(spec)  # model -> its home call, as the planner priced it
         for c in spec.calls:  # collective: every worker walks the same list
             layout = layout_of(plan, c.name)
             if layout not in self.groups:
                 arch = spec.models[c.model].architecture
                 self.groups[layout] = build_groups(layout, tied_embeddings=arch.tied_embeddings)
-        for c in spec.calls:
-            src = layout_of(plan, self.homes[c.model])
-            dst = layout_of(plan, c.name)
-            if src != dst:
-                ranks = union_ranks(src, dst)
-                if ranks not in self.union_groups:
-                    self.union_groups[ranks] = dist.new_group(list(ranks))
-        for name in spec.models:
-            if not any(c.model == name for c in spec.calls):
-                continue
-            self.home[name] = self._engine(name, layout_of(plan, self.homes[name]))
-        for c in spec.calls:  # engines away from home: built here once, not per realloc
-            dst = layout_of(plan, c.name)
-            if dst != layout_of(plan, self.homes[c.model]):
-                self._temp_engine(c.model, dst)
+        for step in plan.realloc:  # in plan order: every worker walks the same list
+            ranks = union_ranks(layout_of(plan, step.from_call), layout_of(plan, step.to_call))
+            if ranks not in self.union_groups:
+                self.union_groups[ranks] = dist.new_group(list(ranks))
+        for h in plan.homes:
+            self.home[h.model] = self._engine(h.model, home_layout(plan, h.model))
+        for step in plan.realloc:  # engines away from home: built here once, not per realloc
+            self._temp_engine(step.model, layout_of(plan, step.to_call))
         if resume_dir:
             self._load(resume_dir)
         else:
@@ -163,21 +174,22 @@ class Worker:
         """Copy `model` from its home layout onto `call`'s layout (collective over
         the union of both device sets). Returns timing and bytes received."""
         t0 = time.time()
-        spec, plan = self.spec, self.plan
-        src = layout_of(plan, self.homes[model])
+        plan = self.plan
+        step = plan.realloc_into(call)
+        if step is None or step.model != model:
+            raise RuntimeError(f"the plan has no realloc step of {model} into {call}")
+        src = layout_of(plan, step.from_call)
         dst = layout_of(plan, call)
         ranks = union_ranks(src, dst)
-        m = spec.models[model]
         engine = self._temp_engine(model, dst)
         self.temp[(model, call)] = engine
         home = self.home.get(model)
         shards = home.local_tensors() if home is not None else {}
         dtype = (home or engine).dtype
         transfer = self.transfers.get((model, call))
-        if transfer is None:  # the same every iteration: plan it once
-            transfer = plan_transfer(m.architecture, src, dst, head=m.head,
-                                     gpus_per_node=plan.cluster.gpus_per_node,
-                                     dtype_bytes=torch.empty(0, dtype=dtype).element_size())
+        if transfer is None:  # the same every iteration: decode it once
+            transfer = step_transfer(self.spec, plan, step,
+                                     torch.empty(0, dtype=dtype).element_size())
             self.transfers[(model, call)] = transfer
         same = (engine is not None and home is not None
                 and engine.local_slices() == home.local_slices())

@@ -5,23 +5,17 @@ import pytest
 
 from planner.errors import PlanError
 from planner.graph.loader import load_spec
-from planner.plan import (CallAssignment, CallEstimate, ExecutionPlan, Provenance, load_plan,
-                          save_plan)
+from planner.layout import parse_layout
+from planner.plan import Provenance, load_plan, save_plan
+from planner.search.plan_out import plan_of_layouts
 
 SPEC = Path(__file__).parent.parent / "specs" / "tiny-ppo-cpu.yaml"
 
 
 def make_plan():
     spec = load_spec(SPEC)
-    calls = [CallAssignment(name=c.name, device_ids=[0, 1, 2, 3], dp=2, tp=2, pp=1,
-                            micro_batches=2,
-                            estimate=CallEstimate(start_s=i, end_s=i + 0.5,
-                                                  peak_memory_bytes=1000,
-                                                  breakdown_s={"compute": 0.5}))
-             for i, c in enumerate(spec.calls)]
-    plan = ExecutionPlan(spec_hash=spec.spec_hash(), spec_path=str(SPEC), cluster=spec.cluster,
-                         calls=calls, iteration_time_s=5.0,
-                         provenance=Provenance(method="manual", seed=1))
+    plan = plan_of_layouts(spec, {c.name: (parse_layout("0-3:d2t2"), 2) for c in spec.calls},
+                           provenance=Provenance(method="manual", seed=1), spec_path=SPEC)
     return spec, plan
 
 

@@ -12,6 +12,12 @@ from pathlib import Path
 import pytest
 
 from runtime.controller import RunError
+
+
+def ray_get(ref):
+    import ray
+
+    return ray.get(ref)
 from runtime.run import run_plan
 from tests.runtime_scenarios import colocated_tiny_ppo, realloc_tiny_ppo
 
@@ -75,7 +81,12 @@ def test_searched_plan_runs_and_learns(tmp_path):
 @pytest.fixture(scope="module")
 def ray_local():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    # Every worker has the planner's graph/home/transfer planning patched to raise: the
+    # runtime must read them from the plan (tests/forbid_planning.py).
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env={"worker_process_setup_hook": "tests.forbid_planning.forbid",
+                          "env_vars": {"PYTHONPATH": os.pathsep.join(
+                              p for p in [str(ROOT), os.environ.get("PYTHONPATH", "")] if p)}})
     yield ray
     ray.shutdown()
 
@@ -89,10 +100,30 @@ def straight(ray_local, tmp_path_factory):
     return tmp, summary
 
 
-def test_realloc_plan_matches_colocated_first_iteration(straight, tmp_path):
+def test_realloc_plan_matches_colocated_first_iteration(straight, tmp_path, monkeypatch):
+    """Also: plan.json is self-contained and the runtime never re-plans. The plan runs
+    moved to another directory with its spec file deleted, with the planner's graph, home
+    and transfer planning raising here and in every worker (the module's Ray hook)."""
+    from tests.forbid_planning import forbid, forbidden_here
+
     _, summary = straight
-    res = run_plan(str(realloc_tiny_ppo(tmp_path)), iterations=1, run_dir=str(tmp_path / "run"),
-                   seed=1)
+    made, elsewhere = tmp_path / "made", tmp_path / "elsewhere"
+    made.mkdir()
+    elsewhere.mkdir()
+    spec = made / "spec.yaml"
+    spec.write_text((ROOT / "specs" / "tiny-ppo-cpu.yaml").read_text())
+    realloc_tiny_ppo(made, spec=spec).rename(elsewhere / "plan.json")
+    spec.unlink()
+    forbid(monkeypatch.setattr)
+    monkeypatch.chdir(elsewhere)
+    hooked = []
+
+    def check_workers(iteration, call, workers):
+        if not hooked:
+            hooked.append(ray_get(workers[0].__ray_call__.remote(forbidden_here)))
+
+    res = run_plan("plan.json", iterations=1, run_dir="run", seed=1, on_submit=check_workers)
+    assert hooked == [True] and forbidden_here()
     a, b = summary.metrics[0], res.metrics[0]
     assert b["timing_s/realloc"] > 0 and a["timing_s/realloc"] == 0
     assert b["reward/mean"] == a["reward/mean"]  # same samples: the weights moved bit-exactly
@@ -159,3 +190,4 @@ def test_plan_bigger_than_the_ray_cluster_is_refused(ray_local, tmp_path):
     with pytest.raises(LaunchError, match=r"the plan needs 8 CPU slots \(2x4\) but the Ray "
                                           r"cluster has 4"):
         run_plan(str(plan), iterations=1, run_dir=str(tmp_path / "run"), seed=1)
+

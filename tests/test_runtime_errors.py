@@ -75,8 +75,11 @@ def test_existing_run_is_not_overwritten(capsys, tmp_path):
 
 
 
-def test_missing_hardware_profile_is_named(capsys, tmp_path):
-    # A measured CPU profile beside the spec, gone by the time the plan runs.
+def test_plan_runs_without_its_hardware_profile(tmp_path):
+    """A measured CPU profile beside the spec, gone by the time the plan runs: the plan
+    records what the runtime needs of it (the device kind), so nothing reads it again."""
+    from planner.plan import load_plan
+
     spec = tmp_path / "spec.yaml"
     spec.write_text((ROOT / "specs" / "tiny-ppo-cpu.yaml").read_text()
                     .replace("hardware: cpu}", "hardware: profile.json}"))
@@ -84,6 +87,5 @@ def test_missing_hardware_profile_is_named(capsys, tmp_path):
     profile.write_text((ROOT / "profiles" / "cpu-epyc-2core.json").read_text())
     plan = manual_plan(spec, {"*": "0-3:d4"}, tmp_path / "plan.json")
     profile.unlink()
-    rc, err = _run(capsys, str(plan), "--run-dir", str(tmp_path / "run"))
-    assert rc == 2 and "spec.yaml:5 cluster.hardware: profile.json" in err
-    assert not (tmp_path / "run").exists()
+    spec.unlink()
+    assert load_plan(plan).hardware_kind == "cpu"
