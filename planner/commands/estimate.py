@@ -12,7 +12,7 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from planner.cost_model import dtype_bytes_for, estimate_call
+from planner.cost_model import dtype_bytes_for, estimate_call, memory_headroom_bytes
 from planner.cost_model.profile import load_spec_profile
 from planner.errors import UserError
 from planner.graph.loader import load_spec
@@ -99,12 +99,13 @@ def run(args: argparse.Namespace) -> int:
                         dtype_bytes=dtype_bytes_for(model, profile),
                         num_devices=spec.cluster.num_devices)
     mfu = est.flops / (est.time_s * layout.world_size * profile.peak_flops)
-    fits = est.memory.peak_bytes <= profile.memory_bytes
+    headroom = memory_headroom_bytes(profile, spec.cluster.memory_headroom_gib)
+    fits = est.memory.peak_bytes <= profile.memory_bytes - headroom  # alone on its devices
     if args.json:
         out = {"call": call.name, "model": call.model, "type": call.type, "layout": str(layout),
                "micro_batches": args.micro_batches, "hardware": profile.name,
                **est.as_dict(), "mfu": mfu, "memory_capacity_bytes": profile.memory_bytes,
-               "fits": fits}
+               "memory_headroom_bytes": headroom, "fits": fits}
         print(json.dumps(out, indent=1))
         return 0
     console = Console()
@@ -127,6 +128,6 @@ def run(args: argparse.Namespace) -> int:
     for name, nbytes in est.memory.as_dict().items():
         m.add_row(name, _gib(nbytes), style="bold" if name == "peak" else None)
     verdict = "[green]fits[/]" if fits else "[red]does not fit[/]"
-    m.add_row("capacity", f"{_gib(profile.memory_bytes)} {verdict}")
+    m.add_row("capacity", f"{_gib(profile.memory_bytes)} - {_gib(headroom)} headroom {verdict}")
     console.print(m)
     return 0
