@@ -37,3 +37,14 @@ def test_graph_and_layout_are_pure():
 
 def test_cost_model_never_imports_search_or_distributed_at_module_level():
     assert _violations("planner/cost_model", ("planner.search", "runtime")) == []
+
+
+def test_show_only_reads_the_plan():
+    """`planner show` draws what plan.json says: no cost model, no search, no commands
+    (sample.py, which writes sample plans for tests, is not part of the command)."""
+    bad = [v for v in _violations("planner/show", ("planner.cost_model", "planner.search",
+                                                   "planner.commands"))
+           if not v.startswith("planner/show/sample.py")]
+    assert bad == []
+    show_cmd = _imports(ROOT / "planner" / "commands" / "show.py")
+    assert not [m for m in show_cmd if m.startswith(("planner.cost_model", "planner.search"))]

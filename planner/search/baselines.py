@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from planner.cost_model import IllegalLayoutError
 from planner.cost_model.legality import layout_problem, mesh_problem
 from planner.layout.layout import Layout
+from planner.search import residency
 from planner.search.budget import check as check_budget
 from planner.search.candidates import Candidate, price, shape_options
 from planner.search.problem import Problem
@@ -133,7 +134,8 @@ def _same_layout(p: Problem, sim: Simulator, lay: Layout
         if not opts:
             return None
         per_call.append(opts)
-    resident = sum(min(per_call[h], key=lambda c: c.time_s).states_bytes for h in p.home_calls)
+    resident = sum(residency.resident_bytes(min(per_call[h], key=lambda c: c.time_s))
+                   for h in p.home_calls)
     room = p.capacity_bytes - resident
     if room <= 0:
         return None
