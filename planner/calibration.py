@@ -289,15 +289,12 @@ def _realloc_excess(profile: HardwareProfile, runs: list[Run]) -> list[float]:
     bare = profile.model_copy(update={"runtime": None})
     out = []
     for run in runs:
-        from planner.graph.dataflow import home_calls
-
-        homes = home_calls(run.spec)
         for name, span, nbytes in run.realloc_s:
             if nbytes <= 0:
                 continue
             call = run.spec.call(name)
             m = run.spec.models[call.model]
-            src = run.plan.assignment(homes[call.model]).layout
+            src = run.plan.assignment(run.plan.home_of(call.model).call).layout  # as planned
             dst = run.plan.assignment(name).layout
             tc = realloc_cost(m.architecture, m.head, src, dst, bare,
                               gpus_per_node=run.plan.cluster.gpus_per_node)
