@@ -9,7 +9,8 @@ import torch
 
 from planner.graph.loader import load_spec
 from planner.layout import parse_layout
-from planner.plan import CallAssignment, ExecutionPlan, Provenance
+from planner.plan import Provenance
+from planner.search.plan_out import plan_of_layouts
 from runtime.engine.model import init_tensor
 from runtime.engine.testing import spawn
 from runtime.worker import Worker, init_seed
@@ -25,13 +26,8 @@ def _spec_and_plan():
     spec = load_spec(TINY_PPO)
     spec = spec.model_copy(update={"cluster": spec.cluster.model_copy(
         update={"gpus_per_node": 2})})
-    calls = []
-    for c in spec.calls:
-        lay = parse_layout(ALLOC[c.name])
-        calls.append(CallAssignment(name=c.name, device_ids=list(lay.device_ids), dp=lay.dp,
-                                    tp=lay.tp, pp=lay.pp))
-    plan = ExecutionPlan(spec_hash=spec.spec_hash(), cluster=spec.cluster, calls=calls,
-                         provenance=Provenance(method="manual"))
+    plan = plan_of_layouts(spec, {c.name: (parse_layout(ALLOC[c.name]), 1) for c in spec.calls},
+                           provenance=Provenance(method="manual"))
     return spec, plan
 
 
