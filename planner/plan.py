@@ -27,6 +27,7 @@ from planner.graph.loader import format_path, pydantic_message
 from planner.graph.spec import ClusterSpec, Spec
 from planner.layout import Layout, format_layout
 from planner.layout.layout import LayoutError, parse_devices
+from planner.layout.transfer import unpack_rows
 from planner.outputs import write_atomic  # noqa: F401 - re-exported (plans are written by it)
 
 PLAN_FORMAT_VERSION = 2
@@ -291,6 +292,7 @@ def check_plan(plan: ExecutionPlan, spec: Spec | None = None, *, file: str = "<p
     if sorted(plan.submit_order) != sorted(names):
         raise PlanError(f"{file} submit_order: must list every call of the spec once")
     _check_homes(plan, file)
+    _check_pieces(plan, file)
     num_devices = plan.cluster.num_devices
     devices = sorted(m.device_id for m in plan.device_memory)
     if devices != list(range(num_devices)):
@@ -325,6 +327,22 @@ def _check_homes(plan: ExecutionPlan, file: str) -> None:
                                                                   home.layout, lay):
             raise PlanError(f"{file} realloc[{k}]: expected {c.model} from {home.call} "
                             f"({home.layout}) to {c.name} ({lay})")
+
+
+def _check_pieces(plan: ExecutionPlan, file: str) -> None:
+    """Every realloc step's transfer pieces decode to rows of its two layouts: what the
+    workers execute, refused here before any worker starts."""
+    for k, r in enumerate(plan.realloc):
+        m = plan.spec.models.get(r.model)
+        if m is None:
+            raise PlanError(f"{file} realloc[{k}].model: '{r.model}' is not a model of the spec")
+        try:
+            unpack_rows(m.architecture, m.head, plan.assignment(r.from_call).layout,
+                        plan.assignment(r.to_call).layout,
+                        gpus_per_node=plan.cluster.gpus_per_node, dtype_bytes=r.dtype_bytes,
+                        num_rows=r.transfer.num_pieces, data=r.transfer.data)
+        except LayoutError as err:
+            raise PlanError(f"{file} realloc[{k}].transfer: {err}") from None
 
 
 _LAYOUT_TEXT = re.compile(r"\s*([\d\s,-]+):")

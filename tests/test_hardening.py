@@ -143,6 +143,31 @@ def test_bad_plans_are_refused_alike_by_show_evaluate_and_runtime(searched, tmp_
         assert not html.exists() and not run_dir.exists(), name  # refused before any work
 
 
+def test_corrupt_transfer_pieces_are_refused_before_any_worker(tmp_path, capsys):
+    """A realloc step's pieces are decoded at load time (bounded: a 300 MiB zlib bomb
+    in 300 KiB of base64 stops at the rows' size), not first in a Ray worker."""
+    import base64
+    import zlib
+
+    from tests.runtime_scenarios import realloc_tiny_ppo
+
+    good = json.loads(realloc_tiny_ppo(tmp_path).read_text())
+    assert good["realloc"]
+    for data, expected in ((base64.b64encode(zlib.compress(b"\0" * (300 << 20), 9)).decode(),
+                            "realloc[0].transfer: transfer pieces: more than"),
+                           ("!!!", "realloc[0].transfer: transfer pieces: not zlib-base64")):
+        bad = json.loads(json.dumps(good))
+        bad["realloc"][0]["transfer"]["data"] = data
+        plan = tmp_path / "bad.json"
+        plan.write_text(json.dumps(bad))
+        run_dir = tmp_path / "run"
+        assert expected in one_line(capsys, planner(["show", str(plan), "-o",
+                                                     str(tmp_path / "p.html")]))
+        assert expected in one_line(capsys, runtime(["run", str(plan), "--run-dir",
+                                                     str(run_dir)]))
+        assert not run_dir.exists()
+
+
 # ---------------------------------------------------------------- output paths
 
 def test_outputs_never_clobber_inputs(searched, tmp_path, capsys):

@@ -340,6 +340,7 @@ def transfer_bytes(arch: ModelArch, head: HeadType, src: Layout, dst: Layout,
 # The serialised form of a plan's rows (plan.json's realloc steps carry it, so the runtime
 # executes exactly the pieces the planner priced without planning again).
 ROW_COLUMNS = ("param", "src_rank", "dst_rank", "lo", "hi", "nbytes")
+MAX_PIECES_BYTES = 1 << 30  # decompressed rows of one realloc step (22M rows)
 
 
 def pack_rows(tp: TransferPlan) -> tuple[int, str]:
@@ -359,10 +360,19 @@ def unpack_rows(arch: ModelArch, head: HeadType, src: Layout, dst: Layout, *,
     import binascii
     import zlib
 
+    expected_bytes = len(ROW_COLUMNS) * num_rows * 8
+    if not 0 <= expected_bytes <= MAX_PIECES_BYTES:
+        raise LayoutError(f"transfer pieces: {num_rows} rows is out of range")
     try:
-        raw = zlib.decompress(base64.b64decode(data.encode("ascii"), validate=True))
+        # Decompress no more than the rows need: a few KiB of zlib can expand to GiB.
+        raw = zlib.decompressobj().decompress(
+            base64.b64decode(data.encode("ascii"), validate=True), expected_bytes + 1)
     except (binascii.Error, zlib.error, ValueError) as err:
         raise LayoutError(f"transfer pieces: not zlib-base64 data ({err})") from None
+    if len(raw) != expected_bytes:
+        got = f"more than {expected_bytes}" if len(raw) > expected_bytes else str(len(raw))
+        raise LayoutError(f"transfer pieces: {got} bytes where {num_rows} rows of "
+                          f"{len(ROW_COLUMNS)} int64 need {expected_bytes}")
     flat = np.frombuffer(raw, dtype="<i8")
     if flat.size != len(ROW_COLUMNS) * num_rows:
         raise LayoutError(f"transfer pieces: {flat.size} values for {num_rows} rows of "
