@@ -74,6 +74,9 @@ class CallAssignment(_Strict):
     pp: int = Field(gt=0, le=L.MAX_DEVICES, description="Pipeline-parallel degree (outermost).")
     micro_batches: int = Field(1, gt=0, le=L.MAX_MICRO_BATCHES,
                                description="Micro-batches per step.")
+    backend: Literal["native", "vllm"] = Field(
+        "native", description="Generation backend a generate call runs with (resolved from the "
+        "spec's `backend` by planner/graph/backends.py).")
     estimate: CallEstimate | None = Field(None, description="Estimated timing and memory.")
     after: list[str] = Field(
         default_factory=list,

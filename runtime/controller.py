@@ -260,7 +260,8 @@ class Controller:
         a = self.plan.assignment(call.name)
         events = [dict(kind="call", name=call.name, device=r["device"], start=r["start"],
                        end=r["end"], iteration=iteration,
-                       args={"layout": a.layout_str, "micro_batches": a.micro_batches})
+                       args={"layout": a.layout_str, "micro_batches": a.micro_batches,
+                             **r.get("info", {})})
                   for r in results]
         if call.type == "train":  # every dp leader reports the same global losses
             return {"steps": parts[0]["result"]["steps"]}, t1 - t0, events

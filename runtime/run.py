@@ -25,6 +25,7 @@ from rich.console import Console
 from planner import limits as L
 from planner.bounded_io import BoundsError, read_bounded
 from planner.errors import UserError
+from planner.graph.backends import require_backend
 from planner.graph.loader import load_spec
 from planner.outputs import check_output_dir, write_atomic
 from planner.plan import load_plan, save_plan
@@ -32,6 +33,7 @@ from runtime import ray_session
 from runtime.controller import Controller, RunError, check_supported
 from runtime.data.prompts import PromptSampler, load_prompts
 from runtime.data.tokenizer import load_tokenizer
+from runtime.generation.vllm_backend import start_vllm_engines
 from runtime.rewards import load_reward_fn
 from runtime.trace import write_trace
 
@@ -98,6 +100,8 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
     spec = plan.spec
     spec_file = spec_path or f"{plan_path} spec"  # where spec errors point
     check_supported(spec)
+    for a in plan.calls:
+        require_backend(a.backend, f"{plan_path} calls.{a.name}")
     on_gpu = plan.hardware_kind == "gpu"  # the plan records it: no profile file needed
     tokenizer = load_tokenizer(spec.rl.tokenizer)
     for name, m in spec.models.items():
@@ -143,7 +147,7 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
     from runtime.launcher import start_workers, stop_workers
 
     started_ray = not ray.is_initialized()
-    workers, groups = [], []
+    workers, groups, vllm_engines = [], [], []
     events: list[dict] = []
     t0 = time.time()
     failed = True
@@ -153,6 +157,9 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
                                             on_local_ray=lambda: ray_session.record(out))
             ray.get([w.setup.remote(spec.model_dump_json(), plan.model_dump_json(), seed,
                                     resume_dir) for w in workers])
+        if any(a.backend == "vllm" for a in plan.calls):
+            with console.status("starting vLLM engines"):
+                vllm_engines = start_vllm_engines(spec, plan, workers, on_gpu=on_gpu, seed=seed)
         sampler = PromptSampler(prompts, seed=seed, drawn=drawn)
         ctl = Controller(spec, plan, workers, tokenizer=tokenizer, prompts=sampler,
                          reward_fns=reward_fns, seed=seed, on_submit=on_submit)
@@ -172,6 +179,8 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
         raise RunError(f"cannot write {err.filename or out}: {err.strerror or err}") from None
     finally:
         try:
+            for h in vllm_engines:
+                ray.kill(h)
             if workers:
                 stop_workers(workers, groups, graceful=not failed)
         finally:

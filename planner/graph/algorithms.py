@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from planner import limits as L
 from planner.graph.lengths import LengthValue
-from planner.graph.spec import CallSpec, FunctionSpec
+from planner.graph.spec import CallSpec, FunctionSpec, GenerationBackend
 
 
 class _Params(BaseModel):
@@ -42,6 +42,8 @@ class _RLParams(_Params):
     reward_fn: str | None = Field(
         None, description="module:function rule reward; replaces the reward model call."
     )
+    backend: GenerationBackend = Field(
+        "auto", description="Generation backend of the generate calls (native, vllm, auto).")
 
     def reward_steps(self, seqs_key: str = "seqs", rewards_key: str = "rewards",
                      name_suffix: str = "", num_seqs: int | None = None):
@@ -126,6 +128,7 @@ def ppo(p: PPOParams) -> Steps:
     train_inputs = ["seqs", "logprobs", "ref_logprobs", "rewards", "values"]
     calls = [
         CallSpec(name="actor_gen", model=p.actor, type="generate", inputs=["prompts"],
+                 backend=p.backend,
                  outputs=["seqs", "logprobs"], num_seqs=n, **lens),
         *reward_calls,
         CallSpec(name="ref_inf", model=p.ref, type="inference", inputs=["seqs"],
@@ -147,6 +150,7 @@ def grpo(p: GRPOParams) -> Steps:
     reward_calls, funcs = p.reward_steps(num_seqs=n)
     calls = [
         CallSpec(name="actor_gen", model=p.actor, type="generate", inputs=["prompts"],
+                 backend=p.backend,
                  outputs=["seqs", "logprobs"], num_seqs=n, group_size=p.group_size, **lens),
         *reward_calls,
         CallSpec(name="ref_inf", model=p.ref, type="inference", inputs=["seqs"],
@@ -165,8 +169,10 @@ def remax(p: ReMaxParams) -> Steps:
     g_calls, g_funcs = p.reward_steps("greedy_seqs", "greedy_rewards", "_greedy")
     calls = [
         CallSpec(name="actor_gen", model=p.actor, type="generate", inputs=["prompts"],
+                 backend=p.backend,
                  outputs=["seqs", "logprobs"], num_seqs=n, **lens),
         CallSpec(name="actor_gen_greedy", model=p.actor, type="generate", inputs=["prompts"],
+                 backend=p.backend,
                  outputs=["greedy_seqs"], num_seqs=n, sampling="greedy", **lens),
         *r_calls,
         *g_calls,

@@ -20,6 +20,7 @@ from planner.graph.arch import PRESETS, HeadType, ModelArch
 from planner.graph.lengths import LengthDist, _to_length
 
 CallType = Literal["generate", "inference", "train"]
+GenerationBackend = Literal["auto", "native", "vllm"]
 
 # Hardware profile names shipped with the cost model. A path to a profile file
 # (ending in .json) is accepted too, for profiles measured by `planner profile`.
@@ -198,6 +199,10 @@ class CallSpec(_Strict):
                 out[f"{key}_dist"] = dist
                 out[key] = dist.max
         return out
+    backend: GenerationBackend = Field(
+        "auto", description="Generation backend of a generate call: native (the runtime's own "
+        "KV-cache engine), vllm (needs the `vllm` extra), or auto (planner/graph/backends.py)."
+    )
 
     @model_validator(mode="after")
     def _check_lengths(self) -> "CallSpec":
@@ -212,6 +217,8 @@ class CallSpec(_Strict):
                 raise ValueError("a generate call needs prompt_len and gen_len")
         elif self.seq_len is None and (self.prompt_len is None or self.gen_len is None):
             raise ValueError(f"a {self.type} call needs seq_len, or prompt_len and gen_len")
+        if self.type != "generate" and self.backend != "auto":
+            raise ValueError("backend applies to generate calls only")
         if self.type != "train" and (self.minibatches != 1 or self.epochs != 1):
             raise ValueError("minibatches and epochs apply to train calls only")
         if self.type == "train" and self.minibatches > self.num_seqs:

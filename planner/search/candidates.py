@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from planner.cost_model import IllegalLayoutError, dtype_bytes_for, estimate_call
-from planner.cost_model.legality import layout_problem
+from planner.cost_model.legality import backend_problem, layout_problem
 from planner.cost_model.profile import HardwareProfile
 from planner.graph.spec import CallSpec, ModelSpec
 from planner.layout.layout import Layout, format_layout
@@ -94,6 +94,7 @@ class CallContext:
     num_devices: int
     shard_optimizer: bool = False  # Adam states sharded over dp (ZeRO-1); the runtime does not
     headroom_bytes: int = 0        # kept free on every device (cost_model.memory_headroom_bytes)
+    backend: str = "native"  # generation backend (planner/graph/backends.resolve_backend)
 
     @property
     def capacity_bytes(self) -> int:
@@ -104,6 +105,9 @@ class CallContext:
 def price(ctx: CallContext, layout: Layout, micro_batches: int) -> Candidate:
     """The cost model's answer for one layout; raises IllegalLayoutError when it cannot run."""
     m = ctx.model
+    why = backend_problem(m.architecture, ctx.backend, layout)
+    if why:
+        raise IllegalLayoutError(f"layout {layout}: {why}")
     est = estimate_call(m.architecture, m.head, ctx.call, layout, micro_batches, ctx.profile,
                         trainable=m.trainable, gpus_per_node=ctx.gpus_per_node,
                         num_devices=ctx.num_devices, shard_optimizer=ctx.shard_optimizer,

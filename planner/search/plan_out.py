@@ -109,7 +109,8 @@ def build_plan(p: Problem, assign: tuple[int, ...], *, provenance: Provenance,
         lay = cand.layout
         calls.append(CallAssignment(name=name, device_ids=list(lay.device_ids), dp=lay.dp,
                                     tp=lay.tp, pp=lay.pp, micro_batches=cand.micro_batches,
-                                    estimate=est, after=[p.names[u] for u in p.preds[i]]))
+                                    backend=p.contexts[i].backend, estimate=est,
+                                    after=[p.names[u] for u in p.preds[i]]))
 
     reallocs = [_realloc_step(exact, assign, i, by_call.get(i, {}).get("realloc"), origin)
                 for i in range(p.n) if _copies(p, assign, i)]

@@ -35,6 +35,7 @@ from planner.cost_model import (
 from planner.cost_model.profile import HardwareProfile, load_spec_profile
 from planner.cost_model.runtime_terms import KEY_BYTES_PER_TOKEN, host_function_s
 from planner.errors import UserError
+from planner.graph.backends import resolve_backend
 from planner.graph.dataflow import build_graph, call_order, home_calls, param_lag_edges
 from planner.graph.spec import CallSpec, Spec
 from planner.layout.layout import Layout
@@ -118,9 +119,10 @@ class Problem:
         self.preds = [sorted({self.edges[e].u for e in self.in_edges[v]}) for v in range(self.n)]
         self._set_lags(spec)
 
+        on_gpu = profile.kind == "gpu"
         self.contexts = [CallContext(c, spec.models[c.model], profile, cl.gpus_per_node,
-                                     cl.num_devices, shard_optimizer, self.headroom_bytes)
-                         for c in self.calls]
+                                     cl.num_devices, shard_optimizer, self.headroom_bytes,
+                                     backend=resolve_backend(c, on_gpu)) for c in self.calls]
         self.dtype_bytes = [dtype_bytes_for(spec.models[m], profile) for m in self.model_of]
         self.enumerated: list[CallCandidates] | None = None
         self._realloc: dict[tuple[int, int, int], MoveCost] = {}
