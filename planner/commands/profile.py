@@ -22,6 +22,7 @@ EXAMPLES = """examples:
   planner profile --out profiles/my-laptop.json --quick
   planner profile --out profiles/h100-node.json --device cuda
   planner profile --out profiles/cpu4.json --group-sizes 2,4
+  planner profile --out profiles/my-laptop-vllm.json --quick --backend vllm
 then in a spec:  cluster: {nodes: 1, gpus_per_node: 4, hardware: profiles/my-laptop.json}
 """
 
@@ -47,6 +48,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-runtime", action="store_true",
                    help="skip the runtime's own overheads (Ray task launch, data hand-off, "
                    "realloc agreement); they are then priced at zero")
+    p.add_argument("--backend", choices=("native", "vllm"), default="native",
+                   help="vllm: also measure vLLM's prefill and decode times, which then price "
+                   "generate calls with `backend: vllm` (needs the vllm extra)")
     p.set_defaults(run=run)
 
 
@@ -74,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
         raise ProfileArgsError(f"--threads {args.threads}: expected 1 to 1024")
     check_output_file(args.out, "--out")
     groups = _groups(args.group_sizes)
+    if args.backend == "vllm":
+        from planner.graph.backends import require_backend
+
+        require_backend("vllm", "planner profile --backend vllm")
     name = args.name or out.stem
     console = Console(stderr=True)
     plan = plan_for(args.device, args.quick, groups if groups is not None else [2])
@@ -88,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
         profile = profile_machine(name, quick=args.quick, device=args.device,
                                   threads=args.threads, group_sizes=groups,
                                   runtime=not args.no_runtime, step=step)
+        if args.backend == "vllm":
+            progress.update(task, description="vLLM prefill and decode")
+            profile = _with_vllm(profile, plan, args.device)
         progress.update(task, completed=plan.num_steps(), description="done")
     write_profile(profile, out)
     o = profile.overheads
@@ -103,3 +114,14 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"runtime: call launch {rt.call_launch_s * 1e3:.2f} ms, data hand-off "
                       f"{rate}, realloc fixed {rt.realloc_fixed_s * 1e3:.2f} ms", highlight=False)
     return 0
+
+
+def _with_vllm(profile, plan, device: str):
+    from planner.cost_model.profiler.vllm_tables import measure_vllm
+
+    try:
+        tables = measure_vllm(plan, dtype="bfloat16" if device == "cuda" else "float32")
+    except RuntimeError as e:
+        raise ProfileArgsError(f"planner profile --backend vllm: {e}") from None
+    measured = profile.measured.model_copy(update={"vllm": tables})
+    return profile.model_copy(update={"measured": measured})

@@ -219,6 +219,21 @@ class CollectiveTable(_Frozen):
         return self
 
 
+class VllmTables(_Frozen):
+    """vLLM's own times on this machine (`planner profile --backend vllm`), per layer of
+    a model of `num_layers` reference layers: whole-model time / num_layers, so vLLM's
+    per-step scheduling and sampling are spread over the layers. The estimator prices a
+    vllm generate call with these in place of the native decode and layer tables
+    (`for_backend`)."""
+
+    layer: LayerShape
+    num_layers: int = Field(gt=0)
+    vllm_version: str = ""
+    prefill: LayerTable = Field(description="Prefill forward per layer (fwd_s; bwd_s = fwd_s, "
+                                "unused: vLLM never trains).")
+    decode: DecodeTable = Field(description="One decode step per layer, batch x context.")
+
+
 class MeasuredTables(_Frozen):
     """What `planner profile` measured; every table is optional."""
 
@@ -228,6 +243,7 @@ class MeasuredTables(_Frozen):
     decode: DecodeTable | None = None
     layers: list[LayerTable] = Field(default_factory=list)
     collectives: list[CollectiveTable] = Field(default_factory=list)
+    vllm: VllmTables | None = Field(None, description="vLLM generation times, when measured.")
     memory_bytes_per_s: float | None = Field(None, gt=0, description="Measured copy bandwidth.")
 
 
@@ -416,3 +432,24 @@ def load_spec_profile(hardware: str, memory_override_gib: float | None,
 def _load_with_memory(name_or_path: str, stamp: int, gib: float | None) -> HardwareProfile:
     profile = _load(name_or_path, stamp)
     return profile if gib is None else profile.with_memory_gib(gib)
+
+
+_BACKEND_PROFILES: dict[int, tuple[HardwareProfile, HardwareProfile]] = {}
+
+
+def for_backend(profile: HardwareProfile, backend: str) -> HardwareProfile:
+    """The profile a generate call of `backend` is priced with: for vllm, the measured
+    vLLM tables replace the native decode and layer tables (the analytic model then
+    scales them to the call's model as it does the native ones). A profile without
+    vLLM tables prices vllm calls like native ones (README, "Generation backends")."""
+    tables = profile.measured.vllm if profile.measured else None
+    if backend != "vllm" or tables is None:
+        return profile
+    hit = _BACKEND_PROFILES.get(id(profile))
+    if hit is not None and hit[0] is profile:
+        return hit[1]
+    measured = profile.measured.model_copy(update={"decode": tables.decode,
+                                                   "layers": [tables.prefill]})
+    out = profile.model_copy(update={"measured": measured, "name": profile.name + "+vllm"})
+    _BACKEND_PROFILES[id(profile)] = (profile, out)
+    return out

@@ -30,6 +30,7 @@ from typing import Mapping
 
 from planner.cost_model import IllegalLayoutError, dtype_bytes_for, estimate_call
 from planner.cost_model.legality import backend_problem, layout_problem
+from planner.cost_model.profile import for_backend
 from planner.cost_model.profile import HardwareProfile
 from planner.graph.spec import CallSpec, ModelSpec
 from planner.layout.layout import Layout, format_layout
@@ -108,7 +109,8 @@ def price(ctx: CallContext, layout: Layout, micro_batches: int) -> Candidate:
     why = backend_problem(m.architecture, ctx.backend, layout)
     if why:
         raise IllegalLayoutError(f"layout {layout}: {why}")
-    est = estimate_call(m.architecture, m.head, ctx.call, layout, micro_batches, ctx.profile,
+    profile = for_backend(ctx.profile, ctx.backend)
+    est = estimate_call(m.architecture, m.head, ctx.call, layout, micro_batches, profile,
                         trainable=m.trainable, gpus_per_node=ctx.gpus_per_node,
                         num_devices=ctx.num_devices, shard_optimizer=ctx.shard_optimizer,
                         dtype_bytes=dtype_bytes_for(m, ctx.profile))

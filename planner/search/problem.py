@@ -35,7 +35,7 @@ from planner.cost_model import (
 from planner.cost_model.profile import HardwareProfile, load_spec_profile
 from planner.cost_model.runtime_terms import KEY_BYTES_PER_TOKEN, host_function_s
 from planner.errors import UserError
-from planner.graph.backends import resolve_backend
+from planner.graph.backends import BACKENDS, resolve_backend, vllm_installed
 from planner.graph.dataflow import build_graph, call_order, home_calls, param_lag_edges
 from planner.graph.spec import CallSpec, Spec
 from planner.layout.layout import Layout
@@ -119,10 +119,10 @@ class Problem:
         self.preds = [sorted({self.edges[e].u for e in self.in_edges[v]}) for v in range(self.n)]
         self._set_lags(spec)
 
-        on_gpu = profile.kind == "gpu"
         self.contexts = [CallContext(c, spec.models[c.model], profile, cl.gpus_per_node,
                                      cl.num_devices, shard_optimizer, self.headroom_bytes,
-                                     backend=resolve_backend(c, on_gpu)) for c in self.calls]
+                                     backend=self._backend(c, profile, max_pp))
+                         for c in self.calls]
         self.dtype_bytes = [dtype_bytes_for(spec.models[m], profile) for m in self.model_of]
         self.enumerated: list[CallCandidates] | None = None
         self._realloc: dict[tuple[int, int, int], MoveCost] = {}
@@ -137,6 +137,22 @@ class Problem:
         self.candidates = [list(e.candidates) for e in self.enumerated]
         self._check_possible()
         self._add_home_layouts()
+
+    def _backend(self, call: CallSpec, profile: HardwareProfile, max_pp: int) -> str:
+        """A generate call's backend: the spec's, or for `auto` with vLLM installed and
+        vLLM's times in the profile, the backend whose fastest legal layout on this
+        cluster is faster (otherwise resolve_backend's default)."""
+        backend = resolve_backend(call, profile.kind == "gpu")
+        priced = profile.measured is not None and profile.measured.vllm is not None
+        if call.type != "generate" or call.backend != "auto" or not priced or not vllm_installed():
+            return backend
+        best = {}
+        for name in BACKENDS:
+            ctx = CallContext(call, self.spec.models[call.model], profile, self.gpus_per_node,
+                              self.num_devices, headroom_bytes=self.headroom_bytes, backend=name)
+            found = enumerate_call(ctx, self.num_nodes, top_k=1, max_pp=max_pp).candidates
+            best[name] = found[0].time_s if found else float("inf")
+        return min(BACKENDS, key=lambda n: (best[n], n != backend))
 
     def _set_lags(self, spec: Spec) -> None:
         """Cross-iteration parameter edges: call v of iteration k + prev_lags[v][x] waits for
