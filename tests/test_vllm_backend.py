@@ -101,3 +101,11 @@ def test_sampled_logprobs_match_the_engines_recomputation(setup):
     full_mask = torch.cat([mask, torch.ones_like(a.tokens)], 1)
     lp = eng.logprobs(full_ids, full_mask)[:, ids.shape[1] - 1:]
     assert (lp - a.logprobs).abs().max() <= LOGPROB_ATOL
+    # Where vLLM's would be off (bf16), the training engine recomputes them: same tokens.
+    from runtime.generation.vllm_backend import VllmBackend
+
+    recompute = VllmBackend(backend.target, recompute_logprobs=True)
+    recompute.version = backend.version
+    c, info = recompute.generate(eng, ids, mask, cfg, version=backend.version)
+    assert info["logprobs_from"] == "engine" and torch.equal(c.tokens, a.tokens)
+    assert (c.logprobs - a.logprobs).abs().max() <= LOGPROB_ATOL

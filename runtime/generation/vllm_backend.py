@@ -35,9 +35,14 @@ def _call(target, method: str, *args):
 
 
 class VllmBackend:
-    def __init__(self, engine_handle) -> None:
+    """`recompute_logprobs`: None = when the engine is not fp32. vLLM's log-probs equal
+    the native engine's within 1.5e-5 in fp32 but differ by up to 0.23 in bf16 (README,
+    "Generation backends"), so in bf16 the training engine recomputes them."""
+
+    def __init__(self, engine_handle, recompute_logprobs: bool | None = None) -> None:
         self.target = engine_handle  # a Ray actor of VllmEngine, or a VllmEngine (tests)
         self.version: int | None = None
+        self.recompute_logprobs = recompute_logprobs
 
     @torch.no_grad()
     def generate(self, engine, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
@@ -59,7 +64,16 @@ class VllmBackend:
         t0 = time.time()
         tokens, logprobs = _call(self.target, "generate", prompts, sampling)
         info["generate_s"] = time.time() - t0
-        return _to_output(tokens, logprobs, cfg), info
+        out = _to_output(tokens, logprobs, cfg)
+        recompute = self.recompute_logprobs
+        if recompute is None:
+            recompute = engine.dtype != torch.float32
+        # The engine scores at temperature 1: other temperatures keep vLLM's (README).
+        recompute = recompute and (cfg.greedy or cfg.temperature == 1.0)
+        if recompute:
+            out = _recomputed(engine, prompt_ids, prompt_mask, out, cfg)
+        info["logprobs_from"] = "engine" if recompute else "vllm"
+        return out, info
 
 
 def _to_output(tokens: list[list[int]], logprobs: list[list[float]], cfg: GenerationConfig
@@ -75,6 +89,17 @@ def _to_output(tokens: list[list[int]], logprobs: list[list[float]], cfg: Genera
         lps[i, :len(lp)] = torch.tensor(lp, dtype=torch.float32)
     lengths = torch.tensor([len(t) for t in tokens], dtype=torch.long)
     return GenerationOutput(toks, lps, lengths)
+
+
+def _recomputed(engine, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                out: GenerationOutput, cfg: GenerationConfig) -> GenerationOutput:
+    """The generated tokens' log-probs by the training engine; 0 after each sequence's
+    end. The engine scores at temperature 1, so callers recompute only then."""
+    ids = torch.cat([prompt_ids, out.tokens], 1)
+    valid = torch.arange(out.tokens.shape[1])[None] < out.lengths[:, None]
+    mask = torch.cat([prompt_mask, valid.to(prompt_mask.dtype)], 1)
+    lp = engine.logprobs(ids, mask)[:, prompt_ids.shape[1] - 1:].float().cpu()
+    return GenerationOutput(out.tokens, torch.where(valid, lp, torch.zeros_like(lp)), out.lengths)
 
 
 def vllm_engines_needed(spec: Spec, plan: ExecutionPlan) -> dict[tuple[str, int], dict]:

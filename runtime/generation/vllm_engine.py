@@ -77,8 +77,22 @@ class VllmEngine:
                        kv_cache_memory_bytes=kv_cache_bytes(arch, max_num_seqs * max_model_len,
                                                             elem),
                        disable_log_stats=True)
+        self._warm_up()
         self.init_s = time.time() - t0
         self.version: int | None = None  # policy version of the weights held (None: dummy)
+
+    def _warm_up(self) -> None:
+        """One greedy and one seeded sampled request: vLLM's first generation of each kind
+        takes seconds (16 s in a tiny GRPO run), which belongs to start-up, not to the
+        first iteration's generate call."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        self.llm.generate([TokensPrompt(prompt_token_ids=[1, 2, 3])] * 2,
+                          [SamplingParams(max_tokens=2, temperature=0.0, logprobs=0,
+                                          detokenize=False, ignore_eos=True),
+                           SamplingParams(max_tokens=2, temperature=1.0, seed=0, logprobs=0,
+                                          detokenize=False, ignore_eos=True)], use_tqdm=False)
 
     def update_weights(self, tensors: dict[str, torch.Tensor], version: int) -> dict[str, float]:
         """Replace every weight in place (HF names, full tensors); returns time and bytes."""
