@@ -2,10 +2,14 @@
 into one torch.distributed world (NCCL on GPUs, gloo on CPU devices).
 
 With no address a local Ray instance starts (the embedded default: on a
-machine without GPUs every "device" is a CPU process). With an address the
-workers go onto an existing Ray cluster; each plan node's devices are packed
-onto one Ray node by a STRICT_PACK placement group, so device ids within a
-plan node share NVLink, as the plan assumed.
+machine without GPUs every "device" is a CPU process). On a Ray cluster of
+several nodes each plan node goes onto its own Ray node: one placement group
+with a bundle per plan node (that node's GPUs, or CPU slots on a CPU cluster),
+STRICT_SPREAD, so device ids within a plan node share NVLink and plan nodes
+are distinct machines, as the plan assumed. A Ray cluster of one node hosts
+every plan node on it (virtual nodes: the laptop case).
+
+A plan that does not fit is refused before any worker starts, in one line.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ def start_workers(plan: ExecutionPlan, *, address: str | None, on_gpu: bool,
     a .json path too, so the hardware name alone does not say). `on_local_ray()` runs
     as soon as a local Ray instance this call started is up (to record it)."""
     import ray
-    from ray.util.placement_group import placement_group
+    from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     from runtime.worker import Worker
@@ -46,30 +50,82 @@ def start_workers(plan: ExecutionPlan, *, address: str | None, on_gpu: bool,
                      include_dashboard=False, log_to_driver=log_to_driver)
             if on_local_ray is not None:
                 on_local_ray()
-    have = ray.cluster_resources()
     need_key = "GPU" if on_gpu else "CPU"
-    if have.get(need_key, 0) < n:
-        raise LaunchError(f"the plan needs {n} {'GPUs' if on_gpu else 'CPU slots'} "
-                          f"({cluster.nodes}x{cluster.gpus_per_node}) but the Ray cluster has "
-                          f"{int(have.get(need_key, 0))}")
-    bundle = {"GPU": 1, "CPU": 1} if on_gpu else {"CPU": 1}
-    groups = []
-    for _ in range(cluster.nodes):
-        pg = placement_group([dict(bundle)] * cluster.gpus_per_node, strategy="STRICT_PACK")
-        groups.append(pg)
-    ray.get([pg.ready() for pg in groups], timeout=120)
+    per_node = _ray_node_slots(need_key)
+    check_fits(cluster.nodes, cluster.gpus_per_node, per_node, on_gpu=on_gpu)
+    g = cluster.gpus_per_node
+    # A bundle per plan node; workers take one slot of their node's bundle each.
+    bundle = {"GPU": g, "CPU": g} if on_gpu else {"CPU": g}
+    strategy = "STRICT_SPREAD" if len(per_node) > 1 else "STRICT_PACK"
+    pg = placement_group([dict(bundle) for _ in range(cluster.nodes)], strategy=strategy)
+    groups = [pg]
+    try:
+        ray.get(pg.ready(), timeout=120)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(pg)
+        raise LaunchError(f"Ray could not place {cluster.nodes} plan nodes of {g} "
+                          f"{_unit(on_gpu)} within 120 s ({strategy})") from None
     actor_cls = ray.remote(Worker)
     backend = "nccl" if on_gpu else "gloo"
     workers = []
     for dev in range(n):
-        node, slot = divmod(dev, cluster.gpus_per_node)
+        node = dev // g
         opts = dict(num_cpus=1, num_gpus=1 if on_gpu else 0,
                     scheduling_strategy=PlacementGroupSchedulingStrategy(
-                        placement_group=groups[node], placement_group_bundle_index=slot))
+                        placement_group=pg, placement_group_bundle_index=node))
         workers.append(actor_cls.options(**opts).remote(dev, n, backend, num_threads))
     addr, port = ray.get(workers[0].address.remote())
     ray.get([w.init_distributed.remote(addr, port) for w in workers])
     return workers, groups
+
+
+def _unit(on_gpu: bool) -> str:
+    return "GPUs" if on_gpu else "CPU slots"
+
+
+def _ray_node_slots(key: str) -> dict[str, int]:
+    """Alive Ray node id -> its whole count of `key` (GPU or CPU)."""
+    import ray
+
+    return {n["NodeID"]: int(n["Resources"].get(key, 0)) for n in ray.nodes() if n["Alive"]}
+
+
+def check_fits(nodes: int, per_node: int, slots: dict[str, int], *, on_gpu: bool) -> None:
+    """Refuse a plan the Ray cluster cannot hold. One Ray node: every plan node
+    on it (virtual nodes), so only the total counts. Several: one plan node per
+    Ray node, each with `per_node` slots."""
+    unit = _unit(on_gpu)
+    if len(slots) <= 1:
+        have = sum(slots.values())
+        if have < nodes * per_node:
+            raise LaunchError(f"the plan needs {nodes * per_node} {unit} ({nodes}x{per_node}) "
+                              f"but the Ray cluster has {have}")
+        return
+    fit = sum(1 for v in slots.values() if v >= per_node)
+    if fit < nodes:
+        sizes = ", ".join(str(v) for v in sorted(slots.values(), reverse=True))
+        raise LaunchError(f"the plan needs {nodes} nodes of {per_node} {unit} but the Ray "
+                          f"cluster has {fit} node(s) with that many ({len(slots)} nodes: "
+                          f"{sizes} {unit})")
+
+
+def worker_nodes(workers) -> list[dict]:
+    """Where each worker runs, as it reports itself: device, Ray node id, node IP."""
+    import ray
+
+    return ray.get([w.node.remote() for w in workers])
+
+
+def lost_nodes(placement: list[dict]) -> dict[str, list[int]]:
+    """Ray nodes of `placement` that are no longer alive -> the devices they held."""
+    import ray
+
+    alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    lost: dict[str, list[int]] = {}
+    for p in placement:
+        if p["node_id"] not in alive:
+            lost.setdefault(p["node_id"], []).append(p["device"])
+    return lost
 
 
 def stop_workers(workers, groups, *, graceful: bool = True) -> None:

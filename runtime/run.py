@@ -6,6 +6,7 @@ Run directory:
     run.json                 spec hash and the identity of the profile that priced the plan
     plan.json, spec.json     copies of what ran (planner calibrate reads the three)
     trace.json               measured timeline (Perfetto / Chrome trace events)
+    placement.json           per device: the Ray node id and IP its worker runs on
     checkpoints/iter_NNNNNN/ trainable models as HF safetensors + optimizer
                              states + state.json (written whole, then renamed)
     checkpoints/latest       name of the newest complete checkpoint
@@ -144,10 +145,10 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
 
     import ray
 
-    from runtime.launcher import start_workers, stop_workers
+    from runtime.launcher import start_workers, stop_workers, worker_nodes
 
     started_ray = not ray.is_initialized()
-    workers, groups, vllm_engines = [], [], []
+    workers, groups, vllm_engines, placement = [], [], [], []
     events: list[dict] = []
     t0 = time.time()
     failed = True
@@ -155,6 +156,8 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
         with console.status(f"starting {plan.cluster.num_devices} workers"):
             workers, groups = start_workers(plan, address=address, on_gpu=on_gpu,
                                             on_local_ray=lambda: ray_session.record(out))
+            placement = worker_nodes(workers)
+            write_atomic(out / "placement.json", json.dumps(placement, indent=1) + "\n")
             ray.get([w.setup.remote(spec.model_dump_json(), plan.model_dump_json(), seed,
                                     resume_dir) for w in workers])
         if any(a.backend == "vllm" for a in plan.calls):
@@ -177,6 +180,8 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
         failed = False
     except OSError as err:  # the driver's own files: metrics, trace
         raise RunError(f"cannot write {err.filename or out}: {err.strerror or err}") from None
+    except (RunError, ray.exceptions.RayActorError) as err:
+        raise _name_lost_node(err, placement) from None
     finally:
         try:
             for h in vllm_engines:
@@ -205,6 +210,20 @@ def write_run_record(out: Path, spec, plan, plan_path: str, profile, seed: int) 
               "plan_path": str(plan_path), "seed": seed,
               "profile": {"name": name, "identity": ident}}
     write_atomic(out / "run.json", json.dumps(record, indent=2) + "\n")
+
+
+def _name_lost_node(err: Exception, placement: list[dict]) -> Exception:
+    """A failure caused by a Ray node going away, said as that, in one line."""
+    from runtime.launcher import lost_nodes
+
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    lost = lost_nodes(placement) if placement else {}
+    if not lost:
+        return err if isinstance(err, RunError) else RunError(first)
+    ip = {p["node_id"]: p["ip"] for p in placement}
+    what = "; ".join(f"Ray node {nid} ({ip[nid]}) holding devices {', '.join(map(str, devs))}"
+                     for nid, devs in sorted(lost.items()))
+    return RunError(f"{what} was lost: {first}")
 
 
 def _save_on_workers(workers, ckpt_dir: str) -> None:

@@ -108,8 +108,22 @@ class Worker:
 
     # -- startup ----------------------------------------------------------
     def address(self) -> tuple[str, int]:
+        """Where the other ranks reach this one's rendezvous store: under Ray the
+        node's routable IP (ranks may be on other machines), else this host."""
+        import sys
+
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            return ray.util.get_node_ip_address(), free_port()
         host = socket.gethostbyname(socket.gethostname()) if self.backend == "nccl" else "127.0.0.1"
         return host, free_port()
+
+    def node(self) -> dict[str, Any]:
+        """The Ray node this worker runs on (id and IP), as it sees it."""
+        import ray
+
+        return {"device": self.device_id, "node_id": ray.get_runtime_context().get_node_id(),
+                "ip": ray.util.get_node_ip_address(), "pid": os.getpid()}
 
     def init_distributed(self, master_addr: str, master_port: int) -> int:
         os.environ["MASTER_ADDR"] = master_addr
