@@ -63,6 +63,15 @@ class CallEstimate(_Strict):
         return self
 
 
+class MemoryChoice(_Strict):
+    """A train call's memory options (planner/cost_model/memory.py TrainMemoryChoice)."""
+
+    zero_stage: int = Field(0, ge=0, le=3, description=(
+        "ZeRO stage over the dp group: 0 none, 1 Adam states sharded, 2 + gradients, "
+        "3 + parameters."))
+    recompute: bool = Field(False, description="Full activation recompute, one per layer.")
+
+
 class CallAssignment(_Strict):
     """Where and how one call runs, and what it waits for."""
 
@@ -77,6 +86,9 @@ class CallAssignment(_Strict):
     backend: Literal["native", "vllm"] = Field(
         "native", description="Generation backend a generate call runs with (resolved from the "
         "spec's `backend` by planner/graph/backends.py).")
+    memory: MemoryChoice | None = Field(None, description=(
+        "Train calls: the ZeRO stage and activation recompute the search chose "
+        "(absent: neither)."))
     estimate: CallEstimate | None = Field(None, description="Estimated timing and memory.")
     after: list[str] = Field(
         default_factory=list,
@@ -281,6 +293,9 @@ def check_plan(plan: ExecutionPlan, spec: Spec | None = None, *, file: str = "<p
         for j, u in enumerate(a.after):
             if u not in names:
                 raise PlanError(f"{file} calls[{i}].after[{j}]: '{u}' is not a call of the spec")
+        if a.memory is not None and spec.call(a.name).type != "train":
+            raise PlanError(f"{file} calls[{i}].memory: only train calls have memory choices "
+                            f"('{a.name}' is a {spec.call(a.name).type} call)")
     missing = [n for n in names if n not in seen]
     if missing:
         raise PlanError(f"{file} calls: no assignment for call(s) {', '.join(missing)}")

@@ -5,7 +5,8 @@ Public API (the search and the CLI use only these):
     load_profile(name_or_path, memory_override_gib=None) -> HardwareProfile
     load_spec_profile(hardware, memory_override_gib, spec_path) -> HardwareProfile
     estimate_call(arch, head, call, layout, micro_batches, profile, *, trainable,
-                  gpus_per_node, recompute=False, shard_optimizer=False) -> CallEstimate
+                  gpus_per_node, recompute=False, shard_optimizer=False,
+                  zero_stage=0) -> CallEstimate
     decode_step(arch, head, batch, context, profile, *, tp=1, pp=1) -> DecodeStep
     realloc_cost(arch, head, src, dst, profile, *, gpus_per_node) -> TransferCost
     data_transfer_cost(nbytes, src, dst, profile, *, gpus_per_node) -> TransferCost
@@ -29,7 +30,7 @@ from planner.cost_model.estimator import (
 from planner.cost_model.dtype import dtype_bytes_for
 from planner.cost_model.fast_moves import NO_MOVE, MoveCost, fast_data_transfer, fast_realloc
 from planner.cost_model.legality import IllegalLayoutError, check_layout, layout_problem, mesh_problem
-from planner.cost_model.memory import MemoryEstimate
+from planner.cost_model.memory import MemoryEstimate, TrainMemoryChoice
 from planner.cost_model.transfer import (
     TransferCost,
     data_transfer_cost,
@@ -48,7 +49,7 @@ from planner.cost_model.profile import (
 
 __all__ = [
     "CallEstimate", "CallShape", "DecodeStep", "HardwareProfile", "IllegalLayoutError",
-    "MemoryEstimate", "PROFILE_FORMAT_VERSION", "ProfileError", "SHIPPED_PROFILES",
+    "MemoryEstimate", "TrainMemoryChoice", "PROFILE_FORMAT_VERSION", "ProfileError", "SHIPPED_PROFILES",
     "MoveCost", "NO_MOVE", "dtype_bytes_for", "fast_data_transfer", "fast_realloc",
     "memory_headroom_bytes", "check_layout", "clear_cache", "decode_step", "estimate_call", "layout_problem",
     "load_profile", "load_spec_profile", "mesh_problem", "TransferCost", "data_transfer_cost", "realloc_bytes",

@@ -47,11 +47,14 @@ from planner.cost_model.generation import (
 from planner.cost_model.legality import (IllegalLayoutError, batch_problem, layout_problem,
                                          step_seqs)
 from planner.cost_model.memory import (
+    ZERO_STAGES,
     MemoryEstimate,
     activation_bytes_per_layer,
     kv_cache_bytes,
+    largest_local_param,
+    layer_param_count,
     logits_bytes,
-    optimizer_bytes_per_param,
+    model_state_bytes,
     stage_param_counts,
 )
 from planner.cost_model.profile import HardwareProfile
@@ -242,7 +245,7 @@ def _bd(**parts: float) -> tuple[float, Mapping[str, float]]:
 # ------------------------------------------------------------------- train
 
 
-def _train(c: _Ctx, s: CallShape, recompute: bool, shard_optimizer: bool,
+def _train(c: _Ctx, s: CallShape, recompute: bool, zero_stage: int,
            flash: bool) -> CallEstimate:
     d, dev, m = c.dims, c.dev, c.m
     # Packed sequences (dynamic batch size): compute on the mean length, memory on the max.
@@ -260,10 +263,8 @@ def _train(c: _Ctx, s: CallShape, recompute: bool, shard_optimizer: bool,
     ar_per_layer = 4 + (2 if recompute else 0)
     t_tp = n_layers * ar_per_layer * _tp_allreduce_s(c, tokens)
     params = _stage_params(c)
-    # Gradient all-reduce once per optimizer step (reduce-scatter + all-gather when the
-    # optimizer is sharded: the same bytes on the wire).
-    t_dp = dev.collective_s("all_reduce", params * c.dtype_bytes, c.dp, c.dp_tier)
-    opt_params = params / c.dp if shard_optimizer else params
+    t_dp = _dp_comm_s(c, params * c.dtype_bytes, zero_stage)
+    opt_params = params / c.dp if zero_stage >= 1 else params
     t_opt = dev.memory_s(ADAM_BYTES_PER_PARAM * opt_params)
     steps = s.minibatches * s.epochs
     time_s, bd = _bd(
@@ -284,15 +285,32 @@ def _train(c: _Ctx, s: CallShape, recompute: bool, shard_optimizer: bool,
     if recompute:  # the layer being recomputed holds its full activations
         acts += activation_bytes_per_layer(c.arch, mb_tokens, max_seq, c.tp,
                                            dtype_bytes=c.dtype_bytes, flash_attention=flash)
-    mem = MemoryEstimate(
-        params_bytes=params * c.dtype_bytes,
-        grads_bytes=params * c.dtype_bytes,
-        optimizer_bytes=int(opt_params * optimizer_bytes_per_param(c.dtype_bytes)),
-        activations_bytes=int(acts),
-        kv_cache_bytes=0,
-    )
+    p_bytes, g_bytes, o_bytes, gathered = model_state_bytes(
+        params, largest_local_param(c.arch, c.head, c.tp), layer_param_count(c.arch, c.head, c.tp),
+        c.dp, c.dtype_bytes, zero_stage)
+    mem = MemoryEstimate(params_bytes=p_bytes, grads_bytes=g_bytes, optimizer_bytes=o_bytes,
+                         activations_bytes=int(acts), kv_cache_bytes=0, gathered_bytes=gathered)
     flops = train_flops_per_token(c.arch, c.head, seq) * s.num_seqs * seq * s.epochs
     return CallEstimate(time_s, bd, mem, flops)
+
+
+def _dp_comm_s(c: _Ctx, stage_bytes: float, zero_stage: int) -> float:
+    """Data-parallel traffic of one optimizer step of `m` micro-batches, by ZeRO stage:
+    0 all-reduces the gradients once; 1 reduce-scatters them once and all-gathers the
+    updated parameters (the same bytes); 2 reduce-scatters every micro-batch's
+    gradients as backward makes them; 3 also all-gathers the parameters before each
+    micro-batch's forward and again before its backward (FSDP). Priced as not
+    overlapped with compute: an upper bound where the engine overlaps them."""
+    if c.dp == 1:
+        return 0.0
+    coll = lambda op: c.dev.collective_s(op, stage_bytes, c.dp, c.dp_tier)  # noqa: E731
+    if zero_stage == 0:
+        return coll("all_reduce")
+    if zero_stage == 1:
+        return coll("reduce_scatter") + coll("all_gather")
+    if zero_stage == 2:
+        return c.m * coll("reduce_scatter") + coll("all_gather")
+    return c.m * (coll("reduce_scatter") + 2 * coll("all_gather"))
 
 
 # --------------------------------------------------------------- inference
@@ -402,11 +420,11 @@ def _generate(c: _Ctx, s: CallShape, flash: bool, trainable: bool) -> CallEstima
 
 
 @lru_cache(maxsize=1 << 17)
-def _estimate_cached(c: _Ctx, shape: CallShape, recompute: bool, shard_optimizer: bool,
+def _estimate_cached(c: _Ctx, shape: CallShape, recompute: bool, zero_stage: int,
                      trainable: bool = False) -> CallEstimate:
     flash = c.dev.profile.flash_attention
     if shape.type == "train":
-        est = _train(c, shape, recompute, shard_optimizer, flash)
+        est = _train(c, shape, recompute, zero_stage, flash)
     elif shape.type == "inference":
         est = _inference(c, shape, flash)
     elif shape.type == "generate":
@@ -442,12 +460,15 @@ def _shared_cores(est: CallEstimate, share: float) -> CallEstimate:
 def estimate_call(arch: ModelArch, head: HeadType, call: CallSpec | CallShape, layout: Layout,
                   micro_batches: int, profile: HardwareProfile, *, trainable: bool,
                   gpus_per_node: int, recompute: bool = False, shard_optimizer: bool = False,
-                  dtype_bytes: int | None = None, num_devices: int | None = None) -> CallEstimate:
+                  zero_stage: int = 0, dtype_bytes: int | None = None,
+                  num_devices: int | None = None) -> CallEstimate:
     """Time, breakdown and per-GPU memory of `call` on `layout` with `micro_batches`.
 
     Raises IllegalLayoutError (a UserError) with the reason when the layout or the
     micro-batch count cannot run the call. `trainable` must be True for train calls.
     `dtype_bytes` is the parameter/activation dtype (default: the profile's dtype).
+    Train calls only: `recompute` (full activation recompute) and `zero_stage` (0-3,
+    memory.TrainMemoryChoice); `shard_optimizer=True` is ZeRO stage 1 at least.
     Cached: repeated questions cost a dictionary lookup.
     """
     why = _layout_problem(arch, layout, gpus_per_node, num_devices)
@@ -464,7 +485,12 @@ def estimate_call(arch: ModelArch, head: HeadType, call: CallSpec | CallShape, l
     c = _Ctx(arch, head, layout.dp, layout.tp, layout.pp, micro_batches, dev,
              dtype_bytes or profile.dtype_bytes, dp_tier, pp_tier,
              profile.core_share(gpus_per_node))
-    return _estimate_cached(c, shape, recompute, shard_optimizer, trainable)
+    if zero_stage not in ZERO_STAGES:
+        raise ValueError(f"zero_stage must be one of {ZERO_STAGES}, not {zero_stage!r}")
+    zero = max(zero_stage, 1) if shard_optimizer else zero_stage
+    if shape.type != "train":
+        recompute, zero = False, 0  # options of train calls only: one cache entry
+    return _estimate_cached(c, shape, recompute, zero, trainable)
 
 
 def decode_step(arch: ModelArch, head: HeadType, batch: int, context: int, profile: HardwareProfile,

@@ -16,6 +16,14 @@ Sources:
   its s x s scores (no FlashAttention); 2*s*b*h per layer with full recompute
   (the checkpointed layer input) plus one layer's activations being rebuilt.
 - KV cache: 2 * layers * kv_heads * head_dim * dtype bytes per token, / tp.
+- ZeRO stages (Rajbhandari et al. 2020, fig. 1): stage 1 shards the optimizer
+  states over dp, stage 2 also the gradients, stage 3 also the parameters;
+  each shard is 1/dp of every parameter (rounded up), as runtime/engine/zero.py
+  holds them. Stage 2 reduce-scatters each gradient as backward produces it,
+  so one parameter's full gradient is alive at a time; stage 3 (FSDP, one
+  layer per unit) gathers a layer's parameters before its forward and
+  backward: two layers' full parameters (one prefetched) and one layer's full
+  gradients are alive at a time.
 """
 
 from __future__ import annotations
@@ -27,6 +35,23 @@ from planner.graph.arch import HeadType, ModelArch
 from planner.layout.sharding import param_rules
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class TrainMemoryChoice:
+    """How a train call keeps model states and activations: the searched options."""
+
+    zero_stage: int = 0      # 0 none; 1 Adam states over dp; 2 + gradients; 3 + parameters
+    recompute: bool = False  # full activation recompute, one checkpoint per layer
+
+    def label(self) -> str:
+        parts = [f"zero{self.zero_stage}"] if self.zero_stage else []
+        parts += ["recompute"] if self.recompute else []
+        return "+".join(parts) or "plain"
+
+
+PLAIN = TrainMemoryChoice()
+ZERO_STAGES = (0, 1, 2, 3)
+
+
 @dataclass(frozen=True, slots=True)
 class MemoryEstimate:
     """Bytes on the most loaded GPU of a call's layout."""
@@ -36,6 +61,9 @@ class MemoryEstimate:
     optimizer_bytes: int
     activations_bytes: int  # activations in flight + logits (+ the prefill working set)
     kv_cache_bytes: int
+    # Full-size copies a sharded state needs while the call runs (ZeRO-2 gradients,
+    # ZeRO-3 parameters and gradients): transient, freed as the call goes.
+    gathered_bytes: int = 0
 
     @property
     def resident_bytes(self) -> int:
@@ -45,7 +73,7 @@ class MemoryEstimate:
     @property
     def transient_bytes(self) -> int:
         """Alive only while the call runs: activations, logits, KV cache."""
-        return self.activations_bytes + self.kv_cache_bytes
+        return self.activations_bytes + self.kv_cache_bytes + self.gathered_bytes
 
     @property
     def peak_bytes(self) -> int:
@@ -55,7 +83,8 @@ class MemoryEstimate:
         return {
             "params": self.params_bytes, "grads": self.grads_bytes,
             "optimizer": self.optimizer_bytes, "activations": self.activations_bytes,
-            "kv_cache": self.kv_cache_bytes, "resident": self.resident_bytes,
+            "kv_cache": self.kv_cache_bytes, "gathered": self.gathered_bytes,
+            "resident": self.resident_bytes,
             "transient": self.transient_bytes, "peak": self.peak_bytes,
         }
 
@@ -69,6 +98,39 @@ def stage_param_counts(arch: ModelArch, head: HeadType, tp: int, pp: int) -> tup
         for p in rule.stages(pp):
             counts[p] += n
     return tuple(counts)
+
+
+def _shard(count: int, dp: int) -> int:
+    return -(-count // dp)
+
+
+def model_state_bytes(params: int, largest_param: int, layer_params: int, dp: int,
+                      dtype_bytes: int, zero_stage: int) -> tuple[int, int, int, int]:
+    """(params, grads, optimizer, gathered) bytes per device of `params` local parameters
+    under a ZeRO stage; `largest_param` and `layer_params` size the transient full copies."""
+    n_p = _shard(params, dp) if zero_stage >= 3 else params
+    n_g = _shard(params, dp) if zero_stage >= 2 else params
+    n_o = _shard(params, dp) if zero_stage >= 1 else params
+    gathered = 0
+    if zero_stage == 2 and dp > 1:
+        gathered = largest_param
+    elif zero_stage >= 3 and dp > 1:
+        gathered = 3 * layer_params
+    return (n_p * dtype_bytes, n_g * dtype_bytes, n_o * optimizer_bytes_per_param(dtype_bytes),
+            gathered * dtype_bytes)
+
+
+@lru_cache(maxsize=4096)
+def largest_local_param(arch: ModelArch, head: HeadType, tp: int) -> int:
+    """Elements of the largest parameter one tp rank holds (a ZeRO-2 transient gradient)."""
+    return max(r.numel // tp if r.tp_dim is not None else r.numel for r in param_rules(arch, head))
+
+
+@lru_cache(maxsize=4096)
+def layer_param_count(arch: ModelArch, head: HeadType, tp: int) -> int:
+    """Elements of one transformer block on one tp rank (a ZeRO-3 gather unit)."""
+    return sum(r.numel // tp if r.tp_dim is not None else r.numel
+               for r in param_rules(arch, head) if r.layer == 0)
 
 
 def optimizer_bytes_per_param(dtype_bytes: int) -> int:

@@ -7,6 +7,9 @@ cost model once, on the shape's first position. What survives:
 
 1. legal (cost_model.layout_problem, batch rules) and fitting alone in a
    device's memory: peak = model states + working memory (+ nothing else);
+   a train call's strategies come in each of its memory choices (ZeRO stage,
+   activation recompute; `CallContext.memory_choices`), priced by the cost
+   model like any other strategy;
 2. per shape, a few *memory levels*: the fastest strategy, and the fastest one
    whose peak stays under 75%, 50% and 30% of the device memory, so a search
    that must squeeze other models' resident states next to it has leaner
@@ -31,6 +34,7 @@ from typing import Mapping
 from planner.cost_model import IllegalLayoutError, dtype_bytes_for, estimate_call
 from planner.cost_model.legality import backend_problem, layout_problem
 from planner.cost_model.profile import for_backend
+from planner.cost_model.memory import PLAIN, TrainMemoryChoice
 from planner.cost_model.profile import HardwareProfile
 from planner.graph.spec import CallSpec, ModelSpec
 from planner.layout.layout import Layout, format_layout
@@ -39,6 +43,11 @@ from planner.search.meshes import MeshShape, mesh_shapes, mesh_starts
 
 # Peak-memory fractions that define the memory levels kept per mesh shape.
 MEMORY_LEVELS = (1.0, 0.75, 0.5, 0.3)
+
+# The train-call memory choices the search may pick: what runtime/engine runs
+# (ZeRO-1/2 over dp, activation recompute). ZeRO-3 is priced by the cost model
+# but the engine does not shard parameters yet, so it is not offered.
+SEARCHED_MEMORY_CHOICES = tuple(TrainMemoryChoice(z, r) for z in (0, 1, 2) for r in (False, True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +63,7 @@ class Candidate:
     breakdown_s: Mapping[str, float] = field(default_factory=dict, compare=False)
     grads_bytes: int = 0     # of states_bytes (the rest past params is optimizer states)
     kv_cache_bytes: int = 0  # of work_bytes (the rest is activations)
+    memory: TrainMemoryChoice = PLAIN  # train calls: ZeRO stage and recompute
 
     @property
     def lo(self) -> int:
@@ -69,7 +79,8 @@ class Candidate:
         return self.states_bytes + self.work_bytes
 
     def label(self) -> str:
-        return f"{format_layout(self.layout)} m{self.micro_batches}"
+        extra = f" {self.memory.label()}" if self.memory != PLAIN else ""
+        return f"{format_layout(self.layout)} m{self.micro_batches}{extra}"
 
 
 def _divisors(n: int) -> list[int]:
@@ -93,9 +104,10 @@ class CallContext:
     profile: HardwareProfile
     gpus_per_node: int
     num_devices: int
-    shard_optimizer: bool = False  # Adam states sharded over dp (ZeRO-1); the runtime does not
+    shard_optimizer: bool = False  # what-if: every train call at least ZeRO-1
     headroom_bytes: int = 0        # kept free on every device (cost_model.memory_headroom_bytes)
     backend: str = "native"  # generation backend (planner/graph/backends.resolve_backend)
+    memory_choices: tuple[TrainMemoryChoice, ...] = (PLAIN,)  # train calls only
 
     @property
     def capacity_bytes(self) -> int:
@@ -103,7 +115,8 @@ class CallContext:
         return self.profile.memory_bytes - self.headroom_bytes
 
 
-def price(ctx: CallContext, layout: Layout, micro_batches: int) -> Candidate:
+def price(ctx: CallContext, layout: Layout, micro_batches: int,
+          memory: TrainMemoryChoice = PLAIN) -> Candidate:
     """The cost model's answer for one layout; raises IllegalLayoutError when it cannot run."""
     m = ctx.model
     why = backend_problem(m.architecture, ctx.backend, layout)
@@ -113,10 +126,20 @@ def price(ctx: CallContext, layout: Layout, micro_batches: int) -> Candidate:
     est = estimate_call(m.architecture, m.head, ctx.call, layout, micro_batches, profile,
                         trainable=m.trainable, gpus_per_node=ctx.gpus_per_node,
                         num_devices=ctx.num_devices, shard_optimizer=ctx.shard_optimizer,
-                        dtype_bytes=dtype_bytes_for(m, ctx.profile))
+                        dtype_bytes=dtype_bytes_for(m, ctx.profile),
+                        zero_stage=memory.zero_stage, recompute=memory.recompute)
     mem = est.memory
     return Candidate(layout, micro_batches, est.time_s, mem.params_bytes, mem.resident_bytes,
-                     mem.transient_bytes, est.breakdown, mem.grads_bytes, mem.kv_cache_bytes)
+                     mem.transient_bytes, est.breakdown, mem.grads_bytes, mem.kv_cache_bytes,
+                     memory)
+
+
+def _choices(ctx: CallContext, dp: int) -> tuple[TrainMemoryChoice, ...]:
+    """The memory choices that differ on this layout: none but plain off train calls;
+    ZeRO stages only with dp > 1 (nothing to shard over otherwise)."""
+    if ctx.call.type != "train":
+        return (PLAIN,)
+    return tuple(c for c in ctx.memory_choices if dp > 1 or c.zero_stage == 0) or (PLAIN,)
 
 
 def _rank_seqs(call: CallSpec, dp: int) -> int:
@@ -160,24 +183,26 @@ def shape_options(ctx: CallContext, layout_devices: tuple[int, ...], *, max_pp: 
             if dp > (ctx.call.num_seqs if ctx.call.type != "train"
                      else math.ceil(ctx.call.num_seqs / ctx.call.minibatches)):
                 continue
-            best_s = math.inf
-            for mb in micro_batch_counts(ctx, dp, max_micro_batches):
-                check_budget("pricing layouts")
-                try:
-                    cand = price(ctx, layout, mb)
-                except IllegalLayoutError:
-                    continue
-                fits = cand.peak_bytes <= cap
-                if fits:
-                    out.append(cand)
-                    best_s = min(best_s, cand.time_s)
-                # More micro-batches trade time for memory (and, with pp > 1, shrink the
-                # pipeline fill until about 4*pp): stop once one is 1.5x slower than the best
-                # of this split, or past 4*pp and under the leanest memory level.
-                if fits and (cand.time_s > 1.5 * best_s
-                             or (mb >= 4 * pp and cand.peak_bytes <= MEMORY_LEVELS[-1] * cap)):
-                    break
-    out.sort(key=lambda c: (c.time_s, c.peak_bytes, c.layout.tp, c.layout.pp, c.micro_batches))
+            for choice in _choices(ctx, dp):
+                best_s = math.inf
+                for mb in micro_batch_counts(ctx, dp, max_micro_batches):
+                    check_budget("pricing layouts")
+                    try:
+                        cand = price(ctx, layout, mb, choice)
+                    except IllegalLayoutError:
+                        continue
+                    fits = cand.peak_bytes <= cap
+                    if fits:
+                        out.append(cand)
+                        best_s = min(best_s, cand.time_s)
+                    # More micro-batches trade time for memory (and, with pp > 1, shrink
+                    # the pipeline fill until about 4*pp): stop once one is 1.5x slower than
+                    # the best of this split, or past 4*pp and under the leanest level.
+                    if fits and (cand.time_s > 1.5 * best_s
+                                 or (mb >= 4 * pp and cand.peak_bytes <= MEMORY_LEVELS[-1] * cap)):
+                        break
+    out.sort(key=lambda c: (c.time_s, c.peak_bytes, c.layout.tp, c.layout.pp, c.micro_batches,
+                            c.memory))
     return out
 
 
@@ -198,7 +223,7 @@ def moved(c: Candidate, start: int) -> Candidate:
     n = lay.world_size
     return Candidate(Layout(tuple(range(start, start + n)), lay.dp, lay.tp, lay.pp),
                      c.micro_batches, c.time_s, c.params_bytes, c.states_bytes, c.work_bytes,
-                     c.breakdown_s, c.grads_bytes, c.kv_cache_bytes)
+                     c.breakdown_s, c.grads_bytes, c.kv_cache_bytes, c.memory)
 
 
 @dataclass
@@ -257,11 +282,12 @@ def _leanest(ctx: CallContext, num_nodes: int, max_pp: int) -> Candidate | None:
             if layout_problem(arch, lay, ctx.gpus_per_node, ctx.num_devices):
                 continue
             for mb in micro_batch_counts(ctx, lay.dp):
-                check_budget("pricing layouts")
-                try:
-                    c = price(ctx, lay, mb)
-                except IllegalLayoutError:
-                    continue
-                if best is None or c.peak_bytes < best.peak_bytes:
-                    best = c
+                for choice in _choices(ctx, lay.dp):
+                    check_budget("pricing layouts")
+                    try:
+                        c = price(ctx, lay, mb, choice)
+                    except IllegalLayoutError:
+                        continue
+                    if best is None or c.peak_bytes < best.peak_bytes:
+                        best = c
     return best

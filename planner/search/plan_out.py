@@ -27,12 +27,14 @@ from planner.plan import (
     CallEstimate,
     DeviceMemory,
     ExecutionPlan,
+    MemoryChoice,
     ModelHome,
     Provenance,
     ReallocStep,
     TimelineEvent,
     TransferPieces,
 )
+from planner.cost_model.memory import PLAIN
 from planner.search import residency
 from planner.search.candidates import price
 from planner.search.problem import Problem, load_cluster_profile
@@ -107,9 +109,13 @@ def build_plan(p: Problem, assign: tuple[int, ...], *, provenance: Provenance,
                                end_s=max(0.0, run.end_s - origin),
                                peak_memory_bytes=int(mem[i]), breakdown_s=breakdown)
         lay = cand.layout
+        choice = None
+        if cand.memory != PLAIN:
+            choice = MemoryChoice(zero_stage=cand.memory.zero_stage,
+                                  recompute=cand.memory.recompute)
         calls.append(CallAssignment(name=name, device_ids=list(lay.device_ids), dp=lay.dp,
                                     tp=lay.tp, pp=lay.pp, micro_batches=cand.micro_batches,
-                                    backend=p.contexts[i].backend, estimate=est,
+                                    backend=p.contexts[i].backend, memory=choice, estimate=est,
                                     after=[p.names[u] for u in p.preds[i]]))
 
     reallocs = [_realloc_step(exact, assign, i, by_call.get(i, {}).get("realloc"), origin)

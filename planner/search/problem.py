@@ -32,6 +32,7 @@ from planner.cost_model import (
     memory_headroom_bytes,
     realloc_cost,
 )
+from planner.cost_model.memory import TrainMemoryChoice
 from planner.cost_model.profile import HardwareProfile, load_spec_profile
 from planner.cost_model.runtime_terms import KEY_BYTES_PER_TOKEN, host_function_s
 from planner.errors import UserError
@@ -39,7 +40,14 @@ from planner.graph.backends import BACKENDS, resolve_backend, vllm_installed
 from planner.graph.dataflow import build_graph, call_order, home_calls, param_lag_edges
 from planner.graph.spec import CallSpec, Spec
 from planner.layout.layout import Layout
-from planner.search.candidates import CallCandidates, CallContext, Candidate, enumerate_call, price
+from planner.search.candidates import (
+    SEARCHED_MEMORY_CHOICES,
+    CallCandidates,
+    CallContext,
+    Candidate,
+    enumerate_call,
+    price,
+)
 
 
 class ImpossibleSpecError(UserError):
@@ -75,6 +83,7 @@ class Problem:
 
     def __init__(self, spec: Spec, profile: HardwareProfile, *, top_k: int = 40,
                  max_pp: int = 16, exact_moves: bool = False, shard_optimizer: bool = False,
+                 memory_choices: tuple[TrainMemoryChoice, ...] = SEARCHED_MEMORY_CHOICES,
                  every_node_count: bool = False,
                  candidates: list[list[Candidate]] | None = None) -> None:
         self.spec = spec
@@ -121,7 +130,8 @@ class Problem:
 
         self.contexts = [CallContext(c, spec.models[c.model], profile, cl.gpus_per_node,
                                      cl.num_devices, shard_optimizer, self.headroom_bytes,
-                                     backend=self._backend(c, profile, max_pp))
+                                     backend=self._backend(c, profile, max_pp),
+                                     memory_choices=memory_choices)
                          for c in self.calls]
         self.dtype_bytes = [dtype_bytes_for(spec.models[m], profile) for m in self.model_of]
         self.enumerated: list[CallCandidates] | None = None
