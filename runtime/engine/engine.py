@@ -9,7 +9,9 @@ same local batch, every dp replica its own part of the global batch):
 - `logits`, `logprobs`, `values`: inference, micro-batched through the stages;
 - `train_step`: forward + backward over micro-batches (GPipe order: all
   forwards, then all backwards), dp gradient sum, one AdamW step with
-  gradient clipping;
+  gradient clipping; with `zero_stage` 1 or 2 the gradient sum is a
+  reduce-scatter and AdamW states (and, at 2, gradients) are sharded over dp
+  (zero.py); `activation_checkpointing` recomputes each layer in backward;
 - generation lives in generate.py, checkpoints in checkpoint.py.
 Results are returned on every rank (the last stage broadcasts them over pp).
 
@@ -33,6 +35,7 @@ from planner.layout.sharding import check_layout, layer_stages, local_shards, pa
 from runtime.engine.model import Decoder, init_tensor
 from runtime.engine.ops import gather_vocab, token_logprobs
 from runtime.engine.parallelize import ParallelGroups, apply_tp, local
+from runtime.engine.zero import SUPPORTED_STAGES, ZeroOptimizer
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[torch.Tensor, Batch], tuple[torch.Tensor, torch.Tensor | float]]
@@ -63,8 +66,11 @@ class Engine:
                  activation_checkpointing: bool = False, lr: float = 1e-5,
                  betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
                  weight_decay: float = 0.0,
-                 max_grad_norm: float | None = 1.0) -> None:
+                 max_grad_norm: float | None = 1.0, zero_stage: int = 0) -> None:
         layout = groups.layout
+        if zero_stage not in SUPPORTED_STAGES:
+            raise ValueError(f"zero_stage {zero_stage} is not supported by the engine "
+                             f"(supported: {SUPPORTED_STAGES})")
         check_layout(arch, layout)
         if (arch.tied_embeddings and head == "lm" and layout.pp > 1
                 and groups.embed_group is None):
@@ -94,7 +100,12 @@ class Engine:
             self.init_weights(seed)
         self.optim_kwargs = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         self.max_grad_norm = max_grad_norm
-        self.optimizer: torch.optim.Optimizer | None = None
+        # With dp 1 there is nothing to shard over: ZeRO is the plain step.
+        self.zero_stage = zero_stage if layout.dp > 1 else 0
+        self.optimizer: torch.optim.Optimizer | ZeroOptimizer | None = None
+        # Called as on_before_step(engine) after the last backward of a step, before
+        # the gradient sum: where model-state bytes peak (tests measure them there).
+        self.on_before_step: Callable[["Engine"], None] | None = None
 
     @classmethod
     def from_checkpoint(cls, path: str, groups: ParallelGroups, head: HeadType = "lm",
@@ -233,7 +244,11 @@ class Engine:
                            (b, s), torch.float32)
 
     # -- training -------------------------------------------------------------
-    def _make_optimizer(self) -> torch.optim.Optimizer:
+    def _make_optimizer(self) -> torch.optim.Optimizer | ZeroOptimizer:
+        if self.zero_stage:
+            g = self.groups
+            return ZeroOptimizer(self.params, stage=self.zero_stage, group=g.dp_group,
+                                 dp=self.dp, dp_rank=g.d, **self.optim_kwargs)
         params = list(self.model.parameters())
         # foreach kernels do not take DTensor and plain tensors in one list.
         return torch.optim.AdamW(params, foreach=False, **self.optim_kwargs)
@@ -286,9 +301,14 @@ class Engine:
         loss_total, weight_total = counts.tolist()
         if weight_total <= 0:
             raise ValueError("the batch has zero loss weight (no token to train on)")
-        self._sync_grads(1.0 / weight_total)
-        grad_norm = self._clip_grads()
-        self.optimizer.step()
+        if self.on_before_step is not None:
+            self.on_before_step(self)
+        if self.zero_stage:
+            grad_norm = self._zero_step(1.0 / weight_total)
+        else:
+            self._sync_grads(1.0 / weight_total)
+            grad_norm = self._clip_grads()
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {"loss": loss_total / weight_total, "grad_norm": grad_norm,
                 "weight": weight_total}
@@ -317,28 +337,78 @@ class Engine:
     @torch.no_grad()
     def _clip_grads(self) -> float:
         """Global L2 norm over every parameter once; scale grads to max_grad_norm."""
+        sq = {name: local(p.grad).double().pow(2).sum() for name, p in self.params.items()}
+        norm = self._global_norm(sq)
+        coef = self._clip_coef(norm)
+        if coef is not None:
+            for p in self.params.values():
+                local(p.grad).mul_(coef)
+        return norm
+
+    @torch.no_grad()
+    def _zero_step(self, scale: float) -> float:
+        """ZeRO: sum gradients into dp chunks, clip by the global norm, step, gather."""
+        z, g = self.optimizer, self.groups
+        z.reduce_pending()
+        embed = "model.embed_tokens.weight"
+        if g.embed_group is not None and embed in self.params:
+            # Both stages hold the same chunk of the tied embedding: sum them.
+            if embed not in z.grads:
+                z.grads[embed] = torch.zeros(z.chunk[embed], dtype=self.dtype,
+                                             device=self.device)
+            dist.all_reduce(z.grads[embed], group=g.embed_group)
+        z.scale_(scale)
+        sq = {name: z.valid(name).double().pow(2).sum() for name in self.params}
+        norm = self._global_norm(sq, dp_group=g.dp_group)
+        coef = self._clip_coef(norm)
+        if coef is not None:
+            z.scale_(coef)
+        z.step()
+        return norm
+
+    def _clip_coef(self, norm: float) -> float | None:
+        if self.max_grad_norm is not None and norm > self.max_grad_norm:
+            return self.max_grad_norm / (norm + 1e-6)
+        return None
+
+    def _global_norm(self, sq: dict[str, torch.Tensor], dp_group=None) -> float:
+        """sqrt of the sum of squares of every parameter's gradient, counted once:
+        tp-sharded ones summed over tp, every stage over pp (and, when each dp rank
+        holds a chunk, over dp). The last stage's tied embedding copy is not counted."""
         g = self.groups
         sharded = torch.zeros((), dtype=torch.float64, device=self.device)
         replicated = torch.zeros((), dtype=torch.float64, device=self.device)
-        for name, p in self.params.items():
+        for name, v in sq.items():
             if self.tied_copy and name == "model.embed_tokens.weight":
                 continue  # stage 0 counts it
-            sq = local(p.grad).double().pow(2).sum()
             if self.rules[name].tp_dim is not None and self.tp > 1:
-                sharded += sq
+                sharded += v
             else:
-                replicated += sq
+                replicated += v
+        if dp_group is not None:
+            both = torch.stack([sharded, replicated])
+            dist.all_reduce(both, group=dp_group)
+            sharded, replicated = both[0], both[1]
         if self.tp > 1:
             dist.all_reduce(sharded, group=g.tp_group)
         total = sharded + replicated
         if self.pp > 1:
             dist.all_reduce(total, group=g.pp_group)
-        norm = float(total.sqrt())
-        if self.max_grad_norm is not None and norm > self.max_grad_norm:
-            coef = self.max_grad_norm / (norm + 1e-6)
-            for p in self.params.values():
-                local(p.grad).mul_(coef)
-        return norm
+        return float(total.sqrt())
+
+    def model_state_bytes(self) -> dict[str, int]:
+        """Bytes this rank holds now in parameters, gradients and optimizer states."""
+        nbytes = lambda t: local(t).numel() * local(t).element_size()  # noqa: E731
+        params = sum(nbytes(p) for p in self.params.values())
+        grads = sum(nbytes(p.grad) for p in self.params.values() if p.grad is not None)
+        opt = 0
+        if isinstance(self.optimizer, ZeroOptimizer):
+            g_chunks, opt = self.optimizer.state_bytes()
+            grads += g_chunks
+        elif self.optimizer is not None:
+            opt = sum(nbytes(v) for st in self.optimizer.state.values()
+                      for k, v in st.items() if torch.is_tensor(v) and k != "step")
+        return {"params": params, "grads": grads, "optimizer": opt}
 
 
 def _all_reduce_flat(tensors: list[torch.Tensor], group) -> None:

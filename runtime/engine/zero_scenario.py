@@ -1,0 +1,69 @@
+"""A named scenario: train steps of one tiny model under each train-call memory
+choice (ZeRO stage, activation recompute) on one dp layout, in gloo processes.
+
+Shared by tests/test_engine_zero.py and tools/bench_memory_choices.py. Each
+rank writes, per variant: the step losses and gradient norms, the gradient
+the optimizer stepped with (the whole local gradient, or this rank's ZeRO
+chunk and where it starts), the parameters after the steps, and the model
+state bytes the engine held after the last backward of the last step.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from planner.graph.arch import get_preset
+from planner.layout.layout import parse_layout
+from runtime.engine.engine import Engine
+from runtime.engine.parallelize import build_groups, local
+from runtime.engine.scenarios import dp_part
+from runtime.engine.testing import random_batch
+
+# name -> (zero_stage, recompute)
+VARIANTS = {"plain": (0, False), "zero1": (1, False), "zero2": (2, False),
+            "recompute": (0, True), "zero2+recompute": (2, True)}
+
+
+def memory_choices_scenario(rank: int, preset: str, layout_text: str, out_dir: str,
+                            steps: int = 2, micro_batches: int = 2) -> None:
+    arch = get_preset(preset)
+    layout = parse_layout(layout_text)
+    groups = build_groups(layout, tied_embeddings=arch.tied_embeddings)
+    if groups is None:
+        return
+    data = random_batch(arch, 8, 12, seed=0, pad_left=[0, 2, 1, 0])
+    batch = {k: dp_part(v, layout.dp, groups.d) for k, v in data.items()}
+    results = {}
+    for name, (zero, recompute) in VARIANTS.items():
+        eng = Engine(arch, groups, seed=1, lr=1e-2, max_grad_norm=0.5, zero_stage=zero,
+                     activation_checkpointing=recompute)
+        eng.optimizer = eng._make_optimizer()
+        seen: dict = {}
+        eng.on_before_step = lambda e: seen.__setitem__("bytes", e.model_state_bytes())
+        _capture_step_grads(eng, seen)
+        stats = [eng.train_step(batch, micro_batches=micro_batches) for _ in range(steps)]
+        results[name] = {"loss": [s["loss"] for s in stats],
+                         "grad_norm": [s["grad_norm"] for s in stats],
+                         "grads": seen["grads"], "bytes": seen["bytes"],
+                         "params": {k: v.clone() for k, v in eng.local_tensors().items()}}
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def _capture_step_grads(eng: Engine, seen: dict) -> None:
+    """Record the gradients each optimizer step uses (after dp sum and clipping):
+    name -> (first flat index, values)."""
+    opt = eng.optimizer
+    inner = opt.step
+
+    def step(*args, **kwargs):
+        if eng.zero_stage:
+            seen["grads"] = {n: (eng.groups.d * opt.chunk[n], opt.valid(n).clone())
+                             for n in eng.params}
+        else:
+            seen["grads"] = {n: (0, local(p.grad).reshape(-1).clone())
+                             for n, p in eng.params.items()}
+        return inner(*args, **kwargs)
+
+    opt.step = step
