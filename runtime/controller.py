@@ -324,4 +324,5 @@ class Controller:
                 m[f"{name}/loss"] = sum(s["loss"] for s in steps) / len(steps)
                 m[f"{name}/loss_first_step"] = steps[0]["loss"]
                 m[f"{name}/grad_norm"] = sum(s["grad_norm"] for s in steps) / len(steps)
+                m[f"{name}/state_bytes"] = max(s.get("state_bytes", 0) for s in steps)
         return m

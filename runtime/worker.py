@@ -38,12 +38,13 @@ import torch.distributed as dist
 from planner.graph.spec import CallSpec, Spec
 from planner.layout.layout import Layout
 from planner.layout.transfer import TransferPlan, unpack_rows
-from planner.plan import ExecutionPlan, ReallocStep
+from planner.plan import ExecutionPlan, MemoryChoice, ReallocStep
 from runtime import losses
 from runtime.engine.checkpoint import load_checkpoint, save_checkpoint
 from runtime.engine.engine import Batch, Engine, split_batch
 from runtime.engine.generate import GenerationConfig
 from runtime.engine.parallelize import build_groups, local
+from runtime.engine.zero import ZeroOptimizer
 from runtime.generation import backend_class
 from runtime.realloc.executor import execute, plan_crosses_devices
 
@@ -170,9 +171,16 @@ class Worker:
         m = self.spec.models[model]
         opt = m.optimizer
         seed = init_seed(self.spec, model, self.seed) if init else None
+        # The plan's memory choice of the model's train call applies on its home layout,
+        # where it trains (a temporary copy elsewhere never trains).
+        home = next(h for h in self.plan.homes if h.model == model)
+        choice = self.plan.assignment(home.call).memory
+        if choice is None or layout != home_layout(self.plan, model):
+            choice = MemoryChoice()
         return Engine(m.architecture, groups, m.head, seed=seed,
                       lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay,
-                      max_grad_norm=opt.max_grad_norm)
+                      max_grad_norm=opt.max_grad_norm, zero_stage=choice.zero_stage,
+                      activation_checkpointing=choice.recompute)
 
     def _temp_engine(self, model: str, layout: Layout) -> Engine | None:
         """The engine of `model` on a layout away from home, built on first use with
@@ -312,11 +320,16 @@ class Worker:
         loss_fn = functools.partial(getattr(losses, loss_name), **kwargs)
         tensors = {k: v for k, v in batch.items() if k != "prompt_len"}
         steps = []
+        # Model-state bytes where they peak (after the last backward): what the
+        # plan's memory choice (ZeRO stage) buys, reported per step.
+        held: dict[str, int] = {}
+        engine.on_before_step = lambda e: held.update(e.model_state_bytes())
         for _ in range(call.epochs):
             for mb in split_batch(tensors, call.minibatches):  # spec: minibatches <= num_seqs
                 mine = {k: torch.tensor_split(v, dp)[engine.groups.d] for k, v in mb.items()}
                 mbs = min(micro_batches, mine["input_ids"].shape[0])
-                steps.append(engine.train_step(mine, loss_fn, mbs))
+                steps.append({**engine.train_step(mine, loss_fn, mbs),
+                              "state_bytes": sum(held.values())})
         return {"steps": steps}
 
     # -- checkpoints ------------------------------------------------------
@@ -367,6 +380,8 @@ def _optimizer_state(engine: Engine) -> dict[str, dict[str, torch.Tensor]]:
     """Adam moments of this rank's shards, by parameter name (plain local tensors)."""
     if engine.optimizer is None:
         return {}
+    if isinstance(engine.optimizer, ZeroOptimizer):  # this rank's chunks, by name
+        return engine.optimizer.state_by_name()
     out = {}
     for name, p in engine.params.items():
         st = engine.optimizer.state.get(p)
@@ -380,6 +395,9 @@ def _load_optimizer_state(engine: Engine, saved: dict[str, dict[str, torch.Tenso
     if not saved:
         return
     engine.optimizer = engine._make_optimizer()
+    if isinstance(engine.optimizer, ZeroOptimizer):
+        engine.optimizer.load_state_by_name(saved)
+        return
     for name, p in engine.params.items():
         if name not in saved:
             continue
