@@ -14,12 +14,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from planner import limits as L
+from planner.cost_model.memory import TrainMemoryChoice
 from planner.errors import UserError
 from planner.graph.loader import load_spec
 from planner.outputs import check_output_file
 from planner.plan import save_plan
 from planner.search.cpsat import check_params
 from planner.search.driver import METHODS, SearchOutcome, search
+from planner.search.memory_report import choice_effects
 from planner.search.staleness import StalenessOutcome, search_staleness
 
 EXAMPLES = """examples:
@@ -29,6 +31,7 @@ EXAMPLES = """examples:
   planner search specs/dpo-llama3-8b-8gpu.yaml -o plan.json --method baseline
   planner search specs/tiny-ppo-cpu.yaml -o plan.json --steps 5000   # deterministic
   planner search spec-with-max_staleness-1.yaml -o plan.json   # table per staleness 0..K
+  planner search specs/ppo-llama2-7b-16gpu.yaml -o plan.json --no-memory-choices
 """
 
 
@@ -51,6 +54,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="candidates kept per call (default 40)")
     p.add_argument("--every-node-count", action="store_true",
                    help="multi-node meshes of every node count (default: 2^j and N-2^j nodes)")
+    p.add_argument("--no-memory-choices", action="store_true",
+                   help="train calls plain only: no ZeRO-1/2, no activation recompute "
+                        "(default: the search picks them per train call)")
     p.add_argument("--steps", type=int, metavar="N",
                    help="MCMC steps instead of a time limit: same seed, same plan")
     p.add_argument("--workers", type=int, default=2, help="CP-SAT workers (default 2)")
@@ -79,11 +85,14 @@ def plan_table(out: SearchOutcome) -> Table:
     """The chosen plan, call by call, in the steady-state iteration."""
     t = Table(title=f"plan ({out.method}): {out.exact_period_s:.3f} s per iteration")
     for col, just in (("call", "left"), ("layout", "left"), ("micro-batches", "right"),
-                      ("start (s)", "right"), ("end (s)", "right"), ("peak GiB", "right")):
+                      ("memory", "left"), ("start (s)", "right"), ("end (s)", "right"),
+                      ("peak GiB", "right")):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
     for a in out.plan.calls:
         e = a.estimate
-        t.add_row(a.name, a.layout_str, str(a.micro_batches),
+        mem = (TrainMemoryChoice(a.memory.zero_stage, a.memory.recompute).label()
+               if a.memory else "-")
+        t.add_row(a.name, a.layout_str, str(a.micro_batches), mem,
                   f"{e.start_s:.3f}" if e else "-", f"{e.end_s:.3f}" if e else "-",
                   f"{e.peak_memory_bytes / 2**30:.1f}" if e else "-")
     return t
@@ -145,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
         common = dict(spec_path=args.spec, method=args.method, time_limit_s=args.time_limit,
                       seed=args.seed, top_k=args.top_k, steps=args.steps, workers=args.workers,
                       cpsat_params=args.cpsat_params, progress=progress,
-                      every_node_count=args.every_node_count)
+                      every_node_count=args.every_node_count,
+                      memory_choices=not args.no_memory_choices)
         stale = search_staleness(spec, **common) if spec.max_staleness else None
         out = stale.chosen if stale else search(spec, **common)
     save_plan(out.plan, args.output)
@@ -156,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
                    f"staleness {out.problem.staleness}")
     show.print(plan_table(out))
     show.print(comparison_table(out))
+    for effect in choice_effects(out.problem, out.assignment):
+        show.print(effect.line(), highlight=False, soft_wrap=True)
     if out.lower_bound_s is not None:
         show.print(f"CP-SAT lower bound {out.lower_bound_s:.3f} s; gap of the plan "
                    f"{100 * (out.gap or 0.0):.2f}% (search cost model: {out.period_s:.3f} s)")

@@ -32,6 +32,7 @@ from planner.search.budget import budget as time_budget
 from planner.search.cpsat import cpsat_search
 from planner.search.mcmc import SearchResult, mcmc_search
 from planner.search.plan_out import build_plan, exact_evaluation
+from planner.cost_model.memory import PLAIN
 from planner.search.problem import Problem, build_problem
 from planner.search.simulator import Simulator
 
@@ -95,16 +96,19 @@ def _no_fit_message(p: Problem, sim: Simulator, closest: tuple[int, ...] | None)
 def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "auto",
            time_limit_s: float = 10.0, seed: int = 0, top_k: int = 40, steps: int | None = None,
            workers: int = 2, cpsat_params: str = "", progress: Progress | None = None,
-           problem: Problem | None = None, every_node_count: bool = False) -> SearchOutcome:
-    """Find a plan for `spec`; see the module docstring."""
+           problem: Problem | None = None, every_node_count: bool = False,
+           memory_choices: bool = True) -> SearchOutcome:
+    """Find a plan for `spec`; see the module docstring. `memory_choices=False`:
+    train calls only as plain (no ZeRO, no recompute), for comparison."""
     if method not in METHODS:
         raise UserError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
     t0 = time.perf_counter()
     if progress:
         progress("candidates", 0.0, None)
+    extra = {} if memory_choices else {"memory_choices": (PLAIN,)}
     with time_budget(time_limit_s, t0):  # pricing and baselines grow with the cluster
         p = problem or build_problem(spec, spec_path, top_k=top_k,
-                                     every_node_count=every_node_count)
+                                     every_node_count=every_node_count, **extra)
         t_priced = time.perf_counter()
         sim = Simulator(p)
         if progress:

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from planner.cost_model.memory import PLAIN
 from planner.graph.spec import Spec
 from planner.search.driver import Progress, SearchOutcome, search
 from planner.search.problem import Problem, build_problem
@@ -35,12 +36,15 @@ class StalenessOutcome:
 def search_staleness(spec: Spec, *, spec_path: str | Path | None = None,
                      time_limit_s: float = 10.0, top_k: int = 40,
                      every_node_count: bool = False, problem: Problem | None = None,
-                     progress: Progress | None = None, **kwargs) -> StalenessOutcome:
+                     progress: Progress | None = None, memory_choices: bool = True,
+                     **kwargs) -> StalenessOutcome:
     """Search every staleness bound 0..spec.max_staleness; `kwargs` go to `search`."""
     t0 = time.perf_counter()
     if progress:
         progress("candidates", 0.0, None)
-    p = problem or build_problem(spec, spec_path, top_k=top_k, every_node_count=every_node_count)
+    extra = {} if memory_choices else {"memory_choices": (PLAIN,)}  # see search()
+    p = problem or build_problem(spec, spec_path, top_k=top_k, every_node_count=every_node_count,
+                                 **extra)
     num = spec.max_staleness + 1
     per_k: list[SearchOutcome] = []
     for k in range(num):
