@@ -14,6 +14,10 @@ from planner.search.problem import Problem
 GIB = 2 ** 30
 
 
+def _size(nbytes: float) -> str:
+    return f"{nbytes / GIB:.1f} GiB" if nbytes >= GIB / 10 else f"{nbytes / 2**20:.2f} MiB"
+
+
 @dataclass(frozen=True)
 class ChoiceEffect:
     call: str
@@ -24,12 +28,12 @@ class ChoiceEffect:
     def line(self) -> str:
         c, p = self.chosen, self.plain
         head = (f"{self.call}: {c.memory.label()} on {c.label().rsplit(' ', 1)[0]}: "
-                f"model states {c.states_bytes / GIB:.1f} GiB/device")
+                f"model states {_size(c.states_bytes)}/device")
         if p is None:
             return head
         fits = "" if p.peak_bytes <= self.capacity_bytes else ", does not fit"
-        return (f"{head} (plain {p.states_bytes / GIB:.1f}), peak alone {c.peak_bytes / GIB:.1f} GiB "
-                f"(plain {p.peak_bytes / GIB:.1f}{fits}), call {c.time_s:.3f} s "
+        return (f"{head} (plain {_size(p.states_bytes)}), peak alone {_size(c.peak_bytes)} "
+                f"(plain {_size(p.peak_bytes)}{fits}), call {c.time_s:.3f} s "
                 f"(plain {p.time_s:.3f} s)")
 
 
