@@ -19,6 +19,7 @@ import re
 from rich.console import Console
 from rich.table import Table
 
+from planner.cost_model.memory import PLAIN, TrainMemoryChoice
 from planner.errors import UserError
 from planner.graph.loader import load_spec
 from planner.layout.layout import Layout, LayoutError, parse_layout
@@ -94,15 +95,18 @@ def parse_alloc(text: str, names: list[str]) -> dict[str, tuple[Layout, int | No
 
 
 def assignment_of(p: Problem, alloc: dict[str, tuple[Layout, int | None]], *,
-                  where: str = "--alloc") -> tuple[int, ...]:
-    """Candidate indices of a hand-written plan (each layout priced by the cost model)."""
+                  where: str = "--alloc",
+                  memory: dict[str, TrainMemoryChoice] | None = None) -> tuple[int, ...]:
+    """Candidate indices of a hand-written plan (each layout priced by the cost model);
+    `memory`: train calls' memory choices as a plan records them (default plain)."""
     a = []
     for i, name in enumerate(p.names):
         layout, mb = alloc[name]
+        choice = (memory or {}).get(name, PLAIN)
         if layout.device_ids and max(layout.device_ids) >= p.num_devices:
             raise AllocError(f"{where} {name}: device {max(layout.device_ids)} does not exist "
                              f"(the cluster has devices 0-{p.num_devices - 1})")
-        if mb is None:
+        if mb is None and choice == PLAIN:
             cand = p.best_on_layout(i, layout)
             if cand is None:
                 try:
@@ -111,7 +115,7 @@ def assignment_of(p: Problem, alloc: dict[str, tuple[Layout, int | None]], *,
                     raise AllocError(f"{where} {name}: {err}") from None
         else:
             try:
-                cand = price(p.contexts[i], layout, mb)
+                cand = price(p.contexts[i], layout, mb or 1, choice)
             except UserError as err:
                 raise AllocError(f"{where} {name}: {err}") from None
         a.append(p.add_candidate(i, cand))
@@ -143,9 +147,11 @@ def run(args: argparse.Namespace) -> int:
     if args.plan:
         plan = load_plan(args.plan, spec)
         alloc = {a.name: (a.layout, a.micro_batches) for a in plan.calls}
+        memory = {a.name: TrainMemoryChoice(a.memory.zero_stage, a.memory.recompute)
+                  for a in plan.calls if a.memory is not None}
         # A plan found for a smaller staleness than the spec allows is priced as it assumed.
         pp = p.with_staleness(plan.max_staleness) if plan.max_staleness != p.staleness else p
-        file_plan = (assignment_of(pp, alloc, where=args.plan), plan, pp)
+        file_plan = (assignment_of(pp, alloc, where=args.plan, memory=memory), plan, pp)
     baselines = all_baselines(p, Simulator(p))
 
     t = Table(title="estimated iteration time")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from planner.cost_model import load_profile
+from planner.cost_model.memory import PLAIN
 from planner.graph.loader import spec_from_data
 from planner.graph.spec import Spec
 from planner.layout.layout import Layout
@@ -49,8 +50,10 @@ def hand_problem(spec: Spec, candidates: dict[str, list[Candidate]], *,
                  realloc_s: float | None = None) -> Problem:
     """A problem over hand-made candidates, data transfers free, reallocs optionally fixed."""
     names_order = [c.name for c in spec.calls]
+    # Plain train calls: baselines add priced candidates to a hand problem, and its
+    # scenarios are about scheduling, not the memory choices of train calls.
     p = Problem(spec, load_profile(spec.cluster.hardware, spec.cluster.gpu_memory_gib),
-                candidates=[[]] * len(names_order))
+                candidates=[[]] * len(names_order), memory_choices=(PLAIN,))
     p.candidates = [list(candidates[n]) for n in p.names]
     for e, edge in enumerate(p.edges):
         for uj in range(len(p.candidates[edge.u])):
