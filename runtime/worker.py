@@ -173,7 +173,7 @@ class Worker:
         seed = init_seed(self.spec, model, self.seed) if init else None
         # The plan's memory choice of the model's train call applies on its home layout,
         # where it trains (a temporary copy elsewhere never trains).
-        home = next(h for h in self.plan.homes if h.model == model)
+        home = self.plan.home_of(model)
         choice = self.plan.assignment(home.call).memory
         if choice is None or layout != home_layout(self.plan, model):
             choice = MemoryChoice()
