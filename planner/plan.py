@@ -293,9 +293,9 @@ def check_plan(plan: ExecutionPlan, spec: Spec | None = None, *, file: str = "<p
         for j, u in enumerate(a.after):
             if u not in names:
                 raise PlanError(f"{file} calls[{i}].after[{j}]: '{u}' is not a call of the spec")
-        if a.memory is not None and spec.call(a.name).type != "train":
+        if a.memory is not None and own.call(a.name).type != "train":
             raise PlanError(f"{file} calls[{i}].memory: only train calls have memory choices "
-                            f"('{a.name}' is a {spec.call(a.name).type} call)")
+                            f"('{a.name}' is a {own.call(a.name).type} call)")
     missing = [n for n in names if n not in seen]
     if missing:
         raise PlanError(f"{file} calls: no assignment for call(s) {', '.join(missing)}")
