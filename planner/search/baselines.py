@@ -22,10 +22,11 @@ the baselines and a searched plan is never worse than them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from planner.cost_model import IllegalLayoutError
 from planner.cost_model.legality import layout_problem, mesh_problem
+from planner.cost_model.memory import PLAIN
 from planner.layout.layout import Layout
 from planner.search import residency
 from planner.search.budget import check as check_budget
@@ -46,7 +47,10 @@ class Baseline:
 
 
 def _options(p: Problem, call: int, devices: tuple[int, ...]) -> list[Candidate]:
-    opts = shape_options(p.contexts[call], devices, max_pp=p.max_pp)
+    # Hand-written placements as people run them: plain train calls (no ZeRO, no
+    # recompute), which also keeps pricing every cut of `split` affordable at scale.
+    ctx = replace(p.contexts[call], memory_choices=(PLAIN,))
+    opts = shape_options(ctx, devices, max_pp=p.max_pp)
     keep = opts[:MAX_OPTIONS]
     # Keep the leanest few too: with other models resident, memory decides.
     for c in sorted(opts, key=lambda c: (c.peak_bytes, c.time_s))[:4]:
