@@ -21,12 +21,10 @@ from typing import Any
 
 import torch
 
-from planner.errors import UserError
 from planner.graph.spec import CallSpec, Spec
 from planner.plan import ExecutionPlan
 from runtime import rollout
-from runtime.algorithms.grpo import group_advantages
-from runtime.algorithms.ppo import gae, kl_penalised_rewards, masked_mean, masked_whiten
+from runtime.algorithms.registry import Algorithm, UnsupportedSpec, algorithm_for
 from runtime.worker import home_layout, layout_of, union_ranks
 
 
@@ -34,24 +32,13 @@ class RunError(Exception):
     """A call failed on a worker; names the call, the device and the cause."""
 
 
-class UnsupportedSpec(UserError):
-    pass
+__all__ = ["Controller", "RunError", "UnsupportedSpec", "check_supported"]
 
 
-def check_supported(spec: Spec) -> None:
-    """The runtime runs PPO, GRPO and ReMax graphs; refuse others before starting."""
-    for i, c in enumerate(spec.calls):
-        m = spec.models[c.model]
-        if c.type == "train":
-            if m.head == "reward":
-                raise UnsupportedSpec(f"calls[{i}] ({c.name}): training a reward model is not "
-                                      "supported by the runtime yet (PPO, GRPO, ReMax are)")
-            if m.head == "lm" and "seqs" not in c.inputs:
-                raise UnsupportedSpec(f"calls[{i}] ({c.name}): the runtime trains policies on "
-                                      "generated 'seqs' (PPO, GRPO, ReMax); DPO/SFT are not "
-                                      "supported yet")
-        if c.type == "generate" and c.inputs != ["prompts"]:
-            raise UnsupportedSpec(f"calls[{i}] ({c.name}): a generate call reads [prompts]")
+def check_supported(spec: Spec) -> Algorithm:
+    """The registered algorithm the spec runs; UnsupportedSpec (before anything
+    starts) naming what the calls lack otherwise."""
+    return algorithm_for(spec)
 
 
 @dataclass
@@ -74,7 +61,7 @@ class IterationResult:
 class Controller:
     def __init__(self, spec: Spec, plan: ExecutionPlan, workers: list, *, tokenizer, prompts,
                  reward_fns: dict[str, Any], seed: int, on_submit=None) -> None:
-        check_supported(spec)
+        self.algorithm = check_supported(spec)
         self.spec, self.plan, self.workers = spec, plan, workers
         self.tokenizer, self.sampler = tokenizer, prompts
         self.reward_fns, self.seed = reward_fns, seed
@@ -91,13 +78,8 @@ class Controller:
         import ray
 
         t_start = time.time()
-        store: dict[str, Any] = {}
-        gen_calls = [c for c in self.spec.calls if c.type == "generate"]
-        prompts_per_call = {c.num_seqs // c.group_size for c in gen_calls}
-        if len(prompts_per_call) > 1:
-            raise UnsupportedSpec("generate calls disagree on the number of prompts")
-        n_prompts = prompts_per_call.pop() if prompts_per_call else 0
-        store["prompts"] = self.sampler.next_batch(n_prompts)
+        store: dict[str, Any] = self.algorithm.first_batch(self.spec, self.sampler,
+                                                           self.tokenizer)
         done: set[str] = set()
         waiting = list(self.order)
         inflight: dict[str, Pending] = {}
@@ -200,58 +182,23 @@ class Controller:
     def _inputs(self, call: CallSpec, store: dict[str, Any], iteration: int
                 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tok = self.tokenizer
-        rl = self.spec.rl
         if call.type == "generate":
             prompts = [p for p in store["prompts"] for _ in range(call.group_size)]
             batch = rollout.encode_prompts(tok, prompts, call.prompt_len)
             return batch, {"eos_id": tok.eos_id, "pad_id": tok.pad_id}
-        seqs_key = next(k for k in call.inputs if k.endswith("seqs"))
-        seqs = store[seqs_key]
-        base = {k: seqs[k] for k in ("input_ids", "attention_mask", "prompt_len")}
-        if call.type == "inference":
-            return {**base, "last_index": seqs["last_index"]}, {}
-        mask = seqs["response_mask"]
-        model = self.spec.models[call.model]
-        adv = self._advantages(call, store)
-        if model.head == "value":
-            batch = {**base, "response_mask": mask, "old_values": store["values"],
-                     "returns": adv["returns"]}
-            return batch, {"loss": "critic_loss",
-                           "loss_kwargs": {"clip_eps": rl.value_clip_eps}}
-        batch = {**base, "response_mask": mask, "old_logprobs": store["logprobs"]}
-        if "advantages" in adv:
-            batch["advantages"] = adv["advantages"]
-            return batch, {"loss": "ppo_actor_loss", "loss_kwargs": {"clip_eps": rl.clip_eps}}
-        batch["seq_advantages"] = adv["seq_advantages"]
-        batch["ref_logprobs"] = store["ref_logprobs"]
-        return batch, {"loss": "grpo_actor_loss",
-                       "loss_kwargs": {"clip_eps": rl.clip_eps, "kl_coef": rl.kl_coef}}
+        if call.type == "train":
+            return self.algorithm.train_inputs(self.spec, call, store)
+        # Inference on a token batch: a rollout (its response columns come back)
+        # or dataset sequences, pairs flattened to rows (every column comes back).
+        tokens = self._token_batch(call, store)
+        keep = ("input_ids", "attention_mask", "prompt_len", "last_index")
+        lead = tokens["input_ids"].dim() - 1  # [n, s] or [p, 2, s]
+        return {k: v.flatten(0, lead - 1) for k, v in tokens.items() if k in keep}, {}
 
-    def _advantages(self, call: CallSpec, store: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """PPO (values given): KL-penalised token rewards + GAE; GRPO: group-normalised
-        scores; ReMax: score minus the greedy sample's score. Computed once per iteration."""
-        if "_adv" in store:
-            return store["_adv"]
-        rl = self.spec.rl
-        seqs = store["seqs"]
-        mask = seqs["response_mask"]
-        scores = store["rewards"].float()
-        if "values" in store:
-            rewards, kl = kl_penalised_rewards(scores, store["logprobs"], store["ref_logprobs"],
-                                               mask, rl.kl_coef)
-            advantages, returns = gae(rewards, store["values"], mask, rl.gamma, rl.lam)
-            out = {"advantages": masked_whiten(advantages, mask), "returns": returns,
-                   "kl": masked_mean(kl, mask)}
-        elif "greedy_rewards" in store:
-            out = {"seq_advantages": scores - store["greedy_rewards"].float()}
-        else:
-            gen = next(c for c in self.spec.calls if c.type == "generate")
-            out = {"seq_advantages": group_advantages(scores, gen.group_size)
-                   if gen.group_size > 1 else scores - scores.mean()}
-        if "kl" not in out and "ref_logprobs" in store:
-            out["kl"] = masked_mean(store["logprobs"] - store["ref_logprobs"], mask)
-        store["_adv"] = out
-        return out
+    @staticmethod
+    def _token_batch(call: CallSpec, store: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The input of a call that holds token ids (seqs, pairs, sequences)."""
+        return next(store[k] for k in call.inputs if isinstance(store[k], dict))
 
     def _collect(self, call: CallSpec, results: list[dict], iteration: int):
         parts = sorted((r for r in results if r["result"] is not None), key=lambda r: r["dp_index"])
@@ -284,7 +231,9 @@ class Controller:
         model = self.spec.models[call.model]
         value = out["scores"] if model.head == "reward" else (
             out["values"] if model.head == "value" else out["logprobs"])
-        store[call.outputs[0]] = value
+        # pairs were sent as rows: give the outputs their [p, 2, ...] shape back
+        lead = self._token_batch(call, store)["input_ids"].shape[:-1]
+        store[call.outputs[0]] = value.reshape(*lead, *value.shape[1:])
 
     def _run_functions(self, store: dict[str, Any], done: set[str]) -> None:
         for f in self.functions:
@@ -308,21 +257,18 @@ class Controller:
                                "timing_s/realloc": realloc_s}
         for name, t in timings.items():
             m[f"timing_s/{name}"] = t
-        seqs = store.get("seqs")
+        seqs = store.get(self.algorithm.tokens_key)
         if seqs is not None:
             tokens = int(seqs["attention_mask"].sum())
             m["perf/total_tokens"] = tokens
             m["perf/throughput"] = tokens / wall_s / self.plan.cluster.num_devices
-            m["response_length/mean"] = float(seqs["response_mask"].sum(1).float().mean())
-        if "rewards" in store:
-            m["reward/mean"] = float(store["rewards"].float().mean())
-        adv = store.get("_adv", {})
-        if "kl" in adv:
-            m["actor/kl"] = float(adv["kl"])
+        m.update(self.algorithm.metrics(self.spec, store))
         for name, steps in train_stats.items():
             if steps:
-                m[f"{name}/loss"] = sum(s["loss"] for s in steps) / len(steps)
                 m[f"{name}/loss_first_step"] = steps[0]["loss"]
-                m[f"{name}/grad_norm"] = sum(s["grad_norm"] for s in steps) / len(steps)
                 m[f"{name}/state_bytes"] = max(s.get("state_bytes", 0) for s in steps)
+                # loss, grad_norm and the loss's own statistics (losses.LOSS_STATS)
+                for stat in steps[0]:
+                    if stat not in ("weight", "state_bytes"):
+                        m[f"{name}/{stat}"] = sum(s[stat] for s in steps) / len(steps)
         return m

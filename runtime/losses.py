@@ -7,13 +7,28 @@ layout. Head outputs are logprobs of input_ids[:, 1:] ([b, s-1], lm head) or
 values ([b, s], value head); the response of a sequence starts at column
 `prompt_len`, so its tokens are predicted at columns prompt_len-1 onwards.
 Module-level functions (with functools.partial) so Ray can ship them.
+
+Pairwise losses (DPO, reward model) get chosen/rejected pairs as [p, 2, ...]
+tensors (the pair dim keeps a pair in one micro-batch) and the head outputs
+of the 2p rows in that order; their weight is the number of pairs. They
+return a third item, summed statistics named in LOSS_STATS, which the engine
+reduces with the loss and reports per pair.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from runtime.algorithms.grpo import kl_k3
+from runtime.engine.engine import nll_loss
+
+# Statistics a loss returns beside (loss, weight); every pipeline stage must
+# know the names before the last stage computes them.
+LOSS_STATS: dict[str, tuple[str, ...]] = {
+    "dpo_loss": ("reward_margin", "reward_accuracy"),
+    "rm_loss": ("accuracy", "score_margin"),
+}
 
 
 def response_part(x: torch.Tensor, prompt_len: int, gen_len: int) -> torch.Tensor:
@@ -50,3 +65,40 @@ def grpo_actor_loss(logprobs: torch.Tensor, mb: dict, *, prompt_len: int, gen_le
     surrogate = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip_eps, 1 + clip_eps))
     per_token = surrogate + kl_coef * kl_k3(lp, mb["ref_logprobs"])
     return (per_token * mask).sum(), mask.sum()
+
+
+def sequence_logprobs(logprobs: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Sum of log p over the response tokens: logprobs [..., s-1] predict tokens
+    1..s-1, loss_mask [..., s] marks response tokens, so column t counts when
+    token t+1 is a response token."""
+    return (logprobs * loss_mask[..., 1:].to(logprobs.dtype)).sum(-1)
+
+
+def dpo_loss(logprobs: torch.Tensor, mb: dict, *, beta: float
+             ) -> tuple[torch.Tensor, int, dict[str, torch.Tensor]]:
+    """DPO (Rafailov et al. 2023): -log sigmoid(beta * ((log pi_c - log ref_c) -
+    (log pi_r - log ref_r))) per pair. The implicit reward of a response is
+    beta * log(pi / ref); the margin is chosen minus rejected."""
+    mask = mb["loss_mask"]  # [p, 2, s]
+    seq = sequence_logprobs(logprobs.view(*mask.shape[:2], -1), mask)  # [p, 2]
+    rewards = beta * (seq - mb["ref_seq_logprobs"])
+    margin = rewards[:, 0] - rewards[:, 1]
+    stats = {"reward_margin": margin.detach().sum(),
+             "reward_accuracy": (margin > 0).sum()}
+    return -F.logsigmoid(margin).sum(), margin.shape[0], stats
+
+
+def sft_loss(logprobs: torch.Tensor, mb: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of the response tokens (loss_mask), per token: the engine's
+    next-token NLL restricted to the mask."""
+    return nll_loss(logprobs, mb)
+
+
+def rm_loss(scores: torch.Tensor, mb: dict) -> tuple[torch.Tensor, int, dict[str, torch.Tensor]]:
+    """Pairwise Bradley-Terry loss of a reward model: -log sigmoid(r_c - r_r), the
+    score r read at each sequence's last real token (as reward inference does)."""
+    last = mb["last_index"]  # [p, 2]
+    r = scores.view(*last.shape, -1).gather(-1, last[..., None]).squeeze(-1)
+    diff = r[:, 0] - r[:, 1]
+    stats = {"accuracy": (diff > 0).sum(), "score_margin": diff.detach().sum()}
+    return -F.logsigmoid(diff).sum(), diff.shape[0], stats

@@ -32,7 +32,7 @@ from planner.outputs import check_output_dir, write_atomic
 from planner.plan import load_plan, save_plan
 from runtime import ray_session
 from runtime.controller import Controller, RunError, check_supported
-from runtime.data.prompts import PromptSampler, load_prompts
+from runtime.data.prompts import PromptSampler
 from runtime.data.tokenizer import load_tokenizer
 from runtime.generation.vllm_backend import start_vllm_engines
 from runtime.rewards import load_reward_fn
@@ -100,7 +100,7 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
     plan = load_plan(plan_path, spec=load_spec(spec_path) if spec_path else None)
     spec = plan.spec
     spec_file = spec_path or f"{plan_path} spec"  # where spec errors point
-    check_supported(spec)
+    algorithm = check_supported(spec)
     for a in plan.calls:
         require_backend(a.backend, f"{plan_path} calls.{a.name}")
     on_gpu = plan.hardware_kind == "gpu"  # the plan records it: no profile file needed
@@ -111,7 +111,7 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
                             f"ids but the model's vocab_size is {m.architecture.vocab_size}")
     reward_fns = {f.name: load_reward_fn(f.fn, where=f"{spec_file} functions.{f.name}.fn")
                   for f in spec.functions}
-    prompts = load_prompts(spec.dataset.path)
+    records = algorithm.load_data(spec.dataset.path)  # prompts, pairs or sequences
     total = iterations or spec.dataset.iterations
 
     out = Path(run_dir).absolute()  # workers write checkpoints here: not relative to their cwd
@@ -163,7 +163,7 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
         if any(a.backend == "vllm" for a in plan.calls):
             with console.status("starting vLLM engines"):
                 vllm_engines = start_vllm_engines(spec, plan, workers, on_gpu=on_gpu, seed=seed)
-        sampler = PromptSampler(prompts, seed=seed, drawn=drawn)
+        sampler = PromptSampler(records, seed=seed, drawn=drawn)
         ctl = Controller(spec, plan, workers, tokenizer=tokenizer, prompts=sampler,
                          reward_fns=reward_fns, seed=seed, on_submit=on_submit)
         for it in range(start_it, total):

@@ -299,25 +299,32 @@ class Worker:
 
     def _inference(self, engine: Engine, call: CallSpec, batch: Batch, micro_batches: int
                    ) -> Batch:
+        """Rollouts (with prompt_len) get outputs of their response columns;
+        dataset sequences (no prompt_len) get every column."""
         ids, mask = batch["input_ids"], batch["attention_mask"]
         mbs = min(micro_batches, ids.shape[0])
-        p_len, g_len = int(batch["prompt_len"][0]), ids.shape[1] - int(batch["prompt_len"][0])
+        part = lambda x: x  # noqa: E731
+        if "prompt_len" in batch:
+            p_len = int(batch["prompt_len"][0])
+            part = functools.partial(losses.response_part, prompt_len=p_len,
+                                     gen_len=ids.shape[1] - p_len)
         if engine.head == "lm":
-            lp = engine.logprobs(ids, mask, mbs)
-            return {"logprobs": losses.response_part(lp, p_len, g_len).cpu()}
+            return {"logprobs": part(engine.logprobs(ids, mask, mbs)).cpu()}
         values = engine.values(ids, mask, mbs)
         if engine.head == "reward":
             last = batch["last_index"].to(values.device)
             return {"scores": values.gather(1, last[:, None]).squeeze(1).cpu()}
-        return {"values": losses.response_part(values, p_len, g_len).cpu()}
+        return {"values": part(values).cpu()}
 
     def _train(self, engine: Engine, call: CallSpec, batch: Batch, dp: int, micro_batches: int,
                options: dict[str, Any]) -> dict[str, Any]:
         loss_name = options["loss"]
-        p_len = int(batch["prompt_len"][0])
-        g_len = batch["input_ids"].shape[1] - p_len
-        kwargs = dict(options.get("loss_kwargs", {}), prompt_len=p_len, gen_len=g_len)
+        kwargs = dict(options.get("loss_kwargs", {}))
+        if "prompt_len" in batch:  # a rollout: the loss reads its response columns
+            p_len = int(batch["prompt_len"][0])
+            kwargs.update(prompt_len=p_len, gen_len=batch["input_ids"].shape[-1] - p_len)
         loss_fn = functools.partial(getattr(losses, loss_name), **kwargs)
+        stat_names = losses.LOSS_STATS.get(loss_name, ())
         tensors = {k: v for k, v in batch.items() if k != "prompt_len"}
         steps = []
         # Model-state bytes where they peak (after the last backward): what the
@@ -328,7 +335,7 @@ class Worker:
             for mb in split_batch(tensors, call.minibatches):  # spec: minibatches <= num_seqs
                 mine = {k: torch.tensor_split(v, dp)[engine.groups.d] for k, v in mb.items()}
                 mbs = min(micro_batches, mine["input_ids"].shape[0])
-                steps.append({**engine.train_step(mine, loss_fn, mbs),
+                steps.append({**engine.train_step(mine, loss_fn, mbs, stat_names),
                               "state_bytes": sum(held.values())})
         return {"steps": steps}
 

@@ -251,6 +251,9 @@ def _expand_algorithm(data: dict, file: str | None, lines: dict[Loc, int],
     alg = data["algorithm"]
     if "calls" in data:
         fail("give either calls or algorithm, not both", ("calls",))
+    if "algorithm_name" in data:
+        fail("algorithm_name is for hand-written calls; the shorthand sets it",
+             ("algorithm_name",))
     if not isinstance(alg, dict):
         fail("expected a mapping like {name: ppo, batch_size: ...}", ("algorithm",))
     name = alg.get("name")
@@ -288,6 +291,7 @@ def _expand_algorithm(data: dict, file: str | None, lines: dict[Loc, int],
         out["max_staleness"] = staleness
         if ("algorithm", "max_staleness") in lines:  # errors about it point at its line
             lines[("max_staleness",)] = lines[("algorithm", "max_staleness")]
+    out["algorithm_name"] = name  # what the runtime runs (the calls alone lose it)
     out["calls"] = [c.model_dump(exclude_defaults=True) for c in calls]
     expanded["calls"] = 0
     user_funcs = data.get("functions", [])

@@ -304,6 +304,8 @@ class RLSpec(_Strict):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling; 1 = off.")
     top_k: int = Field(0, ge=0, le=L.MAX_TOP_K, description="Top-k sampling; 0 = off.")
     tokenizer: str = Field("char", description="'char' (built in) or a tokenizer directory.")
+    beta: float = Field(0.1, gt=0, description="DPO: scale of the implicit reward "
+                        "beta * log(pi / ref).")
 
 
 def staleness_problem(value) -> str | None:
@@ -321,6 +323,11 @@ class Spec(_Strict):
     """A whole RLHF workload: what runs, on what, and how the data flows."""
 
     name: str | None = Field(None, description="A label for reports.")
+    algorithm_name: str | None = Field(
+        None, description="The algorithm of the `algorithm:` shorthand the calls were expanded "
+        "from (set by the loader); the runtime runs that algorithm. Hand-written calls may "
+        "name one (ppo, grpo, remax, dpo, sft, rm) or leave it out: the runtime then "
+        "recognises the algorithm by the calls' shape.")
     cluster: ClusterSpec
     models: dict[str, ModelSpec] = Field(description="Model name -> model.")
     calls: list[CallSpec] = Field(description="The model function calls of one iteration.")

@@ -1,13 +1,19 @@
-"""GRPO math (Shao et al. 2024): group-normalised advantages, no critic.
+"""GRPO (Shao et al. 2024): group-normalised advantages, no critic; its math
+and the registered algorithm.
 
 Sequences come in groups of `group_size` consecutive samples of one prompt.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from runtime.algorithms.ppo import masked_mean
+from planner.graph.spec import CallSpec, Spec
+from runtime.algorithms.masked import masked_mean
+from runtime.algorithms.registry import Store, register
+from runtime.algorithms.rl import RLAlgorithm
 
 
 def group_advantages(scores: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
@@ -36,3 +42,37 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
     kl = kl_k3(logprobs, ref_logprobs)
     loss = masked_mean(surrogate + kl_coef * kl, mask)
     return loss, {"kl": float(masked_mean(kl, mask))}
+
+
+class GRPO(RLAlgorithm):
+    """Per-sequence advantages: the score normalised within its prompt's group
+    (minus the batch mean when group_size is 1); the actor's loss is the
+    clipped surrogate plus k3 KL to the reference (grpo_actor_loss)."""
+
+    name = "grpo"
+    keys = ("prompts", "seqs", "logprobs", "rewards", "ref_logprobs")
+    losses = {"lm": "grpo_actor_loss"}
+
+    def advantages(self, spec: Spec, store: Store) -> dict[str, torch.Tensor]:
+        scores = store["rewards"].float()
+        group = self.sampled_call(spec).group_size
+        return {"seq_advantages": group_advantages(scores, group) if group > 1
+                else scores - scores.mean()}
+
+    def train_inputs(self, spec: Spec, call: CallSpec, store: Store
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return seq_advantage_inputs(self, spec, call, store)
+
+
+def seq_advantage_inputs(alg: RLAlgorithm, spec: Spec, call: CallSpec, store: Store
+                         ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The actor batch of critic-free algorithms (GRPO, ReMax): one advantage per
+    sequence, reference logprobs for the KL term."""
+    adv = alg.cached_advantages(spec, store)
+    batch = {**alg.rollout_base(store), "old_logprobs": store["logprobs"],
+             "seq_advantages": adv["seq_advantages"], "ref_logprobs": store["ref_logprobs"]}
+    return batch, alg.loss_options(spec, call, clip_eps=spec.rl.clip_eps,
+                                   kl_coef=spec.rl.kl_coef)
+
+
+register(GRPO())

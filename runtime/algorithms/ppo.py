@@ -1,4 +1,5 @@
-"""PPO math on padded [batch, response_len] tensors with a 0/1 response mask.
+"""PPO: math on padded [batch, response_len] tensors with a 0/1 response mask,
+and the registered algorithm (actor and critic train calls).
 
 Conventions (as in OpenRLHF/verl): the KL penalty to the reference enters the
 per-token reward; the sequence reward is added at the last response token;
@@ -7,17 +8,14 @@ advantages come from GAE over the response tokens and are whitened.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
-
-
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    return (x - mean) * torch.rsqrt(var + eps) * mask
+from planner.graph.spec import CallSpec, Spec
+from runtime.algorithms.masked import masked_mean, masked_whiten
+from runtime.algorithms.registry import Store, register
+from runtime.algorithms.rl import RLAlgorithm
 
 
 def kl_penalised_rewards(scores: torch.Tensor, logprobs: torch.Tensor,
@@ -69,3 +67,34 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     clipped = old_values + (values - old_values).clamp(-clip_eps, clip_eps)
     loss = torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
     return 0.5 * masked_mean(loss, mask)
+
+
+class PPO(RLAlgorithm):
+    """Advantages from GAE over KL-penalised token rewards; a clipped policy loss
+    for the actor and a clipped value loss for the critic."""
+
+    name = "ppo"
+    keys = ("prompts", "seqs", "logprobs", "rewards", "ref_logprobs", "values")
+    losses = {"lm": "ppo_actor_loss", "value": "critic_loss"}
+
+    def advantages(self, spec: Spec, store: Store) -> dict[str, torch.Tensor]:
+        rl = spec.rl
+        mask = store["seqs"]["response_mask"]
+        rewards, kl = kl_penalised_rewards(store["rewards"].float(), store["logprobs"],
+                                           store["ref_logprobs"], mask, rl.kl_coef)
+        advantages, returns = gae(rewards, store["values"], mask, rl.gamma, rl.lam)
+        return {"advantages": masked_whiten(advantages, mask), "returns": returns,
+                "kl": masked_mean(kl, mask)}
+
+    def train_inputs(self, spec: Spec, call: CallSpec, store: Store
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        adv = self.cached_advantages(spec, store)
+        base = self.rollout_base(store)
+        if spec.models[call.model].head == "value":
+            return ({**base, "old_values": store["values"], "returns": adv["returns"]},
+                    self.loss_options(spec, call, clip_eps=spec.rl.value_clip_eps))
+        return ({**base, "old_logprobs": store["logprobs"], "advantages": adv["advantages"]},
+                self.loss_options(spec, call, clip_eps=spec.rl.clip_eps))
+
+
+register(PPO())

@@ -254,12 +254,18 @@ class Engine:
         return torch.optim.AdamW(params, foreach=False, **self.optim_kwargs)
 
     def train_step(self, batch: Batch, loss_fn: LossFn | None = None,
-                   micro_batches: int = 1) -> dict[str, float]:
+                   micro_batches: int = 1, stat_names: tuple[str, ...] = ()
+                   ) -> dict[str, float]:
         """One optimizer step on this dp replica's part of the batch.
 
-        batch needs input_ids and attention_mask [b, s]; other tensors with
-        batch dim 0 are passed to loss_fn per micro-batch. Returns the global
-        mean loss, the gradient norm before clipping and the global weight.
+        batch needs input_ids and attention_mask [b, s], or [b, k, s] for rows
+        that must share a micro-batch (a chosen/rejected pair: k = 2; the model
+        sees b*k rows, loss_fn gets head outputs of b*k rows); other tensors
+        with batch dim 0 are passed to loss_fn per micro-batch. Returns the
+        global mean loss, the gradient norm before clipping and the global
+        weight. A loss_fn may return a third item, {name: summed statistic}
+        for the names in `stat_names` (every stage must know them: they are
+        reduced with the loss); each comes back divided by the global weight.
         """
         if loss_fn is None:
             if self.head != "lm":
@@ -274,14 +280,20 @@ class Engine:
         stash = []
         loss_total = torch.zeros((), dtype=torch.float64)
         weight_total = torch.zeros((), dtype=torch.float64)
+        stat_totals = torch.zeros(len(stat_names), dtype=torch.float64)
         for mb in mbs:  # GPipe: all forwards ...
-            x, out = self.stage_forward(mb["input_ids"], mb["attention_mask"],
+            ids = mb["input_ids"].reshape(-1, mb["input_ids"].shape[-1])
+            x, out = self.stage_forward(ids, mb["attention_mask"].reshape(ids.shape),
                                         requires_grad=True)
             if g.is_last_stage:
                 mb_dev = {k: v.to(self.device) for k, v in mb.items()}
-                loss_sum, weight = loss_fn(self._head_outputs(out, mb_dev["input_ids"]), mb_dev)
+                loss_sum, weight, *extra = loss_fn(self._head_outputs(out, ids.to(self.device)),
+                                                   mb_dev)
+                stats = extra[0] if extra else {}
                 loss_total += float(loss_sum.detach())
                 weight_total += float(weight)
+                stat_totals += torch.tensor([float(stats[k]) for k in stat_names],
+                                            dtype=torch.float64)
                 out = loss_sum
             stash.append((x, out))
         for x, out in stash:  # ... then all backwards, in the same order on every stage
@@ -293,12 +305,13 @@ class Engine:
             if not g.is_first_stage:
                 self._send(x.grad, g.prev_stage_rank)
         del stash
-        counts = torch.stack([loss_total, weight_total]).to(self.device)  # NCCL: on GPU
+        counts = torch.cat([torch.stack([loss_total, weight_total]), stat_totals]
+                           ).to(self.device)  # NCCL: on GPU
         if not (g.is_last_stage and g.t == 0):
             counts.zero_()
         if self.layout.world_size > 1:
             dist.all_reduce(counts, group=g.layout_group)
-        loss_total, weight_total = counts.tolist()
+        loss_total, weight_total, *stat_sums = counts.tolist()
         if weight_total <= 0:
             raise ValueError("the batch has zero loss weight (no token to train on)")
         if self.on_before_step is not None:
@@ -311,7 +324,8 @@ class Engine:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {"loss": loss_total / weight_total, "grad_norm": grad_norm,
-                "weight": weight_total}
+                "weight": weight_total,
+                **{k: v / weight_total for k, v in zip(stat_names, stat_sums)}}
 
     @torch.no_grad()
     def _sync_grads(self, scale: float) -> None:
