@@ -36,11 +36,22 @@ def test_tampered_plan_names_the_field(capsys, tmp_path):
     assert rc == 2 and err.startswith(str(plan)) and "calls[0]" in err
 
 
-def test_unsupported_algorithm_is_refused(capsys, tmp_path):
-    plan = manual_plan(ROOT / "specs" / "dpo-llama3-8b-8gpu.yaml", {"*": "0-7:d8"},
-                       tmp_path / "dpo.json")
+def test_unknown_graph_shape_is_refused(capsys, tmp_path):
+    """Hand-written calls no registered algorithm runs (a value model trained on
+    plain sequences): one line naming what the closest algorithm needs."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("""
+cluster: {nodes: 1, gpus_per_node: 4, hardware: cpu}
+models:
+  critic: {arch: tiny-llama, trainable: true, head: value}
+calls:
+  - {name: critic_train, model: critic, type: train, inputs: [sequences], num_seqs: 8,
+     seq_len: 16}
+dataset: {keys: [sequences]}
+""")
+    plan = manual_plan(spec, {"*": "0-3:d4"}, tmp_path / "plan.json")
     rc, err = _run(capsys, str(plan), "--run-dir", str(tmp_path / "run"))
-    assert rc == 2 and "DPO/SFT are not supported yet" in err
+    assert rc == 2 and "the closest, sft, needs train calls of heads [lm] (has [value])" in err
     assert not (tmp_path / "run").exists()
 
 

@@ -251,14 +251,14 @@ def _expand_algorithm(data: dict, file: str | None, lines: dict[Loc, int],
     alg = data["algorithm"]
     if "calls" in data:
         fail("give either calls or algorithm, not both", ("calls",))
-    if "algorithm_name" in data:
-        fail("algorithm_name is for hand-written calls; the shorthand sets it",
-             ("algorithm_name",))
     if not isinstance(alg, dict):
         fail("expected a mapping like {name: ppo, batch_size: ...}", ("algorithm",))
     name = alg.get("name")
     if not isinstance(name, str) or name not in ALGORITHMS:
         fail(f"unknown algorithm {name!r}; known: {', '.join(ALGORITHMS)}", ("algorithm", "name"))
+    if data.get("algorithm_name") not in (None, name):
+        fail(f"algorithm_name is for hand-written calls; the shorthand sets it to '{name}'",
+             ("algorithm_name",))
     params_model = ALGORITHMS[name][0]
     # max_staleness is a property of the whole spec, accepted here too for convenience.
     staleness = alg.get("max_staleness")
