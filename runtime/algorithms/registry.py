@@ -44,6 +44,11 @@ class Algorithm:
     losses: dict[str, str]  # model head of each train call -> runtime/losses.py function
     tokens_key: str  # the token batch perf/ metrics count
 
+    @property
+    def seqs_per_record(self) -> int:
+        """A pair is two sequences in the calls' num_seqs."""
+        return 2 if self.data == "pairs" else 1
+
     # -- shape --------------------------------------------------------------
     def missing(self, spec: Spec) -> list[str]:
         """What the spec lacks for this algorithm ([] when it runs)."""
@@ -61,7 +66,7 @@ class Algorithm:
     def check_calls(self, spec: Spec) -> list[str]:
         """Further needs of the calls (sizes that must agree); [] when fine."""
         readers = [c for c in spec.calls if self.data in c.inputs]
-        per_record = 2 if self.data == "pairs" else 1
+        per_record = self.seqs_per_record
         sizes = {(c.num_seqs, c.total_len) for c in readers}
         if len(sizes) > 1:
             return [f"calls reading '{self.data}' that agree on num_seqs and seq_len"]
@@ -77,8 +82,7 @@ class Algorithm:
         """The store's dataset entries of one iteration: token batches of the
         records, [n, 2, seq_len] for pairs, [n, seq_len] for sequences."""
         call = next(c for c in spec.calls if self.data in c.inputs)
-        per_record = 2 if self.data == "pairs" else 1
-        records = sampler.next_batch(call.num_seqs // per_record)
+        records = sampler.next_batch(call.num_seqs // self.seqs_per_record)
         encode = encode_pairs if self.data == "pairs" else encode_sequences
         return {self.data: encode(tokenizer, records, call.total_len)}
 
@@ -127,5 +131,5 @@ def algorithm_for(spec: Spec) -> Algorithm:
         return max(fits, key=lambda a: len(a.keys))
     closest = min(algs, key=lambda a: len(a.missing(spec)))
     raise UnsupportedSpec(f"calls: the runtime recognises none of "
-                          f"{', '.join(sorted(REGISTRY))} in these calls; the closest, {closest.name}, needs "
-                          f"{'; '.join(closest.missing(spec))}")
+                          f"{', '.join(sorted(REGISTRY))} in these calls; the closest, "
+                          f"{closest.name}, needs {'; '.join(closest.missing(spec))}")
