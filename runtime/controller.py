@@ -7,7 +7,9 @@ parameter predecessors (the plan's `after`) are done, in the plan's
 timeline has them. Before a call with a realloc step in the plan, the
 workers of both layouts execute the step's transfer pieces; after it the
 copy is dropped. Host functions
-(rule rewards) run here when their inputs arrive.
+(rule rewards) run here when their inputs arrive. What the dataset puts in
+the store, each train call's batch and loss, and the algorithm's metrics
+come from the spec's registered algorithm (runtime/algorithms/registry.py).
 
 Submission order is the only synchronisation: it is one global order, and
 each worker executes its tasks in the order received (see worker.py).
@@ -24,15 +26,12 @@ import torch
 from planner.graph.spec import CallSpec, Spec
 from planner.plan import ExecutionPlan
 from runtime import rollout
-from runtime.algorithms.registry import Algorithm, UnsupportedSpec, algorithm_for
+from runtime.algorithms.registry import Algorithm, algorithm_for
 from runtime.worker import home_layout, layout_of, union_ranks
 
 
 class RunError(Exception):
     """A call failed on a worker; names the call, the device and the cause."""
-
-
-__all__ = ["Controller", "RunError", "UnsupportedSpec", "check_supported"]
 
 
 def check_supported(spec: Spec) -> Algorithm:
