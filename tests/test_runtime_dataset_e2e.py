@@ -31,7 +31,8 @@ def _search_and_run(tmp_path, algo: str, address: str, iterations: int) -> list[
     for args in (["planner.cli", "search", str(ROOT / "specs" / f"tiny-{algo}-cpu.yaml"),
                   "-o", str(plan), "--steps", "500"],
                  ["runtime.cli", "run", str(plan), "--iterations", str(iterations),
-                  "--run-dir", str(run), "--seed", "1", "--address", address]):
+                  "--run-dir", str(run), "--seed", "1", "--address", address,
+                  "--save-every", str(iterations)]):  # one checkpoint, at the end
         r = subprocess.run([sys.executable, "-m", *args], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
