@@ -59,7 +59,11 @@ def init_seed(spec: Spec, model: str, seed: int) -> int:
     """Models of the same architecture and head start from the same weights (the
     reference is the initial policy), whatever their names."""
     m = spec.models[model]
-    key = m.architecture.model_dump_json() + m.head
+    arch = m.architecture
+    # head_dim equal to hidden/heads is the derived default: leaving it out keeps the
+    # initial weights of every spec written before the field existed.
+    derived = arch.head_dim == arch.hidden_size // arch.num_heads
+    key = arch.model_dump_json(exclude={"head_dim"} if derived else None) + m.head
     return (seed * 1_000_003 + zlib.crc32(key.encode())) % (2 ** 31)
 
 
