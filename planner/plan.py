@@ -89,6 +89,14 @@ class CallAssignment(_Strict):
     memory: MemoryChoice | None = Field(None, description=(
         "Train calls: the ZeRO stage and activation recompute the search chose "
         "(absent: neither)."))
+    order_offset: float = Field(
+        0.0, ge=0, le=64,
+        description="Schedule priority, in iterations: the simulator runs the task of this "
+                    "call for iteration k in the order of "
+                    "(k + order_offset, the call's topological index). 0 for every call is the "
+                    "plain iteration-by-iteration order; the search sets offsets that overlap "
+                    "iterations, and `planner evaluate --plan` replays them to reproduce the "
+                    "plan's iteration time exactly.")
     estimate: CallEstimate | None = Field(None, description="Estimated timing and memory.")
     after: list[str] = Field(
         default_factory=list,

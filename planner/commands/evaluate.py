@@ -24,12 +24,12 @@ from planner.errors import UserError
 from planner.graph.loader import load_spec
 from planner.layout.layout import Layout, LayoutError, parse_layout
 from planner.outputs import check_output_file
-from planner.plan import Provenance, load_plan, save_plan
+from planner.plan import ExecutionPlan, Provenance, load_plan, save_plan
 from planner.search.baselines import all_baselines
 from planner.search.candidates import price
-from planner.search.plan_out import build_plan, exact_evaluation
+from planner.search.plan_out import build_plan, exact_evaluation, plan_order
 from planner.search.problem import Problem, build_problem
-from planner.search.simulator import Simulator
+from planner.search.simulator import Evaluation, Simulator
 
 EXAMPLES = """examples:
   planner evaluate specs/ppo-llama2-7b-16gpu.yaml --alloc "actor_gen=0-15:d8t2, \\
@@ -122,9 +122,24 @@ def assignment_of(p: Problem, alloc: dict[str, tuple[Layout, int | None]], *,
     return tuple(a)
 
 
+def plan_file_evaluation(p: Problem, plan: ExecutionPlan, *, where: str = "--plan"
+                         ) -> tuple[Problem, tuple[int, ...], list[float] | None, Evaluation]:
+    """The problem the plan's schedule assumes (its staleness bound), the plan's assignment
+    over it (memory choices included), the order the plan stores and its exact
+    evaluation: what `planner search` reported for it, to the last bit."""
+    if plan.max_staleness != p.staleness:  # priced as the plan assumed
+        p = p.with_staleness(plan.max_staleness)
+    alloc = {a.name: (a.layout, a.micro_batches) for a in plan.calls}
+    memory = {a.name: TrainMemoryChoice(a.memory.zero_stage, a.memory.recompute)
+              for a in plan.calls if a.memory is not None}
+    a = assignment_of(p, alloc, where=where, memory=memory)
+    order = plan_order(plan, p)
+    return p, a, order, exact_evaluation(p, a, order)[1]
+
+
 def _row(t: Table, label: str, p: Problem, a: tuple[int, ...], plan_s: float | None,
-         how: str) -> float:
-    _, ev = exact_evaluation(p, a)
+         how: str, ev: Evaluation | None = None) -> float:
+    ev = ev or exact_evaluation(p, a)[1]
     fits = ev.overflow_bytes <= 0
     mem = f"{ev.peak_bytes / 2**30:.1f}" + ("" if fits else " (does not fit!)")
     t.add_row(label, f"{ev.period_s:.3f}", f"{ev.period_s / plan_s:.2f}x" if plan_s else "",
@@ -146,12 +161,7 @@ def run(args: argparse.Namespace) -> int:
         hand = assignment_of(p, parse_alloc(args.alloc, [c.name for c in spec.calls]))
     if args.plan:
         plan = load_plan(args.plan, spec)
-        alloc = {a.name: (a.layout, a.micro_batches) for a in plan.calls}
-        memory = {a.name: TrainMemoryChoice(a.memory.zero_stage, a.memory.recompute)
-                  for a in plan.calls if a.memory is not None}
-        # A plan found for a smaller staleness than the spec allows is priced as it assumed.
-        pp = p.with_staleness(plan.max_staleness) if plan.max_staleness != p.staleness else p
-        file_plan = (assignment_of(pp, alloc, where=args.plan, memory=memory), plan, pp)
+        file_plan = (plan, *plan_file_evaluation(p, plan, where=args.plan))
     baselines = all_baselines(p, Simulator(p))
 
     t = Table(title="estimated iteration time")
@@ -164,9 +174,9 @@ def run(args: argparse.Namespace) -> int:
     if hand is not None:
         first = _row(t, "[bold]--alloc[/]", p, hand, None, p.describe(hand))
     if file_plan is not None:
-        method = file_plan[1].provenance.method if file_plan[1].provenance else "plan"
-        s = _row(t, f"[bold]{args.plan}[/] ({method})", file_plan[2], file_plan[0], first,
-                 file_plan[2].describe(file_plan[0]))
+        plan, q, a, _, ev = file_plan
+        method = plan.provenance.method if plan.provenance else "plan"
+        s = _row(t, f"[bold]{args.plan}[/] ({method})", q, a, first, q.describe(a), ev)
         first = first or s
     for b in baselines:
         if b.assignment is None:

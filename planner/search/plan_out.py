@@ -50,6 +50,14 @@ def _devices(lo: int, hi: int, extra: tuple[tuple[int, int], ...] = ()) -> list[
     return sorted(ids)
 
 
+def plan_order(plan: ExecutionPlan, p: Problem) -> list[float] | None:
+    """The schedule order a plan stores (per call of `p`, in p's call order); None when
+    every offset is 0 (the default order)."""
+    by_name = {a.name: a.order_offset for a in plan.calls}
+    order = [float(by_name.get(n, 0.0)) for n in p.names]
+    return order if any(order) else None
+
+
 def exact_evaluation(p: Problem, assign: tuple[int, ...], order: list[float] | None = None
                      ) -> tuple[Problem, Evaluation]:
     """Period and timeline of `assign` with exact realloc and transfer costs."""
@@ -115,7 +123,9 @@ def build_plan(p: Problem, assign: tuple[int, ...], *, provenance: Provenance,
                                   recompute=cand.memory.recompute)
         calls.append(CallAssignment(name=name, device_ids=list(lay.device_ids), dp=lay.dp,
                                     tp=lay.tp, pp=lay.pp, micro_batches=cand.micro_batches,
-                                    backend=p.contexts[i].backend, memory=choice, estimate=est,
+                                    backend=p.contexts[i].backend,
+                                    order_offset=float(order[i]) if order else 0.0,
+                                    memory=choice, estimate=est,
                                     after=[p.names[u] for u in p.preds[i]]))
 
     reallocs = [_realloc_step(exact, assign, i, by_call.get(i, {}).get("realloc"), origin)
