@@ -181,3 +181,38 @@ def test_offsets_that_break_an_edge_are_invalid():
     assert sim.valid_offsets((0.0, 0.0, 0.75))
     assert not sim.valid_offsets((0.5, 0.0, 0.0))   # gen -> actor_train inside an iteration
     assert not sim.valid_offsets((0.0, 1.0, 1.0))   # actor_train(k) -> gen(k+1)
+
+
+def test_a_free_running_call_never_repeats_and_the_period_is_its_devices_work():
+    # A (3 s on 0-1) and B (5 s on 2-3) share nothing: A runs ahead forever, so the state
+    # never repeats (not converged) in either order; the period is B's 5 s per iteration.
+    p = hand_problem(two_frozen_calls(), {"A": [cand(0, 2, 3.0)], "B": [cand(2, 4, 5.0)]})
+    for order in (None, [0.0, 1.5]):
+        r = Simulator(p, order=order).evaluate((0, 0))
+        assert not r.converged
+        assert r.period_s == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("spec_name", ["tiny_parallel_spec", "tiny_two_source_spec"])
+def test_period_is_never_below_the_busiest_device(spec_name):
+    """Physical bound: no schedule repeats faster than one device does its work of one
+    iteration (every call's prologue and run, every realloc it sends)."""
+    import random
+
+    from planner.search import scenarios
+    from planner.search.problem import build_problem
+    from planner.search.simulator import busiest_device_s
+
+    p = build_problem(getattr(scenarios, spec_name)(nodes=1, gpn=4), top_k=6)
+    sim = Simulator(p)
+    rng = random.Random(0)
+    grid = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+    checked = 0
+    while checked < 300:
+        a = tuple(rng.randrange(len(c)) for c in p.candidates)
+        order = tuple(rng.choice(grid) for _ in range(p.n)) if checked % 2 else None
+        if order is not None and not sim.valid_offsets(order):
+            continue
+        checked += 1
+        r = sim.evaluate(a, order)
+        assert r.period_s >= busiest_device_s(sim._prepare(a)) * (1 - 1e-9)

@@ -20,12 +20,16 @@ together, so the simulator keeps one free time per segment (a handful)
 instead of one per device (up to hundreds).
 
 Steady state: with a fixed order the schedule is a max-plus linear system
-(start = max(...) + durations), which becomes periodic. After each iteration
-the state (segment free times, ends of calls that the next iteration waits
-for) is compared with the previous one; when everything moved by the same
-delta the schedule repeats forever and that delta is the period. Otherwise
-(a frozen model running ahead on its own devices, say) the period is the
-mean iteration time over the last half of `max_iterations`.
+(start = max(...) + durations), which becomes periodic, possibly repeating
+only every c > 1 iterations. After each iteration (unit of keys, with an
+order) the state (segment free times, ends of calls that later ones wait for)
+is compared with the last MAX_CYCLE states; a uniform shift d after c steps
+means the schedule repeats forever with period d / c (exact). The simulation
+goes on until that happens, up to PERIODIC_CAP iterations; otherwise (a
+frozen model running ahead on its own devices, say) the period is the mean
+over the last half of the *exact* iterations (those no unsimulated task could
+delay), and never below the busiest device's work per iteration
+(busiest_device_s), a bound no schedule beats.
 
 Memory: residency.py's rule (the one the plan and CP-SAT use): resident home
 states + the largest transient per device; over capacity minus headroom =
@@ -52,10 +56,36 @@ def _mean_period(iter_end: list[float]) -> float:
     return (iter_end[done - 1] - iter_end[h - 1]) / (done - h)
 
 
-def _bisect_left(xs: list[float], x: float) -> int:
-    from bisect import bisect_left
+PERIODIC_CAP = 48  # iterations simulated at most while waiting for the schedule to repeat
+MAX_CYCLE = 4      # a schedule may repeat every 1..MAX_CYCLE iterations (max-plus cyclicity)
 
-    return bisect_left(xs, x)
+
+def _repeats(history: list[tuple[list[float], float]], state: list[float],
+             last_s: float) -> float | None:
+    """The period when `state` is a uniform shift of one of the last MAX_CYCLE states:
+    a shift of d after c steps repeats forever with period d / c (max-plus system)."""
+    tol = 1e-9 * max(1.0, abs(last_s))
+    for c in range(1, min(MAX_CYCLE, len(history)) + 1):
+        prev, prev_last = history[-c]
+        if len(prev) != len(state):
+            continue
+        d = last_s - prev_last
+        if all(abs(x - y - d) <= tol for x, y in zip(state, prev)):
+            return d / c
+    return None
+
+
+def busiest_device_s(prep) -> float:
+    """Seconds the busiest device works per iteration (prologues included): a lower bound
+    on the period of any schedule of the assignment."""
+    dur, pro, realloc_s, segs, extra = prep[0], prep[1], prep[2], prep[3], prep[4]
+    busy = [0.0] * prep[7]
+    for c in range(len(dur)):
+        for s in segs[c]:
+            busy[s] += pro[c] + dur[c]
+        for s in extra[c]:
+            busy[s] += realloc_s[c]
+    return max(busy, default=0.0)
 
 
 @dataclass(frozen=True)
@@ -216,16 +246,17 @@ class Simulator:
         n = self.p.n
         preds, prev_preds = self.preds, self.prev_preds
         free = [0.0] * num_segs
-        ends = [[0.0] * n for _ in range(iterations)]
-        iter_end = [0.0] * iterations
+        # Recording draws exactly `iterations`; evaluating runs until periodic (or the cap).
+        limit = iterations if record else max(iterations, PERIODIC_CAP)
+        ends: list[list[float]] = []
+        iter_end: list[float] = []
         events: list[Event] = []
         period = None
-        converged = False
-        prev_state: list[float] | None = None
-        done_iters = 0
+        history: list[tuple[list[float], float]] = []
         # Iteration-major order: check for a repeating state after each iteration.
-        for k in range(iterations):
-            cur = ends[k]
+        for k in range(limit):
+            cur = [0.0] * n
+            ends.append(cur)
             for c in range(n):
                 t = 0.0
                 for u in preds[c]:
@@ -247,93 +278,107 @@ class Simulator:
                 cur[c] = e
                 if record:
                     self._record(events, c, k, t, r, pro[c], e, lo[c], hi[c], src_range[c])
-            iter_end[k] = max(cur)
-            done_iters = k + 1
+            iter_end.append(max(cur))
+            if record:
+                continue
             state = [free[s] for s in used] + [ends[k - b][u] if k >= b else 0.0
                                                for u, b in self.carried]
-            if prev_state is not None and not record:
-                d = iter_end[k] - iter_end[k - 1]
-                tol = 1e-9 * max(1.0, iter_end[k])
-                if all(abs(x - y - d) <= tol for x, y in zip(state, prev_state)):
-                    period, converged = d, True
-                    break
-            prev_state = state
+            period = _repeats(history, state, iter_end[-1])
+            if period is not None:
+                break
+            history.append((state, iter_end[-1]))
+        return self._result(period, iter_end, prep, events)
+
+    def _result(self, period: float | None, iter_end: list[float], prep,
+                events: list[Event]) -> Evaluation:
+        """Exact period when the schedule repeated; otherwise the mean over the last half of
+        the exact iterations, never below the busiest device's work per iteration (a
+        schedule cannot repeat faster than one device can do its share)."""
+        converged = period is not None
         if period is None:
-            period = _mean_period(iter_end[:done_iters])
+            period = max(_mean_period(iter_end), busiest_device_s(prep))
         cap = self.p.capacity_bytes
-        return Evaluation(period, max(0, peak - cap), peak, worst, converged,
-                          iter_end[:done_iters], events)
+        peak, worst = prep[8], prep[9]
+        return Evaluation(period, max(0, peak - cap), peak, worst, converged, iter_end, events)
 
     def _run_ordered(self, prep, iterations: int, record: bool,
                      offsets: tuple[float, ...] | list[float]) -> Evaluation:
         """Tasks in order of (iteration + offset of the call, topological index).
 
-        Every unit interval of keys holds one task of every call, so the state after all
-        keys < r (segment free times, ends of the tasks whose successors may still come)
-        is compared with the state at r - 1: a uniform shift means the schedule repeats.
+        Keys are processed one unit interval [r, r+1) at a time; each unit holds one task of
+        every call (of iteration r - floor(offset)). A task never waits for one of a larger
+        key, so after units < R every iteration k with k + span <= R is exact. Before each
+        unit the state (segment free times, ends of the tasks of the last span + back units,
+        which later ones may wait for) is compared with the states of the last few units:
+        a uniform shift means the schedule repeats forever.
         """
         (dur, pro, realloc_s, segs, extra, occ, used, num_segs, peak, worst, lo, hi,
          src_range) = prep[:13]
         n = self.p.n
         preds, prev_preds = self.preds, self.prev_preds
-        span = int(max(offsets)) + 1          # offsets lie in [0, span)
-        total = iterations + span
-        order = sorted((k + offsets[c], c, k) for k in range(total) for c in range(n))
+        whole = [int(o) for o in offsets]
+        span = max(whole) + 1                 # offsets lie in [0, span)
+        # One unit's tasks in key order: (fraction of the offset, index).
+        unit = sorted(range(n), key=lambda c: (offsets[c] - whole[c], c))
+        if record:
+            last_iter = iterations + span     # the tasks the timeline run always simulated
+            units = iterations + 2 * span
+        else:
+            last_iter = units = max(iterations, PERIODIC_CAP) + span
         free = [0.0] * num_segs
-        ends = [[0.0] * n for _ in range(total)]
-        keys: list[float] = []
-        done_ends: list[float] = []
+        ends: list[list[float]] = []
+        unit_ends: list[list[float]] = []
         events: list[Event] = []
         period = None
-        converged = False
-        prev_state: list[float] | None = None
-        back = self.max_lag                   # iterations a cross-iteration edge reaches back
-        cut = span + 1 + back                 # first cut with full look-back windows
-        for key, c, k in order:
-            while not record and key >= cut and cut <= total:
-                # State at this cut: free times + ends of tasks with keys in
-                # [cut-span-back, cut) (the ones a task at or after the cut may wait for).
-                first = _bisect_left(keys, cut - span - back)
-                state = [free[s] for s in used] + done_ends[first:]
-                if prev_state is not None and len(state) == len(prev_state):
-                    d = done_ends[-1] - prev_last
-                    tol = 1e-9 * max(1.0, done_ends[-1])
-                    if all(abs(x - y - d) <= tol for x, y in zip(state, prev_state)):
-                        period, converged = d, True
-                        break
-                prev_state, prev_last = state, done_ends[-1]
-                cut += 1
-            if converged:
-                break
-            cur = ends[k]
-            t = 0.0
-            for u in preds[c]:
-                if cur[u] > t:
-                    t = cur[u]
-            for u, lag in prev_preds[c]:
-                if k >= lag and ends[k - lag][u] > t:
-                    t = ends[k - lag][u]
-            for s in occ[c]:
-                if free[s] > t:
-                    t = free[s]
-            r = realloc_s[c]
-            if r:
-                for s in extra[c]:
-                    free[s] = t + r
-            e = t + pro[c] + dur[c]
-            for s in segs[c]:
-                free[s] = e
-            cur[c] = e
-            keys.append(key)
-            done_ends.append(e)
-            if record and k < iterations:
-                self._record(events, c, k, t, r, pro[c], e, lo[c], hi[c], src_range[c])
-        shown = iterations if record else total
-        iter_end = [max(ends[k]) for k in range(shown)]
-        if period is None:
-            period = _mean_period(iter_end)
-        cap = self.p.capacity_bytes
-        return Evaluation(period, max(0, peak - cap), peak, worst, converged, iter_end, events)
+        back = self.max_lag
+        history: list[tuple[list[float], float]] = []
+        last_end = 0.0
+        for r in range(units):
+            # The tasks of units [r - span - back, r) are the ones a later task may wait
+            # for (back: iterations a cross-iteration edge reaches back).
+            if not record and r >= span + 1 + back:
+                state = [free[s] for s in used]
+                for xs in unit_ends[r - span - back:r]:
+                    state.extend(xs)
+                period = _repeats(history, state, last_end)
+                if period is not None:
+                    break
+                history.append((state, last_end))
+            mine: list[float] = []
+            unit_ends.append(mine)
+            for c in unit:
+                k = r - whole[c]
+                if k < 0 or k >= last_iter:
+                    continue
+                while len(ends) <= k:
+                    ends.append([0.0] * n)
+                cur = ends[k]
+                t = 0.0
+                for u in preds[c]:
+                    if cur[u] > t:
+                        t = cur[u]
+                for u, lag in prev_preds[c]:
+                    if k >= lag and ends[k - lag][u] > t:
+                        t = ends[k - lag][u]
+                for s in occ[c]:
+                    if free[s] > t:
+                        t = free[s]
+                rr = realloc_s[c]
+                if rr:
+                    for s in extra[c]:
+                        free[s] = t + rr
+                e = t + pro[c] + dur[c]
+                for s in segs[c]:
+                    free[s] = e
+                cur[c] = e
+                mine.append(e)
+                last_end = e
+                if record and k < iterations:
+                    self._record(events, c, k, t, rr, pro[c], e, lo[c], hi[c], src_range[c])
+        done_units = r if period is not None else units
+        exact = iterations if record else max(1, min(len(ends), done_units - span + 1))
+        iter_end = [max(ends[k]) for k in range(min(exact, len(ends)))]
+        return self._result(period, iter_end, prep, events)
 
     @staticmethod
     def _record(events: list[Event], c: int, k: int, t: float, r: float, pro: float, e: float,
