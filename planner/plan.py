@@ -198,8 +198,10 @@ class Provenance(_Strict):
     method: str = Field(description="mcmc, cpsat, baseline, manual, ...")
     seed: int | None = None
     search_time_s: float | None = Field(None, ge=0, le=L.MAX_SECONDS)
-    lower_bound_s: float | None = Field(None, ge=0, le=L.MAX_SECONDS,
-                                        description="Proven bound (CP-SAT).")
+    lower_bound_s: float | None = Field(
+        None, ge=0, le=L.MAX_SECONDS,
+        description="Proven lower bound on the iteration time of every legal plan of the spec "
+                    "(notes say how: CP-SAT over complete lists or the work/cycle relaxation).")
     baselines_s: dict[str, float] = Field(default_factory=dict,
                                           description="Baseline name -> estimated iteration time.")
     notes: list[str] = Field(default_factory=list)

@@ -34,7 +34,7 @@ def case(request):
         spec = tiny_two_source_spec(gpn=gpn)
     else:
         spec = tiny_parallel_spec(nodes=nodes, gpn=gpn, memory_gib=mem)
-    p = build_problem(spec, top_k=4 if nodes == "two-source" else 5)
+    p = build_problem(spec, top_k=4 if nodes == "two-source" else 5, full_lists=False)
     sim = Simulator(p)
     return p, sim, brute_force(sim)
 

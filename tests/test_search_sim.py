@@ -162,7 +162,7 @@ def test_an_order_equal_to_the_default_gives_the_same_schedule():
     from planner.search.scenarios import tiny_parallel_spec
     import random
 
-    p = build_problem(tiny_parallel_spec(nodes=2, gpn=2), top_k=5)
+    p = build_problem(tiny_parallel_spec(nodes=2, gpn=2), top_k=5, full_lists=False)
     sim = Simulator(p)
     rng = random.Random(0)
     same = tuple(0.5 for _ in range(p.n))  # every call shifted alike: iteration-major again
@@ -203,7 +203,7 @@ def test_period_is_never_below_the_busiest_device(spec_name):
     from planner.search.problem import build_problem
     from planner.search.simulator import busiest_device_s
 
-    p = build_problem(getattr(scenarios, spec_name)(nodes=1, gpn=4), top_k=6)
+    p = build_problem(getattr(scenarios, spec_name)(nodes=1, gpn=4), top_k=6, full_lists=False)
     sim = Simulator(p)
     rng = random.Random(0)
     grid = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)

@@ -163,8 +163,11 @@ def micro_batch_counts(ctx: CallContext, dp: int,
 
 
 def shape_options(ctx: CallContext, layout_devices: tuple[int, ...], *, max_pp: int = 16,
-                  max_micro_batches: int = MAX_MICRO_BATCHES) -> list[Candidate]:
-    """Every legal, memory-feasible (strategy, micro-batches) on one mesh, fastest first."""
+                  max_micro_batches: int = MAX_MICRO_BATCHES, exhaustive: bool = False
+                  ) -> list[Candidate]:
+    """Legal, memory-feasible (strategy, micro-batches) on one mesh, fastest first.
+    `exhaustive`: every power-of-two micro-batch count (no early stop), minus only the
+    counts another count of the same layout dominates (see `undominated`)."""
     n = len(layout_devices)
     arch = ctx.model.architecture
     cap = ctx.capacity_bytes
@@ -198,12 +201,31 @@ def shape_options(ctx: CallContext, layout_devices: tuple[int, ...], *, max_pp: 
                     # More micro-batches trade time for memory (and, with pp > 1, shrink
                     # the pipeline fill until about 4*pp): stop once one is 1.5x slower than
                     # the best of this split, or past 4*pp and under the leanest level.
-                    if fits and (cand.time_s > 1.5 * best_s
+                    if fits and not exhaustive and (cand.time_s > 1.5 * best_s
                                  or (mb >= 4 * pp and cand.peak_bytes <= MEMORY_LEVELS[-1] * cap)):
                         break
+    if exhaustive:
+        out = undominated(out)
     out.sort(key=lambda c: (c.time_s, c.peak_bytes, c.layout.tp, c.layout.pp, c.micro_batches,
                             c.memory))
     return out
+
+
+def undominated(options: list[Candidate]) -> list[Candidate]:
+    """Drop an option only when another of the *same layout* (same devices and strategy:
+    same realloc, data transfers and resident states) is no slower and needs no more
+    working memory: swapping it in never makes a plan slower (a fixed-order schedule is
+    monotone in durations) nor larger at any moment. Ties keep the fewer micro-batches."""
+    keep: list[Candidate] = []
+    for c in options:
+        if not any(o is not c and o.layout == c.layout and o.time_s <= c.time_s
+                   and o.work_bytes <= c.work_bytes and o.states_bytes <= c.states_bytes
+                   and o.params_bytes <= c.params_bytes
+                   and (o.time_s, o.work_bytes, o.micro_batches)
+                   < (c.time_s, c.work_bytes, c.micro_batches)
+                   for o in options):
+            keep.append(c)
+    return keep
 
 
 def memory_levels(options: list[Candidate], capacity_bytes: int,
@@ -231,26 +253,43 @@ class CallCandidates:
     """The candidates of one call and why the list looks the way it does."""
 
     candidates: list[Candidate]
+    complete: bool  # every legal option that fits alone, but provably dominated ones
+    min_time_s: float        # fastest legal option that fits alone, over every mesh
+    min_device_s: float      # least time x devices of such an option (work on the cluster)
     # Per shape: its fastest option (None when nothing fits); for error messages.
     best_by_shape: dict[MeshShape, Candidate | None]
     leanest: Candidate | None  # the smallest peak over every legal option (even unfitting)
 
 
 def enumerate_call(ctx: CallContext, num_nodes: int, *, top_k: int, max_pp: int = 16,
-                   every_node_count: bool = False) -> CallCandidates:
-    """The pruned candidate list of one call (see the module docstring)."""
+                   every_node_count: bool = False, full: bool = False) -> CallCandidates:
+    """The candidate list of one call: with `full`, every legal option that fits alone
+    at every position, less provably dominated ones; otherwise pruned (module docstring).
+    Either way every mesh shape searched (every node count with `every_node_count` or
+    `full`) is priced exhaustively once, for the minima of planner/search/bounds.py."""
     gpn = ctx.gpus_per_node
     per_shape: dict[MeshShape, list[Candidate]] = {}
     best: dict[MeshShape, Candidate | None] = {}
-    for shape in mesh_shapes(num_nodes, gpn, every_node_count=every_node_count):
+    min_time_s = min_device_s = math.inf
+    for shape in mesh_shapes(num_nodes, gpn, every_node_count=every_node_count or full):
         starts = mesh_starts(shape, num_nodes, gpn)
         if not starts:
             continue
         devices = tuple(range(starts[0], starts[0] + shape.size))
-        opts = shape_options(ctx, devices, max_pp=max_pp)
+        opts = shape_options(ctx, devices, max_pp=max_pp, exhaustive=True)
+        for c in opts:
+            min_time_s = min(min_time_s, c.time_s)
+            min_device_s = min(min_device_s, c.time_s * shape.size)
         best[shape] = opts[0] if opts else None
         if opts:
-            per_shape[shape] = memory_levels(opts, ctx.capacity_bytes)
+            per_shape[shape] = opts if full else memory_levels(opts, ctx.capacity_bytes)
+    if full:
+        chosen = [moved(c, st) for s, opts in per_shape.items()
+                  for st in mesh_starts(s, num_nodes, gpn) for c in opts]
+        chosen.sort(key=lambda c: (c.time_s, c.peak_bytes, c.lo, c.layout.tp, c.layout.pp,
+                                   c.micro_batches))
+        return CallCandidates(chosen, True, min_time_s, min_device_s, best,
+                              None if chosen else _leanest(ctx, num_nodes, max_pp))
     ranked = sorted(per_shape, key=lambda s: (per_shape[s][0].time_s, -s.size, not s.whole_nodes))
     positions = {s: mesh_starts(s, num_nodes, gpn) for s in ranked}
     chosen: list[Candidate] = []
@@ -265,7 +304,7 @@ def enumerate_call(ctx: CallContext, num_nodes: int, *, top_k: int, max_pp: int 
     leanest = None
     if not chosen:
         leanest = _leanest(ctx, num_nodes, max_pp)
-    return CallCandidates(chosen, best, leanest)
+    return CallCandidates(chosen, False, min_time_s, min_device_s, best, leanest)
 
 
 def _leanest(ctx: CallContext, num_nodes: int, max_pp: int) -> Candidate | None:

@@ -49,6 +49,9 @@ from planner.search.candidates import (
     price,
 )
 
+# Clusters this small get complete candidate lists by default (Problem(full_lists=None)).
+FULL_LIST_DEVICES = 4
+
 
 class ImpossibleSpecError(UserError):
     """No layout of some call fits in a device's memory; the message names it."""
@@ -84,8 +87,11 @@ class Problem:
     def __init__(self, spec: Spec, profile: HardwareProfile, *, top_k: int = 40,
                  max_pp: int = 16, exact_moves: bool = False, shard_optimizer: bool = False,
                  memory_choices: tuple[TrainMemoryChoice, ...] = SEARCHED_MEMORY_CHOICES,
-                 every_node_count: bool = False,
+                 every_node_count: bool = False, full_lists: bool | None = None,
                  candidates: list[list[Candidate]] | None = None) -> None:
+        """`full_lists`: every legal option that fits alone per call (less provably
+        dominated ones), so CP-SAT's bound covers every legal plan; None = on clusters of
+        at most FULL_LIST_DEVICES devices, where the lists stay small enough to solve."""
         self.spec = spec
         self.profile = profile
         self.top_k = top_k
@@ -138,13 +144,23 @@ class Problem:
         self._realloc: dict[tuple[int, int, int], MoveCost] = {}
         self._transfer: dict[tuple[int, int, int], MoveCost] = {}
         self.version = 0  # bumped when a candidate is added (simulators rebuild their tables)
+        # Whether the lists hold every legal plan (up to dominance), and per call its
+        # exhaustive minima (planner/search/bounds.py); unknown for hand-made lists.
+        self.complete = False
+        self.min_time_s = [0.0] * self.n
+        self.min_device_s = [0.0] * self.n
         if candidates is not None:
             self.candidates: list[list[Candidate]] = candidates
             return
+        if full_lists is None:
+            full_lists = cl.num_devices <= FULL_LIST_DEVICES
         self.enumerated = [enumerate_call(ctx, cl.nodes, top_k=top_k, max_pp=max_pp,
-                                          every_node_count=every_node_count)
+                                          every_node_count=every_node_count, full=full_lists)
                            for ctx in self.contexts]
         self.candidates = [list(e.candidates) for e in self.enumerated]
+        self.complete = full_lists
+        self.min_time_s = [e.min_time_s for e in self.enumerated]
+        self.min_device_s = [e.min_device_s for e in self.enumerated]
         self._check_possible()
         self._add_home_layouts()
 
