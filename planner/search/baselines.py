@@ -22,6 +22,7 @@ the baselines and a searched plan is never worse than them.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 
 from planner.cost_model import IllegalLayoutError
@@ -181,11 +182,12 @@ def _splits(p: Problem) -> list[int]:
                   and mesh_problem(tuple(range(g, n)), gpn, n) is None)
 
 
-def split(p: Problem, sim: Simulator) -> Baseline:
+def split(p: Problem, sim: Simulator, deadline: float | None = None) -> Baseline:
     """Generation on devices [0, g), everything else on [g, N); the best g.
 
     Every whole-node cut is tried (the period is not unimodal in g: strategies and
-    memory fits jump), or on one node the two halves.
+    memory fits jump), or on one node the two halves; cuts nearest to generation's share
+    of the work first, and past `deadline` (time.perf_counter()) no more once one fits.
     """
     gens = [i for i in range(p.n) if p.calls[i].type == "generate"]
     name, desc = "split", \
@@ -210,7 +212,13 @@ def split(p: Problem, sim: Simulator) -> Baseline:
         per = tried[g][1]
         return per if per is not None else float("inf")
 
-    for g in _splits(p):
+    work = [p.min_device_s[i] for i in range(p.n)]
+    share = sum(work[i] for i in gens) / sum(work) if sum(work) > 0 else 0.5
+    cuts = sorted(_splits(p), key=lambda g: (abs(g - share * n), g))
+    for g in cuts:
+        if deadline is not None and time.perf_counter() > deadline and \
+                any(v[1] is not None for v in tried.values()):
+            break
         at(g)
     ok = {g: v for g, v in tried.items() if v[1] is not None}
     if not ok:
@@ -220,13 +228,15 @@ def split(p: Problem, sim: Simulator) -> Baseline:
                     f"generation on devices 0-{g - 1}, the rest on {g}-{n - 1}")
 
 
-def all_baselines(p: Problem, sim: Simulator | None = None) -> list[Baseline]:
+def all_baselines(p: Problem, sim: Simulator | None = None, deadline: float | None = None
+                  ) -> list[Baseline]:
     """Every baseline, tried on a scratch copy of `p`; only the winning plans' candidates
-    are added to `p` (so the search's space holds them without the options tried)."""
+    are added to `p` (so the search's space holds them without the options tried).
+    `deadline` bounds the split baseline's tour of the cuts (the search's time limit)."""
     q = p.scratch()
     qsim = Simulator(q, max_iterations=sim.max_iterations if sim else 6)
     first = colocate(q, qsim)
-    out = [first, colocate_per_call(q, qsim, first.assignment), split(q, qsim)]
+    out = [first, colocate_per_call(q, qsim, first.assignment), split(q, qsim, deadline)]
     for b in out:
         if b.assignment is not None:
             b.assignment = p.adopt(q, b.assignment)

@@ -117,8 +117,11 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
         sim = Simulator(p)
         if progress:
             progress("baselines", 0.0, None)
+        # The split baseline stops trying cuts past half the budget (pricing included); a
+        # deterministic run (steps=) tries every cut so its answer does not depend on load.
+        soft = None if steps is not None else t0 + 0.5 * time_limit_s
         try:
-            baselines = all_baselines(p, sim)
+            baselines = all_baselines(p, sim, soft)
         except SearchTimeError:  # the search goes on from every call's fastest candidate
             baselines = []
             note_cut("baselines skipped (the search started from each call's fastest "
