@@ -261,18 +261,30 @@ class CallCandidates:
     leanest: Candidate | None  # the smallest peak over every legal option (even unfitting)
 
 
-def enumerate_call(ctx: CallContext, num_nodes: int, *, top_k: int, max_pp: int = 16,
-                   every_node_count: bool = False, full: bool = False) -> CallCandidates:
-    """The candidate list of one call: with `full`, every legal option that fits alone
-    at every position, less provably dominated ones; otherwise pruned (module docstring).
-    Either way every mesh shape searched (every node count with `every_node_count` or
-    `full`) is priced exhaustively once, for the minima of planner/search/bounds.py."""
-    gpn = ctx.gpus_per_node
-    per_shape: dict[MeshShape, list[Candidate]] = {}
-    best: dict[MeshShape, Candidate | None] = {}
+@dataclass
+class PricedShapes:
+    """Every mesh shape of one call priced exhaustively (on its first position)."""
+
+    ctx: CallContext
+    num_nodes: int
+    max_pp: int
+    options: dict[MeshShape, list[Candidate]]  # fitting, undominated, fastest first
+    min_time_s: float
+    min_device_s: float
+
+    def full_count(self) -> int:
+        gpn = self.ctx.gpus_per_node
+        return sum(len(o) * len(mesh_starts(s, self.num_nodes, gpn))
+                   for s, o in self.options.items())
+
+
+def price_shapes(ctx: CallContext, num_nodes: int, *, max_pp: int = 16,
+                 every_node_count: bool = False) -> PricedShapes:
+    """Price every mesh shape exhaustively once; the minima feed planner/search/bounds.py."""
+    options: dict[MeshShape, list[Candidate]] = {}
     min_time_s = min_device_s = math.inf
-    for shape in mesh_shapes(num_nodes, gpn, every_node_count=every_node_count or full):
-        starts = mesh_starts(shape, num_nodes, gpn)
+    for shape in mesh_shapes(num_nodes, ctx.gpus_per_node, every_node_count=every_node_count):
+        starts = mesh_starts(shape, num_nodes, ctx.gpus_per_node)
         if not starts:
             continue
         devices = tuple(range(starts[0], starts[0] + shape.size))
@@ -280,16 +292,31 @@ def enumerate_call(ctx: CallContext, num_nodes: int, *, top_k: int, max_pp: int 
         for c in opts:
             min_time_s = min(min_time_s, c.time_s)
             min_device_s = min(min_device_s, c.time_s * shape.size)
-        best[shape] = opts[0] if opts else None
-        if opts:
-            per_shape[shape] = opts if full else memory_levels(opts, ctx.capacity_bytes)
+        options[shape] = opts
+    return PricedShapes(ctx, num_nodes, max_pp, options, min_time_s, min_device_s)
+
+
+def enumerate_call(ctx: CallContext, num_nodes: int, *, top_k: int, max_pp: int = 16,
+                   every_node_count: bool = False, full: bool = False,
+                   priced: PricedShapes | None = None) -> CallCandidates:
+    """The candidate list of one call: with `full`, every legal option that fits alone
+    at every position, less provably dominated ones; otherwise pruned (module docstring).
+    `priced`: the shapes already priced by price_shapes (priced again otherwise)."""
+    gpn = ctx.gpus_per_node
+    if priced is None:
+        priced = price_shapes(ctx, num_nodes, max_pp=max_pp,
+                              every_node_count=every_node_count or full)
+    best = {s: (o[0] if o else None) for s, o in priced.options.items()}
+    mins = (priced.min_time_s, priced.min_device_s)
     if full:
-        chosen = [moved(c, st) for s, opts in per_shape.items()
+        chosen = [moved(c, st) for s, opts in priced.options.items()
                   for st in mesh_starts(s, num_nodes, gpn) for c in opts]
         chosen.sort(key=lambda c: (c.time_s, c.peak_bytes, c.lo, c.layout.tp, c.layout.pp,
                                    c.micro_batches))
-        return CallCandidates(chosen, True, min_time_s, min_device_s, best,
+        return CallCandidates(chosen, True, *mins, best,
                               None if chosen else _leanest(ctx, num_nodes, max_pp))
+    per_shape = {s: memory_levels(o, ctx.capacity_bytes)
+                 for s, o in priced.options.items() if o}
     ranked = sorted(per_shape, key=lambda s: (per_shape[s][0].time_s, -s.size, not s.whole_nodes))
     positions = {s: mesh_starts(s, num_nodes, gpn) for s in ranked}
     chosen: list[Candidate] = []
@@ -304,7 +331,7 @@ def enumerate_call(ctx: CallContext, num_nodes: int, *, top_k: int, max_pp: int 
     leanest = None
     if not chosen:
         leanest = _leanest(ctx, num_nodes, max_pp)
-    return CallCandidates(chosen, False, min_time_s, min_device_s, best, leanest)
+    return CallCandidates(chosen, False, *mins, best, leanest)
 
 
 def _leanest(ctx: CallContext, num_nodes: int, max_pp: int) -> Candidate | None:

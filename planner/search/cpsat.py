@@ -286,7 +286,7 @@ def cpsat_search(sim: Simulator, *, time_limit_s: float = 10.0, workers: int = 2
                  if status in (cp_model.OPTIMAL, cp_model.FEASIBLE) else None)
     return SearchResult("cpsat", best_a, best_per, time.perf_counter() - t0,
                         lower_bound_s=bound, status=f"{status_name}, model built in {build_s:.1f} s",
-                        order=best_order, model_objective_s=objective)
+                        order=best_order, model_objective_s=objective, build_s=build_s)
 
 
 def check_params(text: str) -> None:

@@ -177,10 +177,12 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
             sim, seed=seed, steps=steps, time_limit_s=None if deterministic else budget,
             starts=[b.assignment for b in known],
             progress=(lambda f, b: progress("mcmc", f, b)) if progress else None))
-    # Building the CP-SAT model cannot be interrupted (about 10 ms per candidate on a
-    # loaded 2-core machine): auto skips it when the budget left cannot pay for that.
-    build_s = 1.0 + 0.01 * p.candidate_count()
-    if method == "cpsat" or (method == "auto" and (deterministic or left() > 2 * build_s)):
+    # Building the CP-SAT model cannot be interrupted (2-17 ms per candidate, idle to
+    # loaded 2-core machine; the probe measured it when there was one): auto skips it when
+    # the budget left cannot pay for that and some solving.
+    probe = next((r.build_s for r in runs if r.method == "cpsat"), None)
+    build_s = probe if probe is not None else 0.5 + 0.01 * p.candidate_count()
+    if method == "cpsat" or (method == "auto" and (deterministic or left() > 1.5 * build_s)):
         runs.append(run_cpsat(left(), max(1.0, (steps or 0) / 5000)))
 
     options: list[tuple[float, str, tuple[int, ...], list[float] | None]] = []

@@ -47,6 +47,7 @@ class SearchResult:
     order: list[float] | None = None        # simulator priority offsets (CP-SAT's order)
     model_objective_s: float | None = None  # CP-SAT's own objective for its best solution
     closest: tuple[int, ...] | None = None  # lowest energy seen, fitting or not (for errors)
+    build_s: float = 0.0                    # CP-SAT: seconds spent building the model
 
 
 def _propose(x: tuple[int, ...], movable: list[int], sizes: list[int], rng: random.Random,

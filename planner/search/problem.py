@@ -47,10 +47,12 @@ from planner.search.candidates import (
     Candidate,
     enumerate_call,
     price,
+    price_shapes,
 )
 
-# Clusters this small get complete candidate lists by default (Problem(full_lists=None)).
-FULL_LIST_DEVICES = 4
+# One-node problems whose complete candidate lists hold at most this many candidates in
+# all get them by default (Problem(full_lists=None)): CP-SAT still solves them quickly.
+FULL_LIST_MAX_CANDIDATES = 400
 
 
 class ImpossibleSpecError(UserError):
@@ -91,7 +93,7 @@ class Problem:
                  candidates: list[list[Candidate]] | None = None) -> None:
         """`full_lists`: every legal option that fits alone per call (less provably
         dominated ones), so CP-SAT's bound covers every legal plan; None = on clusters of
-        at most FULL_LIST_DEVICES devices, where the lists stay small enough to solve."""
+        one node when the complete lists hold at most FULL_LIST_MAX_CANDIDATES in all."""
         self.spec = spec
         self.profile = profile
         self.top_k = top_k
@@ -152,11 +154,16 @@ class Problem:
         if candidates is not None:
             self.candidates: list[list[Candidate]] = candidates
             return
+        # Complete lists need every node count; on one node that is no extra pricing.
+        every = every_node_count or bool(full_lists) or (full_lists is None and cl.nodes == 1)
+        priced = [price_shapes(ctx, cl.nodes, max_pp=max_pp, every_node_count=every)
+                  for ctx in self.contexts]
         if full_lists is None:
-            full_lists = cl.num_devices <= FULL_LIST_DEVICES
+            full_lists = cl.nodes == 1 and \
+                sum(x.full_count() for x in priced) <= FULL_LIST_MAX_CANDIDATES
         self.enumerated = [enumerate_call(ctx, cl.nodes, top_k=top_k, max_pp=max_pp,
-                                          every_node_count=every_node_count, full=full_lists)
-                           for ctx in self.contexts]
+                                          every_node_count=every, full=full_lists, priced=pr)
+                           for ctx, pr in zip(self.contexts, priced)]
         self.candidates = [list(e.candidates) for e in self.enumerated]
         self.complete = full_lists
         self.min_time_s = [e.min_time_s for e in self.enumerated]
