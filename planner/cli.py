@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # A console-script run started with the process (time budgets count its start-up);
+    # an in-process call (tests, the API) starts now.
+    args.whole_process = argv is None
     if not getattr(args, "run", None):
         parser.print_help()
         return 2

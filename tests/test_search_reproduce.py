@@ -36,3 +36,17 @@ def test_evaluate_reproduces_the_searched_time(path, tmp_path):
     _, _, order, ev = plan_file_evaluation(build_problem(spec, path), plan)
     assert ev.period_s == out.exact_period_s  # bit for bit: same candidates, same order
     assert (order is not None) == (out.order is not None and any(out.order))
+
+
+def test_a_stale_plan_reproduces_its_time(tmp_path):
+    """Under max_staleness the simulator's default order runs generation ahead: the plan
+    stores that order and its staleness, and evaluate replays both."""
+    path = ROOT / "specs" / "tiny-grpo-cpu.yaml"
+    spec = load_spec(path).model_copy(update={"max_staleness": 1})
+    p = build_problem(spec, path).with_staleness(1)
+    out = search(spec, spec_path=path, steps=150, time_limit_s=3, method="mcmc", problem=p)
+    save_plan(out.plan, tmp_path / "plan.json")
+    plan = load_plan(tmp_path / "plan.json", spec)
+    assert plan.max_staleness == 1 and any(a.order_offset for a in plan.calls)
+    _, _, _, ev = plan_file_evaluation(build_problem(spec, path), plan)
+    assert ev.period_s == out.exact_period_s

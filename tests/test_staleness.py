@@ -89,7 +89,7 @@ def test_k0_leaves_specs_and_hashes_unchanged(path):
     assert spec.model_copy(update={"max_staleness": 1}).spec_hash() != spec.spec_hash()
     assert all(lag == 1 for *_, lag in param_lag_edges(spec))
     if spec.cluster.hardware == "cpu":  # small enough to price here
-        p = build_problem(spec, path, top_k=2)
+        p = build_problem(spec, path, top_k=2, full_lists=False)
         assert all(lag == 1 for lags in p.prev_lags for lag in lags)
         assert Simulator(p).offsets is None  # the synchronous order, exactly as before
 
@@ -139,7 +139,7 @@ def test_cpsat_k1_bound_on_priced_tiny_problems(nodes, gpn):
     and its plan (re-simulated in its own order) no worse than the brute-force optimum
     of the simulator's default order (it may be better: CP-SAT also chooses the order)."""
     spec = tiny_parallel_spec(nodes=nodes, gpn=gpn).model_copy(update={"max_staleness": 1})
-    p = build_problem(spec, top_k=3)
+    p = build_problem(spec, top_k=3, full_lists=False)
     sim = Simulator(p)
     best, _ = _brute(sim)
     r = cpsat_search(Simulator(p), time_limit_s=4, workers=1, seed=0)
@@ -172,7 +172,8 @@ def test_async_baseline_not_slower_than_its_synchronous_split():
     spec = tiny_parallel_spec(nodes=2, gpn=2)
     for_k = {}
     for k in (0, 1):
-        p = build_problem(spec.model_copy(update={"max_staleness": k}), top_k=4)
+        p = build_problem(spec.model_copy(update={"max_staleness": k}), top_k=4,
+                          full_lists=False)
         bs = {b.name: b for b in all_baselines(p, Simulator(p))}
         for_k[k] = bs["async-split" if k else "split"].period_s
     assert for_k[1] <= for_k[0] * (1 + 1e-9)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -136,9 +137,6 @@ def staleness_table(res: StalenessOutcome) -> Table:
     return t
 
 
-OUTPUT_RESERVE_S = 0.3  # writing the plan and printing the tables, after search()
-
-
 def process_age_s() -> float:
     """Seconds since this process started (interpreter start and imports included: on a
     loaded machine they take seconds, and --time-limit is wall clock); 0 if unknown."""
@@ -155,7 +153,8 @@ def process_age_s() -> float:
 def run(args: argparse.Namespace) -> int:
     _check(args)
     # The budget is the command's wall clock: what start-up used is gone already.
-    budget_s = max(0.5, args.time_limit - process_age_s() - OUTPUT_RESERVE_S)
+    age_s = process_age_s() if getattr(args, "whole_process", False) else 0.0
+    started_s = time.perf_counter() - age_s
     spec = load_spec(args.spec)
     console = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[best]}"),
@@ -170,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
             bar.update(task, description=label, completed=frac,
                        best=f"best {best:.3f} s" if best is not None else "")
 
-        common = dict(spec_path=args.spec, method=args.method, time_limit_s=budget_s,
+        common = dict(spec_path=args.spec, method=args.method,
+                      time_limit_s=args.time_limit, start_s=started_s,
                       seed=args.seed, top_k=args.top_k, steps=args.steps, workers=args.workers,
                       cpsat_params=args.cpsat_params, progress=progress,
                       every_node_count=args.every_node_count,

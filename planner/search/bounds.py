@@ -9,9 +9,10 @@ prices every mesh shape, every (dp, tp, pp), every power-of-two micro-batch coun
 * work: every call runs for at least its least (time x devices) on the cluster, and a
   periodic schedule fits one iteration's work on the devices in one period:
   P >= sum_c min_device_s(c) / num_devices;
-* cycles: along a cross-iteration parameter edge u(k) -> v(k+1) and any same-iteration
-  path v -> ... -> u, one iteration's calls run one after another:
-  P >= sum of min_time_s on the longest such path.
+* cycles: along a cross-iteration parameter edge u(k) -> v(k+lag) (lag 1, or 1 + K for
+  a generate call under max_staleness K) and any same-iteration path v -> ... -> u, the
+  calls on it run one after another, and the cycle spans `lag` periods:
+  P >= (sum of min_time_s on the longest such path) / lag.
 
 Reallocs and data transfers only add time, so leaving them out keeps it a bound.
 """
@@ -28,7 +29,7 @@ def work_bound_s(p: Problem) -> float:
 def cycle_bound_s(p: Problem) -> float:
     best = 0.0
     for v in range(p.n):
-        for u in p.prev_preds[v]:
+        for u, lag in zip(p.prev_preds[v], p.prev_lags[v]):
             # Longest path v -> u over same-iteration edges (indices are topological).
             longest = [float("-inf")] * p.n
             longest[v] = p.min_time_s[v]
@@ -36,7 +37,7 @@ def cycle_bound_s(p: Problem) -> float:
                 for x in p.preds[w]:
                     if longest[x] > float("-inf"):
                         longest[w] = max(longest[w], longest[x] + p.min_time_s[w])
-            best = max(best, longest[u] if u != v else p.min_time_s[u])
+            best = max(best, (longest[u] if u != v else p.min_time_s[u]) / lag)
     return best
 
 

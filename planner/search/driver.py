@@ -101,12 +101,13 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
            time_limit_s: float = 10.0, seed: int = 0, top_k: int = 40, steps: int | None = None,
            workers: int = 2, cpsat_params: str = "", progress: Progress | None = None,
            problem: Problem | None = None, every_node_count: bool = False,
-           memory_choices: bool = True) -> SearchOutcome:
+           memory_choices: bool = True, start_s: float | None = None) -> SearchOutcome:
     """Find a plan for `spec`; see the module docstring. `memory_choices=False`:
-    train calls only as plain (no ZeRO, no recompute), for comparison."""
+    train calls only as plain (no ZeRO, no recompute), for comparison. `start_s`: the
+    time.perf_counter() the budget counts from (the CLI's process start), default now."""
     if method not in METHODS:
         raise UserError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() if start_s is None else start_s
     if progress:
         progress("candidates", 0.0, None)
     extra = {} if memory_choices else {"memory_choices": (PLAIN,)}

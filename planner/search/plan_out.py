@@ -99,6 +99,8 @@ def build_plan(p: Problem, assign: tuple[int, ...], *, provenance: Provenance,
     for e in last:
         by_call.setdefault(e.call, {})[e.kind] = e
     mem = residency.call_peaks(exact, assign)
+    if order is None:  # the simulator's default order (e.g. stale generation ahead) is stored
+        order = Simulator(exact).offsets
 
     calls = []
     for name in [c.name for c in p.spec.calls]:

@@ -37,9 +37,10 @@ def search_staleness(spec: Spec, *, spec_path: str | Path | None = None,
                      time_limit_s: float = 10.0, top_k: int = 40,
                      every_node_count: bool = False, problem: Problem | None = None,
                      progress: Progress | None = None, memory_choices: bool = True,
-                     **kwargs) -> StalenessOutcome:
-    """Search every staleness bound 0..spec.max_staleness; `kwargs` go to `search`."""
-    t0 = time.perf_counter()
+                     start_s: float | None = None, **kwargs) -> StalenessOutcome:
+    """Search every staleness bound 0..spec.max_staleness; `kwargs` go to `search`.
+    `start_s`: the time.perf_counter() the budget counts from (default now)."""
+    t0 = time.perf_counter() if start_s is None else start_s
     if progress:
         progress("candidates", 0.0, None)
     extra = {} if memory_choices else {"memory_choices": (PLAIN,)}  # see search()
