@@ -135,7 +135,7 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
 
     # The budget covers everything; keep a little for the exact re-check and the plan.
     # Exact transfer plans of big models take ~10 ms per candidate on a loaded machine.
-    deadline = t0 + time_limit_s - min(0.3 * time_limit_s, 0.5 + 0.01 * p.candidate_count())
+    deadline = t0 + time_limit_s - min(0.2 * time_limit_s, 0.3 + 0.004 * p.candidate_count())
 
     def left() -> float:
         return max(0.3, deadline - time.perf_counter())
@@ -182,8 +182,8 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
     # loaded 2-core machine; the probe measured it when there was one): auto skips it when
     # the budget left cannot pay for that and some solving.
     probe = next((r.build_s for r in runs if r.method == "cpsat"), None)
-    build_s = probe if probe is not None else 0.5 + 0.01 * p.candidate_count()
-    if method == "cpsat" or (method == "auto" and (deterministic or left() > 1.5 * build_s)):
+    build_s = probe if probe is not None else 0.3 + 0.004 * p.candidate_count()
+    if method == "cpsat" or (method == "auto" and (deterministic or left() > build_s + 0.5)):
         runs.append(run_cpsat(left(), max(1.0, (steps or 0) / 5000)))
 
     options: list[tuple[float, str, tuple[int, ...], list[float] | None]] = []
