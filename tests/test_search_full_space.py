@@ -14,7 +14,9 @@ import itertools
 import pytest
 
 from planner.cost_model import IllegalLayoutError, estimate_call, load_profile
+from planner.cost_model.dtype import dtype_bytes_for
 from planner.cost_model.legality import layout_problem
+from planner.cost_model.memory import TrainMemoryChoice
 from planner.layout.layout import Layout
 from planner.search.bounds import full_space_bound_s
 from planner.search.candidates import Candidate
@@ -51,20 +53,26 @@ def every_option(spec, name: str, profile) -> list[Candidate]:
                                  pp=pp)
                     if layout_problem(m.architecture, lay, GPN, GPN):
                         continue
-                    for mb in (1, 2, 4, 8, 16, 32, 64):
+                    # Train calls: ZeRO 0/1/2 (1 and 2 need dp > 1) x activation recompute.
+                    choices = [(z, r) for z in (0, 1, 2) for r in (False, True)
+                               if c.type == "train" and (z == 0 or lay.dp > 1)] or [(0, False)]
+                    for (z, r), mb in itertools.product(choices, (1, 2, 4, 8, 16, 32, 64)):
                         try:
                             est = estimate_call(m.architecture, m.head, c, lay, mb, profile,
                                                 trainable=m.trainable, gpus_per_node=GPN,
-                                                num_devices=GPN)
+                                                num_devices=GPN, zero_stage=z, recompute=r,
+                                                dtype_bytes=dtype_bytes_for(m, profile))
                         except IllegalLayoutError:
                             continue
                         mem = est.memory
                         if mem.resident_bytes + mem.transient_bytes <= profile.memory_bytes:
                             out.append(Candidate(lay, mb, est.time_s, mem.params_bytes,
-                                                 mem.resident_bytes, mem.transient_bytes))
-    # Only the safe rule: same layout, no slower and no more working memory.
+                                                 mem.resident_bytes, mem.transient_bytes,
+                                                 memory=TrainMemoryChoice(z, r)))
+    # Only the safe rule: same layout, no slower, no more working memory or states.
     return [x for x in out if not any(
         y.layout == x.layout and y.time_s <= x.time_s and y.work_bytes <= x.work_bytes
+        and y.states_bytes <= x.states_bytes and y.params_bytes <= x.params_bytes
         and (y.time_s, y.work_bytes, y.micro_batches) < (x.time_s, x.work_bytes, x.micro_batches)
         for y in out)]
 
@@ -89,8 +97,8 @@ def test_search_lists_are_every_legal_option(optimum):
     p = build_problem(spec)
     assert p.complete
     for i in range(p.n):
-        assert ({(c.layout, c.micro_batches) for c in p.candidates[i]}
-                == {(c.layout, c.micro_batches) for c in brute.candidates[i]})
+        assert ({(c.layout, c.micro_batches, c.memory) for c in p.candidates[i]}
+                == {(c.layout, c.micro_batches, c.memory) for c in brute.candidates[i]})
 
 
 def test_search_finds_the_optimum_and_the_bound_holds(optimum):
