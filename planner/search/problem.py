@@ -52,7 +52,7 @@ from planner.search.candidates import (
 
 # One-node problems whose complete candidate lists hold at most this many candidates in
 # all get them by default (Problem(full_lists=None)): CP-SAT still solves them quickly.
-FULL_LIST_MAX_CANDIDATES = 400
+FULL_LIST_MAX_CANDIDATES = 500
 
 
 class ImpossibleSpecError(UserError):
