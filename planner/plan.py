@@ -313,7 +313,8 @@ def check_plan(plan: ExecutionPlan, spec: Spec | None = None, *, file: str = "<p
         call = own.call(a.name)
         why = call_problem(own.models[call.model].architecture, call.num_seqs,
                            call.minibatches, a.layout, a.micro_batches,
-                           plan.cluster.gpus_per_node, plan.cluster.num_devices)
+                           plan.cluster.gpus_per_node, plan.cluster.num_devices,
+                           call.seqs_per_record)
         if why:
             raise PlanError(f"{file} calls[{i}]: {a.name} on {a.layout_str} "
                             f"m{a.micro_batches}: {why}")

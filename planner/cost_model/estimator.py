@@ -44,8 +44,7 @@ from planner.cost_model.generation import (
     rank_lengths,
     slots_for,
 )
-from planner.cost_model.legality import (IllegalLayoutError, batch_problem, layout_problem,
-                                         step_seqs)
+from planner.cost_model.legality import IllegalLayoutError, call_batch_problem, layout_problem
 from planner.cost_model.memory import (
     ZERO_STAGES,
     MemoryEstimate,
@@ -95,6 +94,7 @@ class CallShape:
     max_num_seqs: int = 256               # generate: engine cap on sequences in flight
     max_num_batched_tokens: int = 8192    # generate: prompt tokens per prefill batch
     io_keys: int = 0      # data keys in + out (the runtime's hand-off through its driver)
+    seqs_per_record: int = 1  # 2: chosen/rejected pairs, never split over dp or micro-batches
 
     @classmethod
     def of(cls, call: "CallSpec | CallShape") -> "CallShape":
@@ -109,7 +109,8 @@ class CallShape:
                        max_num_seqs=eng.max_num_seqs,
                        max_num_batched_tokens=eng.max_num_batched_tokens, io_keys=io)
         return cls(call.type, call.num_seqs, call.total_len, call.total_len, 0,
-                   call.minibatches, call.epochs, seq_len_mean=call.total_len_mean, io_keys=io)
+                   call.minibatches, call.epochs, seq_len_mean=call.total_len_mean, io_keys=io,
+                   seqs_per_record=call.seqs_per_record)
 
     @property
     def mean_len(self) -> float:
@@ -474,8 +475,8 @@ def estimate_call(arch: ModelArch, head: HeadType, call: CallSpec | CallShape, l
     why = _layout_problem(arch, layout, gpus_per_node, num_devices)
     shape = CallShape.of(call)
     if why is None:
-        why = batch_problem(step_seqs(shape.num_seqs, shape.minibatches), layout.dp,
-                            micro_batches)
+        why = call_batch_problem(shape.num_seqs, shape.seqs_per_record, shape.minibatches,
+                                 layout.dp, micro_batches)
     if why is None and shape.type == "train" and not trainable:
         why = "a train call needs a trainable model"
     if why is not None:

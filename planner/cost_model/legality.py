@@ -97,28 +97,40 @@ def check_layout(arch: ModelArch, layout: Layout, gpus_per_node: int,
         raise IllegalLayoutError(f"layout {layout}: {why}")
 
 
-def batch_problem(num_seqs: int, dp: int, micro_batches: int) -> str | None:
-    """Why `num_seqs` sequences cannot be split over dp ranks and micro-batches."""
+def batch_problem(num_records: int, dp: int, micro_batches: int,
+                  seqs_per_record: int = 1) -> str | None:
+    """Why `num_records` records (a sequence, or a chosen/rejected pair when
+    seqs_per_record is 2: never cut in half) cannot be split over dp ranks and
+    micro-batches."""
+    unit = "sequences" if seqs_per_record == 1 else f"records of {seqs_per_record} sequences"
     if micro_batches < 1:
         return f"micro-batches must be >= 1, got {micro_batches}"
-    if dp > num_seqs:
-        return f"dp {dp} exceeds the {num_seqs} sequences of a batch: a dp rank would be idle"
-    per_rank = -(-num_seqs // dp)
+    if dp > num_records:
+        return f"dp {dp} exceeds the {num_records} {unit} of a batch: a dp rank would be idle"
+    per_rank = -(-num_records // dp)
     if micro_batches > per_rank:
-        return (f"{micro_batches} micro-batches exceed the {per_rank} sequences per dp rank: "
+        return (f"{micro_batches} micro-batches exceed the {per_rank} {unit} per dp rank: "
                 "a micro-batch would be empty")
     return None
 
 
-def step_seqs(num_seqs: int, minibatches: int) -> int:
-    """Sequences in one optimizer step (a call that does not train has one step)."""
-    return math.ceil(num_seqs / minibatches)
+def step_records(num_records: int, minibatches: int) -> int:
+    """Records in one optimizer step (a call that does not train has one step)."""
+    return math.ceil(num_records / minibatches)
+
+
+def call_batch_problem(num_seqs: int, seqs_per_record: int, minibatches: int, dp: int,
+                       micro_batches: int) -> str | None:
+    """Why a call's batch cannot be split over `dp` ranks and `micro_batches`."""
+    return batch_problem(step_records(num_seqs // seqs_per_record, minibatches), dp,
+                         micro_batches, seqs_per_record)
 
 
 def call_problem(arch: ModelArch, num_seqs: int, minibatches: int, layout: Layout,
                  micro_batches: int, gpus_per_node: int,
-                 num_devices: int | None = None) -> str | None:
+                 num_devices: int | None = None, seqs_per_record: int = 1) -> str | None:
     """Why a call cannot run on `layout` with `micro_batches`, or None: the rule that
     the cost model prices by and that every plan loader checks."""
     return (layout_problem(arch, layout, gpus_per_node, num_devices)
-            or batch_problem(step_seqs(num_seqs, minibatches), layout.dp, micro_batches))
+            or call_batch_problem(num_seqs, seqs_per_record, minibatches, layout.dp,
+                                  micro_batches))

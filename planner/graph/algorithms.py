@@ -190,10 +190,10 @@ def dpo(p: DPOParams) -> Steps:
     n = 2 * p.batch_size  # a pair is two sequences
     return [
         CallSpec(name="ref_inf", model=p.ref, type="inference", inputs=["pairs"],
-                 outputs=["ref_logprobs"], num_seqs=n, seq_len=p.seq_len),
+                 outputs=["ref_logprobs"], num_seqs=n, seq_len=p.seq_len, seqs_per_record=2),
         CallSpec(name="actor_train", model=p.actor, type="train",
                  inputs=["pairs", "ref_logprobs"], num_seqs=n, seq_len=p.seq_len,
-                 minibatches=p.minibatches, epochs=p.epochs),
+                 minibatches=p.minibatches, epochs=p.epochs, seqs_per_record=2),
     ], []
 
 
@@ -208,7 +208,7 @@ def rm(p: RMParams) -> Steps:
     """Reward-model training on chosen/rejected pairs (pairwise loss)."""
     return [CallSpec(name="reward_train", model=p.reward, type="train", inputs=["pairs"],
                      num_seqs=2 * p.batch_size, seq_len=p.seq_len,
-                     minibatches=p.minibatches, epochs=p.epochs)], []
+                     minibatches=p.minibatches, epochs=p.epochs, seqs_per_record=2)], []
 
 
 ALGORITHMS: dict[str, tuple[type[_Params], Callable]] = {

@@ -171,6 +171,11 @@ class CallSpec(_Strict):
     epochs: int = Field(1, gt=0, le=L.MAX_STEPS, description="Passes over the batch (train only).")
     group_size: int = Field(1, gt=0, le=L.MAX_GROUP,
                             description="Samples per prompt (GRPO-style generation).")
+    seqs_per_record: int = Field(
+        1, ge=1, le=2,
+        description="Sequences that travel together as one record: 2 for a chosen/rejected "
+                    "pair (DPO, reward-model training), whose halves never go to different dp "
+                    "ranks or micro-batches; num_seqs counts sequences.")
     sampling: Literal["sample", "greedy"] = Field(
         "sample", description="Decoding of a generate call: sample or greedy (ReMax baseline)."
     )
@@ -225,11 +230,22 @@ class CallSpec(_Strict):
             raise ValueError(
                 f"minibatches {self.minibatches} exceeds num_seqs {self.num_seqs}"
             )
+        if self.num_seqs % self.seqs_per_record:
+            raise ValueError(f"num_seqs {self.num_seqs} is not a multiple of seqs_per_record "
+                             f"{self.seqs_per_record}")
+        if self.type == "train" and self.minibatches > self.num_records:
+            raise ValueError(f"minibatches {self.minibatches} exceeds the {self.num_records} "
+                             f"records of {self.seqs_per_record} sequences")
         if self.group_size > 1 and self.num_seqs % self.group_size != 0:
             raise ValueError(
                 f"num_seqs {self.num_seqs} is not a multiple of group_size {self.group_size}"
             )
         return self
+
+    @property
+    def num_records(self) -> int:
+        """Records per iteration: what dp ranks and micro-batches split (a pair is one)."""
+        return self.num_seqs // self.seqs_per_record
 
     @property
     def total_len(self) -> int:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from planner.cost_model import IllegalLayoutError, dtype_bytes_for, estimate_call
-from planner.cost_model.legality import backend_problem, layout_problem
+from planner.cost_model.legality import backend_problem, layout_problem, step_records
 from planner.cost_model.profile import for_backend
 from planner.cost_model.memory import PLAIN, TrainMemoryChoice
 from planner.cost_model.profile import HardwareProfile
@@ -142,9 +142,9 @@ def _choices(ctx: CallContext, dp: int) -> tuple[TrainMemoryChoice, ...]:
     return tuple(c for c in ctx.memory_choices if dp > 1 or c.zero_stage == 0) or (PLAIN,)
 
 
-def _rank_seqs(call: CallSpec, dp: int) -> int:
-    per_step = math.ceil(call.num_seqs / call.minibatches) if call.type == "train" else call.num_seqs
-    return math.ceil(per_step / dp)
+def _rank_records(call: CallSpec, dp: int) -> int:
+    """Records (sequences, or pairs) one dp rank gets per step: the micro-batch count's cap."""
+    return math.ceil(step_records(call.num_records, call.minibatches) / dp)
 
 
 # Most micro-batches tried for train and inference calls. Generate calls try every power
@@ -157,7 +157,7 @@ def micro_batch_counts(ctx: CallContext, dp: int,
                        max_micro_batches: int = MAX_MICRO_BATCHES) -> list[int]:
     """The micro-batch counts enumerated for a call on dp ranks (one rule for the candidate
     lists and for the 'cannot fit' message, so the two never disagree)."""
-    per_rank = _rank_seqs(ctx.call, dp)
+    per_rank = _rank_records(ctx.call, dp)
     cap = per_rank if ctx.call.type == "generate" else min(per_rank, max_micro_batches)
     return _powers_of_two_upto(max(1, cap))
 
@@ -183,9 +183,8 @@ def shape_options(ctx: CallContext, layout_devices: tuple[int, ...], *, max_pp: 
             layout = Layout(layout_devices, dp=dp, tp=tp, pp=pp)
             if layout_problem(arch, layout, ctx.gpus_per_node, ctx.num_devices):
                 continue
-            if dp > (ctx.call.num_seqs if ctx.call.type != "train"
-                     else math.ceil(ctx.call.num_seqs / ctx.call.minibatches)):
-                continue
+            if dp > step_records(ctx.call.num_records, ctx.call.minibatches):
+                continue  # a dp rank would be idle (legality.batch_problem)
             for choice in _choices(ctx, dp):
                 best_s = math.inf
                 for mb in micro_batch_counts(ctx, dp, max_micro_batches):

@@ -70,9 +70,10 @@ class Algorithm:
         sizes = {(c.num_seqs, c.total_len) for c in readers}
         if len(sizes) > 1:
             return [f"calls reading '{self.data}' that agree on num_seqs and seq_len"]
-        odd = [c.name for c in readers if c.num_seqs % per_record]
-        if odd:
-            return [f"an even num_seqs in {', '.join(odd)} (a pair is 2 sequences)"]
+        odd = [c.name for c in readers if c.seqs_per_record != per_record]
+        if odd:  # the planner keeps a record whole on one dp rank and micro-batch only then
+            return [f"seqs_per_record: {per_record} in {', '.join(odd)} "
+                    f"(a record of '{self.data}' is {per_record} sequences)"]
         few = [c.name for c in readers
                if c.type == "train" and c.minibatches > c.num_seqs // per_record]
         return [f"minibatches <= records in {', '.join(few)}"] if few else []
