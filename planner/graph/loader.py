@@ -136,8 +136,12 @@ def pydantic_message(err: dict[str, Any], model: type[BaseModel] | None) -> str:
         name = str(loc[-1]) if loc else "?"
         hint = ""
         if model is not None:
-            match = difflib.get_close_matches(name, _field_names(model), n=1)
-            hint = f" (did you mean '{match[0]}'?)" if match else ""
+            homes = _field_homes(model)
+            if name in homes:  # a real field, in another section: say which, not "did you mean"
+                hint = f" (it is a field of {' and '.join(homes[name])})"
+            else:
+                match = difflib.get_close_matches(name, list(homes), n=1)
+                hint = f" (did you mean '{match[0]}'?)" if match else ""
         return f"unknown field '{name}'{hint}"
     if kind == "missing":
         return f"missing required field '{loc[-1]}'"
@@ -150,18 +154,26 @@ def pydantic_message(err: dict[str, Any], model: type[BaseModel] | None) -> str:
     return msg[0].lower() + msg[1:]
 
 
-def _field_names(model: type[BaseModel]) -> list[str]:
-    names: list[str] = []
-    stack = [model]
+def _field_homes(model: type[BaseModel]) -> dict[str, list[str]]:
+    """Every field name of `model` and the models nested in it -> the sections it is
+    a field of ('calls[]', 'models.*', 'cluster'; '' for the top level)."""
+    homes: dict[str, list[str]] = {}
+    stack: list[tuple[type[BaseModel], str]] = [(model, "")]
+    seen: set[type[BaseModel]] = set()
     while stack:
-        m = stack.pop()
+        m, where = stack.pop()
+        if m in seen:
+            continue
+        seen.add(m)
         for name, info in m.model_fields.items():
-            names.append(name)
+            homes.setdefault(name, []).append(where or "the top level")
             ann = info.annotation
+            origin = getattr(ann, "__origin__", None)
+            suffix = "[]" if origin is list else ".*" if origin is dict else ""
             for cand in getattr(ann, "__args__", ()) + (ann,):
-                if isinstance(cand, type) and issubclass(cand, BaseModel) and cand not in stack:
-                    stack.append(cand)
-    return names
+                if isinstance(cand, type) and issubclass(cand, BaseModel):
+                    stack.append((cand, f"{where}.{name}{suffix}".lstrip(".")))
+    return homes
 
 
 _UNION_MISMATCH = {"string_type", "model_type", "dict_type", "model_attributes_type"}
