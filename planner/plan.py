@@ -303,6 +303,9 @@ def check_plan(plan: ExecutionPlan, spec: Spec | None = None, *, file: str = "<p
         for j, u in enumerate(a.after):
             if u not in names:
                 raise PlanError(f"{file} calls[{i}].after[{j}]: '{u}' is not a call of the spec")
+        if a.backend == "vllm" and own.call(a.name).type != "generate":
+            raise PlanError(f"{file} calls[{i}].backend: vllm runs generate calls only "
+                            f"('{a.name}' is of type {own.call(a.name).type})")
         if a.memory is not None and own.call(a.name).type != "train":
             raise PlanError(f"{file} calls[{i}].memory: only train calls have memory choices "
                             f"('{a.name}' is a {own.call(a.name).type} call)")
@@ -320,12 +323,28 @@ def check_plan(plan: ExecutionPlan, spec: Spec | None = None, *, file: str = "<p
                             f"m{a.micro_batches}: {why}")
     if sorted(plan.submit_order) != sorted(names):
         raise PlanError(f"{file} submit_order: must list every call of the spec once")
+    _check_after(plan, file)
     _check_homes(plan, file)
     _check_pieces(plan, file)
     num_devices = plan.cluster.num_devices
     devices = sorted(m.device_id for m in plan.device_memory)
     if devices != list(range(num_devices)):
         raise PlanError(f"{file} device_memory: expected one entry per device 0-{num_devices - 1}")
+
+
+def _check_after(plan: ExecutionPlan, file: str) -> None:
+    """`after` must order an iteration's calls: the runtime submits a call once all it
+    names are done, so a call waiting on itself or on a cycle would never run."""
+    preds = {a.name: set(a.after) for a in plan.calls}
+    done: set[str] = set()
+    while len(done) < len(preds):
+        ready = [n for n in preds if n not in done and preds[n] <= done]
+        if not ready:
+            stuck = next(i for i, a in enumerate(plan.calls) if a.name not in done)
+            raise PlanError(f"{file} calls[{stuck}].after: the calls "
+                            f"{', '.join(sorted(set(preds) - done))} could never start (their "
+                            "`after` forms a cycle or waits on one)")
+        done.update(ready)
 
 
 def _check_homes(plan: ExecutionPlan, file: str) -> None:
@@ -336,6 +355,10 @@ def _check_homes(plan: ExecutionPlan, file: str) -> None:
             raise PlanError(f"{file} homes[{i}].model: '{h.model}' is unknown or repeated")
         if h.call not in {a.name for a in plan.calls} or plan.spec.call(h.call).model != h.model:
             raise PlanError(f"{file} homes[{i}].call: '{h.call}' is not a call of '{h.model}'")
+        if h.trainable != plan.spec.models[h.model].trainable:
+            raise PlanError(f"{file} homes[{i}].trainable: {h.trainable} but the spec's "
+                            f"model '{h.model}' has trainable: "
+                            f"{plan.spec.models[h.model].trainable}")
         if plan.assignment(h.call).layout_str != h.layout:
             raise PlanError(f"{file} homes[{i}].layout: {h.layout} is not the layout of "
                             f"{h.call} ({plan.assignment(h.call).layout_str})")

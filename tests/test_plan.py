@@ -50,6 +50,16 @@ def _tampered(tmp_path, mutate):
      "spec_hash: the plan was made for another spec"),
     (lambda d: d["calls"][0].__setitem__("speed", 3), "calls[0].speed: unknown field 'speed'"),
     (lambda d: d.__setitem__("format_version", 99), "format_version: 99 is not supported"),
+    # The new fields: a cycle in `after` would leave the runtime's calls waiting forever.
+    (lambda d: d["calls"][0]["after"].append("actor_train"),
+     "calls[0].after: the calls actor_gen, actor_train, critic_inf, critic_train, ref_inf "
+     "could never start"),
+    (lambda d: d["calls"][1]["after"].append(d["calls"][1]["name"]),
+     "calls[1].after: the calls actor_train, critic_train, ref_inf could never start"),
+    (lambda d: d["homes"][0].__setitem__("trainable", not d["homes"][0]["trainable"]),
+     "homes[0].trainable:"),
+    (lambda d: d["calls"][1].__setitem__("backend", "vllm"),
+     "calls[1].backend: vllm runs generate calls only ('ref_inf' is of type inference)"),
 ])
 def test_tampered_plan_is_refused(tmp_path, mutate, message):
     spec, path = _tampered(tmp_path, mutate)
