@@ -41,6 +41,10 @@ from planner.graph.spec import Spec
 from planner.plan import ExecutionPlan, plan_from_json_text
 
 
+# What a run directory holds that calibration reads (an output must never replace one).
+RUN_FILES = ("run.json", "plan.json", "spec.json", "trace.json", "metrics.jsonl")
+
+
 class CalibrateError(UserError):
     """A run directory or profile `planner calibrate` cannot use; names the file and field."""
 

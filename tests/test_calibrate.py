@@ -115,6 +115,11 @@ def test_bad_inputs_exit_2_with_one_line(recorded, tmp_path, capsys):
     _one_line_exit_2(["calibrate", str(run), "--profile", str(other), "-o", str(out)],
                      capsys, "run.json profile.identity", "other.json")
     assert not out.exists()
+    # -o naming a file of a run directory would replace the measurement it fits.
+    trace = (run / "trace.json").read_bytes()
+    _one_line_exit_2(["calibrate", str(run), "--profile", str(prof_path), "-o",
+                      str(run / "trace.json")], capsys, "is an input of this command")
+    assert (run / "trace.json").read_bytes() == trace
 
 
 def test_runtime_terms_are_named_in_the_breakdown():

@@ -43,14 +43,15 @@ def _ratio(est: float, got: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from planner.calibration import CalibrateError, call_rows, fit, load_run
+    from planner.calibration import RUN_FILES, CalibrateError, call_rows, fit, load_run
     from planner.cost_model.profile import load_profile
     from planner.cost_model.profiler import write_profile
 
     out = Path(args.output)
     if out.suffix != ".json" or out.is_dir():
         raise CalibrateError(f"-o {args.output!r}: expected a .json file name")
-    check_output_file(args.output, "-o", inputs=(args.profile, *args.runs))
+    run_files = tuple(Path(d) / f for d in args.runs for f in RUN_FILES)
+    check_output_file(args.output, "-o", inputs=(args.profile, *args.runs, *run_files))
     if args.skip < 0:
         raise CalibrateError(f"--skip {args.skip}: expected >= 0")
     if not args.profile.endswith(".json"):
