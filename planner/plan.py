@@ -330,6 +330,17 @@ def check_plan(plan: ExecutionPlan, spec: Spec | None = None, *, file: str = "<p
     devices = sorted(m.device_id for m in plan.device_memory)
     if devices != list(range(num_devices)):
         raise PlanError(f"{file} device_memory: expected one entry per device 0-{num_devices - 1}")
+    for i, m in enumerate(plan.device_memory):  # planner show draws these numbers as they are
+        unknown = sorted(set(m.by_kind_bytes) - set(MEMORY_KINDS))
+        if unknown:
+            raise PlanError(f"{file} device_memory[{i}].by_kind_bytes: unknown kind "
+                            f"'{unknown[0]}'; expected {', '.join(MEMORY_KINDS)}")
+        if sum(m.by_kind_bytes.values()) != m.peak_bytes:
+            raise PlanError(f"{file} device_memory[{i}].peak_bytes: {m.peak_bytes} but its "
+                            f"kinds sum to {sum(m.by_kind_bytes.values())}")
+        if m.peak_call is not None and m.peak_call not in names:
+            raise PlanError(f"{file} device_memory[{i}].peak_call: '{m.peak_call}' is not a "
+                            "call of the spec")
 
 
 def _check_after(plan: ExecutionPlan, file: str) -> None:

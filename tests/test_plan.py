@@ -58,6 +58,12 @@ def _tampered(tmp_path, mutate):
      "calls[1].after: the calls actor_train, critic_train, ref_inf could never start"),
     (lambda d: d["homes"][0].__setitem__("trainable", not d["homes"][0]["trainable"]),
      "homes[0].trainable:"),
+    (lambda d: d["device_memory"][0].__setitem__("peak_bytes", 1),
+     "device_memory[0].peak_bytes: 1 but its kinds sum to"),
+    (lambda d: d["device_memory"][0]["by_kind_bytes"].__setitem__("foo", 1),
+     "device_memory[0].by_kind_bytes: unknown kind 'foo'"),
+    (lambda d: d["device_memory"][0].__setitem__("peak_call", "zzz"),
+     "device_memory[0].peak_call: 'zzz' is not a call of the spec"),
     (lambda d: d["calls"][1].__setitem__("backend", "vllm"),
      "calls[1].backend: vllm runs generate calls only ('ref_inf' is of type inference)"),
 ])
