@@ -56,6 +56,11 @@ CASES = [
                             "ref: {arch: {num_layers: 2, hidden_size: 48, intermediate_size: 64, "
                             "num_heads: 6, num_kv_heads: 4, vocab_size: 10, max_positions: 64}}")],
      "4 models.ref.arch: num_heads 6 is not divisible by num_kv_heads 4"),
+    ("odd head_dim", [("ref: {arch: tiny-llama}",
+                       "ref: {arch: {num_layers: 2, hidden_size: 48, intermediate_size: 64, "
+                       "num_heads: 4, num_kv_heads: 2, head_dim: 7, vocab_size: 10, "
+                       "max_positions: 64}}")],
+     "4 models.ref.arch: head_dim 7 is odd; RoPE needs an even head_dim"),
     ("non-positive size", [("num_seqs: 8\n    seq_len: 8\ndataset",
                             "num_seqs: 0\n    seq_len: 8\ndataset")],
      "25 calls[2].num_seqs: input should be greater than 0, got 0"),

@@ -48,6 +48,8 @@ class ModelArch(BaseModel):
                     f"{self.num_heads}; give head_dim explicitly"
                 )
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        if self.head_dim % 2:  # RoPE rotates pairs of dimensions
+            raise ValueError(f"head_dim {self.head_dim} is odd; RoPE needs an even head_dim")
         if self.num_heads % self.num_kv_heads != 0:
             raise ValueError(
                 f"num_heads {self.num_heads} is not divisible by num_kv_heads {self.num_kv_heads}"
