@@ -399,13 +399,24 @@ def _check_pieces(plan: ExecutionPlan, file: str) -> None:
         m = plan.spec.models.get(r.model)
         if m is None:
             raise PlanError(f"{file} realloc[{k}].model: '{r.model}' is not a model of the spec")
+        if r.transfer.columns != list(PIECE_COLUMNS):
+            raise PlanError(f"{file} realloc[{k}].transfer.columns: expected "
+                            f"{', '.join(PIECE_COLUMNS)}")
         try:
-            unpack_rows(m.architecture, m.head, plan.assignment(r.from_call).layout,
-                        plan.assignment(r.to_call).layout,
-                        gpus_per_node=plan.cluster.gpus_per_node, dtype_bytes=r.dtype_bytes,
-                        num_rows=r.transfer.num_pieces, data=r.transfer.data)
+            rows = unpack_rows(m.architecture, m.head, plan.assignment(r.from_call).layout,
+                               plan.assignment(r.to_call).layout,
+                               gpus_per_node=plan.cluster.gpus_per_node,
+                               dtype_bytes=r.dtype_bytes, num_rows=r.transfer.num_pieces,
+                               data=r.transfer.data)
         except LayoutError as err:
             raise PlanError(f"{file} realloc[{k}].transfer: {err}") from None
+        # The step's byte counts come from these very rows (plan_out._realloc_step): rows
+        # of another step, or a half-edited step, disagree with them.
+        stats = rows.stats()
+        if (stats.total_bytes, stats.max_recv_bytes) != (r.bytes, r.max_recv_bytes):
+            raise PlanError(f"{file} realloc[{k}].transfer: the pieces move "
+                            f"{stats.total_bytes} bytes ({stats.max_recv_bytes} at most to one "
+                            f"device) but the step says {r.bytes} ({r.max_recv_bytes})")
 
 
 _LAYOUT_TEXT = re.compile(r"\s*([\d\s,-]+):")

@@ -168,6 +168,29 @@ def test_corrupt_transfer_pieces_are_refused_before_any_worker(tmp_path, capsys)
         assert not run_dir.exists()
 
 
+def test_pieces_of_another_step_or_relabelled_columns_are_refused(tmp_path, capsys):
+    """A step's byte counts come from its own rows: rows pasted from another step, a
+    step's bytes edited, or renamed columns are refused at load."""
+    from tests.runtime_scenarios import realloc_tiny_ppo
+
+    good = json.loads(realloc_tiny_ppo(tmp_path).read_text())
+    # Rows of the first step in place of the second's: here they fail the rank range check;
+    # a step whose byte count was edited (its rows then move other bytes) is caught too.
+    swapped = json.loads(json.dumps(good))
+    swapped["realloc"][1]["transfer"] = good["realloc"][0]["transfer"]
+    edited = json.loads(json.dumps(good))
+    edited["realloc"][0]["bytes"] += 1
+    cols = json.loads(json.dumps(good))
+    cols["realloc"][0]["transfer"]["columns"] = ["a", "b"]
+    for bad, expected in ((swapped, "realloc[1].transfer: transfer pieces:"),
+                          (edited, "realloc[0].transfer: the pieces move"),
+                          (cols, "realloc[0].transfer.columns: expected param, src_rank")):
+        plan = tmp_path / "bad.json"
+        plan.write_text(json.dumps(bad))
+        assert expected in one_line(capsys, planner(["show", str(plan), "-o",
+                                                     str(tmp_path / "p.html")]))
+
+
 # ---------------------------------------------------------------- output paths
 
 def test_outputs_never_clobber_inputs(searched, tmp_path, capsys):
