@@ -277,8 +277,11 @@ def check_plan(plan: ExecutionPlan, spec: Spec | None = None, *, file: str = "<p
                         f"({plan.spec_hash[:19]}... != {spec.spec_hash()[:19]}...); search again")
     own = plan.spec
     if plan.spec_hash != own.spec_hash():
+        # Also what a plan of an older planner gets once the spec schema gained a field.
         raise PlanError(f"{file} spec_hash: does not match the embedded spec "
-                        f"({plan.spec_hash[:19]}... != {own.spec_hash()[:19]}...)")
+                        f"({plan.spec_hash[:19]}... != {own.spec_hash()[:19]}...): the plan "
+                        "was edited, or written by another version of the planner; re-run "
+                        "`planner search`")
     seen: dict[str, int] = {}
     names = [c.name for c in own.calls]
     for i, a in enumerate(plan.calls):

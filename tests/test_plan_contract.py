@@ -110,8 +110,10 @@ def test_old_plan_is_refused_with_one_line(tmp_path):
 def test_edited_embedded_spec_is_refused(searched, tmp_path):
     data = json.loads(searched.plan.model_dump_json())
     data["spec"]["dataset"]["iterations"] += 1
-    with pytest.raises(PlanError, match="spec_hash: does not match the embedded spec"):
+    with pytest.raises(PlanError, match="spec_hash: does not match the embedded spec") as info:
         plan_from_json_text(json.dumps(data), file="p.json")
+    # A plan from before a spec field existed gets the same line: it must say what to do.
+    assert str(info.value).endswith("re-run `planner search`")
 
 
 def test_fp32_model_is_priced_4_bytes_a_parameter_by_search(tmp_path):
