@@ -133,6 +133,10 @@ def test_algorithm_errors_point_at_algorithm(tmp_path):
     path.write_text(path.read_text().replace("batch_size: 4", "batch_sise: 4"))
     with pytest.raises(SpecError, match=r":6 algorithm.batch_sise: unknown field 'batch_sise'"):
         load_spec(path)
+    path.write_text(path.read_text().replace("batch_sise: 4", "batch_size: 4\n  engine: {}"))
+    with pytest.raises(SpecError, match=r"algorithm.engine: unknown field 'engine' "
+                                        r"\(it is a field of calls\[\]\)"):
+        load_spec(path)
 
 
 def test_missing_file():

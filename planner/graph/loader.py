@@ -137,8 +137,10 @@ def pydantic_message(err: dict[str, Any], model: type[BaseModel] | None) -> str:
         hint = ""
         if model is not None:
             homes = _field_homes(model)
-            if name in homes:  # a real field, in another section: say which, not "did you mean"
-                hint = f" (it is a field of {' and '.join(homes[name])})"
+            spec_homes = _field_homes(Spec)  # the algorithm shorthand's model is not Spec's
+            if name in homes or name in spec_homes:
+                # a real field, in another section: say which, not "did you mean"
+                hint = f" (it is a field of {' and '.join(homes.get(name) or spec_homes[name])})"
             else:
                 match = difflib.get_close_matches(name, list(homes), n=1)
                 hint = f" (did you mean '{match[0]}'?)" if match else ""
