@@ -116,3 +116,13 @@ def test_evaluate_a_searched_plan_file(spec_file, tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", str(spec_file), "--plan", str(out), "--alloc", ALLOC]) == 0
     assert "mcmc" in capsys.readouterr().out
+    # An order_offset that runs a call ahead of its producer is refused, not priced.
+    data = json.loads(out.read_text())
+    first = data["calls"][0]["name"]
+    assert data["spec"]["calls"][0]["name"] == first and data["calls"][1]["after"]
+    data["calls"][0]["order_offset"] = 5.0
+    out.write_text(json.dumps(data))
+    assert main(["evaluate", str(spec_file), "--plan", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"{out} calls[].order_offset: the stored order puts a call ahead of a call "
+                   "it waits for; re-run `planner search`")

@@ -134,6 +134,10 @@ def plan_file_evaluation(p: Problem, plan: ExecutionPlan, *, where: str = "--pla
               for a in plan.calls if a.memory is not None}
     a = assignment_of(p, alloc, where=where, memory=memory)
     order = plan_order(plan, p)
+    if order is not None and not Simulator(p).valid_offsets(tuple(order)):
+        # The list scheduler would run a call before one it waits for and price that.
+        raise AllocError(f"{where} calls[].order_offset: the stored order puts a call ahead "
+                         "of a call it waits for; re-run `planner search`")
     return p, a, order, exact_evaluation(p, a, order)[1]
 
 
