@@ -102,3 +102,16 @@ def test_home_calls_follow_dependency_order_not_listing_order():
     reordered = spec_from_data(data)
     assert call_order(reordered).index("ref_inf") < call_order(reordered).index("ref_again")
     assert home_calls(reordered)["ref"] == "ref_inf"
+
+
+def test_spec_hash_leaves_out_default_fields():
+    """A field added later with a default must not change the hash of specs (and so
+    invalidate the plans) that do not use it."""
+    from planner.graph.loader import load_spec
+
+    root = Path(__file__).resolve().parent.parent / "specs"
+    ppo = load_spec(root / "tiny-ppo-cpu.yaml").canonical_json()
+    for default_field in ('"seqs_per_record"', '"max_staleness"', '"backend"', '"engine"'):
+        assert default_field not in ppo
+    dpo = load_spec(root / "tiny-dpo-cpu.yaml").canonical_json()
+    assert '"seqs_per_record":2' in dpo  # a value that differs from the default counts

@@ -371,11 +371,11 @@ class Spec(_Strict):
         raise KeyError(name)
 
     def canonical_json(self) -> str:
-        """A stable text of the spec: the hash input for plans. max_staleness 0 is left
-        out, so synchronous specs keep the hashes they had before the field existed."""
-        data = self.model_dump(mode="json")
-        if not data.get("max_staleness"):
-            data.pop("max_staleness", None)
+        """A stable text of the spec: the hash input for plans. Fields at their default
+        value are left out, so a field added later with a default (max_staleness 0,
+        seqs_per_record 1, ...) does not change the hash of a spec that does not use it,
+        and the plans searched for that spec stay valid."""
+        data = self.model_dump(mode="json", exclude_defaults=True)
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def spec_hash(self) -> str:
