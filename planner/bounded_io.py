@@ -15,7 +15,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -42,6 +42,20 @@ def read_bounded(path: str | Path, max_bytes: int, what: str) -> str:
         raise BoundsError(f"the {what} is larger than {max_bytes // 1024} KiB; "
                           f"a {what} this large is not supported")
     return raw.decode("utf-8")
+
+
+def read_input_file(path: str | Path, max_bytes: int, what: str,
+                    error: Callable[[str], Exception]) -> str:
+    """read_bounded with every failure raised as `error("<path>: <why>")`: one line
+    naming the file (plans, profiles)."""
+    try:
+        return read_bounded(path, max_bytes, what)
+    except BoundsError as err:
+        raise error(f"{path}: {err.message}") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: cannot read {what}: not UTF-8 text") from None
+    except OSError as err:
+        raise error(f"{path}: cannot read {what}: {err.strerror or err}") from None
 
 
 # --------------------------------------------------------------------------- YAML

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from planner import limits as L
-from planner.bounded_io import BoundsError, load_json, read_bounded
+from planner.bounded_io import BoundsError, load_json, read_input_file
 from planner.cost_model.legality import call_problem
 from planner.errors import PlanError
 from planner.graph.loader import format_path, pydantic_message
@@ -505,16 +505,8 @@ def plan_from_json_text(text: str, *, file: str = "<plan>", spec: Spec | None = 
 
 def load_plan(path: str | Path, spec: Spec | None = None) -> ExecutionPlan:
     """Read and check plan.json; PlanError names the file and field on any problem."""
-    file = str(path)
-    try:
-        text = read_bounded(path, L.MAX_PLAN_BYTES, "plan")
-    except BoundsError as err:
-        raise PlanError(f"{file}: {err.message}") from None
-    except UnicodeDecodeError:
-        raise PlanError(f"{file}: cannot read plan: not UTF-8 text") from None
-    except OSError as err:
-        raise PlanError(f"{file}: cannot read plan: {err.strerror or err}") from None
-    return plan_from_json_text(text, file=file, spec=spec)
+    text = read_input_file(path, L.MAX_PLAN_BYTES, "plan", PlanError)
+    return plan_from_json_text(text, file=str(path), spec=spec)
 
 
 def save_plan(plan: ExecutionPlan, path: str | Path) -> None:

@@ -21,7 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from planner import limits as L
-from planner.bounded_io import BoundsError, load_json, read_bounded
+from planner.bounded_io import BoundsError, load_json, read_input_file
 from planner.errors import UserError
 
 PROFILE_FORMAT_VERSION = 1
@@ -384,14 +384,7 @@ def _load(name_or_path: str, stamp: int = 0) -> HardwareProfile:
             f"{', '.join(SHIPPED_PROFILES)} or a profile .json path"
         )
     path = Path(name_or_path)
-    try:
-        text = read_bounded(path, L.MAX_PLAN_BYTES, "profile")
-    except BoundsError as err:
-        raise ProfileError(f"{path}: {err.message}") from None
-    except UnicodeDecodeError:
-        raise ProfileError(f"{path}: cannot read profile: not UTF-8 text") from None
-    except OSError as err:
-        raise ProfileError(f"{path}: cannot read profile: {err.strerror}") from None
+    text = read_input_file(path, L.MAX_PLAN_BYTES, "profile", ProfileError)
     return parse_profile(text, str(path))
 
 
