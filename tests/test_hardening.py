@@ -83,6 +83,24 @@ def _spec_cases() -> list[tuple[str, str, str]]:
          ":4: special characters are not allowed"),
         ("too-large", TINY + "".join(f"k{i}: 1\n" for i in range(120_000)),
          "larger than 1024 KiB"),
+        ("headroom-above-memory",
+         TINY.replace("hardware: cpu", "hardware: h100-sxm, memory_headroom_gib: 100"),
+         ":5 cluster.memory_headroom_gib: 100 GiB kept free leaves nothing of the device's"),
+        ("headroom-equals-memory", TINY.replace(
+            "hardware: cpu", "hardware: h100-sxm, gpu_memory_gib: 80, memory_headroom_gib: 80"),
+         ":5 cluster.memory_headroom_gib: 80 GiB kept free leaves nothing of the device's 80 GiB"),
+        ("bool-length-mean", TINY.replace("gen_len: 16", "gen_len: {mean: true, max: 10}"),
+         ":14 algorithm.gen_len: mean: expected a number, got the boolean True"),
+        ("bool-histogram-weight",
+         TINY.replace("gen_len: 16", "gen_len: {histogram: [[8, true], [16, 1]]}"),
+         ":14 algorithm.gen_len: histogram: expected a number, got the boolean True"),
+        ("bool-nodes", TINY.replace("nodes: 1", "nodes: true"),
+         ":5 cluster.nodes: expected a number, got the boolean True"),
+        ("bool-lr", TINY.replace("lr: 1.0e-2}}\n  critic", "lr: false}}\n  critic"),
+         ":7 models.actor.optimizer.lr: expected a number, got the boolean False"),
+        ("overflowing-histogram",
+         TINY.replace("gen_len: 16", "gen_len: {histogram: [[8, 1e308], [16, 1e308]]}"),
+         ":14 algorithm.gen_len: histogram: the weights sum to inf"),
     ]
 
 
@@ -96,6 +114,37 @@ def test_bad_spec_is_one_line_in_validate_and_search(tmp_path, capsys, text, exp
     out = tmp_path / "plan.json"
     assert one_line(capsys, planner(["search", str(spec), "-o", str(out)])) == err
     assert not out.exists()
+
+
+def test_bool_fields_still_take_booleans(tmp_path, capsys):
+    """The boolean check refuses booleans for numbers only: trainable: false still reads."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(TINY.replace("{arch: tiny-llama}", "{arch: tiny-llama, trainable: false}"))
+    assert planner(["validate", str(spec)]) == 0, capsys.readouterr().err
+
+
+def test_histogram_of_huge_finite_weights_keeps_its_mean(tmp_path):
+    from planner.graph.lengths import LengthDist
+    d = LengthDist(histogram=((8, 1e305), (L.MAX_TOKENS, 1e305)))
+    assert d.mean == pytest.approx((8 + L.MAX_TOKENS) / 2) and d.max == L.MAX_TOKENS
+
+
+@pytest.mark.parametrize("path,expected", [
+    ("/nonexistent.jsonl", ":17 dataset.path: /nonexistent.jsonl: no such file or directory;"),
+    ("missing.jsonl", "dataset.path: missing.jsonl: no such file or directory (relative to the "
+     "working directory"),
+    (".", ":17 dataset.path: .: is a directory (relative"),
+])
+def test_validate_refuses_a_dataset_path_that_does_not_read(tmp_path, capsys, monkeypatch,
+                                                            path, expected):
+    monkeypatch.chdir(tmp_path)  # a relative path reads from here, as in the runtime
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(TINY.replace("iterations: 8}", f"iterations: 8, path: {path}}}"))
+    err = one_line(capsys, planner(["validate", str(spec)]))
+    assert err.startswith(str(spec)) and expected in err
+    (tmp_path / "missing.jsonl").write_text('{"prompt": "hi"}\n')
+    spec.write_text(TINY.replace("iterations: 8}", "iterations: 8, path: missing.jsonl}"))
+    assert planner(["validate", str(spec)]) == 0, capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------ plans

@@ -1,4 +1,5 @@
-"""`planner validate SPEC...`: check specs; exit 2 on the first broken one."""
+"""`planner validate SPEC...`: check specs (and that their dataset.path reads); exit 2 on
+the first broken one."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     console = Console()
     for path in args.specs:
-        spec = load_spec(path)
+        spec = load_spec(path, check_dataset=True)
         n_params = sum(m.architecture.num_params(m.head) for m in spec.models.values())
         size = f"{n_params / 1e9:.2f}B" if n_params >= 1e8 else f"{n_params / 1e6:.2f}M"
         console.print(

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 from typing import Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from planner import limits as L
 from planner.graph.lengths import LengthValue
+from planner.graph.numbers import CheckedModel
 from planner.graph.spec import CallSpec, FunctionSpec, GenerationBackend
 
 
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class _Params(CheckedModel):
 
     batch_size: int = Field(gt=0, le=L.MAX_SEQS,
                             description="Prompts (or pairs, or sequences) per iteration.")

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from planner import limits as L
+from planner.graph.numbers import CheckedModel
 
 HeadType = Literal["lm", "value", "reward"]
 
 
-class ModelArch(BaseModel):
+class ModelArch(CheckedModel):
     """A Llama-family decoder (Llama 2/3, Qwen2): RMSNorm, RoPE, GQA, SwiGLU."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)

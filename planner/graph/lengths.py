@@ -22,15 +22,16 @@ import math
 from functools import lru_cache
 from typing import Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from typing_extensions import Annotated
 
 from planner import limits as L
+from planner.graph.numbers import CheckedModel
 
 DistKind = Literal["exponential", "uniform", "histogram"]
 
 
-class LengthDist(BaseModel):
+class LengthDist(CheckedModel):
     """A distribution of sequence lengths (tokens): mean, cap, and shape."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -61,7 +62,12 @@ class LengthDist(BaseModel):
                 raise ValueError(f"histogram lengths must be in 1..{L.MAX_TOKENS}, weights >= 0, "
                                  "some weight > 0")
             total = sum(w for _, w in h)
+            if not math.isfinite(total):  # each weight is finite; 1e308 + 1e308 is not
+                raise ValueError(f"histogram: the weights sum to {total}; expected a finite sum "
+                                 "(weights need not sum to 1: scale them down)")
             mean = sum(n * w for n, w in h) / total
+            if not math.isfinite(mean):  # n * w overflowed: weigh by shares instead
+                mean = sum(n * (w / total) for n, w in h)
             top = max(n for n, w in h if w > 0)
             if self.mean is not None and abs(self.mean - mean) > 0.5:
                 raise ValueError(f"mean {self.mean} does not match the histogram's mean {mean:.1f}")
@@ -163,7 +169,8 @@ def _to_length(value):
         except ValidationError as e:
             err = e.errors()[0]
             where = ".".join(str(x) for x in err["loc"])
-            raise ValueError(f"{where + ': ' if where else ''}{err['msg']}") from None
+            msg = err["msg"].removeprefix("Value error, ")
+            raise ValueError(f"{where + ': ' if where else ''}{msg}") from None
     if isinstance(value, bool) or not isinstance(value, (int, LengthDist)):
         raise ValueError("expected a length: an integer > 0 or {mean, max, dist}")
     if isinstance(value, int) and value <= 0:

@@ -199,8 +199,10 @@ def _raise_validation(exc: ValidationError, file: str | None, locate: Locator,
 # ----------------------------------------------------------------------- loading
 
 
-def load_spec(path: str | Path) -> Spec:
-    """Read, parse and check a YAML spec file."""
+def load_spec(path: str | Path, *, check_dataset: bool = False) -> Spec:
+    """Read, parse and check a YAML spec file; `check_dataset` also checks that
+    dataset.path is a readable file (`planner validate`: the search never reads it, and
+    may run where the data is not)."""
     file = str(path)
     try:
         text = read_bounded(path, L.MAX_SPEC_BYTES, "spec")
@@ -215,15 +217,41 @@ def load_spec(path: str | Path) -> Spec:
     data, lines = parse_yaml(text, file)
     spec = spec_from_data(data, file=file, lines=lines)
     _check_hardware(spec, file, lines)
+    if check_dataset:
+        _check_dataset(spec, file, lines)
     return spec
 
 
+def _check_dataset(spec: Spec, file: str, lines: dict[Loc, int]) -> None:
+    """dataset.path opens for reading, read as the runtime reads it (runtime/data/records.py:
+    a relative path from the working directory, not from the spec's)."""
+    path = spec.dataset.path
+    if path is None:
+        return
+    where = "" if Path(path).is_absolute() else f" (relative to the working directory {Path.cwd()})"
+    problem = None
+    if Path(path).is_dir():
+        problem = "is a directory"
+    elif Path(path).exists() and not Path(path).is_file():
+        problem = "is not a regular file"  # a FIFO would block the open below
+    else:
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as err:
+            problem = err.strerror.lower() if err.strerror else str(err)
+    if problem:
+        raise SpecError(f"{path}: {problem}{where}; expected a readable .jsonl file", file=file,
+                        line=lines.get(("dataset", "path")), field="dataset.path")
+
+
 def _check_hardware(spec: Spec, file: str, lines: dict[Loc, int]) -> None:
-    """The hardware profile the spec names exists and reads (a spec file's one file check)."""
-    from planner.cost_model.profile import ProfileError, load_spec_profile
+    """The hardware profile the spec names exists and reads, and the memory headroom the
+    spec keeps free leaves some of its device memory."""
+    from planner.cost_model.profile import ProfileError, load_spec_profile, memory_headroom_bytes
 
     try:
-        load_spec_profile(spec.cluster.hardware, spec.cluster.gpu_memory_gib, None if
+        profile = load_spec_profile(spec.cluster.hardware, spec.cluster.gpu_memory_gib, None if
                           not spec.cluster.hardware.endswith(".json") else file)
     except ProfileError as err:
         msg = str(err)
@@ -231,6 +259,14 @@ def _check_hardware(spec: Spec, file: str, lines: dict[Loc, int]) -> None:
         raise SpecError(msg[len(prefix):] if msg.startswith(prefix) else msg, file=file,
                         line=lines.get(("cluster", "hardware")), field="cluster.hardware") \
             from None
+    headroom_gib = spec.cluster.memory_headroom_gib
+    if headroom_gib is not None and memory_headroom_bytes(profile, headroom_gib) \
+            >= profile.memory_bytes:
+        raise SpecError(f"{headroom_gib:g} GiB kept free leaves nothing of the device's "
+                        f"{profile.memory_bytes / 2**30:g} GiB ({spec.cluster.hardware}); expected "
+                        f"less than {profile.memory_bytes / 2**30:g}", file=file,
+                        line=lines.get(("cluster", "memory_headroom_gib")),
+                        field="cluster.memory_headroom_gib")
 
 
 def spec_from_data(data: Any, *, file: str | None = None,

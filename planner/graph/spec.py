@@ -13,11 +13,12 @@ import json
 import re
 from typing import Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from planner import limits as L
 from planner.graph.arch import PRESETS, HeadType, ModelArch
 from planner.graph.lengths import LengthDist, _to_length
+from planner.graph.numbers import CheckedModel
 
 CallType = Literal["generate", "inference", "train"]
 GenerationBackend = Literal["auto", "native", "vllm"]
@@ -27,10 +28,10 @@ GenerationBackend = Literal["auto", "native", "vllm"]
 KNOWN_HARDWARE = ("h100-sxm", "a100-sxm-80g", "h200", "h20", "cpu")
 
 
-class _Strict(BaseModel):
-    # NaN and infinity are never a valid setting; every number also has a bound
-    # from planner/limits.py.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class _Strict(CheckedModel):
+    # NaN, infinity and booleans are never a valid number; every number also has a
+    # bound from planner/limits.py.
+    pass
 
 
 class ClusterSpec(_Strict):
