@@ -295,18 +295,35 @@ def _train(c: _Ctx, s: CallShape, recompute: bool, zero_stage: int,
     return CallEstimate(time_s, bd, mem, flops)
 
 
+def _stage_param_tensors(c: _Ctx) -> int:
+    """Parameter tensors one pipeline stage holds: per layer q/k/v/o, gate/up/down and two
+    norms (+3 biases with qkv_bias); plus embedding, final norm and head (counted on
+    every stage: an upper bound of 3)."""
+    per_layer = 9 + (3 if c.arch.qkv_bias else 0)
+    return math.ceil(c.arch.num_layers / c.pp) * per_layer + 3
+
+
 def _dp_comm_s(c: _Ctx, stage_bytes: float, zero_stage: int) -> float:
     """Data-parallel traffic of one optimizer step of `m` micro-batches, by ZeRO stage:
     0 all-reduces the gradients once; 1 reduce-scatters them once and all-gathers the
     updated parameters (the same bytes); 2 reduce-scatters every micro-batch's
     gradients as backward makes them; 3 also all-gathers the parameters before each
     micro-batch's forward and again before its backward (FSDP). Priced as not
-    overlapped with compute: an upper bound where the engine overlaps them."""
+    overlapped with compute: an upper bound where the engine overlaps them.
+
+    Stage 0 is one all-reduce of the flattened gradients; the engine's ZeRO
+    (runtime/engine/zero.py) issues one collective per parameter tensor, so
+    stages >= 1 pay a collective's latency per tensor of the pipeline stage:
+    on gloo that is milliseconds each (what made ZeRO-2 look free to the search
+    and run 17x over its estimate on the tiny CPU demo)."""
     if c.dp == 1:
         return 0.0
-    coll = lambda op: c.dev.collective_s(op, stage_bytes, c.dp, c.dp_tier)  # noqa: E731
     if zero_stage == 0:
-        return coll("all_reduce")
+        return c.dev.collective_s("all_reduce", stage_bytes, c.dp, c.dp_tier)
+    tensors = _stage_param_tensors(c)
+
+    def coll(op: str) -> float:
+        return tensors * c.dev.collective_s(op, stage_bytes / tensors, c.dp, c.dp_tier)
     if zero_stage == 1:
         return coll("reduce_scatter") + coll("all_gather")
     if zero_stage == 2:
