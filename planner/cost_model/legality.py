@@ -119,6 +119,11 @@ def step_records(num_records: int, minibatches: int) -> int:
     return math.ceil(num_records / minibatches)
 
 
+def rank_records(num_seqs: int, seqs_per_record: int, minibatches: int, dp: int) -> int:
+    """Records (sequences, or pairs) one dp rank gets per optimizer step."""
+    return math.ceil(step_records(num_seqs // seqs_per_record, minibatches) / dp)
+
+
 def call_batch_problem(num_seqs: int, seqs_per_record: int, minibatches: int, dp: int,
                        micro_batches: int) -> str | None:
     """Why a call's batch cannot be split over `dp` ranks and `micro_batches`."""

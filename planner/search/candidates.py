@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from planner.cost_model import IllegalLayoutError, dtype_bytes_for, estimate_call
-from planner.cost_model.legality import backend_problem, layout_problem, step_records
+from planner.cost_model.legality import (backend_problem, layout_problem, rank_records,
+                                         step_records)
 from planner.cost_model.profile import for_backend
 from planner.cost_model.memory import PLAIN, TrainMemoryChoice
 from planner.cost_model.profile import HardwareProfile
@@ -142,11 +143,6 @@ def _choices(ctx: CallContext, dp: int) -> tuple[TrainMemoryChoice, ...]:
     return tuple(c for c in ctx.memory_choices if dp > 1 or c.zero_stage == 0) or (PLAIN,)
 
 
-def _rank_records(call: CallSpec, dp: int) -> int:
-    """Records (sequences, or pairs) one dp rank gets per step: the micro-batch count's cap."""
-    return math.ceil(step_records(call.num_records, call.minibatches) / dp)
-
-
 # Most micro-batches tried for train and inference calls. Generate calls try every power
 # of two up to their per-rank batch: there the count is the number of KV-sized waves, and a
 # batch twice as large must be able to run in twice the waves (never refused when half fits).
@@ -157,7 +153,8 @@ def micro_batch_counts(ctx: CallContext, dp: int,
                        max_micro_batches: int = MAX_MICRO_BATCHES) -> list[int]:
     """The micro-batch counts enumerated for a call on dp ranks (one rule for the candidate
     lists and for the 'cannot fit' message, so the two never disagree)."""
-    per_rank = _rank_records(ctx.call, dp)
+    per_rank = rank_records(ctx.call.num_seqs, ctx.call.seqs_per_record, ctx.call.minibatches,
+                            dp)
     cap = per_rank if ctx.call.type == "generate" else min(per_rank, max_micro_batches)
     return _powers_of_two_upto(max(1, cap))
 

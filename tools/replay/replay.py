@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,10 +35,12 @@ from typing import Any
 
 import yaml
 
+from planner.commands.evaluate import parse_alloc
 from planner.cost_model import estimate_call, load_profile, realloc_cost
+from planner.cost_model.legality import rank_records
 from planner.graph.loader import spec_from_data
 from planner.graph.spec import CallSpec, Spec
-from planner.layout.layout import Layout, parse_layout
+from planner.layout.layout import Layout
 
 HERE = Path(__file__).resolve().parent
 CASES_DIR = HERE / "cases"
@@ -128,27 +129,6 @@ def save_constants(constants: dict[str, Any], path: Path = CONSTANTS_PATH) -> No
     os.replace(tmp, path)
 
 
-_ENTRY_SPLIT = re.compile(r",\s*(?=[A-Za-z_][\w.\-]*\s*=)")
-
-
-def parse_alloc(text: str) -> dict[str, tuple[Layout, int | None]]:
-    """`call=DEVICES:STRATEGY[/mN], ...` (DESIGN.md layout notation) -> layout, micro-batches."""
-    out: dict[str, tuple[Layout, int | None]] = {}
-    for entry in _ENTRY_SPLIT.split(text.strip()):
-        entry = entry.strip()
-        if not entry:
-            continue
-        name, _, rest = entry.partition("=")
-        lay, _, m = rest.strip().partition("/m")
-        out[name.strip()] = (parse_layout(lay.strip()), int(m) if m else None)
-    return out
-
-
-def _rank_seqs(call: CallSpec, dp: int) -> int:
-    per_step = math.ceil(call.num_seqs / call.minibatches) if call.type == "train" else call.num_seqs
-    return math.ceil(per_step / dp)
-
-
 def _estimate(spec: Spec, call: CallSpec, layout: Layout, m: int, profile,
               recompute: bool = False):
     model = spec.models[call.model]
@@ -161,7 +141,7 @@ def _estimate(spec: Spec, call: CallSpec, layout: Layout, m: int, profile,
 def _generate_waves(spec: Spec, call: CallSpec, layout: Layout, budget_bytes: float,
                     profile) -> int:
     """The fewest waves whose parameters + KV cache + activations fit `budget_bytes`."""
-    n = _rank_seqs(call, layout.dp)
+    n = rank_records(call.num_seqs, call.seqs_per_record, call.minibatches, layout.dp)
 
     def fits(m: int) -> bool:
         return _estimate(spec, call, layout, m, profile).memory.peak_bytes <= budget_bytes
@@ -188,7 +168,7 @@ def micro_batches(case: Case, spec: Spec, call: CallSpec, layout: Layout, given:
         budget = case.engine_memory_fraction * profile.memory_bytes
         return _generate_waves(spec, call, layout, budget, profile)
     budget_tokens = case.mb_tokens.get(call.name)
-    n = _rank_seqs(call, layout.dp)
+    n = rank_records(call.num_seqs, call.seqs_per_record, call.minibatches, layout.dp)
     if not budget_tokens:
         return 1
     # Packed tokens one GPU processes per optimizer step (dp ranks share the batch; tp and
@@ -214,7 +194,7 @@ def case_profile(spec: Spec, constants: dict[str, float]):
 def price_case(case: Case, constants: dict[str, float]) -> CaseResult:
     spec = case.spec(constants)
     profile = case_profile(spec, constants)
-    alloc = parse_alloc(case.layout)
+    alloc = parse_alloc(case.layout, [c.name for c in spec.calls])
     gpn = spec.cluster.gpus_per_node
     homes = {c.model: alloc[c.name][0] for c in spec.calls if c.type == "train"}
     call_s: dict[str, float] = {}
