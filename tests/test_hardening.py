@@ -240,6 +240,32 @@ def test_pieces_of_another_step_or_relabelled_columns_are_refused(tmp_path, caps
                                                      str(tmp_path / "p.html")]))
 
 
+
+def test_pieces_that_leave_a_shard_unbuilt_are_refused(tmp_path, capsys):
+    """A row dropped from a step's pieces (validly encoded, whatever its byte counts
+    say) would leave a destination shard half-built: refused at load, naming it."""
+    import base64
+    import zlib
+
+    import numpy as np
+
+    from planner.layout.transfer import ROW_COLUMNS
+    from tests.runtime_scenarios import realloc_tiny_ppo
+
+    bad = json.loads(realloc_tiny_ppo(tmp_path).read_text())
+    pieces = bad["realloc"][0]["transfer"]
+    n = pieces["num_pieces"]
+    rows = np.frombuffer(zlib.decompress(base64.b64decode(pieces["data"])),
+                         dtype="<i8").reshape(len(ROW_COLUMNS), n)
+    pieces["num_pieces"] = n - 1
+    pieces["data"] = base64.b64encode(zlib.compress(rows[:, 1:].tobytes())).decode()
+    plan = tmp_path / "bad.json"
+    plan.write_text(json.dumps(bad))
+    err = one_line(capsys, planner(["show", str(plan), "-o", str(tmp_path / "p.html")]))
+    assert "realloc[0].transfer: transfer pieces: the rows build" in err, err
+    assert not (tmp_path / "p.html").exists()
+
+
 # ---------------------------------------------------------------- output paths
 
 def test_outputs_never_clobber_inputs(searched, tmp_path, capsys):

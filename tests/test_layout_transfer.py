@@ -229,3 +229,73 @@ def test_bad_inputs_raise_layout_error():
         plan_transfer(arch, Layout(tuple(range(5)), pp=5), lay)
     with pytest.raises(LayoutError, match="heads"):
         plan_transfer(arch, lay, lay, head="lm", dst_head="value")
+
+
+def _assembles(plan, arch, head, src, dst) -> bool:
+    """Brute force: executing the rows' pieces builds every destination shard exactly
+    once, each element from a source shard that holds it."""
+    rules = {r.name: r for r in param_rules(arch, head)}
+    written = {}
+    for rank in range(dst.world_size):
+        for name, r in rules.items():
+            if shard_slice(r, dst, rank) is not None:
+                written[rank, name] = np.zeros(r.shard_shape(dst.tp), dtype=np.int64)
+    for i in range(len(plan)):
+        rule = plan.rules[int(plan.param[i])]
+        s_sl = shard_slice(rule, src, int(plan.src_rank[i]))
+        d_sl = shard_slice(rule, dst, int(plan.dst_rank[i]))
+        if s_sl is None or d_sl is None or not plan.lo[i] < plan.hi[i]:
+            return False
+        pc = plan.piece(i)
+        for sl, shard in ((pc.src_slice, s_sl), (pc.dst_slice, d_sl)):
+            region = _full_region(sl, shard)
+            if any(x.start < y.start or x.stop > y.stop for x, y in zip(region, shard)):
+                return False
+        block = np.zeros(rule.shape, dtype=np.int8)[_full_region(pc.src_slice, s_sl)]
+        if block.size * plan.dtype_bytes != pc.nbytes:
+            return False
+        written[pc.dst_rank, pc.name][pc.dst_slice] += 1
+    return all((w == 1).all() for w in written.values())
+
+
+def _mutated(plan, how: str, i: int, value: int):
+    from planner.layout.transfer import TransferPlan
+
+    rows = {c: getattr(plan, c).copy() for c in ("param", "src_rank", "dst_rank", "lo", "hi",
+                                                 "nbytes")}
+    keep = np.ones(len(plan), dtype=bool)
+    if how == "drop":
+        keep[i] = False
+    elif how == "duplicate":
+        rows = {c: np.insert(v, i, v[i]) for c, v in rows.items()}
+        keep = np.ones(len(plan) + 1, dtype=bool)
+    elif how == "src_rank":
+        rows["src_rank"][i] = value % plan.src.world_size
+    elif how == "lo":
+        rows["lo"][i] += value % 3 - 1
+    elif how == "nbytes":
+        rows["nbytes"][i] += 1
+    rows = {c: v[keep] for c, v in rows.items()}
+    return TransferPlan(plan.arch, plan.head, plan.src, plan.dst, plan.gpus_per_node,
+                        plan.dtype_bytes, plan.rules, rows)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(_case(), st.sampled_from(["none", "drop", "duplicate", "src_rank", "lo", "nbytes"]),
+       st.integers(0, 10**6), st.integers(0, 10**6))
+def test_check_rows_accepts_exactly_the_plans_that_assemble(case, how, pick, value):
+    """check_rows (run on every plan read from a file) agrees with brute force on
+    planned rows and on rows with one row dropped, duplicated or altered."""
+    from planner.layout.transfer import check_rows
+
+    arch, head, src, dst, gpn = case
+    plan = plan_transfer(arch, src, dst, head=head, gpus_per_node=gpn, dtype_bytes=2)
+    if how != "none" and len(plan):
+        plan = _mutated(plan, how, pick % len(plan), value)
+    try:
+        check_rows(plan)
+        accepted = True
+    except LayoutError:
+        accepted = False
+    assert accepted == _assembles(plan, arch, head, src, dst)

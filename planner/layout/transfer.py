@@ -328,6 +328,66 @@ def plan_transfer(arch: ModelArch, src: Layout, dst: Layout, *, head: HeadType =
     return TransferPlan(arch, head, src, dst, gpus_per_node, dtype_bytes, rules, rows)
 
 
+def check_rows(tp: TransferPlan) -> None:
+    """LayoutError unless the rows build every destination shard exactly once from
+    shards their senders hold: each (parameter, dst rank) whose stage holds the
+    parameter is tiled by its rows' intervals without gap or overlap, each row lies
+    inside its sender's tp chunk on a stage holding the parameter, and its bytes are
+    the interval's. Rows read from a file pass this before a worker executes them."""
+    n = len(tp)
+    rules, src, dst = tp.rules, tp.src, tp.dst
+    # Per rule: the split dim's size, bytes per unit of it, and which stages hold it.
+    size = np.asarray([r.shape[r.tp_dim] if r.tp_dim is not None else r.shape[0]
+                       for r in rules], dtype=np.int64)
+    unit_bytes = np.asarray([r.numel for r in rules], dtype=np.int64) // size * tp.dtype_bytes
+    split = np.asarray([r.tp_dim is not None for r in rules])
+
+    def chunk(layout: Layout, ranks: np.ndarray, param: np.ndarray):
+        """[lo, hi) each rank holds of each row's parameter (whole when replicated)."""
+        t = ranks % layout.tp
+        part = size[param] // np.where(split[param], layout.tp, 1)
+        lo = np.where(split[param], t * part, 0)
+        return lo, lo + part
+
+    def holds(layout: Layout, ranks: np.ndarray, param: np.ndarray) -> np.ndarray:
+        stage = ranks // (layout.tp * layout.dp)
+        table = np.zeros((len(rules), layout.pp), dtype=bool)
+        for i, r in enumerate(rules):
+            table[i, list(r.stages(layout.pp))] = True
+        return table[param, stage]
+
+    # Every (parameter, dst rank) that must be built.
+    need = sum(len(r.stages(dst.pp)) for r in rules) * dst.tp * dst.dp
+    if n == 0:
+        if need:
+            raise LayoutError(f"transfer pieces: no rows, but {need} destination shards "
+                              "need parameters")
+        return
+    p, s, d, lo, hi = tp.param, tp.src_rank, tp.dst_rank, tp.lo, tp.hi
+    s_lo, s_hi = chunk(src, s, p)
+    d_lo, d_hi = chunk(dst, d, p)
+    bad = ((lo >= hi) | (lo < s_lo) | (hi > s_hi) | (lo < d_lo) | (hi > d_hi)
+           | ~holds(src, s, p) | ~holds(dst, d, p) | (tp.nbytes != (hi - lo) * unit_bytes[p]))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise LayoutError(f"transfer pieces: row {i} ({rules[int(p[i])].name}, src rank "
+                          f"{int(s[i])} -> dst rank {int(d[i])}, [{int(lo[i])}, {int(hi[i])})"
+                          f", {int(tp.nbytes[i])} bytes) is not a piece the two layouts "
+                          "hold")
+    order = np.lexsort((lo, d, p))
+    p, d, lo, hi, d_lo, d_hi = (a[order] for a in (p, d, lo, hi, d_lo, d_hi))
+    first = np.ones(n, dtype=bool)
+    first[1:] = (p[1:] != p[:-1]) | (d[1:] != d[:-1])
+    last = np.ones(n, dtype=bool)
+    last[:-1] = first[1:]
+    gap = np.zeros(n, dtype=bool)
+    gap[1:] = ~first[1:] & (lo[1:] != hi[:-1])
+    if gap.any() or (first & (lo != d_lo)).any() or (last & (hi != d_hi)).any() \
+            or int(first.sum()) != need:
+        raise LayoutError(f"transfer pieces: the rows build {int(first.sum())} of {need} "
+                          "destination shards, or leave a gap or an overlap in one")
+
+
 @lru_cache(maxsize=4096)
 def transfer_bytes(arch: ModelArch, head: HeadType, src: Layout, dst: Layout,
                    gpus_per_node: int, dtype_bytes: int = 2) -> TransferStats:
@@ -384,4 +444,6 @@ def unpack_rows(arch: ModelArch, head: HeadType, src: Layout, dst: Layout, *,
                      or rows["src_rank"].min() < 0 or rows["src_rank"].max() >= src.world_size
                      or rows["dst_rank"].min() < 0 or rows["dst_rank"].max() >= dst.world_size):
         raise LayoutError("transfer pieces: a parameter or rank index is out of range")
-    return TransferPlan(arch, head, src, dst, gpus_per_node, dtype_bytes, rules, rows)
+    plan = TransferPlan(arch, head, src, dst, gpus_per_node, dtype_bytes, rules, rows)
+    check_rows(plan)
+    return plan
