@@ -161,6 +161,13 @@ def _plan_cases(plan: dict) -> list[tuple[str, str, str]]:
     args["timeline"][0]["args"] = {"device": 4}
     layout = json.loads(text)
     layout["timeline"][0]["args"]["layout"] = "0-5:d6 m1"
+    # A device's peak edited past capacity minus headroom (kinds still summing to it).
+    over = json.loads(text)
+    dm = over["device_memory"][0]
+    extra = over["memory_capacity_bytes"] - over["memory_headroom_bytes"] - dm["peak_bytes"] + 1
+    dm["peak_bytes"] += extra
+    kind = next(iter(dm["by_kind_bytes"]))
+    dm["by_kind_bytes"][kind] += extra
     return [
         ("nested", "[" * 100_000 + "]" * 100_000, "nested more than 64"),
         ("5000-digits", re.sub(r'"format_version": \d+', '"format_version": ' + "9" * 5000, text),
@@ -175,6 +182,7 @@ def _plan_cases(plan: dict) -> list[tuple[str, str, str]]:
         ("memory-device", json.dumps(memory), "device_memory[0].device_id: device 7 does not"),
         ("args-device", json.dumps(args), "timeline[0].args.device: device 4 does not exist"),
         ("args-layout", json.dumps(layout), "timeline[0].args.layout: device 4 of '0-5:d6 m1'"),
+        ("over-capacity", json.dumps(over), "device_memory[0].peak_bytes: "),
     ]
 
 

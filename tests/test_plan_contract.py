@@ -146,7 +146,7 @@ def test_headroom_is_per_hardware_and_overridable_in_the_spec(tmp_path):
     gib = 2**30
     assert 3 * gib < memory_headroom_bytes(h100) < 6 * gib  # a few GiB on 80 GB
     assert memory_headroom_bytes(h200) > memory_headroom_bytes(h100)
-    assert memory_headroom_bytes(h100, 1.5) == int(1.5 * gib)
+    assert memory_headroom_bytes(h100, int(1.5 * gib)) == int(1.5 * gib)
     path = ROOT / "specs" / "remax-llama2-7b-8gpu.yaml"
     spec = tmp_path / "spec.yaml"
     spec.write_text(path.read_text().replace("hardware: h100-sxm}",
@@ -154,3 +154,27 @@ def test_headroom_is_per_hardware_and_overridable_in_the_spec(tmp_path):
     p = build_problem(load_spec(spec), spec)
     assert p.headroom_bytes == int(1.5 * gib)
     assert p.capacity_bytes == h100.memory_bytes - int(1.5 * gib)
+
+
+def test_plan_headroom_must_be_the_embedded_specs_override(tmp_path):
+    """A spec that sets cluster.memory_headroom_gib: the searched plan keeps that many
+    bytes free, and a plan claiming another headroom is refused at load."""
+    import json
+
+    import pytest
+
+    from planner.cli import main as planner
+    from planner.plan import PlanError, load_plan
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text((ROOT / "specs" / "tiny-ppo-cpu.yaml").read_text().replace(
+        "hardware: cpu}", "hardware: cpu, memory_headroom_gib: 0.25}"))
+    plan = tmp_path / "plan.json"
+    assert planner(["search", str(spec), "-o", str(plan), "--time-limit", "2"]) == 0
+    assert load_plan(plan).memory_headroom_bytes == 2**28
+    doc = json.loads(plan.read_text())
+    doc["memory_headroom_bytes"] = 2**29
+    plan.write_text(json.dumps(doc))
+    with pytest.raises(PlanError, match="memory_headroom_bytes: 536870912 but the embedded "
+                                        "spec's cluster.memory_headroom_gib gives 268435456"):
+        load_plan(plan)

@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
                         dtype_bytes=dtype_bytes_for(model, profile),
                         num_devices=spec.cluster.num_devices)
     mfu = est.flops / (est.time_s * layout.world_size * profile.peak_flops)
-    headroom = memory_headroom_bytes(profile, spec.cluster.memory_headroom_gib)
+    headroom = memory_headroom_bytes(profile, spec.cluster.memory_headroom_override_bytes)
     fits = est.memory.peak_bytes <= profile.memory_bytes - headroom  # alone on its devices
     if args.json:
         out = {"call": call.name, "model": call.model, "type": call.type, "layout": str(layout),

@@ -12,7 +12,7 @@ Public API (the search and the CLI use only these):
     data_transfer_cost(nbytes, src, dst, profile, *, gpus_per_node) -> TransferCost
     check_layout(arch, layout, gpus_per_node) (raises IllegalLayoutError)
     dtype_bytes_for(model, profile) -> int            bytes per element a model runs with
-    memory_headroom_bytes(profile, override_gib) -> int   kept free on every device
+    memory_headroom_bytes(profile, override_bytes) -> int   kept free on every device
     fast_realloc / fast_data_transfer -> MoveCost     the same move rules on aggregates (search)
 
 This package never imports planner.search, runtime, or torch.distributed; the

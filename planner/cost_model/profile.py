@@ -339,11 +339,12 @@ DEFAULT_RESERVE_BYTES = {"gpu": 2 * 2**30, "cpu": 0}
 DEFAULT_FRAGMENTATION = 0.03
 
 
-def memory_headroom_bytes(profile: HardwareProfile, override_gib: float | None = None) -> int:
-    """Bytes kept free on every device: the spec's override (cluster.memory_headroom_gib),
-    else the profile's own figure, else the default rule above."""
-    if override_gib is not None:
-        return int(override_gib * 2**30)
+def memory_headroom_bytes(profile: HardwareProfile, override_bytes: int | None = None) -> int:
+    """Bytes kept free on every device: the spec's override
+    (ClusterSpec.memory_headroom_override_bytes), else the profile's own figure, else the
+    default rule above."""
+    if override_bytes is not None:
+        return override_bytes
     if profile.memory_headroom_bytes is not None:
         return profile.memory_headroom_bytes
     return int(DEFAULT_RESERVE_BYTES[profile.kind] + DEFAULT_FRAGMENTATION * profile.memory_bytes)

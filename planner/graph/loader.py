@@ -260,7 +260,8 @@ def _check_hardware(spec: Spec, file: str, lines: dict[Loc, int]) -> None:
                         line=lines.get(("cluster", "hardware")), field="cluster.hardware") \
             from None
     headroom_gib = spec.cluster.memory_headroom_gib
-    if headroom_gib is not None and memory_headroom_bytes(profile, headroom_gib) \
+    override_bytes = spec.cluster.memory_headroom_override_bytes
+    if override_bytes is not None and memory_headroom_bytes(profile, override_bytes) \
             >= profile.memory_bytes:
         raise SpecError(f"{headroom_gib:g} GiB kept free leaves nothing of the device's "
                         f"{profile.memory_bytes / 2**30:g} GiB ({spec.cluster.hardware}); expected "

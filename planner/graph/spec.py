@@ -53,6 +53,11 @@ class ClusterSpec(_Strict):
         "context, NCCL buffers, fragmentation), in GiB; default: the profile's headroom."
     )
 
+    @property
+    def memory_headroom_override_bytes(self) -> int | None:
+        """memory_headroom_gib in bytes (the one conversion the planner and plan check use)."""
+        return None if self.memory_headroom_gib is None else int(self.memory_headroom_gib * 2**30)
+
     @field_validator("hardware")
     @classmethod
     def _known_hardware(cls, value: str) -> str:

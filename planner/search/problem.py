@@ -105,7 +105,7 @@ class Problem:
         self.num_devices = cl.num_devices
         # What a plan may use per device: memory minus the headroom (CUDA context, NCCL, ...).
         self.memory_bytes = profile.memory_bytes
-        self.headroom_bytes = memory_headroom_bytes(profile, cl.memory_headroom_gib)
+        self.headroom_bytes = memory_headroom_bytes(profile, cl.memory_headroom_override_bytes)
         self.capacity_bytes = profile.memory_bytes - self.headroom_bytes
 
         g = build_graph(spec)
