@@ -75,19 +75,37 @@ def test_slowest_rank_draws_the_calls_longest_sample():
 
 
 def test_packed_train_call_costs_the_real_tokens():
+    # 320 sequences of 100 or 300 tokens (mean 200, E[s^2] 50000): packed, the GEMMs see
+    # 320 x 200 = 64000 tokens and attention sum(s^2) = 16e6, exactly what 256 sequences of
+    # 250 give (64000 tokens, 256 x 62500): the same compute. Padding to 300 costs more.
     lay = parse_layout("0-7:d8")
     kw = dict(trainable=True, gpus_per_node=8)
-    base = dict(name="t", model="a", type="train", num_seqs=256, minibatches=2)
-    mixed = CallSpec(**base, seq_len={"mean": 300, "max": 2000})
-    flat = CallSpec(**base, seq_len=300)
-    padded = CallSpec(**base, seq_len=2000)
-    e_mixed, e_flat, e_pad = (estimate_call(LLAMA7B, "lm", c, lay, 4, H100, **kw)
-                              for c in (mixed, flat, padded))
-    assert e_mixed.flops == pytest.approx(train_flops_per_token(LLAMA7B, "lm", 300) * 256 * 300)
-    assert e_mixed.breakdown["compute"] == pytest.approx(e_flat.breakdown["compute"])
-    assert e_mixed.breakdown["compute"] < e_pad.breakdown["compute"] / 5
-    # Memory is sized on the longest sequence a micro-batch must hold.
-    assert e_flat.memory.activations_bytes < e_mixed.memory.activations_bytes
+    base = dict(name="t", model="a", type="train", minibatches=2)
+    mixed = CallSpec(**base, num_seqs=320, seq_len={"histogram": [[100, 1], [300, 1]]})
+    same = CallSpec(**base, num_seqs=256, seq_len=250)
+    padded = CallSpec(**base, num_seqs=320, seq_len=300)
+    assert mixed.total_len_attn == pytest.approx(250.0)
+    e_mixed, e_same, e_pad = (estimate_call(LLAMA7B, "lm", c, lay, 4, H100, **kw)
+                              for c in (mixed, same, padded))
+    assert e_mixed.flops == pytest.approx(train_flops_per_token(LLAMA7B, "lm", 250) * 320 * 200)
+    assert e_mixed.breakdown["compute"] == pytest.approx(e_same.breakdown["compute"], rel=1e-12)
+    assert e_mixed.breakdown["compute"] < e_pad.breakdown["compute"] / 1.4
+
+
+def test_clipped_responses_set_the_straggler_whatever_the_mean():
+    # 1% of responses cut at the 20480 cap: the rest keep the overall mean 1200; a call of
+    # 8192 responses (clip x n = 82 >= 1) has its slowest at the cap, where the same mean
+    # without clipping reaches only the exponential's 1 - 0.5/8192 quantile.
+    clipped = LengthDist(mean=1200, max=20480, clip=0.01)
+    plain = LengthDist(mean=1200, max=20480)
+    assert clipped.bulk_mean == pytest.approx((1200 - 0.01 * 20480) / 0.99)
+    assert sum(clipped.quantiles(1000)) / 1000 == pytest.approx(1200, rel=0.01)
+    assert max(rank_lengths(clipped, 20480, 256, 8192)) == 20480
+    assert max(rank_lengths(plain, 20480, 256, 8192)) < 12000
+    # E[s^2] of the clipped one is dominated by the clipped share: 0.01 x 20480^2.
+    assert clipped.mean_square > 0.01 * 20480**2 > plain.mean_square / 2
+    with pytest.raises(ValueError, match="clip"):
+        LengthDist(mean=100, max=20480, clip=0.01)
 
 
 def test_more_waves_hold_less_kv_and_take_longer():

@@ -88,6 +88,7 @@ class CallShape:
     minibatches: int = 1
     epochs: int = 1
     seq_len_mean: float | None = None     # None: seq_len
+    attn_len: float | None = None         # E[s^2]/E[s] of packed sequences; None: mean_len
     prompt_len_mean: float | None = None  # None: prompt_len
     gen_dist: LengthDist | None = None
     batching: str = "continuous"          # generate: continuous or waves
@@ -108,13 +109,20 @@ class CallShape:
                        gen_dist=call.gen_len_dist, batching=eng.batching,
                        max_num_seqs=eng.max_num_seqs,
                        max_num_batched_tokens=eng.max_num_batched_tokens, io_keys=io)
+        attn = call.total_len_attn
         return cls(call.type, call.num_seqs, call.total_len, call.total_len, 0,
-                   call.minibatches, call.epochs, seq_len_mean=call.total_len_mean, io_keys=io,
+                   call.minibatches, call.epochs, seq_len_mean=call.total_len_mean,
+                   attn_len=None if attn == call.total_len_mean else attn, io_keys=io,
                    seqs_per_record=call.seqs_per_record)
 
     @property
     def mean_len(self) -> float:
         return float(self.seq_len if self.seq_len_mean is None else self.seq_len_mean)
+
+    @property
+    def attn_mean_len(self) -> float:
+        """The sequence length attention costs per token (token-weighted mean length)."""
+        return self.mean_len if self.attn_len is None else float(self.attn_len)
 
     @property
     def prompt_mean(self) -> float:
@@ -249,13 +257,17 @@ def _bd(**parts: float) -> tuple[float, Mapping[str, float]]:
 def _train(c: _Ctx, s: CallShape, recompute: bool, zero_stage: int,
            flash: bool) -> CallEstimate:
     d, dev, m = c.dims, c.dev, c.m
-    # Packed sequences (dynamic batch size): compute on the mean length, memory on the max.
+    # Packed sequences (dynamic batch size): compute on the real tokens, memory on the max.
+    # Attention is quadratic per sequence, so the kernels see the tokens as sequences of
+    # the token-weighted mean length (b_attn x attn = the micro-batch's real tokens).
     seq = s.mean_len
+    attn = s.attn_mean_len
     rank_seqs = _per_rank(s.num_seqs, s.minibatches * c.dp)  # per optimizer step, slowest rank
     b = rank_seqs / m
     tokens = b * seq
-    t_f = layer_fwd_s(dev, d, b, seq, c.tp)
-    t_b = layer_bwd_s(dev, d, b, seq, c.tp) + (t_f if recompute else 0.0)
+    b_attn = tokens / attn
+    t_f = layer_fwd_s(dev, d, b_attn, attn, c.tp)
+    t_b = layer_bwd_s(dev, d, b_attn, attn, c.tp) + (t_f if recompute else 0.0)
     out = head_out_features(c.arch, c.head)
     t_head = head_fwd_s(dev, d.hidden, out, tokens, c.tp) + head_bwd_s(dev, d.hidden, out, tokens, c.tp)
     t_stage = _stage_times(c, t_f, t_b, t_head)
@@ -291,7 +303,7 @@ def _train(c: _Ctx, s: CallShape, recompute: bool, zero_stage: int,
         c.dp, c.dtype_bytes, zero_stage)
     mem = MemoryEstimate(params_bytes=p_bytes, grads_bytes=g_bytes, optimizer_bytes=o_bytes,
                          activations_bytes=int(acts), kv_cache_bytes=0, gathered_bytes=gathered)
-    flops = train_flops_per_token(c.arch, c.head, seq) * s.num_seqs * seq * s.epochs
+    flops = train_flops_per_token(c.arch, c.head, attn) * s.num_seqs * seq * s.epochs
     return CallEstimate(time_s, bd, mem, flops)
 
 
@@ -334,13 +346,15 @@ def _dp_comm_s(c: _Ctx, stage_bytes: float, zero_stage: int) -> float:
 # --------------------------------------------------------------- inference
 
 
-def _forward_pass(c: _Ctx, num_seqs: int, seq: int, head_tokens_per_seq: float
-                  ) -> tuple[float, float, float, float]:
-    """(compute, tp_comm, pp_fill, pp_p2p) of a pipelined forward over one dp rank's sequences."""
+def _forward_pass(c: _Ctx, num_seqs: int, seq: float, head_tokens_per_seq: float,
+                  attn: float | None = None) -> tuple[float, float, float, float]:
+    """(compute, tp_comm, pp_fill, pp_p2p) of a pipelined forward over one dp rank's sequences
+    of mean length `seq`, whose attention costs as sequences of length `attn` (packed)."""
     d, dev, m = c.dims, c.dev, c.m
     b = _per_rank(num_seqs, c.dp) / m
     tokens = b * seq
-    t_f = layer_fwd_s(dev, d, b, seq, c.tp)
+    attn = seq if attn is None else attn
+    t_f = layer_fwd_s(dev, d, tokens / attn, attn, c.tp)
     out = head_out_features(c.arch, c.head)
     t_head = head_fwd_s(dev, d.hidden, out, tokens, c.tp, out_tokens=b * head_tokens_per_seq)
     t_stage = _stage_times(c, t_f, 0.0, t_head)
@@ -351,7 +365,7 @@ def _forward_pass(c: _Ctx, num_seqs: int, seq: int, head_tokens_per_seq: float
 
 def _inference(c: _Ctx, s: CallShape, flash: bool) -> CallEstimate:
     seq = s.mean_len  # packed: the real tokens
-    compute, tp_comm, fill, p2p = _forward_pass(c, s.num_seqs, seq, seq)
+    compute, tp_comm, fill, p2p = _forward_pass(c, s.num_seqs, seq, seq, s.attn_mean_len)
     time_s, bd = _bd(compute=compute, tp_comm=tp_comm, pp_fill=fill, pp_p2p=p2p)
     mb_tokens = _mb_tokens(_per_rank(_per_rank(s.num_seqs, c.dp), c.m), s)
     # Forward only: one layer's activations alive at a time, plus the micro-batch's logits.
@@ -359,7 +373,7 @@ def _inference(c: _Ctx, s: CallShape, flash: bool) -> CallEstimate:
                                       dtype_bytes=c.dtype_bytes, flash_attention=flash)
     acts += logits_bytes(c.arch, c.head, mb_tokens, c.tp)
     mem = MemoryEstimate(_stage_params(c) * c.dtype_bytes, 0, 0, int(acts), 0)
-    flops = forward_flops_per_token(c.arch, c.head, seq) * s.num_seqs * seq
+    flops = forward_flops_per_token(c.arch, c.head, s.attn_mean_len) * s.num_seqs * seq
     return CallEstimate(time_s, bd, mem, flops)
 
 

@@ -12,6 +12,15 @@ cap (a run where many responses are truncated); mean = (1 + max) / 2 is
 uniform. `uniform` spreads lengths evenly over [2*mean - max, max].
 `histogram` is a list of (length, weight) pairs.
 
+`clip` (exponential and uniform) is the fraction of sequences cut at `max`:
+the responses that run into the cap, which real RL rollouts always have
+(verl logs it as response_length/clip_ratio). The rest follow the named
+shape with the mean that keeps the overall mean `mean`. A call of N
+sequences with clip * N >= 1 lasts at least `max` decode steps, whatever
+the mean: the cap, not the mean, sets a large call's straggler.
+
+    gen_len: {mean: 1200, max: 20480, clip: 0.01}
+
 The cost model reads a distribution only through `quantiles(n)` (n
 representative lengths, deterministic) and `mean` / `max`.
 """
@@ -42,6 +51,8 @@ class LengthDist(CheckedModel):
                             description="Longest length: the engine's cap.")
     dist: DistKind = Field("exponential", description="exponential (truncated), uniform or "
                            "histogram.")
+    clip: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of sequences cut at max "
+                        "(truncated responses); exponential and uniform only.")
     histogram: tuple[tuple[int, float], ...] | None = Field(
         None, max_length=4096, description="(length, weight) pairs; weights need not sum to 1.")
 
@@ -73,6 +84,9 @@ class LengthDist(CheckedModel):
                 raise ValueError(f"mean {self.mean} does not match the histogram's mean {mean:.1f}")
             if self.max is not None and self.max != top:
                 raise ValueError(f"max {self.max} does not match the histogram's longest {top}")
+            if self.clip:
+                raise ValueError("clip applies to exponential and uniform lengths; a histogram "
+                                 "puts the truncated share at its longest length itself")
             object.__setattr__(self, "mean", mean)
             object.__setattr__(self, "max", top)
             return self
@@ -82,16 +96,33 @@ class LengthDist(CheckedModel):
             raise ValueError(f"a {self.dist} length needs mean and max")
         if self.mean > self.max:
             raise ValueError(f"mean {self.mean} exceeds max {self.max}")
-        if self.dist == "uniform" and 2 * self.mean - self.max < 1:
-            raise ValueError(f"uniform: 2*mean - max = {2 * self.mean - self.max:g} must be >= 1 "
-                             "(lengths spread over [2*mean - max, max])")
+        bulk = self.bulk_mean
+        if self.clip and bulk < 1:
+            raise ValueError(f"clip {self.clip} of max {self.max} alone exceeds mean {self.mean} "
+                             "(the unclipped sequences would need a mean below 1)")
+        if self.dist == "uniform" and 2 * bulk - self.max < 1:
+            raise ValueError(f"uniform: 2*mean - max = {2 * bulk - self.max:g} must be >= 1 "
+                             "(lengths spread over [2*mean - max, max]; mean of the unclipped)")
         if self.dist == "exponential" and self.mean < 1:
             raise ValueError("exponential: mean must be >= 1")
         return self
 
+    @property
+    def bulk_mean(self) -> float:
+        """Mean of the sequences not cut at max (the whole mean when clip is 0)."""
+        if self.dist == "histogram" or not self.clip:
+            return float(self.mean)  # type: ignore[arg-type]
+        return (float(self.mean) - self.clip * float(self.max)) / (1.0 - self.clip)
+
     def quantiles(self, n: int) -> tuple[int, ...]:
         """n representative lengths: the quantiles at (j + 0.5) / n, ascending, each in [1, max]."""
         return _quantiles(self, n)
+
+    @property
+    def mean_square(self) -> float:
+        """E[length^2]: what attention over packed sequences costs per sequence (it is
+        quadratic in each sequence's length, so a tail costs more than its tokens)."""
+        return _mean_square(self)
 
     def quantile(self, q: float) -> float:
         """The length below which a fraction q of sequences lie."""
@@ -104,11 +135,16 @@ class LengthDist(CheckedModel):
                 if q < acc - 1e-12:
                     return float(length)
             return float(pairs[-1][0])
-        lo, hi = (2 * self.mean - self.max, float(self.max)) if self.dist == "uniform" \
+        if self.clip:
+            if q >= 1.0 - self.clip:
+                return float(self.max)
+            q /= 1.0 - self.clip  # a quantile of the unclipped sequences
+        mean = self.bulk_mean
+        lo, hi = (2 * mean - self.max, float(self.max)) if self.dist == "uniform" \
             else (1.0, float(self.max))
         if self.dist == "uniform" or hi <= lo:
             return lo + q * (hi - lo)
-        y = (self.mean - lo) / (hi - lo)  # target mean on [0, 1]
+        y = (mean - lo) / (hi - lo)  # target mean on [0, 1]
         if y <= 0.5:
             return lo + (hi - lo) * _exp_quantile(_rate_for_mean(y), q)
         return hi - (hi - lo) * _exp_quantile(_rate_for_mean(1.0 - y), 1.0 - q)
@@ -151,6 +187,21 @@ def _exp_quantile(u: float, q: float) -> float:
 def _quantiles(dist: LengthDist, n: int) -> tuple[int, ...]:
     cap = int(dist.max or 1)
     return tuple(min(cap, max(1, round(dist.quantile((j + 0.5) / n)))) for j in range(n))
+
+
+# Quantiles the second moment is taken over: exact for histograms and for the clipped
+# share (both are point masses), within ~0.1% for a truncated exponential's tail.
+_MOMENT_POINTS = 4096
+
+
+@lru_cache(maxsize=1024)
+def _mean_square(dist: LengthDist) -> float:
+    if dist.dist == "histogram":
+        pairs = dist.histogram or ()
+        total = sum(w for _, w in pairs)
+        return sum(n * n * (w / total) for n, w in pairs)
+    qs = _quantiles(dist, _MOMENT_POINTS)
+    return sum(float(n) * n for n in qs) / len(qs)
 
 
 def length_mean(value: int | LengthDist) -> float:

@@ -281,6 +281,26 @@ class CallSpec(_Strict):
         return self.prompt_len_mean + self.gen_len_mean
 
 
+    @property
+    def total_len_attn(self) -> float:
+        """Token-weighted mean length, E[s^2] / E[s]: the length a packed forward's attention
+        costs per token (attention is quadratic per sequence, so one 20K-token response
+        costs what 400 1K-token ones do). Equals total_len_mean for fixed lengths.
+        Prompt and generated lengths are taken as independent."""
+        def moments(fixed: int | None, dist) -> tuple[float, float]:
+            if dist is not None:
+                return float(dist.mean), float(dist.mean_square)
+            v = float(fixed or 0)
+            return v, v * v
+        if self.seq_len is not None:
+            m1, m2 = moments(self.seq_len, self.seq_len_dist)
+        else:
+            p1, p2 = moments(self.prompt_len, self.prompt_len_dist)
+            g1, g2 = moments(self.gen_len, self.gen_len_dist)
+            m1, m2 = p1 + g1, p2 + 2.0 * p1 * g1 + g2
+        return m2 / m1 if m1 > 0 else 0.0
+
+
 class FunctionSpec(_Strict):
     """A host-side Python function between calls, e.g. a rule-based reward.
 

@@ -61,6 +61,13 @@ class Case:
     spec_data: dict[str, Any]
     path: Path
     recompute: tuple[str, ...] = ()   # train calls run with full activation recompute
+    zero_stage: int = 1               # train calls' optimizer/gradient/parameter sharding
+    # Bytes per (padded) token of the rollout batch the replayed system collects through
+    # its driver after a generate call (0: none priced); see rollout_handoff_s.
+    driver_bytes_per_token: int = 0
+    # The constant that prices the rollout engine's per-step host time (engine versions
+    # differ: vLLM's V1 engine and its scheduler changed it during 2025).
+    engine_step: str = "engine_step_s"
     notes: str = ""
 
     def spec(self, constants: dict[str, float]) -> Spec:
@@ -106,7 +113,10 @@ def load_case(path: Path) -> Case:
                 engine_memory_fraction=float(r.get("engine_memory_fraction", 0.9)),
                 mb_tokens=dict(r.get("mb_tokens", {})), assumptions=list(r["assumptions"]),
                 not_published=list(r["not_published"]), spec_data=data["spec"], path=path,
-                recompute=tuple(r.get("recompute", ())), notes=r.get("notes", ""))
+                recompute=tuple(r.get("recompute", ())), zero_stage=int(r.get("zero_stage", 1)),
+                driver_bytes_per_token=int(r.get("driver_bytes_per_token", 0)),
+                engine_step=str(r.get("engine_step", "engine_step_s")),
+                notes=r.get("notes", ""))
 
 
 def load_cases(directory: Path = CASES_DIR) -> list[Case]:
@@ -130,12 +140,29 @@ def save_constants(constants: dict[str, Any], path: Path = CONSTANTS_PATH) -> No
 
 
 def _estimate(spec: Spec, call: CallSpec, layout: Layout, m: int, profile,
-              recompute: bool = False):
+              recompute: bool = False, zero_stage: int = 1):
     model = spec.models[call.model]
     return estimate_call(model.architecture, model.head, call, layout, m, profile,
                          trainable=model.trainable, gpus_per_node=spec.cluster.gpus_per_node,
                          num_devices=spec.cluster.num_devices, shard_optimizer=True,
-                         recompute=recompute)
+                         recompute=recompute, zero_stage=zero_stage)
+
+
+def rollout_handoff_s(case: "Case", call: CallSpec, driver_bytes_per_s: float) -> float:
+    """The rollout batch through the replayed system's single driver after a generate call.
+
+    verl's rollout returns every response padded to max_response_length, with the
+    prompt padded to max_prompt_length, as int64 tensors (prompts, responses,
+    input_ids, attention_mask, position_ids: 4 x (prompt + response) elements per
+    sequence = 32 bytes per padded token), gathered from the workers and concatenated
+    on the driver. Its time is the bytes over the driver's throughput (a fitted
+    constant): it grows with the caps, not with the GPUs, one reason generation stops
+    shrinking as GPUs are added.
+    """
+    if call.type != "generate" or not case.driver_bytes_per_token:
+        return 0.0
+    padded = call.prompt_len + call.gen_len  # the caps (max lengths)
+    return call.num_seqs * padded * case.driver_bytes_per_token / driver_bytes_per_s
 
 
 def _generate_waves(spec: Spec, call: CallSpec, layout: Layout, budget_bytes: float,
@@ -177,46 +204,63 @@ def micro_batches(case: Case, spec: Spec, call: CallSpec, layout: Layout, given:
     return max(1, min(n, math.ceil(tokens / budget_tokens)))
 
 
-# Constants that override a profile field instead of a spec value.
-PROFILE_CONSTANTS = ("engine_step_s",)
+# The constant the shipped GPU profiles carry as overheads.engine_step_s (the newest engine's).
+SHIPPED_ENGINE_STEP = "engine_step_s"
+# Constants of the replayed system itself (not of FlowPlan's cost model or a GPU).
+DRIVER_CONSTANT = "driver_bytes_per_s"
 
 
-def case_profile(spec: Spec, constants: dict[str, float]):
-    """The spec's hardware profile, with the fitted engine constants applied."""
+def case_profile(spec: Spec, constants: dict[str, float], engine_step: str = SHIPPED_ENGINE_STEP):
+    """The spec's hardware profile, with the case's engine's fitted per-step time applied."""
     profile = load_profile(spec.cluster.hardware)
-    over = {k: constants[k] for k in PROFILE_CONSTANTS if k in constants}
-    if over:
+    if engine_step in constants:
+        over = {"engine_step_s": constants[engine_step]}
         profile = profile.model_copy(
             update={"overheads": profile.overheads.model_copy(update=over)})
     return profile
 
 
+def _stage_s(entry: str, call_s: dict[str, float], engine_s: dict[str, float]) -> float:
+    """A published stage's entry: `call` (everything the call costs, refit and the
+    driver hand-off included) or `call:engine` (the engine's own time only)."""
+    name, _, part = entry.partition(":")
+    if part not in ("", "engine"):
+        raise ValueError(f"stage entry {entry!r}: expected 'call' or 'call:engine'")
+    return engine_s[name] if part else call_s[name]
+
+
 def price_case(case: Case, constants: dict[str, float]) -> CaseResult:
     spec = case.spec(constants)
-    profile = case_profile(spec, constants)
+    profile = case_profile(spec, constants, case.engine_step)
     alloc = parse_alloc(case.layout, [c.name for c in spec.calls])
     gpn = spec.cluster.gpus_per_node
     homes = {c.model: alloc[c.name][0] for c in spec.calls if c.type == "train"}
     call_s: dict[str, float] = {}
+    engine_s: dict[str, float] = {}
     call_flops: dict[str, float] = {}
     mbs: dict[str, int] = {}
     for call in spec.calls:
         layout, given = alloc[call.name]
         m = micro_batches(case, spec, call, layout, given, profile)
-        est = _estimate(spec, call, layout, m, profile, call.name in case.recompute)
+        est = _estimate(spec, call, layout, m, profile, call.name in case.recompute,
+                        case.zero_stage if call.type == "train" else 0)
         t = est.time_s
+        engine_s[call.name] = t
         call_flops[call.name] = est.flops
         home = homes.get(call.model)
         if home is not None and call.type != "train" and home != layout:
             model = spec.models[call.model]
             t += realloc_cost(model.architecture, model.head, home, layout, profile,
                               gpus_per_node=gpn).time_s
+        if case.driver_bytes_per_token:
+            t += rollout_handoff_s(case, call, constants[DRIVER_CONSTANT])
         call_s[call.name] = t
         mbs[call.name] = m
-    stage_s = {st: sum(call_s[c] for c in calls) for st, calls in case.stages.items()}
+    stage_s = {st: sum(_stage_s(e, call_s, engine_s) for e in entries)
+               for st, entries in case.stages.items()}
     pub_stages = {k: float(v) for k, v in case.published.get("stages", {}).items()}
     peak = profile.peak_flops * spec.cluster.num_devices
-    mfu = {st: sum(call_flops[c] for c in case.stages[st]) / (pub * peak)
+    mfu = {st: sum(call_flops[e.partition(":")[0]] for e in case.stages[st]) / (pub * peak)
            for st, pub in pub_stages.items()}
     return CaseResult(case.name, sum(call_s.values()), float(case.published["step_s"]),
                       stage_s, pub_stages, call_s, mbs, mfu)
@@ -226,7 +270,8 @@ def fit_constants(cases: list[Case], constants: dict[str, Any], rounds: int = 3
                   ) -> dict[str, Any]:
     """Fit each constant on its `fit_on` cases: the value whose mean log step-time ratio is 0.
 
-    Bisection over [lo, hi] (the step time grows with each fitted length constant).
+    Bisection over [lo, hi]: the time is monotone in each constant (it grows with a
+    length or a per-step cost, falls with a throughput).
     """
     by_name = {c.name: c for c in cases}
     values = constant_values(constants)
@@ -247,9 +292,10 @@ def fit_constants(cases: list[Case], constants: dict[str, Any], rounds: int = 3
                                       if stage else r.ratio)
                 return total / len(train)
 
+            rising = err(hi) > err(lo)  # lengths and per-step costs raise the time; rates lower it
             for _ in range(30):
                 mid = (lo + hi) / 2
-                if err(mid) > 0:
+                if (err(mid) > 0) == rising:
                     hi = mid
                 else:
                     lo = mid

@@ -37,6 +37,10 @@ def _err(est: float, pub: float) -> float:
     return est / pub - 1.0
 
 
+def _gains(times: list[float]) -> str:
+    return ", ".join(f"{a / b:.2f}x" for a, b in zip(times, times[1:]))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,16 +86,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{which:8}: {len(e)} cases, step |error| mean {100 * sum(map(abs, e)) / len(e):.0f}%"
               f", max {100 * max(map(abs, e)):.0f}%, {within}/{len(e)} within 25%; "
               f"{len(se)} stages, {swithin}/{len(se)} within 35%")
-    family = sorted((n, r) for n, r in results.items() if n.startswith("verl-fully-async"))
-    if len(family) > 1:
-        shape = " -> ".join(f"{r.step_s:.0f}" for _, r in family)
-        pub = " -> ".join(f"{r.published_step_s:.0f}" for _, r in family)
-        gains = [a.step_s / b.step_s for (_, a), (_, b) in zip(family, family[1:])]
-        pgains = [a.published_step_s / b.published_step_s
-                  for (_, a), (_, b) in zip(family, family[1:])]
-        print(f"scaling 32 -> 64 -> 128 H20 (verl colocate sync): estimate {shape} s "
-              f"(gain per doubling {', '.join(f'{g:.2f}x' for g in gains)}); published {pub} s "
-              f"({', '.join(f'{g:.2f}x' for g in pgains)})")
+    for label, suffix in (("first 100 steps, lengths alike", "-first100"),
+                          ("400-step means, each run its own lengths", "")):
+        family = sorted((n, r) for n, r in results.items()
+                        if n.startswith("verl-fully-async") and n.endswith(suffix)
+                        and (suffix or not n.endswith("-first100")))
+        if len(family) < 2:
+            continue
+        est = [r.step_s for _, r in family]
+        pub = [r.published_step_s for _, r in family]
+        print(f"scaling 32 -> 64 -> 128 H20, verl colocate sync ({label}): estimate "
+              f"{' -> '.join(f'{x:.0f}' for x in est)} s (gain per doubling "
+              f"{_gains(est)}); published {' -> '.join(f'{x:.0f}' for x in pub)} s ({_gains(pub)})")
     return 0 if all(math.isfinite(r.step_s) for r in results.values()) else 1
 
 
