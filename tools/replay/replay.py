@@ -10,17 +10,22 @@ constants.json and applied unchanged to every other case (held out).
 Every replayed run is colocated and synchronous (each call uses all GPUs, one
 after another), so the step time is the sum of the calls' estimates plus the
 parameter realloc from a model's train layout to its other layouts (the
-colocated refit), priced by cost_model.realloc_cost. Micro-batches follow the
-published settings: a generate call runs in the fewest waves whose KV cache
-fits the engine's memory fraction (vLLM gpu_memory_utilization); train and
-inference calls cut a rank's packed tokens into the published per-GPU token
-budget (verl ppo_max_token_len_per_gpu, NeMo-RL *_mb_tokens).
+colocated refit), priced by cost_model.realloc_cost, plus, for cases that set
+driver_bytes_per_token, the replayed system's single driver collecting the
+padded rollout batch (rollout_handoff_s). Micro-batches follow the published
+settings: a generate call runs in the fewest waves whose KV cache fits the
+engine's memory fraction (vLLM gpu_memory_utilization); train and inference
+calls cut a rank's packed tokens into the published per-GPU token budget
+(verl ppo_max_token_len_per_gpu, NeMo-RL *_mb_tokens). FSDP cases train as
+ZeRO-3 (zero_stage: 3).
 
-What this does not model (and so cannot reproduce): FSDP/ZeRO-3 parameter
-all-gathers (training is priced as data parallel with a sharded optimizer),
-Ulysses sequence-parallel all-to-alls, the reward function and the host-side
-work between calls, CPU offload traffic, and prefix sharing between a group's
-samples.
+A published stage lists calls; `call:engine` takes only the call's engine
+time (no refit, no hand-off): verl's generate_sequences inside its gen.
+
+What this does not model (and so cannot reproduce): Ulysses sequence-parallel
+all-to-alls, the reward function and the host-side work between calls, CPU
+offload traffic, prefix sharing between a group's samples, and a per-call
+cost that does not shrink with GPUs in verl's log-prob pass (README).
 """
 
 from __future__ import annotations
