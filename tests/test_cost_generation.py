@@ -174,5 +174,5 @@ def test_replay_cases_validate_and_price():
 
 def test_shipped_gpu_profiles_carry_the_fitted_engine_step():
     fitted = _replay().load_constants()["engine_step_s"]["value"]
-    for name in ("h100-sxm", "h200", "a100-sxm-80g", "h20"):
+    for name in ("h100-sxm", "h200", "a100-sxm-80g", "h20", "gb200"):
         assert load_profile(name).overheads.engine_step_s == fitted
