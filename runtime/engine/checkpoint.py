@@ -206,9 +206,10 @@ def load_checkpoint(engine, path: str) -> None:
         raise CheckpointError(f"{path}: reading {name} failed ({e})") from None
     finally:
         handles.clear()
-    local = engine.local_tensors()
-    for name, t in staged.items():
-        local[name].copy_(t)
+    with engine.full_params():  # ZeRO-3: written whole, re-sharded on exit
+        local = engine.local_tensors()
+        for name, t in staged.items():
+            local[name].copy_(t)
 
 
 def _barrier(engine) -> None:
@@ -231,16 +232,16 @@ def save_checkpoint(engine, path: str, dtype: torch.dtype | None = None) -> None
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
     _barrier(engine)
-    if g.d == 0:
-        tensors: dict[str, torch.Tensor] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    with engine.full_params():  # ZeRO-3: gathering is collective over dp
         for name, p in engine.params.items():
-            if engine.tied_copy and name == "model.embed_tokens.weight":
-                continue  # stage 0 writes it
+            if g.d != 0 or (engine.tied_copy and name == "model.embed_tokens.weight"):
+                continue  # the first dp replica writes; stage 0 writes a tied embedding
             full = p.full_tensor() if hasattr(p, "full_tensor") else p
             tensors[name] = full.detach().to("cpu", dtype).contiguous()
-        if g.t == 0:
-            save_file(tensors, os.path.join(tmp, _stage_file(g.p, engine.pp)),
-                      metadata={"format": "pt"})
+    if g.d == 0 and g.t == 0:
+        save_file(tensors, os.path.join(tmp, _stage_file(g.p, engine.pp)),
+                  metadata={"format": "pt"})
     _barrier(engine)
     if g.rank == 0:
         with open(os.path.join(tmp, CONFIG), "w") as f:

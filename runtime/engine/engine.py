@@ -9,9 +9,11 @@ same local batch, every dp replica its own part of the global batch):
 - `logits`, `logprobs`, `values`: inference, micro-batched through the stages;
 - `train_step`: forward + backward over micro-batches (GPipe order: all
   forwards, then all backwards), dp gradient sum, one AdamW step with
-  gradient clipping; with `zero_stage` 1 or 2 the gradient sum is a
-  reduce-scatter and AdamW states (and, at 2, gradients) are sharded over dp
-  (zero.py); `activation_checkpointing` recomputes each layer in backward;
+  gradient clipping; with `zero_stage` 1-3 the gradient sum is a bucketed
+  reduce-scatter and AdamW states (at 2, gradients; at 3, parameters, gathered
+  per layer while used) are sharded over dp (zero.py); `full_params()` makes
+  them whole for checkpoints and realloc; `activation_checkpointing`
+  recomputes each layer in backward;
 - generation lives in generate.py, checkpoints in checkpoint.py.
 Results are returned on every rank (the last stage broadcasts them over pp).
 
@@ -24,6 +26,7 @@ step as one process would.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
@@ -35,7 +38,8 @@ from planner.layout.sharding import check_layout, layer_stages, local_shards, pa
 from runtime.engine.model import Decoder, init_tensor
 from runtime.engine.ops import gather_vocab, token_logprobs
 from runtime.engine.parallelize import ParallelGroups, apply_tp, local
-from runtime.engine.zero import SUPPORTED_STAGES, ZeroOptimizer
+from runtime.engine.zero import (SUPPORTED_STAGES, REST_UNIT, ShardedParams, ZeroOptimizer,
+                                 make_buckets)
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[torch.Tensor, Batch], tuple[torch.Tensor, torch.Tensor | float]]
@@ -93,6 +97,7 @@ class Engine:
         self.model = model
         self.rules = {r.name: r for r in param_rules(arch, head)}
         self.params = self._named_local_params()
+        self.sharded: ShardedParams | None = None  # ZeRO-3: parameters sharded at rest
         self._check_against_rules()
         self.tied_copy = (arch.tied_embeddings and head == "lm" and layout.pp > 1
                           and g.is_last_stage)
@@ -103,6 +108,11 @@ class Engine:
         # With dp 1 there is nothing to shard over: ZeRO is the plain step.
         self.zero_stage = zero_stage if layout.dp > 1 else 0
         self.optimizer: torch.optim.Optimizer | ZeroOptimizer | None = None
+        self.buckets = make_buckets(self.params, self.dp, g.d) if self.zero_stage else []
+        if self.zero_stage == 3:
+            self.sharded = ShardedParams(self.params, self.buckets, g.dp_group)
+            for key, layer in self.model.model.layers.items():
+                self.sharded.hook_layer(layer, key)
         # Called as on_before_step(engine) after the last backward of a step, before
         # the gradient sum: where model-state bytes peak (tests measure them there).
         self.on_before_step: Callable[["Engine"], None] | None = None
@@ -148,9 +158,32 @@ class Engine:
 
     @torch.no_grad()
     def init_weights(self, seed: int) -> None:
-        for name, sl in self.local_slices().items():
-            full = init_tensor(name, self.rules[name].shape, seed)
-            local(self.params[name]).copy_(full[sl])
+        with self.full_params():
+            for name, sl in self.local_slices().items():
+                full = init_tensor(name, self.rules[name].shape, seed)
+                local(self.params[name]).copy_(full[sl])
+
+    @contextmanager
+    def full_params(self):
+        """Every local parameter whole inside (ZeRO-3 gathers them; what is written to
+        them is kept): checkpoints and realloc read and write local_tensors() in here."""
+        if self.sharded is None:
+            yield
+        else:
+            with self.sharded.full():
+                yield
+
+    def _gather_rest(self) -> None:
+        """ZeRO-3: the non-layer unit (embedding, final norm, head) is gathered for a
+        whole forward, and through a train step until after the optimizer step."""
+        k = self.sharded.unit(REST_UNIT) if self.sharded is not None else None
+        if k is not None:
+            self.sharded.gather(k)
+
+    def _release_rest(self) -> None:
+        k = self.sharded.unit(REST_UNIT) if self.sharded is not None else None
+        if k is not None:
+            self.sharded.release(k)
 
     # -- communication helpers ---------------------------------------------
     def _recv(self, shape: tuple[int, ...], dtype: torch.dtype, src: int) -> torch.Tensor:
@@ -189,8 +222,11 @@ class Engine:
         else:
             x = self._recv((b, s, self.arch.hidden_size), self.dtype, g.prev_stage_rank)
             x.requires_grad_(requires_grad)
+        self._gather_rest()
         out = self.model(x, attention_mask.to(self.device), position_ids, caches,
                          last_only=last_only)
+        if not requires_grad:
+            self._release_rest()
         if not g.is_last_stage:
             self._send(out, g.next_stage_rank)
         return x, out
@@ -245,10 +281,13 @@ class Engine:
 
     # -- training -------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer | ZeroOptimizer:
+        if isinstance(self.optimizer, ZeroOptimizer):
+            self.optimizer.detach()  # its gradient hooks would take the new one's gradients
         if self.zero_stage:
-            g = self.groups
-            return ZeroOptimizer(self.params, stage=self.zero_stage, group=g.dp_group,
-                                 dp=self.dp, dp_rank=g.d, **self.optim_kwargs)
+            after = self.sharded.after_reduce if self.sharded is not None else None
+            return ZeroOptimizer(self.params, self.buckets, stage=self.zero_stage,
+                                 group=self.groups.dp_group, after_reduce=after,
+                                 **self.optim_kwargs)
         params = list(self.model.parameters())
         # foreach kernels do not take DTensor and plain tensors in one list.
         return torch.optim.AdamW(params, foreach=False, **self.optim_kwargs)
@@ -318,6 +357,7 @@ class Engine:
             self.on_before_step(self)
         if self.zero_stage:
             grad_norm = self._zero_step(1.0 / weight_total)
+            self._release_rest()
         else:
             self._sync_grads(1.0 / weight_total)
             grad_norm = self._clip_grads()
@@ -367,10 +407,13 @@ class Engine:
         embed = "model.embed_tokens.weight"
         if g.embed_group is not None and embed in self.params:
             # Both stages hold the same chunk of the tied embedding: sum them.
-            if embed not in z.grads:
-                z.grads[embed] = torch.zeros(z.chunk[embed], dtype=self.dtype,
-                                             device=self.device)
-            dist.all_reduce(z.grads[embed], group=g.embed_group)
+            k, _ = z.where[embed]
+            if k not in z.grads:
+                z.grads[k] = torch.zeros(z.buckets[k].size, dtype=self.dtype, device=self.device)
+            chunk = z.valid(embed)  # a view of the bucket's gradient shard
+            summed = chunk.clone()
+            dist.all_reduce(summed, group=g.embed_group)
+            chunk.copy_(summed)
         z.scale_(scale)
         sq = {name: z.valid(name).double().pow(2).sum() for name in self.params}
         norm = self._global_norm(sq, dp_group=g.dp_group)
@@ -411,9 +454,14 @@ class Engine:
         return float(total.sqrt())
 
     def model_state_bytes(self) -> dict[str, int]:
-        """Bytes this rank holds now in parameters, gradients and optimizer states."""
+        """Bytes this rank holds now in parameters, gradients and optimizer states, and
+        (ZeRO-3) full parameters gathered for the call in flight."""
         nbytes = lambda t: local(t).numel() * local(t).element_size()  # noqa: E731
-        params = sum(nbytes(p) for p in self.params.values())
+        gathered = 0
+        if self.sharded is not None:
+            params, gathered = self.sharded.bytes()
+        else:
+            params = sum(nbytes(p) for p in self.params.values())
         grads = sum(nbytes(p.grad) for p in self.params.values() if p.grad is not None)
         opt = 0
         if isinstance(self.optimizer, ZeroOptimizer):
@@ -422,7 +470,7 @@ class Engine:
         elif self.optimizer is not None:
             opt = sum(nbytes(v) for st in self.optimizer.state.values()
                       for k, v in st.items() if torch.is_tensor(v) and k != "step")
-        return {"params": params, "grads": grads, "optimizer": opt}
+        return {"params": params, "grads": grads, "optimizer": opt, "gathered": gathered}
 
 
 def _all_reduce_flat(tensors: list[torch.Tensor], group) -> None:

@@ -4,8 +4,9 @@ choice (ZeRO stage, activation recompute) on one dp layout, in gloo processes.
 Shared by tests/test_engine_zero.py and tools/bench_memory_choices.py. Each
 rank writes, per variant: the step losses and gradient norms, the gradient
 the optimizer stepped with (the whole local gradient, or this rank's ZeRO
-chunk and where it starts), the parameters after the steps, and the model
-state bytes the engine held after the last backward of the last step.
+chunk and where it starts), the parameters after the steps (whole), and the
+model state bytes the engine held after the last backward of the last step
+and at rest after it.
 """
 
 from __future__ import annotations
@@ -18,16 +19,27 @@ from planner.graph.arch import get_preset
 from planner.layout.layout import parse_layout
 from runtime.engine.engine import Engine
 from runtime.engine.parallelize import build_groups, local
-from runtime.engine.scenarios import dp_part
+from runtime.engine.scenarios import dp_part, layout_tag
 from runtime.engine.testing import random_batch
 
 # name -> (zero_stage, recompute)
 VARIANTS = {"plain": (0, False), "zero1": (1, False), "zero2": (2, False),
-            "recompute": (0, True), "zero2+recompute": (2, True)}
+            "zero3": (3, False), "recompute": (0, True), "zero2+recompute": (2, True),
+            "zero3+recompute": (3, True)}
 
 
-def memory_choices_scenario(rank: int, preset: str, layout_text: str, out_dir: str,
-                            steps: int = 2, micro_batches: int = 2) -> None:
+def memory_choices_scenario(rank: int, preset: str, layouts: list[str], out_dir: str,
+                            variants: dict[str, list[str]], steps: int = 2,
+                            micro_batches: int = 2) -> None:
+    """For each layout, the named VARIANTS (variants[layout]) in turn; writes
+    out_dir/<layout tag>/rank<r>.pt."""
+    for text in layouts:
+        _one_layout(rank, preset, text, os.path.join(out_dir, layout_tag(text)),
+                    variants[text], steps, micro_batches)
+
+
+def _one_layout(rank: int, preset: str, layout_text: str, out_dir: str, names: list[str],
+                steps: int, micro_batches: int) -> None:
     arch = get_preset(preset)
     layout = parse_layout(layout_text)
     groups = build_groups(layout, tied_embeddings=arch.tied_embeddings)
@@ -36,7 +48,8 @@ def memory_choices_scenario(rank: int, preset: str, layout_text: str, out_dir: s
     data = random_batch(arch, 8, 12, seed=0, pad_left=[0, 2, 1, 0])
     batch = {k: dp_part(v, layout.dp, groups.d) for k, v in data.items()}
     results = {}
-    for name, (zero, recompute) in VARIANTS.items():
+    for name in names:
+        zero, recompute = VARIANTS[name]
         eng = Engine(arch, groups, seed=1, lr=1e-2, max_grad_norm=0.5, zero_stage=zero,
                      activation_checkpointing=recompute)
         eng.optimizer = eng._make_optimizer()
@@ -44,10 +57,14 @@ def memory_choices_scenario(rank: int, preset: str, layout_text: str, out_dir: s
         eng.on_before_step = lambda e: seen.__setitem__("bytes", e.model_state_bytes())
         _capture_step_grads(eng, seen)
         stats = [eng.train_step(batch, micro_batches=micro_batches) for _ in range(steps)]
+        at_rest = eng.model_state_bytes()
+        with eng.full_params():
+            params = {k: v.clone() for k, v in eng.local_tensors().items()}
         results[name] = {"loss": [s["loss"] for s in stats],
                          "grad_norm": [s["grad_norm"] for s in stats],
                          "grads": seen["grads"], "bytes": seen["bytes"],
-                         "params": {k: v.clone() for k, v in eng.local_tensors().items()}}
+                         "at_rest": at_rest, "params": params}
+    os.makedirs(out_dir, exist_ok=True)
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
