@@ -34,7 +34,6 @@ from runtime import ray_session
 from runtime.controller import Controller, RunError, check_supported
 from runtime.data.prompts import PromptSampler
 from runtime.data.tokenizer import load_tokenizer
-from runtime.engine.zero import SUPPORTED_STAGES
 from runtime.generation.vllm_backend import start_vllm_engines
 from runtime.rewards import load_reward_fn
 from runtime.trace import write_trace
@@ -102,13 +101,8 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
     spec = plan.spec
     spec_file = spec_path or f"{plan_path} spec"  # where spec errors point
     algorithm = check_supported(spec)
-    for i, a in enumerate(plan.calls):
+    for a in plan.calls:
         require_backend(a.backend, f"{plan_path} calls.{a.name}")
-        if a.memory is not None and a.memory.zero_stage not in SUPPORTED_STAGES:
-            # The planner may price ZeRO-3; the engine does not shard parameters at rest.
-            raise UserError(f"{plan_path} calls[{i}].memory.zero_stage: {a.memory.zero_stage} "
-                            "is not run by the engine (supported: "
-                            f"{', '.join(map(str, SUPPORTED_STAGES))})")
     on_gpu = plan.hardware_kind == "gpu"  # the plan records it: no profile file needed
     tokenizer = load_tokenizer(spec.rl.tokenizer)
     for name, m in spec.models.items():

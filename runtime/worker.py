@@ -25,6 +25,7 @@ order it receives them, so all processes meet in the same order: no deadlock.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
@@ -211,6 +212,11 @@ class Worker:
     def realloc(self, model: str, call: str) -> dict[str, Any]:
         """Copy `model` from its home layout onto `call`'s layout (collective over
         the union of both device sets). Returns timing and bytes received."""
+        home = self.home.get(model)  # ZeRO-3: the home's shards gathered while read
+        with home.full_params() if home is not None else contextlib.nullcontext():
+            return self._realloc(model, call)
+
+    def _realloc(self, model: str, call: str) -> dict[str, Any]:
         t0 = time.time()
         plan = self.plan
         step = plan.realloc_into(call)
@@ -231,6 +237,7 @@ class Worker:
             self.transfers[(model, call)] = transfer
         same = (engine is not None and home is not None
                 and engine.local_slices() == home.local_slices())
+        same = same and home.sharded is None  # ZeRO-3 frees the home's full tensors
         if engine is not None:  # share the home's storage, or allocate the freed storage
             _bind(engine, shards if same else {
                 n: torch.empty(sl_shape, dtype=dtype, device=engine.device)

@@ -193,14 +193,16 @@ def test_plan_bigger_than_the_ray_cluster_is_refused(ray_local, tmp_path):
 
 
 def test_plan_memory_choices_are_applied(straight, tmp_path):
-    """The colocated plan (dp 2 x tp 2) with ZeRO-2 + recompute for the actor's train
-    call and ZeRO-1 for the critic's: the same first optimizer steps, less state held."""
+    """The realloc plan with ZeRO-3 + recompute for the actor's train call (dp 4: its
+    generate layout is filled from the sharded home) and ZeRO-1 for the critic's (dp 2 x
+    tp 2): the same samples and first optimizer steps as the plain colocated plan, less
+    state held."""
     _, summary = straight
-    plan = colocated_tiny_ppo(tmp_path)
+    plan = realloc_tiny_ppo(tmp_path)
     data = json.loads(plan.read_text())
     for c in data["calls"]:
         if c["name"] == "actor_train":
-            c["memory"] = {"zero_stage": 2, "recompute": True}
+            c["memory"] = {"zero_stage": 3, "recompute": True}
         if c["name"] == "critic_train":
             c["memory"] = {"zero_stage": 1}
     plan.write_text(json.dumps(data))
@@ -209,7 +211,9 @@ def test_plan_memory_choices_are_applied(straight, tmp_path):
     assert b["reward/mean"] == a["reward/mean"]
     for key in ("actor_train/loss_first_step", "critic_train/loss_first_step"):
         assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
-    # Per device (dp 2): ZeRO-2 holds 1/2 of the gradients and Adam states (16 -> 10 B
-    # per parameter at fp32), ZeRO-1 1/2 of the Adam states (16 -> 12).
+    # Per device: ZeRO-3 over dp 4 holds 1/4 of the parameters, gradients and Adam states
+    # (16 -> 4 B per parameter at fp32, plus the embedding and head gathered for the
+    # step) where plain dp 2 x tp 2 holds 1/2 of everything; ZeRO-1 over dp 2 holds 1/2
+    # of the Adam states (16 -> 12).
     assert b["actor_train/state_bytes"] < 0.7 * a["actor_train/state_bytes"]
     assert b["critic_train/state_bytes"] < 0.8 * a["critic_train/state_bytes"]

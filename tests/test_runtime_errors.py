@@ -36,19 +36,6 @@ def test_tampered_plan_names_the_field(capsys, tmp_path):
     assert rc == 2 and err.startswith(str(plan)) and "calls[0]" in err
 
 
-def test_zero3_plan_is_refused_before_any_worker(capsys, tmp_path):
-    """The planner prices ZeRO-3; the engine builds stages 0-2 only (its ValueError used to
-    come from inside a worker, after Ray had started)."""
-    plan = colocated_tiny_ppo(tmp_path)
-    data = json.loads(plan.read_text())
-    i = next(k for k, a in enumerate(data["calls"]) if a["name"] == "actor_train")
-    data["calls"][i]["memory"] = {"zero_stage": 3, "recompute": False}
-    plan.write_text(json.dumps(data))
-    rc, err = _run(capsys, str(plan), "--run-dir", str(tmp_path / "run"))
-    assert rc == 2 and f"calls[{i}].memory.zero_stage: 3 is not run by the engine" in err
-    assert not (tmp_path / "run").exists()
-
-
 def test_unknown_graph_shape_is_refused(capsys, tmp_path):
     """Hand-written calls no registered algorithm runs (a value model trained on
     plain sequences): one line naming what the closest algorithm needs."""

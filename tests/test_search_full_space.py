@@ -53,8 +53,8 @@ def every_option(spec, name: str, profile) -> list[Candidate]:
                                  pp=pp)
                     if layout_problem(m.architecture, lay, GPN, GPN):
                         continue
-                    # Train calls: ZeRO 0/1/2 (1 and 2 need dp > 1) x activation recompute.
-                    choices = [(z, r) for z in (0, 1, 2) for r in (False, True)
+                    # Train calls: ZeRO 0-3 (1-3 need dp > 1) x activation recompute.
+                    choices = [(z, r) for z in (0, 1, 2, 3) for r in (False, True)
                                if c.type == "train" and (z == 0 or lay.dp > 1)] or [(0, False)]
                     for (z, r), mb in itertools.product(choices, (1, 2, 4, 8, 16, 32, 64)):
                         try:

@@ -50,10 +50,10 @@ from planner.cost_model.memory import (
     MemoryEstimate,
     activation_bytes_per_layer,
     kv_cache_bytes,
-    largest_local_param,
     layer_param_count,
     logits_bytes,
     model_state_bytes,
+    rest_param_count,
     stage_param_counts,
 )
 from planner.cost_model.profile import HardwareProfile
@@ -299,7 +299,7 @@ def _train(c: _Ctx, s: CallShape, recompute: bool, zero_stage: int,
         acts += activation_bytes_per_layer(c.arch, mb_tokens, max_seq, c.tp,
                                            dtype_bytes=c.dtype_bytes, flash_attention=flash)
     p_bytes, g_bytes, o_bytes, gathered = model_state_bytes(
-        params, largest_local_param(c.arch, c.head, c.tp), layer_param_count(c.arch, c.head, c.tp),
+        params, rest_param_count(c.arch, c.head, c.tp), layer_param_count(c.arch, c.head, c.tp),
         c.dp, c.dtype_bytes, zero_stage)
     mem = MemoryEstimate(params_bytes=p_bytes, grads_bytes=g_bytes, optimizer_bytes=o_bytes,
                          activations_bytes=int(acts), kv_cache_bytes=0, gathered_bytes=gathered)
@@ -307,12 +307,12 @@ def _train(c: _Ctx, s: CallShape, recompute: bool, zero_stage: int,
     return CallEstimate(time_s, bd, mem, flops)
 
 
-def _stage_param_tensors(c: _Ctx) -> int:
-    """Parameter tensors one pipeline stage holds: per layer q/k/v/o, gate/up/down and two
-    norms (+3 biases with qkv_bias); plus embedding, final norm and head (counted on
-    every stage: an upper bound of 3)."""
-    per_layer = 9 + (3 if c.arch.qkv_bias else 0)
-    return math.ceil(c.arch.num_layers / c.pp) * per_layer + 3
+def zero_buckets(num_layers: int, pp: int) -> int:
+    """Buckets the engine's ZeRO reduces and gathers with one collective each
+    (runtime/engine/zero.py): one per layer of the largest pipeline stage plus one
+    for the embedding, final norm and head (counted on every stage: middle stages
+    have one fewer)."""
+    return math.ceil(num_layers / pp) + 1
 
 
 def _dp_comm_s(c: _Ctx, stage_bytes: float, zero_stage: int) -> float:
@@ -320,22 +320,22 @@ def _dp_comm_s(c: _Ctx, stage_bytes: float, zero_stage: int) -> float:
     0 all-reduces the gradients once; 1 reduce-scatters them once and all-gathers the
     updated parameters (the same bytes); 2 reduce-scatters every micro-batch's
     gradients as backward makes them; 3 also all-gathers the parameters before each
-    micro-batch's forward and again before its backward (FSDP). Priced as not
-    overlapped with compute: an upper bound where the engine overlaps them.
+    micro-batch's forward and again before its backward (and none after the step).
+    Priced as not overlapped with compute (the engine does not overlap them).
 
-    Stage 0 is one all-reduce of the flattened gradients; the engine's ZeRO
-    (runtime/engine/zero.py) issues one collective per parameter tensor, so
-    stages >= 1 pay a collective's latency per tensor of the pipeline stage:
-    on gloo that is milliseconds each (what made ZeRO-2 look free to the search
-    and run 17x over its estimate on the tiny CPU demo)."""
+    Stage 0 is one all-reduce of the flattened gradients; the engine's ZeRO issues
+    one collective per bucket (`zero_buckets`: a layer's parameters, flattened), so
+    stages >= 1 pay a collective's latency per bucket: on gloo that is ~1 ms each
+    (one per parameter tensor, as the engine did before, made ZeRO-2 run 17x over
+    its estimate on the tiny CPU demo)."""
     if c.dp == 1:
         return 0.0
     if zero_stage == 0:
         return c.dev.collective_s("all_reduce", stage_bytes, c.dp, c.dp_tier)
-    tensors = _stage_param_tensors(c)
+    buckets = zero_buckets(c.arch.num_layers, c.pp)
 
     def coll(op: str) -> float:
-        return tensors * c.dev.collective_s(op, stage_bytes / tensors, c.dp, c.dp_tier)
+        return buckets * c.dev.collective_s(op, stage_bytes / buckets, c.dp, c.dp_tier)
     if zero_stage == 1:
         return coll("reduce_scatter") + coll("all_gather")
     if zero_stage == 2:

@@ -19,11 +19,10 @@ Sources:
 - ZeRO stages (Rajbhandari et al. 2020, fig. 1): stage 1 shards the optimizer
   states over dp, stage 2 also the gradients, stage 3 also the parameters;
   each shard is 1/dp of every parameter (rounded up), as runtime/engine/zero.py
-  holds them. Stage 2 reduce-scatters each gradient as backward produces it,
-  so one parameter's full gradient is alive at a time; stage 3 (FSDP, one
-  layer per unit) gathers a layer's parameters before its forward and
-  backward: two layers' full parameters (one prefetched) and one layer's full
-  gradients are alive at a time.
+  holds them. Stage 2 reduce-scatters a layer's gradients as soon as backward
+  has produced them all (`model_state_bytes` sizes the full copies alive);
+  stage 3 also gathers a layer's parameters before its forward and before
+  its backward (no prefetch) and the embedding and head for the whole call.
 """
 
 from __future__ import annotations
@@ -104,31 +103,37 @@ def _shard(count: int, dp: int) -> int:
     return -(-count // dp)
 
 
-def model_state_bytes(params: int, largest_param: int, layer_params: int, dp: int,
+def model_state_bytes(params: int, rest_params: int, layer_params: int, dp: int,
                       dtype_bytes: int, zero_stage: int) -> tuple[int, int, int, int]:
     """(params, grads, optimizer, gathered) bytes per device of `params` local parameters
-    under a ZeRO stage; `largest_param` and `layer_params` size the transient full copies."""
+    under a ZeRO stage. The transient full copies follow the engine's buckets
+    (runtime/engine/zero.py): one per layer (`layer_params`) and one of the rest
+    (`rest_params`: embedding, final norm, head). Stage 2 holds one layer's full
+    gradients and the rest's (accumulated through backward) before reducing them;
+    stage 3 also their full parameters (the rest's for the whole call)."""
     n_p = _shard(params, dp) if zero_stage >= 3 else params
     n_g = _shard(params, dp) if zero_stage >= 2 else params
     n_o = _shard(params, dp) if zero_stage >= 1 else params
     gathered = 0
     if zero_stage == 2 and dp > 1:
-        gathered = largest_param
+        gathered = layer_params + rest_params
     elif zero_stage >= 3 and dp > 1:
-        gathered = 3 * layer_params
+        gathered = 2 * (layer_params + rest_params)
     return (n_p * dtype_bytes, n_g * dtype_bytes, n_o * optimizer_bytes_per_param(dtype_bytes),
             gathered * dtype_bytes)
 
 
 @lru_cache(maxsize=4096)
-def largest_local_param(arch: ModelArch, head: HeadType, tp: int) -> int:
-    """Elements of the largest parameter one tp rank holds (a ZeRO-2 transient gradient)."""
-    return max(r.numel // tp if r.tp_dim is not None else r.numel for r in param_rules(arch, head))
+def rest_param_count(arch: ModelArch, head: HeadType, tp: int) -> int:
+    """Elements outside the transformer blocks on one tp rank (embedding, final norm,
+    head; all counted on every stage: an upper bound under pp): a ZeRO bucket."""
+    return sum(r.numel // tp if r.tp_dim is not None else r.numel
+               for r in param_rules(arch, head) if r.layer is None)
 
 
 @lru_cache(maxsize=4096)
 def layer_param_count(arch: ModelArch, head: HeadType, tp: int) -> int:
-    """Elements of one transformer block on one tp rank (a ZeRO-3 gather unit)."""
+    """Elements of one transformer block on one tp rank (a ZeRO bucket)."""
     return sum(r.numel // tp if r.tp_dim is not None else r.numel
                for r in param_rules(arch, head) if r.layer == 0)
 

@@ -46,9 +46,9 @@ from planner.search.meshes import MeshShape, mesh_shapes, mesh_starts
 MEMORY_LEVELS = (1.0, 0.75, 0.5, 0.3)
 
 # The train-call memory choices the search may pick: what runtime/engine runs
-# (ZeRO-1/2 over dp, activation recompute). ZeRO-3 is priced by the cost model
-# but the engine does not shard parameters yet, so it is not offered.
-SEARCHED_MEMORY_CHOICES = tuple(TrainMemoryChoice(z, r) for z in (0, 1, 2) for r in (False, True))
+# (ZeRO-1/2/3 over dp with any tp and pp, activation recompute).
+SEARCHED_MEMORY_CHOICES = tuple(TrainMemoryChoice(z, r) for z in (0, 1, 2, 3)
+                                for r in (False, True))
 
 
 @dataclass(frozen=True, slots=True)

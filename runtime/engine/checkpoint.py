@@ -233,15 +233,17 @@ def save_checkpoint(engine, path: str, dtype: torch.dtype | None = None) -> None
         os.makedirs(tmp)
     _barrier(engine)
     tensors: dict[str, torch.Tensor] = {}
-    with engine.full_params():  # ZeRO-3: gathering is collective over dp
+    # ZeRO-3: gathering is collective over dp, and the tensors below may be the
+    # gathered storage itself (freed on exit): written inside.
+    with engine.full_params():
         for name, p in engine.params.items():
             if g.d != 0 or (engine.tied_copy and name == "model.embed_tokens.weight"):
                 continue  # the first dp replica writes; stage 0 writes a tied embedding
             full = p.full_tensor() if hasattr(p, "full_tensor") else p
             tensors[name] = full.detach().to("cpu", dtype).contiguous()
-    if g.d == 0 and g.t == 0:
-        save_file(tensors, os.path.join(tmp, _stage_file(g.p, engine.pp)),
-                  metadata={"format": "pt"})
+        if g.d == 0 and g.t == 0:
+            save_file(tensors, os.path.join(tmp, _stage_file(g.p, engine.pp)),
+                      metadata={"format": "pt"})
     _barrier(engine)
     if g.rank == 0:
         with open(os.path.join(tmp, CONFIG), "w") as f:

@@ -17,6 +17,7 @@ import torch
 
 from planner.graph.arch import get_preset
 from planner.layout.layout import parse_layout
+from runtime.engine.checkpoint import load_checkpoint, save_checkpoint
 from runtime.engine.engine import Engine
 from runtime.engine.parallelize import build_groups, local
 from runtime.engine.scenarios import dp_part, layout_tag
@@ -47,6 +48,7 @@ def _one_layout(rank: int, preset: str, layout_text: str, out_dir: str, names: l
         return
     data = random_batch(arch, 8, 12, seed=0, pad_left=[0, 2, 1, 0])
     batch = {k: dp_part(v, layout.dp, groups.d) for k, v in data.items()}
+    os.makedirs(out_dir, exist_ok=True)
     results = {}
     for name in names:
         zero, recompute = VARIANTS[name]
@@ -64,7 +66,14 @@ def _one_layout(rank: int, preset: str, layout_text: str, out_dir: str, names: l
                          "grad_norm": [s["grad_norm"] for s in stats],
                          "grads": seen["grads"], "bytes": seen["bytes"],
                          "at_rest": at_rest, "params": params}
-    os.makedirs(out_dir, exist_ok=True)
+        if zero == 3:  # checkpoints of sharded parameters: save, load into a new engine
+            path = os.path.join(out_dir, f"ckpt-{name}")
+            save_checkpoint(eng, path)
+            again = Engine(arch, groups, seed=None, zero_stage=zero)
+            load_checkpoint(again, path)
+            with again.full_params():
+                results[name]["reloaded"] = {k: v.clone()
+                                             for k, v in again.local_tensors().items()}
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
