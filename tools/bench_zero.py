@@ -9,7 +9,7 @@ the machine is shared, and the best call is the least disturbed one):
   all_reduce / reduce_scatter_tensor / all_gather_into_tensor the engine
   issued, timed around the call: the loss and norm all-reduces included)
   and the count per call, next to the cost model's dp_comm term (the spec's
-  hardware profile) and the collectives it counts;
+  hardware profile);
 - the whole call's seconds next to the cost model's estimate.
 Figures include whatever else runs on the machine: the script prints the
 1-minute load average.
