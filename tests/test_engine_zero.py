@@ -5,8 +5,10 @@ model-state bytes against what the engine holds.
 One spawn of 4 gloo processes trains tiny-qwen (tied embeddings) for 2 steps
 of 2 micro-batches (runtime/engine/zero_scenario.py): every variant under d2
 (ranks 0-1), and plain, ZeRO-2 and ZeRO-3 under d2t2 (DTensor tensor
-parallel) and d2p2 (pipeline stages, the tied embedding's two copies); each
-ZeRO-3 engine then saves an HF checkpoint and a new ZeRO-3 engine loads it.
+parallel) and d2p2 (pipeline stages, the tied embedding's two copies).
+Before training, a ZeRO-3 engine's greedy generation and log-probs equal the
+plain engine's bit for bit; after it, it saves an HF checkpoint and a new
+ZeRO-3 engine loads it bit-exactly.
 
 Tolerances: recompute runs the same kernels on the same inputs, so losses,
 gradients and parameters are equal bit for bit. ZeRO sums gradients over dp
@@ -64,6 +66,9 @@ def test_variant_equals_plain_engine(runs, layout, variant):
         for name, p in got["params"].items():
             torch.testing.assert_close(p, plain["params"][name],
                                        **(tol if exact else dict(rtol=0, atol=1e-5)), msg=name)
+        if got["infer"] is not None:  # same weights, gathered exactly: the same outputs
+            assert torch.equal(got["infer"][0], plain["infer"][0])
+            assert torch.equal(got["infer"][1], plain["infer"][1])
         if "reloaded" in got:  # ZeRO-3 save -> load round trip, bit-exact
             for name, p in got["params"].items():
                 assert torch.equal(got["reloaded"][name], p), name

@@ -6,7 +6,8 @@ rank writes, per variant: the step losses and gradient norms, the gradient
 the optimizer stepped with (the whole local gradient, or this rank's ZeRO
 chunk and where it starts), the parameters after the steps (whole), and the
 model state bytes the engine held after the last backward of the last step
-and at rest after it.
+and at rest after it; plain and ZeRO-3 engines also greedy-generate and
+compute log-probs before training.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from planner.graph.arch import get_preset
 from planner.layout.layout import parse_layout
 from runtime.engine.checkpoint import load_checkpoint, save_checkpoint
 from runtime.engine.engine import Engine
+from runtime.engine.generate import GenerationConfig, generate
 from runtime.engine.parallelize import build_groups, local
 from runtime.engine.scenarios import dp_part, layout_tag
 from runtime.engine.testing import random_batch
@@ -54,6 +56,11 @@ def _one_layout(rank: int, preset: str, layout_text: str, out_dir: str, names: l
         zero, recompute = VARIANTS[name]
         eng = Engine(arch, groups, seed=1, lr=1e-2, max_grad_norm=0.5, zero_stage=zero,
                      activation_checkpointing=recompute)
+        infer = None
+        if name in ("plain", "zero3"):  # inference on the (sharded) engine before training
+            cfg = GenerationConfig(max_new_tokens=4, eos_token_id=None, greedy=True)
+            infer = (generate(eng, batch["input_ids"], batch["attention_mask"], cfg).tokens,
+                     eng.logprobs(batch["input_ids"], batch["attention_mask"], micro_batches=2))
         eng.optimizer = eng._make_optimizer()
         seen: dict = {}
         eng.on_before_step = lambda e: seen.__setitem__("bytes", e.model_state_bytes())
@@ -65,7 +72,7 @@ def _one_layout(rank: int, preset: str, layout_text: str, out_dir: str, names: l
         results[name] = {"loss": [s["loss"] for s in stats],
                          "grad_norm": [s["grad_norm"] for s in stats],
                          "grads": seen["grads"], "bytes": seen["bytes"],
-                         "at_rest": at_rest, "params": params}
+                         "at_rest": at_rest, "params": params, "infer": infer}
         if zero == 3:  # checkpoints of sharded parameters: save, load into a new engine
             path = os.path.join(out_dir, f"ckpt-{name}")
             save_checkpoint(eng, path)
