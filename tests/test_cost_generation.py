@@ -169,7 +169,9 @@ def test_replay_cases_validate_and_price():
     # The driver hand-off by hand: 8192 responses x (2048 + 8192) padded tokens x 32 bytes.
     meg = next(c for c in cases if c.name == "verl-one-step-off-colocate-megatron-h20-016")
     gen = meg.spec(values).calls[0]
-    assert replay.rollout_handoff_s(meg, gen, 1e9) == pytest.approx(8192 * 10240 * 32 / 1e9)
+    assert replay.driver_collect_s(meg, gen, 1e9) == pytest.approx(8192 * 10240 * 32 / 1e9)
+    logp = meg.spec(values).calls[1]  # old_log_probs + entropys, float32, response cap
+    assert replay.driver_collect_s(meg, logp, 1e9) == pytest.approx(8192 * 8192 * 8 / 1e9)
 
 
 def test_shipped_gpu_profiles_carry_the_fitted_engine_step():

@@ -11,8 +11,8 @@ Every replayed run is colocated and synchronous (each call uses all GPUs, one
 after another), so the step time is the sum of the calls' estimates plus the
 parameter realloc from a model's train layout to its other layouts (the
 colocated refit), priced by cost_model.realloc_cost, plus, for cases that set
-driver_bytes_per_token, the replayed system's single driver collecting the
-padded rollout batch (rollout_handoff_s). Micro-batches follow the published
+driver_collect, the replayed system's single driver gathering a call's padded
+per-token outputs (driver_collect_s). Micro-batches follow the published
 settings: a generate call runs in the fewest waves whose KV cache fits the
 engine's memory fraction (vLLM gpu_memory_utilization); train and inference
 calls cut a rank's packed tokens into the published per-GPU token budget
@@ -24,8 +24,7 @@ time (no refit, no hand-off): verl's generate_sequences inside its gen.
 
 What this does not model (and so cannot reproduce): Ulysses sequence-parallel
 all-to-alls, the reward function and the host-side work between calls, CPU
-offload traffic, prefix sharing between a group's samples, and a per-call
-cost that does not shrink with GPUs in verl's log-prob pass (README).
+offload traffic, prefix sharing between a group's samples.
 """
 
 from __future__ import annotations
@@ -67,9 +66,9 @@ class Case:
     path: Path
     recompute: tuple[str, ...] = ()   # train calls run with full activation recompute
     zero_stage: int = 1               # train calls' optimizer/gradient/parameter sharding
-    # Bytes per (padded) token of the rollout batch the replayed system collects through
-    # its driver after a generate call (0: none priced); see rollout_handoff_s.
-    driver_bytes_per_token: int = 0
+    # Bytes per padded token of a call's per-token outputs that the replayed system's
+    # single driver collects, by call type (none: not priced); see driver_collect_s.
+    driver_collect: dict[str, int] = field(default_factory=dict)
     # The constant that prices the rollout engine's per-step host time (engine versions
     # differ: vLLM's V1 engine and its scheduler changed it during 2025).
     engine_step: str = "engine_step_s"
@@ -119,7 +118,7 @@ def load_case(path: Path) -> Case:
                 mb_tokens=dict(r.get("mb_tokens", {})), assumptions=list(r["assumptions"]),
                 not_published=list(r["not_published"]), spec_data=data["spec"], path=path,
                 recompute=tuple(r.get("recompute", ())), zero_stage=int(r.get("zero_stage", 1)),
-                driver_bytes_per_token=int(r.get("driver_bytes_per_token", 0)),
+                driver_collect={k: int(v) for k, v in r.get("driver_collect", {}).items()},
                 engine_step=str(r.get("engine_step", "engine_step_s")),
                 notes=r.get("notes", ""))
 
@@ -153,21 +152,23 @@ def _estimate(spec: Spec, call: CallSpec, layout: Layout, m: int, profile,
                          recompute=recompute, zero_stage=zero_stage)
 
 
-def rollout_handoff_s(case: "Case", call: CallSpec, driver_bytes_per_s: float) -> float:
-    """The rollout batch through the replayed system's single driver after a generate call.
+def driver_collect_s(case: "Case", call: CallSpec, driver_bytes_per_s: float) -> float:
+    """A call's per-token outputs gathered from the workers by the replayed system's
+    single driver, at its throughput (a fitted constant). It does not shrink with GPUs.
 
-    verl's rollout returns every response padded to max_response_length, with the
-    prompt padded to max_prompt_length, as int64 tensors (prompts, responses,
-    input_ids, attention_mask, position_ids: 4 x (prompt + response) elements per
-    sequence = 32 bytes per padded token), gathered from the workers and concatenated
-    on the driver. Its time is the bytes over the driver's throughput (a fitted
-    constant): it grows with the caps, not with the GPUs, one reason generation stops
-    shrinking as GPUs are added.
+    verl pads to the caps: its rollout returns prompts, responses, input_ids,
+    attention_mask and position_ids as int64 (4 x (prompt + response) elements =
+    32 bytes per padded prompt + response token); its log-prob pass returns
+    old_log_probs and entropys as float32 (8 bytes per padded response token); its
+    actor update returns only metrics. `case.driver_collect` names the bytes per
+    call type; generate counts prompt + response caps, other calls the response cap.
     """
-    if call.type != "generate" or not case.driver_bytes_per_token:
+    per_token = case.driver_collect.get(call.type, 0)
+    if not per_token:
         return 0.0
-    padded = call.prompt_len + call.gen_len  # the caps (max lengths)
-    return call.num_seqs * padded * case.driver_bytes_per_token / driver_bytes_per_s
+    padded = call.prompt_len + call.gen_len if call.type == "generate" \
+        else (call.gen_len or call.total_len)
+    return call.num_seqs * padded * per_token / driver_bytes_per_s
 
 
 def _generate_waves(spec: Spec, call: CallSpec, layout: Layout, budget_bytes: float,
@@ -257,8 +258,8 @@ def price_case(case: Case, constants: dict[str, float]) -> CaseResult:
             model = spec.models[call.model]
             t += realloc_cost(model.architecture, model.head, home, layout, profile,
                               gpus_per_node=gpn).time_s
-        if case.driver_bytes_per_token:
-            t += rollout_handoff_s(case, call, constants[DRIVER_CONSTANT])
+        if case.driver_collect:
+            t += driver_collect_s(case, call, constants[DRIVER_CONSTANT])
         call_s[call.name] = t
         mbs[call.name] = m
     stage_s = {st: sum(_stage_s(e, call_s, engine_s) for e in entries)
