@@ -59,7 +59,8 @@ class Run:
     span_s: dict[str, list[float]] = field(default_factory=dict)   # call -> per iteration
     gap_s: dict[str, list[float]] = field(default_factory=dict)
     realloc_s: list[tuple[str, float, int]] = field(default_factory=list)  # (call, span, bytes)
-    iteration_s: list[float] = field(default_factory=list)
+    iteration_s: list[float] = field(default_factory=list)  # period: steady state
+    iteration_span_s: list[float] = field(default_factory=list)  # one iteration alone
     host_fed: set[str] = field(default_factory=set)  # calls reading a host function's output
 
 
@@ -126,6 +127,10 @@ def load_run(run_dir: str | Path, profile: HardwareProfile, profile_path: str,
     run.iteration_s = [float(r["timing_s/iteration"]) for r in rows
                        if isinstance(r, dict) and r.get("iteration", -1) >= skip
                        and "timing_s/iteration" in r]
+    # Older runs (one iteration at a time) have no span: their period is the span.
+    run.iteration_span_s = [float(r.get("timing_s/iteration_span", r["timing_s/iteration"]))
+                            for r in rows if isinstance(r, dict)
+                            and r.get("iteration", -1) >= skip and "timing_s/iteration" in r]
     if not run.span_s or not run.iteration_s:
         raise CalibrateError(f"{d}: no measured iterations after the first {skip} "
                              "(run more iterations or lower --skip)")

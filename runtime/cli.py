@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     run.add_argument("--address", help="Ray cluster address (default: start a local one)")
     run.add_argument("--save-every", type=int, default=1, help="checkpoint every N iterations")
+    run.add_argument("--no-overlap", action="store_true",
+                     help="one iteration after the other (the plan's steady state overlaps "
+                          "them; results are the same)")
     return parser
 
 
@@ -67,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = run_plan(args.plan, spec_path=args.spec, iterations=args.iterations,
                            run_dir=args.run_dir, resume=args.resume, seed=args.seed,
-                           address=args.address, save_every=args.save_every)
+                           address=args.address, save_every=args.save_every,
+                           overlap=not args.no_overlap)
     except UserError as err:
         sys.stderr.write(f"{err}\n")
         return 2

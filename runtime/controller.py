@@ -1,31 +1,49 @@
-"""The controller: walks a plan's calls for N iterations on the workers.
+"""The controller: runs a plan's calls for a range of iterations on the workers,
+iterations overlapped as the plan's steady-state timeline overlaps them.
 
-Per iteration it keeps a key -> value store (prompts, sequences, logprobs,
-values, rewards, ...) on the host. A call is submitted as soon as its data and
-parameter predecessors (the plan's `after`) are done, in the plan's
-`submit_order`, so calls on disjoint meshes run at once, as the plan's
-timeline has them. Before a call with a realloc step in the plan, the
-workers of both layouts execute the step's transfer pieces; after it the
-copy is dropped. Host functions
-(rule rewards) run here when their inputs arrive. What the dataset puts in
-the store, each train call's batch and loss, and the algorithm's metrics
-come from the spec's registered algorithm (runtime/algorithms/registry.py).
+Order. A task is one call of one iteration. Tasks are submitted in one global
+order, the simulator's priority (planner/search/simulator.py): iteration + the
+call's `order_offset`, then the call's topological index (the plan's `after`,
+ties in plan order). Workers run their tasks in the order received, so every
+device runs its calls in the plan's order, and a task whose inputs are not
+ready waits at its place, as a simulated device does. Every predecessor of a
+task comes earlier in this order (data and parameter edges: `after`; the
+cross-iteration parameter edges, train of M in k before M's calls in k+1 (k+1+K
+for a generate call under max_staleness K): the offsets the planner validated),
+so the earliest unfinished task can always run: no deadlock.
 
-Submission order is the only synchronisation: it is one global order, and
-each worker executes its tasks in the order received (see worker.py).
+Overlap. Submission is eager: a call of iteration k+1 is handed to its workers
+when its turn in the order comes, and starts as soon as its predecessors end
+and its devices are free, without a driver round trip; at most `window`
+iterations are in flight (2, plus the span of the plan's offsets; 1 with
+overlap=False: one iteration after the other, the same results).
+
+Data (runtime/handles.py). A call's outputs stay on its workers; the driver
+hands consumers handles (object refs of the producers' per-dp parts) and they
+fetch and re-split them for their own dp. The driver materialises only the keys
+host functions (rule rewards) read, besides what it makes: prompts, dataset
+batches, host-function outputs. Train calls build their batch, advantages
+included, on their own workers from whole keys (the same on every dp rank).
+Calls reading a host function's output are submitted once it ran (tasks
+behind them in the order wait too).
+
+Checkpoints. A model's save is queued on its home workers right after its
+train call of the iteration; the checkpoint is finished (state file, rename)
+before any train call of the next iteration is submitted.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from planner.graph.spec import CallSpec, Spec
 from planner.plan import ExecutionPlan
-from runtime import rollout
+from runtime import handles, rollout
 from runtime.algorithms.registry import Algorithm, algorithm_for
 from runtime.worker import home_layout, layout_of, union_ranks
 
@@ -40,15 +58,75 @@ def check_supported(spec: Spec) -> Algorithm:
     return algorithm_for(spec)
 
 
+def task_order(plan: ExecutionPlan, first: int, last: int) -> list[tuple[str, int]]:
+    """(call, iteration) of iterations [first, last) in the plan's schedule order:
+    (iteration + order_offset, topological index by `after`, ties in plan order)."""
+    names = [a.name for a in plan.calls]
+    preds = {a.name: set(a.after) for a in plan.calls}
+    topo: dict[str, int] = {}
+    while len(topo) < len(names):  # load_plan checked `after` has no cycle
+        n = next(n for n in names if n not in topo and preds[n] <= topo.keys())
+        topo[n] = len(topo)
+    off = {a.name: a.order_offset for a in plan.calls}
+    keys = sorted((k + off[n], topo[n], k, n) for k in range(first, last) for n in names)
+    return [(n, k) for _, _, k, n in keys]
+
+
+def in_flight_window(plan: ExecutionPlan, overlap: bool) -> int:
+    """Iterations in flight at most: the next one beside the current, plus the
+    iterations the plan's offsets reach ahead."""
+    if not overlap:
+        return 1
+    offs = [a.order_offset for a in plan.calls]
+    return 2 + math.ceil(max(offs) - min(offs))
+
+
+def wait_saves(refs: list, ckpt_dir: str) -> None:
+    """Wait for the workers' shard writes; a worker's write error comes back as the
+    OSError it was (Ray wraps it with the worker's traceback)."""
+    import ray
+
+    try:
+        ray.get(refs)
+    except ray.exceptions.RayTaskError as err:
+        cause = getattr(err, "cause", None)
+        if isinstance(cause, OSError):
+            raise OSError(cause.errno, cause.strerror or str(cause), cause.filename) from None
+        if isinstance(cause, RuntimeError):  # torch.save reports a short write this way
+            raise OSError(None, str(cause).strip().splitlines()[0][:200], ckpt_dir) from None
+        raise
+
+
 @dataclass
-class Pending:
-    """A submitted call: its tasks' refs, which device each runs on, and the
-    host batch it was sent (a generate call's prompts build its sequences)."""
+class Task:
+    """A submitted call of one iteration: its tasks' refs and their devices."""
     call: CallSpec
-    call_refs: list
+    iteration: int
+    meta_refs: list
     realloc_refs: list
     ref_device: dict
-    inputs: dict[str, torch.Tensor]
+
+    @property
+    def refs(self) -> list:
+        return self.meta_refs + self.realloc_refs
+
+
+@dataclass
+class Iteration:
+    """What the driver holds of one iteration in flight."""
+    k: int
+    opened_s: float
+    host: dict[str, Any]  # values the driver holds (prompts, host-read keys, ...)
+    handles: dict[str, handles.Handle] = field(default_factory=dict)
+    done: set[str] = field(default_factory=set)
+    funcs_done: set[str] = field(default_factory=set)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    realloc_s: float = 0.0
+    first_start: float = math.inf
+    last_end: float = 0.0
+    train_stats: dict[str, list[dict]] = field(default_factory=dict)
+    train_metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -59,86 +137,96 @@ class IterationResult:
 
 class Controller:
     def __init__(self, spec: Spec, plan: ExecutionPlan, workers: list, *, tokenizer, prompts,
-                 reward_fns: dict[str, Any], seed: int, on_submit=None) -> None:
+                 reward_fns: dict[str, Any], seed: int, on_submit=None,
+                 overlap: bool = True) -> None:
         self.algorithm = check_supported(spec)
         self.spec, self.plan, self.workers = spec, plan, workers
         self.tokenizer, self.sampler = tokenizer, prompts
         self.reward_fns, self.seed = reward_fns, seed
-        # Order, dependencies, homes and realloc steps are the plan's (never re-derived).
-        self.order = list(plan.submit_order)
-        self.preds = {a.name: set(a.after) for a in plan.calls}
+        self.window = in_flight_window(plan, overlap)
         self.functions = list(spec.functions)
+        self.host_made = {k for f in self.functions for k in f.outputs}
+        self.producer = {k: c.name for c in spec.calls for k in c.outputs}
         # Called as on_submit(iteration, call_name, workers) before each call is
         # submitted: the fault-injection point of the tests (kill a worker).
         self.on_submit = on_submit
 
-    # -- one iteration ------------------------------------------------------
-    def run_iteration(self, iteration: int) -> IterationResult:
+    # -- the run ------------------------------------------------------------
+    def run(self, first: int, last: int, on_iteration: Callable[[IterationResult], None],
+            checkpoints=None) -> None:
+        """Run iterations [first, last); on_iteration gets each one's metrics and
+        events in iteration order. `checkpoints` (run.Checkpoints): which
+        iterations to save, and where."""
         import ray
 
-        t_start = time.time()
-        store: dict[str, Any] = self.algorithm.first_batch(self.spec, self.sampler,
-                                                           self.tokenizer)
-        done: set[str] = set()
-        waiting = list(self.order)
-        inflight: dict[str, Pending] = {}
-        events: list[dict[str, Any]] = []
-        timings: dict[str, float] = {}
-        realloc_s = 0.0
-        train_stats: dict[str, list[dict]] = {}
-        funcs_done: set[str] = set()
-        finished: dict = {}  # ref of a task that returned -> its result
-        while waiting or inflight:
-            for name in list(waiting):
-                call = self.spec.call(name)
-                if self.preds[name] <= done and all(k in store for k in call.inputs):
-                    inflight[name] = self._submit(call, store, iteration)
-                    waiting.remove(name)
+        self.checkpoints = checkpoints
+        self.saves: dict[int, list] = {}  # iteration -> refs of its models' saves
+        self.drawn: dict[int, int] = {}  # iteration -> prompts drawn once it opened
+        order = task_order(self.plan, first, last)
+        its: dict[int, Iteration] = {}
+        inflight: dict[tuple[str, int], Task] = {}
+        finished: dict = {}  # ref of a task that returned -> its meta
+        oldest, prev_end, pos = first, time.time(), 0
+        while pos < len(order) or inflight:
+            while pos < len(order) and self._may_submit(*order[pos], its, oldest):
+                name, k = order[pos]
+                inflight[(name, k)] = self._submit(self.spec.call(name), its[k])
+                pos += 1
             if not inflight:
-                missing = {n: [k for k in self.spec.call(n).inputs if k not in store]
-                           for n in waiting}
-                raise RunError(f"iteration {iteration}: calls {missing} wait for keys no one "
-                               "produces")
+                name, k = order[pos]
+                raise RunError(f"iteration {k}: call {name} waits for keys no one produces "
+                               f"({', '.join(self._missing(name, its[k]))})")
             # Block until one more task finishes (finished ones are not waited on
             # again: that would spin and take a core from the workers).
-            refs = [r for p in inflight.values() for r in p.call_refs + p.realloc_refs
-                    if r not in finished]
+            refs = [r for t in inflight.values() for r in t.refs if r not in finished]
             ready, _ = ray.wait(refs, num_returns=1)
             # A failed task fails the run at once: its peers may be blocked in a
             # collective with the dead worker and would never return.
-            for name, p in inflight.items():
-                for r in set(ready) & set(p.call_refs + p.realloc_refs):
-                    finished[r] = self._check(name, p, r, inflight)
-            for name, p in list(inflight.items()):
-                if not all(r in finished for r in p.call_refs + p.realloc_refs):
-                    continue
-                results = [finished.pop(r) for r in p.call_refs]
-                reallocs = [finished.pop(r) for r in p.realloc_refs]
-                del inflight[name]
-                done.add(name)
-                out, t_call, ev = self._collect(p.call, results, iteration)
-                events += ev
-                timings[name] = t_call
-                if reallocs:
-                    r0 = min(r["start"] for r in reallocs)
-                    r1 = max(r["end"] for r in reallocs)
-                    realloc_s += r1 - r0
-                    events += [dict(kind="realloc", name=f"realloc {p.call.model}->{name}",
-                                    device=r["device"], start=r["start"], end=r["end"],
-                                    iteration=iteration, args={"recv_bytes": r["recv_bytes"]})
-                               for r in reallocs]
-                self._store_outputs(p.call, out, store, train_stats, p.inputs)
-                self._run_functions(store, funcs_done)
-        wall_s = time.time() - t_start
-        metrics = self._metrics(iteration, store, timings, realloc_s, wall_s, train_stats)
-        return IterationResult(metrics, events)
+            for t in inflight.values():
+                for r in set(ready) & set(t.refs):
+                    finished[r] = self._check(t, r, inflight)
+            for key, t in list(inflight.items()):
+                if all(r in finished for r in t.refs):
+                    del inflight[key]
+                    self._complete(t, [finished.pop(r) for r in t.meta_refs],
+                                   [finished.pop(r) for r in t.realloc_refs], its[t.iteration])
+            while oldest in its and len(its[oldest].done) == len(self.spec.calls):
+                it = its.pop(oldest)
+                on_iteration(IterationResult(self._metrics(it, prev_end), it.events))
+                prev_end, oldest = it.last_end, oldest + 1
+        self._finish_checkpoints(last)
 
-    def _submit(self, call: CallSpec, store: dict[str, Any], iteration: int) -> Pending:
-        import ray
+    def _may_submit(self, name: str, k: int, its: dict[int, Iteration], oldest: int) -> bool:
+        """Whether task (name, k) may go now: its iteration is within the window,
+        and the host-made keys it reads exist (opens the iteration on first use)."""
+        if k >= oldest + self.window:
+            return False
+        if k not in its:
+            its[k] = self._open(k)
+        return not self._missing(name, its[k])
 
+    def _missing(self, name: str, it: Iteration) -> list[str]:
+        return [k for k in self.spec.call(name).inputs if k not in it.handles
+                and k not in it.host]
+
+    def _open(self, k: int) -> Iteration:
+        """Iteration k's dataset entries (prompts, or token batches as handles)."""
+        store = self.algorithm.first_batch(self.spec, self.sampler, self.tokenizer)
+        it = Iteration(k, time.time(), store)
+        self.drawn[k] = self.sampler.drawn  # the sampler state a checkpoint of k records
+        for key, value in store.items():  # prompts stay text: encoded per generate call
+            if isinstance(value, dict):  # pairs [p, 2, s] or sequences [n, s]
+                lead = value["input_ids"].dim() - 1
+                it.handles[key] = handles.put(key, value, lead, tokens=True)
+        return it
+
+    # -- submitting ---------------------------------------------------------
+    def _submit(self, call: CallSpec, it: Iteration) -> Task:
         plan = self.plan
+        if call.type == "train":
+            self._finish_checkpoints(it.k)
         if self.on_submit is not None:
-            self.on_submit(iteration, call.name, self.workers)
+            self.on_submit(it.k, call.name, self.workers)
         dst = layout_of(plan, call.name)
         step = plan.realloc_into(call.name)
         realloc_refs = []
@@ -146,123 +234,156 @@ class Controller:
             src = home_layout(plan, call.model)
             realloc_refs = [(d, self.workers[d].realloc.remote(call.model, call.name))
                             for d in union_ranks(src, dst)]
-        batch, options = self._inputs(call, store, iteration)
-        batch_ref = ray.put(batch)
-        call_refs = [(d, self.workers[d].run_call.remote(call.name, batch_ref, iteration, options))
-                     for d in dst.device_ids]
+        inputs, options = self._inputs(call, it)
+        n_out = len(call.outputs)
+        out_refs: dict[int, list] = {}
+        meta_refs = []
+        for d in dst.device_ids:
+            ref = self.workers[d].run_call.options(num_returns=1 + n_out).remote(
+                call.name, it.k, inputs, options)
+            if n_out:
+                ref, *out_refs[d] = ref
+            meta_refs.append((d, ref))
+        self._publish(call, it, inputs, out_refs)
         if step is not None:
             for d in dst.device_ids:
                 self.workers[d].drop.remote(call.model, call.name)
-        return Pending(call, [r for _, r in call_refs], [r for _, r in realloc_refs],
-                       {r: d for d, r in call_refs + realloc_refs}, batch)
+        if call.type == "train":
+            self._queue_save(call, it.k)
+        return Task(call, it.k, [r for _, r in meta_refs], [r for _, r in realloc_refs],
+                    {r: d for d, r in meta_refs + realloc_refs})
 
-    def _check(self, name: str, p: Pending, ref, inflight: dict[str, Pending] | None = None
-               ) -> Any:
-        """The result of a finished task, or a RunError naming call, device and cause."""
+    def _inputs(self, call: CallSpec, it: Iteration
+                ) -> tuple[dict[str, handles.Handle], dict[str, Any]]:
+        tok = self.tokenizer
+        if call.type == "generate":
+            prompts = [p for p in it.host["prompts"] for _ in range(call.group_size)]
+            batch = rollout.encode_prompts(tok, prompts, call.prompt_len)
+            return ({"prompts": handles.put("prompts", batch)},
+                    {"eos_id": tok.eos_id, "pad_id": tok.pad_id})
+        return {k: it.handles[k] for k in call.inputs}, {}
+
+    def _publish(self, call: CallSpec, it: Iteration, inputs: dict[str, handles.Handle],
+                 out_refs: dict[int, list]) -> None:
+        """The handles of a submitted call's outputs: dp replica i's rows are in the
+        part its leader (tp 0, pp 0) returns."""
+        if not call.outputs:
+            return
+        a = self.plan.assignment(call.name)
+        src = next(h for k, h in inputs.items() if k == "prompts" or h.tokens)
+        rows = handles.split_rows(src.rows, a.dp)
+        layout = a.layout
+        for i, key in enumerate(call.outputs):
+            parts = tuple((lo, hi, out_refs[layout.device_of(d, 0, 0)][i])
+                          for d, (lo, hi) in enumerate(rows))
+            tokens = call.type == "generate" and i == 0  # the sequences
+            it.handles[key] = handles.Handle(key, src.lead, parts, tokens)
+
+    # -- finishing ----------------------------------------------------------
+    def _check(self, t: Task, ref, inflight: dict[tuple[str, int], Task]) -> Any:
+        """The meta of a finished task, or a RunError naming call, device and cause."""
         import ray
 
         try:
             return ray.get(ref)
         except ray.exceptions.RayActorError as err:
-            device = p.ref_device[ref]
+            device = t.ref_device[ref]
             # Every queued task of a dead worker fails; the one it was running is
             # the earliest submitted (inflight keeps submission order).
-            running = next((n for n, q in (inflight or {}).items()
-                            if device in q.ref_device.values()), name)
+            running = next((q.call.name for q in inflight.values()
+                            if device in q.ref_device.values()), t.call.name)
             raise RunError(f"call {running}: the worker of device {device} died "
                            f"({type(err).__name__})") from None
         except ray.exceptions.RayTaskError as err:
             cause = err.cause if getattr(err, "cause", None) is not None else err
-            what = "realloc before call" if ref in p.realloc_refs else "call"
-            raise RunError(f"{what} {name} failed on device {p.ref_device[ref]}: "
+            what = "realloc before call" if ref in t.realloc_refs else "call"
+            raise RunError(f"{what} {t.call.name} failed on device {t.ref_device[ref]}: "
                            f"{type(cause).__name__}: {cause}".splitlines()[0]) from None
 
-    # -- data ---------------------------------------------------------------
-    def _inputs(self, call: CallSpec, store: dict[str, Any], iteration: int
-                ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        tok = self.tokenizer
-        if call.type == "generate":
-            prompts = [p for p in store["prompts"] for _ in range(call.group_size)]
-            batch = rollout.encode_prompts(tok, prompts, call.prompt_len)
-            return batch, {"eos_id": tok.eos_id, "pad_id": tok.pad_id}
-        if call.type == "train":
-            return self.algorithm.train_inputs(self.spec, call, store)
-        # Inference on a token batch: a rollout (its response columns come back)
-        # or dataset sequences, pairs flattened to rows (every column comes back).
-        tokens = self._token_batch(call, store)
-        keep = ("input_ids", "attention_mask", "prompt_len", "last_index")
-        lead = tokens["input_ids"].dim() - 1  # [n, s] or [p, 2, s]
-        return {k: v.flatten(0, lead - 1) for k, v in tokens.items() if k in keep}, {}
-
-    @staticmethod
-    def _token_batch(call: CallSpec, store: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """The input of a call that holds token ids (seqs, pairs, sequences)."""
-        return next(store[k] for k in call.inputs if isinstance(store[k], dict))
-
-    def _collect(self, call: CallSpec, results: list[dict], iteration: int):
-        parts = sorted((r for r in results if r["result"] is not None), key=lambda r: r["dp_index"])
-        t0 = min(r["start"] for r in results)
-        t1 = max(r["end"] for r in results)
-        a = self.plan.assignment(call.name)
-        events = [dict(kind="call", name=call.name, device=r["device"], start=r["start"],
-                       end=r["end"], iteration=iteration,
-                       args={"layout": a.layout_str, "micro_batches": a.micro_batches,
-                             **r.get("info", {})})
-                  for r in results]
+    def _complete(self, t: Task, metas: list[dict], reallocs: list[dict], it: Iteration
+                  ) -> None:
+        call, a = t.call, self.plan.assignment(t.call.name)
+        t0, t1 = min(m["start"] for m in metas), max(m["end"] for m in metas)
+        it.timings[call.name] = t1 - t0
+        it.first_start, it.last_end = min(it.first_start, t0), max(it.last_end, t1)
+        it.events += [dict(kind="call", name=call.name, device=m["device"], start=m["start"],
+                           end=m["end"], iteration=it.k,
+                           args={"layout": a.layout_str, "micro_batches": a.micro_batches,
+                                 **m.get("info", {})})
+                      for m in metas]
+        if reallocs:
+            r0, r1 = min(r["start"] for r in reallocs), max(r["end"] for r in reallocs)
+            it.realloc_s += r1 - r0
+            it.first_start = min(it.first_start, r0)
+            it.events += [dict(kind="realloc", name=f"realloc {call.model}->{call.name}",
+                               device=r["device"], start=r["start"], end=r["end"],
+                               iteration=it.k, args={"recv_bytes": r["recv_bytes"]})
+                          for r in reallocs]
         if call.type == "train":  # every dp leader reports the same global losses
-            return {"steps": parts[0]["result"]["steps"]}, t1 - t0, events
-        merged = {k: torch.cat([p["result"][k] for p in parts]) for k in parts[0]["result"]}
-        return merged, t1 - t0, events
+            lead = min((m for m in metas if "steps" in m), key=lambda m: m["dp_index"])
+            it.train_stats[call.name] = lead["steps"]
+            if not it.train_metrics:
+                it.train_metrics = lead["metrics"]
+        it.done.add(call.name)
+        self._run_functions(it)
 
-    def _store_outputs(self, call: CallSpec, out: dict, store: dict[str, Any],
-                       train_stats: dict[str, list[dict]], inputs: dict[str, torch.Tensor]
-                       ) -> None:
-        if call.type == "train":
-            train_stats[call.name] = out["steps"]
-            return
-        if call.type == "generate":  # inputs: the encoded prompts it was sent
-            seqs = rollout.build_sequences(inputs, out["tokens"], out["lengths"],
-                                           self.tokenizer.pad_id)
-            store[call.outputs[0]] = seqs
-            if len(call.outputs) > 1:
-                store[call.outputs[1]] = out["logprobs"] * seqs["response_mask"]
-            return
-        model = self.spec.models[call.model]
-        value = out["scores"] if model.head == "reward" else (
-            out["values"] if model.head == "value" else out["logprobs"])
-        # pairs were sent as rows: give the outputs their [p, 2, ...] shape back
-        lead = self._token_batch(call, store)["input_ids"].shape[:-1]
-        store[call.outputs[0]] = value.reshape(*lead, *value.shape[1:])
-
-    def _run_functions(self, store: dict[str, Any], done: set[str]) -> None:
+    def _run_functions(self, it: Iteration) -> None:
+        """Host functions whose inputs are done: the only place the driver reads a
+        key a call produced (handles.fetch of the keys these functions read)."""
         for f in self.functions:
-            if f.name in done or not all(k in store for k in f.inputs):
+            if f.name in it.funcs_done or not all(
+                    k in it.host or self.producer.get(k) in it.done for k in f.inputs):
                 continue
-            seqs = store[f.inputs[0]]
+            for k in f.inputs:
+                if k not in it.host:
+                    it.host[k] = handles.fetch(it.handles[k])
+            seqs = it.host[f.inputs[0]]
             responses = rollout.decode_responses(self.tokenizer, seqs)
             prompts = rollout.decode_prompts(self.tokenizer, seqs)
             p = int(seqs["prompt_len"][0])
             ids = [row[m.bool()].tolist() for row, m in
                    zip(seqs["input_ids"][:, p:], seqs["response_mask"])]
-            scores = self.reward_fns[f.name](prompts, responses, ids)
-            store[f.outputs[0]] = torch.tensor(scores, dtype=torch.float32)
-            done.add(f.name)
+            scores = torch.tensor(self.reward_fns[f.name](prompts, responses, ids),
+                                  dtype=torch.float32)
+            it.host[f.outputs[0]] = scores
+            it.handles[f.outputs[0]] = handles.put(f.outputs[0], scores)
+            it.funcs_done.add(f.name)
+
+    # -- checkpoints --------------------------------------------------------
+    def _queue_save(self, call: CallSpec, k: int) -> None:
+        """Save the trained model right behind its train call, on its home workers."""
+        cp = self.checkpoints
+        if cp is None or not cp.due(k):
+            return
+        if k not in self.saves:
+            self.saves[k] = []
+            cp.begin(k)
+        home = home_layout(self.plan, call.model)
+        self.saves[k] += [self.workers[d].save.remote(cp.partial_dir(k), [call.model])
+                          for d in home.device_ids]
+
+    def _finish_checkpoints(self, below: int) -> None:
+        """Finish every queued checkpoint of an iteration < below (waits for its saves)."""
+        for k in sorted(x for x in self.saves if x < below):
+            refs, where = self.saves.pop(k), self.checkpoints.partial_dir(k)
+            self.checkpoints.finish(k, lambda: wait_saves(refs, where), self.drawn.pop(k))
 
     # -- metrics ------------------------------------------------------------
-    def _metrics(self, iteration: int, store: dict[str, Any], timings: dict[str, float],
-                 realloc_s: float, wall_s: float, train_stats: dict[str, list[dict]]
-                 ) -> dict[str, float]:
-        m: dict[str, float] = {"iteration": iteration, "timing_s/iteration": wall_s,
-                               "timing_s/realloc": realloc_s}
-        for name, t in timings.items():
+    def _metrics(self, it: Iteration, prev_end: float) -> dict[str, float]:
+        """Per iteration: each call's time (first start to last end over its devices),
+        the iteration's period (end - the previous iteration's end: the plan's steady
+        state) and span (its first start to its last end: the iteration alone)."""
+        period_s = it.last_end - prev_end
+        m: dict[str, float] = {"iteration": it.k, "timing_s/iteration": period_s,
+                               "timing_s/iteration_span": it.last_end - it.first_start,
+                               "timing_s/realloc": it.realloc_s}
+        for name, t in it.timings.items():
             m[f"timing_s/{name}"] = t
-        seqs = store.get(self.algorithm.tokens_key)
-        if seqs is not None:
-            tokens = int(seqs["attention_mask"].sum())
-            m["perf/total_tokens"] = tokens
-            m["perf/throughput"] = tokens / wall_s / self.plan.cluster.num_devices
-        m.update(self.algorithm.metrics(self.spec, store))
-        for name, steps in train_stats.items():
+        m.update(it.train_metrics)
+        if "perf/total_tokens" in m:
+            m["perf/throughput"] = (m["perf/total_tokens"] / period_s
+                                    / self.plan.cluster.num_devices)
+        for name, steps in it.train_stats.items():
             if steps:
                 m[f"{name}/loss_first_step"] = steps[0]["loss"]
                 m[f"{name}/state_bytes"] = max(s.get("state_bytes", 0) for s in steps)

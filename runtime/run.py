@@ -91,7 +91,10 @@ def _read_state(ckpt: Path, spec_hash: str) -> dict:
 def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | None = None,
              run_dir: str = "runs/latest", resume: bool = False, seed: int = 0,
              address: str | None = None, save_every: int = 1,
-             console: Console | None = None, on_submit=None) -> RunSummary:
+             console: Console | None = None, on_submit=None,
+             overlap: bool = True) -> RunSummary:
+    """`overlap=False` runs one iteration after the other (the same results; the
+    plan's steady state overlaps them)."""
     console = console or Console(stderr=True)
     check_output_dir(run_dir, "--run-dir", inputs=(plan_path, spec_path))
     if not 0 <= seed <= L.MAX_SEED:
@@ -165,18 +168,19 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
                 vllm_engines = start_vllm_engines(spec, plan, workers, on_gpu=on_gpu, seed=seed)
         sampler = PromptSampler(records, seed=seed, drawn=drawn)
         ctl = Controller(spec, plan, workers, tokenizer=tokenizer, prompts=sampler,
-                         reward_fns=reward_fns, seed=seed, on_submit=on_submit)
-        for it in range(start_it, total):
-            res = ctl.run_iteration(it)
+                         reward_fns=reward_fns, seed=seed, on_submit=on_submit,
+                         overlap=overlap)
+
+        def on_iteration(res) -> None:
             history.append(res.metrics)
-            events += res.events
+            events.extend(res.events)
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(res.metrics) + "\n")
             _print_iteration(console, res.metrics, total)
-            if (it + 1) % save_every == 0 or it + 1 == total:
-                _save(lambda d: _save_on_workers(workers, d), out, it, sampler.drawn, seed,
-                      spec.spec_hash())
             write_trace(out / "trace.json", events, plan.cluster.gpus_per_node, t0)
+
+        ctl.run(start_it, total, on_iteration,
+                Checkpoints(out, seed, spec.spec_hash(), save_every, total))
         failed = False
     except OSError as err:  # the driver's own files: metrics, trace
         raise RunError(f"cannot write {err.filename or out}: {err.strerror or err}") from None
@@ -226,48 +230,56 @@ def _name_lost_node(err: Exception, placement: list[dict]) -> Exception:
     return RunError(f"{what} was lost: {first}")
 
 
-def _save_on_workers(workers, ckpt_dir: str) -> None:
-    """Every worker writes its shards into `ckpt_dir`; a worker's write error comes back
-    as the OSError it was (Ray wraps it with the worker's traceback)."""
-    import ray
-
-    try:
-        ray.get([w.save.remote(ckpt_dir) for w in workers])
-    except ray.exceptions.RayTaskError as err:
-        cause = getattr(err, "cause", None)
-        if isinstance(cause, OSError):
-            raise OSError(cause.errno, cause.strerror or str(cause), cause.filename) from None
-        if isinstance(cause, RuntimeError):  # torch.save reports a short write this way
-            raise OSError(None, str(cause).strip().splitlines()[0][:200], ckpt_dir) from None
-        raise
-
-
-def _save(save_shards, out: Path, iteration: int, drawn: int, seed: int,
-          spec_hash: str) -> None:
-    """Checkpoint into iter_N.partial, then rename: a failure (a full disk) leaves the
+class Checkpoints:
+    """Checkpoint of iteration k into iter_k.partial (the workers write their shards,
+    queued by the controller), then renamed: a failure (a full disk) leaves the
     previous checkpoint as `latest`, no .partial, and one line naming path and cause."""
-    name = f"iter_{iteration:06d}"
-    final = out / "checkpoints" / name
-    partial = out / "checkpoints" / (name + ".partial")
-    try:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        save_shards(str(partial))
-        state = {"iteration": iteration, "prompts_drawn": drawn, "seed": seed,
-                 "spec_hash": spec_hash}
-        write_atomic(partial / "state.json", json.dumps(state, indent=2) + "\n")
-        shutil.rmtree(final, ignore_errors=True)
-        os.rename(partial, final)
-        write_atomic(out / "checkpoints" / "latest", name + "\n")
-    except OSError as err:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise RunError(f"checkpoint {name}: cannot write {err.filename or partial}: "
-                       f"{err.strerror or err}") from None
+
+    def __init__(self, out: Path, seed: int, spec_hash: str, save_every: int,
+                 total: int) -> None:
+        self.out, self.seed, self.spec_hash = out, seed, spec_hash
+        self.save_every, self.total = save_every, total
+
+    def due(self, iteration: int) -> bool:
+        return (iteration + 1) % self.save_every == 0 or iteration + 1 == self.total
+
+    def _paths(self, iteration: int) -> tuple[str, Path, Path]:
+        name = f"iter_{iteration:06d}"
+        return name, self.out / "checkpoints" / name, self.out / "checkpoints" / (name + ".partial")
+
+    def partial_dir(self, iteration: int) -> str:
+        return str(self._paths(iteration)[2])
+
+    def begin(self, iteration: int) -> None:
+        name, _, partial = self._paths(iteration)
+        try:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        except OSError as err:
+            raise RunError(f"checkpoint {name}: cannot write {err.filename or partial}: "
+                           f"{err.strerror or err}") from None
+
+    def finish(self, iteration: int, wait_shards, drawn: int) -> None:
+        """`wait_shards()` returns once every shard is written (raises OSError)."""
+        name, final, partial = self._paths(iteration)
+        try:
+            wait_shards()
+            state = {"iteration": iteration, "prompts_drawn": drawn, "seed": self.seed,
+                     "spec_hash": self.spec_hash}
+            write_atomic(partial / "state.json", json.dumps(state, indent=2) + "\n")
+            shutil.rmtree(final, ignore_errors=True)
+            os.rename(partial, final)
+            write_atomic(self.out / "checkpoints" / "latest", name + "\n")
+        except OSError as err:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise RunError(f"checkpoint {name}: cannot write {err.filename or partial}: "
+                           f"{err.strerror or err}") from None
 
 
 def _print_iteration(console: Console, m: dict, total: int) -> None:
     calls = ", ".join(f"{k.split('/', 1)[1]} {v:.2f}s" for k, v in m.items()
-                      if k.startswith("timing_s/") and k not in ("timing_s/iteration",))
+                      if k.startswith("timing_s/")
+                      and k not in ("timing_s/iteration", "timing_s/iteration_span"))
     reward = f"reward {m['reward/mean']:.3f}  " if "reward/mean" in m else ""
     console.print(f"[bold]iter {m['iteration'] + 1}/{total}[/]  {reward}"
                   f"{m['timing_s/iteration']:.2f}s  ({calls})", highlight=False, soft_wrap=True)

@@ -40,7 +40,8 @@ from planner.graph.spec import CallSpec, Spec
 from planner.layout.layout import Layout
 from planner.layout.transfer import TransferPlan, unpack_rows
 from planner.plan import ExecutionPlan, MemoryChoice, ReallocStep
-from runtime import losses
+from runtime import handles, losses, rollout
+from runtime.algorithms.registry import algorithm_for
 from runtime.engine.checkpoint import load_checkpoint, save_checkpoint
 from runtime.engine.engine import Batch, Engine, split_batch
 from runtime.engine.generate import GenerationConfig
@@ -146,6 +147,7 @@ class Worker:
         self.plan = ExecutionPlan.model_validate_json(plan_json)
         self.seed = seed
         spec, plan = self.spec, self.plan
+        self.algorithm = algorithm_for(spec)  # train calls build their batch here
         for c in spec.calls:  # collective: every worker walks the same list
             layout = layout_of(plan, c.name)
             if layout not in self.groups:
@@ -259,11 +261,16 @@ class Worker:
         return self.temp.get((call.model, call.name)) or self.home.get(call.model)
 
     # -- calls ------------------------------------------------------------
-    def run_call(self, name: str, batch: Batch, iteration: int,
-                 options: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Run this device's part of call `name`. The first rank of each dp
-        replica returns its replica's results; other ranks return none."""
-        t0 = time.time()
+    def run_call(self, name: str, iteration: int, inputs: dict[str, handles.Handle],
+                 options: dict[str, Any] | None = None):
+        """Run this device's part of call `name` of `iteration` on its input keys
+        (handles: the parts are fetched here, from the producers' workers).
+
+        Returns (meta, part of each output key): meta is small (timing, train
+        steps, metrics) and goes to the driver; the first rank of each dp replica
+        returns its replica's rows of every output as a `handles.Part` (others
+        None), which stays in Ray's object store for the consuming calls. A call
+        without outputs (train) returns meta alone."""
         call = self.spec.call(name)
         engine = self._engine_for(call)
         if engine is None:
@@ -272,19 +279,48 @@ class Worker:
         g = engine.groups
         d = g.d
         options = options or {}
-        if call.type == "train":  # minibatches are global: split first, then over dp
-            out = self._train(engine, call, batch, a.dp, a.micro_batches, options)
-        else:
-            local_batch = {k: torch.tensor_split(v, a.dp)[d] for k, v in batch.items()}
-            if call.type == "generate":
-                out = self._generate(engine, call, local_batch, iteration, options,
-                                     a.micro_batches)
-            else:
-                out = self._inference(engine, call, local_batch, a.micro_batches)
         leader = g.t == 0 and g.p == 0
-        info = out.pop("_info", {}) if call.type == "generate" else {}
-        return {"result": out if leader else None, "dp_index": d, "start": t0,
-                "end": time.time(), "device": self.device_id, "info": info}
+        meta: dict[str, Any] = {"dp_index": d, "device": self.device_id}
+        parts: dict[str, Any] = {}
+        if call.type == "train":  # minibatches are global: the whole batch, split later
+            handles.wait_ready([r for h in inputs.values() for r in handles.refs_of(h)])
+            t0 = time.time()  # timed from here: the producers' work is not this call's
+            store = {k: handles.fetch(h) for k, h in inputs.items()}
+            batch, train_opts = self.algorithm.train_inputs(self.spec, call, store)
+            out = self._train(engine, call, batch, a.dp, a.micro_batches, train_opts)
+            if leader:  # every dp leader holds the same global data: same metrics
+                meta.update(steps=out["steps"], metrics=self._iteration_metrics(store))
+        else:
+            src = next(h for k, h in inputs.items() if k == "prompts" or h.tokens)
+            lo, hi = handles.split_rows(src.rows, a.dp)[d]  # this replica's rows
+            handles.wait_ready(handles.refs_of(src, lo, hi))
+            t0 = time.time()
+            rows = handles.fetch_rows(src, lo, hi)
+            if call.type == "generate":
+                out = self._generate(engine, call, rows, iteration, options, a.micro_batches)
+                meta["info"] = out.pop("_info", {})
+                seqs = rollout.build_sequences(rows, out["tokens"], out["lengths"],
+                                               options.get("pad_id"))
+                values = [seqs, out["logprobs"] * seqs["response_mask"]]
+            else:
+                keep = ("input_ids", "attention_mask", "prompt_len", "last_index")
+                out = self._inference(engine, call, {k: v for k, v in rows.items()
+                                                     if k in keep}, a.micro_batches)
+                values = [next(iter(out.values()))]
+            parts = {k: handles.Part(k, lo, hi, v) for k, v in zip(call.outputs, values)}
+        meta.update(start=t0, end=time.time())
+        if not call.outputs:
+            return meta
+        return (meta, *[parts.get(k) if leader else None for k in call.outputs])
+
+    def _iteration_metrics(self, store: dict[str, Any]) -> dict[str, float]:
+        """The algorithm's metrics of one iteration and its token count, from a train
+        call's inputs (the driver never holds the model-to-model keys they read)."""
+        m = dict(self.algorithm.metrics(self.spec, store))
+        tokens = store.get(self.algorithm.tokens_key)
+        if tokens is not None:
+            m["perf/total_tokens"] = int(tokens["attention_mask"].sum())
+        return m
 
     def _generate(self, engine: Engine, call: CallSpec, batch: Batch, iteration: int,
                   options: dict[str, Any], waves: int = 1) -> Batch:
@@ -351,11 +387,12 @@ class Worker:
         return {"steps": steps}
 
     # -- checkpoints ------------------------------------------------------
-    def save(self, ckpt_dir: str) -> None:
-        """Trainable models as HF checkpoints plus this rank's optimizer state."""
+    def save(self, ckpt_dir: str, models: list[str] | None = None) -> None:
+        """Trainable models (all, or `models`) as HF checkpoints plus this rank's
+        optimizer state."""
         for name, m in self.spec.models.items():
             engine = self.home.get(name)
-            if not m.trainable or engine is None:
+            if not m.trainable or engine is None or (models is not None and name not in models):
                 continue
             save_checkpoint(engine, os.path.join(ckpt_dir, name))
             state = _optimizer_state(engine)

@@ -36,3 +36,11 @@ def realloc_tiny_ppo(tmp: Path, spec: Path = TINY_PPO) -> Path:
     return manual_plan(spec, {"actor_train": "0-3:d4", "actor_gen": "0-3:d2t2",
                                   "ref_inf": "0-1:d2", "critic_inf": "2-3:d2",
                                   "critic_train": "0-3:d2t2"}, tmp / "realloc.json")
+
+
+def overlapping_tiny_ppo(tmp: Path) -> Path:
+    """The actor generates and trains on devices 0-1, the critic runs alone on device 2,
+    the reference on 3: generation of iteration k+1 overlaps the critic's training of k."""
+    return manual_plan(TINY_PPO, {"actor_gen": "0-1:d2", "actor_train": "0-1:d2",
+                                  "ref_inf": "3:d1", "critic_inf": "2:d1",
+                                  "critic_train": "2:d1"}, tmp / "overlap.json")

@@ -383,9 +383,15 @@ def test_resume_with_a_broken_checkpoint_is_one_line(searched, tmp_path, capsys)
 
 def test_a_failed_checkpoint_is_one_line_and_leaves_no_partial(tmp_path):
     from runtime.controller import RunError
-    from runtime.run import _save
+    from runtime.run import Checkpoints
 
     out = tmp_path / "run"
+    cp = Checkpoints(out, 0, "sha256:x", save_every=1, total=2)
+
+    def _save(write, _out, it, drawn, _seed, _hash):
+        cp.begin(it)
+        cp.finish(it, lambda: write(cp.partial_dir(it)), drawn)
+
     _save(lambda d: Path(d, "w.pt").write_text("ok"), out, 0, 8, 0, "sha256:x")
 
     def disk_full(ckpt_dir: str) -> None:

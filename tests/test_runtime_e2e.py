@@ -152,7 +152,10 @@ def test_killed_worker_stops_run_and_keeps_checkpoint(ray_local, tmp_path):
         if iteration == 1 and call == "actor_train":
             ray_local.kill(workers[2])
 
-    with pytest.raises(RunError, match=r"call actor_train: the worker of device 2 died"):
+    # Iterations overlap: the call named is the one running on device 2 when it died
+    # (the next iteration's inference may already be there).
+    with pytest.raises(RunError, match=r"call (ref_inf|critic_inf|actor_train): the worker "
+                                       r"of device 2 died"):
         run_plan(str(colocated_tiny_ppo(tmp_path)), iterations=3,
                  run_dir=str(tmp_path / "run"), seed=1, on_submit=kill)
     ckpt = tmp_path / "run" / "checkpoints"
@@ -217,3 +220,46 @@ def test_plan_memory_choices_are_applied(straight, tmp_path):
     # of the Adam states (16 -> 12).
     assert b["actor_train/state_bytes"] < 0.7 * a["actor_train/state_bytes"]
     assert b["critic_train/state_bytes"] < 0.8 * a["critic_train/state_bytes"]
+
+
+def test_overlapped_iterations_keep_results_and_data_off_the_driver(ray_local, tmp_path,
+                                                                    monkeypatch):
+    """The actor on devices 0-1, the critic on device 2 (trains about twice as long as
+    the actor), the reference on 3: the plan's steady state starts generation k+1 while
+    the critic still trains k, and so does the run. The first two iterations' losses
+    equal a run without overlap. The driver never fetches a key one call hands to
+    another (only `seqs`, which the rule reward reads)."""
+    from runtime import handles
+    from tests.runtime_scenarios import overlapping_tiny_ppo
+
+    plan_path = overlapping_tiny_ppo(tmp_path)
+    seen: set[str] = set()
+    real_get = ray_local.get
+
+    def watched_get(refs, *args, **kwargs):
+        out = real_get(refs, *args, **kwargs)
+        for x in out if isinstance(out, list) else [out]:
+            if isinstance(x, handles.Part):
+                seen.add(x.key)
+        return out
+
+    monkeypatch.setattr(ray_local, "get", watched_get)
+    over = run_plan(str(plan_path), iterations=2, run_dir=str(tmp_path / "over"), seed=1)
+    monkeypatch.undo()
+    assert seen == {"seqs"}  # not logprobs, ref_logprobs, values
+    plan = json.loads(plan_path.read_text())
+    est = [e for e in plan["timeline"] if e["kind"] == "call"]
+    assert min(e["start_s"] for e in est if e["iteration"] == 1) < \
+        max(e["end_s"] for e in est if e["iteration"] == 0)  # the plan overlaps them
+    trace = json.loads((tmp_path / "over" / "trace.json").read_text())
+    calls = [e for e in trace["traceEvents"] if e.get("cat") == "call"]
+    first_next = min(e["ts"] for e in calls if e["args"]["iteration"] == 1)
+    last_end = max(e["ts"] + e["dur"] for e in calls if e["args"]["iteration"] == 0)
+    assert first_next < last_end  # measured: iteration 1 starts before 0 ends
+
+    straight = run_plan(str(plan_path), iterations=2, run_dir=str(tmp_path / "straight"),
+                        seed=1, overlap=False)
+    for a, b in zip(over.metrics, straight.metrics):
+        assert a["reward/mean"] == b["reward/mean"]
+        for key in ("actor_train/loss", "critic_train/loss", "actor/kl"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), key

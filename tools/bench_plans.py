@@ -13,9 +13,11 @@ ratios (a call's time = its launch gap + its span, as `planner calibrate`
 reads them), the measured speedup of the searched plan over each baseline,
 and Kendall's tau between the estimated and the measured order of the plans.
 
-The runtime runs one iteration at a time, so the measured iteration is
-compared with the plan's first iteration alone (printed: "alone"); the
-steady state, which overlaps iterations, is printed beside it.
+The runtime overlaps iterations as the plan's steady state does, so the
+measured iteration (the period: end of one iteration to the end of the next)
+is compared with the plan's steady state; one iteration's measured span is
+printed beside the plan's iteration alone. Runs checkpoint only at the end
+(checkpoints are not priced).
 
 --calibrate-on SPEC: fit the profile (`planner calibrate`) on that spec's runs
 only and price every other spec's plans again with it: the held-out figures
@@ -126,7 +128,8 @@ def measure(spec_name: str, plans: dict[str, Path], out: Path, iterations: int,
         run_dir = out / f"run-{plan_name}"
         if not (run_dir / "metrics.jsonl").exists():
             _cli(["runtime.cli", "run", str(plan_path), "--run-dir", str(run_dir),
-                  "--iterations", str(iterations)], out / f"run-{plan_name}.log")
+                  "--iterations", str(iterations), "--save-every", str(iterations)],
+                 out / f"run-{plan_name}.log")
         run = load_run(run_dir, profile, str(profile_path))
         res[plan_name] = {"run": run, "plan": load_plan(plan_path)}
         print(f"  {spec_name} {plan_name}: measured "
@@ -144,19 +147,21 @@ def report(spec_name: str, res: dict[str, dict], profile, label: str) -> dict:
     for name, r in res.items():
         calls, alone, steady = call_rows(r["run"], profile)
         measured = statistics.median(r["run"].iteration_s)
+        span = statistics.median(r["run"].iteration_span_s)
         ratios = {c.call: c.measured_s / c.estimate_s for c in calls}
         rows[name] = {"alone_s": alone, "steady_s": steady, "measured_s": measured,
-                      "ratio": measured / alone, "call_ratios": ratios}
-    print(f"\n{spec_name} ({label}); iteration ms, measured / estimate(alone):")
-    print(f"  {'plan':18} {'est alone':>9} {'est steady':>10} {'measured':>9} {'ratio':>6}  "
-          "per-call measured/estimate")
+                      "span_s": span, "ratio": measured / steady, "call_ratios": ratios}
+    print(f"\n{spec_name} ({label}); iteration ms, measured period / estimated steady state:")
+    print(f"  {'plan':18} {'est alone':>9} {'meas span':>9} {'est steady':>10} {'measured':>9} "
+          f"{'ratio':>6}  per-call measured/estimate")
     seen: dict[tuple, str] = {}
     for name, x in rows.items():
         per_call = ", ".join(f"{c} {v:.2f}" for c, v in x["call_ratios"].items())
         same = seen.setdefault(_layouts(res[name]["plan"]), name)
         x["same_plan_as"] = same if same != name else None
         note = f"  (the same plan as {same}: the difference is noise)" if same != name else ""
-        print(f"  {name:18} {x['alone_s'] * 1e3:9.1f} {x['steady_s'] * 1e3:10.1f} "
+        print(f"  {name:18} {x['alone_s'] * 1e3:9.1f} {x['span_s'] * 1e3:9.1f} "
+              f"{x['steady_s'] * 1e3:10.1f} "
               f"{x['measured_s'] * 1e3:9.1f} {x['ratio']:6.2f}  {per_call}{note}")
     names = list(rows)
     tau_alone = kendall_tau([rows[n]["alone_s"] for n in names],
