@@ -39,8 +39,14 @@ def realloc_tiny_ppo(tmp: Path, spec: Path = TINY_PPO) -> Path:
 
 
 def overlapping_tiny_ppo(tmp: Path) -> Path:
-    """The actor generates and trains on devices 0-1, the critic runs alone on device 2,
-    the reference on 3: generation of iteration k+1 overlaps the critic's training of k."""
-    return manual_plan(TINY_PPO, {"actor_gen": "0-1:d2", "actor_train": "0-1:d2",
-                                  "ref_inf": "3:d1", "critic_inf": "2:d1",
-                                  "critic_train": "2:d1"}, tmp / "overlap.json")
+    """The actor generates and trains on devices 0-1; a critic 8x the actor's size runs
+    alone on device 2, the reference on 3: generation of iteration k+1 (after the
+    actor's training of k) runs while the critic still trains k."""
+    spec = tmp / "overlap.yaml"
+    big = ("{num_layers: 8, hidden_size: 128, intermediate_size: 352, num_heads: 4, "
+           "num_kv_heads: 4, vocab_size: 256, max_positions: 256}")
+    spec.write_text(TINY_PPO.read_text().replace(
+        "critic: {arch: tiny-llama,", f"critic: {{arch: {big},"))
+    return manual_plan(spec, {"actor_gen": "0-1:d2", "actor_train": "0-1:d2",
+                              "ref_inf": "3:d1", "critic_inf": "2:d1", "critic_train": "2:d1"},
+                       tmp / "overlap.json")
