@@ -120,23 +120,49 @@ def _decode_ratio(dev: Device, d: Dims, batch: float, context: float) -> float:
 # ------------------------------------------------------------------ public
 
 
+MEMO_LIMIT = 200_000  # memoised layer times per device before the memo starts over
+
+
+def _memo(dev: Device) -> dict:
+    """Layer times by their arguments: a search prices the same layer (same widths, batch,
+    length, tp) for many layouts, micro-batch counts and memory choices."""
+    memo = dev.cache.get("layer_memo")
+    if memo is None or len(memo) > MEMO_LIMIT:
+        memo = dev.cache["layer_memo"] = {}
+    return memo
+
+
 def layer_fwd_s(dev: Device, d: Dims, batch: float, seq: float, tp: int) -> float:
     """One layer's forward over `batch` sequences of `seq` tokens on one tp rank."""
-    t = dev.with_overhead(layer_fwd_kernels_s(dev, d, batch, seq, tp), dev.overheads.layer_fwd_s)
-    return t * _layer_ratio(dev, d, batch, seq, backward=False)
+    memo, key = _memo(dev), ("fwd", d, batch, seq, tp)
+    hit = memo.get(key)
+    if hit is None:
+        t = dev.with_overhead(layer_fwd_kernels_s(dev, d, batch, seq, tp),
+                              dev.overheads.layer_fwd_s)
+        hit = memo[key] = t * _layer_ratio(dev, d, batch, seq, backward=False)
+    return hit
 
 
 def layer_bwd_s(dev: Device, d: Dims, batch: float, seq: float, tp: int) -> float:
     """One layer's backward (input and weight gradients) on one tp rank."""
-    t = dev.with_overhead(layer_bwd_kernels_s(dev, d, batch, seq, tp), dev.overheads.layer_bwd_s)
-    return t * _layer_ratio(dev, d, batch, seq, backward=True)
+    memo, key = _memo(dev), ("bwd", d, batch, seq, tp)
+    hit = memo.get(key)
+    if hit is None:
+        t = dev.with_overhead(layer_bwd_kernels_s(dev, d, batch, seq, tp),
+                              dev.overheads.layer_bwd_s)
+        hit = memo[key] = t * _layer_ratio(dev, d, batch, seq, backward=True)
+    return hit
 
 
 def decode_layer_s(dev: Device, d: Dims, batch: float, context: float, tp: int) -> float:
     """One layer's decode step: `batch` new tokens, each attending to `context` cached ones."""
-    t = dev.with_overhead(decode_layer_kernels_s(dev, d, batch, context, tp),
-                          dev.overheads.decode_layer_s)
-    return t * _decode_ratio(dev, d, batch, context)
+    memo, key = _memo(dev), ("decode", d, batch, context, tp)
+    hit = memo.get(key)
+    if hit is None:
+        t = dev.with_overhead(decode_layer_kernels_s(dev, d, batch, context, tp),
+                              dev.overheads.decode_layer_s)
+        hit = memo[key] = t * _decode_ratio(dev, d, batch, context)
+    return hit
 
 
 def decode_layer_bounds_s(dev: Device, d: Dims, batch: float, context: float,
@@ -164,19 +190,28 @@ def head_fwd_s(dev: Device, hidden: int, out_features: int, tokens: float, tp: i
                out_tokens: float | None = None) -> float:
     """Outside the layers, one tp rank: embedding and final norm over `tokens`, the output
     projection and (lm) log-softmax over `out_tokens` (default: all of them)."""
-    lm = out_features > 1
-    vocab = out_features / tp if lm else 1
     out_tokens = tokens if out_tokens is None else out_tokens
-    per_input, per_output = _head_ops(hidden, vocab, lm)
-    t = dev.gemm_s(out_tokens, vocab, hidden)
-    t += _elementwise_s(dev, per_input, tokens) + _elementwise_s(dev, per_output, out_tokens)
-    return dev.with_overhead(t, dev.overheads.head_fwd_s)
+    memo, key = _memo(dev), ("head_fwd", hidden, out_features, tokens, tp, out_tokens)
+    hit = memo.get(key)
+    if hit is None:
+        lm = out_features > 1
+        vocab = out_features / tp if lm else 1
+        per_input, per_output = _head_ops(hidden, vocab, lm)
+        t = dev.gemm_s(out_tokens, vocab, hidden)
+        t += _elementwise_s(dev, per_input, tokens) + _elementwise_s(dev, per_output, out_tokens)
+        hit = memo[key] = dev.with_overhead(t, dev.overheads.head_fwd_s)
+    return hit
 
 
 def head_bwd_s(dev: Device, hidden: int, out_features: int, tokens: float, tp: int) -> float:
-    lm = out_features > 1
-    vocab = out_features / tp if lm else 1
-    per_input, per_output = _head_ops(hidden, vocab, lm)
-    t = dev.gemm_s(tokens, hidden, vocab) + dev.gemm_s(vocab, hidden, tokens)
-    t += 2.0 * (_elementwise_s(dev, per_input, tokens) + _elementwise_s(dev, per_output, tokens))
-    return dev.with_overhead(t, dev.overheads.head_bwd_s)
+    memo, key = _memo(dev), ("head_bwd", hidden, out_features, tokens, tp)
+    hit = memo.get(key)
+    if hit is None:
+        lm = out_features > 1
+        vocab = out_features / tp if lm else 1
+        per_input, per_output = _head_ops(hidden, vocab, lm)
+        t = dev.gemm_s(tokens, hidden, vocab) + dev.gemm_s(vocab, hidden, tokens)
+        t += 2.0 * (_elementwise_s(dev, per_input, tokens)
+                    + _elementwise_s(dev, per_output, tokens))
+        hit = memo[key] = dev.with_overhead(t, dev.overheads.head_bwd_s)
+    return hit

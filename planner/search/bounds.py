@@ -3,22 +3,43 @@
 The search's CP-SAT bound covers the plans its candidate lists can express. When those
 lists are complete (problem.complete: every legal option that fits alone, less only
 provably dominated ones) that is the whole legal space; otherwise this module gives a
-bound that needs no lists, from each call's exhaustive minima (candidates.enumerate_call
-prices every mesh shape, every (dp, tp, pp), every power-of-two micro-batch count):
+bound that needs no lists, from each call's exhaustive minima (candidates.price_shapes
+prices every mesh shape, every (dp, tp, pp), every power-of-two micro-batch count and
+memory choice): t(c) = least time of call c, w(c) = least time x devices of c, and
+t(c, s) = least time of c with the (tp, pp) split s.
 
-* work: every call runs for at least its least (time x devices) on the cluster, and a
-  periodic schedule fits one iteration's work on the devices in one period:
-  P >= sum_c min_device_s(c) / num_devices;
-* cycles: along a cross-iteration parameter edge u(k) -> v(k+lag) (lag 1, or 1 + K for
-  a generate call under max_staleness K) and any same-iteration path v -> ... -> u, the
-  calls on it run one after another, and the cycle spans `lag` periods:
-  P >= (sum of min_time_s on the longest such path) / lag.
+* work: every call runs for at least w(c) device-seconds, and a periodic schedule fits
+  one iteration's work on the N devices in one period: P >= sum_c w(c) / N.
+* cycles: a cross-iteration parameter edge u(k) -> v(k+lag) (lag 1, or 1 + K for a
+  generate call under max_staleness K) with a same-iteration path v -> ... -> u spans
+  `lag` periods: lag * P >= end(u, k+lag) - end(u, k) >= end(u) - start(v) of one
+  iteration, bounded below by `span_s`:
+  - chains: a call starts after each predecessor ends: E(w) >= E(x) + t(w);
+  - windows: every call c with a ->+ c ->+ w (same iteration) starts after a ends and
+    ends before w starts, on at most N devices, so start(w) - end(a) >=
+    sum of w(c) over those calls / N (E(w) >= E(a) + that + t(w));
+  - the home pair: when u is the home of v's model (a train call and a call of the same
+    model in the next iteration), v first receives the parameters from u's layout:
+    end(u) - start(v) >= t(u, s_u) + realloc(s_u -> s_v) + t(v, s_v) + (start(u) -
+    end(v)), minimised over the splits; realloc's least cost per pair of splits is
+    `realloc_floor_s`.
+  Data transfers and the other calls' reallocs only add time, so leaving them out keeps
+  it a bound.
 
-Reallocs and data transfers only add time, so leaving them out keeps it a bound.
+Scope: multi-node meshes are priced at the node counts meshes.node_counts lists (powers
+of two and their complements; every count with --every-node-count), so "every legal
+plan" means every plan over those mesh shapes.
+tests/test_search_full_space.py and tests/test_search_bounds.py check the bound against
+brute-force optima.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+
+from planner.cost_model.device import device_of
+from planner.cost_model.fast_moves import _groups, _receiver_bytes
+from planner.cost_model.runtime_terms import realloc_fixed_s
 from planner.search.problem import Problem
 
 
@@ -26,18 +47,137 @@ def work_bound_s(p: Problem) -> float:
     return sum(p.min_device_s) / p.num_devices
 
 
+def _descendants(p: Problem) -> list[set[int]]:
+    """Same-iteration descendants of every call (indices are topological)."""
+    succ: list[list[int]] = [[] for _ in range(p.n)]
+    for v in range(p.n):
+        for u in p.preds[v]:
+            succ[u].append(v)
+    desc: list[set[int]] = [set() for _ in range(p.n)]
+    for u in range(p.n - 1, -1, -1):
+        for v in succ[u]:
+            desc[u] |= {v} | desc[v]
+    return desc
+
+
+def span_s(p: Problem, v: int, u: int, t_v: float, t_u: float,
+           desc: list[set[int]] | None = None) -> float:
+    """Least end(u) - start(v) in one iteration (u a descendant of v), by chains and windows
+    (module docstring), with v and u taking t_v and t_u (0 gives start(u) - end(v))."""
+    desc = desc if desc is not None else _descendants(p)
+    if u == v:
+        return t_u
+    inside = [w for w in range(v + 1, u + 1) if w in desc[v] and (w == u or u in desc[w])]
+    end = {v: t_v}
+    for w in inside:
+        t_w = t_u if w == u else p.min_time_s[w]
+        start = max((end[x] for x in p.preds[w] if x in end), default=0.0)
+        for a, e_a in end.items():  # calls strictly between a and w fill a window
+            between = [c for c in desc[a] if c in end and w in desc[c]]
+            if between:
+                work = sum(p.min_device_s[c] for c in between) / p.num_devices
+                start = max(start, e_a + work)
+        end[w] = start + t_w
+    return end[u]
+
+
+def realloc_floor_s(p: Problem, call: int, src: tuple[int, int, int],
+                    dst: tuple[int, int]) -> float:
+    """Least realloc time of `call`'s model from any layout with (dp, tp, pp) = src to any
+    with (tp, pp) = dst, wherever the two sit, by fast_moves' rule (the simulator's).
+
+    The realloc takes as long as its slowest receiver, and every destination (tp rank t,
+    stage s) has a receiver. That receiver's device holds at most one source rank's shard
+    and its node at most the source ranks of one node of the source mesh (a block of
+    gpus_per_node consecutive ranks, or the whole mesh when it fits in a node) or none;
+    its time by the rule is computed for each such (node block, own shard) and the least
+    taken. Only the joint placement of receivers is relaxed, so this is a floor."""
+    m = p.spec.models[p.model_of[call]]
+    return _floor(m.architecture, m.head, p.dtype_bytes[call], p.gpus_per_node, src, dst,
+                  _Key(p))
+
+
+class _Key:
+    """Carries the profile into the lru_cache, keyed by identity (profiles are not hashed)."""
+
+    def __init__(self, p: Problem) -> None:
+        self.profile = p.profile
+
+    def __hash__(self) -> int:
+        return id(self.profile)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Key) and other.profile is self.profile
+
+
+def _blocks(src: tuple[int, int, int], gpn: int) -> list[frozenset[tuple[int, int]]]:
+    """The (stage, tp rank) sets one node can hold under a source split (tp innermost,
+    then dp, then pp, as Layout.coords numbers ranks), plus the empty set (elsewhere)."""
+    dp, tp, pp = src
+    size = dp * tp * pp
+    step = size if size <= gpn else gpn
+    out = {frozenset()}
+    for lo in range(0, size, step):
+        out.add(frozenset((r // (tp * dp), r % tp) for r in range(lo, min(size, lo + step))))
+    return sorted(out, key=sorted)
+
+
+@lru_cache(maxsize=65536)
+def _floor(arch, head, dtype_bytes: int, gpn: int, src: tuple[int, int, int],
+           dst: tuple[int, int], key: _Key) -> float:
+    _, s_tp, s_pp = src
+    d_tp, d_pp = dst
+    if (s_tp, s_pp) == (d_tp, d_pp):
+        return 0.0  # the same layout moves nothing
+    profile = key.profile
+    dev = device_of(profile)
+    g = _groups(arch, head, dtype_bytes)
+    blocks = _blocks(src, gpn)
+    worst_s = moved = 0.0
+    for p_ in range(d_pp):
+        for t in range(d_tp):
+            least_s = least_b = float("inf")
+            for node in blocks:
+                for local in [None, *sorted(node)]:
+                    intra, inter = _receiver_bytes(g, s_tp, s_pp, d_tp, d_pp, t, p_, local, node)
+                    time_s = (dev.collective_s("p2p", intra, 2, "intra_node")
+                              + dev.collective_s("p2p", inter, 2, "inter_node"))
+                    least_s = min(least_s, time_s)
+                    least_b = min(least_b, intra + inter)
+            worst_s = max(worst_s, least_s)
+            moved = max(moved, least_b)
+    return worst_s + realloc_fixed_s(profile, moved)
+
+
+def home_pair_s(p: Problem, v: int) -> float:
+    """Least t(u, s_u) + realloc(s_u -> s_v) + t(v, s_v) with u = v's home, over splits."""
+    u = p.home[v]
+    tu = p.min_time_by_split[u]
+    tv: dict[tuple[int, int], float] = {}
+    for (_, tp, pp), t in p.min_time_by_split[v].items():
+        tv[(tp, pp)] = min(tv.get((tp, pp), float("inf")), t)
+    if not tu or not tv:
+        return p.min_time_s[u] + p.min_time_s[v]
+    pairs = sorted((a + b, su, sv) for su, a in tu.items() for sv, b in tv.items())
+    best = float("inf")
+    for total, su, sv in pairs:
+        if total >= best:
+            break  # sorted, and a floor is >= 0: no later pair does better
+        best = min(best, total + realloc_floor_s(p, v, su, sv))
+    return best
+
+
 def cycle_bound_s(p: Problem) -> float:
+    desc = _descendants(p)
     best = 0.0
     for v in range(p.n):
         for u, lag in zip(p.prev_preds[v], p.prev_lags[v]):
-            # Longest path v -> u over same-iteration edges (indices are topological).
-            longest = [float("-inf")] * p.n
-            longest[v] = p.min_time_s[v]
-            for w in range(v + 1, u + 1):
-                for x in p.preds[w]:
-                    if longest[x] > float("-inf"):
-                        longest[w] = max(longest[w], longest[x] + p.min_time_s[w])
-            best = max(best, (longest[u] if u != v else p.min_time_s[u]) / lag)
+            if u != v and u not in desc[v]:
+                continue
+            span = span_s(p, v, u, p.min_time_s[v], p.min_time_s[u], desc)
+            if u != v and p.home[v] == u:
+                span = max(span, home_pair_s(p, v) + span_s(p, v, u, 0.0, 0.0, desc))
+            best = max(best, span / lag)
     return best
 
 

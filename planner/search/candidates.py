@@ -212,14 +212,17 @@ def undominated(options: list[Candidate]) -> list[Candidate]:
     same realloc, data transfers and resident states) is no slower and needs no more
     working memory: swapping it in never makes a plan slower (a fixed-order schedule is
     monotone in durations) nor larger at any moment. Ties keep the fewer micro-batches."""
+    by_layout: dict[Layout, list[Candidate]] = {}
+    for c in options:  # grouped first: comparing only within a layout keeps it linear-ish
+        by_layout.setdefault(c.layout, []).append(c)
     keep: list[Candidate] = []
     for c in options:
-        if not any(o is not c and o.layout == c.layout and o.time_s <= c.time_s
+        if not any(o is not c and o.time_s <= c.time_s
                    and o.work_bytes <= c.work_bytes and o.states_bytes <= c.states_bytes
                    and o.params_bytes <= c.params_bytes
                    and (o.time_s, o.work_bytes, o.micro_batches)
                    < (c.time_s, c.work_bytes, c.micro_batches)
-                   for o in options):
+                   for o in by_layout[c.layout]):
             keep.append(c)
     return keep
 
@@ -255,6 +258,9 @@ class CallCandidates:
     # Per shape: its fastest option (None when nothing fits); for error messages.
     best_by_shape: dict[MeshShape, Candidate | None]
     leanest: Candidate | None  # the smallest peak over every legal option (even unfitting)
+    # (dp, tp, pp) -> fastest legal option that fits alone with that split, over every mesh
+    # (planner/search/bounds.py prices a realloc's least cost per pair of splits).
+    min_time_by_split: dict[tuple[int, int], float] = field(default_factory=dict)
 
 
 @dataclass
@@ -267,6 +273,7 @@ class PricedShapes:
     options: dict[MeshShape, list[Candidate]]  # fitting, undominated, fastest first
     min_time_s: float
     min_device_s: float
+    min_time_by_split: dict[tuple[int, int], float] = field(default_factory=dict)
 
     def full_count(self) -> int:
         gpn = self.ctx.gpus_per_node
@@ -279,6 +286,7 @@ def price_shapes(ctx: CallContext, num_nodes: int, *, max_pp: int = 16,
     """Price every mesh shape exhaustively once; the minima feed planner/search/bounds.py."""
     options: dict[MeshShape, list[Candidate]] = {}
     min_time_s = min_device_s = math.inf
+    by_split: dict[tuple[int, int], float] = {}
     for shape in mesh_shapes(num_nodes, ctx.gpus_per_node, every_node_count=every_node_count):
         starts = mesh_starts(shape, num_nodes, ctx.gpus_per_node)
         if not starts:
@@ -288,8 +296,10 @@ def price_shapes(ctx: CallContext, num_nodes: int, *, max_pp: int = 16,
         for c in opts:
             min_time_s = min(min_time_s, c.time_s)
             min_device_s = min(min_device_s, c.time_s * shape.size)
+            split = (c.layout.dp, c.layout.tp, c.layout.pp)
+            by_split[split] = min(by_split.get(split, math.inf), c.time_s)
         options[shape] = opts
-    return PricedShapes(ctx, num_nodes, max_pp, options, min_time_s, min_device_s)
+    return PricedShapes(ctx, num_nodes, max_pp, options, min_time_s, min_device_s, by_split)
 
 
 def enumerate_call(ctx: CallContext, num_nodes: int, *, top_k: int, max_pp: int = 16,
@@ -310,7 +320,8 @@ def enumerate_call(ctx: CallContext, num_nodes: int, *, top_k: int, max_pp: int 
         chosen.sort(key=lambda c: (c.time_s, c.peak_bytes, c.lo, c.layout.tp, c.layout.pp,
                                    c.micro_batches))
         return CallCandidates(chosen, True, *mins, best,
-                              None if chosen else _leanest(ctx, num_nodes, max_pp))
+                              None if chosen else _leanest(ctx, num_nodes, max_pp),
+                              priced.min_time_by_split)
     per_shape = {s: memory_levels(o, ctx.capacity_bytes)
                  for s, o in priced.options.items() if o}
     ranked = sorted(per_shape, key=lambda s: (per_shape[s][0].time_s, -s.size, not s.whole_nodes))
@@ -327,7 +338,7 @@ def enumerate_call(ctx: CallContext, num_nodes: int, *, top_k: int, max_pp: int 
     leanest = None
     if not chosen:
         leanest = _leanest(ctx, num_nodes, max_pp)
-    return CallCandidates(chosen, False, *mins, best, leanest)
+    return CallCandidates(chosen, False, *mins, best, leanest, priced.min_time_by_split)
 
 
 def _leanest(ctx: CallContext, num_nodes: int, max_pp: int) -> Candidate | None:

@@ -151,6 +151,7 @@ class Problem:
         self.complete = False
         self.min_time_s = [0.0] * self.n
         self.min_device_s = [0.0] * self.n
+        self.min_time_by_split: list[dict[tuple[int, int], float]] = [{} for _ in range(self.n)]
         if candidates is not None:
             self.candidates: list[list[Candidate]] = candidates
             return
@@ -168,6 +169,7 @@ class Problem:
         self.complete = full_lists
         self.min_time_s = [e.min_time_s for e in self.enumerated]
         self.min_device_s = [e.min_device_s for e in self.enumerated]
+        self.min_time_by_split = [e.min_time_by_split for e in self.enumerated]
         self._check_possible()
         self._add_home_layouts()
 

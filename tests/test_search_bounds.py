@@ -1,0 +1,101 @@
+"""The bound over every legal plan (planner/search/bounds.py) against brute force.
+
+* realloc_floor_s never exceeds fast_realloc (the simulator's realloc rule) for any pair
+  of layouts on two small clusters, and equals it for some pairs (the floor is not 0);
+* on a hand-made space with windows (two inferences between generation and training)
+  and a home pair (train -> next generation realloc), the bound is at most the best
+  period over every plan of the space, and above the plain chain of least times.
+
+Through the real pricing, tests/test_search_full_space.py brute-forces every legal plan
+of a 4-GPU spec and checks the same bound against it.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from planner.cost_model import load_profile
+from planner.cost_model.fast_moves import fast_realloc
+from planner.cost_model.legality import layout_problem
+from planner.cost_model.memory import PLAIN
+from planner.layout.layout import Layout
+from planner.search import bounds
+from planner.search.candidates import Candidate
+from planner.search.meshes import all_meshes
+from planner.search.problem import Problem
+from planner.search.scenarios import hand_problem, tiny_parallel_spec, tiny_rlhf_spec
+from planner.search.simulator import Simulator
+
+
+def _layouts(arch, nodes: int, gpn: int) -> list[Layout]:
+    out = []
+    for lo, size in all_meshes(nodes, gpn, every_node_count=True):
+        for tp in (1, 2, 4, 8):
+            for pp in (1, 2, 4):
+                if size % (tp * pp):
+                    continue
+                lay = Layout(tuple(range(lo, lo + size)), dp=size // (tp * pp), tp=tp, pp=pp)
+                if not layout_problem(arch, lay, gpn, nodes * gpn):
+                    out.append(lay)
+    return out
+
+
+@pytest.mark.parametrize("nodes,gpn", [(2, 4), (4, 2)])
+def test_realloc_floor_never_exceeds_the_rule(nodes, gpn):
+    spec = tiny_rlhf_spec(nodes=nodes, gpn=gpn)
+    profile = load_profile("h100-sxm")  # NVLink and network tiers differ
+    p = Problem(spec, profile, candidates=[[]] * 3, memory_choices=(PLAIN,))
+    gen = p.index["actor_gen"]
+    arch = spec.models["actor"].architecture
+    lays = _layouts(arch, nodes, gpn)
+    tight = 0
+    for src, dst in itertools.product(lays, lays):
+        exact = fast_realloc(arch, "lm", src, dst, profile, gpus_per_node=gpn,
+                             dtype_bytes=p.dtype_bytes[gen]).time_s
+        floor = bounds.realloc_floor_s(p, gen, (src.dp, src.tp, src.pp), (dst.tp, dst.pp))
+        assert floor <= exact * (1 + 1e-12), (src, dst, floor, exact)
+        tight += floor > 0 and floor == pytest.approx(exact, rel=1e-9)
+    assert tight > 10  # not a floor of zeros
+
+
+def _c(lo: int, hi: int, time_s: float, *, tp: int = 1, pp: int = 1) -> Candidate:
+    n = hi - lo
+    return Candidate(Layout(tuple(range(lo, hi)), dp=n // (tp * pp), tp=tp, pp=pp), 1, time_s,
+                     0, 0, 0)
+
+
+def _as_whole_space(p: Problem) -> None:
+    """The hand-made lists are the whole legal space: the minima come from them."""
+    for i, cl in enumerate(p.candidates):
+        p.min_time_s[i] = min(c.time_s for c in cl)
+        p.min_device_s[i] = min(c.time_s * c.layout.world_size for c in cl)
+        by = {}
+        for c in cl:
+            key = (c.layout.dp, c.layout.tp, c.layout.pp)
+            by[key] = min(by.get(key, float("inf")), c.time_s)
+        p.min_time_by_split[i] = by
+
+
+def test_bound_holds_on_a_brute_forced_space_and_beats_the_chain():
+    spec = tiny_parallel_spec(gpn=4)
+    spec.cluster.hardware = "h100-sxm"
+    p = hand_problem(spec, {
+        # Generation is fastest with tp 4, training with dp 2 x pp 2: the realloc between
+        # them is paid on the fastest pair, or a slower split is taken.
+        "actor_gen": [_c(0, 4, 2.0, tp=4), _c(0, 4, 2.6), _c(0, 2, 3.0, tp=2)],
+        "ref_inf": [_c(0, 4, 0.5), _c(0, 2, 0.9), _c(2, 4, 0.9)],
+        "reward_inf": [_c(0, 4, 0.5), _c(0, 2, 0.9), _c(2, 4, 0.9)],
+        "actor_train": [_c(0, 4, 1.0, pp=2), _c(0, 4, 1.3), _c(0, 4, 1.5, tp=4)],
+    })
+    _as_whole_space(p)
+    sim = Simulator(p)
+    best = min(sim.period(a) for a in itertools.product(*[range(len(c)) for c in p.candidates]))
+    bound = bounds.full_space_bound_s(p)
+    chain = max(p.min_time_s[0] + max(p.min_time_s[1], p.min_time_s[2]) + p.min_time_s[3],
+                bounds.work_bound_s(p))
+    assert bound <= best * (1 + 1e-12), (bound, best)
+    assert bound > chain + 0.3  # the window (0.9 > 0.5) and the realloc both count
+    gen, train = p.index["actor_gen"], p.index["actor_train"]
+    assert bounds.home_pair_s(p, gen) > p.min_time_s[gen] + p.min_time_s[train]
