@@ -13,6 +13,7 @@ PPO_7B = Path(__file__).parent.parent / "specs" / "ppo-llama2-7b-16gpu.yaml"
 def test_specs_are_shipped():
     names = {p.name for p in SPECS}
     assert {"ppo-llama2-7b-16gpu.yaml", "ppo-llama2-70b-128gpu.yaml", "grpo-qwen2.5-7b-8gpu.yaml",
+            "ppo-llama2-70b-1024gpu.yaml",
             "remax-llama2-7b-8gpu.yaml", "dpo-llama3-8b-8gpu.yaml", "tiny-ppo-cpu.yaml"} <= names
 
 

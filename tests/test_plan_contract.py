@@ -19,7 +19,10 @@ from planner.search.simulator import Simulator
 from planner.show import page_data, plan_timeline
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = sorted((ROOT / "specs").glob("*.yaml"))
+# The 1024-GPU spec is left out of these module-wide searches (about 10 s of pricing and
+# exact transfer plans on 2 cores); the 128-GPU spec runs the same code paths, and
+# tests/test_search_reproduce.py searches the 1024-GPU one.
+SHIPPED = sorted(p for p in (ROOT / "specs").glob("*.yaml") if p.stem != "ppo-llama2-70b-1024gpu")
 
 
 @pytest.fixture(scope="module", params=SHIPPED, ids=lambda p: p.stem)

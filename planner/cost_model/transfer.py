@@ -12,6 +12,7 @@ what moves. `realloc_bytes` is the one place that asks for them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -83,7 +84,10 @@ def _data_fractions(src: Layout, dst: Layout, gpus_per_node: int
     for rank, device in enumerate(dst.device_ids):
         lo, hi = share(dst, dst.coords(rank)[0])
         intra = inter = 0.0
-        for s_lo, s_hi, devs, nodes in holders:
+        # Only the source shares around [lo, hi) can overlap it (one more each side against
+        # rounding); the others contribute nothing, so the sums are the same.
+        first = max(0, math.floor(lo * src.dp) - 1)
+        for s_lo, s_hi, devs, nodes in holders[first:math.ceil(hi * src.dp) + 1]:
             overlap = min(hi, s_hi) - max(lo, s_lo)
             if overlap <= 0 or device in devs:
                 continue

@@ -219,8 +219,11 @@ def _intervals(size: int, tp: int) -> list[tuple[int, int]]:
 def plan_transfer(arch: ModelArch, src: Layout, dst: Layout, *, head: HeadType = "lm",
                   gpus_per_node: int = 8, dtype_bytes: int = 2,
                   dst_arch: ModelArch | None = None,
-                  dst_head: HeadType | None = None) -> TransferPlan:
+                  dst_head: HeadType | None = None, cached: bool = False) -> TransferPlan:
     """Plan moving every parameter of `arch` from layout `src` to layout `dst`.
+
+    `cached`: reuse one of the last few plans made with `cached` (read-only; the search
+    prices a plan's reallocs and then writes their pieces).
 
     `dst_arch`/`dst_head`, when given, must equal `arch`/`head` (a realloc never
     changes the model); they exist so callers can pass both sides and get a
@@ -240,6 +243,19 @@ def plan_transfer(arch: ModelArch, src: Layout, dst: Layout, *, head: HeadType =
             check_layout(arch, lay)
         except LayoutError as e:
             raise LayoutError(f"{side} layout {lay}: {e}") from None
+    if cached:
+        return _cached_plan(arch, src, dst, head, gpus_per_node, dtype_bytes)
+    return _plan(arch, src, dst, head, gpus_per_node, dtype_bytes)
+
+
+@lru_cache(maxsize=4)  # plans of big models are large: only the last few
+def _cached_plan(arch: ModelArch, src: Layout, dst: Layout, head: HeadType, gpus_per_node: int,
+                 dtype_bytes: int) -> TransferPlan:
+    return _plan(arch, src, dst, head, gpus_per_node, dtype_bytes)
+
+
+def _plan(arch: ModelArch, src: Layout, dst: Layout, head: HeadType, gpus_per_node: int,
+          dtype_bytes: int) -> TransferPlan:
     rules = tuple(param_rules(arch, head))
 
     # Parameters sharing shape, split dim and stages are planned as one group.
@@ -394,7 +410,7 @@ def transfer_bytes(arch: ModelArch, head: HeadType, src: Layout, dst: Layout,
     """Byte counts of the plan runtime/realloc would execute (cached: the search asks
     for the same pairs many times). The cost model's realloc estimate calls this."""
     return plan_transfer(arch, src, dst, head=head, gpus_per_node=gpus_per_node,
-                         dtype_bytes=dtype_bytes).stats()
+                         dtype_bytes=dtype_bytes, cached=True).stats()
 
 
 # The serialised form of a plan's rows (plan.json's realloc steps carry it, so the runtime

@@ -31,7 +31,8 @@ from planner.cost_model.memory import PLAIN
 from planner.layout.layout import Layout
 from planner.search import residency
 from planner.search.budget import check as check_budget
-from planner.search.candidates import Candidate, price, shape_options
+from planner.search.candidates import Candidate, moved, price, shape_options
+from planner.search.meshes import MeshShape
 from planner.search.problem import Problem
 from planner.search.simulator import Simulator
 
@@ -49,9 +50,14 @@ class Baseline:
 
 def _options(p: Problem, call: int, devices: tuple[int, ...]) -> list[Candidate]:
     # Hand-written placements as people run them: plain train calls (no ZeRO, no
-    # recompute), which also keeps pricing every cut of `split` affordable at scale.
-    ctx = replace(p.contexts[call], memory_choices=(PLAIN,))
-    opts = shape_options(ctx, devices, max_pp=p.max_pp)
+    # recompute). A mesh shape the candidate lists priced is not priced again.
+    shape = MeshShape(len(devices), len(devices) % p.gpus_per_node == 0)
+    priced = p.plain_by_shape[call].get(shape)
+    if priced is not None:
+        opts = [moved(c, devices[0]) for c in priced]
+    else:
+        ctx = replace(p.contexts[call], memory_choices=(PLAIN,))
+        opts = shape_options(ctx, devices, max_pp=p.max_pp)
     keep = opts[:MAX_OPTIONS]
     # Keep the leanest few too: with other models resident, memory decides.
     for c in sorted(opts, key=lambda c: (c.peak_bytes, c.time_s))[:4]:
@@ -174,10 +180,17 @@ def colocate_per_call(p: Problem, sim: Simulator, start: tuple[int, ...] | None 
 
 
 def _splits(p: Problem) -> list[int]:
-    """First device of the training side for every legal two-mesh cut of the cluster:
-    whole nodes, or (one node) two aligned power-of-two slices."""
+    """First device of the training side for every legal two-mesh cut of the cluster into
+    the search's mesh shapes: whole nodes (2^j nodes and the rest, or every count with
+    every_node_count: the shapes the candidate lists priced), or on one node two aligned
+    power-of-two slices."""
     n, gpn = p.num_devices, p.gpus_per_node
-    cuts = [k * gpn for k in range(1, p.num_nodes)] if p.num_nodes > 1 else list(range(1, n))
+    if p.num_nodes > 1:
+        whole = {s.size for shapes in p.plain_by_shape for s in shapes if s.whole_nodes}
+        cuts = [k * gpn for k in range(1, p.num_nodes)
+                if not whole or (k * gpn in whole and n - k * gpn in whole)]
+    else:
+        cuts = list(range(1, n))
     return sorted(g for g in cuts if mesh_problem(tuple(range(g)), gpn, n) is None
                   and mesh_problem(tuple(range(g, n)), gpn, n) is None)
 

@@ -160,11 +160,13 @@ def micro_batch_counts(ctx: CallContext, dp: int,
 
 
 def shape_options(ctx: CallContext, layout_devices: tuple[int, ...], *, max_pp: int = 16,
-                  max_micro_batches: int = MAX_MICRO_BATCHES, exhaustive: bool = False
-                  ) -> list[Candidate]:
+                  max_micro_batches: int = MAX_MICRO_BATCHES, exhaustive: bool = False,
+                  plain_out: list[Candidate] | None = None) -> list[Candidate]:
     """Legal, memory-feasible (strategy, micro-batches) on one mesh, fastest first.
     `exhaustive`: every power-of-two micro-batch count (no early stop), minus only the
-    counts another count of the same layout dominates (see `undominated`)."""
+    counts another count of the same layout dominates (see `undominated`).
+    `plain_out` (exhaustive only): filled with the same for plain train calls alone (no
+    ZeRO, no recompute; what the baselines place), from the same pricing."""
     n = len(layout_devices)
     arch = ctx.model.architecture
     cap = ctx.capacity_bytes
@@ -201,10 +203,15 @@ def shape_options(ctx: CallContext, layout_devices: tuple[int, ...], *, max_pp: 
                                  or (mb >= 4 * pp and cand.peak_bytes <= MEMORY_LEVELS[-1] * cap)):
                         break
     if exhaustive:
+        if plain_out is not None:
+            plain_out.extend(_fastest_first(undominated([c for c in out if c.memory == PLAIN])))
         out = undominated(out)
-    out.sort(key=lambda c: (c.time_s, c.peak_bytes, c.layout.tp, c.layout.pp, c.micro_batches,
-                            c.memory))
-    return out
+    return _fastest_first(out)
+
+
+def _fastest_first(options: list[Candidate]) -> list[Candidate]:
+    return sorted(options, key=lambda c: (c.time_s, c.peak_bytes, c.layout.tp, c.layout.pp,
+                                          c.micro_batches, c.memory))
 
 
 def undominated(options: list[Candidate]) -> list[Candidate]:
@@ -274,6 +281,7 @@ class PricedShapes:
     min_time_s: float
     min_device_s: float
     min_time_by_split: dict[tuple[int, int], float] = field(default_factory=dict)
+    plain: dict[MeshShape, list[Candidate]] = field(default_factory=dict)  # plain train calls
 
     def full_count(self) -> int:
         gpn = self.ctx.gpus_per_node
@@ -287,19 +295,23 @@ def price_shapes(ctx: CallContext, num_nodes: int, *, max_pp: int = 16,
     options: dict[MeshShape, list[Candidate]] = {}
     min_time_s = min_device_s = math.inf
     by_split: dict[tuple[int, int], float] = {}
+    plain: dict[MeshShape, list[Candidate]] = {}
     for shape in mesh_shapes(num_nodes, ctx.gpus_per_node, every_node_count=every_node_count):
         starts = mesh_starts(shape, num_nodes, ctx.gpus_per_node)
         if not starts:
             continue
         devices = tuple(range(starts[0], starts[0] + shape.size))
-        opts = shape_options(ctx, devices, max_pp=max_pp, exhaustive=True)
+        plain[shape] = []
+        opts = shape_options(ctx, devices, max_pp=max_pp, exhaustive=True,
+                             plain_out=plain[shape])
         for c in opts:
             min_time_s = min(min_time_s, c.time_s)
             min_device_s = min(min_device_s, c.time_s * shape.size)
             split = (c.layout.dp, c.layout.tp, c.layout.pp)
             by_split[split] = min(by_split.get(split, math.inf), c.time_s)
         options[shape] = opts
-    return PricedShapes(ctx, num_nodes, max_pp, options, min_time_s, min_device_s, by_split)
+    return PricedShapes(ctx, num_nodes, max_pp, options, min_time_s, min_device_s, by_split,
+                        plain)
 
 
 def enumerate_call(ctx: CallContext, num_nodes: int, *, top_k: int, max_pp: int = 16,

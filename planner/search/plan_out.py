@@ -201,7 +201,7 @@ def _realloc_step(exact: Problem, assign: tuple[int, ...], i: int, ev: Event | N
     m = exact.spec.models[exact.model_of[i]]
     dtype_bytes = exact.dtype_bytes[i]
     tp = plan_transfer(m.architecture, src, dst, head=m.head, gpus_per_node=exact.gpus_per_node,
-                       dtype_bytes=dtype_bytes)
+                       dtype_bytes=dtype_bytes, cached=True)  # priced just before: reused
     stats = tp.stats()
     n, data = pack_rows(tp)
     return ReallocStep(model=exact.model_of[i], from_call=exact.names[h], to_call=exact.names[i],

@@ -40,6 +40,7 @@ from planner.graph.backends import BACKENDS, resolve_backend, vllm_installed
 from planner.graph.dataflow import build_graph, call_order, home_calls, param_lag_edges
 from planner.graph.spec import CallSpec, Spec
 from planner.layout.layout import Layout
+from planner.search.meshes import MeshShape
 from planner.search.candidates import (
     SEARCHED_MEMORY_CHOICES,
     CallCandidates,
@@ -152,6 +153,8 @@ class Problem:
         self.min_time_s = [0.0] * self.n
         self.min_device_s = [0.0] * self.n
         self.min_time_by_split: list[dict[tuple[int, int], float]] = [{} for _ in range(self.n)]
+        # Per call and mesh shape: plain options priced with the lists (for the baselines).
+        self.plain_by_shape: list[dict[MeshShape, list[Candidate]]] = [{} for _ in range(self.n)]
         if candidates is not None:
             self.candidates: list[list[Candidate]] = candidates
             return
@@ -170,6 +173,7 @@ class Problem:
         self.min_time_s = [e.min_time_s for e in self.enumerated]
         self.min_device_s = [e.min_device_s for e in self.enumerated]
         self.min_time_by_split = [e.min_time_by_split for e in self.enumerated]
+        self.plain_by_shape = [pr.plain for pr in priced]
         self._check_possible()
         self._add_home_layouts()
 
