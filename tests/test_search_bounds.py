@@ -2,9 +2,10 @@
 
 * realloc_floor_s never exceeds fast_realloc (the simulator's realloc rule) for any pair
   of layouts on two small clusters, and equals it for some pairs (the floor is not 0);
-* on a hand-made space with windows (two inferences between generation and training)
-  and a home pair (train -> next generation realloc), the bound is at most the best
-  period over every plan of the space, and above the plain chain of least times.
+* on hand-made spaces with windows (two inferences between generation and training),
+  a home pair (train -> next generation realloc) and a loop (two generations and two
+  rewards between trainings), the bound is at most the best period over every plan of
+  the space, and above what the older terms gave.
 
 Through the real pricing, tests/test_search_full_space.py brute-forces every legal plan
 of a 4-GPU spec and checks the same bound against it.
@@ -25,7 +26,8 @@ from planner.search import bounds
 from planner.search.candidates import Candidate
 from planner.search.meshes import all_meshes
 from planner.search.problem import Problem
-from planner.search.scenarios import hand_problem, tiny_parallel_spec, tiny_rlhf_spec
+from planner.search.scenarios import (hand_problem, tiny_parallel_spec, tiny_rlhf_spec,
+                                      tiny_two_source_spec)
 from planner.search.simulator import Simulator
 
 
@@ -99,3 +101,23 @@ def test_bound_holds_on_a_brute_forced_space_and_beats_the_chain():
     assert bound > chain + 0.3  # the window (0.9 > 0.5) and the realloc both count
     gen, train = p.index["actor_gen"], p.index["actor_train"]
     assert bounds.home_pair_s(p, gen) > p.min_time_s[gen] + p.min_time_s[train]
+
+
+def test_loop_bound_holds_on_a_brute_forced_two_generation_space():
+    """ReMax-like: both generations and both rewards run between two trainings; the loop
+    bound (train time + their work / N) beats the work bound and stays under the optimum."""
+    spec = tiny_two_source_spec(gpn=4)
+    spec.cluster.hardware = "h100-sxm"
+    p = hand_problem(spec, {
+        "actor_gen": [_c(0, 4, 2.0), _c(0, 2, 3.0), _c(2, 4, 3.0)],
+        "actor_gen_greedy": [_c(0, 4, 1.5), _c(0, 2, 2.2), _c(2, 4, 2.2)],
+        "reward_inf": [_c(0, 4, 0.5), _c(0, 2, 0.9), _c(2, 4, 0.9)],
+        "reward_inf_greedy": [_c(0, 4, 0.5), _c(0, 2, 0.9), _c(2, 4, 0.9)],
+        "actor_train": [_c(0, 4, 1.0), _c(0, 2, 1.6)],
+    })
+    _as_whole_space(p)
+    sim = Simulator(p)
+    best = min(sim.period(a) for a in itertools.product(*[range(len(c)) for c in p.candidates]))
+    bound = bounds.full_space_bound_s(p)
+    assert bound <= best * (1 + 1e-12), (bound, best)
+    assert bounds.loop_bound_s(p) > bounds.work_bound_s(p) + 0.1

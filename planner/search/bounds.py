@@ -25,6 +25,12 @@ t(c, s) = least time of c with the (tp, pp) split s.
     `realloc_floor_s`.
   Data transfers and the other calls' reallocs only add time, so leaving them out keeps
   it a bound.
+* loops: between the end of a train call u in iteration k and its start in k+1 run all
+  calls of k+1 that wait for u(k) through a lag-1 parameter edge, and their descendants
+  that u waits for: P >= end(u, k+1) - end(u, k) >= t(u) + the least span of those calls
+  from a common start (chains and windows as above: e.g. both generations and both
+  rewards of ReMax fill the devices before the next training; this is the work bound
+  with the train call's devices-seconds / N raised to its time).
 
 Scope: multi-node meshes are priced at the node counts meshes.node_counts lists (powers
 of two and their complements; every count with --every-node-count), so "every legal
@@ -181,6 +187,36 @@ def cycle_bound_s(p: Problem) -> float:
     return best
 
 
+def loop_span_s(p: Problem, u: int, desc: list[set[int]] | None = None) -> float:
+    """Least end(u, k+1) - end(u, k) over the calls of k+1 between them (module docstring)."""
+    desc = desc if desc is not None else _descendants(p)
+    entries = [w for w in range(p.n)
+               if any(x == u and lag == 1 for x, lag in zip(p.prev_preds[w], p.prev_lags[w]))]
+    inside = set(entries).union(*(desc[e] for e in entries))
+    inside = sorted(c for c in inside if c == u or u in desc[c])
+    if u not in inside:
+        return 0.0
+    end: dict[int, float] = {}
+    for w in inside:
+        start = max((end[x] for x in p.preds[w] if x in end), default=0.0)
+        # Windows from the common start (the end of u(k)) and from each call done so far.
+        before = [c for c in end if w in desc[c]]
+        start = max(start, sum(p.min_device_s[c] for c in before) / p.num_devices)
+        for a, e_a in end.items():
+            between = [c for c in desc[a] if c in end and w in desc[c]]
+            if between:
+                start = max(start, e_a + sum(p.min_device_s[c] for c in between) / p.num_devices)
+        end[w] = start + p.min_time_s[w]
+    return end[u]
+
+
+def loop_bound_s(p: Problem) -> float:
+    desc = _descendants(p)
+    return max((loop_span_s(p, u, desc) for u in range(p.n)
+                if any(u in preds for preds in p.prev_preds)), default=0.0)
+
+
 def full_space_bound_s(p: Problem) -> float:
-    """max(work, cycles): no legal plan of the spec is faster, under the simulator's rules."""
-    return max(work_bound_s(p), cycle_bound_s(p))
+    """max(work, cycles, loops): no legal plan of the spec is faster, under the simulator's
+    rules."""
+    return max(work_bound_s(p), cycle_bound_s(p), loop_bound_s(p))
