@@ -5,7 +5,8 @@
 * on hand-made spaces with windows (two inferences between generation and training),
   a home pair (train -> next generation realloc) and a loop (two generations and two
   rewards between trainings), the bound is at most the best period over every plan of
-  the space, and above what the older terms gave.
+  the space, and above what the older terms gave (windows count only the options that
+  fit inside them).
 
 Through the real pricing, tests/test_search_full_space.py brute-forces every legal plan
 of a 4-GPU spec and checks the same bound against it.
@@ -23,7 +24,7 @@ from planner.cost_model.legality import layout_problem
 from planner.cost_model.memory import PLAIN
 from planner.layout.layout import Layout
 from planner.search import bounds
-from planner.search.candidates import Candidate
+from planner.search.candidates import Candidate, time_work_frontier
 from planner.search.meshes import all_meshes
 from planner.search.problem import Problem
 from planner.search.scenarios import (hand_problem, tiny_parallel_spec, tiny_rlhf_spec,
@@ -78,6 +79,8 @@ def _as_whole_space(p: Problem) -> None:
             key = (c.layout.dp, c.layout.tp, c.layout.pp)
             by[key] = min(by.get(key, float("inf")), c.time_s)
         p.min_time_by_split[i] = by
+        p.time_work[i] = time_work_frontier([(c.time_s, c.time_s * c.layout.world_size)
+                                             for c in cl])
 
 
 def test_bound_holds_on_a_brute_forced_space_and_beats_the_chain():
@@ -121,3 +124,22 @@ def test_loop_bound_holds_on_a_brute_forced_two_generation_space():
     bound = bounds.full_space_bound_s(p)
     assert bound <= best * (1 + 1e-12), (bound, best)
     assert bounds.loop_bound_s(p) > bounds.work_bound_s(p) + 0.1
+
+
+def test_window_counts_only_options_that_fit_in_it():
+    """Reference and reward are cheapest in device-seconds on one device (1.2 s) but the
+    window between generation and training is shorter than that, so the full-width
+    options (0.5 s, 2 device-seconds each) count: the bound is the optimum here."""
+    spec = tiny_parallel_spec(gpn=4)
+    spec.cluster.hardware = "h100-sxm"
+    side = [_c(0, 4, 0.5)] + [_c(d, d + 1, 1.2) for d in range(4)]
+    p = hand_problem(spec, {"actor_gen": [_c(0, 4, 2.0)], "ref_inf": side,
+                            "reward_inf": list(side), "actor_train": [_c(0, 4, 1.0)]})
+    _as_whole_space(p)
+    sim = Simulator(p)
+    best = min(sim.period(a) for a in itertools.product(*[range(len(c)) for c in p.candidates]))
+    bound = bounds.full_space_bound_s(p)
+    assert bound <= best * (1 + 1e-12), (bound, best)
+    assert bound == pytest.approx(best)  # 2.0 + 1.0 + 1.0: tight
+    plain = 2.0 + (1.2 + 1.2) / 4 + 1.0  # least device-seconds alone would give 3.6
+    assert bound > plain + 0.3

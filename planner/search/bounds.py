@@ -16,8 +16,10 @@ t(c, s) = least time of c with the (tp, pp) split s.
   iteration, bounded below by `span_s`:
   - chains: a call starts after each predecessor ends: E(w) >= E(x) + t(w);
   - windows: every call c with a ->+ c ->+ w (same iteration) starts after a ends and
-    ends before w starts, on at most N devices, so start(w) - end(a) >=
-    sum of w(c) over those calls / N (E(w) >= E(a) + that + t(w));
+    ends before w starts, on at most N devices, so start(w) - end(a) >= W, the least
+    W with sum_c work_c(W) <= N * W, where work_c(W) is c's least time x devices over
+    its options that take at most W (each must finish inside the window; `window_s`);
+    it is at least sum of w(c) / N and at least every t(c);
   - the home pair: when u is the home of v's model (a train call and a call of the same
     model in the next iteration), v first receives the parameters from u's layout:
     end(u) - start(v) >= t(u, s_u) + realloc(s_u -> s_v) + t(v, s_v) + (start(u) -
@@ -41,6 +43,7 @@ brute-force optima.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from functools import lru_cache
 
 from planner.cost_model.device import device_of
@@ -50,7 +53,29 @@ from planner.search.problem import Problem
 
 
 def work_bound_s(p: Problem) -> float:
-    return sum(p.min_device_s) / p.num_devices
+    """Every call runs once per period and no call outlasts the period (the same call of
+    the next iteration needs its devices): the window argument over all calls."""
+    return max(sum(p.min_device_s) / p.num_devices, window_s(p, range(p.n)))
+
+
+def window_s(p: Problem, calls) -> float:
+    """Least W such that the calls, each on an option of at most W seconds, fit their
+    device-seconds on the N devices within W (module docstring, windows)."""
+    calls = list(calls)
+    if not calls:
+        return 0.0
+    if any(not p.time_work[c] for c in calls):  # hand-made lists: the plain work bound
+        return max(sum(p.min_device_s[c] for c in calls) / p.num_devices,
+                   max(p.min_time_s[c] for c in calls))
+    fronts = [p.time_work[c] for c in calls]
+    cuts = sorted({t for f in fronts for t, _ in f if t >= max(f[0][0] for f in fronts)})
+    for k, lo in enumerate(cuts):
+        # On [lo, next cut) each call's least work is fixed: its last option of time <= lo.
+        work = sum(f[bisect_right(f, (lo, float("inf"))) - 1][1] for f in fronts)
+        w = max(lo, work / p.num_devices)
+        if k + 1 == len(cuts) or w < cuts[k + 1]:
+            return w
+    return cuts[-1]  # not reached: the last segment is unbounded
 
 
 def _descendants(p: Problem) -> list[set[int]]:
@@ -81,8 +106,7 @@ def span_s(p: Problem, v: int, u: int, t_v: float, t_u: float,
         for a, e_a in end.items():  # calls strictly between a and w fill a window
             between = [c for c in desc[a] if c in end and w in desc[c]]
             if between:
-                work = sum(p.min_device_s[c] for c in between) / p.num_devices
-                start = max(start, e_a + work)
+                start = max(start, e_a + window_s(p, between))
         end[w] = start + t_w
     return end[u]
 
@@ -200,12 +224,11 @@ def loop_span_s(p: Problem, u: int, desc: list[set[int]] | None = None) -> float
     for w in inside:
         start = max((end[x] for x in p.preds[w] if x in end), default=0.0)
         # Windows from the common start (the end of u(k)) and from each call done so far.
-        before = [c for c in end if w in desc[c]]
-        start = max(start, sum(p.min_device_s[c] for c in before) / p.num_devices)
+        start = max(start, window_s(p, [c for c in end if w in desc[c]]))
         for a, e_a in end.items():
             between = [c for c in desc[a] if c in end and w in desc[c]]
             if between:
-                start = max(start, e_a + sum(p.min_device_s[c] for c in between) / p.num_devices)
+                start = max(start, e_a + window_s(p, between))
         end[w] = start + p.min_time_s[w]
     return end[u]
 

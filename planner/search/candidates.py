@@ -282,6 +282,9 @@ class PricedShapes:
     min_device_s: float
     min_time_by_split: dict[tuple[int, int], float] = field(default_factory=dict)
     plain: dict[MeshShape, list[Candidate]] = field(default_factory=dict)  # plain train calls
+    # (time, time x devices) of every option, less those another beats in both: time
+    # ascending, device-seconds descending (planner/search/bounds.py's windows).
+    frontier: list[tuple[float, float]] = field(default_factory=list)
 
     def full_count(self) -> int:
         gpn = self.ctx.gpus_per_node
@@ -311,7 +314,17 @@ def price_shapes(ctx: CallContext, num_nodes: int, *, max_pp: int = 16,
             by_split[split] = min(by_split.get(split, math.inf), c.time_s)
         options[shape] = opts
     return PricedShapes(ctx, num_nodes, max_pp, options, min_time_s, min_device_s, by_split,
-                        plain)
+                        plain, time_work_frontier(
+                            [(c.time_s, c.time_s * s.size) for s, o in options.items() for c in o]))
+
+
+def time_work_frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (time, work) points no other point beats in both, time ascending."""
+    out: list[tuple[float, float]] = []
+    for t, w in sorted(points):
+        if not out or w < out[-1][1]:
+            out.append((t, w))
+    return out
 
 
 def enumerate_call(ctx: CallContext, num_nodes: int, *, top_k: int, max_pp: int = 16,

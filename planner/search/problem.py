@@ -155,6 +155,8 @@ class Problem:
         self.min_time_by_split: list[dict[tuple[int, int], float]] = [{} for _ in range(self.n)]
         # Per call and mesh shape: plain options priced with the lists (for the baselines).
         self.plain_by_shape: list[dict[MeshShape, list[Candidate]]] = [{} for _ in range(self.n)]
+        # Per call: (time, time x devices) options no other beats in both (bounds.py).
+        self.time_work: list[list[tuple[float, float]]] = [[] for _ in range(self.n)]
         if candidates is not None:
             self.candidates: list[list[Candidate]] = candidates
             return
@@ -174,6 +176,7 @@ class Problem:
         self.min_device_s = [e.min_device_s for e in self.enumerated]
         self.min_time_by_split = [e.min_time_by_split for e in self.enumerated]
         self.plain_by_shape = [pr.plain for pr in priced]
+        self.time_work = [pr.frontier for pr in priced]
         self._check_possible()
         self._add_home_layouts()
 
