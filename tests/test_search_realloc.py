@@ -59,7 +59,13 @@ def test_candidates_are_legal_fit_alone_and_pruned():
     for i, cl in enumerate(p.candidates):
         arch = p.spec.models[p.model_of[i]].architecture
         assert cl and len(cl) <= 4 + 8  # top-k, plus home layouts for calls away from home
-        assert len({(c.layout, c.micro_batches) for c in cl}) == len(cl)
+        assert len({(c.layout, c.micro_batches, c.memory) for c in cl}) == len(cl)
+        # Two memory choices on one layout both stay only as a trade: one is faster,
+        # the other needs less memory (neither dominates).
+        for a in cl:
+            for b in cl:
+                if a is not b and (a.layout, a.micro_batches) == (b.layout, b.micro_batches):
+                    assert not (a.time_s <= b.time_s and a.peak_bytes <= b.peak_bytes), (a, b)
         for c in cl:
             assert layout_problem(arch, c.layout, p.gpus_per_node, p.num_devices) is None
             assert c.peak_bytes <= p.capacity_bytes
