@@ -143,3 +143,21 @@ def test_window_counts_only_options_that_fit_in_it():
     assert bound == pytest.approx(best)  # 2.0 + 1.0 + 1.0: tight
     plain = 2.0 + (1.2 + 1.2) / 4 + 1.0  # least device-seconds alone would give 3.6
     assert bound > plain + 0.3
+
+
+@pytest.mark.parametrize("nodes", [6, 17])
+def test_the_bound_names_the_node_counts_it_covers(nodes):
+    """Up to 16 nodes every node count is priced (the bound covers every mesh); beyond,
+    the printed scope lists the counts priced. 6 nodes is the smallest cluster where
+    2^j and N - 2^j miss one (3)."""
+    from planner.search.meshes import node_counts
+    from planner.search.problem import build_problem
+
+    p = build_problem(tiny_parallel_spec(nodes=nodes, gpn=1), top_k=2, full_lists=False)
+    if nodes <= 16:
+        assert 3 not in node_counts(nodes) and sorted(p.node_counts) == list(range(1, nodes + 1))
+        assert bounds.plans_covered(p) == "every legal plan"
+    else:
+        assert sorted(p.node_counts) == sorted(node_counts(nodes)) and 3 not in p.node_counts
+        assert bounds.plans_covered(p).startswith(
+            "every legal plan whose multi-node meshes span 1, 2, 4, 8, 9, 13, 15, 16, 17 nodes")

@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     for effect in choice_effects(out.problem, out.assignment):
         show.print(effect.line(), highlight=False, soft_wrap=True)
     if out.lower_bound_s is not None:
-        show.print(f"lower bound over every legal plan {out.lower_bound_s:.3f} s "
+        show.print(f"lower bound {out.lower_bound_s:.3f} s "
                    f"({out.bound_scope}); gap of the plan {100 * (out.gap or 0.0):.2f}% "
                    f"(search cost model: {out.period_s:.3f} s)")
     else:

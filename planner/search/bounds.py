@@ -34,9 +34,11 @@ t(c, s) = least time of c with the (tp, pp) split s.
   rewards of ReMax fill the devices before the next training; this is the work bound
   with the train call's devices-seconds / N raised to its time).
 
-Scope: multi-node meshes are priced at the node counts meshes.node_counts lists (powers
-of two and their complements; every count with --every-node-count), so "every legal
-plan" means every plan over those mesh shapes.
+Scope: the minima come from the priced mesh shapes. Up to
+meshes.EVERY_NODE_COUNT_MAX_NODES nodes (or with --every-node-count) those are every
+node count, and the bound holds for every legal plan; on bigger clusters multi-node
+meshes are the counts meshes.node_counts lists (2^j and N - 2^j), and `plans_covered`
+says so wherever the bound is printed.
 tests/test_search_full_space.py and tests/test_search_bounds.py check the bound against
 brute-force optima.
 """
@@ -50,6 +52,15 @@ from planner.cost_model.device import device_of
 from planner.cost_model.fast_moves import _groups, _receiver_bytes
 from planner.cost_model.runtime_terms import realloc_fixed_s
 from planner.search.problem import Problem
+
+
+def plans_covered(p: Problem) -> str:
+    """The plans the bound holds for, in words (printed next to it)."""
+    if len(p.node_counts) == p.num_nodes:
+        return "every legal plan"
+    counts = ", ".join(str(k) for k in sorted(p.node_counts))
+    return (f"every legal plan whose multi-node meshes span {counts} nodes "
+            "(--every-node-count: every count)")
 
 
 def work_bound_s(p: Problem) -> float:

@@ -29,7 +29,7 @@ from planner.plan import ExecutionPlan, Provenance
 from planner.search.baselines import Baseline, all_baselines
 from planner.search.budget import SearchTimeError, cut_short, note_cut
 from planner.search.budget import budget as time_budget
-from planner.search.bounds import full_space_bound_s
+from planner.search.bounds import full_space_bound_s, plans_covered
 from planner.search.cpsat import cpsat_search
 from planner.search.mcmc import SearchResult, mcmc_search
 from planner.search.plan_out import build_plan, exact_evaluation
@@ -205,7 +205,7 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
     # The printed bound covers every legal plan: CP-SAT's when the lists are complete,
     # never below the list-free relaxation (planner/search/bounds.py).
     bound = full_space_bound_s(p) if p.min_time_s and any(p.min_time_s) else None
-    scope = "work/cycle/loop relaxation over every legal plan"
+    scope = "work/cycle/loop relaxation over " + plans_covered(p)
     if p.complete and list_bound is not None and (bound is None or list_bound >= bound):
         bound, scope = list_bound, "CP-SAT over complete candidate lists (every legal plan)"
     if bound is None:
@@ -221,7 +221,7 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
     if cut:
         notes.append("time limit reached: " + "; ".join(cut))
     if bound is not None:
-        notes.append(f"lower bound {bound:.3f} s over every legal plan: {scope}")
+        notes.append(f"lower bound {bound:.3f} s: {scope}")
     for r in runs:
         extra = f", bound {r.lower_bound_s:.3f} s" if r.lower_bound_s is not None else ""
         per = f"{r.period_s:.3f} s" if r.period_s is not None else "none"

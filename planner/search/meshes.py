@@ -49,6 +49,17 @@ def node_counts(num_nodes: int) -> list[int]:
     return sorted(counts, reverse=True)
 
 
+# Up to this many nodes every node count is priced by default: 16 nodes (128 GPUs)
+# cost about 1 s more than the 2^j / N-2^j counts, and the bound then covers every
+# legal mesh (measured: `planner search specs/ppo-llama2-70b-128gpu.yaml`).
+EVERY_NODE_COUNT_MAX_NODES = 16
+
+
+def covers_every_node_count(num_nodes: int, every_node_count: bool) -> bool:
+    """Whether the priced mesh shapes include every node count from 1 to num_nodes."""
+    return every_node_count or len(node_counts(num_nodes)) == num_nodes
+
+
 def mesh_shapes(num_nodes: int, gpus_per_node: int, *, every_node_count: bool = False
                 ) -> list[MeshShape]:
     """The mesh shapes the search uses, largest first: node_counts (or every count from

@@ -40,7 +40,8 @@ from planner.graph.backends import BACKENDS, resolve_backend, vllm_installed
 from planner.graph.dataflow import build_graph, call_order, home_calls, param_lag_edges
 from planner.graph.spec import CallSpec, Spec
 from planner.layout.layout import Layout
-from planner.search.meshes import MeshShape
+from planner.search.meshes import (EVERY_NODE_COUNT_MAX_NODES, MeshShape,
+                                   covers_every_node_count, node_counts)
 from planner.search.candidates import (
     SEARCHED_MEMORY_CHOICES,
     CallCandidates,
@@ -157,11 +158,16 @@ class Problem:
         self.plain_by_shape: list[dict[MeshShape, list[Candidate]]] = [{} for _ in range(self.n)]
         # Per call: (time, time x devices) options no other beats in both (bounds.py).
         self.time_work: list[list[tuple[float, float]]] = [[] for _ in range(self.n)]
+        self.node_counts: list[int] = list(range(cl.nodes, 0, -1))
         if candidates is not None:
             self.candidates: list[list[Candidate]] = candidates
             return
-        # Complete lists need every node count; on one node that is no extra pricing.
-        every = every_node_count or bool(full_lists) or (full_lists is None and cl.nodes == 1)
+        # Complete lists need every node count; up to EVERY_NODE_COUNT_MAX_NODES nodes
+        # every count is priced anyway, so the bound covers every mesh.
+        every = every_node_count or bool(full_lists) or cl.nodes <= EVERY_NODE_COUNT_MAX_NODES
+        # The node counts the bound (bounds.py) covers: all, or meshes.node_counts.
+        self.node_counts = (list(range(cl.nodes, 0, -1))
+                            if covers_every_node_count(cl.nodes, every) else node_counts(cl.nodes))
         priced = [price_shapes(ctx, cl.nodes, max_pp=max_pp, every_node_count=every)
                   for ctx in self.contexts]
         if full_lists is None:
