@@ -5,7 +5,8 @@ of the profile that priced the plan), plan.json and spec.json (copies of what
 ran), trace.json (every call and realloc, per device) and metrics.jsonl.
 From the trace, per call and iteration (the first `skip` iterations are
 warm-up):
-- span: first start to last end over the call's devices (worker-side work);
+- span: from its last device's start to its last end (worker-side work; the
+  runtime records every device's slice from that common start);
 - gap: from the moment it was ready (its in-iteration predecessors done and
   its devices free: the last earlier slice on any of them) to its start, or
   to the start of the realloc before it: the driver's launch, hand-off and

@@ -303,20 +303,23 @@ class Controller:
     def _complete(self, t: Task, metas: list[dict], reallocs: list[dict], it: Iteration
                   ) -> None:
         call, a = t.call, self.plan.assignment(t.call.name)
-        t0, t1 = min(m["start"] for m in metas), max(m["end"] for m in metas)
+        # A call (or realloc) starts when its last device arrives, as in the simulator
+        # (all its devices free): a device there earlier only waits for the others in
+        # the first collective (a realloc's receiver for a sender still training).
+        t0, t1 = max(m["start"] for m in metas), max(m["end"] for m in metas)
         it.timings[call.name] = t1 - t0
         it.first_start, it.last_end = min(it.first_start, t0), max(it.last_end, t1)
-        it.events += [dict(kind="call", name=call.name, device=m["device"], start=m["start"],
-                           end=m["end"], iteration=it.k,
+        it.events += [dict(kind="call", name=call.name, device=m["device"], start=t0,
+                           end=max(t0, m["end"]), iteration=it.k,
                            args={"layout": a.layout_str, "micro_batches": a.micro_batches,
                                  **m.get("info", {})})
                       for m in metas]
         if reallocs:
-            r0, r1 = min(r["start"] for r in reallocs), max(r["end"] for r in reallocs)
+            r0, r1 = max(r["start"] for r in reallocs), max(r["end"] for r in reallocs)
             it.realloc_s += r1 - r0
             it.first_start = min(it.first_start, r0)
             it.events += [dict(kind="realloc", name=f"realloc {call.model}->{call.name}",
-                               device=r["device"], start=r["start"], end=r["end"],
+                               device=r["device"], start=r0, end=max(r0, r["end"]),
                                iteration=it.k, args={"recv_bytes": r["recv_bytes"]})
                           for r in reallocs]
         if call.type == "train":  # every dp leader reports the same global losses
@@ -370,7 +373,7 @@ class Controller:
 
     # -- metrics ------------------------------------------------------------
     def _metrics(self, it: Iteration, prev_end: float) -> dict[str, float]:
-        """Per iteration: each call's time (first start to last end over its devices),
+        """Per iteration: each call's time (last device's start to last end),
         the iteration's period (end - the previous iteration's end: the plan's steady
         state) and span (its first start to its last end: the iteration alone)."""
         period_s = it.last_end - prev_end

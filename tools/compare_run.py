@@ -7,7 +7,7 @@ iteration) and the run's metrics.jsonl (timing_s/<call>, timing_s/realloc,
 timing_s/iteration, perf/throughput), drops the first --skip iterations
 (warm-up) and prints, per call, the estimate, the median measurement and
 their ratio, plus tokens/s. Measured call times are worker-side wall
-times (first start to last end over the call's devices), so they include
+times (from when its last device starts to the last end), so they include
 Python and data movement inside the call but not Ray's dispatch.
 """
 
