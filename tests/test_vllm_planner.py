@@ -111,3 +111,106 @@ def test_profile_backend_vllm_without_vllm_is_one_line_exit_2(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and '".[vllm]"' in lines[0], r.stderr
     assert not (tmp_path / "p.json").exists()
+
+
+def _priced(**fixed):
+    """The shipped CPU profile with vLLM tables (native tables x 1) and `fixed` parts."""
+    prof = _with_vllm_tables(1.0)
+    tables = prof.measured.vllm.model_copy(update=fixed)
+    return prof.model_copy(update={"measured": prof.measured.model_copy(update={"vllm": tables})})
+
+
+def _gen_estimate(prof, num_layers: int = 4, num_seqs: int = 32, prompt: int = 16, gen: int = 16):
+    from planner.cost_model.estimator import CallShape, estimate_call
+
+    arch = load_spec(SPEC).models["actor"].architecture.model_copy(
+        update={"num_layers": num_layers})
+    shape = CallShape("generate", num_seqs, prompt + gen, prompt, gen)
+    return estimate_call(arch, "lm", shape, Layout((0,)), 1, for_backend(prof, "vllm"),
+                         trainable=True, gpus_per_node=1)
+
+
+def test_vllm_engine_work_outside_the_layers_is_priced_once_whatever_the_model():
+    fixed = dict(call_fixed_s=0.004, call_per_seq_s=1e-4, call_per_token_s=1e-6,
+                 step_fixed_s=0.001, step_per_seq_s=5e-5, update_fixed_s=0.02,
+                 update_bytes_per_s=1e8)
+    prof = _priced(**fixed)
+    b, p, g = 32, 16, 16
+    est = _gen_estimate(prof, 4, b, p, g)
+    # One call, g - 1 decode steps of all b sequences (continuous batching, fixed lengths).
+    engine = 0.004 + b * (1e-4 + p * 1e-6) + (g - 1) * (0.001 + b * 5e-5)
+    assert est.breakdown["engine"] == pytest.approx(engine, rel=1e-9)
+    assert est.breakdown["refit"] == pytest.approx(0.02 + est.memory.params_bytes / 1e8, rel=1e-9)
+    # More layers: only the per-layer terms grow; the engine's own work does not.
+    deeper = _gen_estimate(prof, 8, b, p, g)
+    assert deeper.breakdown["engine"] == pytest.approx(engine, rel=1e-9)
+    assert deeper.breakdown["decode"] == pytest.approx(2 * est.breakdown["decode"], rel=0.05)
+    # Profiles without the split (older vLLM tables) and native pricing add nothing.
+    assert _gen_estimate(_priced(), 4, b, p, g).breakdown["engine"] == 0.0
+    from planner.cost_model.estimator import CallShape, estimate_call
+
+    arch = load_spec(SPEC).models["actor"].architecture
+    native = estimate_call(arch, "lm", CallShape("generate", b, p + g, p, g), Layout((0,)), 1,
+                           for_backend(prof, "native"), trainable=True, gpus_per_node=1)
+    assert native.breakdown["engine"] == 0.0
+    assert native.breakdown["refit"] < 1e-3
+
+
+def test_vllm_fit_splits_layers_from_the_engines_own_work():
+    from planner.cost_model.profile import LayerShape
+    from planner.cost_model.profiler import vllm_tables as vt
+
+    shape = LayerShape(hidden_size=128, intermediate_size=352, num_heads=4, num_kv_heads=2)
+    batches, lens, ctxs = [1, 8, 32], [32, 128], [32, 256]
+    layer_pre = lambda b, s: 1e-5 * b * s  # noqa: E731
+    layer_dec = lambda b, c: 2e-4 + 1e-7 * b * c  # noqa: E731
+
+    def raw(n: int) -> dict:
+        call = {(b, s): 0.003 + 2e-4 * b + 1e-6 * b * s + n * layer_pre(b, s)
+                for b in batches for s in lens}
+        pre = {(b, c): 0.003 + 2e-4 * b + 1e-6 * b * c + n * layer_pre(b, c)
+               for b in batches for c in ctxs}
+        full = {k: v + vt.DECODE_STEPS * (0.001 + 3e-5 * k[0] + n * layer_dec(*k))
+                for k, v in pre.items()}
+        return {"call": call, "pre": pre, "full": full, "update_s": 0.01 + n * 1e-3,
+                "update_bytes": n * 10**6, "version": "x"}
+
+    t = vt.fit(shape, {n: raw(n) for n in vt.LAYERS}, batches, lens, ctxs)
+    assert (t.call_fixed_s, t.call_per_seq_s, t.call_per_token_s) == pytest.approx(
+        (0.003, 2e-4, 1e-6), rel=1e-6)
+    assert (t.step_fixed_s, t.step_per_seq_s) == pytest.approx((0.001, 3e-5), rel=1e-6)
+    assert t.decode.time_s[2][1] == pytest.approx(layer_dec(32, 256), rel=1e-6)
+    assert t.prefill.fwd_s[1][0] == pytest.approx(layer_pre(8, 32), rel=1e-6)
+    assert t.update_bytes_per_s == pytest.approx(1e9) and t.update_fixed_s == pytest.approx(0.01)
+    # A negative fitted term (noise) is dropped, not stored.
+    assert vt.nonneg_fit([[1, 1], [1, 2], [1, 3]], [3.0, 2.0, 1.0]) == pytest.approx([2.0, 0.0])
+
+
+def test_priced_backend_is_never_written_into_a_profile(tmp_path):
+    from planner.cost_model.profiler import write_profile
+
+    prof = for_backend(_priced(step_fixed_s=0.001), "vllm")
+    assert prof.priced_backend == "vllm"
+    write_profile(prof, tmp_path / "p.json")
+    back = load_profile(str(tmp_path / "p.json"))
+    assert back.priced_backend == "native" and back.measured.vllm.step_fixed_s == 0.001
+
+
+def test_vllm_engine_holds_the_sequences_the_plan_priced():
+    """max_num_seqs = the replica's share cut into the call's micro-batches (what the
+    estimator's decode schedule assumes), prompt tokens per prefill = the spec's."""
+    from types import SimpleNamespace
+
+    from runtime.generation.vllm_backend import vllm_engines_needed
+
+    spec = load_spec(SPEC)
+    gen = spec.call("actor_gen")
+    call = lambda m: SimpleNamespace(name="actor_gen", backend="vllm", dp=2,  # noqa: E731
+                                     device_ids=[0, 1], micro_batches=m)
+    one = vllm_engines_needed(spec, SimpleNamespace(calls=[call(1)]))
+    four = vllm_engines_needed(spec, SimpleNamespace(calls=[call(4)]))
+    assert sorted(one) == [("actor", 0), ("actor", 1)]
+    assert one[("actor", 0)]["max_num_seqs"] == gen.num_seqs // 2
+    assert four[("actor", 1)]["max_num_seqs"] == gen.num_seqs // 8
+    assert one[("actor", 0)]["max_model_len"] == gen.prompt_len + gen.gen_len
+    assert one[("actor", 0)]["max_num_batched_tokens"] == 8192

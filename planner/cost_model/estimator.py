@@ -57,6 +57,7 @@ from planner.cost_model.memory import (
     stage_param_counts,
 )
 from planner.cost_model.profile import HardwareProfile
+from planner.cost_model import vllm_pricing
 from planner.cost_model.runtime_terms import call_terms, handoff_bytes
 from planner.graph.arch import HeadType, ModelArch
 from planner.graph.lengths import LengthDist
@@ -418,17 +419,18 @@ def _generate(c: _Ctx, s: CallShape, flash: bool, trainable: bool) -> CallEstima
     slots = slots_for(rank_seqs, c.m, s.max_num_seqs)
     lens = rank_lengths(s.gen_dist, s.gen_len, rank_seqs, s.num_seqs)
     decode = tp_dec = p2p_dec = 0.0
+    # Engine host work per step and per call (vllm_pricing: vLLM's measured, else native).
+    engine = vllm_pricing.call_overhead_s(dev, rank_seqs, prompt)
     for seg in decode_segments(lens, prompt, slots, s.batching):
         kernels, tp, p2p = _decode_step_parts(c, seg.batch, seg.context)
         decode += seg.steps * kernels
         tp_dec += seg.steps * tp
         p2p_dec += seg.steps * p2p
-    steps = sum(seg.steps for seg in decode_segments(lens, prompt, slots, s.batching))
-    engine = steps * dev.profile.overheads.engine_step_s
+        engine += seg.steps * vllm_pricing.step_overhead_s(dev, seg.batch)
     params = _stage_params(c)
     # A trainable model's fresh weights are copied into the engine before it generates
-    # (refit): read + write of this rank's parameters at memory bandwidth.
-    refit = dev.memory_s(2 * params * c.dtype_bytes) if trainable else 0.0
+    # (refit).
+    refit = vllm_pricing.refit_s(dev, params * c.dtype_bytes) if trainable else 0.0
     time_s, bd = _bd(prefill=compute, decode=decode, tp_comm=tp_pre + tp_dec, pp_fill=fill,
                      pp_p2p=p2p_pre + p2p_dec, engine=engine, refit=refit)
     n_layers = _max_stage_layers(c)

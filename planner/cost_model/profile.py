@@ -220,11 +220,14 @@ class CollectiveTable(_Frozen):
 
 
 class VllmTables(_Frozen):
-    """vLLM's own times on this machine (`planner profile --backend vllm`), per layer of
-    a model of `num_layers` reference layers: whole-model time / num_layers, so vLLM's
-    per-step scheduling and sampling are spread over the layers. The estimator prices a
-    vllm generate call with these in place of the native decode and layer tables
-    (`for_backend`)."""
+    """vLLM's own times on this machine (`planner profile --backend vllm`), measured the
+    way the runtime calls vLLM (a Ray actor per engine, sampled with log-probs). Two
+    models of the reference layer with different layer counts split every time into a
+    per-layer part (`prefill`, `decode`: scaled to a call's model like the native
+    tables, `for_backend`) and a part outside the layers that no model size changes
+    (`call_*`, `step_*`: vLLM's scheduling, sampling, log-probs, the actor hop), fitted
+    linear in the batch and prompt tokens. Profiles from before that split hold
+    whole-model / num_layers tables and zero fixed parts (priced as before)."""
 
     layer: LayerShape
     num_layers: int = Field(gt=0)
@@ -232,6 +235,24 @@ class VllmTables(_Frozen):
     prefill: LayerTable = Field(description="Prefill forward per layer (fwd_s; bwd_s = fwd_s, "
                                 "unused: vLLM never trains).")
     decode: DecodeTable = Field(description="One decode step per layer, batch x context.")
+    call_fixed_s: float = Field(0.0, ge=0, description=(
+        "Per generate call on one engine, outside the layers: the caller's Ray hop to the "
+        "engine actor and back with the results, the batch's scheduling."))
+    call_per_seq_s: float = Field(0.0, ge=0, description=(
+        "Per prompt of a call: request set-up, the first token's head, sampling and "
+        "log-prob, its output."))
+    call_per_token_s: float = Field(0.0, ge=0, description=(
+        "Per prompt token, outside the layers (embedding, input preparation)."))
+    step_fixed_s: float = Field(0.0, ge=0, description=(
+        "Per decode step, outside the layers: scheduling, input preparation."))
+    step_per_seq_s: float = Field(0.0, ge=0, description=(
+        "Per sequence of a decode step, outside the layers: head, sampling, log-prob, "
+        "output processing."))
+    update_fixed_s: float = Field(0.0, ge=0, description=(
+        "In-place weight update (reload_weights + reset_prefix_cache through the actor), "
+        "besides its bytes."))
+    update_bytes_per_s: float | None = Field(None, gt=0, description=(
+        "In-place weight update throughput. None: not measured (priced at memory bandwidth)."))
 
 
 class MeasuredTables(_Frozen):
@@ -286,6 +307,9 @@ class HardwareProfile(_Frozen):
         None, description="The runtime's own costs (launch, hand-off, realloc, host functions).")
     corrections: list[CallCorrection] = Field(
         default_factory=list, description="Per call kind and layout size, from planner calibrate.")
+    priced_backend: Literal["native", "vllm"] = Field(
+        "native", exclude=True, description="The generation backend this copy prices generate "
+        "calls for (set by for_backend, never stored).")
 
     @model_validator(mode="after")
     def _version(self) -> "HardwareProfile":
@@ -444,6 +468,7 @@ def for_backend(profile: HardwareProfile, backend: str) -> HardwareProfile:
         return hit[1]
     measured = profile.measured.model_copy(update={"decode": tables.decode,
                                                    "layers": [tables.prefill]})
-    out = profile.model_copy(update={"measured": measured, "name": profile.name + "+vllm"})
+    out = profile.model_copy(update={"measured": measured, "name": profile.name + "+vllm",
+                                     "priced_backend": "vllm"})
     _BACKEND_PROFILES[id(profile)] = (profile, out)
     return out

@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from planner.graph.spec import Spec
+from planner.cost_model.generation import slots_for
+from planner.graph.spec import GenerationEngineSpec, Spec
 from planner.plan import ExecutionPlan
 from runtime.engine.generate import GenerationConfig, GenerationOutput
 from runtime.generation.vllm_engine import VllmEngine, VllmSampling
@@ -110,11 +111,17 @@ def vllm_engines_needed(spec: Spec, plan: ExecutionPlan) -> dict[tuple[str, int]
         if a.backend != "vllm":
             continue
         call = spec.call(a.name)
-        per_replica = -(-call.num_seqs // a.dp)
+        eng = call.engine or GenerationEngineSpec()
+        # The sequences in flight the plan priced and sized the KV cache for: the
+        # replica's share cut into the call's micro-batches ("waves"), capped by the spec.
+        slots = slots_for(-(-call.num_seqs // a.dp), a.micro_batches, eng.max_num_seqs)
         for d in a.device_ids:
-            kw = need.setdefault((call.model, d), {"max_model_len": 0, "max_num_seqs": 1})
+            kw = need.setdefault((call.model, d), {"max_model_len": 0, "max_num_seqs": 1,
+                                                   "max_num_batched_tokens": 1})
             kw["max_model_len"] = max(kw["max_model_len"], call.prompt_len + call.gen_len)
-            kw["max_num_seqs"] = max(kw["max_num_seqs"], per_replica)
+            kw["max_num_seqs"] = max(kw["max_num_seqs"], slots)
+            kw["max_num_batched_tokens"] = max(kw["max_num_batched_tokens"],
+                                               eng.max_num_batched_tokens)
     return need
 
 

@@ -59,7 +59,8 @@ def kv_cache_bytes(arch: ModelArch, tokens: int, dtype_bytes: int) -> int:
 
 class VllmEngine:
     def __init__(self, arch: ModelArch, *, head: HeadType = "lm", dtype: str = "float32",
-                 max_model_len: int, max_num_seqs: int = 256, seed: int = 0) -> None:
+                 max_model_len: int, max_num_seqs: int = 256,
+                 max_num_batched_tokens: int = 8192, seed: int = 0) -> None:
         from runtime.engine.checkpoint import hf_config
 
         os.environ.update(_ENV)
@@ -74,6 +75,8 @@ class VllmEngine:
                        dtype=dtype, max_model_len=max_model_len, load_format="dummy",
                        logprobs_mode="processed_logprobs", seed=seed,
                        max_num_seqs=max_num_seqs, gpu_memory_utilization=0.05,
+                       # the prompt tokens the planner prices per prefill batch
+                       max_num_batched_tokens=max(max_num_batched_tokens, max_model_len),
                        kv_cache_memory_bytes=kv_cache_bytes(arch, max_num_seqs * max_model_len,
                                                             elem),
                        disable_log_stats=True)

@@ -1,22 +1,34 @@
-"""`planner profile --backend vllm`: vLLM's prefill and decode times on this machine.
+"""`planner profile --backend vllm`: vLLM's generate-call times on this machine.
 
-A model of NUM_LAYERS reference layers (the profile's first layer shape) with
-dummy weights runs in vLLM, in a child process (vLLM takes over
-torch.distributed and the thread count of its process), in-process engine
-core. For each batch b and length s:
-- prefill(b, s): b prompts of s tokens, one new token: the time of the
-  scheduled prefill (vLLM batches all b at once: continuous batching);
-- decode(b, c): b prompts of c tokens and 1 + DECODE_STEPS new tokens, minus
-  prefill(b, c), over DECODE_STEPS: one decode step of b sequences at about
-  c + DECODE_STEPS / 2 cached tokens.
-Both are divided by NUM_LAYERS: per-layer figures with vLLM's per-step work
-(scheduling, sampling, the head) spread over the layers. Best of `rounds`.
+Measured the way `runtime run` calls vLLM (runtime/generation/vllm_backend.py),
+reproduced here because the planner never imports the runtime: vLLM in a Ray
+actor of its own with the in-process engine core, called from outside with
+`ray.get(actor.generate.remote(prompts, ...))`, every sequence sampled at
+temperature 1 with its own seed and its log-prob returned (the runtime's
+requests), all of a call's prompts in one continuous batch, and weights
+replaced in place through the actor (`reload_weights`, `reset_prefix_cache`).
+
+Two models of the profile's reference layer, LAYERS[0] and LAYERS[1] layers
+deep, dummy weights. For each batch b and length s:
+- call(b, s): b prompts of s tokens, one new token (prefill + first sample);
+- step(b, c): (call(b, c, 1 + DECODE_STEPS new) - call(b, c)) / DECODE_STEPS:
+  one decode step of b sequences at about c + DECODE_STEPS / 2 cached tokens.
+The difference between the two models over their layer difference is the
+per-layer time (scaled to a call's model like the native tables); what is
+left at zero layers is vLLM's work outside the layers (the actor hop,
+scheduling, sampling, log-probs), which no model size changes
+(planner/cost_model/vllm_pricing.py); it is fitted linear in the batch and
+the prompt tokens over all points, which also averages out the noise of a
+shared machine. Each time is the engine's CPU time in its actor (vLLM's
+in-process engine runs on the calling thread with one OpenMP thread, so on an
+idle core CPU time = wall time; under other jobs' load CPU time barely moves
+while wall time doubles) plus the actor hop's wall time, each the best of
+`rounds` (at least REPS): the profile prices an idle machine.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import tempfile
 import time
@@ -24,87 +36,251 @@ import time
 from planner.cost_model.profile import DecodeTable, LayerShape, LayerTable, VllmTables
 from planner.cost_model.profiler.run import Plan
 
-NUM_LAYERS = 4
-DECODE_STEPS = 32
+LAYERS = (1, 8)
+DECODE_STEPS = 16
 VOCAB = 256
+REPS = 5  # at least: vLLM's per-call times are noisy on a shared machine
+MIN_S = 1e-7  # a per-layer or fixed part that noise drove to <= 0
 
 
-def _config(shape: LayerShape, max_positions: int, dtype: str) -> dict:
+def _config(shape: LayerShape, layers: int, max_positions: int, dtype: str) -> dict:
     """A Llama config.json of the reference model (vLLM reads only this: dummy weights)."""
     return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
             "hidden_size": shape.hidden_size, "intermediate_size": shape.intermediate_size,
             "num_attention_heads": shape.num_heads, "num_key_value_heads": shape.num_kv_heads,
-            "num_hidden_layers": NUM_LAYERS, "vocab_size": VOCAB, "rms_norm_eps": 1e-5,
+            "num_hidden_layers": layers, "vocab_size": VOCAB, "rms_norm_eps": 1e-5,
             "max_position_embeddings": max_positions, "tie_word_embeddings": False,
             "rope_theta": 10000.0, "dtype": dtype}
 
 
-def _child(conn, shape: dict, prefill_pts: list, decode_pts: list, rounds: int,
-           dtype: str) -> None:
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+def hf_weights(shape: LayerShape, layers: int, dtype: str) -> dict:
+    """Random full weights of the reference model under transformers' names (what the
+    runtime hands vLLM's reload_weights)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    h, i = shape.hidden_size, shape.intermediate_size
+    hd = h // shape.num_heads
+    kv = shape.num_kv_heads * hd
+    dt = getattr(torch, dtype)
+
+    def w(*size: int) -> torch.Tensor:
+        return (torch.randn(*size, generator=g) * 0.02).to(dt)
+
+    out = {"model.embed_tokens.weight": w(VOCAB, h), "model.norm.weight": torch.ones(h, dtype=dt),
+           "lm_head.weight": w(VOCAB, h)}
+    for n in range(layers):
+        p = f"model.layers.{n}."
+        out.update({p + "self_attn.q_proj.weight": w(h, h), p + "self_attn.k_proj.weight": w(kv, h),
+                    p + "self_attn.v_proj.weight": w(kv, h), p + "self_attn.o_proj.weight": w(h, h),
+                    p + "mlp.gate_proj.weight": w(i, h), p + "mlp.up_proj.weight": w(i, h),
+                    p + "mlp.down_proj.weight": w(h, i),
+                    p + "input_layernorm.weight": torch.ones(h, dtype=dt),
+                    p + "post_attention_layernorm.weight": torch.ones(h, dtype=dt)})
+    return out
+
+
+def _engine_class():
+    import ray
+
+    class Engine:
+        """vLLM for one reference model, called as the runtime calls its engine actor."""
+
+        def __init__(self, config: dict, dtype: str, max_num_seqs: int, tokens: int) -> None:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+            from vllm import LLM
+
+            self._dir = tempfile.TemporaryDirectory(prefix="flowplan-vllm-profile-")
+            with open(os.path.join(self._dir.name, "config.json"), "w") as f:
+                json.dump(config, f)
+            elem = 2 if dtype in ("bfloat16", "float16") else 4
+            kv = 2 * tokens * config["num_hidden_layers"] * config["hidden_size"] * elem
+            longest = config["max_position_embeddings"]
+            self.llm = LLM(model=self._dir.name, skip_tokenizer_init=True, enforce_eager=True,
+                           dtype=dtype, max_model_len=longest, load_format="dummy",
+                           logprobs_mode="processed_logprobs", max_num_seqs=max_num_seqs,
+                           max_num_batched_tokens=max(max_num_seqs * longest, 2048),
+                           gpu_memory_utilization=0.05, disable_log_stats=True,
+                           kv_cache_memory_bytes=max(64 << 20, 4 * kv))
+
+        def version(self) -> str:
+            import vllm
+
+            return vllm.__version__
+
+        def generate(self, prompts: list[list[int]], new: int, seed: int
+                     ) -> tuple[list[list[int]], list[list[float]], float, float]:
+            """The runtime's outputs, plus this call's CPU and wall seconds in here."""
+            from vllm import SamplingParams
+            from vllm.inputs import TokensPrompt
+
+            wall, cpu = time.perf_counter(), time.thread_time()
+
+            params = [SamplingParams(n=1, max_tokens=new, logprobs=0, detokenize=False,
+                                     temperature=1.0, seed=seed + i, ignore_eos=True)
+                      for i in range(len(prompts))]
+            outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
+                                     use_tqdm=False)
+            toks, lps = [], []
+            for o in outs:
+                c = o.outputs[0]
+                toks.append(list(c.token_ids))
+                lps.append([d[t].logprob for t, d in zip(c.token_ids, c.logprobs)])
+            return toks, lps, time.thread_time() - cpu, time.perf_counter() - wall
+
+        def update(self, tensors: dict) -> tuple[float, float]:
+            wall, cpu = time.perf_counter(), time.thread_time()
+            self.llm.collective_rpc("reload_weights",
+                                    kwargs={"weights_iterator": iter(tensors.items())})
+            self.llm.reset_prefix_cache()
+            return time.thread_time() - cpu, time.perf_counter() - wall
+
+    return ray.remote(num_cpus=0)(Engine)
+
+
+def _measure(shape: LayerShape, batches: list[int], prefill_lens: list[int],
+             contexts: list[int], reps: int, dtype: str) -> dict[int, dict]:
+    """Raw times of each LAYERS model: call[(b, s)], pre[(b, c)], full[(b, c)] (1 +
+    DECODE_STEPS new tokens), update (s) and its bytes. Both engines stay up and every
+    point is timed on one then the other, repeatedly, so a shared machine's load hits
+    both alike (their difference is the per-layer time)."""
+    import ray
+
+    longest = max(prefill_lens + contexts) + DECODE_STEPS + 2
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CONFIGURE_LOGGING": "0",
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    cls = _engine_class().options(runtime_env={"env_vars": env})
+    actors = {n: cls.remote(_config(shape, n, longest, dtype), dtype, max(batches),
+                            max(batches) * longest) for n in LAYERS}
+    calls = [0]
+
+    def timed(actor, b: int, s: int, new: int) -> tuple[float, float]:
+        # Distinct prompts per run: the prefix cache must not serve a repeat.
+        k = calls[0] = calls[0] + 1
+        prompts = [[(7 * i + 13 * j + k) % (VOCAB - 1) + 1 for j in range(s)] for i in range(b)]
+        t0 = time.perf_counter()
+        *_, cpu_s, wall_s = ray.get(actor.generate.remote(prompts, new, k * 1000))
+        return cpu_s, time.perf_counter() - t0 - wall_s
+
+    def best(fn) -> dict[int, float]:
+        """Per model: the engine's CPU time (single-threaded, so its time on an idle
+        core; unlike wall time, barely moved by other jobs' load) plus the actor hop's
+        wall time, each the best of `reps`."""
+        cpu = {n: float("inf") for n in LAYERS}
+        hop = dict(cpu)
+        for _ in range(reps):
+            for n, actor in actors.items():
+                c, h = fn(n, actor)
+                cpu[n], hop[n] = min(cpu[n], c), min(hop[n], h)
+        return {n: cpu[n] + hop[n] for n in LAYERS}
+
     try:
-        import vllm
-        from vllm import LLM, SamplingParams
-        from vllm.inputs import TokensPrompt
+        version = ray.get(actors[LAYERS[0]].version.remote())
+        raw = {n: {"version": version, "call": {}, "pre": {}, "full": {}} for n in LAYERS}
+        weights = {n: hf_weights(shape, n, dtype) for n in LAYERS}
+        for n in LAYERS:
+            raw[n]["update_bytes"] = sum(t.numel() * t.element_size()
+                                         for t in weights[n].values())
+        for actor in actors.values():  # warm-up: first-call set-up is not a step time
+            for _ in range(2):
+                timed(actor, 2, 8, 2)
+        upd = best(lambda n, actor: _timed_update(actor, weights[n]))
+        points = ([("call", b, s, 1) for b in batches for s in prefill_lens]
+                  + [("pre", b, c, 1) for b in batches for c in contexts]
+                  + [("full", b, c, 1 + DECODE_STEPS) for b in batches for c in contexts])
+        for kind, b, s, new in points:
+            for n, t in best(lambda _, actor: timed(actor, b, s, new)).items():
+                raw[n][kind][(b, s)] = t
+        for n in LAYERS:
+            raw[n]["update_s"] = upd[n]
+        return raw
+    finally:
+        for actor in actors.values():
+            ray.kill(actor)
 
-        longest = max(s for _, s in prefill_pts + decode_pts) + DECODE_STEPS + 2
-        widest = max(b for b, _ in prefill_pts + decode_pts)
-        with tempfile.TemporaryDirectory() as d:
-            with open(os.path.join(d, "config.json"), "w") as f:
-                json.dump(_config(LayerShape(**shape), longest, dtype), f)
-            llm = LLM(model=d, skip_tokenizer_init=True, enforce_eager=True, dtype=dtype,
-                      max_model_len=longest, load_format="dummy", max_num_seqs=widest,
-                      max_num_batched_tokens=max(widest * longest, 2048),
-                      gpu_memory_utilization=0.05, disable_log_stats=True,
-                      kv_cache_memory_bytes=max(64 << 20, 4 * widest * longest * NUM_LAYERS
-                                                * shape["hidden_size"] * 4))
 
-        def timed(b: int, s: int, new: int) -> float:
-            # Distinct prompts per run: the prefix cache must not serve a repeat.
-            prompts = [TokensPrompt(prompt_token_ids=[(7 * i + j + timed.calls) % (VOCAB - 1) + 1
-                                                      for j in range(s)]) for i in range(b)]
-            timed.calls += 1
-            sp = SamplingParams(max_tokens=new, min_tokens=new, temperature=0.0,
-                                ignore_eos=True, detokenize=False)
-            t0 = time.perf_counter()
-            llm.generate(prompts, sp, use_tqdm=False)
-            return time.perf_counter() - t0
-        timed.calls = 0
+def _timed_update(actor, weights: dict) -> tuple[float, float]:
+    """(engine CPU s, hop wall s) of one in-place update through the actor."""
+    import ray
 
-        timed(1, 8, 2)  # warm-up: first-call set-up is not a step time
-        out = {"version": vllm.__version__, "prefill": {}, "decode": {}}
-        reps = max(rounds, 3)  # vLLM's per-call overheads are noisy on a shared machine
-        for b, s in prefill_pts:
-            out["prefill"][f"{b},{s}"] = min(timed(b, s, 1) for _ in range(reps)) / NUM_LAYERS
-        for b, c in decode_pts:
-            pre = min(timed(b, c, 1) for _ in range(reps))
-            full = min(timed(b, c, 1 + DECODE_STEPS) for _ in range(reps))
-            out["decode"][f"{b},{c}"] = max(full - pre, 1e-9) / DECODE_STEPS / NUM_LAYERS
-        conn.send(("ok", out))
-    except Exception as e:  # noqa: BLE001 - reported to the parent as one line
-        conn.send(("error", f"{type(e).__name__}: {e}".splitlines()[0]))
+    t0 = time.perf_counter()
+    cpu_s, wall_s = ray.get(actor.update.remote(weights))
+    return cpu_s, time.perf_counter() - t0 - wall_s
+
+
+def nonneg_fit(rows: list[list[float]], ys: list[float]) -> list[float]:
+    """Least-squares coefficients >= 0 of ys ~ rows @ coef: the best fit over the
+    subsets of columns whose unconstrained fit is non-negative (few columns)."""
+    import itertools
+
+    import numpy as np
+
+    x, y = np.asarray(rows, dtype=float), np.asarray(ys, dtype=float)
+    best, best_err = [0.0] * x.shape[1], float(np.sum(y * y))
+    for k in range(1, x.shape[1] + 1):
+        for cols in itertools.combinations(range(x.shape[1]), k):
+            coef = np.linalg.lstsq(x[:, cols], y, rcond=None)[0]
+            if (coef < 0).any():
+                continue
+            err = float(np.sum((x[:, cols] @ coef - y) ** 2))
+            if err < best_err:
+                best_err, best = err, [0.0] * x.shape[1]
+                for c, v in zip(cols, coef):
+                    best[c] = float(v)
+    return best
+
+
+def fit(shape: LayerShape, raw: dict[int, dict], batches: list[int], prefill_lens: list[int],
+        contexts: list[int]) -> VllmTables:
+    """Per-layer tables and the linear parts outside the layers from the raw times of
+    the LAYERS models: at each point t(L) = outside + L * per_layer."""
+    lo, hi = LAYERS
+    a, b_ = raw[lo], raw[hi]
+
+    def split(t_lo: float, t_hi: float) -> tuple[float, float]:
+        per_layer = (t_hi - t_lo) / (hi - lo)
+        return max(per_layer, MIN_S), t_lo - lo * per_layer
+
+    pre = {(b, s): split(a["call"][(b, s)], b_["call"][(b, s)])
+           for b in batches for s in prefill_lens}
+    dec = {(b, c): split((a["full"][(b, c)] - a["pre"][(b, c)]) / DECODE_STEPS,
+                         (b_["full"][(b, c)] - b_["pre"][(b, c)]) / DECODE_STEPS)
+           for b in batches for c in contexts}
+    call = nonneg_fit([[1.0, b, b * s] for b, s in pre], [v[1] for v in pre.values()])
+    step = nonneg_fit([[1.0, b] for b, _ in dec], [v[1] for v in dec.values()])
+    layer_pre = [[pre[(b, s)][0] for s in prefill_lens] for b in batches]
+    rate = None
+    fixed = a["update_s"]
+    if b_["update_s"] > a["update_s"] and b_["update_bytes"] > a["update_bytes"]:
+        rate = (b_["update_bytes"] - a["update_bytes"]) / (b_["update_s"] - a["update_s"])
+        fixed = max(a["update_s"] - a["update_bytes"] / rate, 0.0)
+    return VllmTables(
+        layer=shape, num_layers=hi, vllm_version=b_.get("version", ""),
+        prefill=LayerTable(layer=shape, batch=batches, seq=prefill_lens, fwd_s=layer_pre,
+                           bwd_s=layer_pre),
+        decode=DecodeTable(layer=shape, batch=batches, context=contexts,
+                           time_s=[[dec[(b, c)][0] for c in contexts] for b in batches]),
+        call_fixed_s=call[0], call_per_seq_s=call[1], call_per_token_s=call[2],
+        step_fixed_s=step[0], step_per_seq_s=step[1],
+        update_fixed_s=fixed, update_bytes_per_s=rate)
 
 
 def measure_vllm(plan: Plan, *, dtype: str = "float32") -> VllmTables:
-    """vLLM's tables on the plan's first layer shape and its layer/decode grids."""
+    """vLLM's tables on the plan's first layer shape: batches of the decode grid (a
+    generate call's prompts prefill together, so prefill is measured at those batches
+    too), prompt lengths of the layer grid, contexts of the decode grid."""
+    import ray
+
     shape = plan.layer_shapes[0]
-    prefill_pts = [(b, s) for b in plan.layer_batch for s in plan.layer_seq]
-    decode_pts = [(b, c) for b in plan.decode_batch for c in plan.decode_context]
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_child, args=(child, shape.model_dump(), prefill_pts, decode_pts,
-                                            plan.rounds, dtype), daemon=True)
-    proc.start()
-    status, out = parent.recv()
-    proc.kill()
-    proc.join(10)
-    if status != "ok":
-        raise RuntimeError(f"vLLM profiling failed: {out}")
-    pre = [[out["prefill"][f"{b},{s}"] for s in plan.layer_seq] for b in plan.layer_batch]
-    dec = [[out["decode"][f"{b},{c}"] for c in plan.decode_context] for b in plan.decode_batch]
-    return VllmTables(
-        layer=shape, num_layers=NUM_LAYERS, vllm_version=out["version"],
-        prefill=LayerTable(layer=shape, batch=list(plan.layer_batch), seq=list(plan.layer_seq),
-                           fwd_s=pre, bwd_s=pre),
-        decode=DecodeTable(layer=shape, batch=list(plan.decode_batch),
-                           context=list(plan.decode_context), time_s=dec))
+    batches, lens, ctxs = list(plan.decode_batch), list(plan.layer_seq), list(plan.decode_context)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        raw = _measure(shape, batches, lens, ctxs, max(plan.rounds, REPS), dtype)
+    except ray.exceptions.RayError as e:
+        raise RuntimeError(f"vLLM profiling failed: {str(e).strip().splitlines()[-1]}") from None
+    finally:
+        if started:
+            ray.shutdown()
+    return fit(shape, raw, batches, lens, ctxs)

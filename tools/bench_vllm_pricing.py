@@ -1,0 +1,122 @@
+"""The cost model's estimate of each vllm generate call beside its measurement.
+
+For each case (a spec, optionally with algorithm fields overridden), priced with
+a profile that holds vLLM's tables (`planner profile --backend vllm`):
+`planner search` -> `runtime run` (Ray, the real engine actors) -> per vllm
+generate call, the plan's estimate and its breakdown beside the measured
+call (median over the iterations after --skip of metrics.jsonl's
+timing_s/<call>: worker-side, first start to last end over the call's
+devices, as tools/compare_run.py reads it) and the
+measured split (in-place weight update, the engine actor's generate).
+
+    PYTHONPATH=. .venv/bin/python tools/bench_vllm_pricing.py --profile P.json \\
+        specs/tiny-grpo-vllm-cpu.yaml \\
+        specs/tiny-grpo-vllm-cpu.yaml:batch_size=4,prompt_len=24,gen_len=40
+
+Prints one line per call: estimate, measured, measured / estimate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _case_spec(case: str, profile: str, out: Path) -> str:
+    """Write the case's spec (profile as hardware, overrides applied); its label."""
+    path, _, sets = case.partition(":")
+    spec = yaml.safe_load(Path(path).read_text())
+    spec["cluster"]["hardware"] = str(Path(profile).resolve())
+    for kv in filter(None, sets.split(",")):
+        key, _, value = kv.partition("=")
+        spec["algorithm"][key] = yaml.safe_load(value)
+    out.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return f"{Path(path).stem}{':' + sets if sets else ''}"
+
+
+def _run(cmd: list[str]) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", *cmd], cwd=ROOT, env=env, capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:2])} failed:\n{r.stderr[-2000:]}")
+
+
+def _split(run_dir: Path, call: str, skip: int) -> dict[str, float]:
+    """Median weight-update and engine-generate seconds of `call` (slowest device)."""
+    events = json.loads((run_dir / "trace.json").read_text())
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    per_iter: dict[int, dict[str, float]] = {}
+    for e in events:
+        a = e.get("args") or {}
+        if e.get("name") != call or a.get("backend") != "vllm" or a.get("iteration", 0) < skip:
+            continue
+        it = per_iter.setdefault(a["iteration"], {"update": 0.0, "generate": 0.0})
+        it["update"] = max(it["update"], a.get("weight_update_s") or 0.0)
+        it["generate"] = max(it["generate"], a.get("generate_s") or 0.0)
+    if not per_iter:
+        return {}
+    return {k: statistics.median(v[k] for v in per_iter.values()) for k in ("update", "generate")}
+
+
+def bench(case: str, profile: str, iterations: int, skip: int) -> list[str]:
+    with tempfile.TemporaryDirectory(prefix="bench-vllm-pricing-") as d:
+        d = Path(d)
+        label = _case_spec(case, profile, d / "spec.yaml")
+        _run(["planner.cli", "search", str(d / "spec.yaml"), "-o", str(d / "plan.json"),
+              "--steps", "2000"])
+        _run(["runtime.cli", "run", str(d / "plan.json"), "--iterations", str(iterations),
+              "--run-dir", str(d / "run")])
+        plan = json.loads((d / "plan.json").read_text())
+        spec = yaml.safe_load((d / "spec.yaml").read_text())
+        metrics = [json.loads(x) for x in (d / "run" / "metrics.jsonl").read_text().split("\n")
+                   if x.strip()][skip:]
+        lines = []
+        for a in plan["calls"]:
+            if a.get("backend") != "vllm":
+                continue
+            bd = a["estimate"]["breakdown_s"]
+            est_s = sum(v for k, v in bd.items() if k != "realloc")
+            meas_s = statistics.median(m[f"timing_s/{a['name']}"] for m in metrics)
+            parts = " ".join(f"{k} {v * 1e3:.1f}" for k, v in bd.items() if v >= 5e-5)
+            split = _split(d / "run", a["name"], skip)
+            alg = spec["algorithm"]
+            lines.append(
+                f"{label} {a['name']} on {len(a['device_ids'])} dev (dp {a.get('dp', '?')}, "
+                f"m {a.get('micro_batches', 1)}; batch {alg.get('batch_size')}x"
+                f"{alg.get('group_size', 1)}, prompt {alg.get('prompt_len')}, gen "
+                f"{alg.get('gen_len')}): estimate {est_s * 1e3:.1f} ms [{parts}], measured "
+                f"{meas_s * 1e3:.1f} ms [update {split.get('update', 0) * 1e3:.1f}, engine "
+                f"generate {split.get('generate', 0) * 1e3:.1f}], measured/estimate "
+                f"{meas_s / est_s:.2f}")
+        return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("cases", nargs="+", help="SPEC or SPEC:key=value,... (algorithm fields)")
+    ap.add_argument("--profile", required=True, help="profile with vLLM tables (.json)")
+    ap.add_argument("--iterations", type=int, default=5)
+    ap.add_argument("--skip", type=int, default=1, help="warm-up iterations left out")
+    args = ap.parse_args(argv)
+    for case in args.cases:
+        for line in bench(case, args.profile, args.iterations, args.skip):
+            print(line, flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f} (1 min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
