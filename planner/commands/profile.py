@@ -108,6 +108,14 @@ def run(args: argparse.Namespace) -> int:
         f"all-reduce bus {profile.intra_node.bus_bytes_per_s / 1e9:.2f} GB/s, overheads per layer "
         f"fwd {o.layer_fwd_s * 1e6:.0f} us / bwd {o.layer_bwd_s * 1e6:.0f} us / decode "
         f"{o.decode_layer_s * 1e6:.0f} us", highlight=False)
+    v = profile.measured.vllm if profile.measured else None
+    if v is not None:
+        rate = f"{v.update_bytes_per_s / 1e6:.0f} MB/s" if v.update_bytes_per_s else "-"
+        console.print(f"vLLM outside the layers: call {v.call_fixed_s * 1e3:.2f} ms + "
+                      f"{v.call_per_seq_s * 1e3:.3f} ms/prompt, decode step "
+                      f"{v.step_fixed_s * 1e3:.2f} ms + {v.step_per_seq_s * 1e3:.3f} ms/seq; "
+                      f"weight update {v.update_fixed_s * 1e3:.1f} ms + bytes at {rate}",
+                      highlight=False)
     rt = profile.runtime
     if rt is not None:
         rate = f"{rt.handoff_bytes_per_s / 1e6:.0f} MB/s" if rt.handoff_bytes_per_s else "-"
