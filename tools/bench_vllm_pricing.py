@@ -7,7 +7,9 @@ generate call, the plan's estimate and its breakdown beside the measured
 call (median over the iterations after --skip of metrics.jsonl's
 timing_s/<call>: worker-side, first start to last end over the call's
 devices, as tools/compare_run.py reads it) and the
-measured split (in-place weight update, the engine actor's generate).
+measured split (in-place weight update, the engine actor's generate, both
+as wall time and as the engine's CPU time, which other jobs' load barely
+moves).
 
     PYTHONPATH=. .venv/bin/python tools/bench_vllm_pricing.py --profile P.json \\
         specs/tiny-grpo-vllm-cpu.yaml \\
@@ -56,6 +58,11 @@ def _run(cmd: list[str]) -> None:
         raise SystemExit(f"{' '.join(cmd[:2])} failed:\n{r.stderr[-2000:]}")
 
 
+# What the trace's vllm generate events say, by the name printed.
+_SPLIT = {"update": "weight_update_s", "generate": "generate_s",
+          "update_cpu": "weight_update_cpu_s", "engine_cpu": "engine_cpu_s"}
+
+
 def _split(run_dir: Path, call: str, skip: int) -> dict[str, float]:
     """Median weight-update and engine-generate seconds of `call` (slowest device)."""
     events = json.loads((run_dir / "trace.json").read_text())
@@ -65,12 +72,12 @@ def _split(run_dir: Path, call: str, skip: int) -> dict[str, float]:
         a = e.get("args") or {}
         if e.get("name") != call or a.get("backend") != "vllm" or a.get("iteration", 0) < skip:
             continue
-        it = per_iter.setdefault(a["iteration"], {"update": 0.0, "generate": 0.0})
-        it["update"] = max(it["update"], a.get("weight_update_s") or 0.0)
-        it["generate"] = max(it["generate"], a.get("generate_s") or 0.0)
+        it = per_iter.setdefault(a["iteration"], dict.fromkeys(_SPLIT, 0.0))
+        for key, field in _SPLIT.items():
+            it[key] = max(it[key], a.get(field) or 0.0)
     if not per_iter:
         return {}
-    return {k: statistics.median(v[k] for v in per_iter.values()) for k in ("update", "generate")}
+    return {k: statistics.median(v[k] for v in per_iter.values()) for k in _SPLIT}
 
 
 def bench(case: str, profile: str, iterations: int, skip: int) -> list[str]:
@@ -95,6 +102,7 @@ def bench(case: str, profile: str, iterations: int, skip: int) -> list[str]:
             meas_s, best_s = statistics.median(times), min(times)
             parts = " ".join(f"{k} {v * 1e3:.1f}" for k, v in bd.items() if v >= 5e-5)
             split = _split(d / "run", a["name"], skip)
+            engine_est = sum(bd.get(k, 0.0) for k in ("prefill", "decode", "engine"))
             alg = spec["algorithm"]
             lines.append(
                 f"{label} {a['name']} on {len(a['device_ids'])} dev (dp {a.get('dp', '?')}, "
@@ -104,7 +112,10 @@ def bench(case: str, profile: str, iterations: int, skip: int) -> list[str]:
                 f"median {meas_s * 1e3:.1f} ms [update {split.get('update', 0) * 1e3:.1f}, "
                 f"engine generate {split.get('generate', 0) * 1e3:.1f}], best "
                 f"{best_s * 1e3:.1f} ms; measured/estimate median {meas_s / est_s:.2f}, best "
-                f"{best_s / est_s:.2f}")
+                f"{best_s / est_s:.2f}; engine CPU (idle-core time) generate "
+                f"{split.get('engine_cpu', 0) * 1e3:.1f} ms vs estimated prefill+decode+engine "
+                f"{engine_est * 1e3:.1f}, update {split.get('update_cpu', 0) * 1e3:.1f} ms vs "
+                f"refit {bd.get('refit', 0) * 1e3:.1f}")
         return lines
 
 

@@ -63,8 +63,9 @@ class VllmBackend:
                                 temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                                 eos_token_id=cfg.eos_token_id, seed=cfg.seed)
         t0 = time.time()
-        tokens, logprobs = _call(self.target, "generate", prompts, sampling)
+        tokens, logprobs, facts = _call(self.target, "generate", prompts, sampling)
         info["generate_s"] = time.time() - t0
+        info.update(facts)
         out = _to_output(tokens, logprobs, cfg)
         recompute = self.recompute_logprobs
         if recompute is None:

@@ -99,20 +99,24 @@ class VllmEngine:
 
     def update_weights(self, tensors: dict[str, torch.Tensor], version: int) -> dict[str, float]:
         """Replace every weight in place (HF names, full tensors); returns time and bytes."""
-        t0 = time.time()
+        t0, cpu0 = time.time(), time.thread_time()
         self.llm.collective_rpc("reload_weights",
                                 kwargs={"weights_iterator": iter(tensors.items())})
         self.llm.reset_prefix_cache()
         self.version = version
         nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
-        return {"weight_update_s": time.time() - t0, "weight_bytes": nbytes}
+        return {"weight_update_s": time.time() - t0, "weight_bytes": nbytes,
+                "weight_update_cpu_s": time.thread_time() - cpu0}
 
     def generate(self, prompts: list[list[int]], s: VllmSampling
-                 ) -> tuple[list[list[int]], list[list[float]]]:
-        """Generated ids and their log-probs per prompt (EOS included, when it came)."""
+                 ) -> tuple[list[list[int]], list[list[float]], dict[str, float]]:
+        """Generated ids and their log-probs per prompt (EOS included, when it came), and
+        the engine's CPU seconds for them (`engine_cpu_s`: its time on an idle core, the
+        figure the profile's vLLM tables price, planner/cost_model/profiler/vllm_tables.py)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        cpu0 = time.thread_time()
         if self.version is None:
             raise RuntimeError("vLLM engine has dummy weights: update_weights first")
         params = [SamplingParams(
@@ -130,7 +134,7 @@ class VllmEngine:
             c = o.outputs[0]
             tokens.append(list(c.token_ids))
             logprobs.append([d[t].logprob for t, d in zip(c.token_ids, c.logprobs)])
-        return tokens, logprobs
+        return tokens, logprobs, {"engine_cpu_s": time.thread_time() - cpu0}
 
     def ready(self) -> float:
         """Start-up time, seconds (also: the actor is up)."""
