@@ -225,8 +225,9 @@ class ExecutionPlan(_Strict):
         default_factory=list,
         description="One step per call whose layout differs from its model's home.")
     submit_order: list[str] = Field(
-        description="Every call once: the order the runtime submits an iteration's calls in "
-                    "(steady-state start time, ties by topological order).")
+        description="Every call once, in steady-state start order (ties by topological "
+                    "order): for readers. The runtime orders tasks as the simulator does, by "
+                    "iteration + calls[].order_offset, then the topological order of `after`.")
     timeline: list[TimelineEvent] = Field(default_factory=list)
     iteration_time_s: float | None = Field(None, ge=0, le=L.MAX_SECONDS,
                                            description="Estimated steady state.")
