@@ -158,7 +158,8 @@ def test_replay_cases_validate_and_price():
     # Published documents (a project's docs page or table); see the README for projects.
     documents = {c.source["url"].split("/blob/")[0] + c.source["title"].split(",")[0]
                  for c in cases}
-    assert len(cases) >= 6 and len(documents) >= 3
+    projects = {c.source["url"].split("/blob/")[0] for c in cases}  # github.com/owner/repo
+    assert len(cases) >= 6 and len(documents) >= 3 and len(projects) >= 3
     for case in cases:
         assert case.assumptions and case.not_published and case.source["url"]
         r = replay.price_case(case, values)
@@ -176,5 +177,5 @@ def test_replay_cases_validate_and_price():
 
 def test_shipped_gpu_profiles_carry_the_fitted_engine_step():
     fitted = _replay().load_constants()["engine_step_s"]["value"]
-    for name in ("h100-sxm", "h200", "a100-sxm-80g", "h20", "gb200"):
+    for name in ("h100-sxm", "h200", "a100-sxm-80g", "h20", "gb200", "v100-sxm2-32g"):
         assert load_profile(name).overheads.engine_step_s == fitted

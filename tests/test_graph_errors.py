@@ -80,7 +80,7 @@ CASES = [
      "6 calls[0]: a generate call needs prompt_len and gen_len"),
     ("unknown hardware", [("hardware: cpu", "hardware: tpu-v9")],
      "1 cluster.hardware: unknown hardware 'tpu-v9'; expected one of h100-sxm, a100-sxm-80g, "
-     "h200, h20, cpu or a profile .json path"),
+     "h200, h20, gb200, v100-sxm2-32g, cpu or a profile .json path"),
     ("trainable without train call", [("ref: {arch: tiny-llama}",
                                        "ref: {arch: tiny-llama, trainable: true}")],
      "4 models.ref.trainable: model 'ref' is trainable but no call trains it"),

@@ -25,7 +25,7 @@ from planner.bounded_io import BoundsError, load_json, read_input_file
 from planner.errors import UserError
 
 PROFILE_FORMAT_VERSION = 1
-SHIPPED_PROFILES = ("h100-sxm", "a100-sxm-80g", "h200", "h20", "gb200", "cpu")
+SHIPPED_PROFILES = ("h100-sxm", "a100-sxm-80g", "h200", "h20", "gb200", "v100-sxm2-32g", "cpu")
 Tier = Literal["intra_node", "inter_node"]
 CollectiveOp = Literal["all_reduce", "all_gather", "broadcast", "p2p"]
 

@@ -25,7 +25,7 @@ GenerationBackend = Literal["auto", "native", "vllm"]
 
 # Hardware profile names shipped with the cost model. A path to a profile file
 # (ending in .json) is accepted too, for profiles measured by `planner profile`.
-KNOWN_HARDWARE = ("h100-sxm", "a100-sxm-80g", "h200", "h20", "gb200", "cpu")
+KNOWN_HARDWARE = ("h100-sxm", "a100-sxm-80g", "h200", "h20", "gb200", "v100-sxm2-32g", "cpu")
 
 
 class _Strict(CheckedModel):

@@ -37,6 +37,11 @@ def _err(est: float, pub: float) -> float:
     return est / pub - 1.0
 
 
+def _s(x: float) -> str:
+    """Seconds as the table prints them: whole seconds, two decimals under 10 s."""
+    return f"{x:.0f}" if x >= 10 else f"{x:.2f}"
+
+
 def _gains(times: list[float]) -> str:
     return ", ".join(f"{a / b:.2f}x" for a, b in zip(times, times[1:]))
 
@@ -73,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         for st, pub in r.published_stage_s.items():
             est = r.stage_s[st]
             stage_errs[which].append(_err(est, pub))
-            parts.append(f"{st} {est:.0f}/{pub:.0f}={est / pub:.2f} (mfu {r.implied_mfu[st]:.2f})")
+            parts.append(f"{st} {_s(est)}/{_s(pub)}={est / pub:.2f} (mfu {r.implied_mfu[st]:.2f})")
         print(f"{case.name:46} {which:8} {r.step_s:8.1f} {r.published_step_s:8.1f} "
               f"{r.ratio:8.2f}  {'; '.join(parts) or '(no stage split published)'}")
     print()
