@@ -325,8 +325,8 @@ class Controller:
         if call.type == "train":  # every dp leader reports the same global losses
             lead = min((m for m in metas if "steps" in m), key=lambda m: m["dp_index"])
             it.train_stats[call.name] = lead["steps"]
-            if not it.train_metrics:
-                it.train_metrics = lead["metrics"]
+            for key, value in lead["metrics"].items():  # e.g. async/ from the actor's
+                it.train_metrics.setdefault(key, value)
         it.done.add(call.name)
         self._run_functions(it)
 

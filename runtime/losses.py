@@ -36,13 +36,40 @@ def response_part(x: torch.Tensor, prompt_len: int, gen_len: int) -> torch.Tenso
     return x[:, prompt_len - 1: prompt_len - 1 + gen_len]
 
 
+# Truncation of the behaviour weight pi_prox / pi_behav of a stale token. AReaL drops
+# the tokens above its cap (behav_imp_weight_cap); truncating them instead (as
+# V-trace does) keeps every token's gradient and still bounds the variance.
+BEHAVIOUR_WEIGHT_CAP = 5.0
+
+
+def clipped_surrogate(lp: torch.Tensor, mb: dict, adv: torch.Tensor, clip_eps: float
+                      ) -> torch.Tensor:
+    """PPO's clipped surrogate per response token, decoupled when the batch is stale.
+
+    On-policy (no `prox_logprobs`: max_staleness 0, or a batch as fresh as the
+    trainer) the ratio is to the behaviour policy that sampled the batch
+    (`old_logprobs`, from the generate call), exactly as PPO always was. A stale
+    batch gets decoupled PPO (Hilton et al. 2022, "Batch size-invariance for policy
+    optimization"; AReaL, Fu et al. 2025): the ratio pi / pi_prox is clipped
+    against the proximal policy (the trainer's weights at the start of this train
+    call, `prox_logprobs`), so the trust region is around the current policy, not
+    the old one that sampled; the token is then weighted by pi_prox / pi_behav,
+    truncated at BEHAVIOUR_WEIGHT_CAP: the importance correction for sampling
+    from an older policy. Both log-probs are constants (no gradient)."""
+    prox = mb.get("prox_logprobs")
+    ratio = torch.exp(lp - (mb["old_logprobs"] if prox is None else prox))
+    per_token = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip_eps, 1 + clip_eps))
+    if prox is None:
+        return per_token
+    weight = torch.exp(prox - mb["old_logprobs"]).clamp(max=BEHAVIOUR_WEIGHT_CAP)
+    return per_token * weight
+
+
 def ppo_actor_loss(logprobs: torch.Tensor, mb: dict, *, prompt_len: int, gen_len: int,
                    clip_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     mask = mb["response_mask"]
     lp = response_part(logprobs, prompt_len, gen_len)
-    ratio = torch.exp(lp - mb["old_logprobs"])
-    adv = mb["advantages"]
-    per_token = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip_eps, 1 + clip_eps))
+    per_token = clipped_surrogate(lp, mb, mb["advantages"], clip_eps)
     return (per_token * mask).sum(), mask.sum()
 
 
@@ -60,9 +87,7 @@ def grpo_actor_loss(logprobs: torch.Tensor, mb: dict, *, prompt_len: int, gen_le
                     clip_eps: float, kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
     mask = mb["response_mask"]
     lp = response_part(logprobs, prompt_len, gen_len)
-    adv = mb["seq_advantages"][:, None]
-    ratio = torch.exp(lp - mb["old_logprobs"])
-    surrogate = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip_eps, 1 + clip_eps))
+    surrogate = clipped_surrogate(lp, mb, mb["seq_advantages"][:, None], clip_eps)
     per_token = surrogate + kl_coef * kl_k3(lp, mb["ref_logprobs"])
     return (per_token * mask).sum(), mask.sum()
 

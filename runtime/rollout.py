@@ -26,9 +26,10 @@ def encode_prompts(tokenizer, prompts: list[str], prompt_len: int) -> Batch:
 
 
 def build_sequences(prompt: Batch, tokens: torch.Tensor, lengths: torch.Tensor,
-                    pad_id: int) -> Batch:
-    """The batch every later call reads: ids, attention mask, response mask, and
-    the column of each sequence's last real token (where a reward model scores)."""
+                    pad_id: int, policy_version: torch.Tensor | None = None) -> Batch:
+    """The batch every later call reads: ids, attention mask, response mask, the
+    column of each sequence's last real token (where a reward model scores) and,
+    when given, the policy version that sampled each sequence (runtime/versions.py)."""
     b, gen_len = tokens.shape
     prompt_len = prompt["prompt_ids"].shape[1]
     cols = torch.arange(gen_len)[None, :]
@@ -40,7 +41,7 @@ def build_sequences(prompt: Batch, tokens: torch.Tensor, lengths: torch.Tensor,
         "response_mask": response_mask.float(),
         "prompt_len": torch.full((b,), prompt_len, dtype=torch.long),
         "last_index": prompt_len + lengths.clamp(min=1) - 1,
-    }
+    } | ({} if policy_version is None else {"policy_version": policy_version})
 
 
 def decode_responses(tokenizer, seqs: Batch) -> list[str]:

@@ -162,7 +162,7 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
             placement = worker_nodes(workers)
             write_atomic(out / "placement.json", json.dumps(placement, indent=1) + "\n")
             ray.get([w.setup.remote(spec.model_dump_json(), plan.model_dump_json(), seed,
-                                    resume_dir) for w in workers])
+                                    resume_dir, start_it) for w in workers])
         if any(a.backend == "vllm" for a in plan.calls):
             with console.status("starting vLLM engines"):
                 vllm_engines = start_vllm_engines(spec, plan, workers, on_gpu=on_gpu, seed=seed)

@@ -40,7 +40,7 @@ from planner.graph.spec import CallSpec, Spec
 from planner.layout.layout import Layout
 from planner.layout.transfer import TransferPlan, unpack_rows
 from planner.plan import ExecutionPlan, MemoryChoice, ReallocStep
-from runtime import handles, losses, rollout
+from runtime import handles, losses, rollout, versions
 from runtime.algorithms.registry import algorithm_for
 from runtime.engine.checkpoint import load_checkpoint, save_checkpoint
 from runtime.engine.engine import Batch, Engine, split_batch
@@ -112,6 +112,10 @@ class Worker:
         # (model, layout) -> engine away from home, built once; storage freed between uses
         self.temp_engines: dict[tuple[str, Layout], Engine | None] = {}
         self.generators: dict[str, Any] = {}  # model -> its vLLM backend on this device
+        # Policy versions (runtime/versions.py): train calls applied to each model's
+        # home engine, and the version each temporary copy received with its realloc.
+        self.version: dict[str, int] = {}
+        self.temp_version: dict[tuple[str, str], int] = {}
 
     # -- startup ----------------------------------------------------------
     def address(self) -> tuple[str, int]:
@@ -141,12 +145,14 @@ class Worker:
         return self.device_id
 
     def setup(self, spec_json: str, plan_json: str, seed: int,
-              resume_dir: str | None = None) -> dict[str, Any]:
-        """Create every process group in one global order, then the home engines."""
+              resume_dir: str | None = None, version: int = 0) -> dict[str, Any]:
+        """Create every process group in one global order, then the home engines.
+        `version`: train calls the trainable models have had (the resumed iteration)."""
         self.spec = Spec.model_validate_json(spec_json)
         self.plan = ExecutionPlan.model_validate_json(plan_json)
         self.seed = seed
         spec, plan = self.spec, self.plan
+        self.version = {n: version if m.trainable else 0 for n, m in spec.models.items()}
         self.algorithm = algorithm_for(spec)  # train calls build their batch here
         for c in spec.calls:  # collective: every worker walks the same list
             layout = layout_of(plan, c.name)
@@ -249,10 +255,32 @@ class Worker:
             out = engine.local_tensors() if engine is not None else None
             execute(transfer, shards, dtype=dtype, group=self.union_groups[ranks],
                     device_to_rank={d: i for i, d in enumerate(ranks)}, out=out)
+        self.temp_version[(model, call)] = self._carry_version(
+            model, home, plan_crosses_devices(transfer), self.union_groups[ranks],
+            (home or engine).device)
         recv = transfer.stats().recv_bytes.get(self.device_id, 0)
         return {"start": t0, "end": time.time(), "recv_bytes": int(recv), "device": self.device_id}
 
+    def _carry_version(self, model: str, home: Engine | None, crosses: bool, group,
+                       device) -> int:
+        """The policy version of the weights a realloc delivers: the home's. A device
+        off the home layout learns it from the home ranks with the weights (a max over
+        the union, -1 from non-home ranks); when nothing crosses devices every copy is
+        made from a local home shard, so the device knows it already (and no rank runs
+        a collective: `crosses` is the same on all of them)."""
+        mine = self.version.get(model, 0) if home is not None else -1
+        if not crosses:
+            return mine
+        t = torch.tensor([mine], dtype=torch.int64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+        return int(t.item())
+
+    def policy_version(self, call: CallSpec) -> int:
+        """Train calls behind the weights `call` runs on (its copy's, or the home's)."""
+        return self.temp_version.get((call.model, call.name), self.version.get(call.model, 0))
+
     def drop(self, model: str, call: str) -> None:
+        self.temp_version.pop((model, call), None)
         engine = self.temp.pop((model, call), None)
         if engine is not None:  # free (or unshare) the copy; the engine stays for next time
             _bind(engine, {n: t.new_empty(0) for n, t in engine.local_tensors().items()})
@@ -289,7 +317,10 @@ class Worker:
             batch, train_opts = self.algorithm.train_inputs(self.spec, call, store)
             out = self._train(engine, call, batch, a.dp, a.micro_batches, train_opts)
             if leader:  # every dp leader holds the same global data: same metrics
-                meta.update(steps=out["steps"], metrics=self._iteration_metrics(store))
+                meta.update(steps=out["steps"], metrics={
+                    **self._iteration_metrics(store),
+                    **versions.train_metrics(self.spec, call, store, out["version"],
+                                             out["behaviour"])})
         else:
             src = next(h for k, h in inputs.items() if k == "prompts" or h.tokens)
             lo, hi = handles.split_rows(src.rows, a.dp)[d]  # this replica's rows
@@ -300,7 +331,7 @@ class Worker:
                 out = self._generate(engine, call, rows, iteration, options, a.micro_batches)
                 meta["info"] = out.pop("_info", {})
                 seqs = rollout.build_sequences(rows, out["tokens"], out["lengths"],
-                                               options.get("pad_id"))
+                                               options.get("pad_id"), out["policy_version"])
                 values = [seqs, out["logprobs"] * seqs["response_mask"]]
             else:
                 keep = ("input_ids", "attention_mask", "prompt_len", "last_index")
@@ -334,15 +365,18 @@ class Worker:
                                seed=seed)
         backend = self.plan.assignment(call.name).backend
         gen = self.generators[call.model] if backend == "vllm" else backend_class(backend)()
-        # Policy version = train steps behind these weights (on-policy: one per iteration).
-        version = iteration if self.spec.models[call.model].trainable else 0
+        version = self.policy_version(call)  # the trace and the batch carry it
         out, info = gen.generate(engine, batch["prompt_ids"], batch["prompt_mask"], cfg, version,
                                  waves=waves)
+        info = {**info, "policy_version": version}
         # Pad to gen_len so replicas' results concatenate.
         pad = call.gen_len - out.tokens.shape[1]
         tokens = torch.nn.functional.pad(out.tokens, (0, pad), value=cfg.pad_token_id or 0)
         logprobs = torch.nn.functional.pad(out.logprobs, (0, pad))
-        return {"tokens": tokens, "logprobs": logprobs, "lengths": out.lengths, "_info": info}
+        # per sequence: the version rides with the batch to the calls that read it
+        versions = torch.full_like(out.lengths, version, dtype=torch.long)
+        return {"tokens": tokens, "logprobs": logprobs, "lengths": out.lengths,
+                "policy_version": versions, "_info": info}
 
     def _inference(self, engine: Engine, call: CallSpec, batch: Batch, micro_batches: int
                    ) -> Batch:
@@ -373,18 +407,53 @@ class Worker:
         loss_fn = functools.partial(getattr(losses, loss_name), **kwargs)
         stat_names = losses.LOSS_STATS.get(loss_name, ())
         tensors = {k: v for k, v in batch.items() if k != "prompt_len"}
+        # spec: minibatches <= num_seqs; this replica's share of each minibatch
+        mine_all = [{k: torch.tensor_split(v, dp)[engine.groups.d] for k, v in mb.items()}
+                    for mb in split_batch(tensors, call.minibatches)]
+        version = self.version.get(call.model, 0)
+        behaviour = options.get("behaviour_version")
+        stats = None
+        if behaviour is not None and behaviour < version and "old_logprobs" in tensors:
+            # A stale batch: decoupled PPO needs the proximal policy (these weights,
+            # before this call's first step) on every token (runtime/losses.py).
+            stats = self._proximal_logprobs(engine, mine_all, micro_batches, kwargs)
         steps = []
         # Model-state bytes where they peak (after the last backward): what the
         # plan's memory choice (ZeRO stage) buys, reported per step.
         held: dict[str, int] = {}
         engine.on_before_step = lambda e: held.update(e.model_state_bytes())
         for _ in range(call.epochs):
-            for mb in split_batch(tensors, call.minibatches):  # spec: minibatches <= num_seqs
-                mine = {k: torch.tensor_split(v, dp)[engine.groups.d] for k, v in mb.items()}
+            for mine in mine_all:
                 mbs = min(micro_batches, mine["input_ids"].shape[0])
                 steps.append({**engine.train_step(mine, loss_fn, mbs, stat_names),
                               "state_bytes": sum(held.values())})
-        return {"steps": steps}
+        self.version[call.model] = version + 1
+        return {"steps": steps, "version": version, "behaviour": stats}
+
+    @torch.no_grad()
+    def _proximal_logprobs(self, engine: Engine, minibatches: list[Batch], micro_batches: int,
+                           cols: dict[str, Any]) -> dict[str, float]:
+        """Add `prox_logprobs` (the response columns' log-probs under the current
+        weights) to each minibatch; returns the behaviour weight pi_prox / pi_behav's
+        mean over response tokens and the fraction above the loss's cap, over every
+        dp replica."""
+        sums = torch.zeros(3, dtype=torch.float64)
+        for mb in minibatches:
+            mbs = min(micro_batches, mb["input_ids"].shape[0])
+            lp = engine.logprobs(mb["input_ids"], mb["attention_mask"], mbs).cpu()
+            prox = losses.response_part(lp, cols["prompt_len"], cols["gen_len"])
+            mb["prox_logprobs"] = prox.to(mb["old_logprobs"].dtype)
+            w = torch.exp(mb["prox_logprobs"] - mb["old_logprobs"])
+            mask = mb["response_mask"].to(w.dtype)
+            sums += torch.tensor([float((w * mask).sum()), float(mask.sum()),
+                                  float(((w > losses.BEHAVIOUR_WEIGHT_CAP) * mask).sum())],
+                                 dtype=torch.float64)
+        g = engine.groups
+        if g.layout.dp > 1:
+            sums = sums.to(engine.device)
+            dist.all_reduce(sums, group=g.dp_group)
+        w_sum, n, over = sums.tolist()
+        return {"mean": w_sum / max(n, 1.0), "truncated": over / max(n, 1.0)}
 
     # -- checkpoints ------------------------------------------------------
     def save(self, ckpt_dir: str, models: list[str] | None = None) -> None:

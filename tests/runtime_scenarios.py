@@ -50,3 +50,21 @@ def overlapping_tiny_ppo(tmp: Path) -> Path:
     return manual_plan(spec, {"actor_gen": "0-1:d2", "actor_train": "0-1:d2",
                               "ref_inf": "3:d1", "critic_inf": "2:d1", "critic_train": "2:d1"},
                        tmp / "overlap.json")
+
+
+TINY_GRPO = ROOT / "specs" / "tiny-grpo-cpu.yaml"
+# Generation on its own devices, the rest on the others (verl fully-async style): the
+# layout where generation of iteration i+1 can run while iteration i trains.
+SPLIT_GRPO = {"actor_gen": "0-1:d2", "*": "2-3:d2"}
+
+
+def stale_spec(tmp: Path, k: int, spec: Path = TINY_GRPO) -> Path:
+    """`spec` with max_staleness: k (the shipped tiny specs are synchronous)."""
+    out = tmp / f"{spec.stem}-k{k}.yaml"
+    out.write_text(spec.read_text() + f"max_staleness: {k}\n")
+    return out
+
+
+def split_tiny_grpo(tmp: Path, k: int) -> Path:
+    """Tiny GRPO on the split layout, with max_staleness k (same devices for every k)."""
+    return manual_plan(stale_spec(tmp, k), SPLIT_GRPO, tmp / f"split-grpo-k{k}.json")

@@ -19,7 +19,7 @@ def ray_get(ref):
 
     return ray.get(ref)
 from runtime.run import run_plan
-from tests.runtime_scenarios import colocated_tiny_ppo, realloc_tiny_ppo
+from tests.runtime_scenarios import colocated_tiny_ppo, realloc_tiny_ppo, split_tiny_grpo
 
 pytestmark = pytest.mark.multiprocess
 ROOT = Path(__file__).resolve().parent.parent
@@ -179,6 +179,9 @@ def test_critic_free_searched_plan_learns(ray_local, tmp_path, algo):
     first, last = sum(rewards[:2]) / 2, sum(rewards[-2:]) / 2
     assert last > max(3 * first, first + 0.05), rewards
     assert "critic_train/loss" not in res.metrics[0] and "actor_train/loss" in res.metrics[0]
+    # synchronous: every batch on-policy, so never the decoupled loss (today's loss)
+    assert all(m["async/staleness"] == 0 and "async/behaviour_weight_mean" not in m
+               for m in res.metrics)
 
 
 def test_plan_bigger_than_the_ray_cluster_is_refused(ray_local, tmp_path):
@@ -263,3 +266,34 @@ def test_overlapped_iterations_keep_results_and_data_off_the_driver(ray_local, t
         assert a["reward/mean"] == b["reward/mean"]
         for key in ("actor_train/loss", "critic_train/loss", "actor/kl"):
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), key
+
+
+def test_stale_generation_overlaps_training_and_learns(ray_local, tmp_path):
+    """max_staleness 1, generation on devices 0-1 and the rest on 2-3: generation of
+    iteration i+1 runs while iteration i trains, every batch's policy version is
+    within 1 of the trainer's (the version rides the realloc to devices that never
+    held the policy), the stale batches train with decoupled PPO, and GRPO learns."""
+    res = run_plan(str(split_tiny_grpo(tmp_path, 1)), iterations=8,
+                   run_dir=str(tmp_path / "run"), seed=1)
+    m = res.metrics
+    # iterations 0 and 1 both sample with the initial policy; then one version behind
+    assert [x["async/policy_version"] for x in m] == [0] + list(range(7))
+    assert [x["async/staleness"] for x in m] == [0] + [1] * 7
+    assert all(0.5 < x["async/behaviour_weight_mean"] < 2 for x in m[1:])
+    assert "async/behaviour_weight_mean" not in m[0]  # on-policy: today's loss
+    trace = json.loads((tmp_path / "run" / "trace.json").read_text())
+    span: dict[tuple[str, int], list[float]] = {}
+    for e in trace["traceEvents"]:
+        if e["ph"] == "X" and e["args"]["kind"] == "call":
+            a = e["args"]
+            s = span.setdefault((a["label"], a["iteration"]), [float("inf"), 0.0])
+            s[0], s[1] = min(s[0], e["ts"]), max(s[1], e["ts"] + e["dur"])
+            if a["label"] == "actor_gen":  # the trace names the version of each batch
+                assert 0 <= a["iteration"] - a["policy_version"] <= 1, a
+    overlaps = [i for i in range(7) if max(span[("actor_gen", i + 1)][0],
+                                           span[("actor_train", i)][0])
+                < min(span[("actor_gen", i + 1)][1], span[("actor_train", i)][1])]
+    assert len(overlaps) >= 4, (overlaps, span)
+    rewards = [x["reward/mean"] for x in m]
+    first, last = sum(rewards[:2]) / 2, sum(rewards[-2:]) / 2
+    assert last > max(3 * first, first + 0.05), rewards

@@ -71,8 +71,8 @@ def seq_advantage_inputs(alg: RLAlgorithm, spec: Spec, call: CallSpec, store: St
     adv = alg.cached_advantages(spec, store)
     batch = {**alg.rollout_base(store), "old_logprobs": store["logprobs"],
              "seq_advantages": adv["seq_advantages"], "ref_logprobs": store["ref_logprobs"]}
-    return batch, alg.loss_options(spec, call, clip_eps=spec.rl.clip_eps,
-                                   kl_coef=spec.rl.kl_coef)
+    return batch, alg.actor_options(spec, call, store, clip_eps=spec.rl.clip_eps,
+                                    kl_coef=spec.rl.kl_coef)
 
 
 register(GRPO())

@@ -94,7 +94,7 @@ class PPO(RLAlgorithm):
             return ({**base, "old_values": store["values"], "returns": adv["returns"]},
                     self.loss_options(spec, call, clip_eps=spec.rl.value_clip_eps))
         return ({**base, "old_logprobs": store["logprobs"], "advantages": adv["advantages"]},
-                self.loss_options(spec, call, clip_eps=spec.rl.clip_eps))
+                self.actor_options(spec, call, store, clip_eps=spec.rl.clip_eps))
 
 
 register(PPO())

@@ -15,6 +15,7 @@ import torch
 from planner.graph.spec import CallSpec, Spec
 from runtime.algorithms.masked import masked_mean
 from runtime.algorithms.registry import Algorithm, Store
+from runtime.versions import batch_version
 
 
 class RLAlgorithm(Algorithm):
@@ -54,6 +55,16 @@ class RLAlgorithm(Algorithm):
                                         store["seqs"]["response_mask"])
             store["_adv"] = out
         return store["_adv"]
+
+    def actor_options(self, spec: Spec, call: CallSpec, store: Store, **loss_kwargs
+                      ) -> dict[str, Any]:
+        """The actor's loss options plus the policy version that sampled its batch: a
+        worker whose policy is newer recomputes proximal log-probs (decoupled PPO)."""
+        options = self.loss_options(spec, call, **loss_kwargs)
+        version = batch_version(store.get(self.sampled_call(spec).outputs[0]))
+        if version is not None:
+            options["behaviour_version"] = version
+        return options
 
     def rollout_base(self, store: Store) -> dict[str, torch.Tensor]:
         seqs = store["seqs"]

@@ -1,0 +1,141 @@
+"""What one policy version of lag buys when the plan runs: measured K=0 vs K>0.
+
+    python tools/bench_async.py                          # tiny GRPO, K 0 and 1, 12 iterations
+    python tools/bench_async.py --iterations 16 --repeats 3 --k 0,1,2
+    python tools/bench_async.py --layout "actor_gen=0-1:d2,*=2-3:d2" --searched
+    python tools/bench_async.py --devices 2          # one device generates, one trains
+
+Each K runs the same spec (tiny GRPO by default) with `max_staleness: K` on the
+same devices and the same layout (default: training on devices 2-3, generation
+and inference on 0-1, the placement where generation of iteration i+1 can
+overlap training of iteration i; with --devices 2, training on device 1 and
+the rest on device 0), through `runtime run` with one
+checkpoint at the end. Runs of different K alternate (K0, K1, K0, K1, ...) so
+a change of machine load hits both. --searched also runs the plan `planner
+search` picks for K=0 (the best synchronous plan on these devices).
+
+Printed per K: the plan's estimated steady-state iteration, the measured one (median of timing_s/iteration after
+the first --warmup iterations: the time between two iterations' ends, so
+overlap counts), tokens per second over those iterations, the speedup over
+K=0, the staleness each iteration trained at, and the reward curve (mean
+over repeats), with the 1-minute load average before and after each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from planner.plan import load_plan  # noqa: E402
+from tests.runtime_scenarios import TINY_GRPO, manual_plan, stale_spec  # noqa: E402
+
+# The train call on its own devices, generation and the inference calls on the others:
+# the two halves of an iteration take about as long on these devices.
+LAYOUTS = {4: "actor_train=2-3:d2,*=0-1:d2", 2: "actor_train=1:d1,*=0:d1"}
+
+
+def load1() -> float:
+    return os.getloadavg()[0]
+
+
+def parse_alloc(text: str) -> dict[str, str]:
+    out = {}
+    for part in text.split(","):
+        name, _, layout = part.partition("=")
+        if not layout:
+            raise SystemExit(f"--layout: '{part}' is not call=layout")
+        out[name.strip()] = layout.strip()
+    return out
+
+
+def run(plan: Path, run_dir: Path, iterations: int, seed: int) -> list[dict]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "runtime.cli", "run", str(plan), "--run-dir", str(run_dir),
+           "--iterations", str(iterations), "--seed", str(seed),
+           "--save-every", str(iterations)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    if r.returncode:
+        raise SystemExit(f"runtime run {plan} failed:\n{r.stderr[-2000:]}")
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def steady(metrics: list[dict], warmup: int) -> tuple[float, float]:
+    """(median iteration s, tokens per second) over the iterations after warm-up."""
+    tail = metrics[warmup:]
+    period = statistics.median(m["timing_s/iteration"] for m in tail)
+    tokens_per_s = (sum(m["perf/total_tokens"] for m in tail)
+                    / sum(m["timing_s/iteration"] for m in tail))
+    return period, tokens_per_s
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--spec", default=str(TINY_GRPO))
+    ap.add_argument("--devices", type=int, default=4, choices=sorted(LAYOUTS),
+                    help="virtual CPU devices of the one node (the spec's gpus_per_node)")
+    ap.add_argument("--layout", help="call=layout, ... ('*' = every other call); the same "
+                    "for every K (default: the split of --devices)")
+    ap.add_argument("--k", default="0,1", help="staleness bounds to run (comma-separated)")
+    ap.add_argument("--iterations", type=int, default=12)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--searched", action="store_true",
+                    help="also run the searched K=0 plan (the best synchronous plan)")
+    ap.add_argument("--out", default="runs/bench_async")
+    args = ap.parse_args(argv)
+    ks = [int(x) for x in args.k.split(",")]
+    out = Path(args.out).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    args.layout = args.layout or LAYOUTS[args.devices]
+    alloc = parse_alloc(args.layout)
+    spec = out / f"spec-{args.devices}dev.yaml"
+    text = Path(args.spec).read_text()
+    spec.write_text(re.sub(r"gpus_per_node: *\d+", f"gpus_per_node: {args.devices}", text))
+    plans = {f"K={k}": manual_plan(stale_spec(out, k, spec), alloc, out / f"plan-k{k}.json")
+             for k in ks}
+    if args.searched:
+        searched = out / "plan-searched-k0.json"
+        subprocess.run([sys.executable, "-m", "planner.cli", "search", str(spec), "-o",
+                        str(searched), "--steps", "2000"], check=True, capture_output=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+        plans["searched K=0"] = searched
+    print(f"spec {args.spec}; layout {args.layout}; {args.iterations} iterations, first "
+          f"{args.warmup} dropped; {args.repeats} repeats", flush=True)
+    results: dict[str, list[list[dict]]] = {name: [] for name in plans}
+    for rep in range(args.repeats):
+        for name, plan in plans.items():
+            run_dir = out / f"run-{name.replace(' ', '-').replace('=', '')}-{rep}"
+            before = load1()
+            metrics = run(plan, run_dir, args.iterations, args.seed)
+            period, tps = steady(metrics, args.warmup)
+            print(f"  {name:14} repeat {rep}: {period * 1e3:7.1f} ms / iteration, "
+                  f"{tps:7.0f} tokens/s  (load {before:.1f} -> {load1():.1f})", flush=True)
+            results[name].append(metrics)
+    base = statistics.median(steady(r, args.warmup)[1] for r in results[f"K={ks[0]}"])
+    print(f"\n{'plan':14} {'est ms':>7} {'ms/iter':>8} {'tokens/s':>9} {'vs K=' + str(ks[0]):>8}  staleness"
+          "          reward/mean per iteration (mean over repeats)")
+    for name, runs in results.items():
+        period = statistics.median(steady(r, args.warmup)[0] for r in runs)
+        tps = statistics.median(steady(r, args.warmup)[1] for r in runs)
+        stale = [m.get("async/staleness") for m in runs[0]]
+        curve = [statistics.mean(r[i]["reward/mean"] for r in runs)
+                 for i in range(args.iterations)]
+        est = load_plan(plans[name]).iteration_time_s or 0.0
+        print(f"{name:14} {est * 1e3:7.1f} {period * 1e3:8.1f} {tps:9.0f} {tps / base:7.2f}x  "
+              f"{''.join(str(s) for s in stale):18} {' '.join(f'{x:.2f}' for x in curve)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
