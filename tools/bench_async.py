@@ -6,10 +6,10 @@
     python tools/bench_async.py --devices 2          # one device generates, one trains
 
 Each K runs the same spec (tiny GRPO by default) with `max_staleness: K` on the
-same devices and the same layout (default: training on devices 2-3, generation
-and inference on 0-1, the placement where generation of iteration i+1 can
-overlap training of iteration i; with --devices 2, training on device 1 and
-the rest on device 0), through `runtime run` with one
+same devices and the same layout (default: generation on devices 0-1, the
+rest on 2-3, the placement where generation of iteration i+1 can overlap
+training of iteration i; with --devices 2, generation on device 0 and the rest
+on device 1), through `runtime run` with one
 checkpoint at the end. Runs of different K alternate (K0, K1, K0, K1, ...) so
 a change of machine load hits both. --searched also runs the plan `planner
 search` picks for K=0 (the best synchronous plan on these devices).
@@ -39,9 +39,10 @@ if str(ROOT) not in sys.path:
 from planner.plan import load_plan  # noqa: E402
 from tests.runtime_scenarios import TINY_GRPO, manual_plan, stale_spec  # noqa: E402
 
-# The train call on its own devices, generation and the inference calls on the others:
-# the two halves of an iteration take about as long on these devices.
-LAYOUTS = {4: "actor_train=2-3:d2,*=0-1:d2", 2: "actor_train=1:d1,*=0:d1"}
+# Generation on its own devices, the rest on the others (verl fully-async style). Not
+# the inference calls beside generation: under K=1 the plan's order runs the next
+# generation before them there, and they feed the train call, so nothing would overlap.
+LAYOUTS = {4: "actor_gen=0-1:d2,*=2-3:d2", 2: "actor_gen=0:d1,*=1:d1"}
 
 
 def load1() -> float:
