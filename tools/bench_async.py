@@ -14,9 +14,9 @@ checkpoint at the end. Runs of different K alternate (K0, K1, K0, K1, ...) so
 a change of machine load hits both. --searched also runs the plan `planner
 search` picks for K=0 (the best synchronous plan on these devices).
 
-Printed per K: the plan's estimated steady-state iteration, the measured one (median of timing_s/iteration after
-the first --warmup iterations: the time between two iterations' ends, so
-overlap counts), tokens per second over those iterations, the speedup over
+Printed per K: the plan's estimated steady-state iteration, the measured one
+(median of timing_s/iteration after the first --warmup iterations: the time
+between two iterations' ends, so overlap counts), tokens per second over those iterations, the speedup over
 K=0, the staleness each iteration trained at, and the reward curve (mean
 over repeats), with the 1-minute load average before and after each run.
 """
@@ -124,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{tps:7.0f} tokens/s  (load {before:.1f} -> {load1():.1f})", flush=True)
             results[name].append(metrics)
     base = statistics.median(steady(r, args.warmup)[1] for r in results[f"K={ks[0]}"])
-    print(f"\n{'plan':14} {'est ms':>7} {'ms/iter':>8} {'tokens/s':>9} {'vs K=' + str(ks[0]):>8}  staleness"
-          "          reward/mean per iteration (mean over repeats)")
+    print(f"\n{'plan':14} {'est ms':>7} {'ms/iter':>8} {'tokens/s':>9} "
+          f"{'vs K=' + str(ks[0]):>8}  staleness          reward/mean per iteration "
+          "(mean over repeats)")
     for name, runs in results.items():
         period = statistics.median(steady(r, args.warmup)[0] for r in runs)
         tps = statistics.median(steady(r, args.warmup)[1] for r in runs)
