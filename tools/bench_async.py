@@ -16,9 +16,10 @@ search` picks for K=0 (the best synchronous plan on these devices).
 
 Printed per K: the plan's estimated steady-state iteration, the measured one
 (median of timing_s/iteration after the first --warmup iterations: the time
-between two iterations' ends, so overlap counts), tokens per second over those iterations, the speedup over
-K=0, the staleness each iteration trained at, and the reward curve (mean
-over repeats), with the 1-minute load average before and after each run.
+between two iterations' ends, so overlap counts), tokens per second over
+those iterations, the speedup over K=0, the staleness each iteration trained
+at, and the reward curve (mean over repeats), with the 1-minute load average
+before and after each run.
 """
 
 from __future__ import annotations
