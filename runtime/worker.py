@@ -374,9 +374,9 @@ class Worker:
         tokens = torch.nn.functional.pad(out.tokens, (0, pad), value=cfg.pad_token_id or 0)
         logprobs = torch.nn.functional.pad(out.logprobs, (0, pad))
         # per sequence: the version rides with the batch to the calls that read it
-        versions = torch.full_like(out.lengths, version, dtype=torch.long)
+        stamps = torch.full_like(out.lengths, version, dtype=torch.long)
         return {"tokens": tokens, "logprobs": logprobs, "lengths": out.lengths,
-                "policy_version": versions, "_info": info}
+                "policy_version": stamps, "_info": info}
 
     def _inference(self, engine: Engine, call: CallSpec, batch: Batch, micro_batches: int
                    ) -> Batch:
