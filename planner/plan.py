@@ -345,15 +345,27 @@ def check_plan(plan: ExecutionPlan, spec: Spec | None = None, *, file: str = "<p
         if m.peak_call is not None and m.peak_call not in names:
             raise PlanError(f"{file} device_memory[{i}].peak_call: '{m.peak_call}' is not a "
                             "call of the spec")
-        usable = plan.memory_capacity_bytes - plan.memory_headroom_bytes
-        if m.peak_bytes > usable:  # the promise: no device runs out of memory
-            raise PlanError(f"{file} device_memory[{i}].peak_bytes: {m.peak_bytes / 2**30:.2f} "
-                            f"GiB on device {m.device_id} exceeds capacity minus headroom "
-                            f"({usable / 2**30:.2f} GiB); re-run `planner search`")
+    over = over_memory(plan)
+    if over is not None:  # the promise: no device runs out of memory
+        i, m = over
+        raise PlanError(f"{file} device_memory[{i}].peak_bytes: {m.peak_bytes / 2**30:.2f} GiB "
+                        f"on device {m.device_id} exceeds capacity minus headroom "
+                        f"({usable_bytes(plan) / 2**30:.2f} GiB); re-run `planner search`")
     override = own.cluster.memory_headroom_override_bytes
     if override is not None and override != plan.memory_headroom_bytes:
         raise PlanError(f"{file} memory_headroom_bytes: {plan.memory_headroom_bytes} but the "
                         f"embedded spec's cluster.memory_headroom_gib gives {override}")
+
+
+def usable_bytes(plan: ExecutionPlan) -> int:
+    """What a device's peak may reach: capacity minus headroom."""
+    return plan.memory_capacity_bytes - plan.memory_headroom_bytes
+
+
+def over_memory(plan: ExecutionPlan) -> tuple[int, DeviceMemory] | None:
+    """The first device_memory entry whose peak exceeds usable_bytes (index, entry)."""
+    return next(((i, m) for i, m in enumerate(plan.device_memory)
+                 if m.peak_bytes > usable_bytes(plan)), None)
 
 
 def _check_after(plan: ExecutionPlan, file: str) -> None:

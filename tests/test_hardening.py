@@ -442,3 +442,18 @@ def test_second_run_stops_ray_processes_a_killed_driver_left(tmp_path):
         for p in (orphan, bystander):
             p.kill()
             p.wait()
+
+
+def test_evaluate_does_not_write_a_plan_that_runs_out_of_memory(tmp_path, capsys):
+    """`planner evaluate --alloc -o` writes only plans load_plan accepts: an allocation
+    whose generation peaks above capacity minus headroom on device 32 is refused."""
+    from planner.show.sample import PPO_70B_128GPU, SPECS
+
+    alloc = dict(PPO_70B_128GPU, critic_train=("32-63:d8t4", 4))
+    text = ", ".join(f"{name}={layout}/m{mb}" for name, (layout, mb) in alloc.items())
+    out = tmp_path / "p.json"
+    err = one_line(capsys, planner(["evaluate", str(SPECS / "ppo-llama2-70b-128gpu.yaml"),
+                                    "--alloc", text, "-o", str(out)]))
+    assert err.startswith("--alloc: device 32 peaks at 76.36 GiB (actor_gen), over the "
+                          "75.26 GiB usable"), err
+    assert not out.exists()

@@ -24,7 +24,8 @@ from planner.errors import UserError
 from planner.graph.loader import load_spec
 from planner.layout.layout import Layout, LayoutError, parse_layout
 from planner.outputs import check_output_file
-from planner.plan import ExecutionPlan, Provenance, load_plan, save_plan
+from planner.plan import (ExecutionPlan, Provenance, load_plan, over_memory, save_plan,
+                          usable_bytes)
 from planner.search.baselines import all_baselines
 from planner.search.candidates import price
 from planner.search.plan_out import build_plan, exact_evaluation, plan_order
@@ -191,7 +192,13 @@ def run(args: argparse.Namespace) -> int:
     if args.output is not None and hand is not None:
         exact = exact_evaluation(p, hand)
         prov = Provenance(method="manual", notes=[f"--alloc {args.alloc}"])
-        save_plan(build_plan(p, hand, provenance=prov, spec_path=args.spec, evaluation=exact),
-                  args.output)
+        plan = build_plan(p, hand, provenance=prov, spec_path=args.spec, evaluation=exact)
+        over = over_memory(plan)
+        if over is not None:  # load_plan would refuse it: write nothing
+            m = over[1]
+            raise AllocError(f"--alloc: device {m.device_id} peaks at {m.peak_bytes / 2**30:.2f} "
+                             f"GiB ({m.peak_call}), over the {usable_bytes(plan) / 2**30:.2f} GiB "
+                             f"usable; {args.output} not written")
+        save_plan(plan, args.output)
         Console().print(f"wrote {args.output}")
     return 0

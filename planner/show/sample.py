@@ -31,7 +31,7 @@ PPO_70B_128GPU = {
     "reward_inf": ("0-15:d4t4", 2),
     "critic_inf": ("16-31:d4t4", 2),
     "actor_train": ("0-127:d4p4t8", 32),
-    "critic_train": ("32-63:d8t4", 4),
+    "critic_train": ("32-63:d4t8", 4),
 }
 
 def sample_plan(spec_path: str | Path, alloc: dict[str, tuple[str, int]], *,
