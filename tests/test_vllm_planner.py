@@ -133,14 +133,15 @@ def _gen_estimate(prof, num_layers: int = 4, num_seqs: int = 32, prompt: int = 1
 def test_vllm_engine_work_outside_the_layers_is_priced_once_whatever_the_model():
     fixed = dict(call_fixed_s=0.004, call_per_seq_s=1e-4, call_per_token_s=1e-6,
                  step_fixed_s=0.001, step_per_seq_s=5e-5, update_fixed_s=0.02,
-                 update_bytes_per_s=1e8)
+                 update_per_layer_s=0.003, update_bytes_per_s=1e8)
     prof = _priced(**fixed)
     b, p, g = 32, 16, 16
     est = _gen_estimate(prof, 4, b, p, g)
     # One call, g - 1 decode steps of all b sequences (continuous batching, fixed lengths).
     engine = 0.004 + b * (1e-4 + p * 1e-6) + (g - 1) * (0.001 + b * 5e-5)
     assert est.breakdown["engine"] == pytest.approx(engine, rel=1e-9)
-    assert est.breakdown["refit"] == pytest.approx(0.02 + est.memory.params_bytes / 1e8, rel=1e-9)
+    assert est.breakdown["refit"] == pytest.approx(0.02 + 4 * 0.003 + est.memory.params_bytes / 1e8,
+                                                   rel=1e-9)
     # More layers: only the per-layer terms grow; the engine's own work does not.
     deeper = _gen_estimate(prof, 8, b, p, g)
     assert deeper.breakdown["engine"] == pytest.approx(engine, rel=1e-9)
@@ -182,6 +183,16 @@ def test_vllm_fit_splits_layers_from_the_engines_own_work():
     assert t.decode.time_s[2][1] == pytest.approx(layer_dec(32, 256), rel=1e-6)
     assert t.prefill.fwd_s[1][0] == pytest.approx(layer_pre(8, 32), rel=1e-6)
     assert t.update_bytes_per_s == pytest.approx(1e9) and t.update_fixed_s == pytest.approx(0.01)
+    assert t.update_per_layer_s == 0.0  # two points: no per-layer term
+    # Three models (depth pair + a wide one): fixed, per layer and per byte apart.
+    pts = [(n, b, 0.007 + n * 2e-3 + b / 1e8) for n, b in [(1, 10**6), (8, 8 * 10**6),
+                                                          (2, 8 * 10**6)]]
+    assert vt.update_fit(pts) == pytest.approx((0.007, 2e-3, 1e-8), rel=1e-6)
+    with_wide = {n: {**raw(n), "updates": pts} for n in vt.LAYERS}
+    t = vt.fit(shape, with_wide, batches, lens, ctxs)
+    assert (t.update_fixed_s, t.update_per_layer_s, t.update_bytes_per_s) == pytest.approx(
+        (0.007, 2e-3, 1e8), rel=1e-6)
+    assert vt.wide_shape(shape).hidden_size == 256
     # A negative fitted term (noise) is dropped, not stored.
     assert vt.nonneg_fit([[1, 1], [1, 2], [1, 3]], [3.0, 2.0, 1.0]) == pytest.approx([2.0, 0.0])
 

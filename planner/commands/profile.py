@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"vLLM outside the layers: call {v.call_fixed_s * 1e3:.2f} ms + "
                       f"{v.call_per_seq_s * 1e3:.3f} ms/prompt, decode step "
                       f"{v.step_fixed_s * 1e3:.2f} ms + {v.step_per_seq_s * 1e3:.3f} ms/seq; "
-                      f"weight update {v.update_fixed_s * 1e3:.1f} ms + bytes at {rate}",
+                      f"weight update {v.update_fixed_s * 1e3:.1f} ms + "
+                      f"{v.update_per_layer_s * 1e3:.2f} ms/layer + bytes at {rate}",
                       highlight=False)
     rt = profile.runtime
     if rt is not None:

@@ -430,7 +430,8 @@ def _generate(c: _Ctx, s: CallShape, flash: bool, trainable: bool) -> CallEstima
     params = _stage_params(c)
     # A trainable model's fresh weights are copied into the engine before it generates
     # (refit).
-    refit = vllm_pricing.refit_s(dev, params * c.dtype_bytes) if trainable else 0.0
+    refit = (vllm_pricing.refit_s(dev, params * c.dtype_bytes, _max_stage_layers(c))
+             if trainable else 0.0)
     time_s, bd = _bd(prefill=compute, decode=decode, tp_comm=tp_pre + tp_dec, pp_fill=fill,
                      pp_p2p=p2p_pre + p2p_dec, engine=engine, refit=refit)
     n_layers = _max_stage_layers(c)

@@ -251,8 +251,12 @@ class VllmTables(_Frozen):
     update_fixed_s: float = Field(0.0, ge=0, description=(
         "In-place weight update (reload_weights + reset_prefix_cache through the actor), "
         "besides its bytes."))
+    update_per_layer_s: float = Field(0.0, ge=0, description=(
+        "In-place weight update, per transformer layer (vLLM repacks each linear weight: "
+        "work per module besides its bytes)."))
     update_bytes_per_s: float | None = Field(None, gt=0, description=(
-        "In-place weight update throughput. None: not measured (priced at memory bandwidth)."))
+        "In-place weight update throughput. None: not measured (priced at memory bandwidth, "
+        "unless update_per_layer_s is)."))
 
 
 class MeasuredTables(_Frozen):

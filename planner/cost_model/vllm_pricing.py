@@ -8,7 +8,8 @@ linear in what it handles:
   request set-up, the first token's head, sampling and log-prob;
 - per decode step: `step_fixed_s + step_per_seq_s * sequences`: scheduling,
   input preparation, head, sampling, log-probs, outputs;
-- per weight update: `update_fixed_s + bytes / update_bytes_per_s`.
+- per weight update: `update_fixed_s + layers * update_per_layer_s + bytes /
+  update_bytes_per_s`, fitted over models of different depth and width.
 That is host work of vLLM's engine loop, the same whatever the model, so it is
 not scaled to the call's model (the per-layer tables are). Any other profile
 prices these as the native engine: the profile's `engine_step_s` per step,
@@ -44,9 +45,11 @@ def step_overhead_s(dev: Device, batch: float) -> float:
     return t.step_fixed_s + batch * t.step_per_seq_s
 
 
-def refit_s(dev: Device, param_bytes: float) -> float:
-    """Fresh weights of `param_bytes` into the generation engine before it generates."""
+def refit_s(dev: Device, param_bytes: float, layers: int) -> float:
+    """Fresh weights of `param_bytes` (`layers` transformer layers) into the generation
+    engine before it generates."""
     t = _tables(dev)
-    if t is None or t.update_bytes_per_s is None:
+    if t is None or (t.update_bytes_per_s is None and not t.update_per_layer_s):
         return dev.memory_s(2 * param_bytes)  # read + write at memory bandwidth
-    return t.update_fixed_s + param_bytes / t.update_bytes_per_s
+    per_byte = param_bytes / t.update_bytes_per_s if t.update_bytes_per_s else 0.0
+    return t.update_fixed_s + layers * t.update_per_layer_s + per_byte

@@ -50,12 +50,14 @@ class VllmBackend:
                  cfg: GenerationConfig, version: int, *, waves: int = 1
                  ) -> tuple[GenerationOutput, dict[str, Any]]:
         # `waves` is ignored: vLLM batches continuously within its KV cache (max_num_seqs).
+        t_call = time.time()
         info: dict[str, Any] = {"backend": "vllm", "weights_version": version}
         if self.version != version:
             if engine.tp != 1 or engine.pp != 1:  # the planner never emits these
                 raise RuntimeError(f"vllm backend needs tp=pp=1, got tp {engine.tp} pp {engine.pp}")
             tensors = {n: t.detach().cpu() for n, t in engine.local_tensors().items()}
             info.update(_call(self.target, "update_weights", tensors, version))
+            info["update_call_s"] = time.time() - t_call  # the worker's side, hop included
             self.version = version
         mask = prompt_mask.bool()
         prompts = [row[m].tolist() for row, m in zip(prompt_ids, mask)]
@@ -75,6 +77,7 @@ class VllmBackend:
         if recompute:
             out = _recomputed(engine, prompt_ids, prompt_mask, out, cfg)
         info["logprobs_from"] = "engine" if recompute else "vllm"
+        info["backend_s"] = time.time() - t_call  # all of it, as the worker sees it
         return out, info
 
 

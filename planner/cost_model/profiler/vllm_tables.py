@@ -2,8 +2,10 @@
 
 Measured the way `runtime run` calls vLLM (runtime/generation/vllm_backend.py),
 reproduced here because the planner never imports the runtime: vLLM in a Ray
-actor of its own with the in-process engine core, called from outside with
-`ray.get(actor.generate.remote(prompts, ...))`, every sequence sampled at
+actor of its own with the in-process engine core, called from another Ray actor
+as the worker calls it (prompt rows of a tensor into lists,
+`ray.get(engine.generate.remote(prompts, ...))`, the returned lists into padded
+tensors; the weights through the object store), every sequence sampled at
 temperature 1 with its own seed and its log-prob returned (the runtime's
 requests), all of a call's prompts in one continuous batch, and weights
 replaced in place through the actor (`reload_weights`, `reset_prefix_cache`).
@@ -22,8 +24,12 @@ the prompt tokens over all points, which also averages out the noise of a
 shared machine. Each time is the engine's CPU time in its actor (vLLM's
 in-process engine runs on the calling thread with one OpenMP thread, so on an
 idle core CPU time = wall time; under other jobs' load CPU time barely moves
-while wall time doubles) plus the actor hop's wall time, each the best of
-`rounds` (at least REPS): the profile prices an idle machine.
+while wall time doubles) plus the worker-side hop's wall time (the caller's
+wall time besides the engine's), each the best of `rounds` (at least REPS):
+the profile prices an idle machine.
+
+The in-place update is timed on the two models and on a third one twice as wide
+(WIDE_LAYERS deep), and fitted fixed + per layer + per byte over the three.
 """
 
 from __future__ import annotations
@@ -138,6 +144,64 @@ def _engine_class():
     return ray.remote(num_cpus=0)(Engine)
 
 
+def _padded(tokens: list[list[int]], logprobs: list[list[float]]):
+    """Lists -> padded tensors, as the runtime's worker turns vLLM's outputs into its
+    engine's (runtime/generation/vllm_backend._to_output)."""
+    import torch
+
+    b, width = len(tokens), max((len(t) for t in tokens), default=0)
+    toks = torch.zeros((b, width), dtype=torch.long)
+    lps = torch.zeros((b, width), dtype=torch.float32)
+    for i, (t, lp) in enumerate(zip(tokens, logprobs)):
+        toks[i, :len(t)] = torch.tensor(t, dtype=torch.long)
+        lps[i, :len(lp)] = torch.tensor(lp, dtype=torch.float32)
+    return toks, lps
+
+
+def _caller_class():
+    import ray
+
+    class Caller:
+        """The worker's side of a vLLM call (runtime/generation/vllm_backend.py): a Ray
+        actor that holds the prompts and weights as tensors, hands them to the engine
+        actor (prompt rows into lists; the weights through the object store), waits, and
+        turns the returned lists into padded tensors. Returns the engine's CPU seconds and
+        this side's wall seconds besides the engine's (the worker-side hop)."""
+
+        def __init__(self) -> None:
+            self.weights: dict[int, dict] = {}
+
+        def hold(self, key: int, weights: dict) -> None:
+            self.weights[key] = weights
+
+        def generate(self, engine, ids, new: int, seed: int) -> tuple[float, float]:
+            t0 = time.perf_counter()
+            mask = ids > 0
+            prompts = [row[m].tolist() for row, m in zip(ids, mask)]
+            toks, lps, cpu_s, wall_s = ray.get(engine.generate.remote(prompts, new, seed))
+            _padded(toks, lps)
+            return cpu_s, time.perf_counter() - t0 - wall_s
+
+        def update(self, engine, key: int) -> tuple[float, float]:
+            t0 = time.perf_counter()
+            tensors = {n: t.detach().cpu() for n, t in self.weights[key].items()}
+            cpu_s, wall_s = ray.get(engine.update.remote(tensors))
+            return cpu_s, time.perf_counter() - t0 - wall_s
+
+    return ray.remote(num_cpus=0)(Caller)
+
+
+def wide_shape(shape: LayerShape) -> LayerShape:
+    """The update fit's third model: twice the reference layer's width (same head size),
+    so bytes per layer differ from the depth pair's (per layer vs per byte)."""
+    return LayerShape(hidden_size=2 * shape.hidden_size,
+                      intermediate_size=2 * shape.intermediate_size,
+                      num_heads=2 * shape.num_heads, num_kv_heads=2 * shape.num_kv_heads)
+
+
+WIDE_LAYERS = 2
+
+
 def _measure(shape: LayerShape, batches: list[int], prefill_lens: list[int],
              contexts: list[int], reps: int, dtype: str) -> dict[int, dict]:
     """Raw times of each LAYERS model: call[(b, s)], pre[(b, c)], full[(b, c)] (1 +
@@ -149,18 +213,21 @@ def _measure(shape: LayerShape, batches: list[int], prefill_lens: list[int],
     longest = max(prefill_lens + contexts) + DECODE_STEPS + 2
     env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CONFIGURE_LOGGING": "0",
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    import torch
+
     cls = _engine_class().options(runtime_env={"env_vars": env})
     actors = {n: cls.remote(_config(shape, n, longest, dtype), dtype, max(batches),
                             max(batches) * longest) for n in LAYERS}
+    wide = cls.remote(_config(wide_shape(shape), WIDE_LAYERS, 64, dtype), dtype, 2, 128)
+    caller = _caller_class().options(runtime_env={"env_vars": env}).remote()
     calls = [0]
 
     def timed(actor, b: int, s: int, new: int) -> tuple[float, float]:
         # Distinct prompts per run: the prefix cache must not serve a repeat.
         k = calls[0] = calls[0] + 1
-        prompts = [[(7 * i + 13 * j + k) % (VOCAB - 1) + 1 for j in range(s)] for i in range(b)]
-        t0 = time.perf_counter()
-        *_, cpu_s, wall_s = ray.get(actor.generate.remote(prompts, new, k * 1000))
-        return cpu_s, time.perf_counter() - t0 - wall_s
+        ids = torch.tensor([[(7 * i + 13 * j + k) % (VOCAB - 1) + 1 for j in range(s)]
+                            for i in range(b)])
+        return ray.get(caller.generate.remote(actor, ids, new, k * 1000))
 
     def best(fn) -> dict[int, float]:
         """Per model: the engine's CPU time (single-threaded, so its time on an idle
@@ -178,13 +245,18 @@ def _measure(shape: LayerShape, batches: list[int], prefill_lens: list[int],
         version = ray.get(actors[LAYERS[0]].version.remote())
         raw = {n: {"version": version, "call": {}, "pre": {}, "full": {}} for n in LAYERS}
         weights = {n: hf_weights(shape, n, dtype) for n in LAYERS}
+        weights[0] = hf_weights(wide_shape(shape), WIDE_LAYERS, dtype)  # key 0: the wide one
+        ray.get([caller.hold.remote(n, w) for n, w in weights.items()])
+        nbytes = {n: sum(t.numel() * t.element_size() for t in w.values())
+                  for n, w in weights.items()}
         for n in LAYERS:
-            raw[n]["update_bytes"] = sum(t.numel() * t.element_size()
-                                         for t in weights[n].values())
+            raw[n]["update_bytes"] = nbytes[n]
         for actor in actors.values():  # warm-up: first-call set-up is not a step time
             for _ in range(2):
                 timed(actor, 2, 8, 2)
-        upd = best(lambda n, actor: _timed_update(actor, weights[n]))
+        upd = best(lambda n, actor: ray.get(caller.update.remote(actor, n)))
+        wide_s = min(sum(ray.get(caller.update.remote(wide, 0))) for _ in range(reps))
+        updates = [(n, nbytes[n], upd[n]) for n in LAYERS] + [(WIDE_LAYERS, nbytes[0], wide_s)]
         points = ([("call", b, s, 1) for b in batches for s in prefill_lens]
                   + [("pre", b, c, 1) for b in batches for c in contexts]
                   + [("full", b, c, 1 + DECODE_STEPS) for b in batches for c in contexts])
@@ -193,19 +265,11 @@ def _measure(shape: LayerShape, batches: list[int], prefill_lens: list[int],
                 raw[n][kind][(b, s)] = t
         for n in LAYERS:
             raw[n]["update_s"] = upd[n]
+            raw[n]["updates"] = updates
         return raw
     finally:
-        for actor in actors.values():
+        for actor in [*actors.values(), wide, caller]:
             ray.kill(actor)
-
-
-def _timed_update(actor, weights: dict) -> tuple[float, float]:
-    """(engine CPU s, hop wall s) of one in-place update through the actor."""
-    import ray
-
-    t0 = time.perf_counter()
-    cpu_s, wall_s = ray.get(actor.update.remote(weights))
-    return cpu_s, time.perf_counter() - t0 - wall_s
 
 
 def nonneg_fit(rows: list[list[float]], ys: list[float]) -> list[float]:
@@ -249,11 +313,8 @@ def fit(shape: LayerShape, raw: dict[int, dict], batches: list[int], prefill_len
     call = nonneg_fit([[1.0, b, b * s] for b, s in pre], [v[1] for v in pre.values()])
     step = nonneg_fit([[1.0, b] for b, _ in dec], [v[1] for v in dec.values()])
     layer_pre = [[pre[(b, s)][0] for s in prefill_lens] for b in batches]
-    rate = None
-    fixed = a["update_s"]
-    if b_["update_s"] > a["update_s"] and b_["update_bytes"] > a["update_bytes"]:
-        rate = (b_["update_bytes"] - a["update_bytes"]) / (b_["update_s"] - a["update_s"])
-        fixed = max(a["update_s"] - a["update_bytes"] / rate, 0.0)
+    fixed, per_layer, per_byte = update_fit(
+        a.get("updates") or [(n, raw[n]["update_bytes"], raw[n]["update_s"]) for n in LAYERS])
     return VllmTables(
         layer=shape, num_layers=hi, vllm_version=b_.get("version", ""),
         prefill=LayerTable(layer=shape, batch=batches, seq=prefill_lens, fwd_s=layer_pre,
@@ -262,7 +323,18 @@ def fit(shape: LayerShape, raw: dict[int, dict], batches: list[int], prefill_len
                            time_s=[[dec[(b, c)][0] for c in contexts] for b in batches]),
         call_fixed_s=call[0], call_per_seq_s=call[1], call_per_token_s=call[2],
         step_fixed_s=step[0], step_per_seq_s=step[1],
-        update_fixed_s=fixed, update_bytes_per_s=rate)
+        update_fixed_s=fixed, update_per_layer_s=per_layer,
+        update_bytes_per_s=1.0 / per_byte if per_byte > 0 else None)
+
+
+def update_fit(points: list[tuple[int, int, float]]) -> tuple[float, float, float]:
+    """(fixed s, s per layer, s per byte) >= 0 of in-place updates (layers, bytes, s):
+    least squares over all points; a per-layer term only with >= 3 points (two cannot
+    tell it from bytes)."""
+    if len(points) >= 3:
+        return tuple(nonneg_fit([[1.0, n, b] for n, b, _ in points], [t for *_, t in points]))
+    fixed, per_byte = nonneg_fit([[1.0, b] for _, b, _ in points], [t for *_, t in points])
+    return fixed, 0.0, per_byte
 
 
 def measure_vllm(plan: Plan, *, dtype: str = "float32") -> VllmTables:
