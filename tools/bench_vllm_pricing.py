@@ -61,7 +61,7 @@ def _run(cmd: list[str]) -> None:
 # What the trace's vllm generate events say, by the name printed.
 _SPLIT = {"update": "weight_update_s", "generate": "generate_s",
           "update_cpu": "weight_update_cpu_s", "engine_cpu": "engine_cpu_s",
-          "update_call": "update_call_s", "backend": "backend_s"}
+          "update_call": "update_call_s", "backend": "backend_s", "engine_wall": "engine_wall_s"}
 
 
 def _split(run_dir: Path, call: str, skip: int) -> dict[str, float]:
@@ -116,7 +116,8 @@ def bench(case: str, profile: str, iterations: int, skip: int) -> list[str]:
                 f"{best_s / est_s:.2f}; engine CPU (idle-core time) generate "
                 f"{split.get('engine_cpu', 0) * 1e3:.1f} ms vs estimated prefill+decode+engine "
                 f"{engine_est * 1e3:.1f}, update {split.get('update_cpu', 0) * 1e3:.1f} ms vs "
-                f"refit {bd.get('refit', 0) * 1e3:.1f}; worker side: update call "
+                f"refit {bd.get('refit', 0) * 1e3:.1f}; engine wall generate "
+                f"{split.get('engine_wall', 0) * 1e3:.1f} ms; worker side: update call "
                 f"{split.get('update_call', 0) * 1e3:.1f} ms, backend (update + generate + "
                 f"conversions) {split.get('backend', 0) * 1e3:.1f} ms, rest of the call "
                 f"(inputs, sequences, outputs) {(meas_s - split.get('backend', 0)) * 1e3:.1f} ms")

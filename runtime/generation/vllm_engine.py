@@ -112,11 +112,12 @@ class VllmEngine:
                  ) -> tuple[list[list[int]], list[list[float]], dict[str, float]]:
         """Generated ids and their log-probs per prompt (EOS included, when it came), and
         the engine's CPU seconds for them (`engine_cpu_s`: its time on an idle core, the
-        figure the profile's vLLM tables price, planner/cost_model/profiler/vllm_tables.py)."""
+        figure the profile's vLLM tables price, planner/cost_model/profiler/vllm_tables.py)
+        and wall seconds (`engine_wall_s`: the caller's time besides it is the hop)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        cpu0 = time.thread_time()
+        cpu0, wall0 = time.thread_time(), time.perf_counter()
         if self.version is None:
             raise RuntimeError("vLLM engine has dummy weights: update_weights first")
         params = [SamplingParams(
@@ -134,7 +135,8 @@ class VllmEngine:
             c = o.outputs[0]
             tokens.append(list(c.token_ids))
             logprobs.append([d[t].logprob for t, d in zip(c.token_ids, c.logprobs)])
-        return tokens, logprobs, {"engine_cpu_s": time.thread_time() - cpu0}
+        return tokens, logprobs, {"engine_cpu_s": time.thread_time() - cpu0,
+                                  "engine_wall_s": time.perf_counter() - wall0}
 
     def ready(self) -> float:
         """Start-up time, seconds (also: the actor is up)."""
