@@ -15,7 +15,11 @@ moves).
         specs/tiny-grpo-vllm-cpu.yaml \\
         specs/tiny-grpo-vllm-cpu.yaml:batch_size=4,prompt_len=24,gen_len=40
 
-Prints one line per call: estimate, measured (median and best), their ratios.
+Prints one line per call: estimate, measured (median and best), their ratios,
+and where the measured call went: the engine's CPU and wall time of generate
+(wall minus CPU: other processes on the core), the worker's update call (the
+object store hop included) and generate call (minus the engine's wall: the
+hop), and the rest of the call (inputs in, sequences built, outputs out).
 The profile's vLLM times are an idle core's (CPU time, profiler/vllm_tables.py);
 on a machine shared with other jobs the best iteration is the one to compare,
 the median shows the load.
