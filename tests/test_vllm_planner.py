@@ -225,3 +225,17 @@ def test_vllm_engine_holds_the_sequences_the_plan_priced():
     assert four[("actor", 1)]["max_num_seqs"] == gen.num_seqs // 8
     assert one[("actor", 0)]["max_model_len"] == gen.prompt_len + gen.gen_len
     assert one[("actor", 0)]["max_num_batched_tokens"] == 8192
+
+
+def test_profile_converts_vllm_outputs_as_the_worker_does():
+    """The profile's caller turns vLLM's lists into tensors as the runtime's backend does."""
+    import torch
+
+    from planner.cost_model.profiler.vllm_tables import _padded
+    from runtime.engine.generate import GenerationConfig
+    from runtime.generation.vllm_backend import _to_output
+
+    toks, lps = [[5, 6, 7], [8]], [[-0.1, -0.2, -0.3], [-0.4]]
+    mine = _padded(toks, lps)
+    theirs = _to_output(toks, lps, GenerationConfig(max_new_tokens=3, pad_token_id=0))
+    assert torch.equal(mine[0], theirs.tokens) and torch.equal(mine[1], theirs.logprobs)
