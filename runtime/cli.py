@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--save-every", type=int, default=1, help="checkpoint every N iterations")
     run.add_argument("--no-overlap", action="store_true",
                      help="one iteration after the other (the plan's steady state overlaps "
-                          "them; results are the same)")
+                          "them; results are the same; a stale generation the plan puts "
+                          "ahead under max_staleness still goes ahead)")
     return parser
 
 

@@ -16,7 +16,8 @@ Overlap. Submission is eager: a call of iteration k+1 is handed to its workers
 when its turn in the order comes, and starts as soon as its predecessors end
 and its devices are free, without a driver round trip; at most `window`
 iterations are in flight (2, plus the span of the plan's offsets; 1 with
-overlap=False: one iteration after the other, the same results).
+overlap=False: one iteration after the other, the same results; under
+max_staleness K > 0 the generations the plan's order puts ahead still go ahead).
 
 Data (runtime/handles.py). A call's outputs stay on its workers; the driver
 hands consumers handles (object refs of the producers' per-dp parts) and they
@@ -73,12 +74,12 @@ def task_order(plan: ExecutionPlan, first: int, last: int) -> list[tuple[str, in
 
 
 def in_flight_window(plan: ExecutionPlan, overlap: bool) -> int:
-    """Iterations in flight at most: the next one beside the current, plus the
-    iterations the plan's offsets reach ahead."""
-    if not overlap:
-        return 1
+    """Iterations in flight at most: the iterations the plan's offsets reach ahead
+    (a stale generation of k+K goes before iteration k's train call: the order
+    needs them, so overlap=False keeps them), plus the next one beside the current
+    with overlap."""
     offs = [a.order_offset for a in plan.calls]
-    return 2 + math.ceil(max(offs) - min(offs))
+    return (2 if overlap else 1) + math.ceil(max(offs) - min(offs))
 
 
 def wait_saves(refs: list, ckpt_dir: str) -> None:

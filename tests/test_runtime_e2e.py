@@ -268,6 +268,26 @@ def test_overlapped_iterations_keep_results_and_data_off_the_driver(ray_local, t
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), key
 
 
+def test_no_overlap_window_admits_the_plans_stale_generation(tmp_path):
+    """--no-overlap on a max_staleness 1 plan: the order puts generation of k+1 before
+    k's train call, so the window must hold both iterations (it held one: the run
+    stopped with a KeyError). Tasks finishing at once, each next task in the order
+    must fit the window of the oldest unfinished iteration."""
+    from collections import Counter
+
+    from planner.plan import load_plan
+    from runtime.controller import in_flight_window, task_order
+
+    stale = load_plan(split_tiny_grpo(tmp_path, 1))
+    for overlap in (False, True):
+        window, order = in_flight_window(stale, overlap), task_order(stale, 0, 5)
+        left = Counter(k for _, k in order)
+        for _, k in order:
+            assert k < min(i for i, n in left.items() if n) + window
+            left[k] -= 1
+    assert in_flight_window(load_plan(split_tiny_grpo(tmp_path, 0)), False) == 1
+
+
 def test_stale_generation_overlaps_training_and_learns(ray_local, tmp_path):
     """max_staleness 1, generation on devices 0-1 and the rest on 2-3: generation of
     iteration i+1 runs while iteration i trains, every batch's policy version is
