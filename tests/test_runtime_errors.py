@@ -100,3 +100,26 @@ def test_plan_runs_without_its_hardware_profile(tmp_path):
     profile.unlink()
     spec.unlink()
     assert load_plan(plan).hardware_kind == "cpu"
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--k", "0,a"], "--k: expected comma-separated integers"),
+    (["--k", "0,99"], "--k: expected staleness bounds in 0..16"),
+    (["--iterations", "2"], "expected 0 <= warmup < iterations"),
+    (["--repeats", "0"], "--repeats: expected at least 1"),
+    (["--layout", "actor_gen=0-1:d2"], "--layout: no layout for ref_inf, actor_train"),
+    (["--layout", "bogus=0-1:d2,*=2-3:d2"], "--layout: bogus is not a call of"),
+])
+def test_bench_async_bad_flags(capsys, tmp_path, flags, expected):
+    """tools/bench_async.py refuses bad flags in one line, exit 2, before any run
+    (they failed with tracebacks, some after every run had finished)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_async", ROOT / "tools" / "bench_async.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with pytest.raises(SystemExit) as info:
+        bench.main([*flags, "--out", str(tmp_path / "b")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and expected in err[-1]
+    assert not list((tmp_path / "b").glob("run-*"))

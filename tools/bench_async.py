@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -37,6 +38,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from planner.errors import UserError  # noqa: E402
+from planner.graph.loader import load_spec  # noqa: E402
+from planner.layout.layout import LayoutError  # noqa: E402
+from planner.limits import MAX_STALENESS  # noqa: E402
 from planner.plan import load_plan  # noqa: E402
 from tests.runtime_scenarios import TINY_GRPO, manual_plan, stale_spec  # noqa: E402
 
@@ -55,7 +60,7 @@ def parse_alloc(text: str) -> dict[str, str]:
     for part in text.split(","):
         name, _, layout = part.partition("=")
         if not layout:
-            raise SystemExit(f"--layout: '{part}' is not call=layout")
+            raise ValueError(f"--layout: '{part}' is not call=layout")
         out[name.strip()] = layout.strip()
     return out
 
@@ -96,16 +101,41 @@ def main(argv: list[str] | None = None) -> int:
                     help="also run the searched K=0 plan (the best synchronous plan)")
     ap.add_argument("--out", default="runs/bench_async")
     args = ap.parse_args(argv)
-    ks = [int(x) for x in args.k.split(",")]
+    # Bad flags fail here, in one line (exit 2), not after the runs.
+    try:
+        ks = [int(x) for x in args.k.split(",")]
+    except ValueError:
+        ap.error(f"--k: expected comma-separated integers, got {args.k!r}")
+    if not all(0 <= k <= MAX_STALENESS for k in ks):
+        ap.error(f"--k: expected staleness bounds in 0..{MAX_STALENESS}, got {args.k!r}")
+    if not 0 <= args.warmup < args.iterations:
+        ap.error(f"--iterations {args.iterations} --warmup {args.warmup}: expected "
+                 "0 <= warmup < iterations (the steady state is the iterations after warm-up)")
+    if args.repeats < 1:
+        ap.error(f"--repeats: expected at least 1, got {args.repeats}")
+    try:
+        text = Path(args.spec).read_text()
+        alloc = parse_alloc(args.layout or LAYOUTS[args.devices])
+    except (OSError, ValueError) as err:
+        ap.error(f"--spec {args.spec}: {err.strerror}" if isinstance(err, OSError) else str(err))
+    args.layout = args.layout or LAYOUTS[args.devices]
     out = Path(args.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    args.layout = args.layout or LAYOUTS[args.devices]
-    alloc = parse_alloc(args.layout)
     spec = out / f"spec-{args.devices}dev.yaml"
-    text = Path(args.spec).read_text()
     spec.write_text(re.sub(r"gpus_per_node: *\d+", f"gpus_per_node: {args.devices}", text))
-    plans = {f"K={k}": manual_plan(stale_spec(out, k, spec), alloc, out / f"plan-k{k}.json")
-             for k in ks}
+    try:
+        names = [c.name for c in load_spec(spec).calls]
+        missing = [n for n in names if n not in alloc]
+        if missing and "*" not in alloc:
+            ap.error(f"--layout: no layout for {', '.join(missing)} (name it, or give '*')")
+        unknown = [n for n in alloc if n != "*" and n not in names]
+        if unknown:
+            ap.error(f"--layout: {', '.join(unknown)} is not a call of {args.spec} "
+                     f"(calls: {', '.join(names)})")
+        plans = {f"K={k}": manual_plan(stale_spec(out, k, spec), alloc,
+                                       out / f"plan-k{k}.json") for k in ks}
+    except (UserError, LayoutError) as err:
+        ap.error(str(err))
     if args.searched:
         searched = out / "plan-searched-k0.json"
         subprocess.run([sys.executable, "-m", "planner.cli", "search", str(spec), "-o",
@@ -118,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     for rep in range(args.repeats):
         for name, plan in plans.items():
             run_dir = out / f"run-{name.replace(' ', '-').replace('=', '')}-{rep}"
+            shutil.rmtree(run_dir, ignore_errors=True)  # this bench's own run of before
             before = load1()
             metrics = run(plan, run_dir, args.iterations, args.seed)
             period, tps = steady(metrics, args.warmup)
