@@ -123,3 +123,21 @@ def test_bench_async_bad_flags(capsys, tmp_path, flags, expected):
     err = capsys.readouterr().err.strip().splitlines()
     assert info.value.code == 2 and expected in err[-1]
     assert not list((tmp_path / "b").glob("run-*"))
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--call", "actor_gen"], "--call: 'actor_gen' is not a train call"),
+    (["--repeats", "0"], "expected at least 1 each"),
+    (["--layout", "0-63:d64"], "the spec's cluster has devices 0-3"),
+    (["--spec", "/nonexistent.yaml"], "cannot read spec"),
+])
+def test_bench_zero_bad_flags(capsys, flags, expected):
+    """tools/bench_zero.py: one line, exit 2, before spawning ranks (were tracebacks)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_zero", ROOT / "tools" / "bench_zero.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with pytest.raises(SystemExit) as info:
+        bench.main(flags)
+    assert info.value.code == 2 and expected in capsys.readouterr().err.strip().splitlines()[-1]

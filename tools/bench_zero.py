@@ -34,8 +34,9 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from planner.cost_model import estimate_call, load_profile  # noqa: E402
+from planner.errors import UserError  # noqa: E402
 from planner.graph.loader import load_spec  # noqa: E402
-from planner.layout.layout import parse_layout  # noqa: E402
+from planner.layout.layout import LayoutError, parse_layout  # noqa: E402
 
 STAGES = (0, 1, 2, 3)
 
@@ -104,11 +105,26 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from runtime.engine.testing import spawn
 
-    spec = load_spec(args.spec)
+    # Bad flags fail here, in one line (exit 2), not in the spawned ranks.
+    if args.repeats < 1 or args.micro_batches < 1:
+        ap.error(f"--repeats {args.repeats} --micro-batches {args.micro_batches}: "
+                 "expected at least 1 each")
+    try:
+        spec = load_spec(args.spec)
+        layout = parse_layout(args.layout)
+        profile = load_profile(spec.cluster.hardware)
+    except (UserError, LayoutError) as err:
+        ap.error(str(err))
+    trains = [c.name for c in spec.calls if c.type == "train"]
+    if args.call not in trains:
+        ap.error(f"--call: {args.call!r} is not a train call of {args.spec} "
+                 f"(train calls: {', '.join(trains) or 'none'})")
     call = spec.call(args.call)
     model = spec.models[call.model]
-    layout = parse_layout(args.layout)
-    profile = load_profile(spec.cluster.hardware)
+    devices = spec.cluster.nodes * spec.cluster.gpus_per_node
+    if max(layout.device_ids) >= devices:
+        ap.error(f"--layout {args.layout}: the spec's cluster has devices "
+                 f"0-{devices - 1}")
     with tempfile.TemporaryDirectory() as out:
         spawn(_worker, layout.world_size, args.spec, args.call, args.layout,
               args.micro_batches, args.repeats, out)
