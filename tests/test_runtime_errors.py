@@ -5,7 +5,7 @@ import json
 import pytest
 
 from runtime.cli import main
-from tests.runtime_scenarios import ROOT, colocated_tiny_ppo, manual_plan
+from tests.runtime_scenarios import ROOT, colocated_tiny_ppo, manual_plan, realloc_tiny_ppo
 
 
 def _run(capsys, *args: str) -> tuple[int, str]:
@@ -141,3 +141,22 @@ def test_bench_zero_bad_flags(capsys, flags, expected):
     with pytest.raises(SystemExit) as info:
         bench.main(flags)
     assert info.value.code == 2 and expected in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_compare_run_refuses_another_plans_run(capsys, tmp_path):
+    """tools/compare_run.py PLAN RUN_DIR: a run of another plan (its plan.json copy) is
+    refused in one line, exit 2 (it printed the other plan's estimates beside the run)."""
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("compare_run", ROOT / "tools" / "compare_run.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(realloc_tiny_ppo(tmp_path), run / "plan.json")
+    (run / "metrics.jsonl").write_text(json.dumps({"iteration": 0, "perf/throughput": 1.0}) + "\n")
+    assert tool.main([str(colocated_tiny_ppo(tmp_path)), str(run), "--skip", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "calls.ref_inf: the run ran 0-1:d2 m1" in err[0]
+    assert tool.main([str(run / "plan.json"), str(run), "--skip", "0"]) == 0

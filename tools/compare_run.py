@@ -37,8 +37,27 @@ def _metrics(run_dir: Path) -> list[dict]:
         raise UserError(f"{path}: not JSON lines ({err})") from None
 
 
+def _check_same_plan(plan, plan_path: str, run_dir: Path) -> None:
+    """The run must have run this plan: the copy `runtime run` keeps (run_dir/plan.json)
+    has its spec and its layouts (another plan's estimates beside the run mislead)."""
+    ran_path = run_dir / "plan.json"
+    if not ran_path.exists():
+        return  # metrics alone: nothing to check against
+    ran = load_plan(str(ran_path))
+    if ran.spec_hash != plan.spec_hash:
+        raise UserError(f"{ran_path} spec_hash: the run was made for another spec than "
+                        f"{plan_path} ({ran.spec_hash[:19]}... != {plan.spec_hash[:19]}...)")
+    mine = {a.name: (a.layout_str, a.micro_batches) for a in plan.calls}
+    for a in ran.calls:
+        if mine.get(a.name) != (a.layout_str, a.micro_batches):
+            raise UserError(f"{ran_path} calls.{a.name}: the run ran {a.layout_str} "
+                            f"m{a.micro_batches}, {plan_path} has "
+                            f"{' m'.join(map(str, mine.get(a.name, ('none',))))}")
+
+
 def compare(plan_path: str, run_dir: str, skip: int) -> list[tuple[str, float, float]]:
     plan = load_plan(plan_path)
+    _check_same_plan(plan, plan_path, Path(run_dir))
     metrics = _metrics(Path(run_dir))[skip:]
     if not metrics:
         raise UserError(f"{run_dir}/metrics.jsonl: no iterations after skipping {skip}")
