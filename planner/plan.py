@@ -345,16 +345,22 @@ def check_plan(plan: ExecutionPlan, spec: Spec | None = None, *, file: str = "<p
         if m.peak_call is not None and m.peak_call not in names:
             raise PlanError(f"{file} device_memory[{i}].peak_call: '{m.peak_call}' is not a "
                             "call of the spec")
+    # The headroom first: an edited one would otherwise surface as a device's peak
+    # over a negative usable memory.
+    override = own.cluster.memory_headroom_override_bytes
+    if override is not None and override != plan.memory_headroom_bytes:
+        raise PlanError(f"{file} memory_headroom_bytes: {plan.memory_headroom_bytes} but the "
+                        f"embedded spec's cluster.memory_headroom_gib gives {override}")
+    if plan.memory_headroom_bytes >= plan.memory_capacity_bytes:
+        raise PlanError(f"{file} memory_headroom_bytes: {plan.memory_headroom_bytes} leaves "
+                        f"nothing of memory_capacity_bytes {plan.memory_capacity_bytes}; "
+                        "expected less")
     over = over_memory(plan)
     if over is not None:  # the promise: no device runs out of memory
         i, m = over
         raise PlanError(f"{file} device_memory[{i}].peak_bytes: {m.peak_bytes / 2**30:.2f} GiB "
                         f"on device {m.device_id} exceeds capacity minus headroom "
                         f"({usable_bytes(plan) / 2**30:.2f} GiB); re-run `planner search`")
-    override = own.cluster.memory_headroom_override_bytes
-    if override is not None and override != plan.memory_headroom_bytes:
-        raise PlanError(f"{file} memory_headroom_bytes: {plan.memory_headroom_bytes} but the "
-                        f"embedded spec's cluster.memory_headroom_gib gives {override}")
 
 
 def usable_bytes(plan: ExecutionPlan) -> int:

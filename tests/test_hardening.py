@@ -183,6 +183,8 @@ def _plan_cases(plan: dict) -> list[tuple[str, str, str]]:
         ("args-device", json.dumps(args), "timeline[0].args.device: device 4 does not exist"),
         ("args-layout", json.dumps(layout), "timeline[0].args.layout: device 4 of '0-5:d6 m1'"),
         ("over-capacity", json.dumps(over), "device_memory[0].peak_bytes: "),
+        ("headroom-all", json.dumps({**plan, "memory_headroom_bytes": plan[
+            "memory_capacity_bytes"]}), "memory_headroom_bytes: "),
     ]
 
 
