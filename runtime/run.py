@@ -88,6 +88,27 @@ def _read_state(ckpt: Path, spec_hash: str) -> dict:
     return state
 
 
+def checkpoint_homes(plan) -> dict[str, str]:
+    """How a checkpoint's trainable shards are laid out: home layout and ZeRO stage per
+    model (the optimizer states are saved per device of that layout)."""
+    calls = {a.name: a for a in plan.calls}
+    return {h.model: f"{h.layout} zero{getattr(calls[h.call].memory, 'zero_stage', 0)}"
+            for h in plan.homes if h.trainable}
+
+
+def _check_homes(state: dict, ckpt: Path, homes: dict[str, str]) -> None:
+    """A checkpoint resumes only under the homes it was written from (older
+    checkpoints do not record them: not checked)."""
+    saved = state.get("homes")
+    if not isinstance(saved, dict):
+        return
+    for model, here in homes.items():
+        if saved.get(model) != here:
+            raise UserError(f"{ckpt / 'state.json'} homes.{model}: the checkpoint holds "
+                            f"{model} as {saved.get(model)}, this plan homes it as {here}; "
+                            "resume with a plan of the same homes")
+
+
 def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | None = None,
              run_dir: str = "runs/latest", resume: bool = False, seed: int = 0,
              address: str | None = None, save_every: int = 1,
@@ -127,6 +148,7 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
         if ckpt is None:
             raise UserError(f"{out}: nothing to resume (no checkpoints/latest)")
         state = _read_state(ckpt, spec.spec_hash())
+        _check_homes(state, ckpt, checkpoint_homes(plan))
         start_it, drawn, seed = state["iteration"] + 1, state["prompts_drawn"], state["seed"]
         resume_dir = str(ckpt)
     elif (out / "checkpoints").exists():
@@ -180,7 +202,8 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
             write_trace(out / "trace.json", events, plan.cluster.gpus_per_node, t0)
 
         ctl.run(start_it, total, on_iteration,
-                Checkpoints(out, seed, spec.spec_hash(), save_every, total))
+                Checkpoints(out, seed, spec.spec_hash(), save_every, total,
+                            checkpoint_homes(plan)))
         failed = False
     except OSError as err:  # the driver's own files: metrics, trace
         raise RunError(f"cannot write {err.filename or out}: {err.strerror or err}") from None
@@ -236,9 +259,9 @@ class Checkpoints:
     previous checkpoint as `latest`, no .partial, and one line naming path and cause."""
 
     def __init__(self, out: Path, seed: int, spec_hash: str, save_every: int,
-                 total: int) -> None:
+                 total: int, homes: dict[str, str] | None = None) -> None:
         self.out, self.seed, self.spec_hash = out, seed, spec_hash
-        self.save_every, self.total = save_every, total
+        self.save_every, self.total, self.homes = save_every, total, homes or {}
 
     def due(self, iteration: int) -> bool:
         return (iteration + 1) % self.save_every == 0 or iteration + 1 == self.total
@@ -265,7 +288,7 @@ class Checkpoints:
         try:
             wait_shards()
             state = {"iteration": iteration, "prompts_drawn": drawn, "seed": self.seed,
-                     "spec_hash": self.spec_hash}
+                     "spec_hash": self.spec_hash, "homes": self.homes}
             write_atomic(partial / "state.json", json.dumps(state, indent=2) + "\n")
             shutil.rmtree(final, ignore_errors=True)
             os.rename(partial, final)

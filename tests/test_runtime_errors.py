@@ -78,6 +78,25 @@ def test_resume_without_checkpoint(capsys, tmp_path):
     assert rc == 2 and "nothing to resume" in err
 
 
+def test_resume_under_other_homes_is_refused(capsys, tmp_path):
+    """A checkpoint written under one home layout, resumed with a plan homing the
+    actor elsewhere: one line naming the state file and model, before any worker
+    (the worker died on a missing optimizer shard, with a traceback)."""
+    from planner.plan import load_plan
+    from runtime.run import checkpoint_homes
+
+    written, plan = realloc_tiny_ppo(tmp_path), colocated_tiny_ppo(tmp_path)
+    ckpt = tmp_path / "run" / "checkpoints" / "iter_000000"
+    ckpt.mkdir(parents=True)
+    (ckpt.parent / "latest").write_text("iter_000000\n")
+    (ckpt / "state.json").write_text(json.dumps({
+        "iteration": 0, "prompts_drawn": 0, "seed": 0,
+        "spec_hash": load_plan(plan).spec_hash, "homes": checkpoint_homes(load_plan(written))}))
+    rc, err = _run(capsys, str(plan), "--run-dir", str(tmp_path / "run"), "--resume")
+    assert rc == 2 and "state.json homes.actor: the checkpoint holds actor as 0-3:d4 zero0, " \
+        "this plan homes it as 0-3:d2t2 zero0" in err, err
+
+
 def test_existing_run_is_not_overwritten(capsys, tmp_path):
     plan = colocated_tiny_ppo(tmp_path)
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
