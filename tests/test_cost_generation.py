@@ -179,3 +179,22 @@ def test_shipped_gpu_profiles_carry_the_fitted_engine_step():
     fitted = _replay().load_constants()["engine_step_s"]["value"]
     for name in ("h100-sxm", "h200", "a100-sxm-80g", "h20", "gb200", "v100-sxm2-32g"):
         assert load_profile(name).overheads.engine_step_s == fitted
+
+
+def test_replay_run_refuses_a_bad_case_in_one_line(monkeypatch, capsys):
+    """tools/replay/run.py on a case whose spec is bad: one line naming the case file,
+    exit 2, no table (was a SpecError traceback after half the table)."""
+    import dataclasses
+    import importlib.util
+
+    replay = _replay()
+    case = replay.load_cases()[0]
+    bad = {**case.spec_data, "cluster": {**case.spec_data["cluster"], "hardware": "nope"}}
+    spec = importlib.util.spec_from_file_location("replay_run", ROOT / "tools" / "replay" / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    monkeypatch.setattr(run, "load_cases", lambda: [dataclasses.replace(case, spec_data=bad)])
+    assert run.main([]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err.count("\n") == 1 and "cluster.hardware: unknown hardware 'nope'" in out.err

@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from planner.errors import UserError  # noqa: E402
 from replay import (  # noqa: E402
     constant_values,
     fit_constants,
@@ -51,12 +52,18 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fit", action="store_true", help="refit constants.json first")
     args = ap.parse_args(argv)
-    cases = load_cases()
-    constants = load_constants()
+    try:  # a bad case file: one line naming it, exit 2, before any output or write
+        cases = load_cases()
+        constants = load_constants()
+        if args.fit:
+            constants = fit_constants(cases, constants)
+        values = constant_values(constants)
+        priced = {case.name: price_case(case, values) for case in cases}
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.fit:
-        constants = fit_constants(cases, constants)
         save_constants(constants)
-    values = constant_values(constants)
     print("constants: " + ", ".join(
         f"{k}={v['value']:g} (fit on {', '.join(v['fit_on']) or 'nothing'}"
         + (f", stage {v['fit_stage']}" if v.get("fit_stage") else "") + ")"
@@ -70,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     stage_errs: dict[str, list[float]] = {"fit": [], "held-out": []}
     results = {}
     for case in cases:
-        r = price_case(case, values)
+        r = priced[case.name]
         results[case.name] = r
         which = "held-out" if held_out(case, constants) else "fit"
         errs[which].append(_err(r.step_s, r.published_step_s))
