@@ -328,6 +328,7 @@ def check_plan(plan: ExecutionPlan, spec: Spec | None = None, *, file: str = "<p
     if sorted(plan.submit_order) != sorted(names):
         raise PlanError(f"{file} submit_order: must list every call of the spec once")
     _check_after(plan, file)
+    _check_order(plan, own, file)
     _check_homes(plan, file)
     _check_pieces(plan, file)
     num_devices = plan.cluster.num_devices
@@ -387,6 +388,29 @@ def _check_after(plan: ExecutionPlan, file: str) -> None:
                             f"{', '.join(sorted(set(preds) - done))} could never start (their "
                             "`after` forms a cycle or waits on one)")
         done.update(ready)
+
+
+def _check_order(plan: ExecutionPlan, own: Spec, file: str) -> None:
+    """The stored order (iteration + order_offset) must respect the graph under the
+    plan's staleness, as the simulator's Simulator.valid_offsets does: the runtime
+    submits in this order, so an edited offset would run a generation on an older
+    policy than max_staleness allows, or a call before the data it reads."""
+    from planner.graph.dataflow import build_graph, param_lag_edges
+
+    own = own.model_copy(update={"max_staleness": plan.max_staleness})
+    index = {a.name: i for i, a in enumerate(plan.calls)}
+    off = {a.name: a.order_offset for a in plan.calls}
+    for u, v in build_graph(own).edges:
+        if off[u] > off[v]:
+            raise PlanError(f"{file} calls[{index[v]}].order_offset: {v} at {off[v]:g} goes "
+                            f"before {u} at {off[u]:g}, which it waits for in the same "
+                            "iteration; re-run `planner search`")
+    for u, v, lag in param_lag_edges(own):
+        if off[u] >= lag + off[v]:
+            raise PlanError(f"{file} calls[{index[v]}].order_offset: {v} at {off[v]:g} goes "
+                            f"before {u} of {lag} iteration(s) earlier (at {off[u]:g}), "
+                            f"which max_staleness {plan.max_staleness} makes it wait for; "
+                            "re-run `planner search`")
 
 
 def _check_homes(plan: ExecutionPlan, file: str) -> None:

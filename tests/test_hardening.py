@@ -185,6 +185,11 @@ def _plan_cases(plan: dict) -> list[tuple[str, str, str]]:
         ("over-capacity", json.dumps(over), "device_memory[0].peak_bytes: "),
         ("headroom-all", json.dumps({**plan, "memory_headroom_bytes": plan[
             "memory_capacity_bytes"]}), "memory_headroom_bytes: "),
+        # A max_staleness 0 plan whose generation is ordered before the previous
+        # iteration's training: the runtime ran it one policy version stale.
+        ("order-stale", json.dumps({**plan, "calls": [
+            {**a, "order_offset": 0.0 if a["name"] == "actor_gen" else 1.0}
+            for a in plan["calls"]]}), "order_offset: actor_gen at 0 goes before actor_train"),
     ]
 
 
