@@ -398,9 +398,15 @@ def _check_order(plan: ExecutionPlan, own: Spec, file: str) -> None:
     from planner.graph.dataflow import build_graph, param_lag_edges
 
     own = own.model_copy(update={"max_staleness": plan.max_staleness})
+    graph = build_graph(own)
+    for i, a in enumerate(plan.calls):  # the runtime breaks ties of the order by `after`
+        preds = sorted(graph.predecessors(a.name))
+        if sorted(set(a.after)) != preds:
+            raise PlanError(f"{file} calls[{i}].after: {sorted(set(a.after))} but in the "
+                            f"spec's graph {a.name} waits for {preds}")
     index = {a.name: i for i, a in enumerate(plan.calls)}
     off = {a.name: a.order_offset for a in plan.calls}
-    for u, v in build_graph(own).edges:
+    for u, v in graph.edges:
         if off[u] > off[v]:
             raise PlanError(f"{file} calls[{index[v]}].order_offset: {v} at {off[v]:g} goes "
                             f"before {u} at {off[u]:g}, which it waits for in the same "
