@@ -179,3 +179,20 @@ def test_compare_run_refuses_another_plans_run(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "calls.ref_inf: the run ran 0-1:d2 m1" in err[0]
     assert tool.main([str(run / "plan.json"), str(run), "--skip", "0"]) == 0
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--specs", "/nonexistent.yaml"], "/nonexistent.yaml: cannot read spec"),
+    (["--time-limit", "0"], "--time-limit and --large-time-limit: expected > 0 s"),
+])
+def test_bench_search_bad_flags(capsys, flags, expected):
+    """tools/bench_search.py: one line, exit 2, before any search (was a traceback)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_search",
+                                                  ROOT / "tools" / "bench_search.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with pytest.raises(SystemExit) as info:
+        bench.main(flags)
+    assert info.value.code == 2 and expected in capsys.readouterr().err.strip().splitlines()[-1]

@@ -32,6 +32,7 @@ if str(ROOT) not in sys.path:
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from planner.errors import UserError  # noqa: E402
 from planner.graph.loader import load_spec  # noqa: E402
 from planner.search.driver import search  # noqa: E402
 from planner.search.problem import build_problem  # noqa: E402
@@ -73,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     specs = args.specs or [f for f in sorted(glob.glob(str(ROOT / "specs" / "*.yaml")))
                            if Path(f).name not in SKIP]
+    # Bad flags and specs fail here, in one line (exit 2), before any search.
+    if not (args.time_limit > 0 and args.large_time_limit > 0 and args.reference >= 0):
+        ap.error("--time-limit and --large-time-limit: expected > 0 s; --reference: >= 0 s")
+    try:
+        loaded = {path: load_spec(path) for path in specs}
+    except UserError as err:
+        ap.error(str(err))
     console = Console(width=220)
     table = Table(title=f"planner search, auto method, {args.time_limit:g} s budget "
                         f"({args.large_time_limit:g} s over {LARGE_GPUS} GPUs)")
@@ -80,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                 "speedup", "CP-SAT list bound s", "full-space bound s", "gap to full space",
                 "ref best s", "gap to ref", "sims/s"):
         table.add_column(col, justify="left" if col == "spec" else "right")
-    for path in specs:
-        spec = load_spec(path)
+    for path, spec in loaded.items():
         limit = args.large_time_limit if spec.cluster.num_devices > LARGE_GPUS else args.time_limit
         t = time.perf_counter()
         out = search(spec, spec_path=path, time_limit_s=limit, seed=args.seed)
