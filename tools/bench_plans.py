@@ -168,6 +168,16 @@ def report(spec_name: str, res: dict[str, dict], profile, label: str) -> dict:
                             [rows[n]["measured_s"] for n in names])
     tau_steady = kendall_tau([rows[n]["steady_s"] for n in names],
                              [rows[n]["measured_s"] for n in names])
+    # Baselines that are the same plan (same layouts and micro-batches) are one plan:
+    # ordering a plan against itself ranks noise. Per distinct plan: its estimate (the
+    # same for each copy) and the median of its copies' measured periods.
+    copies: dict[str, list[float]] = {}
+    for n in names:
+        copies.setdefault(rows[n]["same_plan_as"] or n, []).append(rows[n]["measured_s"])
+    distinct = list(copies)
+    tau_distinct = kendall_tau([rows[n]["steady_s"] for n in distinct],
+                               [statistics.median(copies[n]) for n in distinct])
+    fastest = min(distinct, key=lambda n: statistics.median(copies[n]))
     if "searched" in rows:
         s = rows["searched"]["measured_s"]
         print("  measured speedup of searched over: " + ", ".join(
@@ -176,9 +186,14 @@ def report(spec_name: str, res: dict[str, dict], profile, label: str) -> dict:
     med_call = statistics.median(abs(v - 1) for v in all_calls)
     med_iter = statistics.median(abs(x["ratio"] - 1) for x in rows.values())
     print(f"  Kendall tau (estimated vs measured order): alone {tau_alone:.2f}, steady "
-          f"{tau_steady:.2f}; median |measured/estimate - 1|: calls {med_call * 100:.0f}%, "
+          f"{tau_steady:.2f}; over the {len(distinct)} distinct plans {tau_distinct:.2f} "
+          f"(measured fastest: {fastest}"
+          + (f" = {', '.join(n for n in names if rows[n]['same_plan_as'] == fastest)}"
+             if any(rows[n]["same_plan_as"] == fastest for n in names) else "")
+          + f"); median |measured/estimate - 1|: calls {med_call * 100:.0f}%, "
           f"iterations {med_iter * 100:.0f}%")
     return {"plans": rows, "tau_alone": tau_alone, "tau_steady": tau_steady,
+            "tau_distinct": tau_distinct, "measured_fastest": fastest,
             "median_call_error": med_call, "median_iteration_error": med_iter}
 
 
