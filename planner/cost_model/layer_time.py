@@ -132,26 +132,27 @@ def _memo(dev: Device) -> dict:
     return memo
 
 
-def layer_fwd_s(dev: Device, d: Dims, batch: float, seq: float, tp: int) -> float:
-    """One layer's forward over `batch` sequences of `seq` tokens on one tp rank."""
-    memo, key = _memo(dev), ("fwd", d, batch, seq, tp)
+def _layer_pass_s(dev: Device, d: Dims, batch: float, seq: float, tp: int,
+                  backward: bool) -> float:
+    """One layer's forward or backward, memoised per device (see _memo)."""
+    memo, key = _memo(dev), ("bwd" if backward else "fwd", d, batch, seq, tp)
     hit = memo.get(key)
     if hit is None:
-        t = dev.with_overhead(layer_fwd_kernels_s(dev, d, batch, seq, tp),
-                              dev.overheads.layer_fwd_s)
-        hit = memo[key] = t * _layer_ratio(dev, d, batch, seq, backward=False)
+        kernels, overhead = ((layer_bwd_kernels_s, dev.overheads.layer_bwd_s) if backward
+                             else (layer_fwd_kernels_s, dev.overheads.layer_fwd_s))
+        t = dev.with_overhead(kernels(dev, d, batch, seq, tp), overhead)
+        hit = memo[key] = t * _layer_ratio(dev, d, batch, seq, backward=backward)
     return hit
+
+
+def layer_fwd_s(dev: Device, d: Dims, batch: float, seq: float, tp: int) -> float:
+    """One layer's forward over `batch` sequences of `seq` tokens on one tp rank."""
+    return _layer_pass_s(dev, d, batch, seq, tp, backward=False)
 
 
 def layer_bwd_s(dev: Device, d: Dims, batch: float, seq: float, tp: int) -> float:
     """One layer's backward (input and weight gradients) on one tp rank."""
-    memo, key = _memo(dev), ("bwd", d, batch, seq, tp)
-    hit = memo.get(key)
-    if hit is None:
-        t = dev.with_overhead(layer_bwd_kernels_s(dev, d, batch, seq, tp),
-                              dev.overheads.layer_bwd_s)
-        hit = memo[key] = t * _layer_ratio(dev, d, batch, seq, backward=True)
-    return hit
+    return _layer_pass_s(dev, d, batch, seq, tp, backward=True)
 
 
 def decode_layer_s(dev: Device, d: Dims, batch: float, context: float, tp: int) -> float:
