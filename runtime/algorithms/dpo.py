@@ -25,13 +25,14 @@ class DPO(Algorithm):
     keys = ("pairs", "ref_logprobs")
     losses = {"lm": "dpo_loss"}
     tokens_key = "pairs"
+    train_columns = ("input_ids", "attention_mask", "loss_mask")
 
     def train_inputs(self, spec: Spec, call: CallSpec, store: Store
                      ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        pairs = store["pairs"]
-        batch = {k: pairs[k] for k in ("input_ids", "attention_mask", "loss_mask")}
+        batch, _ = super().train_inputs(spec, call, store)
         # the reference is frozen: its sequence logprobs are summed once, here
-        batch["ref_seq_logprobs"] = sequence_logprobs(store["ref_logprobs"], pairs["loss_mask"])
+        batch["ref_seq_logprobs"] = sequence_logprobs(store["ref_logprobs"],
+                                                      store["pairs"]["loss_mask"])
         return batch, self.loss_options(spec, call, beta=spec.rl.beta)
 
 

@@ -34,15 +34,16 @@ class UnsupportedSpec(UserError):
 
 
 class Algorithm:
-    """One algorithm as the runtime runs it. Subclasses set the class attributes
-    and implement `train_inputs`; dataset-driven ones (DPO, SFT, RM) inherit
-    `first_batch` as is."""
+    """One algorithm as the runtime runs it. Subclasses set the class attributes;
+    dataset-driven ones (DPO, SFT, RM) inherit `first_batch` as is and name the
+    `train_columns` of their dataset batch, RL ones implement `train_inputs`."""
 
     name: str
     data: str  # what the dataset gives: prompts | pairs | sequences (runtime/data/records.py)
     keys: tuple[str, ...]  # data keys read by name, the dataset's included
     losses: dict[str, str]  # model head of each train call -> runtime/losses.py function
     tokens_key: str  # the token batch perf/ metrics count
+    train_columns: tuple[str, ...] = ()  # columns of the dataset batch a train call is sent
 
     @property
     def seqs_per_record(self) -> int:
@@ -92,8 +93,12 @@ class Algorithm:
 
     def train_inputs(self, spec: Spec, call: CallSpec, store: Store
                      ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """The batch a train call is sent and its options ({"loss", "loss_kwargs"})."""
-        raise NotImplementedError
+        """The batch a train call is sent and its options ({"loss", "loss_kwargs"}):
+        by default the `train_columns` of the dataset batch."""
+        if not self.train_columns:
+            raise NotImplementedError
+        data = store[self.data]
+        return {k: data[k] for k in self.train_columns}, self.loss_options(spec, call)
 
     def metrics(self, spec: Spec, store: Store) -> dict[str, float]:
         """Metrics of one iteration beyond timings, token counts and train stats."""

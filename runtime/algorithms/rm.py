@@ -5,12 +5,7 @@ the right way round) and score_margin (mean r_chosen - r_rejected)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-
-from planner.graph.spec import CallSpec, Spec
-from runtime.algorithms.registry import Algorithm, Store, register
+from runtime.algorithms.registry import Algorithm, register
 
 
 class RewardModel(Algorithm):
@@ -19,12 +14,7 @@ class RewardModel(Algorithm):
     keys = ("pairs",)
     losses = {"reward": "rm_loss"}
     tokens_key = "pairs"
-
-    def train_inputs(self, spec: Spec, call: CallSpec, store: Store
-                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        pairs = store["pairs"]
-        batch = {k: pairs[k] for k in ("input_ids", "attention_mask", "last_index")}
-        return batch, self.loss_options(spec, call)
+    train_columns = ("input_ids", "attention_mask", "last_index")
 
 
 register(RewardModel())
