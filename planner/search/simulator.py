@@ -119,6 +119,32 @@ class Evaluation:
         return self.overflow_bytes <= 0
 
 
+def _place(c: int, k: int, cur: list[float], ends: list[list[float]], free: list[float],
+           preds, prev_preds, occ, realloc_s, extra, pro, dur, segs) -> tuple[float, float]:
+    """Run task (call c, iteration k) as early as its predecessors (this iteration's in
+    `cur`, earlier ones' in `ends`) and its segments allow: the segments its realloc
+    holds are busy until the copy is done, its own until it ends. Returns (start, end)."""
+    t = 0.0
+    for u in preds[c]:
+        if cur[u] > t:
+            t = cur[u]
+    for u, lag in prev_preds[c]:
+        if k >= lag and ends[k - lag][u] > t:
+            t = ends[k - lag][u]
+    for s in occ[c]:
+        if free[s] > t:
+            t = free[s]
+    r = realloc_s[c]
+    if r:
+        for s in extra[c]:
+            free[s] = t + r
+    e = t + pro[c] + dur[c]
+    for s in segs[c]:
+        free[s] = e
+    cur[c] = e
+    return t, e
+
+
 class Simulator:
     """Fast steady-state simulation of assignments (tuples of candidate indices)."""
 
@@ -258,26 +284,11 @@ class Simulator:
             cur = [0.0] * n
             ends.append(cur)
             for c in range(n):
-                t = 0.0
-                for u in preds[c]:
-                    if cur[u] > t:
-                        t = cur[u]
-                for u, lag in prev_preds[c]:
-                    if k >= lag and ends[k - lag][u] > t:
-                        t = ends[k - lag][u]
-                for s in occ[c]:
-                    if free[s] > t:
-                        t = free[s]
-                r = realloc_s[c]
-                if r:
-                    for s in extra[c]:
-                        free[s] = t + r
-                e = t + pro[c] + dur[c]
-                for s in segs[c]:
-                    free[s] = e
-                cur[c] = e
+                t, e = _place(c, k, cur, ends, free, preds, prev_preds, occ, realloc_s, extra,
+                              pro, dur, segs)
                 if record:
-                    self._record(events, c, k, t, r, pro[c], e, lo[c], hi[c], src_range[c])
+                    self._record(events, c, k, t, realloc_s[c], pro[c], e, lo[c], hi[c],
+                                 src_range[c])
             iter_end.append(max(cur))
             if record:
                 continue
@@ -352,29 +363,13 @@ class Simulator:
                     continue
                 while len(ends) <= k:
                     ends.append([0.0] * n)
-                cur = ends[k]
-                t = 0.0
-                for u in preds[c]:
-                    if cur[u] > t:
-                        t = cur[u]
-                for u, lag in prev_preds[c]:
-                    if k >= lag and ends[k - lag][u] > t:
-                        t = ends[k - lag][u]
-                for s in occ[c]:
-                    if free[s] > t:
-                        t = free[s]
-                rr = realloc_s[c]
-                if rr:
-                    for s in extra[c]:
-                        free[s] = t + rr
-                e = t + pro[c] + dur[c]
-                for s in segs[c]:
-                    free[s] = e
-                cur[c] = e
+                t, e = _place(c, k, ends[k], ends, free, preds, prev_preds, occ, realloc_s,
+                              extra, pro, dur, segs)
                 mine.append(e)
                 last_end = e
                 if record and k < iterations:
-                    self._record(events, c, k, t, rr, pro[c], e, lo[c], hi[c], src_range[c])
+                    self._record(events, c, k, t, realloc_s[c], pro[c], e, lo[c], hi[c],
+                                 src_range[c])
         done_units = r if period is not None else units
         exact = iterations if record else max(1, min(len(ends), done_units - span + 1))
         iter_end = [max(ends[k]) for k in range(min(exact, len(ends)))]
