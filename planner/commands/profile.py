@@ -107,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
         f"{profile.peak_flops / 1e9:.1f} GFLOP/s, memory {profile.memory_bytes_per_s / 1e9:.1f} GB/s, "
         f"all-reduce bus {profile.intra_node.bus_bytes_per_s / 1e9:.2f} GB/s, overheads per layer "
         f"fwd {o.layer_fwd_s * 1e6:.0f} us / bwd {o.layer_bwd_s * 1e6:.0f} us / decode "
-        f"{o.decode_layer_s * 1e6:.0f} us", highlight=False)
+        f"{o.decode_layer_s * 1e6:.0f} us; engine step {o.engine_step_s * 1e6:.0f} us, "
+        f"optimizer {o.optimizer_tensor_s * 1e6:.1f} us per tensor", highlight=False)
     v = profile.measured.vllm if profile.measured else None
     if v is not None:
         rate = f"{v.update_bytes_per_s / 1e6:.0f} MB/s" if v.update_bytes_per_s else "-"

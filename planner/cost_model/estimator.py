@@ -57,7 +57,7 @@ from planner.cost_model.memory import (
     stage_param_counts,
 )
 from planner.cost_model.profile import HardwareProfile
-from planner.cost_model import vllm_pricing
+from planner.cost_model import sampling, vllm_pricing
 from planner.cost_model.runtime_terms import call_terms, handoff_bytes
 from planner.graph.arch import HeadType, ModelArch
 from planner.graph.lengths import LengthDist
@@ -97,6 +97,7 @@ class CallShape:
     max_num_batched_tokens: int = 8192    # generate: prompt tokens per prefill batch
     io_keys: int = 0      # data keys in + out (the runtime's hand-off through its driver)
     seqs_per_record: int = 1  # 2: chosen/rejected pairs, never split over dp or micro-batches
+    greedy: bool = False  # generate: argmax decoding (no sampling pass over the vocabulary)
 
     @classmethod
     def of(cls, call: "CallSpec | CallShape") -> "CallShape":
@@ -109,7 +110,8 @@ class CallShape:
                        seq_len_mean=call.total_len_mean, prompt_len_mean=call.prompt_len_mean,
                        gen_dist=call.gen_len_dist, batching=eng.batching,
                        max_num_seqs=eng.max_num_seqs,
-                       max_num_batched_tokens=eng.max_num_batched_tokens, io_keys=io)
+                       max_num_batched_tokens=eng.max_num_batched_tokens, io_keys=io,
+                       greedy=call.sampling == "greedy")
         attn = call.total_len_attn
         return cls(call.type, call.num_seqs, call.total_len, call.total_len, 0,
                    call.minibatches, call.epochs, seq_len_mean=call.total_len_mean,
@@ -238,6 +240,15 @@ def _stage_params(c: _Ctx) -> int:
     return max(stage_param_counts(c.arch, c.head, c.tp, c.pp))
 
 
+def _stage_tensors(c: _Ctx) -> int:
+    """Parameter tensors of the largest stage: per layer the q/k/v/o and three MLP
+    weights and two norms (plus q/k/v biases), and the embedding, final norm and head
+    (one tensor fewer when a one-stage lm ties its head to the embedding)."""
+    per_layer = 9 + (3 if c.arch.qkv_bias else 0)
+    tied = c.arch.tied_embeddings and c.head == "lm" and c.pp == 1
+    return _max_stage_layers(c) * per_layer + (2 if tied else 3)
+
+
 def _per_rank(num_seqs: int, parts: int) -> int:
     return -(-num_seqs // parts)
 
@@ -279,7 +290,10 @@ def _train(c: _Ctx, s: CallShape, recompute: bool, zero_stage: int,
     params = _stage_params(c)
     t_dp = _dp_comm_s(c, params * c.dtype_bytes, zero_stage)
     opt_params = params / c.dp if zero_stage >= 1 else params
-    t_opt = dev.memory_s(ADAM_BYTES_PER_PARAM * opt_params)
+    # Bytes at memory bandwidth, plus a few eager ops per parameter tensor (ZeRO steps
+    # each tensor's chunk: the same count).
+    t_opt = (dev.memory_s(ADAM_BYTES_PER_PARAM * opt_params)
+             + _stage_tensors(c) * dev.overheads.optimizer_tensor_s)
     steps = s.minibatches * s.epochs
     time_s, bd = _bd(
         compute=steps * m * t_stage,
@@ -421,12 +435,15 @@ def _generate(c: _Ctx, s: CallShape, flash: bool, trainable: bool) -> CallEstima
     decode = tp_dec = p2p_dec = 0.0
     # Engine host work per step and per call (vllm_pricing: vLLM's measured, else native).
     engine = vllm_pricing.call_overhead_s(dev, rank_seqs, prompt)
+    # The first token is picked after prefill, the others after each decode step.
+    engine += sampling.pick_s(dev, rank_seqs, c.arch.vocab_size, s.greedy)
     for seg in decode_segments(lens, prompt, slots, s.batching):
         kernels, tp, p2p = _decode_step_parts(c, seg.batch, seg.context)
         decode += seg.steps * kernels
         tp_dec += seg.steps * tp
         p2p_dec += seg.steps * p2p
-        engine += seg.steps * vllm_pricing.step_overhead_s(dev, seg.batch)
+        engine += seg.steps * (vllm_pricing.step_overhead_s(dev, seg.batch)
+                               + sampling.pick_s(dev, seg.batch, c.arch.vocab_size, s.greedy))
     params = _stage_params(c)
     # A trainable model's fresh weights are copied into the engine before it generates
     # (refit).

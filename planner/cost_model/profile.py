@@ -60,7 +60,12 @@ class Overheads(_Frozen):
     head_bwd_s: float = Field(0.0, ge=0, description="Per backward pass, outside the layers.")
     engine_step_s: float = Field(
         0.0, ge=0, description="Per generation-engine decode step, on top of the kernels: "
-        "scheduling, sampling, detokenising (host work that does not overlap the GPU).")
+        "scheduling, sampling, detokenising (host work that does not overlap the GPU). A "
+        "measured CPU profile: the native engine's step bookkeeping (masks, positions, RoPE "
+        "tables, stop test); its sampler is then the `sampling` table.")
+    optimizer_tensor_s: float = Field(
+        0.0, ge=0, description="Per parameter tensor per optimizer step, on top of the bytes: "
+        "an eager Adam step, gradient-norm term and zero_grad run a few small ops per tensor.")
 
 
 RUNTIME_OVERHEADS_VERSION = 1
@@ -259,6 +264,22 @@ class VllmTables(_Frozen):
         "unless update_per_layer_s is)."))
 
 
+class SamplingTable(_Frozen):
+    """Measured time of picking one decode step's next tokens from [batch, vocab] logits:
+    sampled (softmax, multinomial draw, log-prob) and greedy (argmax, log-prob)."""
+
+    batch: list[int]
+    vocab: list[int]
+    sample_s: list[list[float]] = Field(description="sample_s[i][j] for batch[i], vocab[j].")
+    greedy_s: list[list[float]] = Field(description="greedy_s[i][j] for batch[i], vocab[j].")
+
+    @model_validator(mode="after")
+    def _grid(self) -> "SamplingTable":
+        _check_grid("sampling.sample_s", self.batch, self.vocab, self.sample_s)
+        _check_grid("sampling.greedy_s", self.batch, self.vocab, self.greedy_s)
+        return self
+
+
 class MeasuredTables(_Frozen):
     """What `planner profile` measured; every table is optional."""
 
@@ -269,6 +290,8 @@ class MeasuredTables(_Frozen):
     layers: list[LayerTable] = Field(default_factory=list)
     collectives: list[CollectiveTable] = Field(default_factory=list)
     vllm: VllmTables | None = Field(None, description="vLLM generation times, when measured.")
+    sampling: SamplingTable | None = Field(
+        None, description="The native engine's next-token pick per decode step, when measured.")
     memory_bytes_per_s: float | None = Field(None, gt=0, description="Measured copy bandwidth.")
 
 

@@ -33,6 +33,7 @@ from planner.cost_model.profile import (
     GemmTable,
     LayerShape,
     LayerTable,
+    SamplingTable,
 )
 
 Tick = Callable[[], None]
@@ -276,3 +277,58 @@ def measure_head(bench: Bench, vocab: int, hidden: int, batch: int, seq: int) ->
 
     fwd, fb = bench.time_all([forward, both])
     return fwd, max(fb - fwd, 0.1 * fwd)
+
+
+def measure_sampling(bench: Bench, batches: Sequence[int], vocabs: Sequence[int],
+                     tick: Tick = _noop) -> SamplingTable:
+    """One decode step's next-token pick from [batch, vocab] logits, sampled and greedy."""
+    from planner.cost_model.profiler.reference import pick_tokens
+
+    torch = bench.torch
+    gen = torch.Generator(device=bench.device).manual_seed(0)
+    fns = []
+    for greedy in (False, True):
+        for b in batches:
+            for v in vocabs:
+                logits = bench.randn(b, v)
+                fns.append(lambda lg=logits, gr=greedy: pick_tokens(lg, gr, gen))
+    times = bench.time_all(fns, tick)
+    n = len(batches) * len(vocabs)
+    return SamplingTable(batch=list(batches), vocab=list(vocabs),
+                         sample_s=_grid(times[:n], len(vocabs)),
+                         greedy_s=_grid(times[n:], len(vocabs)))
+
+
+def measure_decode_bookkeeping(bench: Bench, batch: int, context: int, head_dim: int) -> float:
+    """Seconds of one decode step's host work outside layers, head and sampler
+    (reference.decode_bookkeeping) for `batch` sequences after `context` tokens."""
+    from planner.cost_model.profiler.reference import decode_bookkeeping
+
+    torch = bench.torch
+    dev = bench.device
+    mask = torch.ones(batch, context, dtype=torch.long, device=dev)
+    pos = torch.full((batch, 1), context - 1, dtype=torch.long, device=dev)
+    done = torch.zeros(batch, dtype=torch.bool, device=dev)
+    tok = torch.ones(batch, dtype=torch.long, device=dev)
+    lp = torch.zeros(batch, device=dev)
+    return bench.time_all([lambda: decode_bookkeeping(mask, pos, done, tok, lp, head_dim)])[0]
+
+
+def measure_optimizer_tensor(bench: Bench, tensors: int = 32, numel: int = 64) -> float:
+    """Seconds per parameter tensor of one eager optimizer step: Adam without foreach
+    (one tensor at a time), the per-tensor squares of the gradient norm and
+    zero_grad, on `tensors` tensors so small that their bytes cost nothing."""
+    torch = bench.torch
+    params = [torch.nn.Parameter(bench.randn(numel)) for _ in range(tensors)]
+    grads = [bench.randn(numel) for _ in range(tensors)]
+    opt = torch.optim.AdamW(params, lr=1e-6, foreach=False)
+
+    def step():
+        for p, g in zip(params, grads):
+            p.grad = g
+        norm = torch.stack([p.grad.double().pow(2).sum() for p in params]).sum().sqrt()
+        float(norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return bench.time_all([step])[0] / tensors

@@ -87,3 +87,46 @@ class RefHead(nn.Module):
         x = self.norm * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
         logp = F.log_softmax(self.head(x).float(), dim=-1)
         return logp.gather(-1, ids[..., None]).squeeze(-1)
+
+
+def pick_tokens(logits: torch.Tensor, greedy: bool, gen: torch.Generator | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decode step's choice of next tokens from [b, vocab] logits and their
+    log-probabilities, as an eager engine does it: greedy = argmax; sampled =
+    softmax at temperature 1 and a multinomial draw (no top-k / top-p)."""
+    logits = logits.float()
+    logp = F.log_softmax(logits, -1)
+    if greedy:
+        tok = logits.argmax(-1)
+    else:
+        tok = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen).squeeze(-1)
+    return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
+
+
+def decode_bookkeeping(mask: torch.Tensor, pos: torch.Tensor, done: torch.Tensor,
+                       tok: torch.Tensor, lp: torch.Tensor, head_dim: int
+                       ) -> tuple[torch.Tensor, ...]:
+    """The host-side work of one decode step of a left-padded batch outside the
+    layers, head and sampler: finished rows get the pad token, the step's tokens
+    and log-probs are collected, the stop test reads back one flag, the attention
+    mask grows by a column, positions advance, and the next step's RoPE tables
+    and boolean causal-and-padding mask are built."""
+    tok = torch.where(done, torch.zeros_like(tok), tok)
+    lp = torch.where(done, torch.zeros_like(lp), lp)
+    picked = torch.stack([tok.double(), lp.double()])
+    tok, lp = picked[0].long(), picked[1].float()
+    done = done | (tok == 0)
+    bool(done.all())
+    mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    pos = pos[:, -1:] + 1
+    dev = mask.device
+    inv = 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=dev)
+                             / head_dim))
+    emb = torch.cat((pos[..., None].float() * inv,) * 2, dim=-1)
+    cos, sin = emb.cos(), emb.sin()
+    k_len = mask.shape[1]
+    k_pos = torch.arange(k_len, device=dev)
+    q_pos = torch.arange(k_len - 1, k_len, device=dev)
+    attn = (k_pos[None, :] <= q_pos[:, None])[None] & mask.bool()[:, None, :]
+    attn |= (k_pos[None, :] == q_pos[:, None])[None]
+    return tok, lp, done, attn[:, None], cos, sin

@@ -49,14 +49,18 @@ class Plan:
     coll_groups: list[int] = field(default_factory=list)
     min_time_s: float = 0.05
     rounds: int = 2
+    # The native engine's next-token pick (batch x vocab) per decode step.
+    sample_batch: list[int] = field(default_factory=lambda: [1, 16, 128])
+    sample_vocab: list[int] = field(default_factory=lambda: [256, 4096, 32768])
 
     def num_steps(self) -> int:
         """Progress ticks: one per point per round, one per collective group, memory, probe."""
         points = (len(self.gemm_m) * len(self.gemm_k) + 3 * len(self.elem_sizes)
                   + 2 * len(self.attn_seq) * len(self.attn_head_dim)
                   + 2 * len(self.layer_shapes) * len(self.layer_batch) * len(self.layer_seq)
-                  + len(self.decode_batch) * len(self.decode_context))
-        return points * self.rounds + len(self.coll_groups) + 3
+                  + len(self.decode_batch) * len(self.decode_context)
+                  + 2 * len(self.sample_batch) * len(self.sample_vocab))
+        return points * self.rounds + len(self.coll_groups) + 4
 
 
 def _shape(h: int, i: int, heads: int, kv: int) -> LayerShape:
@@ -66,17 +70,23 @@ def _shape(h: int, i: int, heads: int, kv: int) -> LayerShape:
 def plan_for(device: str, quick: bool, group_sizes: list[int]) -> Plan:
     if device == "cpu":
         if quick:
+            # The first layer shape is the tiny CPU specs' (tiny-llama): a layer of the
+            # measured shape costs what was measured, and the batches reach the tiny
+            # runs' (PPO trains 16 x 32 tokens per step, GRPO decodes 64-128 sequences).
             return Plan(gemm_m=[1, 16, 256, 1024], gemm_k=[64, 256, 1024], attn_batch_heads=8,
                         attn_seq=[32, 128, 512], attn_head_dim=[16, 64],
-                        layer_shapes=[_shape(128, 352, 4, 2)], layer_batch=[1, 4],
-                        layer_seq=[32, 128], decode_batch=[1, 8, 32], decode_context=[32, 256],
+                        layer_shapes=[_shape(64, 176, 4, 4), _shape(128, 352, 4, 2)],
+                        layer_batch=[1, 4, 32], layer_seq=[32, 128],
+                        decode_batch=[1, 8, 32, 128], decode_context=[32, 256],
                         membw_bytes=64 * MiB, coll_sizes=[4 * KiB, 256 * KiB, 4 * MiB],
-                        coll_groups=group_sizes, min_time_s=0.02, rounds=3)
+                        coll_groups=group_sizes, min_time_s=0.02, rounds=3,
+                        sample_vocab=[256, 4096])
         return Plan(gemm_m=[1, 4, 16, 64, 256, 1024, 4096], gemm_k=[32, 64, 128, 256, 512, 1024, 2048],
                     attn_batch_heads=8, attn_seq=[16, 64, 256, 1024], attn_head_dim=[16, 32, 64, 128],
-                    layer_shapes=[_shape(128, 352, 4, 2), _shape(512, 1376, 8, 8)],
-                    layer_batch=[1, 4, 16], layer_seq=[16, 64, 256],
-                    decode_batch=[1, 4, 16, 64], decode_context=[16, 64, 256, 1024],
+                    layer_shapes=[_shape(64, 176, 4, 4), _shape(128, 352, 4, 2),
+                                  _shape(512, 1376, 8, 8)],
+                    layer_batch=[1, 4, 16, 64], layer_seq=[16, 64, 256],
+                    decode_batch=[1, 4, 16, 64, 256], decode_context=[16, 64, 256, 1024],
                     membw_bytes=256 * MiB, coll_sizes=[1 * KiB, 16 * KiB, 256 * KiB, 4 * MiB, 32 * MiB],
                     coll_groups=group_sizes, elem_sizes=[1 << 10, 1 << 14, 1 << 18, 1 << 22, 1 << 24],
                     min_time_s=0.05, rounds=3)
@@ -225,8 +235,18 @@ def profile_machine(name: str, *, quick: bool, device: str = "cpu", threads: int
     probe_head = measure.measure_head(probe_bench, PROBE_VOCAB, PROBE_SHAPE.hidden_size,
                                       PROBE_BATCH, PROBE_SEQ)
     step("overhead probe")
-    overheads = fit_overheads(kernels_only, probe, probe_decode, probe_head)
-    measured = kernels_only.measured.model_copy(update={"layers": layers, "decode": decode})
+    sampling = measure.measure_sampling(bench, plan.sample_batch, plan.sample_vocab,
+                                        lambda: step("next-token pick"))
+    # Native-engine host work per decode step and per optimizer tensor: no kernel
+    # model explains them, they are overhead whole.
+    bookkeeping_s = measure.measure_decode_bookkeeping(
+        probe_bench, 8, 64, plan.layer_shapes[0].hidden_size // plan.layer_shapes[0].num_heads)
+    optimizer_tensor_s = measure.measure_optimizer_tensor(probe_bench)
+    step("engine step and optimizer overheads")
+    overheads = fit_overheads(kernels_only, probe, probe_decode, probe_head).model_copy(
+        update={"engine_step_s": bookkeeping_s, "optimizer_tensor_s": optimizer_tensor_s})
+    measured = kernels_only.measured.model_copy(update={"layers": layers, "decode": decode,
+                                                        "sampling": sampling})
     update = {"overheads": overheads, "measured": measured}
     if runtime:
         from planner.cost_model.profiler.runtime_overheads import measure_runtime_overheads

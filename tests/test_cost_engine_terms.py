@@ -1,0 +1,83 @@
+"""The native engine's own work in an estimate: the next-token pick per decode step
+(planner/cost_model/sampling.py) and the optimizer's per-tensor ops."""
+
+from __future__ import annotations
+
+import pytest
+
+from planner.cost_model import CallShape, estimate_call, load_profile
+from planner.cost_model.device import Device
+from planner.cost_model.profile import MeasuredTables, Overheads, SamplingTable
+from planner.cost_model.sampling import pick_s
+from planner.graph.arch import get_preset
+from planner.layout.layout import Layout
+
+TABLE = SamplingTable(batch=[1, 16], vocab=[256, 4096],
+                      sample_s=[[30e-6, 100e-6], [80e-6, 900e-6]],
+                      greedy_s=[[10e-6, 20e-6], [15e-6, 90e-6]])
+
+
+def _cpu(**overheads) -> object:
+    base = load_profile("cpu")
+    return base.model_copy(update={
+        "measured": (base.measured or MeasuredTables()).model_copy(update={"sampling": TABLE}),
+        "overheads": base.overheads.model_copy(update=overheads)})
+
+
+def test_pick_reads_the_table_and_grows_with_logits_outside_it():
+    dev = Device(_cpu())
+    assert pick_s(dev, 16, 4096, greedy=False) == pytest.approx(900e-6)
+    assert pick_s(dev, 1, 256, greedy=True) == pytest.approx(10e-6)
+    assert 80e-6 < pick_s(dev, 16, 1024, greedy=False) < 900e-6
+    # beyond the grid: the time per logit of the nearest point
+    assert pick_s(dev, 64, 4096, greedy=False) == pytest.approx(4 * 900e-6)
+    assert pick_s(dev, 0, 256, greedy=False) == 0.0
+
+
+def test_pick_is_zero_without_the_table_or_under_vllm_pricing():
+    assert pick_s(Device(load_profile("cpu")), 16, 4096, greedy=False) == 0.0
+    vllm = _cpu().model_copy(update={"priced_backend": "vllm"})
+    assert pick_s(Device(vllm), 16, 4096, greedy=False) == 0.0
+
+
+def test_generate_estimate_carries_the_pick_per_decode_step():
+    arch = get_preset("tiny-llama")
+
+    def engine_s(greedy: bool) -> float:
+        est = estimate_call(arch, "lm", CallShape("generate", 16, 32, 16, 16, greedy=greedy),
+                            Layout((0,)), 1, _cpu(), trainable=True, gpus_per_node=1)
+        return est.breakdown["engine"]
+
+    base = estimate_call(arch, "lm", CallShape("generate", 16, 32, 16, 16), Layout((0,)), 1,
+                         load_profile("cpu"), trainable=True, gpus_per_node=1)
+    picks = engine_s(False) - base.breakdown["engine"]
+    # one pick per generated token, at the table's 16-sequence sampled time for vocab 256
+    assert picks == pytest.approx(16 * 80e-6, rel=1e-6)
+    assert engine_s(True) < engine_s(False)
+
+
+@pytest.mark.parametrize("preset,head", [("tiny-llama", "lm"), ("tiny-qwen", "lm"),
+                                         ("tiny-llama", "value")])
+def test_optimizer_prices_every_parameter_tensor_of_the_engine(preset, head):
+    torch = pytest.importorskip("torch")
+    from runtime.engine.engine import Engine
+    from runtime.engine.parallelize import build_groups
+
+    arch = get_preset(preset)
+    shape = CallShape("train", 8, 32, 32, 0)
+
+    def optimizer_s(per_tensor: float) -> float:
+        est = estimate_call(arch, head, shape, Layout((0,)), 1,
+                            _cpu(optimizer_tensor_s=per_tensor), trainable=True,
+                            gpus_per_node=1)
+        return est.breakdown["optimizer"]
+
+    tensors = round((optimizer_s(1e-3) - optimizer_s(0.0)) / 1e-3)
+    torch.set_num_threads(1)
+    engine = Engine(arch, build_groups(Layout((0,))), head)
+    assert tensors == len(list(engine.model.parameters()))
+
+
+def test_overheads_default_to_zero_for_old_profiles():
+    o = Overheads()
+    assert o.optimizer_tensor_s == 0.0 and o.engine_step_s == 0.0
