@@ -25,22 +25,37 @@ install:
 	@# fails with them ("operator torchvision::nms does not exist") and works without.
 	$(if $(VLLM_EXTRA),$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true)
 
-# The main job on the embedded default: measure this machine, search a plan for
-# tiny PPO on 4 virtual CPU devices priced with that profile, run it on a local
-# Ray cluster, then picture estimate beside measurement. Everything lands in
-# runs/demo/ (replaced on each run); spec.yaml is specs/tiny-ppo-cpu.yaml with
-# `hardware: profile.json`. With vLLM installed, tiny GRPO with vLLM generation
-# follows, into runs/demo/run_vllm/.
+# The main job on the embedded default: measure this machine, calibrate that
+# profile on two short runs of another spec (tiny GRPO: its searched plan and the
+# split baseline), search a plan for tiny PPO priced with the calibrated profile,
+# run it on a local Ray cluster, then picture and tabulate estimate beside
+# measurement. One virtual CPU device per core, up to 4 (more processes than cores
+# would share them). Everything lands in runs/demo/ (replaced on each run);
+# spec.yaml is specs/tiny-ppo-cpu.yaml with `hardware: profile-calibrated.json`.
+# With vLLM installed, tiny GRPO with vLLM generation follows, into
+# runs/demo/run_vllm/.
 DEMO := runs/demo
+CAL := $(DEMO)/calibration
 demo: install
 	$(PY) -m planner.cli validate specs/*.yaml
-	rm -rf $(DEMO) && mkdir -p $(DEMO)
+	rm -rf $(DEMO) && mkdir -p $(CAL)
 	$(PY) -m planner.cli profile --quick --out $(DEMO)/profile.json
-	sed 's/hardware: cpu}/hardware: profile.json}/' specs/tiny-ppo-cpu.yaml > $(DEMO)/spec.yaml
+	n=$$($(PY) -c "import os; print(min(4, len(os.sched_getaffinity(0))))"); \
+	sed -e 's/hardware: cpu}/hardware: ..\/profile.json}/' -e "s/gpus_per_node: 4/gpus_per_node: $$n/" \
+		specs/tiny-grpo-cpu.yaml > $(CAL)/spec.yaml && \
+	sed -e 's/hardware: cpu}/hardware: profile-calibrated.json}/' -e "s/gpus_per_node: 4/gpus_per_node: $$n/" \
+		specs/tiny-ppo-cpu.yaml > $(DEMO)/spec.yaml
+	$(PY) -m planner.cli search $(CAL)/spec.yaml -o $(CAL)/searched.json --steps 2000
+	$(PY) -m planner.cli search $(CAL)/spec.yaml -o $(CAL)/split.json --method baseline --baseline split
+	$(PY) -m runtime.cli run $(CAL)/searched.json --run-dir $(CAL)/run-searched --iterations 4
+	$(PY) -m runtime.cli run $(CAL)/split.json --run-dir $(CAL)/run-split --iterations 4
+	$(PY) -m planner.cli calibrate $(CAL)/run-searched $(CAL)/run-split \
+		--profile $(DEMO)/profile.json -o $(DEMO)/profile-calibrated.json
 	$(PY) -m planner.cli search $(DEMO)/spec.yaml -o $(DEMO)/plan.json --steps 5000
 	$(PY) -m runtime.cli run $(DEMO)/plan.json --run-dir $(DEMO)/run
 	$(PY) -m planner.cli show $(DEMO)/plan.json -o $(DEMO)/plan.html \
 		--perfetto $(DEMO)/plan_trace.json --measured $(DEMO)/run/trace.json
+	$(PY) tools/compare_run.py $(DEMO)/plan.json $(DEMO)/run
 	@# With vLLM installed: tiny GRPO whose generate call runs on vLLM-CPU engines.
 	@if $(PY) -c "import importlib.util as u, sys; sys.exit(u.find_spec('vllm') is None)"; then \
 		$(PY) -m planner.cli search specs/tiny-grpo-vllm-cpu.yaml -o $(DEMO)/plan_vllm.json && \

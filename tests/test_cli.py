@@ -69,3 +69,22 @@ def test_bad_flag_exits_2():
 def test_help_has_examples():
     r = planner("validate", "--help")
     assert r.returncode == 0 and "examples:" in r.stdout
+
+
+def test_search_writes_the_named_baseline(tmp_path):
+    """`--method baseline --baseline NAME` writes that hand-written plan (bench and demo
+    runs of a chosen baseline); without --method baseline the flag is one line, exit 2."""
+    spec = str(ROOT / "specs" / "tiny-grpo-cpu.yaml")
+    layouts = {}
+    for name in ("colocate", "split"):
+        out = tmp_path / f"{name}.json"
+        r = planner("search", spec, "-o", str(out), "--method", "baseline", "--baseline", name)
+        assert r.returncode == 0, r.stderr
+        plan = json.loads(out.read_text())
+        layouts[name] = {c["name"]: tuple(c["device_ids"]) for c in plan["calls"]}
+    assert len(set(layouts["colocate"].values())) == 1  # every call on the same devices
+    assert layouts["split"]["actor_gen"] != layouts["split"]["actor_train"]
+    r = planner("search", spec, "-o", str(tmp_path / "x.json"), "--baseline", "split")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "--baseline split: only with --method baseline" in r.stderr
+    assert not (tmp_path / "x.json").exists()

@@ -126,3 +126,40 @@ def test_evaluate_a_searched_plan_file(spec_file, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"{out} calls[") and err.endswith(
         "which it waits for in the same iteration; re-run `planner search`"), err
+
+
+def test_polish_keeps_the_period_and_takes_faster_calls_off_the_critical_path(tmp_path):
+    """polish (planner/search/driver.py) on random legal plans of tiny PPO on 2 devices:
+    the period never grows, the plan stays legal, and afterwards no call can take a
+    faster candidate on its devices without growing the period; calls off the critical
+    path do move."""
+    import random
+    from pathlib import Path
+
+    from planner.search.driver import polish
+    from planner.search.problem import build_problem
+    from planner.search.simulator import Simulator
+
+    text = (Path(__file__).parent.parent / "specs" / "tiny-ppo-cpu.yaml").read_text()
+    path = tmp_path / "two.yaml"
+    path.write_text(text.replace("gpus_per_node: 4", "gpus_per_node: 2"))
+    p = build_problem(load_spec(path), top_k=40)
+    sim = Simulator(p)
+    rng = random.Random(0)
+    moved_total = tried = 0
+    while tried < 20:
+        a = tuple(rng.randrange(len(c)) for c in p.candidates)
+        if not sim.feasible(a):
+            continue
+        tried += 1
+        out, period, moved = polish(p, a, None)
+        assert sim.feasible(out) and period == sim.period(out) <= sim.period(a)
+        moved_total += moved
+        for i, cands in enumerate(p.candidates):
+            cur = cands[out[i]]
+            for j, c in enumerate(cands):
+                trial = out[:i] + (j,) + out[i + 1:]
+                if ((c.lo, c.hi) == (cur.lo, cur.hi) and c.time_s < cur.time_s
+                        and sim.feasible(trial)):
+                    assert sim.period(trial) > period
+    assert moved_total > 0

@@ -22,7 +22,7 @@ from planner.graph.loader import load_spec
 from planner.outputs import check_output_file
 from planner.plan import save_plan
 from planner.search.cpsat import check_params
-from planner.search.driver import METHODS, SearchOutcome, search
+from planner.search.driver import BASELINES, METHODS, SearchOutcome, search
 from planner.search.memory_report import choice_effects
 from planner.search.staleness import StalenessOutcome, search_staleness
 
@@ -49,6 +49,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="plan file to write (JSON)")
     p.add_argument("--method", choices=METHODS, default="auto",
                    help="auto (MCMC then CP-SAT, default), mcmc, cpsat or baseline")
+    p.add_argument("--baseline", choices=BASELINES, metavar="NAME",
+                   help="with --method baseline: write this hand-written plan (colocate, "
+                        "colocate-per-call or split), not the best of them")
     p.add_argument("--time-limit", type=float, default=10.0, metavar="S",
                    help="wall-clock budget in seconds, pricing included (default 10)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -79,6 +82,8 @@ def _check(args: argparse.Namespace) -> None:
             raise SearchFlagError(f"{flag} {value}: expected 1 to {hi}")
     if not 0 <= args.seed <= L.MAX_SEED:
         raise SearchFlagError(f"--seed {args.seed}: expected 0 to {L.MAX_SEED}")
+    if args.baseline is not None and args.method != "baseline":
+        raise SearchFlagError(f"--baseline {args.baseline}: only with --method baseline")
     check_params(args.cpsat_params)
     check_output_file(args.output, "-o", inputs=(args.spec,))
 
@@ -174,7 +179,8 @@ def run(args: argparse.Namespace) -> int:
                       seed=args.seed, top_k=args.top_k, steps=args.steps, workers=args.workers,
                       cpsat_params=args.cpsat_params, progress=progress,
                       every_node_count=args.every_node_count,
-                      memory_choices=not args.no_memory_choices)
+                      memory_choices=not args.no_memory_choices,
+                      **({"baseline": args.baseline} if args.baseline else {}))
         stale = search_staleness(spec, **common) if spec.max_staleness else None
         out = stale.chosen if stale else search(spec, **common)
     save_plan(out.plan, args.output)
