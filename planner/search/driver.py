@@ -98,13 +98,14 @@ def _no_fit_message(p: Problem, sim: Simulator, closest: tuple[int, ...] | None)
             "gpu_memory_gib")
 
 
-def polish(p: Problem, assign: tuple[int, ...], order: list[float] | None
-           ) -> tuple[tuple[int, ...], float, int]:
+def polish(p: Problem, assign: tuple[int, ...], order: list[float] | None,
+           deadline: float | None = None) -> tuple[tuple[int, ...], float, int]:
     """Among plans of the same period, one whose calls do less work: each call in turn
     takes its fastest candidate on the same devices that keeps the plan legal and the
     period from growing. The search is indifferent to a call off the critical path (a
     slower layout or memory choice there costs nothing in the model), the runtime is not:
-    its slack is never exact. Returns (assignment, period, calls moved)."""
+    its slack is never exact. Stops at `deadline` (time.perf_counter()), if given.
+    Returns (assignment, period, calls moved)."""
     sim = Simulator(p, order=order)
     best = list(assign)
     period = sim.period(tuple(best))
@@ -116,6 +117,8 @@ def polish(p: Problem, assign: tuple[int, ...], order: list[float] | None
             faster = sorted((c.time_s, j) for j, c in enumerate(p.candidates[i])
                             if (c.lo, c.hi) == (cur.lo, cur.hi) and c.time_s < cur.time_s)
             for _, j in faster:
+                if deadline is not None and time.perf_counter() > deadline:
+                    return tuple(best), period, moved
                 trial = tuple(best[:i] + [j] + best[i + 1:])
                 if sim.feasible(trial) and sim.period(trial) <= period:
                     best[i], period = j, sim.period(trial)
@@ -240,7 +243,7 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
     period, chosen, assign, order = min(options, key=lambda o: (o[0], o[1].startswith("base")))
     polished = 0
     if method != "baseline":
-        assign, period, polished = polish(p, assign, order)
+        assign, period, polished = polish(p, assign, order, deadline)
     bounds = [r.lower_bound_s for r in runs if r.lower_bound_s is not None]
     list_bound = max(bounds) if bounds else None  # every CP-SAT run's bound holds: the best
     # The printed bound covers every legal plan: CP-SAT's when the lists are complete,
