@@ -243,7 +243,8 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
     period, chosen, assign, order = min(options, key=lambda o: (o[0], o[1].startswith("base")))
     polished = 0
     if method != "baseline":
-        assign, period, polished = polish(p, assign, order, deadline)
+        # a deterministic run (steps=) polishes fully: its plan must not depend on load
+        assign, period, polished = polish(p, assign, order, None if deterministic else deadline)
     bounds = [r.lower_bound_s for r in runs if r.lower_bound_s is not None]
     list_bound = max(bounds) if bounds else None  # every CP-SAT run's bound holds: the best
     # The printed bound covers every legal plan: CP-SAT's when the lists are complete,
