@@ -29,6 +29,7 @@ import torch  # noqa: E402
 from planner.cost_model.estimator import CallShape, estimate_call  # noqa: E402
 from planner.cost_model.profile import load_profile  # noqa: E402
 from planner.cost_model.runtime_terms import RUNTIME_TERMS  # noqa: E402
+from planner.errors import UserError  # noqa: E402
 from planner.graph.arch import get_preset  # noqa: E402
 from planner.layout.layout import Layout  # noqa: E402
 from runtime import losses  # noqa: E402
@@ -65,16 +66,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", default="8,32,128")
     ap.add_argument("--reps", type=int, default=9)
     args = ap.parse_args(argv)
+    try:
+        batches = [int(x) for x in args.batches.split(",")]
+        if not batches or min(batches) < 1 or min(args.reps, args.prompt_len, args.gen_len) < 1:
+            raise ValueError
+    except ValueError:
+        print(f"--batches {args.batches!r}, --reps, --prompt-len, --gen-len: expected positive "
+              "integers (batches comma separated)", file=sys.stderr)
+        return 2
+    try:
+        profile = load_profile(args.profile)
+        arch = get_preset(args.arch)
+    except (UserError, KeyError, ValueError) as err:
+        print(f"{err}".strip("'\""), file=sys.stderr)
+        return 2
     torch.set_num_threads(1)
-    profile = load_profile(args.profile)
-    arch = get_preset(args.arch)
     groups = build_groups(Layout((0,)))
     actor = Engine(arch, groups, "lm", lr=1e-3)
     critic = Engine(arch, groups, "value", lr=1e-3)
     p, g = args.prompt_len, args.gen_len
     s = p + g
     rows = []
-    for b in (int(x) for x in args.batches.split(",")):
+    for b in batches:
         ids = torch.randint(1, arch.vocab_size, (b, p))
         mask = torch.ones(b, p, dtype=torch.long)
         full = torch.randint(1, arch.vocab_size, (b, s))
