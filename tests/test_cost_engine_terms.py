@@ -81,3 +81,20 @@ def test_optimizer_prices_every_parameter_tensor_of_the_engine(preset, head):
 def test_overheads_default_to_zero_for_old_profiles():
     o = Overheads()
     assert o.optimizer_tensor_s == 0.0 and o.engine_step_s == 0.0
+
+
+def test_identity_ignores_fields_at_their_defaults():
+    """A run records the identity of the profile that priced it; a field a later version
+    adds at a default that prices as before must not make calibrate refuse the run."""
+    import json
+
+    from planner.cost_model.profile import HardwareProfile
+
+    p = load_profile("cpu")
+    doc = json.loads(p.to_json())
+    doc["overheads"].pop("optimizer_tensor_s", None)  # as written before the field existed
+    older = HardwareProfile.model_validate(doc)
+    assert older.identity() == p.identity()
+    changed = p.model_copy(update={"overheads": p.overheads.model_copy(
+        update={"optimizer_tensor_s": 1e-5})})
+    assert changed.identity() != p.identity()

@@ -374,10 +374,14 @@ class HardwareProfile(_Frozen):
 
     def identity(self) -> str:
         """sha256 of the profile's canonical JSON: what a run directory records, so
-        `planner calibrate` knows which profile priced the run."""
+        `planner calibrate` knows which profile priced the run. Fields at their defaults
+        are left out, so a field a later version adds (at a default that prices as
+        before) does not change the identity of a profile written earlier."""
         import hashlib
 
-        return "sha256:" + hashlib.sha256(self.to_json().encode()).hexdigest()
+        canon = json.dumps(self.model_dump(mode="json", exclude_none=True,
+                                           exclude_defaults=True), sort_keys=True)
+        return "sha256:" + hashlib.sha256(canon.encode()).hexdigest()
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json", exclude_none=True), indent=1) + "\n"
