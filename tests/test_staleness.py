@@ -106,11 +106,15 @@ def _hand_async_problem(k: int):
         call("actor_train", "actor", "train", ["seqs", "ref_logp"], [], minibatches=2),
     ], {"actor": TINY_MODELS["actor"], "ref": TINY_MODELS["ref"]}, gpn=2)
     spec = spec.model_copy(update={"max_staleness": k})
+    # Milliseconds: faster than any layout the cost model prices for these tiny models,
+    # so the baselines' priced candidates (their train calls paying the proximal forward
+    # under k > 0) never beat them and the scenario stays about scheduling.
+    ms = 1e-3
     return hand_problem(spec, {
-        "actor_gen": [cand(0, 1, 3.0), cand(1, 2, 3.0), cand(0, 2, 2.6)],
-        "ref_inf": [cand(0, 2, 0.5), cand(1, 2, 0.6), cand(0, 1, 0.6)],
-        "actor_train": [cand(0, 2, 2.0), cand(1, 2, 2.5), cand(0, 1, 2.5)],
-    }, realloc_s=0.2)
+        "actor_gen": [cand(0, 1, 3.0 * ms), cand(1, 2, 3.0 * ms), cand(0, 2, 2.6 * ms)],
+        "ref_inf": [cand(0, 2, 0.5 * ms), cand(1, 2, 0.6 * ms), cand(0, 1, 0.6 * ms)],
+        "actor_train": [cand(0, 2, 2.0 * ms), cand(1, 2, 2.5 * ms), cand(0, 1, 2.5 * ms)],
+    }, realloc_s=0.2 * ms)
 
 
 def _brute(sim: Simulator):
@@ -177,6 +181,39 @@ def test_async_baseline_not_slower_than_its_synchronous_split():
         bs = {b.name: b for b in all_baselines(p, Simulator(p))}
         for_k[k] = bs["async-split" if k else "split"].period_s
     assert for_k[1] <= for_k[0] * (1 + 1e-9)
+
+
+def test_proximal_forward_priced_only_under_staleness():
+    """Under k > 0 the actor's train call pays decoupled PPO's proximal forward (the
+    cost model's `proximal_forward`: an inference of its batch on its layout), in its
+    candidates and in the minima the bound reads; the critic's train call and k = 0 do
+    not. The same candidates keep their indices across k."""
+    ppo = load_spec(ROOT / "specs" / "tiny-ppo-cpu.yaml")
+    p1 = build_problem(stale(ppo, 1), top_k=3, full_lists=False)
+    p0 = p1.with_staleness(0)
+    assert [p1.names[i] for i in p1.proximal_calls] == ["actor_train"]
+    for i, name in enumerate(p1.names):
+        for c0, c1 in zip(p0.candidates[i], p1.candidates[i]):
+            assert c0.layout == c1.layout and c0.micro_batches == c1.micro_batches
+            prox = c1.breakdown_s.get("proximal_forward", 0.0)
+            assert "proximal_forward" not in c0.breakdown_s
+            if name == "actor_train":
+                assert prox > 0 and c1.time_s > c0.time_s
+            else:
+                assert c1.time_s == c0.time_s
+    i = p1.index["actor_train"]
+    assert p1.min_time_s[i] > p0.min_time_s[i] and p1.min_device_s[i] > p0.min_device_s[i]
+    assert p1.with_staleness(0).min_time_s[i] == p0.min_time_s[i]  # taken out again
+    # The term is the forward of the train call's batch: priced like an inference call.
+    c = p1.candidates[i][0]
+    inf = ppo.call("actor_train").model_copy(update={"type": "inference", "minibatches": 1})
+    from planner.cost_model import estimate_call
+    est = estimate_call(ppo.models["actor"].architecture, "lm", inf, c.layout, c.micro_batches
+                        * ppo.call("actor_train").minibatches, p1.profile, trainable=True,
+                        gpus_per_node=p1.gpus_per_node, num_devices=p1.num_devices)
+    device = sum(v for k, v in est.breakdown.items()
+                 if k in ("compute", "tp_comm", "pp_fill", "pp_p2p"))
+    assert c.breakdown_s["proximal_forward"] == pytest.approx(device, rel=1e-9)
 
 
 # ---------------------------------------------------------------------------- CLI

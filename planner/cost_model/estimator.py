@@ -267,7 +267,7 @@ def _bd(**parts: float) -> tuple[float, Mapping[str, float]]:
 
 
 def _train(c: _Ctx, s: CallShape, recompute: bool, zero_stage: int,
-           flash: bool) -> CallEstimate:
+           flash: bool, proximal: bool = False) -> CallEstimate:
     d, dev, m = c.dims, c.dev, c.m
     # Packed sequences (dynamic batch size): compute on the real tokens, memory on the max.
     # Attention is quadratic per sequence, so the kernels see the tokens as sequences of
@@ -295,6 +295,7 @@ def _train(c: _Ctx, s: CallShape, recompute: bool, zero_stage: int,
     t_opt = (dev.memory_s(ADAM_BYTES_PER_PARAM * opt_params)
              + _stage_tensors(c) * dev.overheads.optimizer_tensor_s)
     steps = s.minibatches * s.epochs
+    extra = {"proximal_forward": _proximal_forward_s(c, s, zero_stage)} if proximal else {}
     time_s, bd = _bd(
         compute=steps * m * t_stage,
         tp_comm=steps * m * t_tp,
@@ -302,6 +303,7 @@ def _train(c: _Ctx, s: CallShape, recompute: bool, zero_stage: int,
         pp_p2p=steps * (2 * (m + c.pp - 2) * _p2p_s(c, tokens) if c.pp > 1 else 0.0),
         dp_comm=steps * t_dp,
         optimizer=steps * t_opt,
+        **extra,
     )
     mb_tokens = _mb_tokens(_per_rank(rank_seqs, m), s)
     max_seq = s.seq_len
@@ -320,6 +322,26 @@ def _train(c: _Ctx, s: CallShape, recompute: bool, zero_stage: int,
                          activations_bytes=int(acts), kv_cache_bytes=0, gathered_bytes=gathered)
     flops = train_flops_per_token(c.arch, c.head, attn) * s.num_seqs * seq * s.epochs
     return CallEstimate(time_s, bd, mem, flops)
+
+
+def _proximal_forward_s(c: _Ctx, s: CallShape, zero_stage: int) -> float:
+    """Decoupled PPO's proximal pass (runtime/worker.py `_proximal_logprobs`): before
+    the first optimizer step of a train call whose batch a lagged generation sampled,
+    one forward over every minibatch (its m micro-batches) on the train layout, for the
+    log-probs of the current weights; under ZeRO-3 each micro-batch gathers the
+    parameters first, as in training. Not in memory: no activations are kept."""
+    mb_seqs = _per_rank(s.num_seqs, s.minibatches)  # _forward_pass splits it over dp
+    compute, tp_comm, fill, p2p = _forward_pass(c, mb_seqs, s.mean_len, s.mean_len,
+                                                s.attn_mean_len)
+    gather = (c.m * _bucketed_s(c, "all_gather", _stage_params(c) * c.dtype_bytes)
+              if zero_stage == 3 and c.dp > 1 else 0.0)
+    return s.minibatches * (compute + tp_comm + fill + p2p + gather)
+
+
+def _bucketed_s(c: _Ctx, op: str, stage_bytes: float) -> float:
+    """One ZeRO collective of a stage's bytes, issued per bucket (`zero_buckets`)."""
+    buckets = zero_buckets(c.arch.num_layers, c.pp)
+    return buckets * c.dev.collective_s(op, stage_bytes / buckets, c.dp, c.dp_tier)
 
 
 def zero_buckets(num_layers: int, pp: int) -> int:
@@ -347,10 +369,8 @@ def _dp_comm_s(c: _Ctx, stage_bytes: float, zero_stage: int) -> float:
         return 0.0
     if zero_stage == 0:
         return c.dev.collective_s("all_reduce", stage_bytes, c.dp, c.dp_tier)
-    buckets = zero_buckets(c.arch.num_layers, c.pp)
-
     def coll(op: str) -> float:
-        return buckets * c.dev.collective_s(op, stage_bytes / buckets, c.dp, c.dp_tier)
+        return _bucketed_s(c, op, stage_bytes)
     if zero_stage == 1:
         return coll("reduce_scatter") + coll("all_gather")
     if zero_stage == 2:
@@ -473,10 +493,10 @@ def _generate(c: _Ctx, s: CallShape, flash: bool, trainable: bool) -> CallEstima
 
 @lru_cache(maxsize=1 << 17)
 def _estimate_cached(c: _Ctx, shape: CallShape, recompute: bool, zero_stage: int,
-                     trainable: bool = False) -> CallEstimate:
+                     trainable: bool = False, proximal: bool = False) -> CallEstimate:
     flash = c.dev.profile.flash_attention
     if shape.type == "train":
-        est = _train(c, shape, recompute, zero_stage, flash)
+        est = _train(c, shape, recompute, zero_stage, flash, proximal)
     elif shape.type == "inference":
         est = _inference(c, shape, flash)
     elif shape.type == "generate":
@@ -499,7 +519,8 @@ def _runtime(est: CallEstimate, c: _Ctx, s: CallShape) -> CallEstimate:
 # Terms a device computes itself. Virtual CPU devices that share a core take
 # proportionally longer for these; collectives are measured between processes
 # that already shared the host, so their terms stay as they are.
-_COMPUTE_TERMS = frozenset({"compute", "pp_fill", "optimizer", "prefill", "decode", "refit"})
+_COMPUTE_TERMS = frozenset({"compute", "pp_fill", "optimizer", "prefill", "decode", "refit",
+                            "proximal_forward"})
 
 
 def _shared_cores(est: CallEstimate, share: float) -> CallEstimate:
@@ -513,14 +534,16 @@ def estimate_call(arch: ModelArch, head: HeadType, call: CallSpec | CallShape, l
                   micro_batches: int, profile: HardwareProfile, *, trainable: bool,
                   gpus_per_node: int, recompute: bool = False, shard_optimizer: bool = False,
                   zero_stage: int = 0, dtype_bytes: int | None = None,
-                  num_devices: int | None = None) -> CallEstimate:
+                  num_devices: int | None = None, proximal: bool = False) -> CallEstimate:
     """Time, breakdown and per-GPU memory of `call` on `layout` with `micro_batches`.
 
     Raises IllegalLayoutError (a UserError) with the reason when the layout or the
     micro-batch count cannot run the call. `trainable` must be True for train calls.
     `dtype_bytes` is the parameter/activation dtype (default: the profile's dtype).
     Train calls only: `recompute` (full activation recompute) and `zero_stage` (0-3,
-    memory.TrainMemoryChoice); `shard_optimizer=True` is ZeRO stage 1 at least.
+    memory.TrainMemoryChoice); `shard_optimizer=True` is ZeRO stage 1 at least;
+    `proximal`: the call first recomputes its batch's log-probs (decoupled PPO on a
+    stale batch: the term `proximal_forward`; dataflow.proximal_train_calls).
     Cached: repeated questions cost a dictionary lookup.
     """
     why = _layout_problem(arch, layout, gpus_per_node, num_devices)
@@ -540,9 +563,9 @@ def estimate_call(arch: ModelArch, head: HeadType, call: CallSpec | CallShape, l
     if zero_stage not in ZERO_STAGES:
         raise ValueError(f"zero_stage must be one of {ZERO_STAGES}, not {zero_stage!r}")
     zero = max(zero_stage, 1) if shard_optimizer else zero_stage
-    if shape.type != "train":
-        recompute, zero = False, 0  # options of train calls only: one cache entry
-    return _estimate_cached(c, shape, recompute, zero, trainable)
+    if shape.type != "train":  # options of train calls only: one cache entry
+        recompute, zero, proximal = False, 0, False
+    return _estimate_cached(c, shape, recompute, zero, trainable, proximal)
 
 
 def decode_step(arch: ModelArch, head: HeadType, batch: int, context: int, profile: HardwareProfile,

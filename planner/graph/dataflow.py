@@ -117,6 +117,17 @@ def param_lag_edges(spec: Spec) -> list[tuple[str, str, int]]:
             for c in spec.calls if c.model in trains and spec.models[c.model].trainable]
 
 
+def proximal_train_calls(spec: Spec) -> list[str]:
+    """Train calls that recompute their batch's log-probs with the current weights when
+    max_staleness > 0: the train call of every model whose generation may lag (decoupled
+    PPO's proximal policy, runtime/losses.py); a critic's train call reads no sample of
+    its own and does not. The cost model prices the pass (`proximal_forward`)."""
+    trains = train_call_of(spec)
+    lagged = {c.model for c in spec.calls if c.type == "generate" and c.model in trains
+              and spec.models[c.model].trainable}  # the models param_lag_edges lags
+    return [c.name for c in spec.calls if c.type == "train" and c.model in lagged]
+
+
 def unroll(spec: Spec, num_iterations: int) -> nx.DiGraph:
     """`num_iterations` copies of the graph, nodes `(call, iteration)`, with the
     cross-iteration parameter edges (`param_next`, `lag` iterations apart)."""

@@ -109,6 +109,7 @@ class CallContext:
     headroom_bytes: int = 0        # kept free on every device (cost_model.memory_headroom_bytes)
     backend: str = "native"  # generation backend (planner/graph/backends.resolve_backend)
     memory_choices: tuple[TrainMemoryChoice, ...] = (PLAIN,)  # train calls only
+    proximal: bool = False  # train calls: + decoupled PPO's proximal forward (staleness > 0)
 
     @property
     def capacity_bytes(self) -> int:
@@ -128,7 +129,8 @@ def price(ctx: CallContext, layout: Layout, micro_batches: int,
                         trainable=m.trainable, gpus_per_node=ctx.gpus_per_node,
                         num_devices=ctx.num_devices, shard_optimizer=ctx.shard_optimizer,
                         dtype_bytes=dtype_bytes_for(m, ctx.profile),
-                        zero_stage=memory.zero_stage, recompute=memory.recompute)
+                        zero_stage=memory.zero_stage, recompute=memory.recompute,
+                        proximal=ctx.proximal)
     mem = est.memory
     return Candidate(layout, micro_batches, est.time_s, mem.params_bytes, mem.resident_bytes,
                      mem.transient_bytes, est.breakdown, mem.grads_bytes, mem.kv_cache_bytes,

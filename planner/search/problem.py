@@ -19,7 +19,7 @@ default uses planner.cost_model.fast_moves's aggregate form of the same rule.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from planner.cost_model import (
@@ -37,7 +37,8 @@ from planner.cost_model.profile import HardwareProfile, load_spec_profile
 from planner.cost_model.runtime_terms import KEY_BYTES_PER_TOKEN, host_function_s
 from planner.errors import UserError
 from planner.graph.backends import BACKENDS, resolve_backend, vllm_installed
-from planner.graph.dataflow import build_graph, call_order, home_calls, param_lag_edges
+from planner.graph.dataflow import (build_graph, call_order, home_calls, param_lag_edges,
+                                    proximal_train_calls)
 from planner.graph.spec import CallSpec, Spec
 from planner.layout.layout import Layout
 from planner.search.meshes import (EVERY_NODE_COUNT_MAX_NODES, MeshShape,
@@ -159,12 +160,19 @@ class Problem:
         # Per call: (time, time x devices) options no other beats in both (bounds.py).
         self.time_work: list[list[tuple[float, float]]] = [[] for _ in range(self.n)]
         self.node_counts: list[int] = list(range(cl.nodes, 0, -1))
+        # Train calls that pay decoupled PPO's proximal forward under staleness > 0, and
+        # their exhaustive minima with and without it ((call, proximal) -> fields).
+        self.proximal_calls = [self.index[n] for n in proximal_train_calls(spec)]
+        self._minima: dict[tuple[int, bool], dict] = {}
+        self._every = every_node_count
         if candidates is not None:
             self.candidates: list[list[Candidate]] = candidates
+            self._set_proximal(self.staleness > 0)
             return
         # Complete lists need every node count; up to EVERY_NODE_COUNT_MAX_NODES nodes
         # every count is priced anyway, so the bound covers every mesh.
         every = every_node_count or bool(full_lists) or cl.nodes <= EVERY_NODE_COUNT_MAX_NODES
+        self._every = every
         # The node counts the bound (bounds.py) covers: all, or meshes.node_counts.
         self.node_counts = (list(range(cl.nodes, 0, -1))
                             if covers_every_node_count(cl.nodes, every) else node_counts(cl.nodes))
@@ -185,6 +193,7 @@ class Problem:
         self.time_work = [pr.frontier for pr in priced]
         self._check_possible()
         self._add_home_layouts()
+        self._set_proximal(self.staleness > 0)
 
     def _backend(self, call: CallSpec, profile: HardwareProfile, max_pp: int) -> str:
         """A generate call's backend: the spec's, or for `auto` with vLLM installed and
@@ -222,7 +231,41 @@ class Problem:
             raise ValueError(f"staleness {k} outside 0..{self.spec.max_staleness}")
         q = self.scratch()
         q._set_lags(self.spec.model_copy(update={"max_staleness": k}))
+        q._set_proximal(k > 0)
         return q  # q.spec stays the user's spec: plans of q carry its hash
+
+    _MINIMA = ("min_time_s", "min_device_s", "min_time_by_split", "plain_by_shape", "time_work")
+
+    def _set_proximal(self, on: bool) -> None:
+        """Price decoupled PPO's proximal forward (cost model term `proximal_forward`)
+        into the lagged models' train calls when `on` (staleness > 0), or take it out:
+        the same candidates (same indices) priced again, and the exhaustive minima the
+        bound reads priced over every legal option with or without it. Hand-made lists
+        (tests, `planner evaluate --alloc`) keep their times; what is priced afterwards
+        (Problem.contexts) includes the term."""
+        for i in self.proximal_calls:
+            if self.contexts[i].proximal == on:
+                continue
+            ctx = replace(self.contexts[i], proximal=on)
+            self.version += 1  # simulators rebuild their tables
+            self.contexts = list(self.contexts)  # a scratch copy shares the parent's list
+            self.contexts[i] = ctx
+            if self.enumerated is None:  # hand-made lists stand as given; new ones use ctx
+                continue
+            self.candidates[i] = [price(ctx, c.layout, c.micro_batches, c.memory)
+                                  for c in self.candidates[i]]
+            key = (i, on)
+            if key not in self._minima:
+                pr = price_shapes(ctx, self.num_nodes, max_pp=self.max_pp,
+                                  every_node_count=self._every)
+                self._minima[key] = dict(zip(self._MINIMA, (
+                    pr.min_time_s, pr.min_device_s, pr.min_time_by_split, pr.plain,
+                    pr.frontier)))
+            self._minima.setdefault((i, not on), {f: getattr(self, f)[i] for f in self._MINIMA})
+            for f, value in self._minima[key].items():
+                column = list(getattr(self, f))
+                column[i] = value
+                setattr(self, f, column)
 
     # ------------------------------------------------------------- candidates
 
