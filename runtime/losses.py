@@ -65,6 +65,30 @@ def clipped_surrogate(lp: torch.Tensor, mb: dict, adv: torch.Tensor, clip_eps: f
     return per_token * weight
 
 
+# Sums over response tokens a stale batch reports (per token, once divided by the weight):
+# the behaviour weight pi_prox / pi_behav and the tokens above the cap.
+BEHAVIOUR_STATS = ("behaviour_weight", "behaviour_truncated")
+
+
+def behaviour_sums(prox: torch.Tensor, old: torch.Tensor, mask: torch.Tensor
+                   ) -> dict[str, torch.Tensor]:
+    w = torch.exp(prox - old)
+    mask = mask.to(w.dtype)
+    return {"behaviour_weight": (w * mask).sum(),
+            "behaviour_truncated": ((w > BEHAVIOUR_WEIGHT_CAP) * mask).sum()}
+
+
+def self_proximal(loss_fn, logprobs: torch.Tensor, mb: dict, *, prompt_len: int, gen_len: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """`loss_fn` (an actor loss) on the first minibatch of a stale train call, whose
+    forward runs on the proximal weights themselves (no step taken yet): its own
+    log-probs, detached, are the proximal ones, so no separate pass is needed
+    (planner/graph/dataflow.proximal_pass_minibatches). Returns the behaviour sums too."""
+    prox = response_part(logprobs, prompt_len, gen_len).detach().to(mb["old_logprobs"].dtype)
+    loss, weight = loss_fn(logprobs, {**mb, "prox_logprobs": prox})
+    return loss, weight, behaviour_sums(prox, mb["old_logprobs"], mb["response_mask"])
+
+
 def ppo_actor_loss(logprobs: torch.Tensor, mb: dict, *, prompt_len: int, gen_len: int,
                    clip_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     mask = mb["response_mask"]

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from planner.graph.dataflow import proximal_pass_minibatches
 from planner.graph.spec import CallSpec, Spec
 from planner.layout.layout import Layout
 from planner.layout.transfer import TransferPlan, unpack_rows
@@ -412,11 +413,14 @@ class Worker:
                     for mb in split_batch(tensors, call.minibatches)]
         version = self.version.get(call.model, 0)
         behaviour = options.get("behaviour_version")
-        stats = None
-        if behaviour is not None and behaviour < version and "old_logprobs" in tensors:
-            # A stale batch: decoupled PPO needs the proximal policy (these weights,
-            # before this call's first step) on every token (runtime/losses.py).
-            stats = self._proximal_logprobs(engine, mine_all, micro_batches, kwargs)
+        stale = behaviour is not None and behaviour < version and "old_logprobs" in tensors
+        # A stale batch: decoupled PPO needs the proximal policy (these weights, before
+        # this call's first step) on every token (runtime/losses.py). The first
+        # minibatch's own forward gives it (losses.self_proximal) when the call makes
+        # one pass; the minibatches proximal_pass_minibatches counts get a forward first.
+        first = len(mine_all) - proximal_pass_minibatches(len(mine_all), call.epochs)
+        sums = (self._proximal_logprobs(engine, mine_all[first:], micro_batches, kwargs)
+                if stale else None)
         steps = []
         # Model-state bytes where they peak (after the last backward): what the
         # plan's memory choice (ZeRO stage) buys, reported per step.
@@ -425,35 +429,46 @@ class Worker:
         for _ in range(call.epochs):
             for mine in mine_all:
                 mbs = min(micro_batches, mine["input_ids"].shape[0])
-                steps.append({**engine.train_step(mine, loss_fn, mbs, stat_names),
-                              "state_bytes": sum(held.values())})
+                if stale and "prox_logprobs" not in mine:  # the first: its own forward
+                    step = engine.train_step(mine, functools.partial(
+                        losses.self_proximal, loss_fn, prompt_len=kwargs["prompt_len"],
+                        gen_len=kwargs["gen_len"]), mbs,
+                        stat_names + losses.BEHAVIOUR_STATS)
+                    sums += torch.tensor([step.pop(k) * step["weight"]
+                                          for k in losses.BEHAVIOUR_STATS] + [step["weight"]],
+                                         dtype=torch.float64)
+                else:
+                    step = engine.train_step(mine, loss_fn, mbs, stat_names)
+                steps.append({**step, "state_bytes": sum(held.values())})
         self.version[call.model] = version + 1
+        stats = None
+        if sums is not None:
+            w_sum, over, n = sums.tolist()
+            stats = {"mean": w_sum / max(n, 1.0), "truncated": over / max(n, 1.0)}
         return {"steps": steps, "version": version, "behaviour": stats}
 
     @torch.no_grad()
     def _proximal_logprobs(self, engine: Engine, minibatches: list[Batch], micro_batches: int,
-                           cols: dict[str, Any]) -> dict[str, float]:
+                           cols: dict[str, Any]) -> torch.Tensor:
         """Add `prox_logprobs` (the response columns' log-probs under the current
-        weights) to each minibatch; returns the behaviour weight pi_prox / pi_behav's
-        mean over response tokens and the fraction above the loss's cap, over every
-        dp replica."""
+        weights) to each of `minibatches`; returns the sums of the behaviour weight
+        pi_prox / pi_behav over their response tokens, of the tokens above the loss's
+        cap, and the token count, over every dp replica (float64 [3])."""
         sums = torch.zeros(3, dtype=torch.float64)
         for mb in minibatches:
             mbs = min(micro_batches, mb["input_ids"].shape[0])
             lp = engine.logprobs(mb["input_ids"], mb["attention_mask"], mbs).cpu()
             prox = losses.response_part(lp, cols["prompt_len"], cols["gen_len"])
             mb["prox_logprobs"] = prox.to(mb["old_logprobs"].dtype)
-            w = torch.exp(mb["prox_logprobs"] - mb["old_logprobs"])
-            mask = mb["response_mask"].to(w.dtype)
-            sums += torch.tensor([float((w * mask).sum()), float(mask.sum()),
-                                  float(((w > losses.BEHAVIOUR_WEIGHT_CAP) * mask).sum())],
-                                 dtype=torch.float64)
+            b = losses.behaviour_sums(mb["prox_logprobs"], mb["old_logprobs"],
+                                      mb["response_mask"])
+            sums += torch.tensor([float(b[k]) for k in losses.BEHAVIOUR_STATS]
+                                 + [float(mb["response_mask"].sum())], dtype=torch.float64)
         g = engine.groups
         if g.layout.dp > 1:
             sums = sums.to(engine.device)
             dist.all_reduce(sums, group=g.dp_group)
-        w_sum, n, over = sums.tolist()
-        return {"mean": w_sum / max(n, 1.0), "truncated": over / max(n, 1.0)}
+        return sums.cpu()
 
     # -- checkpoints ------------------------------------------------------
     def save(self, ckpt_dir: str, models: list[str] | None = None) -> None:

@@ -87,3 +87,24 @@ def test_behaviour_weight_is_truncated():
           "ref_logprobs": lp.detach().clone()}
     loss, _ = grpo_actor_loss(lp, mb, prompt_len=1, gen_len=1, clip_eps=0.2, kl_coef=0.0)
     assert loss.item() == pytest.approx(BEHAVIOUR_WEIGHT_CAP * 1.0, rel=1e-6)  # -A * ratio 1
+
+
+def test_first_minibatch_is_its_own_proximal_policy():
+    """losses.self_proximal (the first minibatch of a stale train call, no separate
+    proximal pass): the loss and gradient of a batch whose prox_logprobs are the
+    current log-probs, bit for bit, plus the behaviour sums over its response tokens."""
+    import functools
+
+    from runtime.losses import behaviour_sums, self_proximal
+
+    lp, mb, cols = _batch(0)
+    loss_fn = functools.partial(grpo_actor_loss, **cols, clip_eps=0.2, kl_coef=0.04)
+    prox = lp.detach()[:, cols["prompt_len"] - 1:]
+    want, want_n = loss_fn(lp, {**mb, "prox_logprobs": prox})
+    (g_want,) = torch.autograd.grad(want, lp)
+    got, n, sums = self_proximal(loss_fn, lp, mb, **cols)
+    (g_got,) = torch.autograd.grad(got, lp)
+    assert torch.equal(got, want) and torch.equal(n, want_n) and torch.equal(g_got, g_want)
+    w = torch.exp(prox - mb["old_logprobs"]) * mb["response_mask"]
+    assert sums["behaviour_weight"].item() == pytest.approx(float(w.sum()), rel=1e-6)
+    assert set(sums) == set(behaviour_sums(prox, mb["old_logprobs"], mb["response_mask"]))

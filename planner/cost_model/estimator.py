@@ -60,6 +60,7 @@ from planner.cost_model.profile import HardwareProfile
 from planner.cost_model import sampling, vllm_pricing
 from planner.cost_model.runtime_terms import call_terms, handoff_bytes
 from planner.graph.arch import HeadType, ModelArch
+from planner.graph.dataflow import proximal_pass_minibatches
 from planner.graph.lengths import LengthDist
 from planner.graph.spec import CallSpec, GenerationEngineSpec
 from planner.layout.layout import Layout
@@ -327,15 +328,17 @@ def _train(c: _Ctx, s: CallShape, recompute: bool, zero_stage: int,
 def _proximal_forward_s(c: _Ctx, s: CallShape, zero_stage: int) -> float:
     """Decoupled PPO's proximal pass (runtime/worker.py `_proximal_logprobs`): before
     the first optimizer step of a train call whose batch a lagged generation sampled,
-    one forward over every minibatch (its m micro-batches) on the train layout, for the
-    log-probs of the current weights; under ZeRO-3 each micro-batch gathers the
-    parameters first, as in training. Not in memory: no activations are kept."""
+    one forward over each minibatch that needs it (dataflow.proximal_pass_minibatches;
+    its m micro-batches) on the train layout, for the log-probs of the current weights;
+    under ZeRO-3 each micro-batch gathers the parameters first, as in training. Not in
+    memory: no activations are kept."""
     mb_seqs = _per_rank(s.num_seqs, s.minibatches)  # _forward_pass splits it over dp
     compute, tp_comm, fill, p2p = _forward_pass(c, mb_seqs, s.mean_len, s.mean_len,
                                                 s.attn_mean_len)
     gather = (c.m * _bucketed_s(c, "all_gather", _stage_params(c) * c.dtype_bytes)
               if zero_stage == 3 and c.dp > 1 else 0.0)
-    return s.minibatches * (compute + tp_comm + fill + p2p + gather)
+    passes = proximal_pass_minibatches(s.minibatches, s.epochs)
+    return passes * (compute + tp_comm + fill + p2p + gather)
 
 
 def _bucketed_s(c: _Ctx, op: str, stage_bytes: float) -> float:

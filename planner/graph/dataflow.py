@@ -128,6 +128,16 @@ def proximal_train_calls(spec: Spec) -> list[str]:
     return [c.name for c in spec.calls if c.type == "train" and c.model in lagged]
 
 
+def proximal_pass_minibatches(minibatches: int, epochs: int) -> int:
+    """Minibatches of such a train call that need a proximal forward before its first
+    optimizer step: all but the first when it makes one pass over its batch (the first
+    minibatch's own forward runs on the proximal weights: its log-probs, detached, are
+    the proximal ones), all of them with several epochs (a later epoch revisits the
+    first minibatch after steps). The runtime (worker._train) and the cost model
+    (`proximal_forward`) both read this."""
+    return minibatches - 1 if epochs == 1 else minibatches
+
+
 def unroll(spec: Spec, num_iterations: int) -> nx.DiGraph:
     """`num_iterations` copies of the graph, nodes `(call, iteration)`, with the
     cross-iteration parameter edges (`param_next`, `lag` iterations apart)."""
