@@ -14,6 +14,8 @@ runtime/losses.py). The train call's metrics of the iteration:
     async/policy_version     the oldest version that sampled the batch
     async/behaviour_weight_* mean pi_prox / pi_behav over response tokens and the
                              fraction above the loss's cap (only when stale)
+    timing_s/<call>_proximal the proximal pass before the call's first step (only
+                             when stale; part of timing_s/<call>)
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ def train_metrics(spec: Spec, call: CallSpec, store: dict[str, Any], trainer_ver
         return {}
     m: dict[str, float] = {"async/staleness": trainer_version - min(sampled),
                            "async/policy_version": min(sampled)}
-    for k, v in (behaviour or {}).items():
+    behaviour = dict(behaviour or {})
+    if "proximal_s" in behaviour:
+        m[f"timing_s/{call.name}_proximal"] = behaviour.pop("proximal_s")
+    for k, v in behaviour.items():
         m[f"async/behaviour_weight_{k}"] = v
     return m

@@ -419,8 +419,10 @@ class Worker:
         # minibatch's own forward gives it (losses.self_proximal) when the call makes
         # one pass; the minibatches proximal_pass_minibatches counts get a forward first.
         first = len(mine_all) - proximal_pass_minibatches(len(mine_all), call.epochs)
+        t0 = time.time()
         sums = (self._proximal_logprobs(engine, mine_all[first:], micro_batches, kwargs)
                 if stale else None)
+        proximal_s = time.time() - t0  # the cost model's `proximal_forward`, measured
         steps = []
         # Model-state bytes where they peak (after the last backward): what the
         # plan's memory choice (ZeRO stage) buys, reported per step.
@@ -444,7 +446,8 @@ class Worker:
         stats = None
         if sums is not None:
             w_sum, over, n = sums.tolist()
-            stats = {"mean": w_sum / max(n, 1.0), "truncated": over / max(n, 1.0)}
+            stats = {"mean": w_sum / max(n, 1.0), "truncated": over / max(n, 1.0),
+                     "proximal_s": proximal_s}
         return {"steps": steps, "version": version, "behaviour": stats}
 
     @torch.no_grad()

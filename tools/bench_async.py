@@ -14,12 +14,15 @@ checkpoint at the end. Runs of different K alternate (K0, K1, K0, K1, ...) so
 a change of machine load hits both. --searched also runs the plan `planner
 search` picks for K=0 (the best synchronous plan on these devices).
 
-Printed per K: the plan's estimated steady-state iteration, the measured one
-(median of timing_s/iteration after the first --warmup iterations: the time
-between two iterations' ends, so overlap counts), tokens per second over
-those iterations, the speedup over K=0, the staleness each iteration trained
-at, and the reward curve (mean over repeats), with the 1-minute load average
-before and after each run.
+Printed per K: the plan's estimated steady-state iteration and the gain it
+estimates over K=0, the measured one (median of timing_s/iteration after the
+first --warmup iterations: the time between two iterations' ends, so overlap
+counts), tokens per second over those iterations, the speedup over K=0 (medians,
+and per repeat against the K=0 run just before), the staleness each iteration
+trained at, the reward curve (mean over repeats), and per call its measured
+time over its estimate (the realloc steps summed; under K > 0 the proximal
+forward, a part of the train call, on its own), with each device's busy share;
+the 1-minute load average before and after each run.
 """
 
 from __future__ import annotations
@@ -74,6 +77,33 @@ def run(plan: Path, run_dir: Path, iterations: int, seed: int) -> list[dict]:
     if r.returncode:
         raise SystemExit(f"runtime run {plan} failed:\n{r.stderr[-2000:]}")
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def call_estimates(plan: Path) -> dict[str, float]:
+    """The plan's estimated seconds per call (its device terms: no realloc, no data
+    transfer), the realloc steps' sum, and the proximal forward (a part of its train
+    call, staleness > 0 only), keyed as the run's metrics: timing_s/<name>."""
+    out: dict[str, float] = {"timing_s/realloc": 0.0}
+    for a in load_plan(plan).calls:
+        bd = a.estimate.breakdown_s
+        out[f"timing_s/{a.name}"] = sum(v for k, v in bd.items()
+                                        if k not in ("realloc", "data_transfer"))
+        out["timing_s/realloc"] += bd.get("realloc", 0.0)
+        if "proximal_forward" in bd:
+            out[f"timing_s/{a.name}_proximal"] = bd["proximal_forward"]
+    return out
+
+
+def busy_shares(run_dir: Path, metrics: list[dict], warmup: int) -> dict[int, float]:
+    """Per device: its calls' and reallocs' time in the iterations after warm-up over
+    those iterations' periods (1.0: never idle; the gap is what overlap could fill)."""
+    trace = json.loads((run_dir / "trace.json").read_text())
+    busy: dict[int, float] = {}
+    for e in trace["traceEvents"]:
+        if e.get("ph") == "X" and e["args"].get("iteration", -1) >= warmup:
+            busy[e["args"]["gpu"]] = busy.get(e["args"]["gpu"], 0.0) + e["dur"] / 1e6
+    total = sum(m["timing_s/iteration"] for m in metrics[warmup:])
+    return {d: b / total for d, b in sorted(busy.items())}
 
 
 def steady(metrics: list[dict], warmup: int) -> tuple[float, float]:
@@ -145,18 +175,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"spec {args.spec}; layout {args.layout}; {args.iterations} iterations, first "
           f"{args.warmup} dropped; {args.repeats} repeats", flush=True)
     results: dict[str, list[list[dict]]] = {name: [] for name in plans}
+    busy: dict[str, list[dict[int, float]]] = {name: [] for name in plans}
+    pairs: list[float] = []  # tokens/s of K=ks[-1] over the K=ks[0] run just before it
+    loads: list[float] = []
     for rep in range(args.repeats):
         for name, plan in plans.items():
             run_dir = out / f"run-{name.replace(' ', '-').replace('=', '')}-{rep}"
             shutil.rmtree(run_dir, ignore_errors=True)  # this bench's own run of before
             before = load1()
             metrics = run(plan, run_dir, args.iterations, args.seed)
+            after = load1()
+            loads += [before, after]
             period, tps = steady(metrics, args.warmup)
             print(f"  {name:14} repeat {rep}: {period * 1e3:7.1f} ms / iteration, "
-                  f"{tps:7.0f} tokens/s  (load {before:.1f} -> {load1():.1f})", flush=True)
+                  f"{tps:7.0f} tokens/s  (load {before:.1f} -> {after:.1f})", flush=True)
             results[name].append(metrics)
+            busy[name].append(busy_shares(run_dir, metrics, args.warmup))
+        if len(ks) > 1:
+            pairs.append(steady(results[f"K={ks[-1]}"][-1], args.warmup)[1]
+                         / steady(results[f"K={ks[0]}"][-1], args.warmup)[1])
     base = statistics.median(steady(r, args.warmup)[1] for r in results[f"K={ks[0]}"])
-    print(f"\n{'plan':14} {'est ms':>7} {'ms/iter':>8} {'tokens/s':>9} "
+    est_base = load_plan(plans[f"K={ks[0]}"]).iteration_time_s or 0.0
+    print(f"\n1-minute load average over the runs: {min(loads):.1f}-{max(loads):.1f}")
+    print(f"\n{'plan':14} {'est ms':>7} {'est gain':>8} {'ms/iter':>8} {'tokens/s':>9} "
           f"{'vs K=' + str(ks[0]):>8}  staleness          reward/mean per iteration "
           "(mean over repeats)")
     for name, runs in results.items():
@@ -166,8 +207,30 @@ def main(argv: list[str] | None = None) -> int:
         curve = [statistics.mean(r[i]["reward/mean"] for r in runs)
                  for i in range(args.iterations)]
         est = load_plan(plans[name]).iteration_time_s or 0.0
-        print(f"{name:14} {est * 1e3:7.1f} {period * 1e3:8.1f} {tps:9.0f} {tps / base:7.2f}x  "
-              f"{''.join(str(s) for s in stale):18} {' '.join(f'{x:.2f}' for x in curve)}")
+        gain = f"{est_base / est:7.2f}x" if est else "       -"
+        print(f"{name:14} {est * 1e3:7.1f} {gain:>8} {period * 1e3:8.1f} {tps:9.0f} "
+              f"{tps / base:7.2f}x  {''.join(str(s) for s in stale):18} "
+              f"{' '.join(f'{x:.2f}' for x in curve)}")
+    if pairs:
+        print(f"K={ks[-1]} vs K={ks[0]} tokens/s per repeat (each over the K={ks[0]} run "
+              f"just before it): {', '.join(f'{x:.2f}x' for x in pairs)}")
+    print("\nPer call, iterations after warm-up (median over iterations, then repeats): "
+          "measured ms / estimated ms (ratio); device busy share (calls + reallocs over "
+          "the periods)")
+    for name, runs in results.items():
+        est = call_estimates(plans[name])
+        cells = []
+        for key, e in est.items():
+            got = [statistics.median(m[key] for m in r[args.warmup:] if key in m)
+                   for r in runs if any(key in m for m in r[args.warmup:])]
+            if got:
+                g = statistics.median(got)
+                cells.append(f"{key[len('timing_s/'):]} {g * 1e3:.0f}/{e * 1e3:.0f} "
+                             f"({g / e:.2f})" if e else f"{key[len('timing_s/'):]} "
+                             f"{g * 1e3:.0f}/0")
+        shares = {d: statistics.median(b[d] for b in busy[name]) for d in busy[name][0]}
+        print(f"{name:14} {'; '.join(cells)}; busy "
+              + " ".join(f"dev{d} {x:.0%}" for d, x in shares.items()))
     return 0
 
 
