@@ -10,8 +10,9 @@ best plan for every k = 0..K on the same candidates. Printed per spec:
   cluster; every strategy and micro-batch count on that mesh that fits alone) and
   the work bound  sum_c min_g (g * t_c(g)) / N: no plan of any staleness has a
   shorter period, since each call holds its g GPUs for t_c(g) every period
-  (reallocs, transfers and memory only add). best sync / work bound is therefore
-  the most any staleness can buy under this cost model.
+  (reallocs, transfers and memory only add). The times are those of staleness >= 1
+  (the lagged model's train call pays decoupled PPO's proximal forward), so
+  best sync / work bound is the most any staleness can buy under this cost model.
 
     python tools/bench_staleness.py                          # the two target specs, 40 s each
     python tools/bench_staleness.py --time-limit 20 --k 2 --specs specs/tiny-grpo-cpu.yaml
@@ -118,7 +119,8 @@ def bench(path: str, k_max: int, time_limit_s: float, seed: int, console: Consol
         w.add_row(p.names[i], *[f"{x:.2f}" if x is not None else "-" for x in row],
                   f"{min(g * x for g, x in zip(sizes, row) if x is not None):.1f}")
     console.print(w)
-    console.print(f"  work bound (any staleness): {bound:.3f} s per iteration on "
+    console.print(f"  work bound (any staleness >= 1: the lagged train call pays the proximal "
+                  f"forward): {bound:.3f} s per iteration on "
                   f"{p.num_devices} GPUs -> at most {sync.exact_period_s / bound:.2f}x over "
                   f"the best synchronous plan ({sync.exact_period_s:.3f} s)")
     out.update(work_bound_s=bound, sizes=sizes, times=times)
