@@ -204,8 +204,12 @@ def test_proximal_forward_priced_only_under_staleness():
     i = p1.index["actor_train"]
     assert p1.min_time_s[i] > p0.min_time_s[i] and p1.min_device_s[i] > p0.min_device_s[i]
     assert p1.with_staleness(0).min_time_s[i] == p0.min_time_s[i]  # taken out again
-    # The term is the forward of the train call's batch: priced like an inference call.
+    # The term is the forward of the minibatches that need it (all but the first of a
+    # one-epoch call): priced like an inference call over them.
+    from planner.graph.dataflow import proximal_pass_minibatches
+
     c = p1.candidates[i][0]
+    mbs = ppo.call("actor_train").minibatches
     inf = ppo.call("actor_train").model_copy(update={"type": "inference", "minibatches": 1})
     from planner.cost_model import estimate_call
     est = estimate_call(ppo.models["actor"].architecture, "lm", inf, c.layout, c.micro_batches
@@ -213,7 +217,9 @@ def test_proximal_forward_priced_only_under_staleness():
                         gpus_per_node=p1.gpus_per_node, num_devices=p1.num_devices)
     device = sum(v for k, v in est.breakdown.items()
                  if k in ("compute", "tp_comm", "pp_fill", "pp_p2p"))
-    assert c.breakdown_s["proximal_forward"] == pytest.approx(device, rel=1e-9)
+    share = proximal_pass_minibatches(mbs, 1) / mbs
+    assert mbs == 2 and c.breakdown_s["proximal_forward"] == pytest.approx(device * share,
+                                                                            rel=1e-9)
 
 
 # ---------------------------------------------------------------------------- CLI
