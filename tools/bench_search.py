@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     console.print("speedup: best baseline / plan. CP-SAT list bound: over the plans of the "
                   "candidate lists only. full-space bound: over every legal plan (CP-SAT's when "
-                  "the lists are complete, else the work/cycle/loop relaxation of "
+                  "the lists are complete, else the work/cycle/loop relaxation with memory cases of "
                   "planner/search/bounds.py); gap: (plan - that bound) / plan in the search's "
                   "cost model; * = the better bound came from the reference run. gap to ref: "
                   "(plan - best plan of both runs) / plan. sims/s: simulator throughput on "

@@ -33,6 +33,22 @@ t(c, s) = least time of c with the (tp, pp) split s.
   from a common start (chains and windows as above: e.g. both generations and both
   rewards of ReMax fill the devices before the next training; this is the work bound
   with the train call's devices-seconds / N raised to its time).
+* memory cases: for a home-pair cycle (train call u -> realloc -> v -> ... -> u), every
+  plan runs u on one of its priced options o (a dominated option it could run instead is
+  no faster and no smaller, so its case is no shorter). Meshes are contiguous ranges of
+  the N devices, so an option of another call c whose size plus o's exceeds N shares a
+  device with o; by residency.py's rule that device holds u's resident states, c's when
+  c is a home, and the larger of the two transients (c's with its parameter copy when c
+  is a call of u's model on a layout of another size or split): options of c over the
+  capacity there are dropped (`fits_beside`). With what is left, the case's period is at
+  least max(cycle / lag, work / N), where the cycle is t(o) + realloc floor + t(v) + the
+  least span between v and u (windows over the kept options), and the work of one
+  period is t(o) x size(o) + t(v) x size(v) + the realloc's time on v's devices and u's
+  (it busies both, senders and receivers) + every other call's least device-seconds
+  among its kept options. The bound is the least over the cases (e.g. on the 70B PPO
+  specs: a train option fast enough fills every device with 14.4 GiB of states, so the
+  reference's fastest layout, 64.2 GiB of parameters per device, cannot sit beside it,
+  and the critic's training must take devices from generation or the cycle).
 
 Scope: the minima come from the priced mesh shapes. Up to
 meshes.EVERY_NODE_COUNT_MAX_NODES nodes (or with --every-node-count) those are every
@@ -51,6 +67,7 @@ from functools import lru_cache
 from planner.cost_model.device import device_of
 from planner.cost_model.fast_moves import _groups, _receiver_bytes
 from planner.cost_model.runtime_terms import realloc_fixed_s
+from planner.search.candidates import Candidate, time_work_frontier
 from planner.search.problem import Problem
 
 
@@ -250,7 +267,116 @@ def loop_bound_s(p: Problem) -> float:
                 if any(u in preds for preds in p.prev_preds)), default=0.0)
 
 
+# ------------------------------------------------------------------ memory cases
+
+
+def _size(c: Candidate) -> int:
+    return c.layout.world_size
+
+
+def _split(c: Candidate) -> tuple[int, int, int]:
+    return (c.layout.dp, c.layout.tp, c.layout.pp)
+
+
+def fits_beside(p: Problem, u: int, ou: Candidate, c: int, oc: Candidate) -> bool:
+    """Whether call c may run on option `oc` in a plan where the home call u runs on `ou`.
+
+    Meshes are contiguous ranges of the N devices, so two whose sizes add up to more than
+    N share a device. That device holds u's resident states, c's too when c is a home,
+    and the larger of the two calls' transients (residency.py's rule); c's transient is
+    its working memory plus, for a call of u's model on another layout, its parameter
+    copy (an option of another size or split surely lies elsewhere; for any other call
+    the copy, or its home's states, is left out: less memory, so still a relaxation)."""
+    if _size(oc) + _size(ou) <= p.num_devices:
+        return True
+    need = ou.states_bytes
+    trans = oc.work_bytes
+    if p.home[c] == c:
+        need += oc.states_bytes
+    elif p.home[c] == u and (_size(oc), _split(oc)) != (_size(ou), _split(ou)):
+        trans += oc.params_bytes
+    return need + max(ou.work_bytes, trans) <= p.capacity_bytes
+
+
+def _restricted(p: Problem, kept: list[list[Candidate]]) -> Problem:
+    """A view of p whose per-call minima (time, device-seconds, time-work frontier) come
+    from the options in `kept` only (what span_s and window_s read)."""
+    q = Problem.__new__(Problem)
+    q.__dict__.update(p.__dict__)
+    q.min_time_s = [min(c.time_s for c in k) for k in kept]
+    q.min_device_s = [min(c.time_s * _size(c) for c in k) for k in kept]
+    q.time_work = [time_work_frontier([(c.time_s, c.time_s * _size(c)) for c in k])
+                   for k in kept]
+    return q
+
+
+def _distinct(options: list[Candidate]) -> list[Candidate]:
+    """Options of a home call, fastest first, one per (size, split, states, working
+    memory): a slower one with the same of these gives no shorter case."""
+    seen: set[tuple] = set()
+    out: list[Candidate] = []
+    for c in sorted(options, key=lambda c: (c.time_s, _size(c), c.states_bytes, c.work_bytes)):
+        key = (_size(c), _split(c), c.states_bytes, c.work_bytes)
+        if key not in seen:
+            seen.add(key)
+            out.append(c)
+    return out
+
+
+def _case_s(p: Problem, v: int, u: int, lag: int, ou: Candidate, desc: list[set[int]],
+            stop_s: float) -> float:
+    """Least period of the plans where the home call u runs on `ou`, by the home-pair
+    cycle u -> realloc -> v -> ... -> u (`lag` periods) and the work of one period
+    (module docstring, memory cases); `stop_s`: a known answer to beat."""
+    kept = [[ou] if c == u else [o for o in p.options[c] if fits_beside(p, u, ou, c, o)]
+            for c in range(p.n)]
+    if any(not k for k in kept):
+        return float("inf")  # no plan puts u on ou
+    q = _restricted(p, kept)
+    between = span_s(q, v, u, 0.0, 0.0, desc)
+    others_ds = sum(q.min_device_s[c] for c in range(p.n) if c not in (u, v))
+    n, n_u, t_u, s_u = p.num_devices, _size(ou), ou.time_s, _split(ou)
+
+    def length_s(ov: Candidate, r: float) -> float:
+        # u and v run once per period; the realloc busies v's devices and u's (senders).
+        n_v = _size(ov)
+        work = n_u * t_u + n_v * (ov.time_s + r) + max(0, n_u - n_v) * r + others_ds
+        return max((t_u + r + ov.time_s + between) / lag, work / n)
+
+    best = stop_s
+    # Best first by the length without the realloc (a floor of it: the realloc is >= 0).
+    for free_s, _, ov in sorted((length_s(ov, 0.0), k, ov) for k, ov in enumerate(kept[v])):
+        if free_s >= best:
+            break
+        best = min(best, length_s(ov, realloc_floor_s(p, v, s_u, (ov.layout.tp, ov.layout.pp))))
+    return best
+
+
+def memory_cycle_bound_s(p: Problem, base_s: float = 0.0) -> float:
+    """The home-pair cycles split into cases by the train call's option (module
+    docstring, memory cases); `base_s`: a bound already known (cases that cannot beat it
+    are not worked out)."""
+    if not any(p.options):
+        return 0.0  # hand-made lists: no priced options
+    desc = _descendants(p)
+    best = 0.0
+    for v in range(p.n):
+        for u, lag in zip(p.prev_preds[v], p.prev_lags[v]):
+            if u == v or p.home[v] != u or u not in desc[v]:
+                continue
+            floor = p.min_time_s[v] + span_s(p, v, u, 0.0, 0.0, desc)
+            least = float("inf")  # over u's options: the least cycle, in lags of P
+            for ou in _distinct(p.options[u]):  # fastest first
+                if (ou.time_s + floor) / lag >= least or least <= base_s:
+                    break  # no later case is shorter / this cycle cannot beat base_s
+                least = min(least, _case_s(p, v, u, lag, ou, desc, least))
+            if least < float("inf"):
+                best = max(best, least)
+    return max(best, base_s) if best else base_s
+
+
 def full_space_bound_s(p: Problem) -> float:
-    """max(work, cycles, loops): no legal plan of the spec is faster, under the simulator's
-    rules."""
-    return max(work_bound_s(p), cycle_bound_s(p), loop_bound_s(p))
+    """max(work, cycles, loops, memory cases): no legal plan of the spec is faster, under
+    the simulator's rules."""
+    base = max(work_bound_s(p), cycle_bound_s(p), loop_bound_s(p))
+    return max(base, memory_cycle_bound_s(p, base))

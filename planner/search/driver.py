@@ -250,7 +250,7 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
     # The printed bound covers every legal plan: CP-SAT's when the lists are complete,
     # never below the list-free relaxation (planner/search/bounds.py).
     bound = full_space_bound_s(p) if p.min_time_s and any(p.min_time_s) else None
-    scope = "work/cycle/loop relaxation over " + plans_covered(p)
+    scope = "work/cycle/loop relaxation with memory cases over " + plans_covered(p)
     if p.complete and list_bound is not None and (bound is None or list_bound >= bound):
         bound, scope = list_bound, "CP-SAT over complete candidate lists (every legal plan)"
     if bound is None:

@@ -159,6 +159,9 @@ class Problem:
         self.plain_by_shape: list[dict[MeshShape, list[Candidate]]] = [{} for _ in range(self.n)]
         # Per call: (time, time x devices) options no other beats in both (bounds.py).
         self.time_work: list[list[tuple[float, float]]] = [[] for _ in range(self.n)]
+        # Per call: every priced option (fitting alone, undominated) of every mesh shape, on
+        # the shape's first position (bounds.py's memory cases); empty for hand-made lists.
+        self.options: list[list[Candidate]] = [[] for _ in range(self.n)]
         self.node_counts: list[int] = list(range(cl.nodes, 0, -1))
         # Train calls that pay decoupled PPO's proximal forward under staleness > 0, and
         # their exhaustive minima with and without it ((call, proximal) -> fields).
@@ -191,6 +194,7 @@ class Problem:
         self.min_time_by_split = [e.min_time_by_split for e in self.enumerated]
         self.plain_by_shape = [pr.plain for pr in priced]
         self.time_work = [pr.frontier for pr in priced]
+        self.options = [[c for o in pr.options.values() for c in o] for pr in priced]
         self._check_possible()
         self._add_home_layouts()
         self._set_proximal(self.staleness > 0)
