@@ -218,17 +218,20 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
         runs.append(run_cpsat(0.2 * left(), 0.5))
         if proven(runs[-1]):
             method = "done"
-    if method in ("mcmc", "auto"):
-        budget = left() * (0.5 if method == "auto" else 1.0)
-        runs.append(mcmc_search(
-            sim, seed=seed, steps=steps, time_limit_s=None if deterministic else budget,
-            starts=[b.assignment for b in known],
-            progress=(lambda f, b: progress("mcmc", f, b)) if progress else None))
     # Building the CP-SAT model cannot be interrupted (2-17 ms per candidate, idle to
     # loaded 2-core machine; the probe measured it when there was one): auto skips it when
     # the budget left cannot pay for that and some solving.
     probe = next((r.build_s for r in runs if r.method == "cpsat"), None)
     build_s = probe if probe is not None else 0.3 + 0.004 * p.candidate_count()
+    if method in ("mcmc", "auto"):
+        # auto gives MCMC half of what is left, or all of it when CP-SAT could not be built
+        # in the other half (a loaded machine: MCMC was left idle time before).
+        share = 0.5 if method == "auto" and 0.5 * left() > build_s + 0.5 else 1.0
+        budget = left() * share
+        runs.append(mcmc_search(
+            sim, seed=seed, steps=steps, time_limit_s=None if deterministic else budget,
+            starts=[b.assignment for b in known],
+            progress=(lambda f, b: progress("mcmc", f, b)) if progress else None))
     if method == "cpsat" or (method == "auto" and (deterministic or left() > build_s + 0.5)):
         runs.append(run_cpsat(left(), max(1.0, (steps or 0) / 5000)))
 
