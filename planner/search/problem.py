@@ -238,7 +238,8 @@ class Problem:
         q._set_proximal(k > 0)
         return q  # q.spec stays the user's spec: plans of q carry its hash
 
-    _MINIMA = ("min_time_s", "min_device_s", "min_time_by_split", "plain_by_shape", "time_work")
+    _MINIMA = ("min_time_s", "min_device_s", "min_time_by_split", "plain_by_shape", "time_work",
+               "options")
 
     def _set_proximal(self, on: bool) -> None:
         """Price decoupled PPO's proximal forward (cost model term `proximal_forward`)
@@ -264,7 +265,7 @@ class Problem:
                                   every_node_count=self._every)
                 self._minima[key] = dict(zip(self._MINIMA, (
                     pr.min_time_s, pr.min_device_s, pr.min_time_by_split, pr.plain,
-                    pr.frontier)))
+                    pr.frontier, [c for o in pr.options.values() for c in o])))
             self._minima.setdefault((i, not on), {f: getattr(self, f)[i] for f in self._MINIMA})
             for f, value in self._minima[key].items():
                 column = list(getattr(self, f))
