@@ -196,3 +196,32 @@ def test_bench_search_bad_flags(capsys, flags, expected):
     with pytest.raises(SystemExit) as info:
         bench.main(flags)
     assert info.value.code == 2 and expected in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_bench_async_best_order_runs_the_reference_before_the_next_generation(tmp_path):
+    """bench_async --order best, the reference beside generation on 2 devices, K=1: the
+    simulator's fastest order runs the reference of iteration i before the generation
+    of i+1 (the default runs that generation first and nothing overlaps), the plan
+    records it and loads (its offsets checked against the graph); on the default split
+    the best order is the plan writer's own."""
+    import importlib.util
+
+    from planner.plan import load_plan
+    from tests.runtime_scenarios import manual_plan, stale_spec
+
+    spec = importlib.util.spec_from_file_location("bench_async", ROOT / "tools" / "bench_async.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    two = tmp_path / "grpo-2dev.yaml"
+    two.write_text((ROOT / "specs" / "tiny-grpo-cpu.yaml").read_text()
+                   .replace("gpus_per_node: 4", "gpus_per_node: 2"))
+    k1 = stale_spec(tmp_path, 1, two)
+    beside = {"actor_gen": "0:d1", "ref_inf": "0:d1", "*": "1:d1"}
+    best = load_plan(bench.best_order_plan(k1, beside, tmp_path / "best.json"))
+    default = load_plan(manual_plan(k1, beside, tmp_path / "default.json"))
+    offs = {a.name: a.order_offset for a in best.calls}
+    assert offs["ref_inf"] < 1 + offs["actor_gen"] < offs["actor_train"] + 1e-9, offs
+    assert best.iteration_time_s < 0.8 * default.iteration_time_s
+    split = bench.parse_alloc(bench.LAYOUTS[2])
+    assert (load_plan(bench.best_order_plan(k1, split, tmp_path / "s.json")).calls
+            == load_plan(manual_plan(k1, split, tmp_path / "s2.json")).calls)

@@ -3,14 +3,15 @@
     python tools/bench_async.py                          # tiny GRPO, K 0 and 1, 12 iterations
     python tools/bench_async.py --iterations 16 --repeats 3 --k 0,1,2
     python tools/bench_async.py --layout "actor_gen=0-1:d2,*=2-3:d2" --searched
-    python tools/bench_async.py --devices 2          # one device generates, one trains
+    python tools/bench_async.py --devices 2          # device 0 generates, device 1 the rest
+    python tools/bench_async.py --devices 2 --layout "actor_gen=0:d1,ref_inf=0:d1,*=1:d1"
 
 Each K runs the same spec (tiny GRPO by default) with `max_staleness: K` on the
-same devices and the same layout (default: generation on devices 0-1, the
-rest on 2-3, the placement where generation of iteration i+1 can overlap
-training of iteration i; with --devices 2, generation on device 0 and the rest
-on device 1), through `runtime run` with one
-checkpoint at the end. Runs of different K alternate (K0, K1, K0, K1, ...) so
+same devices and the same layout (default: generation on devices 0-1, the rest
+on 2-3; with --devices 2, on device 0 and device 1), in the schedule order the
+simulator finds fastest for that layout and K (--order best, the default; on
+the default layouts that is the plan writer's own order; `plan`: always the
+plan writer's order), through `runtime run` with one checkpoint at the end. Runs of different K alternate (K0, K1, K0, K1, ...) so
 a change of machine load hits both. --searched also runs the plan `planner
 search` picks for K=0 (the best synchronous plan on these devices).
 
@@ -41,17 +42,24 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from planner.commands.evaluate import assignment_of  # noqa: E402
 from planner.errors import UserError  # noqa: E402
 from planner.graph.loader import load_spec  # noqa: E402
-from planner.layout.layout import LayoutError  # noqa: E402
+from planner.layout.layout import LayoutError, parse_layout  # noqa: E402
 from planner.limits import MAX_STALENESS  # noqa: E402
-from planner.plan import load_plan  # noqa: E402
+from planner.plan import Provenance, load_plan, save_plan  # noqa: E402
+from planner.search.plan_out import build_plan  # noqa: E402
+from planner.search.problem import Problem, load_cluster_profile  # noqa: E402
+from planner.search.simulator import Simulator  # noqa: E402
 from tests.runtime_scenarios import TINY_GRPO, manual_plan, stale_spec  # noqa: E402
 
-# Generation on its own devices, the rest on the others (verl fully-async style). Not
-# the inference calls beside generation: under K=1 the plan's order runs the next
-# generation before them there, and they feed the train call, so nothing would overlap.
+# Generation on its own devices, the rest on the others (verl fully-async style). With
+# the reference beside generation instead ("actor_gen=0:d1,ref_inf=0:d1,*=1:d1"), K=1
+# needs --order best: the reference of iteration i must run before the generation of
+# i+1 there (the plan writer's default order runs that generation first, and the
+# reference feeds the train call, so nothing would overlap).
 LAYOUTS = {4: "actor_gen=0-1:d2,*=2-3:d2", 2: "actor_gen=0:d1,*=1:d1"}
+OFFSET_STEP = 0.25  # the order offsets' grid, as the search's (planner/search/mcmc.py)
 
 
 def load1() -> float:
@@ -65,6 +73,36 @@ def parse_alloc(text: str) -> dict[str, str]:
         if not layout:
             raise ValueError(f"--layout: '{part}' is not call=layout")
         out[name.strip()] = layout.strip()
+    return out
+
+
+def best_order_plan(spec_path: Path, alloc: dict[str, str], out: Path) -> Path:
+    """The plan of `alloc` (one micro-batch per call, as manual_plan) with the order the
+    simulator finds fastest for it: coordinate descent over each call's offset on the
+    search's quarter-iteration grid, from the default order and from all zeros, keeping
+    only orders that respect the graph (Simulator.valid_offsets)."""
+    spec = load_spec(spec_path)
+    p = Problem(spec, load_cluster_profile(spec, spec_path),
+                candidates=[[] for _ in spec.calls])
+    a = assignment_of(p, {n: (parse_layout(alloc.get(n, alloc.get("*"))), 1) for n in p.names})
+    sim = Simulator(p)
+    levels = [x * OFFSET_STEP for x in range(int((p.staleness + 1) / OFFSET_STEP) + 1)]
+    best: tuple[float, tuple[float, ...] | None] = (sim.period(a), None)
+    for start in filter(None, [sim.ahead_offsets(), [0.0] * p.n]):
+        cur, cur_s = tuple(start), sim.period(a, tuple(start))
+        improved = True
+        while improved:
+            improved = False
+            for c in range(p.n):
+                for v in levels:
+                    y = cur[:c] + (v,) + cur[c + 1:]
+                    if y != cur and sim.valid_offsets(y) and sim.period(a, y) < cur_s - 1e-12:
+                        cur, cur_s, improved = y, sim.period(a, y), True
+        if cur_s < best[0] - 1e-12:
+            best = (cur_s, cur)
+    order = list(best[1]) if best[1] is not None else None
+    save_plan(build_plan(p, a, provenance=Provenance(method="manual"), order=order,
+                         spec_path=spec_path), out)
     return out
 
 
@@ -123,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layout", help="call=layout, ... ('*' = every other call); the same "
                     "for every K (default: the split of --devices)")
     ap.add_argument("--k", default="0,1", help="staleness bounds to run (comma-separated)")
+    ap.add_argument("--order", choices=("best", "plan"), default="best",
+                    help="each K's schedule order on the layout: the simulator's fastest "
+                    "(best) or the plan writer's default (plan)")
     ap.add_argument("--iterations", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
@@ -162,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             ap.error(f"--layout: {', '.join(unknown)} is not a call of {args.spec} "
                      f"(calls: {', '.join(names)})")
-        plans = {f"K={k}": manual_plan(stale_spec(out, k, spec), alloc,
-                                       out / f"plan-k{k}.json") for k in ks}
+        write = best_order_plan if args.order == "best" else manual_plan
+        plans = {f"K={k}": write(stale_spec(out, k, spec), alloc, out / f"plan-k{k}.json")
+                 for k in ks}
     except (UserError, LayoutError) as err:
         ap.error(str(err))
     if args.searched:
@@ -172,8 +214,11 @@ def main(argv: list[str] | None = None) -> int:
                         str(searched), "--steps", "2000"], check=True, capture_output=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
         plans["searched K=0"] = searched
-    print(f"spec {args.spec}; layout {args.layout}; {args.iterations} iterations, first "
-          f"{args.warmup} dropped; {args.repeats} repeats", flush=True)
+    print(f"spec {args.spec}; layout {args.layout}; order {args.order}; {args.iterations} "
+          f"iterations, first {args.warmup} dropped; {args.repeats} repeats", flush=True)
+    for name, plan in plans.items():
+        offs = {a.name: a.order_offset for a in load_plan(plan).calls}
+        print(f"  {name}: order offsets {offs}", flush=True)
     results: dict[str, list[list[dict]]] = {name: [] for name in plans}
     busy: dict[str, list[dict[int, float]]] = {name: [] for name in plans}
     pairs: list[float] = []  # tokens/s of K=ks[-1] over the K=ks[0] run just before it
