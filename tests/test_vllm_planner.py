@@ -133,7 +133,8 @@ def _gen_estimate(prof, num_layers: int = 4, num_seqs: int = 32, prompt: int = 1
 def test_vllm_engine_work_outside_the_layers_is_priced_once_whatever_the_model():
     fixed = dict(call_fixed_s=0.004, call_per_seq_s=1e-4, call_per_token_s=1e-6,
                  step_fixed_s=0.001, step_per_seq_s=5e-5, update_fixed_s=0.02,
-                 update_per_layer_s=0.003, update_bytes_per_s=1e8)
+                 update_per_layer_s=0.003, update_bytes_per_s=1e8, hop_fixed_s=0.007,
+                 hop_per_layer_s=0.002, hop_bytes_per_s=5e8)
     prof = _priced(**fixed)
     b, p, g = 32, 16, 16
     est = _gen_estimate(prof, 4, b, p, g)
@@ -142,19 +143,30 @@ def test_vllm_engine_work_outside_the_layers_is_priced_once_whatever_the_model()
     assert est.breakdown["engine"] == pytest.approx(engine, rel=1e-9)
     assert est.breakdown["refit"] == pytest.approx(0.02 + 4 * 0.003 + est.memory.params_bytes / 1e8,
                                                    rel=1e-9)
+    # The weights' trip to the engine actor: its own term, priced from its own fit.
+    assert est.breakdown["weight_hop"] == pytest.approx(
+        0.007 + 4 * 0.002 + est.memory.params_bytes / 5e8, rel=1e-9)
+    assert est.time_s == pytest.approx(sum(est.breakdown.values()), rel=1e-9)
     # More layers: only the per-layer terms grow; the engine's own work does not.
     deeper = _gen_estimate(prof, 8, b, p, g)
     assert deeper.breakdown["engine"] == pytest.approx(engine, rel=1e-9)
     assert deeper.breakdown["decode"] == pytest.approx(2 * est.breakdown["decode"], rel=0.05)
     # Profiles without the split (older vLLM tables) and native pricing add nothing.
     assert _gen_estimate(_priced(), 4, b, p, g).breakdown["engine"] == 0.0
+    assert "weight_hop" not in _gen_estimate(_priced(), 4, b, p, g).breakdown
     from planner.cost_model.estimator import CallShape, estimate_call
 
     arch = load_spec(SPEC).models["actor"].architecture
     native = estimate_call(arch, "lm", CallShape("generate", b, p + g, p, g), Layout((0,)), 1,
                            for_backend(prof, "native"), trainable=True, gpus_per_node=1)
     assert native.breakdown["engine"] == 0.0
-    assert native.breakdown["refit"] < 1e-3
+    assert native.breakdown["refit"] < 1e-3 and "weight_hop" not in native.breakdown
+    # A frozen model's generate call gets no fresh weights.
+    from planner.cost_model.estimator import CallShape as Shape
+
+    frozen = estimate_call(arch, "lm", Shape("generate", b, p + g, p, g), Layout((0,)), 1,
+                           for_backend(prof, "vllm"), trainable=False, gpus_per_node=1)
+    assert frozen.breakdown["refit"] == 0.0 and "weight_hop" not in frozen.breakdown
 
 
 def test_vllm_fit_splits_layers_from_the_engines_own_work():
@@ -173,28 +185,53 @@ def test_vllm_fit_splits_layers_from_the_engines_own_work():
                for b in batches for c in ctxs}
         full = {k: v + vt.DECODE_STEPS * (0.001 + 3e-5 * k[0] + n * layer_dec(*k))
                 for k, v in pre.items()}
-        return {"call": call, "pre": pre, "full": full, "update_s": 0.01 + n * 1e-3,
-                "update_bytes": n * 10**6, "version": "x"}
+        return {"call": call, "pre": pre, "full": full, "version": "x", "updates": updates}
 
+    # The update models (three widths, two depths each): vLLM's load and the weights' trip
+    # to the engine, each fixed + per layer + per byte, fitted apart.
+    models = vt.update_models(shape)
+    assert sorted(models) == [("narrow", 2), ("narrow", 8), ("ref", 1), ("ref", 8),
+                              ("wide", 2), ("wide", 8)]
+    assert vt.narrow_shape(shape).hidden_size == 64 and vt.wide_shape(shape).hidden_size == 256
+    assert vt.narrow_shape(shape).num_heads == 2 and vt.narrow_shape(shape).num_kv_heads == 1
+    # fp32 bytes of the layers' linear weights (what sets each model's bytes per layer).
+    nbytes = {k: 4 * n * (4 * s.hidden_size ** 2 + 3 * s.hidden_size * s.intermediate_size)
+              for k, (s, n) in models.items()}
+    updates = [(k[1], nbytes[k], 0.003 + k[1] * 4e-3 + nbytes[k] / 2e9,
+                0.007 + k[1] * 1.5e-3 + nbytes[k] / 5e8) for k in models]
     t = vt.fit(shape, {n: raw(n) for n in vt.LAYERS}, batches, lens, ctxs)
     assert (t.call_fixed_s, t.call_per_seq_s, t.call_per_token_s) == pytest.approx(
         (0.003, 2e-4, 1e-6), rel=1e-6)
     assert (t.step_fixed_s, t.step_per_seq_s) == pytest.approx((0.001, 3e-5), rel=1e-6)
     assert t.decode.time_s[2][1] == pytest.approx(layer_dec(32, 256), rel=1e-6)
     assert t.prefill.fwd_s[1][0] == pytest.approx(layer_pre(8, 32), rel=1e-6)
-    assert t.update_bytes_per_s == pytest.approx(1e9) and t.update_fixed_s == pytest.approx(0.01)
-    assert t.update_per_layer_s == 0.0  # two points: no per-layer term
-    # Three models (depth pair + a wide one): fixed, per layer and per byte apart.
-    pts = [(n, b, 0.007 + n * 2e-3 + b / 1e8) for n, b in [(1, 10**6), (8, 8 * 10**6),
-                                                          (2, 8 * 10**6)]]
-    assert vt.update_fit(pts) == pytest.approx((0.007, 2e-3, 1e-8), rel=1e-6)
-    with_wide = {n: {**raw(n), "updates": pts} for n in vt.LAYERS}
-    t = vt.fit(shape, with_wide, batches, lens, ctxs)
     assert (t.update_fixed_s, t.update_per_layer_s, t.update_bytes_per_s) == pytest.approx(
-        (0.007, 2e-3, 1e8), rel=1e-6)
-    assert vt.wide_shape(shape).hidden_size == 256
+        (0.003, 4e-3, 2e9), rel=1e-6)
+    assert (t.hop_fixed_s, t.hop_per_layer_s, t.hop_bytes_per_s) == pytest.approx(
+        (0.007, 1.5e-3, 5e8), rel=1e-6)
+    # Two points cannot tell a per-layer term from bytes: none is fitted.
+    pts = [(1, 10**6, 0.011), (8, 8 * 10**6, 0.018)]
+    assert vt.update_fit(pts) == pytest.approx((0.01, 0.0, 1e-9), rel=1e-6)
+    # The fit weighs relative errors: a small model's update counts as much as a large
+    # one's (absolute least squares would leave the 10 ms point 21% under here).
+    noisy = [(1, 10**6, 0.010), (2, 10**8, 0.200), (8, 10**8, 0.260), (8, 10**6, 0.040)]
+    f = vt.update_fit(noisy)
+    small = f[0] + f[1] + f[2] * 10**6
+    assert small == pytest.approx(0.010, rel=0.15)
+    # A layer whose heads do not halve has no narrow model (the fit keeps ref and wide).
+    odd = LayerShape(hidden_size=96, intermediate_size=256, num_heads=3, num_kv_heads=1)
+    assert vt.narrow_shape(odd) is None and len(vt.update_models(odd)) == 4
     # A negative fitted term (noise) is dropped, not stored.
     assert vt.nonneg_fit([[1, 1], [1, 2], [1, 3]], [3.0, 2.0, 1.0]) == pytest.approx([2.0, 0.0])
+
+
+def test_a_vllm_call_priced_without_vllm_times_says_what_its_estimate_lacks():
+    from planner.cost_model.vllm_pricing import unpriced_note
+
+    note = unpriced_note(load_profile(str(PROFILE)), ["actor_gen"])
+    assert note.startswith("note: actor_gen runs on vLLM") and "--backend vllm" in note
+    assert unpriced_note(_with_vllm_tables(1.0), ["actor_gen"]) is None
+    assert unpriced_note(load_profile(str(PROFILE)), []) is None
 
 
 def test_priced_backend_is_never_written_into_a_profile(tmp_path):

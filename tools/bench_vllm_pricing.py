@@ -19,7 +19,9 @@ Prints one line per call: estimate, measured (median and best), their ratios,
 and where the measured call went: the engine's CPU and wall time of generate
 (wall minus CPU: other processes on the core), the worker's update call (the
 object store hop included) and generate call (minus the engine's wall: the
-hop), and the rest of the call (inputs in, sequences built, outputs out).
+hop), and the rest of the call (inputs in, sequences built, outputs out); the update
+split as priced: vLLM's load (engine CPU) vs `refit`, the hop (the worker's
+update call besides the engine's wall time) vs `weight_hop`.
 The profile's vLLM times are an idle core's (CPU time, profiler/vllm_tables.py);
 on a machine shared with other jobs the best iteration is the one to compare,
 the median shows the load.
@@ -80,9 +82,12 @@ def _split(run_dir: Path, call: str, skip: int) -> dict[str, float]:
         it = per_iter.setdefault(a["iteration"], dict.fromkeys(_SPLIT, 0.0))
         for key, field in _SPLIT.items():
             it[key] = max(it[key], a.get(field) or 0.0)
+        hop = (a.get("update_call_s") or 0.0) - (a.get("weight_update_s") or 0.0)
+        it["hop"] = max(it.get("hop", 0.0), hop)
     if not per_iter:
         return {}
-    return {k: statistics.median(v[k] for v in per_iter.values()) for k in _SPLIT}
+    return {k: statistics.median(v.get(k, 0.0) for v in per_iter.values())
+            for k in [*_SPLIT, "hop"]}
 
 
 def bench(case: str, profile: str, iterations: int, skip: int) -> list[str]:
@@ -120,7 +125,9 @@ def bench(case: str, profile: str, iterations: int, skip: int) -> list[str]:
                 f"{best_s / est_s:.2f}; engine CPU (idle-core time) generate "
                 f"{split.get('engine_cpu', 0) * 1e3:.1f} ms vs estimated prefill+decode+engine "
                 f"{engine_est * 1e3:.1f}, update {split.get('update_cpu', 0) * 1e3:.1f} ms vs "
-                f"refit {bd.get('refit', 0) * 1e3:.1f}; engine wall generate "
+                f"refit {bd.get('refit', 0) * 1e3:.1f}; update hop (worker's update call "
+                f"besides the engine's) {split.get('hop', 0) * 1e3:.1f} ms vs weight_hop "
+                f"{bd.get('weight_hop', 0) * 1e3:.1f}; engine wall generate "
                 f"{split.get('engine_wall', 0) * 1e3:.1f} ms; worker side: update call "
                 f"{split.get('update_call', 0) * 1e3:.1f} ms, backend (update + generate + "
                 f"conversions) {split.get('backend', 0) * 1e3:.1f} ms, rest of the call "

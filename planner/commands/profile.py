@@ -111,13 +111,15 @@ def run(args: argparse.Namespace) -> int:
         f"optimizer {o.optimizer_tensor_s * 1e6:.1f} us per tensor", highlight=False)
     v = profile.measured.vllm if profile.measured else None
     if v is not None:
-        rate = f"{v.update_bytes_per_s / 1e6:.0f} MB/s" if v.update_bytes_per_s else "-"
+        rate = lambda r: f"{r / 1e6:.0f} MB/s" if r else "-"  # noqa: E731
         console.print(f"vLLM outside the layers: call {v.call_fixed_s * 1e3:.2f} ms + "
                       f"{v.call_per_seq_s * 1e3:.3f} ms/prompt, decode step "
                       f"{v.step_fixed_s * 1e3:.2f} ms + {v.step_per_seq_s * 1e3:.3f} ms/seq; "
-                      f"weight update {v.update_fixed_s * 1e3:.1f} ms + "
-                      f"{v.update_per_layer_s * 1e3:.2f} ms/layer + bytes at {rate}",
-                      highlight=False)
+                      f"weight update: load {v.update_fixed_s * 1e3:.1f} ms + "
+                      f"{v.update_per_layer_s * 1e3:.2f} ms/layer + bytes at "
+                      f"{rate(v.update_bytes_per_s)}, hop {v.hop_fixed_s * 1e3:.1f} ms + "
+                      f"{v.hop_per_layer_s * 1e3:.2f} ms/layer + bytes at "
+                      f"{rate(v.hop_bytes_per_s)}", highlight=False)
     rt = profile.runtime
     if rt is not None:
         rate = f"{rt.handoff_bytes_per_s / 1e6:.0f} MB/s" if rt.handoff_bytes_per_s else "-"

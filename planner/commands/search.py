@@ -17,6 +17,7 @@ from rich.table import Table
 
 from planner import limits as L
 from planner.cost_model.memory import TrainMemoryChoice
+from planner.cost_model.vllm_pricing import unpriced_note
 from planner.errors import UserError
 from planner.graph.loader import load_spec
 from planner.outputs import check_output_file
@@ -206,5 +207,9 @@ def run(args: argparse.Namespace) -> int:
     if best is not None:
         show.print(f"speedup over the best baseline ({best[0]}): "
                    f"{best[1] / out.exact_period_s:.2f}x")
+    note = unpriced_note(out.problem.profile,
+                         [a.name for a in out.plan.calls if a.backend == "vllm"])
+    if note:
+        show.print(note, highlight=False, soft_wrap=True)
     show.print(f"searched in {out.search_time_s:.1f} s; wrote {args.output}")
     return 0

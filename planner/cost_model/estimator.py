@@ -468,12 +468,17 @@ def _generate(c: _Ctx, s: CallShape, flash: bool, trainable: bool) -> CallEstima
         engine += seg.steps * (vllm_pricing.step_overhead_s(dev, seg.batch)
                                + sampling.pick_s(dev, seg.batch, c.arch.vocab_size, s.greedy))
     params = _stage_params(c)
-    # A trainable model's fresh weights are copied into the engine before it generates
-    # (refit).
-    refit = (vllm_pricing.refit_s(dev, params * c.dtype_bytes, _max_stage_layers(c))
-             if trainable else 0.0)
+    # A trainable model's fresh weights reach the engine before it generates: their trip
+    # to it (weight_hop: vLLM's engine actor only, a term only where priced, so native
+    # breakdowns keep their terms) and the engine's load of them (refit).
+    refit = hop = 0.0
+    if trainable:
+        nbytes, layers = params * c.dtype_bytes, _max_stage_layers(c)
+        refit = vllm_pricing.refit_s(dev, nbytes, layers)
+        hop = vllm_pricing.weight_hop_s(dev, nbytes, layers)
     time_s, bd = _bd(prefill=compute, decode=decode, tp_comm=tp_pre + tp_dec, pp_fill=fill,
-                     pp_p2p=p2p_pre + p2p_dec, engine=engine, refit=refit)
+                     pp_p2p=p2p_pre + p2p_dec, engine=engine, refit=refit,
+                     **({"weight_hop": hop} if hop else {}))
     n_layers = _max_stage_layers(c)
     kv_tokens = kv_tokens_in_flight(slots, prompt, s.gen_mean, s.prompt_len, s.gen_len,
                                     s.batching)

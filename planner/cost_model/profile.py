@@ -254,14 +254,22 @@ class VllmTables(_Frozen):
         "Per sequence of a decode step, outside the layers: head, sampling, log-prob, "
         "output processing."))
     update_fixed_s: float = Field(0.0, ge=0, description=(
-        "In-place weight update (reload_weights + reset_prefix_cache through the actor), "
-        "besides its bytes."))
+        "In-place weight update: vLLM's own load of the weights (reload_weights + "
+        "reset_prefix_cache, the engine's CPU time), besides its bytes. Profiles without "
+        "the hop_* fields measured load and hop together here."))
     update_per_layer_s: float = Field(0.0, ge=0, description=(
-        "In-place weight update, per transformer layer (vLLM repacks each linear weight: "
+        "vLLM's load of the weights, per transformer layer (it repacks each linear weight: "
         "work per module besides its bytes)."))
     update_bytes_per_s: float | None = Field(None, gt=0, description=(
-        "In-place weight update throughput. None: not measured (priced at memory bandwidth, "
-        "unless update_per_layer_s is)."))
+        "vLLM's load of the weights, throughput. None: not measured (priced at memory "
+        "bandwidth, unless update_per_layer_s is)."))
+    hop_fixed_s: float = Field(0.0, ge=0, description=(
+        "The weights' trip from the worker to the engine actor through Ray's object store "
+        "(the worker's update call besides the engine's time), besides its tensors and bytes."))
+    hop_per_layer_s: float = Field(0.0, ge=0, description=(
+        "The weights' trip, per transformer layer (its tensors, pickled one by one)."))
+    hop_bytes_per_s: float | None = Field(None, gt=0, description=(
+        "The weights' trip, throughput. None: not measured (no byte term)."))
 
 
 class SamplingTable(_Frozen):

@@ -8,18 +8,22 @@ linear in what it handles:
   request set-up, the first token's head, sampling and log-prob;
 - per decode step: `step_fixed_s + step_per_seq_s * sequences`: scheduling,
   input preparation, head, sampling, log-probs, outputs;
-- per weight update: `update_fixed_s + layers * update_per_layer_s + bytes /
-  update_bytes_per_s`, fitted over models of different depth and width.
+- per weight update, two terms, each `fixed + layers * per_layer + bytes / rate`,
+  fitted over models of three widths and two depths: `refit`, vLLM's own load of
+  the weights (reload_weights + reset_prefix_cache, the engine's CPU time,
+  `update_*`), and `weight_hop`, the weights' trip from the worker to the engine
+  actor through Ray's object store (the worker's update call besides the
+  engine's time, `hop_*`).
 That is host work of vLLM's engine loop, the same whatever the model, so it is
 not scaled to the call's model (the per-layer tables are). Any other profile
 prices these as the native engine: the profile's `engine_step_s` per step,
-nothing per call, the update at memory bandwidth.
+nothing per call, the update at memory bandwidth and no hop.
 """
 
 from __future__ import annotations
 
 from planner.cost_model.device import Device
-from planner.cost_model.profile import VllmTables
+from planner.cost_model.profile import HardwareProfile, VllmTables
 
 
 def _tables(dev: Device) -> VllmTables | None:
@@ -53,3 +57,26 @@ def refit_s(dev: Device, param_bytes: float, layers: int) -> float:
         return dev.memory_s(2 * param_bytes)  # read + write at memory bandwidth
     per_byte = param_bytes / t.update_bytes_per_s if t.update_bytes_per_s else 0.0
     return t.update_fixed_s + layers * t.update_per_layer_s + per_byte
+
+
+def weight_hop_s(dev: Device, param_bytes: float, layers: int) -> float:
+    """The fresh weights' trip from the worker to its vLLM engine actor (Ray's object
+    store, pickled tensors each way) before `refit_s` loads them; 0 off vLLM (the native
+    engine's weights are already in place) and for profiles measured before the split."""
+    t = _tables(dev)
+    if t is None:
+        return 0.0
+    per_byte = param_bytes / t.hop_bytes_per_s if t.hop_bytes_per_s else 0.0
+    return t.hop_fixed_s + layers * t.hop_per_layer_s + per_byte
+
+
+def unpriced_note(profile: HardwareProfile, vllm_calls: list[str]) -> str | None:
+    """What the estimate of `vllm_calls` (generate calls on the vllm backend) lacks when
+    `profile` holds no vLLM times; None when nothing is missing."""
+    if not vllm_calls or (profile.measured is not None and profile.measured.vllm is not None):
+        return None
+    verb = "runs" if len(vllm_calls) == 1 else "run"
+    return (f"note: {', '.join(vllm_calls)} {verb} on vLLM, but profile {profile.name} holds no "
+            "vLLM times (measure them: planner profile --backend vllm): priced as the native "
+            "engine, without vLLM's own work per call, per decode step and per weight update "
+            "(README, \"Generation backends\")")

@@ -28,12 +28,21 @@ while wall time doubles) plus the worker-side hop's wall time (the caller's
 wall time besides the engine's), each the best of `rounds` (at least REPS):
 the profile prices an idle machine.
 
-The in-place update is timed on the two models and on two more twice as wide
-(WIDE_LAYERS deep), UPDATE_REPS x as often (each update is short, and its hop's
-wall time is what a shared machine's load moves most), and fitted fixed + per
-layer + per byte over the four: vLLM's CPU time per update is ~3 ms + ~4 ms per
-layer whatever its width (it repacks every linear module), the hop ~7 ms +
-~0.17 ms per tensor + bytes (measured on widths 64-256, 1-16 layers).
+The in-place update is timed as the runtime's worker makes it (the worker's call:
+its tensors pickled into the object store, the engine actor's task, vLLM's
+reload, back) on the two models and on models half and twice as wide
+(OTHER_LAYERS deep), UPDATE_REPS x as often (each update is short), and split in
+two terms, each fitted fixed + per layer + per byte over all of them (relative
+least squares: a small model's update counts as much as a large one's):
+- vLLM's own load (`refit`): the engine's CPU time, the best of the reps (as
+  above: an idle core's time); ~3 ms + ~4-5 ms per layer whatever its width (it
+  repacks every linear module);
+- the weights' trip (`weight_hop`): the worker's wall time besides the engine's,
+  the median of the reps: a hand-off through three processes (the worker, Ray's
+  object store, the engine actor), whose best of 15 is a rare alignment of them,
+  ~7 ms + ~0.17 ms per tensor + bytes.
+The narrow models keep the fit from extrapolating to layers narrower than any
+it measured (the tiny specs' hidden 64 against the reference's 128).
 """
 
 from __future__ import annotations
@@ -173,9 +182,9 @@ def _caller_class():
         this side's wall seconds besides the engine's (the worker-side hop)."""
 
         def __init__(self) -> None:
-            self.weights: dict[int, dict] = {}
+            self.weights: dict = {}  # update model key -> its tensors
 
-        def hold(self, key: int, weights: dict) -> None:
+        def hold(self, key, weights: dict) -> None:
             self.weights[key] = weights
 
         def generate(self, engine, ids, new: int, seed: int) -> tuple[float, float]:
@@ -186,7 +195,7 @@ def _caller_class():
             _padded(toks, lps)
             return cpu_s, time.perf_counter() - t0 - wall_s
 
-        def update(self, engine, key: int) -> tuple[float, float]:
+        def update(self, engine, key) -> tuple[float, float]:
             t0 = time.perf_counter()
             tensors = {n: t.detach().cpu() for n, t in self.weights[key].items()}
             cpu_s, wall_s = ray.get(engine.update.remote(tensors))
@@ -203,16 +212,37 @@ def wide_shape(shape: LayerShape) -> LayerShape:
                       num_heads=2 * shape.num_heads, num_kv_heads=2 * shape.num_kv_heads)
 
 
-WIDE_LAYERS = (2, 8)
+def narrow_shape(shape: LayerShape) -> LayerShape | None:
+    """Half the reference layer's width (same head size), so the update fit also covers
+    narrower layers than the reference; None when its heads do not halve."""
+    if shape.num_heads % 2 or shape.intermediate_size % 2:
+        return None
+    return LayerShape(hidden_size=shape.hidden_size // 2,
+                      intermediate_size=shape.intermediate_size // 2,
+                      num_heads=shape.num_heads // 2,
+                      num_kv_heads=max(1, shape.num_kv_heads // 2))
+
+
+OTHER_LAYERS = (2, 8)  # depths of the narrow and wide update models
 UPDATE_REPS = 3  # x rounds
+
+
+def update_models(shape: LayerShape) -> dict[tuple[str, int], tuple[LayerShape, int]]:
+    """The models the in-place update is timed on: key (width, layers) -> (layer, layers)."""
+    out = {("ref", n): (shape, n) for n in LAYERS}
+    for width, other in (("narrow", narrow_shape(shape)), ("wide", wide_shape(shape))):
+        if other is not None:
+            out.update({(width, n): (other, n) for n in OTHER_LAYERS})
+    return out
 
 
 def _measure(shape: LayerShape, batches: list[int], prefill_lens: list[int],
              contexts: list[int], reps: int, dtype: str) -> dict[int, dict]:
     """Raw times of each LAYERS model: call[(b, s)], pre[(b, c)], full[(b, c)] (1 +
-    DECODE_STEPS new tokens), update (s) and its bytes. Both engines stay up and every
-    point is timed on one then the other, repeatedly, so a shared machine's load hits
-    both alike (their difference is the per-layer time)."""
+    DECODE_STEPS new tokens); and `updates`: (layers, bytes, load s, hop s) of every
+    update model. Both engines stay up and every point is timed on one then the other,
+    repeatedly, so a shared machine's load hits both alike (their difference is the
+    per-layer time)."""
     import ray
 
     longest = max(prefill_lens + contexts) + DECODE_STEPS + 2
@@ -223,8 +253,9 @@ def _measure(shape: LayerShape, batches: list[int], prefill_lens: list[int],
     cls = _engine_class().options(runtime_env={"env_vars": env})
     actors = {n: cls.remote(_config(shape, n, longest, dtype), dtype, max(batches),
                             max(batches) * longest) for n in LAYERS}
-    wide = {n: cls.remote(_config(wide_shape(shape), n, 64, dtype), dtype, 2, 128)
-            for n in WIDE_LAYERS}
+    models = update_models(shape)
+    others = {k: cls.remote(_config(s, n, 64, dtype), dtype, 2, 128)
+              for k, (s, n) in models.items() if k[0] != "ref"}
     caller = _caller_class().options(runtime_env={"env_vars": env}).remote()
     calls = [0]
 
@@ -250,20 +281,16 @@ def _measure(shape: LayerShape, batches: list[int], prefill_lens: list[int],
     try:
         version = ray.get(actors[LAYERS[0]].version.remote())
         raw = {n: {"version": version, "call": {}, "pre": {}, "full": {}} for n in LAYERS}
-        weights = {n: hf_weights(shape, n, dtype) for n in LAYERS}
-        for n in WIDE_LAYERS:  # keys -n: the wide ones
-            weights[-n] = hf_weights(wide_shape(shape), n, dtype)
-        ray.get([caller.hold.remote(n, w) for n, w in weights.items()])
-        nbytes = {n: sum(t.numel() * t.element_size() for t in w.values())
-                  for n, w in weights.items()}
-        for n in LAYERS:
-            raw[n]["update_bytes"] = nbytes[n]
+        weights = {k: hf_weights(s, n, dtype) for k, (s, n) in models.items()}
+        ray.get([caller.hold.remote(k, w) for k, w in weights.items()])
+        nbytes = {k: sum(t.numel() * t.element_size() for t in w.values())
+                  for k, w in weights.items()}
         for actor in actors.values():  # warm-up: first-call set-up is not a step time
             for _ in range(2):
                 timed(actor, 2, 8, 2)
-        upd = _best_updates(caller, {**actors, **{-n: a for n, a in wide.items()}},
+        upd = _update_times(caller, {**{("ref", n): a for n, a in actors.items()}, **others},
                             UPDATE_REPS * reps)
-        updates = [(abs(k), nbytes[k], t) for k, t in upd.items()]
+        updates = [(k[1], nbytes[k], *upd[k]) for k in models]
         points = ([("call", b, s, 1) for b in batches for s in prefill_lens]
                   + [("pre", b, c, 1) for b in batches for c in contexts]
                   + [("full", b, c, 1 + DECODE_STEPS) for b in batches for c in contexts])
@@ -271,36 +298,41 @@ def _measure(shape: LayerShape, batches: list[int], prefill_lens: list[int],
             for n, t in best(lambda _, actor: timed(actor, b, s, new)).items():
                 raw[n][kind][(b, s)] = t
         for n in LAYERS:
-            raw[n]["update_s"] = upd[n]
             raw[n]["updates"] = updates
         return raw
     finally:
-        for actor in [*actors.values(), *wide.values(), caller]:
+        for actor in [*actors.values(), *others.values(), caller]:
             ray.kill(actor)
 
 
-def _best_updates(caller, engines: dict, reps: int) -> dict[int, float]:
-    """Per engine key: best engine CPU + best hop of `reps` in-place updates, the engines
-    taken in turn (a shared machine's load hits all alike)."""
+def _update_times(caller, engines: dict, reps: int) -> dict:
+    """Per engine key: (the best engine CPU seconds, the median hop seconds) of `reps`
+    in-place updates, the engines taken in turn (a shared machine's load hits all alike;
+    the first round is a warm-up)."""
+    import statistics
+
     import ray
 
-    cpu = {k: float("inf") for k in engines}
-    hop = dict(cpu)
-    for _ in range(reps):
+    times: dict = {k: [] for k in engines}
+    for _ in range(reps + 1):
         for k, engine in engines.items():
-            c, h = ray.get(caller.update.remote(engine, k))
-            cpu[k], hop[k] = min(cpu[k], c), min(hop[k], h)
-    return {k: cpu[k] + hop[k] for k in engines}
+            times[k].append(ray.get(caller.update.remote(engine, k)))
+    return {k: (min(c for c, _ in t[1:]), statistics.median(h for _, h in t[1:]))
+            for k, t in times.items()}
 
 
-def nonneg_fit(rows: list[list[float]], ys: list[float]) -> list[float]:
+def nonneg_fit(rows: list[list[float]], ys: list[float], *, relative: bool = False
+               ) -> list[float]:
     """Least-squares coefficients >= 0 of ys ~ rows @ coef: the best fit over the
-    subsets of columns whose unconstrained fit is non-negative (few columns)."""
+    subsets of columns whose unconstrained fit is non-negative (few columns).
+    `relative`: minimise the relative errors (each row weighted 1 / y)."""
     import itertools
 
     import numpy as np
 
     x, y = np.asarray(rows, dtype=float), np.asarray(ys, dtype=float)
+    if relative:
+        x, y = x / y[:, None], np.ones_like(y)
     best, best_err = [0.0] * x.shape[1], float(np.sum(y * y))
     for k in range(1, x.shape[1] + 1):
         for cols in itertools.combinations(range(x.shape[1]), k):
@@ -334,8 +366,9 @@ def fit(shape: LayerShape, raw: dict[int, dict], batches: list[int], prefill_len
     call = nonneg_fit([[1.0, b, b * s] for b, s in pre], [v[1] for v in pre.values()])
     step = nonneg_fit([[1.0, b] for b, _ in dec], [v[1] for v in dec.values()])
     layer_pre = [[pre[(b, s)][0] for s in prefill_lens] for b in batches]
-    fixed, per_layer, per_byte = update_fit(
-        a.get("updates") or [(n, raw[n]["update_bytes"], raw[n]["update_s"]) for n in LAYERS])
+    updates = a["updates"]
+    fixed, per_layer, per_byte = update_fit([(n, b, load) for n, b, load, _ in updates])
+    hop_fixed, hop_layer, hop_byte = update_fit([(n, b, hop) for n, b, _, hop in updates])
     return VllmTables(
         layer=shape, num_layers=hi, vllm_version=b_.get("version", ""),
         prefill=LayerTable(layer=shape, batch=batches, seq=prefill_lens, fwd_s=layer_pre,
@@ -345,16 +378,19 @@ def fit(shape: LayerShape, raw: dict[int, dict], batches: list[int], prefill_len
         call_fixed_s=call[0], call_per_seq_s=call[1], call_per_token_s=call[2],
         step_fixed_s=step[0], step_per_seq_s=step[1],
         update_fixed_s=fixed, update_per_layer_s=per_layer,
-        update_bytes_per_s=1.0 / per_byte if per_byte > 0 else None)
+        update_bytes_per_s=1.0 / per_byte if per_byte > 0 else None,
+        hop_fixed_s=hop_fixed, hop_per_layer_s=hop_layer,
+        hop_bytes_per_s=1.0 / hop_byte if hop_byte > 0 else None)
 
 
 def update_fit(points: list[tuple[int, int, float]]) -> tuple[float, float, float]:
-    """(fixed s, s per layer, s per byte) >= 0 of in-place updates (layers, bytes, s):
-    least squares over all points; a per-layer term only with >= 3 points (two cannot
-    tell it from bytes)."""
+    """(fixed s, s per layer, s per byte) >= 0 of one part of in-place updates (layers,
+    bytes, s): relative least squares over all points; a per-layer term only with >= 3
+    points (two cannot tell it from bytes)."""
+    ys = [t for *_, t in points]
     if len(points) >= 3:
-        return tuple(nonneg_fit([[1.0, n, b] for n, b, _ in points], [t for *_, t in points]))
-    fixed, per_byte = nonneg_fit([[1.0, b] for _, b, _ in points], [t for *_, t in points])
+        return tuple(nonneg_fit([[1.0, n, b] for n, b, _ in points], ys, relative=True))
+    fixed, per_byte = nonneg_fit([[1.0, b] for _, b, _ in points], ys, relative=True)
     return fixed, 0.0, per_byte
 
 
