@@ -60,9 +60,10 @@ def refit_s(dev: Device, param_bytes: float, layers: int) -> float:
 
 
 def weight_hop_s(dev: Device, param_bytes: float, layers: int) -> float:
-    """The fresh weights' trip from the worker to its vLLM engine actor (Ray's object
-    store, pickled tensors each way) before `refit_s` loads them; 0 off vLLM (the native
-    engine's weights are already in place) and for profiles measured before the split."""
+    """The fresh weights' trip from the worker to its vLLM engine actor (pickled into
+    Ray's object store, unpickled by the actor, the reply back) before `refit_s` loads
+    them; 0 off vLLM (the native engine's weights are already in place) and for profiles
+    measured before the split (their update_* held both)."""
     t = _tables(dev)
     if t is None:
         return 0.0

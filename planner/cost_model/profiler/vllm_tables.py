@@ -35,12 +35,13 @@ reload, back) on the two models and on models half and twice as wide
 two terms, each fitted fixed + per layer + per byte over all of them (relative
 least squares: a small model's update counts as much as a large one's):
 - vLLM's own load (`refit`): the engine's CPU time, the best of the reps (as
-  above: an idle core's time); ~3 ms + ~4-5 ms per layer whatever its width (it
-  repacks every linear module);
+  above: an idle core's time); ~3.5 ms + ~4 ms per layer whatever its width (it
+  repacks every linear module) + bytes at ~2 GB/s;
 - the weights' trip (`weight_hop`): the worker's wall time besides the engine's,
   the median of the reps: a hand-off through three processes (the worker, Ray's
-  object store, the engine actor), whose best of 15 is a rare alignment of them,
-  ~7 ms + ~0.17 ms per tensor + bytes.
+  object store, the engine actor), whose best of 15 is a rare alignment of them;
+  ~5 ms + ~1.5 ms per layer (~0.17 ms per tensor) + bytes at 0.6-0.8 GB/s
+  (two quick profiles at load average 4.5-11.5, README "Generation backends").
 The narrow models keep the fit from extrapolating to layers narrower than any
 it measured (the tiny specs' hidden 64 against the reference's 128).
 """
