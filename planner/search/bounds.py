@@ -270,6 +270,10 @@ def loop_bound_s(p: Problem) -> float:
 # ------------------------------------------------------------------ memory cases
 
 
+FREE_CALLS_SPLIT_MAX = 3  # free calls split by where they sit (2^k ways)
+PAIRS_MAX = 2  # pairs of homes split three ways beside a free home (3^k ways)
+
+
 def _size(c: Candidate) -> int:
     return c.layout.world_size
 
@@ -296,6 +300,63 @@ def fits_beside(p: Problem, u: int, ou: Candidate, c: int, oc: Candidate) -> boo
     elif p.home[c] == u and (_size(oc), _split(oc)) != (_size(ou), _split(ou)):
         trans += oc.params_bytes
     return need + max(ou.work_bytes, trans) <= p.capacity_bytes
+
+
+def _beside_home(p: Problem, u: int, ou: Candidate, h: int,
+                 opts: dict[int, list[Candidate]]) -> list[dict[int, list[Candidate]]]:
+    """The ways the other calls may sit when u runs on `ou` and the home call h on one of
+    opts[h], none of which shares a device with v's mesh (module docstring, shared
+    devices): each a narrowing of `opts`; every plan of the case lies in one of them."""
+    n, cap = p.num_devices, p.capacity_bytes
+    size_h = min(_size(o) for o in opts[h])
+    states_h = min(o.states_bytes for o in opts[h])
+    base = ou.states_bytes + states_h
+    work = max(ou.work_bytes, min(o.work_bytes for o in opts[h]))
+
+    def res(c: int, o: Candidate) -> int:
+        return o.states_bytes if p.home[c] == c else 0
+
+    def big(o: Candidate) -> bool:  # shares a device with both u's mesh and h's
+        return _size(o) + size_h > n and _size(o) + _size(ou) > n and size_h + _size(ou) > n
+
+    out = dict(opts)
+    for c, options in opts.items():
+        if c not in (u, h):  # three meshes sharing a device (Helly): all three fit there
+            out[c] = [o for o in options
+                      if not big(o) or base + res(c, o) + max(work, o.work_bytes) <= cap]
+    homes = [c for c in out if c not in (u, h) and p.home[c] == c
+             and any(big(o) for o in out[c])]
+    ways = [out]
+    for c1, c2 in [(a, b) for k, a in enumerate(homes) for b in homes[k + 1:]][:PAIRS_MAX]:
+        split = []
+        for w in ways:
+            b1 = [o for o in w[c1] if big(o)]
+            b2 = [o for o in w[c2] if big(o)]
+            # c1 not on a big option; c1 big and c2 not; both big: each kept only beside
+            # some big option of the other (four meshes sharing a device).
+            split.append({**w, c1: [o for o in w[c1] if not big(o)]})
+            split.append({**w, c1: b1, c2: [o for o in w[c2] if not big(o)]})
+
+            def ok(c, o, d, od) -> bool:
+                return (_size(o) + _size(od) <= n or base + res(c, o) + res(d, od)
+                        + max(work, o.work_bytes, od.work_bytes) <= cap)
+
+            k2 = [o for o in b2 if any(ok(c2, o, c1, o1) for o1 in _classes(c1, b1, res))]
+            k1 = [o for o in b1 if any(ok(c1, o, c2, o2) for o2 in _classes(c2, k2, res))]
+            split.append({**w, c1: k1, c2: k2})
+        ways = split
+    return [w for w in ways if all(w.values())]
+
+
+def _classes(c: int, options: list[Candidate], res) -> list[Candidate]:
+    """One option per (size, resident bytes), the one with the least working memory: what
+    a fit check beside it reads (a smaller one fits wherever a larger one does)."""
+    best: dict[tuple[int, int], Candidate] = {}
+    for o in options:
+        key = (_size(o), res(c, o))
+        if key not in best or o.work_bytes < best[key].work_bytes:
+            best[key] = o
+    return list(best.values())
 
 
 def _restricted(p: Problem, kept: list[list[Candidate]]) -> Problem:
@@ -334,14 +395,50 @@ def _case_s(p: Problem, v: int, u: int, lag: int, ou: Candidate, desc: list[set[
         return float("inf")  # no plan puts u on ou
     q = _restricted(p, kept)
     between = span_s(q, v, u, 0.0, 0.0, desc)
-    others_ds = sum(q.min_device_s[c] for c in range(p.n) if c not in (u, v))
+    inside = [c for c in range(p.n) if c not in (u, v) and c in desc[v] and u in desc[c]]
+    free = [c for c in range(p.n) if c not in (u, v) and c not in inside]
     n, n_u, t_u, s_u = p.num_devices, _size(ou), ou.time_s, _split(ou)
+    by_size: dict[int, list[tuple[float, float]]] = {}
+
+    def variants(n_v: int) -> list[tuple[float, float]]:
+        """(least T', other calls' least device-seconds) per way the free calls sit
+        (module docstring, shared devices)."""
+        if n_v in by_size:
+            return by_size[n_v]
+        out = []
+        triple = lag == 1 and n_u + n_v > n and len(free) <= FREE_CALLS_SPLIT_MAX
+        subsets = range(1 << len(free)) if triple else [0]
+        for mask in subsets:
+            opts = {c: kept[c] for c in range(p.n)}
+            for k, c in enumerate(free):
+                if triple:
+                    on = bool(mask >> k & 1)
+                    opts[c] = [o for o in kept[c]
+                               if (_size(o) + n_u > n and _size(o) + n_v > n) == on]
+            if any(not opts[c] for c in free):
+                continue
+            ways = [opts]
+            for k, c in enumerate(free):
+                if triple and not mask >> k & 1 and p.home[c] == c:
+                    ways = [x for w in ways for x in _beside_home(p, u, ou, c, w)]
+            for w in ways:
+                r = _restricted(p, [w[c] for c in range(p.n)])
+                gap = span_s(r, v, u, 0.0, 0.0, desc)
+                if mask:
+                    gap = max(gap, window_s(r, inside + [c for k, c in enumerate(free)
+                                                         if mask >> k & 1]))
+                out.append((gap, sum(r.min_device_s[c] for c in range(p.n) if c not in (u, v))))
+        by_size[n_v] = out
+        return out
 
     def length_s(ov: Candidate, r: float) -> float:
         # u and v run once per period; the realloc busies v's devices and u's (senders).
         n_v = _size(ov)
-        work = n_u * t_u + n_v * (ov.time_s + r) + max(0, n_u - n_v) * r + others_ds
-        return max((t_u + r + ov.time_s + between) / lag, work / n)
+        best_ = float("inf")
+        for gap, others_ds in variants(n_v):
+            work = n_u * t_u + n_v * (ov.time_s + r) + max(0, n_u - n_v) * r + others_ds
+            best_ = min(best_, max((t_u + r + ov.time_s + gap) / lag, work / n))
+        return best_
 
     best = stop_s
     # Best first by the length without the realloc (a floor of it: the realloc is >= 0).
