@@ -215,3 +215,69 @@ def test_memory_cases_hold_on_brute_forced_memory_tight_spaces():
         assert bound <= min(periods) * (1 + 1e-12), (seed, bound, min(periods))
         raised += bound > base * (1 + 1e-9)
     assert raised >= 3
+
+
+FREE_SEEDS = 24  # tools: raise it for a longer check
+
+
+def test_free_home_cases_hold_on_brute_forced_memory_tight_spaces(monkeypatch):
+    """The memory cases split by where a free home call sits (a critic's training that
+    waits for nothing of the next iteration): sharing a device with the train call and
+    generation (then it runs in the time they leave: the window counts it), or beside
+    generation (then every mesh that must meet it and the train call holds both homes,
+    and two homes that must meet them and each other hold all four). Never above the best
+    plan of random memory-tight spaces (every listed assignment simulated), and above the
+    cases without the split on some of them."""
+    import random
+
+    from planner.search.scenarios import call, spec_of, TINY_MODELS
+
+    spec = spec_of([
+        call("actor_gen", "actor", "generate", ["prompts"], ["seqs"]),
+        call("ref_inf", "ref", "inference", ["seqs"], ["ref_logp"]),
+        call("reward_inf", "reward", "inference", ["seqs"], ["rewards"]),
+        call("actor_train", "actor", "train", ["seqs", "ref_logp", "rewards"], [],
+             minibatches=2),
+        call("critic_train", "critic", "train", ["seqs", "rewards"], [], minibatches=2),
+    ], {"actor": TINY_MODELS["actor"], "ref": TINY_MODELS["ref"],
+        "critic": TINY_MODELS["critic"], "reward": {"arch": "tiny-llama", "head": "reward"}},
+        gpn=4, memory_gib=80)
+    spec.cluster.hardware = "h100-sxm"
+    every = [(lo, lo + n) for n in (1, 2, 4) for lo in range(0, 4, n)]
+    raised = checked = 0
+    for seed in range(FREE_SEEDS):
+        rng = random.Random(1000 + seed)
+
+        def opts(meshes, base_s, states, work, frozen):
+            out = []
+            for lo, hi in meshes:
+                n = hi - lo
+                s = rng.uniform(*states)
+                out.append(_mem_c(lo, hi, base_s / n ** rng.uniform(0.7, 1.0), s,
+                                  rng.uniform(*work), s if frozen else s / 3))
+            return out
+
+        lists = {"actor_gen": opts([(0, 4), (0, 2), (2, 4), (1, 2)], 8.0,
+                                   (5, 10), (5, 15), True),
+                 "ref_inf": opts(every, 2.0, (5, 35), (2, 10), True),
+                 "reward_inf": opts(every, 1.0, (5, 30), (2, 10), True),
+                 "actor_train": opts([(0, 4)], 4.0, (10, 25), (5, 20), False),
+                 "critic_train": opts([(0, 4), (0, 2), (2, 4), (3, 4), (0, 1)], 6.0,
+                                      (5, 25), (2, 10), False)}
+        p = hand_problem(spec, lists)
+        _as_whole_space(p)
+        p.options = [list(c) for c in p.candidates]
+        sim = Simulator(p)
+        periods = [sim.period(a) for a in itertools.product(*[range(len(c))
+                                                             for c in p.candidates])
+                   if sim.feasible(a)]
+        if not periods:
+            continue
+        checked += 1
+        bound = bounds.full_space_bound_s(p)
+        assert bound <= min(periods) * (1 + 1e-12), (seed, bound, min(periods))
+        monkeypatch.setattr(bounds, "FREE_CALLS_SPLIT_MAX", -1)  # the cases without it
+        before = bounds.full_space_bound_s(p)
+        monkeypatch.undo()
+        raised += bound > before * (1 + 1e-9)
+    assert checked >= FREE_SEEDS // 2 and raised >= 2, (checked, raised)

@@ -275,7 +275,7 @@ PAIRS_MAX = 2  # pairs of homes split three ways beside a free home (3^k ways)
 
 
 def _size(c: Candidate) -> int:
-    return c.layout.world_size
+    return len(c.layout.device_ids)
 
 
 def _split(c: Candidate) -> tuple[int, int, int]:
@@ -322,8 +322,9 @@ def _beside_home(p: Problem, u: int, ou: Candidate, h: int,
     out = dict(opts)
     for c, options in opts.items():
         if c not in (u, h):  # three meshes sharing a device (Helly): all three fit there
-            out[c] = [o for o in options
-                      if not big(o) or base + res(c, o) + max(work, o.work_bytes) <= cap]
+            fit = [o for o in options
+                   if not big(o) or base + res(c, o) + max(work, o.work_bytes) <= cap]
+            out[c] = options if len(fit) == len(options) else fit  # same list: same minima
     homes = [c for c in out if c not in (u, h) and p.home[c] == c
              and any(big(o) for o in out[c])]
     ways = [out]
@@ -359,15 +360,24 @@ def _classes(c: int, options: list[Candidate], res) -> list[Candidate]:
     return list(best.values())
 
 
-def _restricted(p: Problem, kept: list[list[Candidate]]) -> Problem:
+def _restricted(p: Problem, kept: list[list[Candidate]], base: Problem | None = None,
+                base_kept: list[list[Candidate]] | None = None) -> Problem:
     """A view of p whose per-call minima (time, device-seconds, time-work frontier) come
-    from the options in `kept` only (what span_s and window_s read)."""
+    from the options in `kept` only (what span_s and window_s read); calls whose list is
+    the very list of `base_kept` take `base`'s minima (a narrowing re-reads the rest)."""
     q = Problem.__new__(Problem)
     q.__dict__.update(p.__dict__)
-    q.min_time_s = [min(c.time_s for c in k) for k in kept]
-    q.min_device_s = [min(c.time_s * _size(c) for c in k) for k in kept]
-    q.time_work = [time_work_frontier([(c.time_s, c.time_s * _size(c)) for c in k])
-                   for k in kept]
+    q.min_time_s, q.min_device_s, q.time_work = [], [], []
+    for c, k in enumerate(kept):
+        if base is not None and base_kept is not None and k is base_kept[c]:
+            q.min_time_s.append(base.min_time_s[c])
+            q.min_device_s.append(base.min_device_s[c])
+            q.time_work.append(base.time_work[c])
+            continue
+        pts = [(o.time_s, o.time_s * _size(o)) for o in k]
+        q.min_time_s.append(min(t for t, _ in pts))
+        q.min_device_s.append(min(w for _, w in pts))
+        q.time_work.append(time_work_frontier(pts))
     return q
 
 
@@ -422,7 +432,7 @@ def _case_s(p: Problem, v: int, u: int, lag: int, ou: Candidate, desc: list[set[
                 if triple and not mask >> k & 1 and p.home[c] == c:
                     ways = [x for w in ways for x in _beside_home(p, u, ou, c, w)]
             for w in ways:
-                r = _restricted(p, [w[c] for c in range(p.n)])
+                r = _restricted(p, [w[c] for c in range(p.n)], q, kept)
                 gap = span_s(r, v, u, 0.0, 0.0, desc)
                 if mask:
                     gap = max(gap, window_s(r, inside + [c for k, c in enumerate(free)
