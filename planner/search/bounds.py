@@ -49,6 +49,39 @@ t(c, s) = least time of c with the (tp, pp) split s.
   specs: a train option fast enough fills every device with 14.4 GiB of states, so the
   reference's fastest layout, 64.2 GiB of parameters per device, cannot sit beside it,
   and the critic's training must take devices from generation or the cycle).
+* shared devices (inside a memory case, lag 1, u's mesh and v's sharing a device: sizes
+  adding past N): each *free* call c (neither u, v nor between them) either takes an
+  option that meets both meshes (its size plus each of theirs past N) or one that does
+  not; the case's bound is the least over these ways (2^k for k free calls, k <=
+  FREE_CALLS_SPLIT_MAX; otherwise no split):
+  - meeting both: contiguous ranges that pairwise intersect share a point (Helly, in one
+    dimension), so one device d lies in u's, v's and c's meshes. In [end(u, k),
+    end(u, k+1)) d runs u(k+1), v(k+1) and the realloc between them (d is among its
+    receivers; the simulator runs it as v's prologue), one after the
+    other, and no call straddles either end (u holds d just before each); so that
+    interval is t_u + r + t_v + T', T' the rest of it, with T' >= the span between v
+    and u. Over the m intervals of a steady state that repeats every m iterations (m P
+    in all) c runs m times on d, each time inside some T' (it cannot overlap u, v or the
+    realloc there), and every call between v and u runs once per interval inside
+    [end(v), start(u)], also inside T'. Their device-seconds fit on N devices within the
+    T's: the average T' >= (their least device-seconds) / N, which replaces the span
+    when larger (a per-interval window could count c twice in one interval and never in
+    the next, so only the sum, which is linear, is used);
+  - not meeting both: when c is a home (its states stay on its mesh), c sits on at least
+    the least size of those options with at least their least states and working
+    memory. Any option of another call that must meet u's mesh and c's (sizes past N;
+    when u's and c's must meet too) shares one device with both (Helly): u's states,
+    c's, its own when it is a home, and the largest of the three working memories must
+    fit there, or the option is dropped. For two such homes c1, c2 the plans split three
+    ways: c1 on an option that need not meet u and c; c1 meeting them and c2 not; both
+    meeting them, where an option of one is kept only if some option of the other either
+    need not meet it (sizes within N) or fits with it on the device all four share.
+  Narrowed lists only raise least times, windows and device-seconds, so each way's
+  length (as above) is a bound for the plans in it. E.g. 128 GPUs: a critic training
+  beside a 120-GPU generation holds at least 12.3 GiB of states on its 8 devices, so
+  beside the actor's fastest train option (14.4 GiB of states, 20.1 GiB working) the
+  reference's two fastest layouts (32.1 and 64.2 GiB of parameters) do not fit, and a
+  critic training that meets generation runs in the window.
 
 Scope: the minima come from the priced mesh shapes. Up to
 meshes.EVERY_NODE_COUNT_MAX_NODES nodes (or with --every-node-count) those are every
@@ -434,9 +467,9 @@ def _case_s(p: Problem, v: int, u: int, lag: int, ou: Candidate, desc: list[set[
             for w in ways:
                 r = _restricted(p, [w[c] for c in range(p.n)], q, kept)
                 gap = span_s(r, v, u, 0.0, 0.0, desc)
-                if mask:
-                    gap = max(gap, window_s(r, inside + [c for k, c in enumerate(free)
-                                                         if mask >> k & 1]))
+                if mask:  # device-seconds, not window_s: it must hold on average
+                    gap = max(gap, sum(r.min_device_s[c] for c in inside + [
+                        c for k, c in enumerate(free) if mask >> k & 1]) / n)
                 out.append((gap, sum(r.min_device_s[c] for c in range(p.n) if c not in (u, v))))
         by_size[n_v] = out
         return out
