@@ -248,21 +248,21 @@ def test_free_home_cases_hold_on_brute_forced_memory_tight_spaces(monkeypatch):
     for seed in range(FREE_SEEDS):
         rng = random.Random(1000 + seed)
 
-        def opts(meshes, base_s, states, work, frozen):
+        def opts(meshes, base_s, states, work, frozen, scaling=(0.7, 1.0)):
             out = []
             for lo, hi in meshes:
                 n = hi - lo
                 s = rng.uniform(*states)
-                out.append(_mem_c(lo, hi, base_s / n ** rng.uniform(0.7, 1.0), s,
+                out.append(_mem_c(lo, hi, base_s / n ** rng.uniform(*scaling), s,
                                   rng.uniform(*work), s if frozen else s / 3))
             return out
 
         lists = {"actor_gen": opts([(0, 4), (0, 2), (2, 4), (1, 2)], 8.0,
-                                   (5, 10), (5, 15), True),
+                                   (5, 10), (5, 15), True, (0.0, 0.2)),
                  "ref_inf": opts(every, 2.0, (5, 35), (2, 10), True),
                  "reward_inf": opts(every, 1.0, (5, 30), (2, 10), True),
                  "actor_train": opts([(0, 4)], 4.0, (10, 25), (5, 20), False),
-                 "critic_train": opts([(0, 4), (0, 2), (2, 4), (3, 4), (0, 1)], 6.0,
+                 "critic_train": opts([(0, 4), (0, 2), (2, 4), (3, 4), (0, 1)], 2.0,
                                       (5, 25), (2, 10), False)}
         p = hand_problem(spec, lists)
         _as_whole_space(p)
