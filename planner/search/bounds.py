@@ -474,19 +474,24 @@ def _case_s(p: Problem, v: int, u: int, lag: int, ou: Candidate, desc: list[set[
         by_size[n_v] = out
         return out
 
-    def length_s(ov: Candidate, r: float) -> float:
+    others_all = sum(q.min_device_s[c] for c in range(p.n) if c not in (u, v))
+
+    def length_s(ov: Candidate, r: float, split: bool = True) -> float:
         # u and v run once per period; the realloc busies v's devices and u's (senders).
+        # split=False: the case without the ways of the free calls, a floor of it (each
+        # way narrows the lists: no shorter span, no fewer device-seconds).
         n_v = _size(ov)
         best_ = float("inf")
-        for gap, others_ds in variants(n_v):
+        for gap, others_ds in variants(n_v) if split else [(between, others_all)]:
             work = n_u * t_u + n_v * (ov.time_s + r) + max(0, n_u - n_v) * r + others_ds
             best_ = min(best_, max((t_u + r + ov.time_s + gap) / lag, work / n))
         return best_
 
     best = stop_s
-    # Best first by the length without the realloc (a floor of it: the realloc is >= 0).
-    for free_s, _, ov in sorted((length_s(ov, 0.0), k, ov) for k, ov in enumerate(kept[v])):
-        if free_s >= best:
+    # Best first by a floor (no realloc, no split: both only lengthen it).
+    for floor_s, _, ov in sorted((length_s(ov, 0.0, False), k, ov)
+                                 for k, ov in enumerate(kept[v])):
+        if floor_s >= best:
             break
         best = min(best, length_s(ov, realloc_floor_s(p, v, s_u, (ov.layout.tp, ov.layout.pp))))
     return best
