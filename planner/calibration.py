@@ -92,7 +92,7 @@ def load_run(run_dir: str | Path, profile: HardwareProfile, profile_path: str,
     spec_hash = _field(record, "spec_hash", d / "run.json", str)
     prof = _field(record, "profile", d / "run.json", dict)
     ident = _field(prof, "identity", d / "run.json", str)
-    if ident != profile.identity():
+    if ident not in (profile.identity(), profile.legacy_identity()):
         raise CalibrateError(
             f"{d / 'run.json'} profile.identity: the run was priced with profile "
             f"'{prof.get('name')}' ({ident[:19]}...), not {profile_path} "
@@ -145,6 +145,7 @@ def _read_trace(run: Run, path: Path, skip: int) -> None:
     reallocs: dict[tuple[str, int], list] = {}  # (call, iteration) -> [start, end, bytes]
     device_ends: dict[int, list[float]] = {}    # device -> ends of all its slices
     names = {c.name for c in run.spec.calls}
+    devices = set(range(run.plan.cluster.num_devices))
     try:
         for e in events:
             if e.get("ph") != "X":
@@ -152,6 +153,10 @@ def _read_trace(run: Run, path: Path, skip: int) -> None:
             args = e["args"]
             it, t0, t1 = int(args["iteration"]), e["ts"] * 1e-6, (e["ts"] + e["dur"]) * 1e-6
             device = int(args["gpu"])
+            if e["dur"] < 0 or device not in devices:
+                raise ValueError(f"event {e.get('name')!r}: dur {e['dur']} (expected >= 0), "
+                                 f"gpu {device} (expected a device of the plan, 0-"
+                                 f"{max(devices)})")
             if args["kind"] == "call" and e["name"] in names:
                 box = calls.setdefault((e["name"], it), [t0, t1, set()])
                 box[2].add(device)
@@ -163,8 +168,8 @@ def _read_trace(run: Run, path: Path, skip: int) -> None:
             box[0], box[1] = min(box[0], t0), max(box[1], t1)
             device_ends.setdefault(device, []).append(t1)
     except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise CalibrateError(f"{path} traceEvents: not a runtime trace ({err!r} missing or "
-                             "malformed)") from None
+        why = str(err) if isinstance(err, ValueError) else f"{err!r} missing or malformed"
+        raise CalibrateError(f"{path} traceEvents: not a runtime trace ({why})") from None
     g = build_graph(run.spec)
     run.host_fed = {v for u, v, a in g.edges(data=True)
                     if any("->" in k for k in a.get("data_keys", ()))}
@@ -266,7 +271,7 @@ def fit(profile: HardwareProfile, runs: list[Run]) -> HardwareProfile:
     for run in runs:
         rows, _, _ = call_rows(run, base)
         for r in rows:
-            if r.device_s > 0:
+            if r.device_s > 0 and r.span_s > 0:
                 ratios.setdefault((r.kind, r.num_devices), []).append(r.span_s / r.device_s)
             if r.gap_s is None:
                 continue
@@ -283,6 +288,11 @@ def fit(profile: HardwareProfile, runs: list[Run]) -> HardwareProfile:
     corrections = [CallCorrection(call_type=k, num_devices=n, scale=statistics.median(v),
                                   samples=len(v))
                    for (k, n), v in sorted(ratios.items())]
+    # Kinds and sizes these runs did not measure keep the fit they had (a re-calibration
+    # on 1-device runs must not drop what 2-device runs taught).
+    corrections += [c for c in profile.corrections
+                    if (c.call_type, c.num_devices) not in ratios]
+    corrections.sort(key=lambda c: (c.call_type, c.num_devices))
     names = ", ".join(r.path.name for r in runs)
     source = (f"{rt.source + '; ' if rt.source else ''}planner calibrate from runs {names}: "
               f"call_launch_s from {len(launch)} call gaps, host_function_s_per_seq from "

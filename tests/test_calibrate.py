@@ -155,3 +155,41 @@ def test_runtime_terms_are_named_in_the_breakdown():
     none = realloc_cost(model.architecture, model.head, parse_layout("0-3:d4"),
                         parse_layout("0-1:d2"), prof, gpus_per_node=4)
     assert none.total_bytes == 0 and none.time_s == 0.0
+
+
+def test_malformed_trace_events_exit_2(recorded, tmp_path, capsys):
+    """A negative duration or a device the plan does not have is a broken trace."""
+    run, prof_path = recorded
+    for field, value, expected in (("dur", -5, "dur -5"), ("gpu", 99, "gpu 99")):
+        bad = tmp_path / f"bad-{field}"
+        shutil.copytree(run, bad)
+        doc = json.loads((bad / "trace.json").read_text())
+        x = next(e for e in doc["traceEvents"] if e.get("ph") == "X")
+        if field == "dur":
+            x["dur"] = value
+        else:
+            x["args"]["gpu"] = value
+        (bad / "trace.json").write_text(json.dumps(doc))
+        _one_line_exit_2(["calibrate", str(bad), "--profile", str(prof_path), "-o",
+                          str(tmp_path / "o.json")], capsys, "trace.json traceEvents", expected)
+
+
+def test_recalibration_keeps_sizes_the_new_runs_did_not_measure(recorded, tmp_path, capsys):
+    """A profile calibrated before carries a fit for a layout size these runs lack: it
+    stays (and is named), the sizes they measure are fitted again."""
+    from planner.cost_model.profile import CallCorrection
+
+    run, prof_path = recorded
+    base = load_profile(prof_path)
+    old = CallCorrection(call_type="train", num_devices=8, scale=3.0, samples=2)
+    # the run was priced with prof_path; the same profile plus an earlier fit prices the
+    # same plan differently, so record the run again under it
+    withfit = write_profile(base.model_copy(update={"corrections": [old]}),
+                            tmp_path / "withfit.json")
+    run2 = _make_run(tmp_path, withfit)
+    out = tmp_path / "re.json"
+    assert main(["calibrate", str(run2), "--profile", str(withfit), "-o", str(out)]) == 0
+    assert "kept from the input profile" in capsys.readouterr().out
+    fits = {(c.call_type, c.num_devices): c for c in load_profile(out).corrections}
+    assert fits[("train", 8)] == old
+    assert fits[("train", 4)].scale == pytest.approx(SCALE, rel=1e-3)

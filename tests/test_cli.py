@@ -88,3 +88,13 @@ def test_search_writes_the_named_baseline(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert "--baseline split: only with --method baseline" in r.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_named_split_baseline_under_staleness_is_its_async_variant(tmp_path):
+    spec = tmp_path / "k1.yaml"
+    spec.write_text((ROOT / "specs" / "tiny-grpo-cpu.yaml").read_text() + "max_staleness: 1\n")
+    out = tmp_path / "p.json"
+    r = planner("search", str(spec), "-o", str(out), "--method", "baseline", "--baseline",
+                "split")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text())["calls"]

@@ -98,3 +98,15 @@ def test_identity_ignores_fields_at_their_defaults():
     changed = p.model_copy(update={"overheads": p.overheads.model_copy(
         update={"optimizer_tensor_s": 1e-5})})
     assert changed.identity() != p.identity()
+
+
+def test_legacy_identity_matches_what_earlier_versions_recorded():
+    """tests/data/profile_c534f85.json is a measured profile written at c534f85, whose
+    code recorded this identity in plans and run directories; today's code must still
+    recognise it (planner calibrate accepts either)."""
+    from pathlib import Path
+
+    p = load_profile(Path(__file__).parent / "data" / "profile_c534f85.json")
+    assert p.legacy_identity() == (
+        "sha256:c052ea2265944f94609c056b5777fa23084d183de60ce0012ec70df123d8098a")
+    assert p.identity() != p.legacy_identity()

@@ -97,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
                   f"{rt.realloc_fixed_s * 1e3:.2f} ms, corrections " + ", ".join(
                       f"{c.call_type}/{c.num_devices} x{c.scale:.2f}"
                       for c in calibrated.corrections), highlight=False)
+    kept = [c for c in calibrated.corrections if c in profile.corrections]
+    if kept:
+        console.print("kept from the input profile (not measured in these runs): " + ", ".join(
+            f"{c.call_type}/{c.num_devices}" for c in kept), highlight=False)
     try:
         write_profile(calibrated, out)
     except OSError as err:

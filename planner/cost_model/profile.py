@@ -117,6 +117,8 @@ def _check_grid(name: str, xs: list, ys: list, values: list[list[float]]) -> Non
             raise ValueError(f"{name}: empty {axis_name} axis")
         if any(b <= a for a, b in zip(axis, axis[1:])):
             raise ValueError(f"{name}: {axis_name} axis must be strictly increasing, got {axis}")
+        if axis[0] <= 0:  # tables are interpolated in log space
+            raise ValueError(f"{name}: {axis_name} axis must be positive, got {axis}")
     if len(values) != len(xs) or any(len(row) != len(ys) for row in values):
         raise ValueError(f"{name}: values must be a {len(xs)} x {len(ys)} grid")
     if any(v <= 0 for row in values for v in row):
@@ -303,6 +305,15 @@ class MeasuredTables(_Frozen):
     memory_bytes_per_s: float | None = Field(None, gt=0, description="Measured copy bandwidth.")
 
 
+# Fields (at their zero defaults) that profiles written before identity() changed did
+# not have; legacy_identity() leaves them out to reproduce the old hash.
+_FIELDS_ADDED_SINCE_LEGACY_IDENTITY = (
+    ("overheads", "optimizer_tensor_s"),
+    ("measured", "vllm", "hop_fixed_s"),
+    ("measured", "vllm", "hop_per_layer_s"),
+)
+
+
 class HardwareProfile(_Frozen):
     """One device kind and its links. See planner/cost_model/README.md for sources."""
 
@@ -390,6 +401,22 @@ class HardwareProfile(_Frozen):
         canon = json.dumps(self.model_dump(mode="json", exclude_none=True,
                                            exclude_defaults=True), sort_keys=True)
         return "sha256:" + hashlib.sha256(canon.encode()).hexdigest()
+
+    def legacy_identity(self) -> str:
+        """The identity FlowPlan recorded before identity() left defaults out (up to
+        c534f85: sha256 of to_json()), for the fields that version knew: run directories
+        and plans written then still calibrate against the same profile file."""
+        import hashlib
+
+        doc = self.model_dump(mode="json", exclude_none=True)
+        for path in _FIELDS_ADDED_SINCE_LEGACY_IDENTITY:
+            parent = doc
+            for key in path[:-1]:
+                parent = parent.get(key) if isinstance(parent, dict) else None
+            if isinstance(parent, dict) and parent.get(path[-1]) == 0.0:
+                del parent[path[-1]]
+        text = json.dumps(doc, indent=1) + "\n"
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json", exclude_none=True), indent=1) + "\n"

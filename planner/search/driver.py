@@ -18,6 +18,7 @@ takes that many steps, CP-SAT runs one worker on a deterministic time limit).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,7 +148,9 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
     if progress:
         progress("candidates", 0.0, None)
     extra = {} if memory_choices else {"memory_choices": (PLAIN,)}
-    with time_budget(time_limit_s, t0):  # pricing and baselines grow with the cluster
+    # A --steps run is deterministic: no clock cuts it (pricing and baselines included).
+    budget_s = math.inf if steps is not None else time_limit_s
+    with time_budget(budget_s, t0):  # pricing and baselines grow with the cluster
         p = problem or build_problem(spec, spec_path, top_k=top_k,
                                      every_node_count=every_node_count, **extra)
         t_priced = time.perf_counter()
@@ -158,7 +161,8 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
             progress("baselines", 0.0, None)
         # The split baseline stops trying cuts past half the budget (pricing included); a
         # deterministic run (steps=) tries every cut so its answer does not depend on load.
-        soft = None if steps is not None else t0 + 0.5 * time_limit_s
+        # A named baseline is what the user asked for: every cut, whatever the load.
+        soft = None if steps is not None or baseline else t0 + 0.5 * time_limit_s
         try:
             baselines = all_baselines(p, sim, soft)
         except SearchTimeError:  # the search goes on from every call's fastest candidate
@@ -169,7 +173,12 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
     t_baselines = time.perf_counter()
     known = [b for b in baselines if b.assignment is not None]
     if baseline is not None:
-        named = next(b for b in baselines if b.name == baseline)
+        # Under max_staleness K > 0 the split baseline is its async variant.
+        named = next((b for b in baselines if b.name in (baseline, f"async-{baseline}")), None)
+        if named is None:
+            raise UserError(f"--baseline {baseline}: not computed ("
+                            + ("; ".join(cut) or "no baseline of that name for this spec")
+                            + "); raise --time-limit or use --steps")
         if named.assignment is None:
             raise NoPlanFitsError(f"baseline {baseline}: {named.note or 'no plan of it fits'}")
         known = [named]
