@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import subprocess
+from dataclasses import replace
 import sys
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from planner.search.problem import build_problem
 from planner.search.scenarios import (cand, hand_problem, spec_of, call, TINY_MODELS,
                                       tiny_parallel_spec)
 from planner.search.simulator import Simulator
-from planner.search.staleness import search_staleness
+from planner.search.staleness import _bounded_within_k, search_staleness
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))
@@ -161,7 +162,9 @@ def test_staleness_search_table_and_plan():
     k0, k1 = res.per_k
     assert k0.problem.staleness == 0 and k1.problem.staleness == 1
     assert k1.exact_period_s < k0.exact_period_s
-    assert res.chosen is k1
+    assert res.chosen.problem.staleness == 1 and res.chosen.assignment == k1.assignment
+    # hand-made lists: no K has a bound, so the written plan claims none
+    assert res.chosen.lower_bound_s is None and res.chosen.plan.provenance.lower_bound_s is None
     plan = res.chosen.plan
     assert plan.max_staleness == 1 and plan.spec_hash == spec.spec_hash()
     gens = [e for e in plan.timeline if e.kind == "call" and e.args.get("type") == "generate"]
@@ -170,6 +173,21 @@ def test_staleness_search_table_and_plan():
     assert any(e.args["staleness"] == 1 for e in gens)  # it does run ahead
     names = {b.name for b in k1.baselines}
     assert "async-split" in names and "split" in {b.name for b in k0.baselines}
+
+
+def test_written_bound_is_the_least_per_k_bound():
+    """The plan is the best within max_staleness, so its bound must cover every K: the
+    least per-K bound, not the chosen K's own (which says nothing about other K)."""
+    p = _hand_async_problem(1)
+    res = search_staleness(p.spec, problem=p, steps=50, method="mcmc", time_limit_s=5)
+    k0, k1 = (replace(o, lower_bound_s=b, bound_scope="s")
+              for o, b in zip(res.per_k, (0.5, 0.25)))
+    for chosen in (k0, k1):
+        out = _bounded_within_k(chosen, [k0, k1])
+        assert out.lower_bound_s == 0.25 == out.plan.provenance.lower_bound_s
+        assert out.bound_scope.startswith("every legal plan within max_staleness 1")
+        assert out.assignment == chosen.assignment
+    assert _bounded_within_k(k0, [k0, replace(k1, lower_bound_s=None)]).lower_bound_s is None
 
 
 def test_async_baseline_not_slower_than_its_synchronous_split():

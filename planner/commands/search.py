@@ -135,7 +135,7 @@ def staleness_table(res: StalenessOutcome) -> Table:
     sync_s = res.synchronous.exact_period_s
     for k, out in enumerate(res.per_k):
         base = out.best_baseline
-        mark = "[bold]" if out is res.chosen else ""
+        mark = "[bold]" if k == res.chosen.problem.staleness else ""
         t.add_row(f"{mark}{k}", f"{out.exact_period_s:.3f}", f"{sync_s / out.exact_period_s:.2f}x",
                   f"{base[0]} {base[1]:.3f}" if base else "-",
                   f"{base[1] / out.exact_period_s:.2f}x" if base else "-",

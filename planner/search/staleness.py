@@ -14,7 +14,7 @@ baseline becomes the async one: baselines.split).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from planner.cost_model.memory import PLAIN
@@ -54,4 +54,28 @@ def search_staleness(spec: Spec, *, spec_path: str | Path | None = None,
         per_k.append(search(spec, spec_path=spec_path, problem=p.with_staleness(k),
                             time_limit_s=share, progress=stage, **kwargs))
     chosen = min(per_k, key=lambda o: (o.exact_period_s, o.problem.staleness))
-    return StalenessOutcome(per_k, chosen)
+    return StalenessOutcome(per_k, _bounded_within_k(chosen, per_k))
+
+
+def _bounded_within_k(chosen: SearchOutcome, per_k: list[SearchOutcome]) -> SearchOutcome:
+    """The chosen outcome with the bound that covers what it was chosen from: every legal
+    plan of every staleness 0..K is the minimum of the per-K bounds (one K's bound says
+    nothing about plans of another K); none if some K has none."""
+    bounds = [o.lower_bound_s for o in per_k]
+    top = len(per_k) - 1
+    if any(b is None for b in bounds):
+        bound, scope = None, ""
+    else:
+        bound = min(bounds)  # type: ignore[type-var]
+        scopes = "; ".join(dict.fromkeys(o.bound_scope for o in per_k))
+        scope = (f"every legal plan within max_staleness {top}: the least of the "
+                 f"K=0..{top} bounds, each {scopes}")
+    line = (f"lower bound within max_staleness {top}: {bound:.3f} s (min of the per-K bounds "
+            + ", ".join(f"K={k} {b:.3f} s" for k, b in enumerate(bounds)) + ")"
+            if bound is not None else
+            f"no lower bound within max_staleness {top}: some K has none")
+    notes = [*chosen.notes, line]
+    prov = chosen.plan.provenance
+    plan = chosen.plan if prov is None else chosen.plan.model_copy(update={
+        "provenance": prov.model_copy(update={"lower_bound_s": bound, "notes": notes})})
+    return replace(chosen, lower_bound_s=bound, bound_scope=scope, notes=notes, plan=plan)
