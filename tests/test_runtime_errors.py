@@ -225,3 +225,24 @@ def test_bench_async_best_order_runs_the_reference_before_the_next_generation(tm
     split = bench.parse_alloc(bench.LAYOUTS[2])
     assert (load_plan(bench.best_order_plan(k1, split, tmp_path / "s.json")).calls
             == load_plan(manual_plan(k1, split, tmp_path / "s2.json")).calls)
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--profile", "h100-sxm"], "--profile h100-sxm: a gpu profile"),
+    (["--arch", "llama2-7b"], "--arch llama2-7b: 6738M parameters"),
+    (["--prompt-len", "200", "--gen-len", "100"], "--gen-len 100: --prompt-len + --gen-len = 300"),
+    (["--batches", "8,4096"], "--batches '8,4096': expected comma separated integers 1..1024"),
+    (["--reps", "0"], "--reps 0: expected a positive integer"),
+])
+def test_bench_engine_fidelity_bad_flags(capsys, flags, expected):
+    """tools/bench_engine_fidelity.py: one line naming the bad flag, exit 2, before building
+    an engine (a GPU profile, a 7B arch or positions past max_positions ran or crashed)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_engine_fidelity",
+                                                  ROOT / "tools" / "bench_engine_fidelity.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--profile", "cpu", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0]

@@ -5,7 +5,7 @@
 Runs the runtime's engine on one CPU device, in this process (no Ray, no
 driver, no other device): a generate call (sampled and greedy), an inference
 call (log-probs and values) and a train call (PPO actor loss, Adam), each at a
-few batch sizes, and prints the median measured time beside the estimate's
+few batch sizes, and prints the fastest of --reps measured times beside the estimate's
 device terms (the runtime's own terms, launch and hand-off, left out: this
 bench checks what the profile says a device does, not what Ray adds).
 The estimate uses the profile as written (corrections included if any).
@@ -57,6 +57,41 @@ def _device_s(arch, head, shape: CallShape, profile, trainable: bool) -> float:
     return sum(v for k, v in est.breakdown.items() if k not in RUNTIME_TERMS)
 
 
+MAX_PARAMS = 50_000_000  # bigger archs take minutes per call on one CPU core
+MAX_BATCH = 1024
+
+
+def _check(args) -> str | None:
+    """The one bad flag among the numbers, or None."""
+    try:
+        batches = [int(x) for x in args.batches.split(",")]
+    except ValueError:
+        batches = []
+    if not batches or not 1 <= min(batches) <= max(batches) <= MAX_BATCH:
+        return (f"--batches {args.batches!r}: expected comma separated integers "
+                f"1..{MAX_BATCH}")
+    for flag, v in (("--reps", args.reps), ("--prompt-len", args.prompt_len),
+                    ("--gen-len", args.gen_len)):
+        if v < 1:
+            return f"{flag} {v}: expected a positive integer"
+    return None
+
+
+def _check_fit(args, profile, arch) -> str | None:
+    """The one flag whose value this single-CPU bench cannot run, or None."""
+    if profile.kind != "cpu":
+        return (f"--profile {args.profile}: a {profile.kind} profile; this bench runs the "
+                "engine on one CPU device, so it needs a cpu profile")
+    if arch.num_params("lm") > MAX_PARAMS:
+        return (f"--arch {args.arch}: {arch.num_params('lm') / 1e6:.0f}M parameters; this "
+                f"single-CPU bench takes archs up to {MAX_PARAMS / 1e6:.0f}M")
+    if args.prompt_len + args.gen_len > arch.max_positions:
+        return (f"--gen-len {args.gen_len}: --prompt-len + --gen-len = "
+                f"{args.prompt_len + args.gen_len} is over {args.arch}'s max_positions "
+                f"{arch.max_positions}")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", required=True)
@@ -66,20 +101,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", default="8,32,128")
     ap.add_argument("--reps", type=int, default=9)
     args = ap.parse_args(argv)
-    try:
-        batches = [int(x) for x in args.batches.split(",")]
-        if not batches or min(batches) < 1 or min(args.reps, args.prompt_len, args.gen_len) < 1:
-            raise ValueError
-    except ValueError:
-        print(f"--batches {args.batches!r}, --reps, --prompt-len, --gen-len: expected positive "
-              "integers (batches comma separated)", file=sys.stderr)
+    err = _check(args)
+    if err:
+        print(err, file=sys.stderr)
         return 2
     try:
         profile = load_profile(args.profile)
         arch = get_preset(args.arch)
-    except (UserError, KeyError, ValueError) as err:
-        print(f"{err}".strip("'\""), file=sys.stderr)
+    except (UserError, KeyError, ValueError) as exc:
+        print(f"{exc}".strip("'\""), file=sys.stderr)
         return 2
+    err = _check_fit(args, profile, arch)
+    if err:
+        print(err, file=sys.stderr)
+        return 2
+    batches = [int(x) for x in args.batches.split(",")]
     torch.set_num_threads(1)
     groups = build_groups(Layout((0,)))
     actor = Engine(arch, groups, "lm", lr=1e-3)
