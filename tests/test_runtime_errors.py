@@ -128,6 +128,10 @@ def test_plan_runs_without_its_hardware_profile(tmp_path):
     (["--repeats", "0"], "--repeats: expected at least 1"),
     (["--layout", "actor_gen=0-1:d2"], "--layout: no layout for ref_inf, actor_train"),
     (["--layout", "bogus=0-1:d2,*=2-3:d2"], "--layout: bogus is not a call of"),
+    (["--layout", "actor_gen=0:d1,*=2-3:d2,actor_gen=0-1:d2"], "--layout: 'actor_gen' is given twice"),
+    (["--layout", "actor_gen=4-5:d2,*=2-3:d2"], "--layout actor_gen: device 5 does not exist"),
+    (["--order", "plan", "--layout", "actor_gen=0-1:dx,*=2-3:d2"],
+     "--layout actor_gen: bad strategy 'dx'"),
 ])
 def test_bench_async_bad_flags(capsys, tmp_path, flags, expected):
     """tools/bench_async.py refuses bad flags in one line, exit 2, before any run
@@ -142,6 +146,26 @@ def test_bench_async_bad_flags(capsys, tmp_path, flags, expected):
     err = capsys.readouterr().err.strip().splitlines()
     assert info.value.code == 2 and expected in err[-1]
     assert not list((tmp_path / "b").glob("run-*"))
+
+
+def test_bench_async_bad_out_and_spec_name_the_users_paths(capsys, tmp_path):
+    """--out at a file, and a spec error, are one line naming the user's path (a traceback,
+    and the bench's own copy of the spec, before)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_async", ROOT / "tools" / "bench_async.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    (tmp_path / "f").write_text("")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "specs" / "tiny-grpo-cpu.yaml").read_text() + "bogus_field: 1\n")
+    for flags, expected in ((["--out", str(tmp_path / "f")], f"--out {tmp_path / 'f'}: "),
+                            (["--spec", str(bad), "--out", str(tmp_path / "b")], f"{bad}:")):
+        with pytest.raises(SystemExit) as info:
+            bench.main(flags)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert info.value.code == 2 and err[-1].split(" error: ", 1)[1].startswith(expected)
+        assert "spec-4dev" not in err[-1]
 
 
 @pytest.mark.parametrize("flags,expected", [

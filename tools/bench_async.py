@@ -72,6 +72,8 @@ def parse_alloc(text: str) -> dict[str, str]:
         name, _, layout = part.partition("=")
         if not layout:
             raise ValueError(f"--layout: '{part}' is not call=layout")
+        if name.strip() in out:
+            raise ValueError(f"--layout: '{name.strip()}' is given twice")
         out[name.strip()] = layout.strip()
     return out
 
@@ -84,7 +86,8 @@ def best_order_plan(spec_path: Path, alloc: dict[str, str], out: Path) -> Path:
     spec = load_spec(spec_path)
     p = Problem(spec, load_cluster_profile(spec, spec_path),
                 candidates=[[] for _ in spec.calls])
-    a = assignment_of(p, {n: (parse_layout(alloc.get(n, alloc.get("*"))), 1) for n in p.names})
+    a = assignment_of(p, {n: (parse_layout(alloc.get(n, alloc.get("*"))), 1) for n in p.names},
+                      where="--layout")
     sim = Simulator(p)
     levels = [x * OFFSET_STEP for x in range(int((p.staleness + 1) / OFFSET_STEP) + 1)]
     best: tuple[float, tuple[float, ...] | None] = (sim.period(a), None)
@@ -191,7 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--spec {args.spec}: {err.strerror}" if isinstance(err, OSError) else str(err))
     args.layout = args.layout or LAYOUTS[args.devices]
     out = Path(args.out).absolute()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        ap.error(f"--out {args.out}: {err.strerror} (expected a directory)")
     spec = out / f"spec-{args.devices}dev.yaml"
     spec.write_text(re.sub(r"gpus_per_node: *\d+", f"gpus_per_node: {args.devices}", text))
     try:
@@ -203,11 +209,21 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             ap.error(f"--layout: {', '.join(unknown)} is not a call of {args.spec} "
                      f"(calls: {', '.join(names)})")
+        for n, text in alloc.items():  # each --order's writer: one message naming the call
+            try:
+                top = max(parse_layout(text).device_ids)
+            except LayoutError as err:
+                ap.error(f"--layout {n}: {err}")
+            if top >= args.devices:
+                ap.error(f"--layout {n}: device {top} does not exist (the cluster has "
+                         f"devices 0-{args.devices - 1})")
         write = best_order_plan if args.order == "best" else manual_plan
         plans = {f"K={k}": write(stale_spec(out, k, spec), alloc, out / f"plan-k{k}.json")
                  for k in ks}
     except (UserError, LayoutError) as err:
-        ap.error(str(err))
+        # name the user's --spec, not this bench's copies of it (same lines)
+        copy = re.escape(str(out / spec.stem)) + r"(-k\d+)?\.yaml"
+        ap.error(re.sub(copy, lambda _: args.spec, str(err)))
     if args.searched:
         searched = out / "plan-searched-k0.json"
         subprocess.run([sys.executable, "-m", "planner.cli", "search", str(spec), "-o",
