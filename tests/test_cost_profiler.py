@@ -82,3 +82,17 @@ def test_profile_flag_errors_write_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "expected a .json" in err and "at least 2" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_collective_tables_without_a_group_of_2():
+    """--group-sizes 3 (any list without 2) measured, then crashed (KeyError: 2): p2p is a
+    pair measured inside the smallest group, the other ops keep every group."""
+    from planner.cost_model.profiler.collectives import OPS, to_tables
+
+    sizes = [1024, 4096]
+    times = {g: {op: [1e-4 * g, 2e-4 * g] for op in OPS} for g in (3, 4)}
+    tables = {t.op: t for t in to_tables(times, sizes)}
+    assert set(tables) == set(OPS) and tables["p2p"].group_size == [2]
+    assert tables["p2p"].bus_bytes_per_s == [pytest.approx([1024 / 3e-4, 4096 / 6e-4])]  # x3
+    assert tables["all_reduce"].group_size == [3, 4]
+    assert to_tables({}, sizes) == []

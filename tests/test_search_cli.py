@@ -163,3 +163,14 @@ def test_polish_keeps_the_period_and_takes_faster_calls_off_the_critical_path(tm
                         and sim.feasible(trial)):
                     assert sim.period(trial) > period
     assert moved_total > 0
+
+
+def test_split_baseline_on_one_device_says_nothing_to_split(tmp_path, capsys):
+    """One device: the split baseline's note is that there is nothing to split (it said
+    'no split fits in memory')."""
+    f = tmp_path / "one.yaml"
+    f.write_text((TINY % "").replace("gpus_per_node: 4", "gpus_per_node: 1"))
+    assert main(["search", str(f), "-o", str(tmp_path / "p.json"), "--method", "baseline",
+                 "--baseline", "split"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["baseline split: the cluster has 1 device: nothing to split"]

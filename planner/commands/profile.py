@@ -102,10 +102,13 @@ def run(args: argparse.Namespace) -> int:
         progress.update(task, completed=plan.num_steps(), description="done")
     write_profile(profile, out)
     o = profile.overheads
+    coll_note = ("" if profile.measured and profile.measured.collectives
+                 else " (collectives not measured: taken from the base profile)")
     console.print(
         f"wrote {out} in {time.perf_counter() - t0:.0f} s: GEMM peak "
         f"{profile.peak_flops / 1e9:.1f} GFLOP/s, memory {profile.memory_bytes_per_s / 1e9:.1f} GB/s, "
-        f"all-reduce bus {profile.intra_node.bus_bytes_per_s / 1e9:.2f} GB/s, overheads per layer "
+        f"all-reduce bus {profile.intra_node.bus_bytes_per_s / 1e9:.2f} GB/s{coll_note}, "
+        "overheads per layer "
         f"fwd {o.layer_fwd_s * 1e6:.0f} us / bwd {o.layer_bwd_s * 1e6:.0f} us / decode "
         f"{o.decode_layer_s * 1e6:.0f} us; engine step {o.engine_step_s * 1e6:.0f} us, "
         f"optimizer {o.optimizer_tensor_s * 1e6:.1f} us per tensor", highlight=False)

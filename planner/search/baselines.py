@@ -212,6 +212,8 @@ def split(p: Problem, sim: Simulator, deadline: float | None = None) -> Baseline
     if not gens:
         return Baseline(name, desc, None, None, "the spec has no generate call")
     n, gpn = p.num_devices, p.gpus_per_node
+    if n < 2:
+        return Baseline(name, desc, None, None, "the cluster has 1 device: nothing to split")
     tried: dict[int, tuple[tuple[int, ...] | None, float | None]] = {}
 
     def at(g: int) -> float:

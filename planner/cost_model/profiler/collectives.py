@@ -121,13 +121,16 @@ def to_tables(times: dict[int, dict[str, list[float]]], sizes: Sequence[int]
     groups = sorted(times)
     tables = []
     for op in OPS:
-        op_groups = [2] if op == "p2p" else groups
-        if not all(op in times[g] for g in op_groups) or (op == "p2p" and 2 not in times):
+        # p2p is one pair (ranks 0 and 1; the rest idle) in whichever group measured it:
+        # the smallest, 2 when measured, stands for the pair.
+        src = groups[:1] if op == "p2p" else groups
+        if not src or not all(op in times[g] for g in src):
             continue
         rows = []
-        for g in op_groups:
-            _, factor = collective_steps_and_factor(op, g)
+        for g in src:
+            _, factor = collective_steps_and_factor(op, 2 if op == "p2p" else g)
             rows.append([nb * factor / t for nb, t in zip(sizes, times[g][op])])
-        tables.append(CollectiveTable(op=op, tier="intra_node", group_size=op_groups,
+        tables.append(CollectiveTable(op=op, tier="intra_node",
+                                      group_size=[2] if op == "p2p" else groups,
                                       bytes=list(sizes), bus_bytes_per_s=rows))
     return tables

@@ -208,10 +208,12 @@ def profile_machine(name: str, *, quick: bool, device: str = "cpu", threads: int
     kernels_only = HardwareProfile(
         format_version=PROFILE_FORMAT_VERSION, name=name, kind=base.kind,
         description=f"Measured by `planner profile` on {platform.node()}",
-        source=(f"planner profile ({'quick' if quick else 'full'}): GEMM, attention, memory and "
-                f"intra-node collective figures measured here; inter-node tier from the shipped "
-                f"'{base.name}' profile (one machine cannot measure it); overheads fitted from "
-                "the layer and decode tables."),
+        source=(f"planner profile ({'quick' if quick else 'full'}): GEMM, attention, memory"
+                + (" and intra-node collective figures measured here" if coll else
+                   " figures measured here; intra-node collectives not measured (--group-sizes"
+                   f" 0): taken from the shipped '{base.name}' profile")
+                + f"; inter-node tier from the shipped '{base.name}' profile (one machine "
+                "cannot measure it); overheads fitted from the layer and decode tables."),
         dtype=dtype, peak_flops=peak, memory_bytes_per_s=membw,
         memory_bytes=_device_memory_bytes(device), matmul_efficiency=1.0,
         attention_efficiency=min(1.0, peak_attention_flops(attn) / peak), memory_efficiency=1.0,
