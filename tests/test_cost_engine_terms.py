@@ -110,3 +110,17 @@ def test_legacy_identity_matches_what_earlier_versions_recorded():
     assert p.legacy_identity() == (
         "sha256:c052ea2265944f94609c056b5777fa23084d183de60ce0012ec70df123d8098a")
     assert p.identity() != p.legacy_identity()
+
+
+def test_train_prices_the_host_work_of_every_micro_batch():
+    """train_step_s is paid once per micro-batch of every optimizer step."""
+    arch = get_preset("tiny-llama")
+    shape = CallShape("train", 32, 32, 32, 0, minibatches=2)
+
+    def compute_s(per_mb: float, m: int) -> float:
+        est = estimate_call(arch, "lm", shape, Layout((0,)), m, _cpu(train_step_s=per_mb),
+                            trainable=True, gpus_per_node=1)
+        return est.breakdown["compute"]
+
+    for m in (1, 4):
+        assert compute_s(1e-3, m) - compute_s(0.0, m) == pytest.approx(2 * m * 1e-3)

@@ -42,6 +42,7 @@ def test_quick_profile_is_valid_and_complete(measured):
     assert min(o.layer_fwd_s, o.layer_bwd_s, o.decode_layer_s) >= 0
     # The native engine's own work: next-token pick, step bookkeeping, optimizer per tensor.
     assert m.sampling is not None and o.engine_step_s > 0 and o.optimizer_tensor_s > 0
+    assert o.train_step_s > 0
     big = m.sampling.sample_s[-1][-1]
     assert big > m.sampling.sample_s[0][0] and big > m.sampling.greedy_s[-1][-1]
 

@@ -111,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
         "overheads per layer "
         f"fwd {o.layer_fwd_s * 1e6:.0f} us / bwd {o.layer_bwd_s * 1e6:.0f} us / decode "
         f"{o.decode_layer_s * 1e6:.0f} us; engine step {o.engine_step_s * 1e6:.0f} us, "
-        f"optimizer {o.optimizer_tensor_s * 1e6:.1f} us per tensor", highlight=False)
+        f"optimizer {o.optimizer_tensor_s * 1e6:.1f} us per tensor, train micro-batch "
+        f"{o.train_step_s * 1e6:.0f} us", highlight=False)
     v = profile.measured.vllm if profile.measured else None
     if v is not None:
         rate = lambda r: f"{r / 1e6:.0f} MB/s" if r else "-"  # noqa: E731

@@ -297,8 +297,11 @@ def _train(c: _Ctx, s: CallShape, recompute: bool, zero_stage: int,
              + _stage_tensors(c) * dev.overheads.optimizer_tensor_s)
     steps = s.minibatches * s.epochs
     extra = {"proximal_forward": _proximal_forward_s(c, s, zero_stage)} if proximal else {}
+    # The host work of each micro-batch outside the layers (its loss and bookkeeping):
+    # every rank runs its own micro-batches, so the same count as compute's.
+    t_host = dev.overheads.train_step_s
     time_s, bd = _bd(
-        compute=steps * m * t_stage,
+        compute=steps * m * (t_stage + t_host),
         tp_comm=steps * m * t_tp,
         pp_fill=steps * (c.pp - 1) * (t_stage + t_tp),
         pp_p2p=steps * (2 * (m + c.pp - 2) * _p2p_s(c, tokens) if c.pp > 1 else 0.0),

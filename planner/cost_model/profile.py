@@ -66,6 +66,9 @@ class Overheads(_Frozen):
     optimizer_tensor_s: float = Field(
         0.0, ge=0, description="Per parameter tensor per optimizer step, on top of the bytes: "
         "an eager Adam step, gradient-norm term and zero_grad run a few small ops per tensor.")
+    train_step_s: float = Field(
+        0.0, ge=0, description="Per training micro-batch, outside layers, head and optimizer: "
+        "the batch split and copies, the loss and its backward, the numbers read back.")
 
 
 RUNTIME_OVERHEADS_VERSION = 1
@@ -309,6 +312,7 @@ class MeasuredTables(_Frozen):
 # not have; legacy_identity() leaves them out to reproduce the old hash.
 _FIELDS_ADDED_SINCE_LEGACY_IDENTITY = (
     ("overheads", "optimizer_tensor_s"),
+    ("overheads", "train_step_s"),
     ("measured", "vllm", "hop_fixed_s"),
     ("measured", "vllm", "hop_per_layer_s"),
 )

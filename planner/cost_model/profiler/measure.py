@@ -315,9 +315,10 @@ def measure_decode_bookkeeping(bench: Bench, batch: int, context: int, head_dim:
 
 
 def measure_optimizer_tensor(bench: Bench, tensors: int = 32, numel: int = 64) -> float:
-    """Seconds per parameter tensor of one eager optimizer step: Adam without foreach
-    (one tensor at a time), the per-tensor squares of the gradient norm and
-    zero_grad, on `tensors` tensors so small that their bytes cost nothing."""
+    """Seconds per parameter tensor of one eager optimizer step: the gradient's scale,
+    the per-tensor squares of the norm and the clip, Adam without foreach (one tensor
+    at a time) and zero_grad, on `tensors` tensors so small that their bytes cost
+    nothing."""
     torch = bench.torch
     params = [torch.nn.Parameter(bench.randn(numel)) for _ in range(tensors)]
     grads = [bench.randn(numel) for _ in range(tensors)]
@@ -326,9 +327,29 @@ def measure_optimizer_tensor(bench: Bench, tensors: int = 32, numel: int = 64) -
     def step():
         for p, g in zip(params, grads):
             p.grad = g
+            p.grad.mul_(1.0)  # the mean over tokens: gradients scaled by 1 / weight
         norm = torch.stack([p.grad.double().pow(2).sum() for p in params]).sum().sqrt()
-        float(norm)
+        coef = 1.0 / (float(norm) + 1e-6)
+        for p in params:  # clipped to the max norm
+            p.grad.mul_(min(coef, 1.0))
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     return bench.time_all([step])[0] / tensors
+
+
+def measure_train_bookkeeping(bench: Bench, batch: int = 8, seq: int = 32,
+                              keys: int = 6) -> float:
+    """Seconds of one training micro-batch's host work outside layers, head and
+    optimizer (reference.train_bookkeeping) for `batch` sequences of `seq` tokens
+    with `keys` data keys."""
+    from planner.cost_model.profiler.reference import train_bookkeeping
+
+    torch = bench.torch
+    resp = seq // 2
+    data = {"advantages": bench.randn(batch, resp), "old_logprobs": bench.randn(batch, resp),
+            "response_mask": torch.ones(batch, resp, device=bench.device, dtype=bench.dtype)}
+    for k in range(keys - len(data)):
+        data[f"key{k}"] = torch.zeros(batch, seq, dtype=torch.long, device=bench.device)
+    lp = bench.randn(batch, seq - 1, grad=True)
+    return bench.time_all([lambda: train_bookkeeping(data, lp)])[0]

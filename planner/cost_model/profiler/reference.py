@@ -130,3 +130,24 @@ def decode_bookkeeping(mask: torch.Tensor, pos: torch.Tensor, done: torch.Tensor
     attn = (k_pos[None, :] <= q_pos[:, None])[None] & mask.bool()[:, None, :]
     attn |= (k_pos[None, :] == q_pos[:, None])[None]
     return tok, lp, done, attn[:, None], cos, sin
+
+
+def train_bookkeeping(batch: dict[str, torch.Tensor], lp: torch.Tensor) -> list[float]:
+    """The host-side work of one training micro-batch outside the layers, head and
+    optimizer, as an eager RL engine does it: the batch split and the device copies
+    of its keys, a policy-gradient loss on the response tokens (PPO's clipped
+    surrogate) and its backward, the loss and weight read back, the step's counters
+    turned into host numbers. `lp`: log-probs [b, s] requiring grad; batch: the
+    response-length keys advantages, old_logprobs, response_mask and others."""
+    parts = {k: torch.tensor_split(v, 1) for k, v in batch.items()}
+    mb = {k: p[0].to(lp.device) for k, p in parts.items()}
+    adv, mask = mb["advantages"], mb["response_mask"]
+    resp = lp[:, -adv.shape[1]:]
+    ratio = torch.exp(resp - mb["old_logprobs"])
+    surrogate = torch.minimum(ratio * adv, ratio.clamp(0.8, 1.2) * adv)
+    loss = -(surrogate * mask).sum()
+    weight = mask.sum()
+    totals = torch.tensor([float(loss.detach()), float(weight)], dtype=torch.float64)
+    loss.backward()
+    counts = torch.cat([totals, torch.zeros(0, dtype=torch.float64)]).to(lp.device)
+    return counts.tolist()

@@ -244,9 +244,11 @@ def profile_machine(name: str, *, quick: bool, device: str = "cpu", threads: int
     bookkeeping_s = measure.measure_decode_bookkeeping(
         probe_bench, 8, 64, plan.layer_shapes[0].hidden_size // plan.layer_shapes[0].num_heads)
     optimizer_tensor_s = measure.measure_optimizer_tensor(probe_bench)
+    train_step_s = measure.measure_train_bookkeeping(probe_bench)
     step("engine step and optimizer overheads")
     overheads = fit_overheads(kernels_only, probe, probe_decode, probe_head).model_copy(
-        update={"engine_step_s": bookkeeping_s, "optimizer_tensor_s": optimizer_tensor_s})
+        update={"engine_step_s": bookkeeping_s, "optimizer_tensor_s": optimizer_tensor_s,
+                "train_step_s": train_step_s})
     measured = kernels_only.measured.model_copy(update={"layers": layers, "decode": decode,
                                                         "sampling": sampling})
     update = {"overheads": overheads, "measured": measured}
