@@ -116,7 +116,7 @@ def load_run(run_dir: str | Path, profile: HardwareProfile, profile_path: str,
     except UserError as err:
         raise CalibrateError(str(err)) from None
     run = Run(d, spec, plan)
-    _read_trace(run, d / "trace.json", skip)
+    read_trace(run, d / "trace.json", skip)
     metrics = d / "metrics.jsonl"
     try:
         lines = metrics.read_text().splitlines()
@@ -138,7 +138,7 @@ def load_run(run_dir: str | Path, profile: HardwareProfile, profile_path: str,
     return run
 
 
-def _read_trace(run: Run, path: Path, skip: int) -> None:
+def read_trace(run: Run, path: Path, skip: int) -> None:
     doc = _read_json(path)
     events = _field(doc, "traceEvents", path, list)
     calls: dict[tuple[str, int], list] = {}     # (call, iteration) -> [start, end, devices]

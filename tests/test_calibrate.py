@@ -193,3 +193,24 @@ def test_recalibration_keeps_sizes_the_new_runs_did_not_measure(recorded, tmp_pa
     fits = {(c.call_type, c.num_devices): c for c in load_profile(out).corrections}
     assert fits[("train", 8)] == old
     assert fits[("train", 4)].scale == pytest.approx(SCALE, rel=1e-3)
+
+
+def test_compare_run_reads_calls_as_calibrate_does(recorded):
+    """tools/compare_run.py sets a call's launch gap + span (from the trace) beside the
+    whole estimate, and the first call's span beside the estimate without its launch."""
+    import importlib.util
+
+    run, prof_path = recorded
+    spec_ = importlib.util.spec_from_file_location(
+        "compare_run", Path(__file__).parent.parent / "tools" / "compare_run.py")
+    mod = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(mod)
+    rows = {name.split(" ")[0]: (est, got) for name, est, got in
+            mod.compare(str(run / "plan.json"), str(run), 1)}
+    spec = load_spec(TINY_PPO)
+    plan = load_plan(str(run / "plan.json"), spec)
+    est = {n: c.breakdown_s for n, c in price_plan(spec, plan, load_profile(prof_path))[0].items()}
+    # the synthetic trace: every call SCALE x its device terms, after a GAP_S gap
+    gen, train = rows["actor_gen"], rows["actor_train"]
+    assert gen[1] == pytest.approx(SCALE * device_s(est["actor_gen"]), rel=1e-3)
+    assert train[1] == pytest.approx(SCALE * device_s(est["actor_train"]) + GAP_S, rel=1e-3)

@@ -6,9 +6,13 @@ Reads the plan's estimates (call durations, realloc, the steady-state
 iteration) and the run's metrics.jsonl (timing_s/<call>, timing_s/realloc,
 timing_s/iteration, perf/throughput), drops the first --skip iterations
 (warm-up) and prints, per call, the estimate, the median measurement and
-their ratio, plus tokens/s. Measured call times are worker-side wall
-times (from when its last device starts to the last end), so they include
-Python and data movement inside the call but not Ray's dispatch.
+their ratio, plus tokens/s. A call's measured time is, from the run's trace,
+its launch gap (the driver's launch and hand-off: from the moment its inputs
+and devices were ready to its start) plus its span on the workers (first
+start to last end), as `planner calibrate` reads it, beside the whole
+estimate; a call with no gap (the first of an iteration) is its span beside
+the estimate without the launch and hand-off terms. Without a trace: the
+span from metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -55,6 +59,24 @@ def _check_same_plan(plan, plan_path: str, run_dir: Path) -> None:
                             f"{' m'.join(map(str, mine.get(a.name, ('none',))))}")
 
 
+def _call_times(plan, run_dir: Path, skip: int) -> tuple[dict, dict]:
+    """Per call, spans and launch gaps (seconds, per iteration after `skip`) from the
+    run's trace, as planner calibrate reads them; empty without a trace."""
+    from planner.calibration import Run, read_trace
+    from planner.graph.spec import Spec
+
+    if not (run_dir / "trace.json").exists() or not (run_dir / "spec.json").exists():
+        return {}, {}
+    try:
+        spec = Spec.model_validate_json((run_dir / "spec.json").read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{run_dir / 'spec.json'}: not a spec ({str(err).splitlines()[0]})") \
+            from None
+    run = Run(run_dir, spec, plan)
+    read_trace(run, run_dir / "trace.json", skip)
+    return run.span_s, run.gap_s
+
+
 def compare(plan_path: str, run_dir: str, skip: int) -> list[tuple[str, float, float]]:
     plan = load_plan(plan_path)
     _check_same_plan(plan, plan_path, Path(run_dir))
@@ -66,12 +88,25 @@ def compare(plan_path: str, run_dir: str, skip: int) -> list[tuple[str, float, f
         vals = [m[key] for m in metrics if key in m]
         return statistics.median(vals) if vals else float("nan")
 
+    spans, gaps = _call_times(plan, Path(run_dir), skip)
     rows = []
     for a in plan.calls:
         if a.estimate is None:
             continue
-        est = a.estimate.end_s - a.estimate.start_s - a.estimate.breakdown_s.get("realloc", 0.0)
-        rows.append((f"{a.name} ({a.layout_str})", est, median(f"timing_s/{a.name}")))
+        bd = a.estimate.breakdown_s
+        # A call's time is its launch gap (the driver's launch and hand-off, from the
+        # moment its inputs and devices were ready) plus its span on the workers, as
+        # `planner calibrate` reads it; a call with no gap (the first of an iteration)
+        # is set beside the estimate without those two terms.
+        est = a.estimate.end_s - a.estimate.start_s - bd.get("realloc", 0.0)
+        got = median(f"timing_s/{a.name}")
+        if a.name in spans:
+            got = statistics.median(spans[a.name])
+            if gaps.get(a.name):
+                got += statistics.median(gaps[a.name])
+            else:
+                est -= bd.get("launch", 0.0) + bd.get("handoff", 0.0)
+        rows.append((f"{a.name} ({a.layout_str})", est, got))
     realloc_est = sum(a.estimate.breakdown_s.get("realloc", 0.0) for a in plan.calls
                       if a.estimate is not None)
     rows.append(("realloc (sum)", realloc_est, median("timing_s/realloc")))
