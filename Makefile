@@ -26,8 +26,9 @@ install:
 	$(if $(VLLM_EXTRA),$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true)
 
 # The main job on the embedded default: measure this machine, calibrate that
-# profile on two short runs of another spec (tiny GRPO: its searched plan and the
-# split baseline), search a plan for tiny PPO priced with the calibrated profile,
+# profile on two short runs of another spec (tiny GRPO of 8 prompts x 4 samples,
+# the PPO's 32 sequences: its searched plan and the split baseline), search a
+# plan for tiny PPO priced with the calibrated profile,
 # run it on a local Ray cluster, then picture and tabulate estimate beside
 # measurement. One virtual CPU device per core, up to 4 (more processes than cores
 # would share them). Everything lands in runs/demo/ (replaced on each run);
@@ -42,7 +43,7 @@ demo: install
 	$(PY) -m planner.cli profile --quick --out $(DEMO)/profile.json
 	n=$$($(PY) -c "import os; print(min(4, len(os.sched_getaffinity(0))))"); \
 	sed -e 's/hardware: cpu}/hardware: ..\/profile.json}/' -e "s/gpus_per_node: 4/gpus_per_node: $$n/" \
-		specs/tiny-grpo-cpu.yaml > $(CAL)/spec.yaml && \
+		-e 's/batch_size: 32/batch_size: 8/' specs/tiny-grpo-cpu.yaml > $(CAL)/spec.yaml && \
 	sed -e 's/hardware: cpu}/hardware: profile-calibrated.json}/' -e "s/gpus_per_node: 4/gpus_per_node: $$n/" \
 		specs/tiny-ppo-cpu.yaml > $(DEMO)/spec.yaml
 	$(PY) -m planner.cli search $(CAL)/spec.yaml -o $(CAL)/searched.json --steps 2000
