@@ -35,7 +35,7 @@ from planner.cost_model.profile import (
     HardwareProfile,
     RuntimeOverheads,
 )
-from planner.cost_model.runtime_terms import RUNTIME_TERMS
+from planner.cost_model.runtime_terms import RUNTIME_TERMS, gap_terms_s
 from planner.errors import UserError
 from planner.graph.dataflow import build_graph
 from planner.graph.spec import Spec
@@ -249,7 +249,7 @@ def call_rows(run: Run, profile: HardwareProfile) -> tuple[list[CallRow], float,
         a = run.plan.assignment(c.name)
         est = cand.time_s
         if gap is None:  # compare the span alone with the estimate's work on the devices
-            est -= bd.get("launch", 0.0) + bd.get("handoff", 0.0)
+            est -= gap_terms_s(bd)
         rows.append(CallRow(run.path.name, c.name, c.type, a.dp * a.tp * a.pp,
                             span + (gap or 0.0), span, gap, est, device,
                             bd.get("handoff", 0.0), c.num_seqs))

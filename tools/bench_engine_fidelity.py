@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from planner.calibration import device_s  # noqa: E402
 from planner.cost_model.estimator import CallShape, estimate_call  # noqa: E402
 from planner.cost_model.profile import load_profile  # noqa: E402
-from planner.cost_model.runtime_terms import RUNTIME_TERMS  # noqa: E402
 from planner.errors import UserError  # noqa: E402
 from planner.graph.arch import get_preset  # noqa: E402
 from planner.layout.layout import Layout  # noqa: E402
@@ -54,7 +54,7 @@ def _best_s(fn, reps: int) -> float:
 def _device_s(arch, head, shape: CallShape, profile, trainable: bool) -> float:
     est = estimate_call(arch, head, shape, Layout((0,)), 1, profile, trainable=trainable,
                         gpus_per_node=1)
-    return sum(v for k, v in est.breakdown.items() if k not in RUNTIME_TERMS)
+    return device_s(est.breakdown)
 
 
 MAX_PARAMS = 50_000_000  # bigger archs take minutes per call on one CPU core

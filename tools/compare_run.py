@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from planner.cost_model.runtime_terms import gap_terms_s  # noqa: E402
 from planner.errors import UserError  # noqa: E402
 from planner.plan import load_plan  # noqa: E402
 
@@ -105,7 +106,7 @@ def compare(plan_path: str, run_dir: str, skip: int) -> list[tuple[str, float, f
             if gaps.get(a.name):
                 got += statistics.median(gaps[a.name])
             else:
-                est -= bd.get("launch", 0.0) + bd.get("handoff", 0.0)
+                est -= gap_terms_s(bd)
         rows.append((f"{a.name} ({a.layout_str})", est, got))
     realloc_est = sum(a.estimate.breakdown_s.get("realloc", 0.0) for a in plan.calls
                       if a.estimate is not None)

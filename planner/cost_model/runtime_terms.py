@@ -21,6 +21,13 @@ KEY_BYTES_PER_TOKEN = 4
 
 # Terms this module adds: never scaled by a correction, never counted as device time.
 RUNTIME_TERMS = ("launch", "handoff", "calibration")
+# Of those, the driver's part before a call's span (its launch gap in a trace).
+GAP_TERMS = ("launch", "handoff")
+
+
+def gap_terms_s(breakdown) -> float:
+    """The estimate's time in a call's launch gap: what a measured span leaves out."""
+    return sum(breakdown.get(k, 0.0) for k in GAP_TERMS)
 
 
 def handoff_bytes(num_seqs: int, seq_len: int, io_keys: int) -> int:
