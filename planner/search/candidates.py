@@ -45,6 +45,11 @@ from planner.search.meshes import MeshShape, mesh_shapes, mesh_starts
 # Peak-memory fractions that define the memory levels kept per mesh shape.
 MEMORY_LEVELS = (1.0, 0.75, 0.5, 0.3)
 
+# Memory-lean options a call may switch to so that another call's faster layout fits
+# (planner/search/unlock.py): on the frontier, at most this factor slower than the fastest
+# option of the same mesh shape.
+LEAN_TIME_FACTOR = 1.3
+
 # The train-call memory choices the search may pick: what runtime/engine runs
 # (ZeRO-1/2/3 over dp with any tp and pp, activation recompute).
 SEARCHED_MEMORY_CHOICES = tuple(TrainMemoryChoice(z, r) for z in (0, 1, 2, 3)
@@ -366,6 +371,32 @@ def enumerate_call(ctx: CallContext, num_nodes: int, *, top_k: int, max_pp: int 
     if not chosen:
         leanest = _leanest(ctx, num_nodes, max_pp)
     return CallCandidates(chosen, False, *mins, best, leanest, priced.min_time_by_split)
+
+
+def memory_frontier(options: list[Candidate]) -> list[Candidate]:
+    """The options of one mesh shape that no other beats in time, resident states, working
+    memory and parameters all at once (fastest first). Peak memory alone is not enough: a
+    home's states stay on its devices all iteration while its working memory is one of the
+    transients the device's largest is taken over, so a slower option with less peak can be
+    useless beside others and one with more peak but fewer states the only one that lets
+    another call's fast layout fit (a ZeRO-3 critic, 12.3 GiB of states, beside a
+    reference's 32.1 GiB layout at 128 GPUs)."""
+    out: list[Candidate] = []
+    for c in _fastest_first(options):  # an option can only be beaten by one before it
+        if not any(o.states_bytes <= c.states_bytes and o.work_bytes <= c.work_bytes
+                   and o.params_bytes <= c.params_bytes for o in out):
+            out.append(c)
+    return out
+
+
+def lean_options(options: list[Candidate], factor: float = LEAN_TIME_FACTOR
+                 ) -> list[Candidate]:
+    """The memory-frontier options of one mesh shape at most `factor` slower than its
+    fastest (planner/search/unlock.py's switches beside a faster call)."""
+    if not options:
+        return []
+    fastest_s = min(c.time_s for c in options)
+    return [c for c in memory_frontier(options) if c.time_s <= factor * fastest_s]
 
 
 def _leanest(ctx: CallContext, num_nodes: int, max_pp: int) -> Candidate | None:

@@ -233,9 +233,13 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
     probe = next((r.build_s for r in runs if r.method == "cpsat"), None)
     build_s = probe if probe is not None else 0.3 + 0.004 * p.candidate_count()
     if method in ("mcmc", "auto"):
-        # auto gives MCMC half of what is left, or all of it when CP-SAT could not be built
-        # in the other half (a loaded machine: MCMC was left idle time before).
-        share = 0.5 if method == "auto" and 0.5 * left() > build_s + 0.5 else 1.0
+        # auto gives MCMC half of what is left (three quarters over pruned lists, where
+        # CP-SAT's bound covers only the lists and it rarely beats MCMC's plan in the time
+        # left), or all of it when CP-SAT could not be built in the rest (a loaded
+        # machine: MCMC was left idle time before).
+        share = 0.5 if p.complete else 0.75
+        if method != "auto" or (1 - share) * left() <= build_s + 0.5:
+            share = 1.0
         budget = left() * share
         runs.append(mcmc_search(
             sim, seed=seed, steps=steps, time_limit_s=None if deterministic else budget,

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from planner.search.simulator import Simulator
+from planner.search.pairs import side_by_side
+from planner.search.unlock import unlock
 
 Progress = Callable[[float, float | None], None]  # (fraction done, best period or None)
 
@@ -93,6 +95,7 @@ def polish_plan(sim: Simulator, a: tuple[int, ...], offsets: tuple[float, ...] |
             return out
 
 
+UNLOCK_SHARE = 0.1  # of a timed run, kept for the last unlock and side-by-side descents
 OFFSET_STEP = 0.25   # order offsets live on a grid of quarter iterations
 OFFSET_LEVELS = 8    # 0, 0.25, ..., 1.75
 
@@ -106,13 +109,19 @@ def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
                 time_limit_s: float | None = None, starts: list[tuple[int, ...]] | None = None,
                 cycles: int = 4, t_start: float = 0.07, t_end: float = 0.0015,
                 pair_prob: float = 0.25, order_prob: float = 0.1, polish: bool = True,
-                progress: Progress | None = None) -> SearchResult:
+                unlock_moves: bool = True, progress: Progress | None = None) -> SearchResult:
     """Anneal from the best of `starts` (default: every call's fastest candidate).
 
     The state also holds the simulator's priority order as one offset per call (in
     quarter iterations; all 0 = iteration-major): with probability `order_prob` a move
     shifts one call's offset instead of changing its candidate, e.g. letting a critic's
     training yield to the next iteration's generation on devices they share.
+
+    With `unlock_moves`, every cycle ends with two descents from the best plan that take
+    compound moves whole: unlock.py's (a faster option for one call made to fit by
+    memory-lean options of others; the options it brings join the lists, so the next
+    cycles walk among them) and pairs.py's (two independent calls onto disjoint devices).
+    A timed run keeps the last UNLOCK_SHARE of its time for the final ones.
     """
     if steps is None and time_limit_s is None:
         raise ValueError("give steps or time_limit_s")
@@ -150,6 +159,32 @@ def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
     for a in pool:
         consider(a, zero)
     movable = [i for i in range(n) if sizes[i] > 1]
+    deadline = None if time_limit_s is None else t_begin + time_limit_s
+    # A timed walk leaves the end of its time to the last descents.
+    walk_s = (time_limit_s or 0.0) * (1 - UNLOCK_SHARE if unlock_moves else 1.0)
+
+    def unlocked(until: float | None) -> bool:
+        """Unlock and side-by-side descents from the best plan, until neither improves
+        or `until` (time.perf_counter()) passes; True when they found a faster plan."""
+        nonlocal sizes, movable
+        if best is None:
+            return False
+        improved = False
+        while True:
+            order = list(offsets_of(best_o) or sim.offsets or []) or None
+            a, _, moves = unlock(p, best, order, deadline=until)
+            if moves:
+                sizes = [len(c) for c in p.candidates]  # its new options joined the lists
+                movable = [i for i in range(n) if sizes[i] > 1]
+            b, _, pair_moves = side_by_side(p, a, order, deadline=until)
+            if not moves and not pair_moves:
+                return improved
+            before = best_period
+            consider(b, best_o)
+            if best_period >= before:
+                return improved
+            improved = True
+
     step = accepted = 0
     frac = 0.0
     cycle = 0
@@ -159,10 +194,10 @@ def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
             break
         if step % 64 == 0:
             elapsed = time.perf_counter() - t_begin
-            if time_limit_s is not None and elapsed >= time_limit_s:
+            if time_limit_s is not None and elapsed >= walk_s:
                 break
             frac = max(step / steps if steps else 0.0,
-                       elapsed / time_limit_s if time_limit_s else 0.0)
+                       elapsed / walk_s if time_limit_s else 0.0)
             if progress is not None and step % 1024 == 0:
                 progress(min(frac, 1.0), best_period if best is not None else None)
         elif steps is not None:
@@ -170,6 +205,8 @@ def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
         c = min(int(frac * cycles), cycles - 1)
         if c != cycle:  # a new cycle restarts hot from the best point so far
             cycle = c
+            if unlock_moves and unlocked(deadline):
+                anchor, anchor_e = (best, best_o), energy(best, best_o)
             (x, ox), ex = anchor, anchor_e
         temp = t_start * math.exp(log_ratio * (frac * cycles - c)) * ex
         step += 1
@@ -189,6 +226,8 @@ def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
             if ey < anchor_e:
                 anchor, anchor_e = (y, oy), ey
             consider(y, oy)
+    if unlock_moves:
+        unlocked(None if time_limit_s is None else t_begin + time_limit_s * 1.05)
     if best is not None and polish:
         for a in polish_plan(sim, best, offsets_of(best_o),
                              deadline=None if time_limit_s is None
