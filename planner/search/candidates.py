@@ -382,7 +382,9 @@ def memory_frontier(options: list[Candidate]) -> list[Candidate]:
     another call's fast layout fit (a ZeRO-3 critic, 12.3 GiB of states, beside a
     reference's 32.1 GiB layout at 128 GPUs)."""
     out: list[Candidate] = []
-    for c in _fastest_first(options):  # an option can only be beaten by one before it
+    # In this order an option can only be beaten by one before it (ties: the first stays).
+    for c in sorted(_fastest_first(options),
+                    key=lambda c: (c.time_s, c.states_bytes, c.work_bytes, c.params_bytes)):
         if not any(o.states_bytes <= c.states_bytes and o.work_bytes <= c.work_bytes
                    and o.params_bytes <= c.params_bytes for o in out):
             out.append(c)

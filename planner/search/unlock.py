@@ -138,4 +138,7 @@ def unlock(p: Problem, a: tuple[int, ...], order: list[float] | None = None, *,
 
 def _adopt(p: Problem, q: Problem, a: tuple[int, ...], period: float, moves: int
            ) -> tuple[tuple[int, ...], float, int]:
-    return (p.adopt(q, a) if moves else a), period, moves
+    """The plan in p's indices: q's lists are p's with options appended."""
+    a = tuple(j if j < len(p.candidates[i]) else p.add_candidate(i, q.candidates[i][j])
+              for i, j in enumerate(a))
+    return a, period, moves
