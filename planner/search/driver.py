@@ -41,6 +41,7 @@ from planner.search.simulator import Simulator
 METHODS = ("auto", "mcmc", "cpsat", "baseline")
 BASELINES = ("colocate", "colocate-per-call", "split")  # baselines.all_baselines' names
 SMALL_PROBLEM = 200  # candidates in all: auto tries CP-SAT first (it often proves the optimum)
+OPTIMUM_SLACK_S = 1e-5  # a plan this close to the bound is its optimum (CP-SAT's rounding)
 
 # (stage, fraction of the stage done, best period so far or None)
 Progress = Callable[[str, float, float | None], None]
@@ -75,6 +76,13 @@ class SearchOutcome:
         if self.lower_bound_s is None or self.period_s <= 0:
             return None
         return max(0.0, (self.period_s - self.lower_bound_s) / self.period_s)
+
+    @property
+    def proven_optimal(self) -> bool:
+        """The plan meets the bound over every legal plan (bound_scope) within float and
+        CP-SAT's microsecond rounding: no legal plan is faster."""
+        return (self.lower_bound_s is not None
+                and self.period_s <= self.lower_bound_s * (1 + 1e-6) + OPTIMUM_SLACK_S)
 
     @property
     def best_baseline(self) -> tuple[str, float] | None:
