@@ -21,6 +21,10 @@ cost model once, on the shape's first position. What survives:
    *and* smaller meshes at disjoint positions that calls can share the cluster
    with. Within a shape, positions come in meshes.py's preference order.
 
+The lean options those lists drop (fewer resident states at a larger peak) are
+fetched during the search by planner/search/unlock.py, from each shape's
+memory frontier (`lean_options`).
+
 Everything is in seconds and bytes per device (the most loaded device of the
 layout, as the cost model reports it).
 """
