@@ -48,13 +48,14 @@ demo: install
 		specs/tiny-ppo-cpu.yaml > $(DEMO)/spec.yaml
 	$(PY) -m planner.cli search $(CAL)/spec.yaml -o $(CAL)/searched.json --steps 2000
 	$(PY) -m planner.cli search $(CAL)/spec.yaml -o $(CAL)/split.json --method baseline --baseline split
-	$(PY) -m runtime.cli run $(CAL)/searched.json --run-dir $(CAL)/run-searched --iterations 4 --save-every 4
-	$(PY) -m runtime.cli run $(CAL)/split.json --run-dir $(CAL)/run-split --iterations 4 --save-every 4
+	$(PY) -m runtime.cli run $(CAL)/searched.json --run-dir $(CAL)/run-searched --iterations 8 --save-every 8
+	$(PY) -m runtime.cli run $(CAL)/split.json --run-dir $(CAL)/run-split --iterations 8 --save-every 8
 	$(PY) -m planner.cli calibrate $(CAL)/run-searched $(CAL)/run-split \
 		--profile $(DEMO)/profile.json -o $(DEMO)/profile-calibrated.json
 	$(PY) -m planner.cli search $(DEMO)/spec.yaml -o $(DEMO)/plan.json --steps 5000
-	@# Checkpoints every 4 iterations: their writes are not in the plan's estimate.
-	$(PY) -m runtime.cli run $(DEMO)/plan.json --run-dir $(DEMO)/run --save-every 4
+	@# 16 iterations (compare_run takes medians over 15), a checkpoint every 8: their
+	@# writes are not in the plan's estimate.
+	$(PY) -m runtime.cli run $(DEMO)/plan.json --run-dir $(DEMO)/run --iterations 16 --save-every 8
 	$(PY) -m planner.cli show $(DEMO)/plan.json -o $(DEMO)/plan.html \
 		--perfetto $(DEMO)/plan_trace.json --measured $(DEMO)/run/trace.json
 	$(PY) tools/compare_run.py $(DEMO)/plan.json $(DEMO)/run

@@ -63,6 +63,9 @@ class Run:
     iteration_s: list[float] = field(default_factory=list)  # period: steady state
     iteration_span_s: list[float] = field(default_factory=list)  # one iteration alone
     host_fed: set[str] = field(default_factory=set)  # calls reading a host function's output
+    # call -> per iteration, the busiest device's worker-thread CPU time in the span
+    # (traces that record it); span - cpu is time spent waiting, mostly for a core
+    cpu_s: dict[str, list[float]] = field(default_factory=dict)
 
 
 def _read_json(path: Path):
@@ -141,7 +144,7 @@ def load_run(run_dir: str | Path, profile: HardwareProfile, profile_path: str,
 def read_trace(run: Run, path: Path, skip: int) -> None:
     doc = _read_json(path)
     events = _field(doc, "traceEvents", path, list)
-    calls: dict[tuple[str, int], list] = {}     # (call, iteration) -> [start, end, devices]
+    calls: dict[tuple[str, int], list] = {}  # (call, iteration) -> [start, end, devices, cpu]
     reallocs: dict[tuple[str, int], list] = {}  # (call, iteration) -> [start, end, bytes]
     device_ends: dict[int, list[float]] = {}    # device -> ends of all its slices
     names = {c.name for c in run.spec.calls}
@@ -158,8 +161,10 @@ def read_trace(run: Run, path: Path, skip: int) -> None:
                                  f"gpu {device} (expected a device of the plan, 0-"
                                  f"{max(devices)})")
             if args["kind"] == "call" and e["name"] in names:
-                box = calls.setdefault((e["name"], it), [t0, t1, set()])
+                box = calls.setdefault((e["name"], it), [t0, t1, set(), None])
                 box[2].add(device)
+                if "cpu_ms" in args:
+                    box[3] = max(box[3] or 0.0, float(args["cpu_ms"]) * 1e-3)
             elif args["kind"] == "realloc":
                 box = reallocs.setdefault((e["name"].split("->")[-1], it), [t0, t1, 0])
                 box[2] += int(args.get("recv_bytes", 0))
@@ -173,9 +178,11 @@ def read_trace(run: Run, path: Path, skip: int) -> None:
     g = build_graph(run.spec)
     run.host_fed = {v for u, v, a in g.edges(data=True)
                     if any("->" in k for k in a.get("data_keys", ()))}
-    for (name, it), (t0, t1, devices) in sorted(calls.items(), key=lambda kv: kv[1][0]):
+    for (name, it), (t0, t1, devices, cpu) in sorted(calls.items(), key=lambda kv: kv[1][0]):
         if it < skip:
             continue
+        if cpu is not None:
+            run.cpu_s.setdefault(name, []).append(cpu)
         start = min(t0, reallocs.get((name, it), [t0])[0])
         # Ready: its inputs are there and its devices are free; the rest is the driver's.
         # A call with no predecessor in its iteration gets no gap: before it the driver

@@ -313,6 +313,8 @@ class Controller:
         it.events += [dict(kind="call", name=call.name, device=m["device"], start=t0,
                            end=max(t0, m["end"]), iteration=it.k,
                            args={"layout": a.layout_str, "micro_batches": a.micro_batches,
+                                 **({"cpu_ms": round(m["cpu_s"] * 1e3, 3)} if "cpu_s" in m
+                                    else {}),
                                  **m.get("info", {})})
                       for m in metas]
         if reallocs:

@@ -14,6 +14,7 @@ Run directory:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -193,17 +194,27 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
                          reward_fns=reward_fns, seed=seed, on_submit=on_submit,
                          overlap=overlap)
 
+        trace_written = [0.0, 0]  # (when, how many events): the trace is rewritten whole,
+        # so at most once a second while running (driver CPU competes with the workers')
+
+        def flush_trace() -> None:
+            if len(events) != trace_written[1]:
+                write_trace(out / "trace.json", events, plan.cluster.gpus_per_node, t0)
+                trace_written[:] = [time.time(), len(events)]
+
         def on_iteration(res) -> None:
             history.append(res.metrics)
             events.extend(res.events)
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(res.metrics) + "\n")
             _print_iteration(console, res.metrics, total)
-            write_trace(out / "trace.json", events, plan.cluster.gpus_per_node, t0)
+            if time.time() - trace_written[0] >= TRACE_EVERY_S:
+                flush_trace()
 
         ctl.run(start_it, total, on_iteration,
                 Checkpoints(out, seed, spec.spec_hash(), save_every, total,
                             checkpoint_homes(plan)))
+        flush_trace()
         failed = False
     except OSError as err:  # the driver's own files: metrics, trace
         raise RunError(f"cannot write {err.filename or out}: {err.strerror or err}") from None
@@ -211,6 +222,9 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
         raise _name_lost_node(err, placement) from None
     finally:
         try:
+            if failed and events:  # what ran before the failure; that error is the one said
+                with contextlib.suppress(OSError):
+                    flush_trace()
             for h in vllm_engines:
                 ray.kill(h)
             if workers:
@@ -223,6 +237,7 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
 
 
 RUN_RECORD_VERSION = 1
+TRACE_EVERY_S = 1.0  # trace.json is rewritten at most this often during a run, and at its end
 
 
 def write_run_record(out: Path, spec, plan, plan_path: str, profile, seed: int) -> None:

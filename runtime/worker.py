@@ -313,7 +313,7 @@ class Worker:
         parts: dict[str, Any] = {}
         if call.type == "train":  # minibatches are global: the whole batch, split later
             handles.wait_ready([r for h in inputs.values() for r in handles.refs_of(h)])
-            t0 = time.time()  # timed from here: the producers' work is not this call's
+            t0, cpu0 = time.time(), time.thread_time()  # the producers' work is not this call's
             store = {k: handles.fetch(h) for k, h in inputs.items()}
             batch, train_opts = self.algorithm.train_inputs(self.spec, call, store)
             out = self._train(engine, call, batch, a.dp, a.micro_batches, train_opts)
@@ -326,7 +326,7 @@ class Worker:
             src = next(h for k, h in inputs.items() if k == "prompts" or h.tokens)
             lo, hi = handles.split_rows(src.rows, a.dp)[d]  # this replica's rows
             handles.wait_ready(handles.refs_of(src, lo, hi))
-            t0 = time.time()
+            t0, cpu0 = time.time(), time.thread_time()
             rows = handles.fetch_rows(src, lo, hi)
             if call.type == "generate":
                 out = self._generate(engine, call, rows, iteration, options, a.micro_batches)
@@ -340,7 +340,12 @@ class Worker:
                                                      if k in keep}, a.micro_batches)
                 values = [next(iter(out.values()))]
             parts = {k: handles.Part(k, lo, hi, v) for k, v in zip(call.outputs, values)}
+        # cpu_s: this thread's CPU time in the span (the native engine computes in this
+        # thread; vLLM in its own process). Span - cpu_s: waiting for a core (processes
+        # sharing the host's cores), for peers in a collective, or for vLLM.
         meta.update(start=t0, end=time.time())
+        if a.backend != "vllm" or call.type != "generate":
+            meta["cpu_s"] = time.thread_time() - cpu0
         if not call.outputs:
             return meta
         return (meta, *[parts.get(k) if leader else None for k in call.outputs])

@@ -23,6 +23,7 @@ from runtime.trace import write_trace
 from tests.runtime_scenarios import TINY_PPO, manual_plan
 
 SCALE, GAP_S, ITERATIONS = 2.0, 0.006, 4
+CPU_SHARE = 0.8  # of a call's span, on its busiest device: the trace's cpu_ms
 ALLOC = {"actor_train": "0-3:d4", "actor_gen": "0-1:d2", "ref_inf": "2-3:d2",
          "critic_inf": "0-1:d2", "critic_train": "0-3:d2t2"}
 
@@ -43,8 +44,11 @@ def _make_run(tmp: Path, profile_path: Path) -> Path:
             ready = max([end[p] for p in g.predecessors(c.name)] + [free[d] for d in devices])
             start = ready + GAP_S
             stop = start + SCALE * est[c.name]
+            # worker CPU: CPU_SHARE of the span on the call's first device, less on others
             events += [dict(kind="call", name=c.name, device=d, start=start, end=stop,
-                            iteration=it, args={}) for d in devices]
+                            iteration=it, args={"cpu_ms": (stop - start) * 1e3 * CPU_SHARE
+                                                * (1.0 if d == devices[0] else 0.5)})
+                       for d in devices]
             end[c.name] = stop
             for d in devices:
                 free[d] = stop
@@ -205,8 +209,9 @@ def test_compare_run_reads_calls_as_calibrate_does(recorded):
         "compare_run", Path(__file__).parent.parent / "tools" / "compare_run.py")
     mod = importlib.util.module_from_spec(spec_)
     spec_.loader.exec_module(mod)
-    rows = {name.split(" ")[0]: (est, got) for name, est, got in
-            mod.compare(str(run / "plan.json"), str(run), 1)}
+    compared = mod.compare(str(run / "plan.json"), str(run), 1)
+    rows = {name.split(" ")[0]: (est, got) for name, est, got, _ in compared}
+    cpu = {name.split(" ")[0]: c for name, _, _, c in compared}
     spec = load_spec(TINY_PPO)
     plan = load_plan(str(run / "plan.json"), spec)
     est = {n: c.breakdown_s for n, c in price_plan(spec, plan, load_profile(prof_path))[0].items()}
@@ -214,3 +219,8 @@ def test_compare_run_reads_calls_as_calibrate_does(recorded):
     gen, train = rows["actor_gen"], rows["actor_train"]
     assert gen[1] == pytest.approx(SCALE * device_s(est["actor_gen"]), rel=1e-3)
     assert train[1] == pytest.approx(SCALE * device_s(est["actor_train"]) + GAP_S, rel=1e-3)
+    # the worker CPU column: the busiest device's, i.e. CPU_SHARE of the span; none for
+    # the rows that are not calls
+    assert cpu["actor_train"] == pytest.approx(
+        CPU_SHARE * SCALE * device_s(est["actor_train"]), rel=1e-3)
+    assert cpu["iteration,"] is None and cpu["realloc"] is None

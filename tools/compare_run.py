@@ -60,14 +60,14 @@ def _check_same_plan(plan, plan_path: str, run_dir: Path) -> None:
                             f"{' m'.join(map(str, mine.get(a.name, ('none',))))}")
 
 
-def _call_times(plan, run_dir: Path, skip: int) -> tuple[dict, dict]:
-    """Per call, spans and launch gaps (seconds, per iteration after `skip`) from the
-    run's trace, as planner calibrate reads them; empty without a trace."""
+def _call_times(plan, run_dir: Path, skip: int) -> tuple[dict, dict, dict]:
+    """Per call, spans, launch gaps and worker CPU times (seconds, per iteration after
+    `skip`) from the run's trace, as planner calibrate reads them; empty without a trace."""
     from planner.calibration import Run, read_trace
     from planner.graph.spec import Spec
 
     if not (run_dir / "trace.json").exists() or not (run_dir / "spec.json").exists():
-        return {}, {}
+        return {}, {}, {}
     try:
         spec = Spec.model_validate_json((run_dir / "spec.json").read_text())
     except (OSError, ValueError) as err:
@@ -75,10 +75,12 @@ def _call_times(plan, run_dir: Path, skip: int) -> tuple[dict, dict]:
             from None
     run = Run(run_dir, spec, plan)
     read_trace(run, run_dir / "trace.json", skip)
-    return run.span_s, run.gap_s
+    return run.span_s, run.gap_s, run.cpu_s
 
 
-def compare(plan_path: str, run_dir: str, skip: int) -> list[tuple[str, float, float]]:
+def compare(plan_path: str, run_dir: str, skip: int
+            ) -> list[tuple[str, float, float, float | None]]:
+    """Rows (name, estimate s, measured s, worker CPU s or None)."""
     plan = load_plan(plan_path)
     _check_same_plan(plan, plan_path, Path(run_dir))
     metrics = _metrics(Path(run_dir))[skip:]
@@ -89,7 +91,7 @@ def compare(plan_path: str, run_dir: str, skip: int) -> list[tuple[str, float, f
         vals = [m[key] for m in metrics if key in m]
         return statistics.median(vals) if vals else float("nan")
 
-    spans, gaps = _call_times(plan, Path(run_dir), skip)
+    spans, gaps, cpus = _call_times(plan, Path(run_dir), skip)
     rows = []
     for a in plan.calls:
         if a.estimate is None:
@@ -107,12 +109,13 @@ def compare(plan_path: str, run_dir: str, skip: int) -> list[tuple[str, float, f
                 got += statistics.median(gaps[a.name])
             else:
                 est -= gap_terms_s(bd)
-        rows.append((f"{a.name} ({a.layout_str})", est, got))
+        cpu = statistics.median(cpus[a.name]) if cpus.get(a.name) else None
+        rows.append((f"{a.name} ({a.layout_str})", est, got, cpu))
     realloc_est = sum(a.estimate.breakdown_s.get("realloc", 0.0) for a in plan.calls
                       if a.estimate is not None)
-    rows.append(("realloc (sum)", realloc_est, median("timing_s/realloc")))
+    rows.append(("realloc (sum)", realloc_est, median("timing_s/realloc"), None))
     rows.append(("iteration, steady state", plan.iteration_time_s or float("nan"),
-                 median("timing_s/iteration")))
+                 median("timing_s/iteration"), None))
     # Measured: timing_s/iteration is the period (end of an iteration to the end of the
     # next: the steady state, overlap included); timing_s/iteration_span is one
     # iteration's first start to its last end, to set beside the plan's iteration alone.
@@ -121,7 +124,7 @@ def compare(plan_path: str, run_dir: str, skip: int) -> list[tuple[str, float, f
         alone_s = max(e.end_s for e in first) - min(e.start_s for e in first)
         span = "timing_s/iteration_span" if any("timing_s/iteration_span" in m
                                                  for m in metrics) else "timing_s/iteration"
-        rows.append(("iteration alone (no overlap)", alone_s, median(span)))
+        rows.append(("iteration alone (no overlap)", alone_s, median(span), None))
     return rows
 
 
@@ -137,10 +140,16 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{'':32} {'estimate ms':>12} {'measured ms':>12} {'measured/est':>13}")
-    for name, est, got in rows:
+    print(f"{'':32} {'estimate ms':>12} {'measured ms':>12} {'measured/est':>13} "
+          f"{'worker CPU ms':>14}")
+    for name, est, got, cpu in rows:
         ratio = f"{got / est:12.1f}x" if est > 0 else f"{'-':>13}"
-        print(f"{name:32} {est * 1e3:12.1f} {got * 1e3:12.1f} {ratio}")
+        print(f"{name:32} {est * 1e3:12.1f} {got * 1e3:12.1f} {ratio} "
+              f"{f'{cpu * 1e3:14.1f}' if cpu is not None else f'{chr(45):>14}'}")
+    if any(r[3] is not None for r in rows):
+        print("worker CPU: the call's thread CPU time on its busiest device (the native "
+              "engine's work; vLLM computes elsewhere); measured span minus it is time the "
+              "worker waited, mostly for a core")
     tput = statistics.median(m["perf/throughput"] for m in metrics if "perf/throughput" in m)
     plan = load_plan(args.plan)
     n = plan.cluster.num_devices

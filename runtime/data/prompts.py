@@ -22,11 +22,16 @@ class PromptSampler:
         self.prompts = prompts
         self.seed = seed
         self.drawn = drawn
+        self._epoch_order: tuple[int, list[int]] | None = None  # (epoch, its order)
 
     def _order(self, epoch: int) -> list[int]:
-        order = list(range(len(self.prompts)))
-        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-        return order
+        # Kept per epoch: shuffling the whole set for every record drawn cost the
+        # driver ~7 ms of CPU per 32-prompt batch, beside the workers' calls.
+        if self._epoch_order is None or self._epoch_order[0] != epoch:
+            order = list(range(len(self.prompts)))
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            self._epoch_order = (epoch, order)
+        return self._epoch_order[1]
 
     def next_batch(self, n: int) -> list[str]:
         out = []
