@@ -168,11 +168,16 @@ class Controller:
         inflight: dict[tuple[str, int], Task] = {}
         finished: dict = {}  # ref of a task that returned -> its meta
         oldest, prev_end, pos = first, time.time(), 0
-        while pos < len(order) or inflight:
+
+        def submit_ready(pos: int) -> int:
             while pos < len(order) and self._may_submit(*order[pos], its, oldest):
                 name, k = order[pos]
                 inflight[(name, k)] = self._submit(self.spec.call(name), its[k])
                 pos += 1
+            return pos
+
+        while pos < len(order) or inflight:
+            pos = submit_ready(pos)
             if not inflight:
                 name, k = order[pos]
                 raise RunError(f"iteration {k}: call {name} waits for keys no one produces "
@@ -186,11 +191,19 @@ class Controller:
             for t in inflight.values():
                 for r in set(ready) & set(t.refs):
                     finished[r] = self._check(t, r, inflight)
+            completed = set()
             for key, t in list(inflight.items()):
                 if all(r in finished for r in t.refs):
                     del inflight[key]
                     self._complete(t, [finished.pop(r) for r in t.meta_refs],
                                    [finished.pop(r) for r in t.realloc_refs], its[t.iteration])
+                    completed.add(t.iteration)
+            # The calls these completions made ready go first; host functions (driver
+            # CPU, and a fetch of the keys they read) after, so calls that do not read
+            # their outputs (e.g. inference after generation) do not wait for them.
+            pos = submit_ready(pos)
+            for k in sorted(completed):
+                self._run_functions(its[k])
             while oldest in its and len(its[oldest].done) == len(self.spec.calls):
                 it = its.pop(oldest)
                 on_iteration(IterationResult(self._metrics(it, prev_end), it.events))
@@ -323,7 +336,8 @@ class Controller:
             it.first_start = min(it.first_start, r0)
             it.events += [dict(kind="realloc", name=f"realloc {call.model}->{call.name}",
                                device=r["device"], start=r0, end=max(r0, r["end"]),
-                               iteration=it.k, args={"recv_bytes": r["recv_bytes"]})
+                               iteration=it.k, args={"recv_bytes": r["recv_bytes"],
+                                                     "cpu_ms": round(r["cpu_s"] * 1e3, 3)})
                           for r in reallocs]
         if call.type == "train":  # every dp leader reports the same global losses
             lead = min((m for m in metas if "steps" in m), key=lambda m: m["dp_index"])
@@ -331,7 +345,6 @@ class Controller:
             for key, value in lead["metrics"].items():  # e.g. async/ from the actor's
                 it.train_metrics.setdefault(key, value)
         it.done.add(call.name)
-        self._run_functions(it)
 
     def _run_functions(self, it: Iteration) -> None:
         """Host functions whose inputs are done: the only place the driver reads a

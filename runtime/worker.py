@@ -226,7 +226,7 @@ class Worker:
             return self._realloc(model, call)
 
     def _realloc(self, model: str, call: str) -> dict[str, Any]:
-        t0 = time.time()
+        t0, cpu0 = time.time(), time.thread_time()
         plan = self.plan
         step = plan.realloc_into(call)
         if step is None or step.model != model:
@@ -260,7 +260,8 @@ class Worker:
             model, home, plan_crosses_devices(transfer), self.union_groups[ranks],
             (home or engine).device)
         recv = transfer.stats().recv_bytes.get(self.device_id, 0)
-        return {"start": t0, "end": time.time(), "recv_bytes": int(recv), "device": self.device_id}
+        return {"start": t0, "end": time.time(), "recv_bytes": int(recv), "device": self.device_id,
+                "cpu_s": time.thread_time() - cpu0}
 
     def _carry_version(self, model: str, home: Engine | None, crosses: bool, group,
                        device) -> int:
