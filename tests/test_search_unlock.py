@@ -11,6 +11,7 @@ import pytest
 from planner.commands.evaluate import assignment_of, parse_alloc
 from planner.cost_model.memory import TrainMemoryChoice
 from planner.graph.loader import load_spec
+from planner.search.bounds import full_space_bound_s
 from planner.search.candidates import lean_options, memory_frontier
 from planner.search.mcmc import polish_plan
 from planner.search.pairs import independent_pairs, side_by_side
@@ -122,3 +123,5 @@ def test_unlock_finds_the_lean_plan_at_128_gpus():
     assert Simulator(p, order=order).feasible(a)
     critic = p.candidates[p.index["critic_train"]][a[p.index["critic_train"]]]
     assert critic.memory.zero_stage == 3 and critic.states_bytes < 13 * GIB
+    # The bound over every legal plan stays under this plan (here 33.989 s).
+    assert full_space_bound_s(p) <= period
