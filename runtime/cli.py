@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     run.add_argument("--address", help="Ray cluster address (default: start a local one)")
     run.add_argument("--save-every", type=int, default=1, help="checkpoint every N iterations")
+    run.add_argument("--keep-checkpoints", type=int, default=3, metavar="N",
+                     help="keep the newest N checkpoints, delete older ones once a newer one "
+                          "is complete (default 3; 0 keeps every one)")
     run.add_argument("--no-overlap", action="store_true",
                      help="one iteration after the other (the plan's steady state overlaps "
                           "them; results are the same; a stale generation the plan puts "
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for flag, value, lo, hi in (("--iterations", args.iterations, 1, MAX_ITERATIONS),
                                 ("--save-every", args.save_every, 1, MAX_ITERATIONS),
+                                ("--keep-checkpoints", args.keep_checkpoints, 0, MAX_ITERATIONS),
                                 ("--seed", args.seed, 0, MAX_SEED)):
         if value is not None and not lo <= value <= hi:
             sys.stderr.write(f"runtime run: {flag} {value}: expected {lo} to {hi}\n")
@@ -72,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_plan(args.plan, spec_path=args.spec, iterations=args.iterations,
                            run_dir=args.run_dir, resume=args.resume, seed=args.seed,
                            address=args.address, save_every=args.save_every,
+                           keep_checkpoints=args.keep_checkpoints,
                            overlap=not args.no_overlap)
     except UserError as err:
         sys.stderr.write(f"{err}\n")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -112,7 +113,7 @@ def _check_homes(state: dict, ckpt: Path, homes: dict[str, str]) -> None:
 
 def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | None = None,
              run_dir: str = "runs/latest", resume: bool = False, seed: int = 0,
-             address: str | None = None, save_every: int = 1,
+             address: str | None = None, save_every: int = 1, keep_checkpoints: int = 3,
              console: Console | None = None, on_submit=None,
              overlap: bool = True) -> RunSummary:
     """`overlap=False` runs one iteration after the other (the same results; the
@@ -213,7 +214,7 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
 
         ctl.run(start_it, total, on_iteration,
                 Checkpoints(out, seed, spec.spec_hash(), save_every, total,
-                            checkpoint_homes(plan)))
+                            checkpoint_homes(plan), keep=keep_checkpoints))
         flush_trace()
         failed = False
     except OSError as err:  # the driver's own files: metrics, trace
@@ -237,6 +238,7 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
 
 
 RUN_RECORD_VERSION = 1
+CHECKPOINT_NAME = re.compile(r"iter_(\d{6,})")  # a complete checkpoint's directory
 TRACE_EVERY_S = 1.0  # trace.json is rewritten at most this often during a run, and at its end
 
 
@@ -274,9 +276,10 @@ class Checkpoints:
     previous checkpoint as `latest`, no .partial, and one line naming path and cause."""
 
     def __init__(self, out: Path, seed: int, spec_hash: str, save_every: int,
-                 total: int, homes: dict[str, str] | None = None) -> None:
+                 total: int, homes: dict[str, str] | None = None, keep: int = 3) -> None:
         self.out, self.seed, self.spec_hash = out, seed, spec_hash
         self.save_every, self.total, self.homes = save_every, total, homes or {}
+        self.keep = keep  # newest complete checkpoints kept (0: all)
 
     def due(self, iteration: int) -> bool:
         return (iteration + 1) % self.save_every == 0 or iteration + 1 == self.total
@@ -312,6 +315,20 @@ class Checkpoints:
             shutil.rmtree(partial, ignore_errors=True)
             raise RunError(f"checkpoint {name}: cannot write {err.filename or partial}: "
                            f"{err.strerror or err}") from None
+        self._prune()
+
+    def _prune(self) -> None:
+        """Delete complete checkpoints older than the newest `keep` (only once a newer
+        one is complete and named `latest`: a crash never leaves fewer than `keep`).
+        A checkpoint holds every trainable model and its optimizer states, so keeping
+        one per iteration would fill a disk on a model of any size."""
+        if self.keep <= 0:
+            return
+        done = sorted((p for p in (self.out / "checkpoints").iterdir()
+                       if p.is_dir() and CHECKPOINT_NAME.fullmatch(p.name)),
+                      key=lambda p: int(CHECKPOINT_NAME.fullmatch(p.name).group(1)))
+        for old in done[:-self.keep]:
+            shutil.rmtree(old, ignore_errors=True)  # a leftover costs disk, not correctness
 
 
 def _print_iteration(console: Console, m: dict, total: int) -> None:

@@ -464,3 +464,29 @@ def test_evaluate_does_not_write_a_plan_that_runs_out_of_memory(tmp_path, capsys
     assert err.startswith("--alloc: device 32 peaks at 76.36 GiB (actor_gen), over the "
                           "75.26 GiB usable"), err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("keep, left", [(2, ["iter_000003", "iter_000004"]),
+                                        (0, [f"iter_{k:06d}" for k in range(5)])])
+def test_old_checkpoints_are_pruned_once_a_newer_one_is_complete(tmp_path, keep, left):
+    """--keep-checkpoints: the newest `keep` complete checkpoints stay (0: every one);
+    a failed save deletes nothing, and `latest` always names a kept one."""
+    from runtime.controller import RunError
+    from runtime.run import Checkpoints
+
+    out = tmp_path / "run"
+    cp = Checkpoints(out, 0, "sha256:x", save_every=1, total=6, keep=keep)
+    for it in range(5):
+        cp.begin(it)
+        cp.finish(it, lambda it=it: Path(cp.partial_dir(it), "w.pt").write_text(str(it)), it)
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == left + ["latest"]
+    cp.begin(5)
+
+    def disk_full() -> None:
+        raise OSError(28, "No space left on device", cp.partial_dir(5))
+
+    with pytest.raises(RunError):
+        cp.finish(5, disk_full, 5)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == left + ["latest"]
+    assert (out / "checkpoints" / "latest").read_text() == "iter_000004\n"
