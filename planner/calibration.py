@@ -222,9 +222,9 @@ def device_s(breakdown) -> float:
     return sum(v for k, v in breakdown.items() if k not in RUNTIME_TERMS)
 
 
-def price_plan(spec: Spec, plan: ExecutionPlan, profile: HardwareProfile):
-    """The plan's calls priced under `profile` (name -> Candidate), and the simulated
-    iteration: (candidates, first iteration alone, steady-state period)."""
+def _evaluate(spec: Spec, plan: ExecutionPlan, profile: HardwareProfile):
+    """The plan's calls priced under `profile` and simulated: (name -> Candidate, the
+    simulator's evaluation with its events)."""
     from planner.search.candidates import price
     from planner.search.plan_out import exact_evaluation
     from planner.search.problem import Problem
@@ -235,9 +235,15 @@ def price_plan(spec: Spec, plan: ExecutionPlan, profile: HardwareProfile):
         a = plan.assignment(name)
         assign.append(p.add_candidate(i, price(p.contexts[i], a.layout, a.micro_batches)))
     _, ev = exact_evaluation(p, tuple(assign))
+    return {p.names[i]: p.candidates[i][assign[i]] for i in range(p.n)}, ev, p.names
+
+
+def price_plan(spec: Spec, plan: ExecutionPlan, profile: HardwareProfile):
+    """The plan's calls priced under `profile` (name -> Candidate), and the simulated
+    iteration: (candidates, first iteration alone, steady-state period)."""
+    cands, ev, _ = _evaluate(spec, plan, profile)
     first = [e for e in ev.events if e.iteration == 0]
     alone = max(e.end_s for e in first) - min(e.start_s for e in first)
-    cands = {p.names[i]: p.candidates[i][assign[i]] for i in range(p.n)}
     return cands, alone, ev.period_s
 
 
@@ -261,6 +267,21 @@ def call_rows(run: Run, profile: HardwareProfile) -> tuple[list[CallRow], float,
                             span + (gap or 0.0), span, gap, est, device,
                             bd.get("handoff", 0.0), c.num_seqs))
     return rows, alone, steady
+
+
+def realloc_rows(run: Run, profile: HardwareProfile) -> list[tuple[str, float, float]]:
+    """Per realloc step of the run that moves bytes: (call it feeds, median measured
+    span over iterations, the estimate's `realloc` term under `profile`)."""
+    _, ev, names = _evaluate(run.spec, run.plan, profile)
+    est: dict[str, float] = {}  # the same every iteration; the longest, to be safe
+    for e in ev.events:
+        if e.kind == "realloc":
+            est[names[e.call]] = max(est.get(names[e.call], 0.0), e.end_s - e.start_s)
+    spans: dict[str, list[float]] = {}
+    for name, span, nbytes in run.realloc_s:
+        if nbytes > 0:
+            spans.setdefault(name, []).append(span)
+    return [(name, statistics.median(v), est.get(name, 0.0)) for name, v in spans.items()]
 
 
 # ----------------------------------------------------------------------- fit

@@ -224,3 +224,20 @@ def test_compare_run_reads_calls_as_calibrate_does(recorded):
     assert cpu["actor_train"] == pytest.approx(
         CPU_SHARE * SCALE * device_s(est["actor_train"]), rel=1e-3)
     assert cpu["iteration,"] is None and cpu["realloc"] is None
+
+
+def test_realloc_rows_set_measured_reallocs_beside_the_plans_realloc_term(tmp_path):
+    """bench_plans' realloc figure: per realloc step that moved bytes, the median
+    measured span (zero-byte iterations left out) beside the estimate's realloc term,
+    the one plan.json records for the call."""
+    from planner.calibration import Run, realloc_rows
+
+    spec = load_spec(TINY_PPO)
+    moved = {**ALLOC, "actor_train": "0-1:d2", "actor_gen": "2-3:d2"}  # bytes cross devices
+    plan = load_plan(manual_plan(TINY_PPO, moved, tmp_path / "plan.json"), spec)
+    run = Run(tmp_path, spec, plan, realloc_s=[("actor_gen", 0.004, 10), ("actor_gen", 0.009, 0),
+                                               ("actor_gen", 0.006, 10)])
+    [(call, measured, est)] = realloc_rows(run, load_profile("cpu"))
+    assert call == "actor_gen" and measured == pytest.approx(0.005)
+    assert est > 0 and est == pytest.approx(
+        plan.assignment("actor_gen").estimate.breakdown_s["realloc"], rel=1e-9)

@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from planner.calibration import call_rows, load_run, price_plan  # noqa: E402
+from planner.calibration import call_rows, load_run, price_plan, realloc_rows  # noqa: E402
 from planner.cost_model.profile import load_profile  # noqa: E402
 from planner.errors import UserError  # noqa: E402
 from planner.graph.loader import load_spec  # noqa: E402
@@ -149,8 +149,11 @@ def report(spec_name: str, res: dict[str, dict], profile, label: str) -> dict:
         measured = statistics.median(r["run"].iteration_s)
         span = statistics.median(r["run"].iteration_span_s)
         ratios = {c.call: c.measured_s / c.estimate_s for c in calls}
+        reallocs = {call: {"estimate_s": est, "measured_s": got}
+                    for call, got, est in realloc_rows(r["run"], profile)}
         rows[name] = {"alone_s": alone, "steady_s": steady, "measured_s": measured,
-                      "span_s": span, "ratio": measured / steady, "call_ratios": ratios}
+                      "span_s": span, "ratio": measured / steady, "call_ratios": ratios,
+                      "reallocs": reallocs}
     print(f"\n{spec_name} ({label}); iteration ms, measured period / estimated steady state:")
     print(f"  {'plan':18} {'est alone':>9} {'meas span':>9} {'est steady':>10} {'measured':>9} "
           f"{'ratio':>6}  per-call measured/estimate")
@@ -163,6 +166,12 @@ def report(spec_name: str, res: dict[str, dict], profile, label: str) -> dict:
         print(f"  {name:18} {x['alone_s'] * 1e3:9.1f} {x['span_s'] * 1e3:9.1f} "
               f"{x['steady_s'] * 1e3:10.1f} "
               f"{x['measured_s'] * 1e3:9.1f} {x['ratio']:6.2f}  {per_call}{note}")
+        for call, r in x["reallocs"].items():
+            print(f"  {'':18} realloc into {call}: estimate {r['estimate_s'] * 1e3:.1f} ms, "
+                  f"measured {r['measured_s'] * 1e3:.1f} ms "
+                  f"({r['measured_s'] / r['estimate_s']:.2f}x)" if r["estimate_s"] > 0 else
+                  f"  {'':18} realloc into {call}: estimate 0, measured "
+                  f"{r['measured_s'] * 1e3:.1f} ms")
     names = list(rows)
     tau_alone = kendall_tau([rows[n]["alone_s"] for n in names],
                             [rows[n]["measured_s"] for n in names])
@@ -185,22 +194,29 @@ def report(spec_name: str, res: dict[str, dict], profile, label: str) -> dict:
     all_calls = [v for x in rows.values() for v in x["call_ratios"].values()]
     med_call = statistics.median(abs(v - 1) for v in all_calls)
     med_iter = statistics.median(abs(x["ratio"] - 1) for x in rows.values())
+    # reallocs of distinct plans only (a baseline that is the same plan measured the same)
+    realloc_err = [abs(r["measured_s"] / r["estimate_s"] - 1) for x in rows.values()
+                   if not x["same_plan_as"] for r in x["reallocs"].values() if r["estimate_s"] > 0]
+    med_realloc = statistics.median(realloc_err) if realloc_err else None
     print(f"  Kendall tau (estimated vs measured order): alone {tau_alone:.2f}, steady "
           f"{tau_steady:.2f}; over the {len(distinct)} distinct plans {tau_distinct:.2f} "
           f"(measured fastest: {fastest}"
           + (f" = {', '.join(n for n in names if rows[n]['same_plan_as'] == fastest)}"
              if any(rows[n]["same_plan_as"] == fastest for n in names) else "")
           + f"); median |measured/estimate - 1|: calls {med_call * 100:.0f}%, "
-          f"iterations {med_iter * 100:.0f}%")
+          f"iterations {med_iter * 100:.0f}%"
+          + (f", reallocs moving bytes {med_realloc * 100:.0f}% (over {len(realloc_err)})"
+             if med_realloc is not None else ", no realloc moved bytes"))
     return {"plans": rows, "tau_alone": tau_alone, "tau_steady": tau_steady,
             "tau_distinct": tau_distinct, "measured_fastest": fastest,
-            "median_call_error": med_call, "median_iteration_error": med_iter}
+            "median_call_error": med_call, "median_iteration_error": med_iter,
+            "median_realloc_error": med_realloc}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", type=int, choices=(2, 4), default=2)
-    ap.add_argument("--iterations", type=int, default=5)
+    ap.add_argument("--iterations", type=int, default=8)
     ap.add_argument("--profile", help="profile .json of this machine (default: measure one)")
     ap.add_argument("--specs", default=",".join(SPECS))
     ap.add_argument("--calibrate-on", help="fit the profile on this spec's runs only")
