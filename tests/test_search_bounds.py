@@ -281,3 +281,68 @@ def test_free_home_cases_hold_on_brute_forced_memory_tight_spaces(monkeypatch):
         monkeypatch.undo()
         raised += bound > before * (1 + 1e-9)
     assert checked >= FREE_SEEDS // 2 and raised >= 2, (checked, raised)
+
+
+COPY_SEEDS = 24  # tools: raise it for a longer check
+
+
+def test_off_node_copy_floors_hold_on_brute_forced_two_node_spaces(monkeypatch):
+    """Beside generation a free critic training sits on few nodes, so a critic inference
+    spanning more nodes pays its parameters' realloc from there, over the network
+    (bounds.with_copy_floors). On 2 nodes x 2 devices, random memory-tight spaces with an
+    8B critic (realloc priced by the simulator's rule): never above the best plan (every
+    assignment simulated), and above the bound without the floors on some."""
+    import random
+
+    from planner.search.scenarios import call, spec_of, TINY_MODELS
+
+    spec = spec_of([
+        call("actor_gen", "actor", "generate", ["prompts"], ["seqs"]),
+        call("ref_inf", "ref", "inference", ["seqs"], ["ref_logp"]),
+        call("critic_inf", "critic", "inference", ["seqs"], ["values"]),
+        call("actor_train", "actor", "train", ["seqs", "ref_logp", "values"], [],
+             minibatches=2),
+        call("critic_train", "critic", "train", ["seqs", "values"], [], minibatches=2),
+    ], {"actor": TINY_MODELS["actor"], "ref": TINY_MODELS["ref"],
+        "critic": {"arch": "llama3-8b", "trainable": True, "head": "value"}},
+        nodes=2, gpn=2, memory_gib=80)
+    spec.cluster.hardware = "h100-sxm"
+    every = [(lo, lo + n) for n in (1, 2, 4) for lo in range(0, 4, n)]
+    raised = checked = 0
+    for seed in range(COPY_SEEDS):
+        rng = random.Random(2000 + seed)
+
+        def opts(meshes, base_s, states, work, frozen, scaling=(0.7, 1.0)):
+            out = []
+            for lo, hi in meshes:
+                n = hi - lo
+                s = rng.uniform(*states)
+                out.append(_mem_c(lo, hi, base_s / n ** rng.uniform(*scaling), s,
+                                  rng.uniform(*work), s if frozen else s / 3))
+            return out
+
+        lists = {"actor_gen": opts([(0, 4), (0, 2), (2, 4), (1, 2)], 8.0,
+                                   (5, 10), (5, 15), True, (0.0, 0.2)),
+                 "ref_inf": opts(every, 2.0, (5, 35), (2, 10), True),
+                 "critic_inf": opts(every, 1.0, (1, 10), (1, 5), False),
+                 "actor_train": opts([(0, 4)], 4.0, (10, 25), (5, 20), False),
+                 "critic_train": opts([(0, 4), (0, 2), (2, 4), (3, 4), (0, 1)], 2.0,
+                                      (5, 25), (2, 10), False)}
+        p = hand_problem(spec, lists)
+        _as_whole_space(p)
+        p.options = [list(c) for c in p.candidates]
+        sim = Simulator(p)
+        periods = [sim.period(a) for a in itertools.product(*[range(len(c))
+                                                             for c in p.candidates])
+                   if sim.feasible(a)]
+        if not periods:
+            continue
+        checked += 1
+        bound = bounds.full_space_bound_s(p)
+        assert bound <= min(periods) * (1 + 1e-12), (seed, bound, min(periods))
+        monkeypatch.setattr(bounds, "COPY_FLOORS", False)
+        before = bounds.full_space_bound_s(p)
+        monkeypatch.undo()
+        raised += bound > before * (1 + 1e-9)
+    print(checked, raised)
+    assert checked >= COPY_SEEDS // 2 and raised >= 2, (checked, raised)

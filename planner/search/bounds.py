@@ -76,6 +76,15 @@ t(c, s) = least time of c with the (tp, pp) split s.
     ways: c1 on an option that need not meet u and c; c1 meeting them and c2 not; both
     meeting them, where an option of one is kept only if some option of the other either
     need not meet it (sizes within N) or fits with it on the device all four share.
+  - copies beside a narrowed free home: in a way where the free home h sits beside
+    generation, h's options span at most k nodes; an option of another call of h's
+    model (a critic's inference) on more than k nodes' devices has a receiver on a node
+    holding none of h's devices, which by fast_moves' rule receives its whole shard over
+    the network, so that option is lengthened by the least such receiver's time plus
+    the realloc's fixed cost (`with_copy_floors`; the realloc is its prologue, on its
+    own devices, inside every window it lies in). E.g. 128 GPUs: beside a 120-GPU
+    generation the critic's training lies on one node, and its inference at 64 devices
+    pays at least the copy to the other nodes (33.989 -> 34.017 s).
   Narrowed lists only raise least times, windows and device-seconds, so each way's
   length (as above) is a bound for the plans in it. E.g. 128 GPUs: a critic training
   beside a 120-GPU generation holds at least 12.3 GiB of states on its 8 devices, so
@@ -95,6 +104,7 @@ brute-force optima.
 from __future__ import annotations
 
 from bisect import bisect_right
+from dataclasses import replace
 from functools import lru_cache
 
 from planner.cost_model.device import device_of
@@ -240,6 +250,65 @@ def _floor(arch, head, dtype_bytes: int, gpn: int, src: tuple[int, int, int],
     return worst_s + realloc_fixed_s(profile, moved)
 
 
+def off_node_copy_floor_s(p: Problem, call: int, src_splits: frozenset[tuple[int, int]],
+                          dst: tuple[int, int]) -> float:
+    """Least realloc time of `call`'s model, from a layout with a (tp, pp) in
+    `src_splits` to one with (tp, pp) = `dst`, when some receiver sits on a node that
+    holds no source device: by fast_moves' rule that receiver gets its whole shard over
+    the network, the realloc lasts at least as long as it does plus the fixed cost; which
+    (tp rank, stage) it serves is not known, so the least over them is taken."""
+    m = p.spec.models[p.model_of[call]]
+    return _off_node_least(m.architecture, m.head, p.dtype_bytes[call], src_splits, dst,
+                           _Key(p))
+
+
+@lru_cache(maxsize=65536)
+def _off_node_least(arch, head, dtype_bytes: int, src_splits: frozenset[tuple[int, int]],
+                    dst: tuple[int, int], key: _Key) -> float:
+    return min((_off_node(arch, head, dtype_bytes, src, dst, key) for src in src_splits),
+               default=0.0)
+
+
+@lru_cache(maxsize=65536)
+def _off_node(arch, head, dtype_bytes: int, src: tuple[int, int], dst: tuple[int, int],
+              key: _Key) -> float:
+    dev = device_of(key.profile)
+    g = _groups(arch, head, dtype_bytes)
+    (s_tp, s_pp), (d_tp, d_pp) = src, dst
+    least = float("inf")
+    for p_ in range(d_pp):
+        for t in range(d_tp):
+            intra, inter = _receiver_bytes(g, s_tp, s_pp, d_tp, d_pp, t, p_, None, frozenset())
+            least = min(least, dev.collective_s("p2p", intra, 2, "intra_node")
+                        + dev.collective_s("p2p", inter, 2, "inter_node")
+                        + realloc_fixed_s(key.profile, intra + inter))
+    return least
+
+
+def with_copy_floors(p: Problem, opts: dict[int, list[Candidate]],
+                     narrowed: list[int]) -> dict[int, list[Candidate]]:
+    """`opts` with each option of a call whose model's home is in `narrowed` lengthened
+    by its realloc floor when it cannot share the home's nodes: every plan of the way puts
+    the home on one of opts[home], spanning at most k nodes, so an option of more than
+    k x gpus_per_node devices has a receiver on a node without a source device (and, of
+    another size, another layout: the realloc happens) and runs after that realloc on its
+    own devices (its prologue), inside every window it lies in."""
+    gpn = p.gpus_per_node
+    out = dict(opts)
+    for x, options in opts.items():
+        h = p.home[x]
+        if h == x or h not in narrowed or not opts.get(h):
+            continue
+        nodes = max(len({d // gpn for d in o.layout.device_ids}) for o in opts[h])
+        splits = frozenset((o.layout.tp, o.layout.pp) for o in opts[h])
+        longer = [replace(o, time_s=o.time_s + off_node_copy_floor_s(
+                      p, x, splits, (o.layout.tp, o.layout.pp)))
+                  if _size(o) > nodes * gpn else o for o in options]
+        if any(a is not b for a, b in zip(longer, options)):
+            out[x] = longer
+    return out
+
+
 def home_pair_s(p: Problem, v: int) -> float:
     """Least t(u, s_u) + realloc(s_u -> s_v) + t(v, s_v) with u = v's home, over splits."""
     u = p.home[v]
@@ -304,6 +373,7 @@ def loop_bound_s(p: Problem) -> float:
 
 
 FREE_CALLS_SPLIT_MAX = 3  # free calls split by where they sit (2^k ways)
+COPY_FLOORS = True  # off-node realloc floors beside a narrowed free home (with_copy_floors)
 PAIRS_MAX = 2  # pairs of homes split three ways beside a free home (3^k ways)
 
 
@@ -461,9 +531,12 @@ def _case_s(p: Problem, v: int, u: int, lag: int, ou: Candidate, desc: list[set[
             if any(not opts[c] for c in free):
                 continue
             ways = [opts]
-            for k, c in enumerate(free):
-                if triple and not mask >> k & 1 and p.home[c] == c:
-                    ways = [x for w in ways for x in _beside_home(p, u, ou, c, w)]
+            beside = [c for k, c in enumerate(free)
+                      if triple and not mask >> k & 1 and p.home[c] == c]
+            for c in beside:
+                ways = [x for w in ways for x in _beside_home(p, u, ou, c, w)]
+            if COPY_FLOORS and beside:
+                ways = [with_copy_floors(p, w, beside) for w in ways]
             for w in ways:
                 r = _restricted(p, [w[c] for c in range(p.n)], q, kept)
                 gap = span_s(r, v, u, 0.0, 0.0, desc)
