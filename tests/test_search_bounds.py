@@ -6,7 +6,9 @@
   a home pair (train -> next generation realloc) and a loop (two generations and two
   rewards between trainings), the bound is at most the best period over every plan of
   the space, and above what the older terms gave (windows count only the options that
-  fit inside them).
+  fit inside them);
+* memory cases, free homes and off-node copy floors on random memory-tight spaces (one
+  node of 4 devices; 2 nodes of 2 for the copies), every assignment simulated.
 
 Through the real pricing, tests/test_search_full_space.py brute-forces every legal plan
 of a 4-GPU spec and checks the same bound against it.
