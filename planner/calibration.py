@@ -8,9 +8,9 @@ warm-up):
 - span: from its last device's start to its last end (worker-side work; the
   runtime records every device's slice from that common start);
 - gap: from the moment it was ready (its in-iteration predecessors done and
-  its devices free: the last earlier slice on any of them) to its start, or
-  to the start of the realloc before it: the driver's launch, hand-off and
-  host work.
+  its devices free: the last earlier slice of another call on any of them) to
+  its start, or to the start of the realloc before it: the driver's launch,
+  hand-off and host work.
 
 Fitted, each a measured quantity (README.md, "planner calibrate"):
 - corrections[kind, layout size].scale = median(span / device terms of the
@@ -146,7 +146,8 @@ def read_trace(run: Run, path: Path, skip: int) -> None:
     events = _field(doc, "traceEvents", path, list)
     calls: dict[tuple[str, int], list] = {}  # (call, iteration) -> [start, end, devices, cpu]
     reallocs: dict[tuple[str, int], list] = {}  # (call, iteration) -> [start, end, bytes]
-    device_ends: dict[int, list[float]] = {}    # device -> ends of all its slices
+    # device -> (end, (call, iteration) it belongs to) of all its slices
+    device_ends: dict[int, list[tuple[float, tuple[str, int]]]] = {}
     names = {c.name for c in run.spec.calls}
     devices = set(range(run.plan.cluster.num_devices))
     try:
@@ -161,17 +162,19 @@ def read_trace(run: Run, path: Path, skip: int) -> None:
                                  f"gpu {device} (expected a device of the plan, 0-"
                                  f"{max(devices)})")
             if args["kind"] == "call" and e["name"] in names:
-                box = calls.setdefault((e["name"], it), [t0, t1, set(), None])
+                owner = (e["name"], it)
+                box = calls.setdefault(owner, [t0, t1, set(), None])
                 box[2].add(device)
                 if "cpu_ms" in args:
                     box[3] = max(box[3] or 0.0, float(args["cpu_ms"]) * 1e-3)
             elif args["kind"] == "realloc":
-                box = reallocs.setdefault((e["name"].split("->")[-1], it), [t0, t1, 0])
+                owner = (e["name"].split("->")[-1], it)
+                box = reallocs.setdefault(owner, [t0, t1, 0])
                 box[2] += int(args.get("recv_bytes", 0))
             else:
                 continue
             box[0], box[1] = min(box[0], t0), max(box[1], t1)
-            device_ends.setdefault(device, []).append(t1)
+            device_ends.setdefault(device, []).append((t1, owner))
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         why = str(err) if isinstance(err, ValueError) else f"{err!r} missing or malformed"
         raise CalibrateError(f"{path} traceEvents: not a runtime trace ({why})") from None
@@ -188,7 +191,10 @@ def read_trace(run: Run, path: Path, skip: int) -> None:
         # A call with no predecessor in its iteration gets no gap: before it the driver
         # also saves checkpoints and writes metrics, which no plan prices.
         preds = [calls[(p, it)][1] for p in g.predecessors(name) if (p, it) in calls]
-        busy = [x for d in devices for x in device_ends.get(d, ()) if x <= start + 1e-6]
+        # Its own slices are not what it waited for: a dp replica that started (and
+        # ended) before the last one arrived is drawn from the common start, zero long.
+        busy = [x for d in devices for x, owner in device_ends.get(d, ())
+                if x <= start + 1e-6 and owner != (name, it)]
         run.span_s.setdefault(name, []).append(t1 - t0)
         if preds:
             run.gap_s.setdefault(name, []).append(max(0.0, start - max(preds + busy)))

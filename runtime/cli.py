@@ -70,13 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)
     from runtime.controller import RunError
-    from runtime.run import run_plan
+    from runtime.run import DRIVER_NICENESS, run_plan
 
     try:
         summary = run_plan(args.plan, spec_path=args.spec, iterations=args.iterations,
                            run_dir=args.run_dir, resume=args.resume, seed=args.seed,
                            address=args.address, save_every=args.save_every,
                            keep_checkpoints=args.keep_checkpoints,
+                           driver_niceness=DRIVER_NICENESS,
                            overlap=not args.no_overlap)
     except UserError as err:
         sys.stderr.write(f"{err}\n")

@@ -46,8 +46,12 @@ def start_workers(plan: ExecutionPlan, *, address: str | None, on_gpu: bool,
         else:
             # A local instance sized to the plan: one logical CPU per virtual device.
             # address="local": a new instance even if another one runs on this machine.
+            # worker_niceness 0: Ray starts workers at nice 15 by default, below the
+            # driver; here the workers are the devices, and a driver burst (a rule
+            # reward) would stop a call in progress on a host whose cores are the devices.
             ray.init(address="local", num_cpus=n if not on_gpu else None, runtime_env=env,
-                     include_dashboard=False, log_to_driver=log_to_driver)
+                     include_dashboard=False, log_to_driver=log_to_driver,
+                     _system_config={"worker_niceness": 0})
             if on_local_ray is not None:
                 on_local_ray()
     need_key = "GPU" if on_gpu else "CPU"

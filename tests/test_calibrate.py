@@ -241,3 +241,36 @@ def test_realloc_rows_set_measured_reallocs_beside_the_plans_realloc_term(tmp_pa
     assert call == "actor_gen" and measured == pytest.approx(0.005)
     assert est > 0 and est == pytest.approx(
         plan.assignment("actor_gen").estimate.breakdown_s["realloc"], rel=1e-9)
+
+
+def test_a_replica_done_before_the_last_one_arrived_does_not_hide_the_gap(tmp_path):
+    """dp replicas run on their own rows: one may start and end before the last one
+    arrives, and the runtime draws every replica's slice from that common start (the
+    early one zero long). The call's gap is from its producers' end to that start,
+    not zero because of its own zero-long slice."""
+    from planner.calibration import Run, read_trace
+    from tests.runtime_scenarios import TINY_GRPO
+
+    spec = load_spec(TINY_GRPO)
+    plan = load_plan(manual_plan(TINY_GRPO, {"*": "0-1:d2"}, tmp_path / "plan.json"), spec)
+    ms = 1e-3
+    events = []
+    for it in range(2):
+        t = it * 100 * ms
+        events += [dict(kind="call", name="actor_gen", device=0, start=t, end=t + 10 * ms,
+                        iteration=it, args={}),
+                   dict(kind="call", name="actor_gen", device=1, start=t, end=t + 14 * ms,
+                        iteration=it, args={}),
+                   # device 0's part ran in [10, 18] ms: drawn [20, 20]; device 1's [20, 27]
+                   dict(kind="call", name="ref_inf", device=0, start=t + 20 * ms,
+                        end=t + 20 * ms, iteration=it, args={}),
+                   dict(kind="call", name="ref_inf", device=1, start=t + 20 * ms,
+                        end=t + 27 * ms, iteration=it, args={}),
+                   *[dict(kind="call", name="actor_train", device=d, start=t + 29 * ms,
+                          end=t + 60 * ms, iteration=it, args={}) for d in (0, 1)]]
+    write_trace(tmp_path / "trace.json", events, spec.cluster.gpus_per_node, 0.0)
+    run = Run(tmp_path, spec, plan)
+    read_trace(run, tmp_path / "trace.json", 0)
+    assert run.gap_s["ref_inf"] == pytest.approx([6 * ms, 6 * ms])
+    assert run.gap_s["actor_train"] == pytest.approx([2 * ms, 2 * ms])
+    assert run.span_s["ref_inf"] == pytest.approx([7 * ms, 7 * ms])
