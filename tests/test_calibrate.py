@@ -28,10 +28,10 @@ ALLOC = {"actor_train": "0-3:d4", "actor_gen": "0-1:d2", "ref_inf": "2-3:d2",
          "critic_inf": "0-1:d2", "critic_train": "0-3:d2t2"}
 
 
-def _make_run(tmp: Path, profile_path: Path) -> Path:
+def _make_run(tmp: Path, profile_path: Path, alloc: dict[str, str] = ALLOC) -> Path:
     """A run directory of tiny PPO whose trace follows SCALE and GAP_S exactly."""
     spec = load_spec(TINY_PPO)
-    plan = load_plan(manual_plan(TINY_PPO, ALLOC, tmp / "plan.json"), spec)
+    plan = load_plan(manual_plan(TINY_PPO, alloc, tmp / "plan.json"), spec)
     profile = load_profile(profile_path)
     est = {n: device_s(c.breakdown_s) for n, c in price_plan(spec, plan, profile)[0].items()}
     g = build_graph(spec)
@@ -274,3 +274,27 @@ def test_a_replica_done_before_the_last_one_arrived_does_not_hide_the_gap(tmp_pa
     assert run.gap_s["ref_inf"] == pytest.approx([6 * ms, 6 * ms])
     assert run.gap_s["actor_train"] == pytest.approx([2 * ms, 2 * ms])
     assert run.span_s["ref_inf"] == pytest.approx([7 * ms, 7 * ms])
+
+
+def test_compare_run_sets_a_reallocated_call_beside_its_own_estimate(recorded, tmp_path):
+    """A call after a realloc that moves bytes: plan.json's [start_s, end_s] is the call
+    itself (the realloc is its own event before it), so compare_run's estimate is that
+    span, not that span less the realloc again."""
+    import importlib.util
+
+    _, prof_path = recorded
+    moved = {**ALLOC, "actor_train": "0-1:d2", "actor_gen": "2-3:d2"}  # bytes cross devices
+    run = _make_run(tmp_path, prof_path, moved)
+    spec_ = importlib.util.spec_from_file_location(
+        "compare_run", Path(__file__).parent.parent / "tools" / "compare_run.py")
+    mod = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(mod)
+    rows = {name.split(" ")[0]: (est, got) for name, est, got, _ in
+            mod.compare(str(run / "plan.json"), str(run), 1)}
+    plan = load_plan(str(run / "plan.json"), load_spec(TINY_PPO))
+    gen = plan.assignment("actor_gen").estimate
+    assert gen.breakdown_s["realloc"] > 0
+    own = sum(v for k, v in gen.breakdown_s.items() if k != "realloc")  # launch 0: first call
+    assert rows["actor_gen"][0] == pytest.approx(own, rel=1e-6)
+    assert rows["realloc"][0] == pytest.approx(sum(  # every realloc step, once
+        a.estimate.breakdown_s.get("realloc", 0.0) for a in plan.calls), rel=1e-6)

@@ -101,7 +101,9 @@ def compare(plan_path: str, run_dir: str, skip: int
         # moment its inputs and devices were ready) plus its span on the workers, as
         # `planner calibrate` reads it; a call with no gap (the first of an iteration)
         # is set beside the estimate without those two terms.
-        est = a.estimate.end_s - a.estimate.start_s - bd.get("realloc", 0.0)
+        # [start_s, end_s] is the call itself: its realloc and input transfers are
+        # drawn before start_s as their own timeline events (realloc: its own row)
+        est = a.estimate.end_s - a.estimate.start_s
         got = median(f"timing_s/{a.name}")
         if a.name in spans:
             got = statistics.median(spans[a.name])
