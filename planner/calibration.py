@@ -26,6 +26,7 @@ Fitted, each a measured quantity (README.md, "planner calibrate"):
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,16 +158,22 @@ def read_trace(run: Run, path: Path, skip: int) -> None:
             args = e["args"]
             it, t0, t1 = int(args["iteration"]), e["ts"] * 1e-6, (e["ts"] + e["dur"]) * 1e-6
             device = int(args["gpu"])
-            if e["dur"] < 0 or device not in devices:
-                raise ValueError(f"event {e.get('name')!r}: dur {e['dur']} (expected >= 0), "
-                                 f"gpu {device} (expected a device of the plan, 0-"
-                                 f"{max(devices)})")
+            if e["dur"] < 0:
+                raise ValueError(f"event {e.get('name')!r}: dur {e['dur']} (expected >= 0)")
+            if device not in devices:
+                raise ValueError(f"event {e.get('name')!r}: gpu {device} (expected a device "
+                                 f"of the plan, 0-{max(devices)})")
             if args["kind"] == "call" and e["name"] in names:
                 owner = (e["name"], it)
                 box = calls.setdefault(owner, [t0, t1, set(), None])
                 box[2].add(device)
                 if "cpu_ms" in args:
-                    box[3] = max(box[3] or 0.0, float(args["cpu_ms"]) * 1e-3)
+                    cpu = args["cpu_ms"]
+                    if (isinstance(cpu, bool) or not isinstance(cpu, (int, float))
+                            or not math.isfinite(cpu) or cpu < 0):
+                        raise ValueError(f"event {e.get('name')!r}: args.cpu_ms {cpu!r} "
+                                         "(expected a finite number >= 0)")
+                    box[3] = max(box[3] or 0.0, cpu * 1e-3)
             elif args["kind"] == "realloc":
                 owner = (e["name"].split("->")[-1], it)
                 box = reallocs.setdefault(owner, [t0, t1, 0])

@@ -19,6 +19,8 @@ import json
 import os
 import re
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +159,11 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
         _check_homes(state, ckpt, checkpoint_homes(plan))
         start_it, drawn, seed = state["iteration"] + 1, state["prompts_drawn"], state["seed"]
         resume_dir = str(ckpt)
+        if total <= start_it:
+            what = (f"--iterations {total}" if iterations else
+                    f"{spec_file} dataset.iterations {total} (no --iterations given)")
+            raise UserError(f"{what}: {ckpt.name} already holds {start_it} iterations; "
+                            f"expected more than {start_it} to resume")
     elif (out / "checkpoints").exists():
         raise UserError(f"{out}: a run is already there; use --resume or another --run-dir")
     metrics_path = out / "metrics.jsonl"
@@ -185,8 +192,14 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
     failed = True
     try:
         with console.status(f"starting {plan.cluster.num_devices} workers"):
+            on_term = signal.getsignal(signal.SIGTERM)
             workers, groups = start_workers(plan, address=address, on_gpu=on_gpu,
                                             on_local_ray=lambda: ray_session.record(out))
+            # ray.init installs its own SIGTERM handler (it exits at once, with C++
+            # frames); the caller's (runtime run: an interrupt, so `finally` cleans up)
+            # comes back.
+            if callable(on_term) and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, on_term)
             placement = worker_nodes(workers)
             if driver_niceness > 0:  # after Ray's own threads started: they keep theirs
                 os.nice(driver_niceness)
@@ -325,19 +338,29 @@ class Checkpoints:
             shutil.rmtree(partial, ignore_errors=True)
             raise RunError(f"checkpoint {name}: cannot write {err.filename or partial}: "
                            f"{err.strerror or err}") from None
-        self._prune()
+        self._prune(iteration)
 
-    def _prune(self) -> None:
-        """Delete complete checkpoints older than the newest `keep` (only once a newer
-        one is complete and named `latest`: a crash never leaves fewer than `keep`).
-        A checkpoint holds every trainable model and its optimizer states, so keeping
-        one per iteration would fill a disk on a model of any size."""
+    def _prune(self, iteration: int) -> None:
+        """Delete complete checkpoints of iterations before `iteration` (just written and
+        named `latest`) beyond the newest `keep` in all. Only directories this tool wrote
+        count (a state.json with an integer iteration); a checkpoint of a later iteration
+        (an abandoned timeline after `latest` was pointed back) and anything else in the
+        directory are left alone. A checkpoint holds every trainable model and its
+        optimizer states: one per iteration would fill a disk on a model of any size."""
         if self.keep <= 0:
             return
-        done = sorted((p for p in (self.out / "checkpoints").iterdir()
-                       if p.is_dir() and CHECKPOINT_NAME.fullmatch(p.name)),
-                      key=lambda p: int(CHECKPOINT_NAME.fullmatch(p.name).group(1)))
-        for old in done[:-self.keep]:
+        older = []
+        for p in (self.out / "checkpoints").iterdir():
+            if not (p.is_dir() and CHECKPOINT_NAME.fullmatch(p.name)):
+                continue
+            try:
+                it = json.loads((p / "state.json").read_text())["iteration"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if isinstance(it, int) and not isinstance(it, bool) and it < iteration:
+                older.append((it, p))
+        older.sort()
+        for _, old in older[:max(0, len(older) - (self.keep - 1))]:
             shutil.rmtree(old, ignore_errors=True)  # a leftover costs disk, not correctness
 
 

@@ -490,3 +490,29 @@ def test_old_checkpoints_are_pruned_once_a_newer_one_is_complete(tmp_path, keep,
         cp.finish(5, disk_full, 5)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == left + ["latest"]
     assert (out / "checkpoints" / "latest").read_text() == "iter_000004\n"
+
+
+def test_pruning_keeps_latest_and_leaves_what_it_did_not_write(tmp_path):
+    """After `latest` was pointed back (a resume from an earlier checkpoint), the new
+    timeline's checkpoints are kept over the abandoned later ones, which are left
+    alone; directories without a checkpoint state (a user's, a stray name) neither
+    count nor go."""
+    from runtime.run import Checkpoints
+
+    out = tmp_path / "run"
+    cp = Checkpoints(out, 0, "sha256:x", save_every=1, total=10, keep=0)
+    for it in range(6):
+        cp.begin(it)
+        cp.finish(it, lambda: None, it)
+    stray = out / "checkpoints" / "iter_0000099"
+    stray.mkdir()
+    (stray / "mine.txt").write_text("a user's file")
+    # resumed from iter_000001 with --keep-checkpoints 1: writes 2 and 3
+    cp = Checkpoints(out, 0, "sha256:x", save_every=1, total=4, keep=1)
+    for it in (2, 3):
+        cp.begin(it)
+        cp.finish(it, lambda: None, it)
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == ["iter_000003", "iter_000004", "iter_000005", "iter_0000099", "latest"]
+    assert (out / "checkpoints" / "latest").read_text() == "iter_000003\n"
+    assert (stray / "mine.txt").exists()

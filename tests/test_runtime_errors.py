@@ -97,6 +97,25 @@ def test_resume_under_other_homes_is_refused(capsys, tmp_path):
         "this plan homes it as 0-3:d2t2 zero0" in err, err
 
 
+def test_resume_with_no_iterations_left_is_refused(capsys, tmp_path):
+    """--resume --iterations N where the checkpoint already holds N or more: one line
+    before any worker starts (it started Ray and said 'done: -196 iterations')."""
+    from planner.plan import load_plan
+    from runtime.run import checkpoint_homes
+
+    plan = colocated_tiny_ppo(tmp_path)
+    ckpt = tmp_path / "run" / "checkpoints" / "iter_000004"
+    ckpt.mkdir(parents=True)
+    (ckpt.parent / "latest").write_text("iter_000004\n")
+    (ckpt / "state.json").write_text(json.dumps({
+        "iteration": 4, "prompts_drawn": 160, "seed": 0,
+        "spec_hash": load_plan(plan).spec_hash, "homes": checkpoint_homes(load_plan(plan))}))
+    rc, err = _run(capsys, str(plan), "--run-dir", str(tmp_path / "run"), "--resume",
+                   "--iterations", "5")
+    assert rc == 2 and err.strip() == ("--iterations 5: iter_000004 already holds 5 "
+                                       "iterations; expected more than 5 to resume"), err
+
+
 def test_existing_run_is_not_overwritten(capsys, tmp_path):
     plan = colocated_tiny_ppo(tmp_path)
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
@@ -270,3 +289,33 @@ def test_bench_engine_fidelity_bad_flags(capsys, flags, expected):
     assert bench.main(["--profile", "cpu", *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0]
+
+
+@pytest.mark.multiprocess
+def test_sigterm_interrupts_the_run_and_cleans_up(tmp_path):
+    """SIGTERM to `runtime run` is an interrupt: one line, exit 130, Ray stopped (Ray's
+    own handler, installed by ray.init, exited at once with C++ frames and left
+    a half-written checkpoint)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    plan = colocated_tiny_ppo(tmp_path)
+    run = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", str(plan),
+                             "--run-dir", str(run), "--iterations", "500"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        metrics = run / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == "interrupted" and "SIGTERM received" not in err
+    assert not (run / "ray_session.json").exists()  # the local Ray instance is gone

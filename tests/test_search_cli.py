@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -50,8 +51,9 @@ def test_search_writes_a_valid_plan_with_timeline(spec_file, tmp_path, capsys):
     assert plan.iteration_time_s <= min(plan.provenance.baselines_s.values()) * (1 + 1e-9)
     text = capsys.readouterr().out
     assert "colocate" in text and "split" in text and "speedup" in text
-    # Here plan and bound over every legal plan meet (complete lists, CP-SAT): said so.
-    assert "proven optimal" in text
+    # Here plan and bound over every legal plan meet (complete lists, CP-SAT), or meet but
+    # for CP-SAT's microsecond rounding, which is then said with its size: never more.
+    assert "proven optimal" in text or re.search(r"optimal to within \d+\.\d us", text)
 
 
 @pytest.mark.parametrize("method", ["mcmc", "auto"])

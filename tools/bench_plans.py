@@ -1,6 +1,6 @@
 """Does the plan the planner ranks fastest run fastest? Estimated vs measured, per plan.
 
-    python tools/bench_plans.py --devices 2 [--iterations 5] [--profile P.json]
+    python tools/bench_plans.py --devices 2 [--iterations 8] [--profile P.json]
         [--calibrate-on tiny-ppo] [--specs tiny-ppo,tiny-grpo,tiny-remax] [--out runs/bench_plans]
 
 For tiny PPO, GRPO and ReMax (rule reward, tiny Llamas, one node of --devices
@@ -17,7 +17,8 @@ The runtime overlaps iterations as the plan's steady state does, so the
 measured iteration (the period: end of one iteration to the end of the next)
 is compared with the plan's steady state; one iteration's measured span is
 printed beside the plan's iteration alone. Runs checkpoint only at the end
-(checkpoints are not priced).
+(checkpoints are not priced). Every run is made afresh: a run directory left in
+--out by an earlier bench is replaced (its plan is searched again).
 
 --calibrate-on SPEC: fit the profile (`planner calibrate`) on that spec's runs
 only and price every other spec's plans again with it: the held-out figures
@@ -31,6 +32,7 @@ import json
 import math
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -126,10 +128,10 @@ def measure(spec_name: str, plans: dict[str, Path], out: Path, iterations: int,
     res = {}
     for plan_name, plan_path in plans.items():
         run_dir = out / f"run-{plan_name}"
-        if not (run_dir / "metrics.jsonl").exists():
-            _cli(["runtime.cli", "run", str(plan_path), "--run-dir", str(run_dir),
-                  "--iterations", str(iterations), "--save-every", str(iterations)],
-                 out / f"run-{plan_name}.log")
+        shutil.rmtree(run_dir, ignore_errors=True)  # an earlier bench's run: another plan
+        _cli(["runtime.cli", "run", str(plan_path), "--run-dir", str(run_dir),
+              "--iterations", str(iterations), "--save-every", str(iterations)],
+             out / f"run-{plan_name}.log")
         run = load_run(run_dir, profile, str(profile_path))
         res[plan_name] = {"run": run, "plan": load_plan(plan_path)}
         print(f"  {spec_name} {plan_name}: measured "
@@ -224,13 +226,24 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         specs = [s.strip() for s in args.specs.split(",") if s.strip()]
+        if not specs:
+            raise UserError(f"--specs {args.specs!r}: expected a comma separated list of "
+                            f"{', '.join(SPECS)}")
         unknown = [s for s in specs + [args.calibrate_on or specs[0]] if s not in SPECS]
         if unknown:
             raise UserError(f"unknown spec {unknown[0]!r}; expected one of {', '.join(SPECS)}")
+        if args.calibrate_on and args.calibrate_on not in specs:
+            raise UserError(f"--calibrate-on {args.calibrate_on}: not among --specs "
+                            f"{','.join(specs)} (its runs are what it fits)")
         if args.iterations < 2:
             raise UserError("--iterations: at least 2 (the first is warm-up)")
+        if args.profile and not Path(args.profile).is_file():
+            raise UserError(f"--profile {args.profile}: no such file")
         out = Path(args.out) / f"{args.devices}dev"
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"--out {args.out}: cannot make {out} ({err.strerror})") from None
         prof_path = Path(args.profile) if args.profile else out / "profile.json"
         if not args.profile and not prof_path.exists():
             print(f"measuring this machine into {prof_path} ...", flush=True)

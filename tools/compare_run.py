@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run_dir")
     ap.add_argument("--skip", type=int, default=1, help="warm-up iterations to drop (default 1)")
     args = ap.parse_args(argv)
+    if args.skip < 0:
+        print(f"error: --skip {args.skip}: expected 0 or more", file=sys.stderr)
+        return 2
     try:
         rows = compare(args.plan, args.run_dir, args.skip)
         metrics = _metrics(Path(args.run_dir))[args.skip:]

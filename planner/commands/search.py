@@ -90,12 +90,15 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def _proven(out: SearchOutcome) -> str:
-    """What the bound proves of the plan, when it meets the bound."""
-    if not out.proven_optimal:
-        return ""
-    rounding = out.lower_bound_s is not None and out.period_s > out.lower_bound_s * (1 + 1e-9)
-    return ("; proven optimal: no plan within the bound's scope is faster"
-            + (" (the gap left is CP-SAT's rounding to microseconds)" if rounding else ""))
+    """What the bound proves of the plan, when it meets the bound (or meets it but for
+    CP-SAT's rounding of durations to microseconds, which is then said, with the size)."""
+    if out.proven_optimal:
+        return "; proven optimal: no plan within the bound's scope is faster"
+    within = out.optimal_within_rounding_s
+    if within is not None:
+        return (f"; optimal to within {within * 1e6:.1f} us (CP-SAT's rounding of durations "
+                "to microseconds): no plan within the bound's scope is faster by more")
+    return ""
 
 
 def plan_table(out: SearchOutcome) -> Table:

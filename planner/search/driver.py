@@ -68,6 +68,7 @@ class SearchOutcome:
     notes: list[str] = field(default_factory=list)
     list_bound_s: float | None = None  # CP-SAT's bound: plans of the candidate lists only
     bound_scope: str = ""
+    bound_is_cpsat: bool = False  # the bound is CP-SAT's over complete lists (rounded times)
 
     @property
     def gap(self) -> float | None:
@@ -79,10 +80,19 @@ class SearchOutcome:
 
     @property
     def proven_optimal(self) -> bool:
-        """The plan meets the bound over every legal plan (bound_scope) within float and
-        CP-SAT's microsecond rounding: no legal plan is faster."""
-        return (self.lower_bound_s is not None
-                and self.period_s <= self.lower_bound_s * (1 + 1e-6) + OPTIMUM_SLACK_S)
+        """The plan meets the bound over every legal plan (bound_scope), to float
+        precision: no legal plan is faster."""
+        return self.lower_bound_s is not None and self.period_s <= self.lower_bound_s * (1 + 1e-9)
+
+    @property
+    def optimal_within_rounding_s(self) -> float | None:
+        """When the bound is CP-SAT's over complete lists and the plan sits above it by
+        no more than CP-SAT's rounding of durations to microseconds: by how much (no
+        legal plan is faster by more). None otherwise (and when proven_optimal)."""
+        if (not self.bound_is_cpsat or self.lower_bound_s is None or self.proven_optimal
+                or self.period_s > self.lower_bound_s * (1 + 1e-6) + OPTIMUM_SLACK_S):
+            return None
+        return self.period_s - self.lower_bound_s
 
     @property
     def best_baseline(self) -> tuple[str, float] | None:
@@ -277,7 +287,8 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
     # never below the list-free relaxation (planner/search/bounds.py).
     bound = relaxed
     scope = "work/cycle/loop relaxation with memory cases over " + plans_covered(p)
-    if p.complete and list_bound is not None and (bound is None or list_bound >= bound):
+    by_cpsat = p.complete and list_bound is not None and (bound is None or list_bound >= bound)
+    if by_cpsat:
         bound, scope = list_bound, "CP-SAT over complete candidate lists (every legal plan)"
     if bound is None:
         scope = ""
@@ -308,4 +319,4 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
                       evaluation=exact_eval)
     return SearchOutcome(p, chosen, assign, order, period, exact_eval[1].period_s, baselines,
                          base_exact, runs, bound, search_time, plan, notes,
-                         list_bound_s=list_bound, bound_scope=scope)
+                         list_bound_s=list_bound, bound_scope=scope, bound_is_cpsat=by_cpsat)

@@ -78,4 +78,7 @@ def _bounded_within_k(chosen: SearchOutcome, per_k: list[SearchOutcome]) -> Sear
     prov = chosen.plan.provenance
     plan = chosen.plan if prov is None else chosen.plan.model_copy(update={
         "provenance": prov.model_copy(update={"lower_bound_s": bound, "notes": notes})})
-    return replace(chosen, lower_bound_s=bound, bound_scope=scope, notes=notes, plan=plan)
+    # the least bound may be another K's, CP-SAT's or not: say only what holds for each
+    by_cpsat = all(o.bound_is_cpsat for o in per_k)
+    return replace(chosen, lower_bound_s=bound, bound_scope=scope, notes=notes, plan=plan,
+                   bound_is_cpsat=by_cpsat)
