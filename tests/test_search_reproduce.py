@@ -22,8 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted(glob.glob(str(ROOT / "specs" / "*.yaml")))
 # steps= makes every run deterministic (the time limit only bounds pricing on a loaded
 # machine). Big problems: MCMC alone (it moves the order too); the rest auto (CP-SAT's).
+# tiny-remax: CP-SAT hinted with MCMC's plan (now the optimum) spends ~30 s of wall
+# time in its deterministic budget proving it; what is tested here is the reproduction.
 MCMC_ONLY = {"ppo-llama2-70b-1024gpu", "ppo-llama2-70b-128gpu", "ppo-llama2-7b-16gpu",
-             "tiny-ppo-cpu"}
+             "tiny-ppo-cpu", "tiny-remax-cpu"}
 
 
 @pytest.mark.parametrize("path", SPECS, ids=lambda s: Path(s).stem)
