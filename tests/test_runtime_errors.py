@@ -319,3 +319,56 @@ def test_sigterm_interrupts_the_run_and_cleans_up(tmp_path):
     assert proc.returncode == 130, err[-2000:]
     assert err.strip().splitlines()[-1] == "interrupted" and "SIGTERM received" not in err
     assert not (run / "ray_session.json").exists()  # the local Ray instance is gone
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--specs", ""], "--specs '': expected a comma separated list of"),
+    (["--specs", ","], "--specs ',': expected a comma separated list of"),
+    (["--specs", "tiny-grpo", "--calibrate-on", "tiny-ppo"],
+     "--calibrate-on tiny-ppo: not among --specs tiny-grpo"),
+    (["--profile", "/nonexistent.json"], "--profile /nonexistent.json: no such file"),
+])
+def test_bench_plans_bad_flags(capsys, tmp_path, flags, expected):
+    """tools/bench_plans.py: one line, exit 2, before any run or output directory (were
+    tracebacks, --calibrate-on after every run of the other specs)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_plans", ROOT / "tools" / "bench_plans.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main([*flags, "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+    assert not (tmp_path / "b").exists()
+    (tmp_path / "f").write_text("")  # --out at a file
+    assert bench.main(["--profile", str(ROOT / "profiles" / "cpu-epyc-2core.json"),
+                       "--out", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--out {tmp_path / 'f'}: cannot make" in err[0], err
+
+
+def test_compare_run_refuses_negative_skip_and_bad_cpu_times(capsys, tmp_path):
+    """compare_run --skip -1 read only the last iteration; a trace's cpu_ms of true, NaN
+    or below 0 was read as a number. Both: one line, exit 2."""
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("compare_run", ROOT / "tools" / "compare_run.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    plan = colocated_tiny_ppo(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(plan, run / "plan.json")
+    (run / "metrics.jsonl").write_text(json.dumps({"iteration": 0, "perf/throughput": 1.0}) + "\n")
+    assert tool.main([str(plan), str(run), "--skip", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --skip -1: expected 0 or more"
+    from planner.plan import load_plan
+    (run / "spec.json").write_text(load_plan(plan).spec.model_dump_json())
+    for bad in (True, "NaN", -5):
+        event = {"ph": "X", "name": "actor_gen", "pid": 0, "tid": 0, "ts": 0, "dur": 10,
+                 "args": {"iteration": 0, "gpu": 0, "kind": "call", "cpu_ms": bad}}
+        (run / "trace.json").write_text(json.dumps({"traceEvents": [event]}))
+        assert tool.main([str(plan), str(run), "--skip", "0"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"args.cpu_ms {bad!r} (expected a finite number >= 0)" in err[0]
