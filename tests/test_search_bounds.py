@@ -16,6 +16,7 @@ of a 4-GPU spec and checks the same bound against it.
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import pytest
@@ -171,6 +172,30 @@ def _mem_c(lo: int, hi: int, time_s: float, states_gib: float, work_gib: float,
                      int(params_gib * 2**30), int(states_gib * 2**30), int(work_gib * 2**30))
 
 
+def _random_options(rng, meshes: list[tuple[int, int]], base_s: float,
+                    states: tuple[float, float], work: tuple[float, float], frozen: bool,
+                    scaling: tuple[float, float] = (0.7, 1.0)) -> list[Candidate]:
+    """One option per mesh [lo, hi): time base_s / n^(scaling), random resident states
+    (per device: dp replicas do not shrink them) and working memory; parameters are the
+    states of a frozen model, a third of a trainable one's."""
+    out = []
+    for lo, hi in meshes:
+        n = hi - lo
+        s = rng.uniform(*states)
+        out.append(_mem_c(lo, hi, base_s / n ** rng.uniform(*scaling), s,
+                          rng.uniform(*work), s if frozen else s / 3))
+    return out
+
+
+def _every_period(p: Problem) -> list[float]:
+    """The periods of every feasible assignment of `p`, made its whole space."""
+    _as_whole_space(p)
+    p.options = [list(c) for c in p.candidates]  # the whole space (positions repeat)
+    sim = Simulator(p)
+    return [sim.period(a) for a in itertools.product(*[range(len(c)) for c in p.candidates])
+            if sim.feasible(a)]
+
+
 SEEDS = 8  # tools: raise it for a longer check
 
 
@@ -188,28 +213,12 @@ def test_memory_cases_hold_on_brute_forced_memory_tight_spaces():
     raised = 0
     for seed in range(SEEDS):
         rng = random.Random(seed)
-
-        def opts(base_s: float, states: tuple[float, float], work: tuple[float, float],
-                 frozen: bool) -> list[Candidate]:
-            out = []
-            for lo, hi in meshes:
-                n = hi - lo
-                s = rng.uniform(*states)  # per device: dp replicas do not shrink it
-                out.append(_mem_c(lo, hi, base_s / n ** rng.uniform(0.7, 1.0),
-                                  s, rng.uniform(*work), s if frozen else s / 3))
-            return out
-
-        lists = {"actor_gen": opts(8.0, (10, 20), (5, 15), True),
-                 "ref_inf": opts(2.0, (10, 50), (2, 10), True),
-                 "reward_inf": opts(1.0, (5, 30), (2, 10), True),
-                 "actor_train": opts(4.0, (20, 40), (5, 20), False)}
+        lists = {"actor_gen": _random_options(rng, meshes, 8.0, (10, 20), (5, 15), True),
+                 "ref_inf": _random_options(rng, meshes, 2.0, (10, 50), (2, 10), True),
+                 "reward_inf": _random_options(rng, meshes, 1.0, (5, 30), (2, 10), True),
+                 "actor_train": _random_options(rng, meshes, 4.0, (20, 40), (5, 20), False)}
         p = hand_problem(spec, lists)
-        _as_whole_space(p)
-        p.options = [list(c) for c in p.candidates]  # the whole space (positions repeat)
-        sim = Simulator(p)
-        periods = [sim.period(a) for a in itertools.product(*[range(len(c))
-                                                             for c in p.candidates])
-                   if sim.feasible(a)]
+        periods = _every_period(p)
         base = max(bounds.work_bound_s(p), bounds.cycle_bound_s(p), bounds.loop_bound_s(p))
         bound = bounds.full_space_bound_s(p)
         if not periods:
@@ -249,16 +258,7 @@ def test_free_home_cases_hold_on_brute_forced_memory_tight_spaces(monkeypatch):
     raised = checked = 0
     for seed in range(FREE_SEEDS):
         rng = random.Random(1000 + seed)
-
-        def opts(meshes, base_s, states, work, frozen, scaling=(0.7, 1.0)):
-            out = []
-            for lo, hi in meshes:
-                n = hi - lo
-                s = rng.uniform(*states)
-                out.append(_mem_c(lo, hi, base_s / n ** rng.uniform(*scaling), s,
-                                  rng.uniform(*work), s if frozen else s / 3))
-            return out
-
+        opts = functools.partial(_random_options, rng)
         lists = {"actor_gen": opts([(0, 4), (0, 2), (2, 4), (1, 2)], 8.0,
                                    (5, 10), (5, 15), True, (0.0, 0.2)),
                  "ref_inf": opts(every, 2.0, (5, 35), (2, 10), True),
@@ -267,12 +267,7 @@ def test_free_home_cases_hold_on_brute_forced_memory_tight_spaces(monkeypatch):
                  "critic_train": opts([(0, 4), (0, 2), (2, 4), (3, 4), (0, 1)], 2.0,
                                       (5, 25), (2, 10), False)}
         p = hand_problem(spec, lists)
-        _as_whole_space(p)
-        p.options = [list(c) for c in p.candidates]
-        sim = Simulator(p)
-        periods = [sim.period(a) for a in itertools.product(*[range(len(c))
-                                                             for c in p.candidates])
-                   if sim.feasible(a)]
+        periods = _every_period(p)
         if not periods:
             continue
         checked += 1
@@ -313,16 +308,7 @@ def test_off_node_copy_floors_hold_on_brute_forced_two_node_spaces(monkeypatch):
     raised = checked = 0
     for seed in range(COPY_SEEDS):
         rng = random.Random(2000 + seed)
-
-        def opts(meshes, base_s, states, work, frozen, scaling=(0.7, 1.0)):
-            out = []
-            for lo, hi in meshes:
-                n = hi - lo
-                s = rng.uniform(*states)
-                out.append(_mem_c(lo, hi, base_s / n ** rng.uniform(*scaling), s,
-                                  rng.uniform(*work), s if frozen else s / 3))
-            return out
-
+        opts = functools.partial(_random_options, rng)
         lists = {"actor_gen": opts([(0, 4), (0, 2), (2, 4), (1, 2)], 8.0,
                                    (5, 10), (5, 15), True, (0.0, 0.2)),
                  "ref_inf": opts(every, 2.0, (5, 35), (2, 10), True),
@@ -331,12 +317,7 @@ def test_off_node_copy_floors_hold_on_brute_forced_two_node_spaces(monkeypatch):
                  "critic_train": opts([(0, 4), (0, 2), (2, 4), (3, 4), (0, 1)], 2.0,
                                       (5, 25), (2, 10), False)}
         p = hand_problem(spec, lists)
-        _as_whole_space(p)
-        p.options = [list(c) for c in p.candidates]
-        sim = Simulator(p)
-        periods = [sim.period(a) for a in itertools.product(*[range(len(c))
-                                                             for c in p.candidates])
-                   if sim.feasible(a)]
+        periods = _every_period(p)
         if not periods:
             continue
         checked += 1
@@ -346,5 +327,4 @@ def test_off_node_copy_floors_hold_on_brute_forced_two_node_spaces(monkeypatch):
         before = bounds.full_space_bound_s(p)
         monkeypatch.undo()
         raised += bound > before * (1 + 1e-9)
-    print(checked, raised)
     assert checked >= COPY_SEEDS // 2 and raised >= 2, (checked, raised)
