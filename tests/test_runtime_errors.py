@@ -1,6 +1,7 @@
 """`runtime run` refuses bad input with one line and exit 2, before Ray starts."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -78,20 +79,27 @@ def test_resume_without_checkpoint(capsys, tmp_path):
     assert rc == 2 and "nothing to resume" in err
 
 
+def _checkpoint_state(run: Path, iteration: int, drawn: int, plan: Path, homes_of: Path
+                      ) -> None:
+    """A run directory whose `latest` checkpoint is iteration `iteration` of `plan`'s spec,
+    written under `homes_of`'s model homes (its state file only: resume checks it first)."""
+    from planner.plan import load_plan
+    from runtime.run import checkpoint_homes
+
+    ckpt = run / "checkpoints" / f"iter_{iteration:06d}"
+    ckpt.mkdir(parents=True)
+    (ckpt.parent / "latest").write_text(ckpt.name + "\n")
+    (ckpt / "state.json").write_text(json.dumps({
+        "iteration": iteration, "prompts_drawn": drawn, "seed": 0,
+        "spec_hash": load_plan(plan).spec_hash, "homes": checkpoint_homes(load_plan(homes_of))}))
+
+
 def test_resume_under_other_homes_is_refused(capsys, tmp_path):
     """A checkpoint written under one home layout, resumed with a plan homing the
     actor elsewhere: one line naming the state file and model, before any worker
     (the worker died on a missing optimizer shard, with a traceback)."""
-    from planner.plan import load_plan
-    from runtime.run import checkpoint_homes
-
     written, plan = realloc_tiny_ppo(tmp_path), colocated_tiny_ppo(tmp_path)
-    ckpt = tmp_path / "run" / "checkpoints" / "iter_000000"
-    ckpt.mkdir(parents=True)
-    (ckpt.parent / "latest").write_text("iter_000000\n")
-    (ckpt / "state.json").write_text(json.dumps({
-        "iteration": 0, "prompts_drawn": 0, "seed": 0,
-        "spec_hash": load_plan(plan).spec_hash, "homes": checkpoint_homes(load_plan(written))}))
+    _checkpoint_state(tmp_path / "run", 0, 0, plan, written)
     rc, err = _run(capsys, str(plan), "--run-dir", str(tmp_path / "run"), "--resume")
     assert rc == 2 and "state.json homes.actor: the checkpoint holds actor as 0-3:d4 zero0, " \
         "this plan homes it as 0-3:d2t2 zero0" in err, err
@@ -100,16 +108,8 @@ def test_resume_under_other_homes_is_refused(capsys, tmp_path):
 def test_resume_with_no_iterations_left_is_refused(capsys, tmp_path):
     """--resume --iterations N where the checkpoint already holds N or more: one line
     before any worker starts (it started Ray and said 'done: -196 iterations')."""
-    from planner.plan import load_plan
-    from runtime.run import checkpoint_homes
-
     plan = colocated_tiny_ppo(tmp_path)
-    ckpt = tmp_path / "run" / "checkpoints" / "iter_000004"
-    ckpt.mkdir(parents=True)
-    (ckpt.parent / "latest").write_text("iter_000004\n")
-    (ckpt / "state.json").write_text(json.dumps({
-        "iteration": 4, "prompts_drawn": 160, "seed": 0,
-        "spec_hash": load_plan(plan).spec_hash, "homes": checkpoint_homes(load_plan(plan))}))
+    _checkpoint_state(tmp_path / "run", 4, 160, plan, plan)
     rc, err = _run(capsys, str(plan), "--run-dir", str(tmp_path / "run"), "--resume",
                    "--iterations", "5")
     assert rc == 2 and err.strip() == ("--iterations 5: iter_000004 already holds 5 "
