@@ -1,16 +1,21 @@
 """The cost model's device terms against the engine's calls, in one process.
 
     python tools/bench_engine_fidelity.py --profile P.json [--arch tiny-llama]
+    python tools/bench_engine_fidelity.py --device cuda --profile h200 --arch qwen2.5-1.5b \
+        --prompt-len 128 --gen-len 128 --batches 8,32 --reps 3
 
-Runs the runtime's engine on one CPU device, in this process (no Ray, no
+Runs the runtime's engine on one device, in this process (no Ray, no
 driver, no other device): a generate call (sampled and greedy), an inference
 call (log-probs and values) and a train call (PPO actor loss, Adam), each at a
 few batch sizes, and prints the fastest of --reps measured times beside the estimate's
 device terms (the runtime's own terms, launch and hand-off, left out: this
 bench checks what the profile says a device does, not what Ray adds).
 The estimate uses the profile as written (corrections included if any).
-Times are thread CPU times, like the profile's on CPU: a busy machine does
-not move them much (the runtime's wall times are another matter).
+On CPU, times are thread CPU times, like the profile's: a busy machine does
+not move them much (the runtime's wall times are another matter). On CUDA
+(`--device cuda`, the engine in bf16) they are wall times between two device
+synchronisations, and each row also gives the CUDA allocator's peak bytes
+during the call beside the estimate's peak (resident + transient) memory.
 """
 
 from __future__ import annotations
@@ -51,10 +56,26 @@ def _best_s(fn, reps: int) -> float:
     return min(times)
 
 
-def _device_s(arch, head, shape: CallShape, profile, trainable: bool) -> float:
-    est = estimate_call(arch, head, shape, Layout((0,)), 1, profile, trainable=trainable,
-                        gpus_per_node=1)
-    return device_s(est.breakdown)
+def _best_cuda(fn, reps: int) -> tuple[float, int]:
+    """(fastest wall time between device synchronisations, the allocator's peak bytes
+    over the calls) on CUDA: kernels run asynchronously, so only a synchronised wall
+    clock sees them; the first call (warm-up: cuBLAS plans, allocator growth) is not timed."""
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return min(times), torch.cuda.max_memory_allocated()
+
+
+def _estimate(arch, head, shape: CallShape, profile, trainable: bool):
+    return estimate_call(arch, head, shape, Layout((0,)), 1, profile, trainable=trainable,
+                         gpus_per_node=1)
 
 
 MAX_PARAMS = 50_000_000  # bigger archs take minutes per call on one CPU core
@@ -78,11 +99,14 @@ def _check(args) -> str | None:
 
 
 def _check_fit(args, profile, arch) -> str | None:
-    """The one flag whose value this single-CPU bench cannot run, or None."""
-    if profile.kind != "cpu":
+    """The one flag whose value this single-device bench cannot run, or None."""
+    want = "cpu" if args.device == "cpu" else "gpu"
+    if profile.kind != want:
         return (f"--profile {args.profile}: a {profile.kind} profile; this bench runs the "
-                "engine on one CPU device, so it needs a cpu profile")
-    if arch.num_params("lm") > MAX_PARAMS:
+                f"engine on one {args.device} device, so it needs a {want} profile")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        return "--device cuda: no CUDA device is visible"
+    if args.device == "cpu" and arch.num_params("lm") > MAX_PARAMS:
         return (f"--arch {args.arch}: {arch.num_params('lm') / 1e6:.0f}M parameters; this "
                 f"single-CPU bench takes archs up to {MAX_PARAMS / 1e6:.0f}M")
     if args.prompt_len + args.gen_len > arch.max_positions:
@@ -100,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gen-len", type=int, default=16)
     ap.add_argument("--batches", default="8,32,128")
     ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="where the engine runs (cuda: bf16, wall times, peak memory)")
     args = ap.parse_args(argv)
     err = _check(args)
     if err:
@@ -116,13 +142,29 @@ def main(argv: list[str] | None = None) -> int:
         print(err, file=sys.stderr)
         return 2
     batches = [int(x) for x in args.batches.split(",")]
-    torch.set_num_threads(1)
+    on_cuda = args.device == "cuda"
+    if on_cuda:
+        torch.cuda.set_device(0)
+    else:
+        torch.set_num_threads(1)
     groups = build_groups(Layout((0,)))
     actor = Engine(arch, groups, "lm", lr=1e-3)
     critic = Engine(arch, groups, "value", lr=1e-3)
     p, g = args.prompt_len, args.gen_len
     s = p + g
     rows = []
+
+    def measure(name, b, fn, head, shape, trainable):
+        est = _estimate(arch, head, shape, profile, trainable)
+        if on_cuda:
+            meas_s, peak_bytes = _best_cuda(fn, args.reps)
+        else:
+            meas_s, peak_bytes = _best_s(fn, args.reps), None
+        rows.append((name, b, meas_s, device_s(est.breakdown), peak_bytes,
+                     est.memory.peak_bytes))
+        _print_row(rows[-1], on_cuda)
+
+    _print_header(on_cuda)
     for b in batches:
         ids = torch.randint(1, arch.vocab_size, (b, p))
         mask = torch.ones(b, p, dtype=torch.long)
@@ -130,35 +172,38 @@ def main(argv: list[str] | None = None) -> int:
         full_mask = torch.ones(b, s, dtype=torch.long)
         for greedy in (False, True):
             cfg = GenerationConfig(max_new_tokens=g, greedy=greedy, seed=1)
-            meas = _best_s(lambda: generate(actor, ids, mask, cfg), args.reps)
-            shape = CallShape("generate", b, s, p, g, greedy=greedy)
-            rows.append((f"generate{' greedy' if greedy else ''}", b, meas,
-                         _device_s(arch, "lm", shape, profile, True)))
+            measure(f"generate{' greedy' if greedy else ''}", b,
+                    lambda: generate(actor, ids, mask, cfg), "lm",
+                    CallShape("generate", b, s, p, g, greedy=greedy), True)
         inf = CallShape("inference", b, s, s, 0)
-        rows.append(("inference logprobs", b, _best_s(lambda: actor.logprobs(full, full_mask, 1),
-                                                       args.reps),
-                     _device_s(arch, "lm", inf, profile, False)))
-        rows.append(("inference values", b, _best_s(lambda: critic.values(full, full_mask, 1),
-                                                     args.reps),
-                     _device_s(arch, "value", inf, profile, False)))
+        measure("inference logprobs", b, lambda: actor.logprobs(full, full_mask, 1), "lm",
+                inf, False)
+        measure("inference values", b, lambda: critic.values(full, full_mask, 1), "value",
+                inf, False)
         mb = {"input_ids": full, "attention_mask": full_mask,
               "response_mask": torch.ones(b, g), "advantages": torch.randn(b, g),
               "old_logprobs": -torch.rand(b, g)}
         loss = functools.partial(losses.ppo_actor_loss, prompt_len=p, gen_len=g, clip_eps=0.2)
-        train = CallShape("train", b, s, s, 0)
-        rows.append(("train (1 step)", b, _best_s(lambda: actor.train_step(mb, loss, 1),
-                                                   args.reps),
-                     _device_s(arch, "lm", train, profile, True)))
-    print(f"{'call':<20} {'batch':>5} {'measured ms':>12} {'estimate ms':>12} {'meas/est':>9}")
-    ratios = []
-    for name, b, meas, est in rows:
-        ratios.append(meas / est)
-        print(f"{name:<20} {b:>5} {meas * 1e3:>12.2f} {est * 1e3:>12.2f} {meas / est:>8.2f}x")
+        measure("train (1 step)", b, lambda: actor.train_step(mb, loss, 1), "lm",
+                CallShape("train", b, s, s, 0), True)
+    ratios = [meas / est for _, _, meas, est, _, _ in rows]
     errs = sorted(abs(r - 1) for r in ratios)
     print(f"median |measured/estimate - 1| = {statistics.median(errs):.0%}, "
           f"max {max(errs):.0%} over {len(rows)} calls")
     return 0
 
+
+def _print_header(on_cuda: bool) -> None:
+    print(f"{'call':<20} {'batch':>5} {'measured ms':>12} {'estimate ms':>12} {'meas/est':>9}"
+          + (f" {'peak GiB':>9} {'est. GiB':>9}" if on_cuda else ""), flush=True)
+
+
+def _print_row(row, on_cuda: bool) -> None:
+    name, b, meas, est, peak_bytes, est_peak_bytes = row
+    line = f"{name:<20} {b:>5} {meas * 1e3:>12.2f} {est * 1e3:>12.2f} {meas / est:>8.2f}x"
+    if on_cuda:
+        line += f" {peak_bytes / 2**30:>9.2f} {est_peak_bytes / 2**30:>9.2f}"
+    print(line, flush=True)
 
 if __name__ == "__main__":
     sys.exit(main())
