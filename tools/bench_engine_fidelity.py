@@ -14,8 +14,11 @@ The estimate uses the profile as written (corrections included if any).
 On CPU, times are thread CPU times, like the profile's: a busy machine does
 not move them much (the runtime's wall times are another matter). On CUDA
 (`--device cuda`, the engine in bf16) they are wall times between two device
-synchronisations, and each row also gives the CUDA allocator's peak bytes
-during the call beside the estimate's peak (resident + transient) memory.
+synchronisations, and each row also gives memory beside the estimate's: the
+engine's model states after the call (parameters, gradients, optimizer states,
+`Engine.model_state_bytes`) against the estimate's resident bytes, and the
+CUDA allocator's peak during the call over what was allocated before it (the
+call's working memory: activations, logits, KV cache) against its transient bytes.
 """
 
 from __future__ import annotations
@@ -58,11 +61,13 @@ def _best_s(fn, reps: int) -> float:
 
 def _best_cuda(fn, reps: int) -> tuple[float, int]:
     """(fastest wall time between device synchronisations, the allocator's peak bytes
-    over the calls) on CUDA: kernels run asynchronously, so only a synchronised wall
-    clock sees them; the first call (warm-up: cuBLAS plans, allocator growth) is not timed."""
+    over the calls above what was allocated before them) on CUDA: kernels run
+    asynchronously, so only a synchronised wall clock sees them; the first call
+    (warm-up: cuBLAS plans, allocator growth, Adam's states) is not timed."""
     fn()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
+    before_bytes = torch.cuda.memory_allocated()
     times = []
     for _ in range(reps):
         torch.cuda.synchronize()
@@ -70,7 +75,7 @@ def _best_cuda(fn, reps: int) -> tuple[float, int]:
         fn()
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return min(times), torch.cuda.max_memory_allocated()
+    return min(times), torch.cuda.max_memory_allocated() - before_bytes
 
 
 def _estimate(arch, head, shape: CallShape, profile, trainable: bool):
@@ -154,15 +159,17 @@ def main(argv: list[str] | None = None) -> int:
     s = p + g
     rows = []
 
-    def measure(name, b, fn, head, shape, trainable):
-        est = _estimate(arch, head, shape, profile, trainable)
+    def measure(name, b, fn, engine, shape, trainable):
+        est = _estimate(arch, engine.head, shape, profile, trainable)
+        mem = None
         if on_cuda:
-            meas_s, peak_bytes = _best_cuda(fn, args.reps)
+            meas_s, transient_bytes = _best_cuda(fn, args.reps)
+            mem = (sum(engine.model_state_bytes().values()), est.memory.resident_bytes,
+                   transient_bytes, est.memory.transient_bytes)
         else:
-            meas_s, peak_bytes = _best_s(fn, args.reps), None
-        rows.append((name, b, meas_s, device_s(est.breakdown), peak_bytes,
-                     est.memory.peak_bytes))
-        _print_row(rows[-1], on_cuda)
+            meas_s = _best_s(fn, args.reps)
+        rows.append((name, b, meas_s, device_s(est.breakdown), mem))
+        _print_row(rows[-1])
 
     _print_header(on_cuda)
     for b in batches:
@@ -173,20 +180,20 @@ def main(argv: list[str] | None = None) -> int:
         for greedy in (False, True):
             cfg = GenerationConfig(max_new_tokens=g, greedy=greedy, seed=1)
             measure(f"generate{' greedy' if greedy else ''}", b,
-                    lambda: generate(actor, ids, mask, cfg), "lm",
+                    lambda: generate(actor, ids, mask, cfg), actor,
                     CallShape("generate", b, s, p, g, greedy=greedy), True)
         inf = CallShape("inference", b, s, s, 0)
-        measure("inference logprobs", b, lambda: actor.logprobs(full, full_mask, 1), "lm",
+        measure("inference logprobs", b, lambda: actor.logprobs(full, full_mask, 1), actor,
                 inf, False)
-        measure("inference values", b, lambda: critic.values(full, full_mask, 1), "value",
+        measure("inference values", b, lambda: critic.values(full, full_mask, 1), critic,
                 inf, False)
         mb = {"input_ids": full, "attention_mask": full_mask,
               "response_mask": torch.ones(b, g), "advantages": torch.randn(b, g),
               "old_logprobs": -torch.rand(b, g)}
         loss = functools.partial(losses.ppo_actor_loss, prompt_len=p, gen_len=g, clip_eps=0.2)
-        measure("train (1 step)", b, lambda: actor.train_step(mb, loss, 1), "lm",
+        measure("train (1 step)", b, lambda: actor.train_step(mb, loss, 1), actor,
                 CallShape("train", b, s, s, 0), True)
-    ratios = [meas / est for _, _, meas, est, _, _ in rows]
+    ratios = [meas / est for _, _, meas, est, _ in rows]
     errs = sorted(abs(r - 1) for r in ratios)
     print(f"median |measured/estimate - 1| = {statistics.median(errs):.0%}, "
           f"max {max(errs):.0%} over {len(rows)} calls")
@@ -195,15 +202,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print_header(on_cuda: bool) -> None:
     print(f"{'call':<20} {'batch':>5} {'measured ms':>12} {'estimate ms':>12} {'meas/est':>9}"
-          + (f" {'peak GiB':>9} {'est. GiB':>9}" if on_cuda else ""), flush=True)
+          + (f" {'states GiB meas/est':>20} {'working GiB meas/est':>21}" if on_cuda else ""),
+          flush=True)
 
 
-def _print_row(row, on_cuda: bool) -> None:
-    name, b, meas, est, peak_bytes, est_peak_bytes = row
+def _print_row(row) -> None:
+    name, b, meas, est, mem = row
     line = f"{name:<20} {b:>5} {meas * 1e3:>12.2f} {est * 1e3:>12.2f} {meas / est:>8.2f}x"
-    if on_cuda:
-        line += f" {peak_bytes / 2**30:>9.2f} {est_peak_bytes / 2**30:>9.2f}"
+    if mem is not None:
+        gib = [x / 2**30 for x in mem]
+        line += f" {gib[0]:>9.2f} / {gib[1]:>8.2f} {gib[2]:>10.2f} / {gib[3]:>8.2f}"
     print(line, flush=True)
+
 
 if __name__ == "__main__":
     sys.exit(main())
