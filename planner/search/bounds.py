@@ -111,6 +111,7 @@ from planner.cost_model.device import device_of
 from planner.cost_model.fast_moves import _groups, _receiver_bytes
 from planner.cost_model.runtime_terms import realloc_fixed_s
 from planner.search.candidates import Candidate, time_work_frontier
+from planner.search.packing import Stairs, least_window_s, staircase
 from planner.search.problem import Problem
 
 
@@ -126,10 +127,30 @@ def plans_covered(p: Problem) -> str:
 def work_bound_s(p: Problem) -> float:
     """Every call runs once per period and no call outlasts the period (the same call of
     the next iteration needs its devices): the window argument over all calls."""
-    return max(sum(p.min_device_s) / p.num_devices, window_s(p, range(p.n)))
+    return max(sum(p.min_device_s) / p.num_devices, work_window_s(p, range(p.n)))
 
 
 def window_s(p: Problem, calls) -> float:
+    """Least W in which the calls, all run inside one window, fit: their device-seconds
+    on the N devices (`work_window_s`) and, with priced options, their sizes side by side
+    (packing.py: two calls run at once only on disjoint devices)."""
+    calls = list(calls)
+    return max(work_window_s(p, calls),
+               least_window_s(p.num_devices, tuple(_stairs(p, c) for c in calls)))
+
+
+def _stairs(p: Problem, c: int) -> Stairs:
+    """Call c's least time per device count over its options (empty for hand-made
+    lists), cached per options list (a narrowed view has its own lists)."""
+    options = p.options[c]
+    cache = p.__dict__.setdefault("_stairs_cache", {})
+    hit = cache.get(id(options))
+    if hit is None or hit[0] is not options:
+        hit = cache[id(options)] = (options, staircase((_size(o), o.time_s) for o in options))
+    return hit[1]
+
+
+def work_window_s(p: Problem, calls) -> float:
     """Least W such that the calls, each on an option of at most W seconds, fit their
     device-seconds on the N devices within W (module docstring, windows)."""
     calls = list(calls)
@@ -471,6 +492,7 @@ def _restricted(p: Problem, kept: list[list[Candidate]], base: Problem | None = 
     q = Problem.__new__(Problem)
     q.__dict__.update(p.__dict__)
     q.min_time_s, q.min_device_s, q.time_work = [], [], []
+    q.options = list(kept)  # window_s reads their sizes
     for c, k in enumerate(kept):
         if base is not None and base_kept is not None and k is base_kept[c]:
             q.min_time_s.append(base.min_time_s[c])

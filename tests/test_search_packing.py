@@ -1,0 +1,94 @@
+"""The packed window (planner/search/packing.py) against an LP solver and brute force.
+
+* lp_s's closed form equals the configuration LP solved by GLOP (every set of jobs whose
+  sizes fit side by side), on random jobs of up to three calls;
+* on random spaces where three inferences (reference, reward, a frozen critic) run
+  between generation and training, on 2 nodes x 4 devices, the bound with the packed
+  window stays at most the best period of every assignment (all simulated), and rises
+  above the bound without it on some.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import random
+
+import pytest
+from ortools.linear_solver import pywraplp
+
+from planner.search import bounds
+from planner.search.packing import least_window_s, lp_s, staircase
+from planner.search.scenarios import call, hand_problem, spec_of, TINY_MODELS
+
+from tests.test_search_bounds import _every_period, _random_options
+
+
+def _glop_lp_s(n_devices: int, jobs) -> float:
+    """min sum_S x_S over the sets S of jobs that fit side by side, each job covered."""
+    solver = pywraplp.Solver.CreateSolver("GLOP")
+    sets = [s for k in range(1, len(jobs) + 1) for s in itertools.combinations(range(len(jobs)), k)
+            if sum(jobs[i][0] for i in s) <= n_devices]
+    x = [solver.NumVar(0, solver.infinity(), f"x{k}") for k in range(len(sets))]
+    for i, (_, h) in enumerate(jobs):
+        solver.Add(sum(x[k] for k, s in enumerate(sets) if i in s) >= h)
+    solver.Minimize(sum(x))
+    assert solver.Solve() == pywraplp.Solver.OPTIMAL
+    return solver.Objective().Value()
+
+
+def test_closed_form_equals_the_configuration_lp():
+    rng = random.Random(7)
+    for _ in range(300):
+        n = rng.choice([8, 16, 128])
+        jobs = tuple((rng.randint(1, n), rng.uniform(0.1, 5.0)) for _ in range(rng.randint(1, 3)))
+        assert lp_s(n, jobs) == pytest.approx(_glop_lp_s(n, jobs), rel=1e-9, abs=1e-9), (n, jobs)
+
+
+def test_uneven_pair_needs_the_longer_one():
+    """128 devices: 0.425 s and 0.505 s on 64 each run side by side, then 2.25 s on all;
+    device-seconds alone would allow (0.425 + 0.505) / 2 + 2.25."""
+    stairs = (staircase([(64, 0.425), (128, 0.3)]), staircase([(64, 0.505), (128, 0.35)]),
+              staircase([(128, 2.25)]))
+    assert least_window_s(128, stairs) == pytest.approx(0.505 + 2.25)
+    assert staircase([(8, 1.0), (16, 1.0), (4, 2.0), (8, 0.9)]) == ((4, 2.0), (8, 0.9))
+
+
+WINDOW_SEEDS = 24  # tools: raise it for a longer check
+
+
+def test_packed_windows_hold_on_brute_forced_spaces(monkeypatch):
+    spec = spec_of([
+        call("actor_gen", "actor", "generate", ["prompts"], ["seqs"]),
+        call("ref_inf", "ref", "inference", ["seqs"], ["ref_logp"]),
+        call("reward_inf", "reward", "inference", ["seqs"], ["rewards"]),
+        call("value_inf", "value", "inference", ["seqs"], ["values"]),
+        call("actor_train", "actor", "train", ["seqs", "ref_logp", "rewards", "values"], [],
+             minibatches=2),
+    ], {"actor": TINY_MODELS["actor"], "ref": TINY_MODELS["ref"],
+        "reward": {"arch": "tiny-llama", "head": "reward"},
+        "value": {"arch": "tiny-llama", "head": "value"}},
+        nodes=2, gpn=4, memory_gib=80)
+    spec.cluster.hardware = "h100-sxm"
+    sizes = [(0, 8), (0, 4), (4, 8), (0, 2), (6, 8), (0, 1)]
+    raised = checked = 0
+    for seed in range(WINDOW_SEEDS):
+        rng = random.Random(3000 + seed)
+        opts = functools.partial(_random_options, rng)
+        lists = {"actor_gen": opts([(0, 8), (0, 4)], 8.0, (5, 10), (5, 15), True, (0.3, 0.6)),
+                 "ref_inf": opts(rng.sample(sizes, 4), 2.0, (5, 35), (2, 10), True),
+                 "reward_inf": opts(rng.sample(sizes, 4), 1.0, (5, 30), (2, 10), True),
+                 "value_inf": opts(rng.sample(sizes, 4), 1.0, (5, 30), (2, 10), True),
+                 "actor_train": opts([(0, 8)], 4.0, (10, 25), (5, 20), False)}
+        p = hand_problem(spec, lists)
+        periods = _every_period(p)
+        if not periods:
+            continue
+        checked += 1
+        bound = bounds.full_space_bound_s(p)
+        assert bound <= min(periods) * (1 + 1e-12), (seed, bound, min(periods))
+        monkeypatch.setattr(bounds, "least_window_s", lambda n, stairs: 0.0)
+        before = bounds.full_space_bound_s(p)
+        monkeypatch.undo()
+        raised += bound > before * (1 + 1e-9)
+    assert checked >= WINDOW_SEEDS // 2 and raised >= 3, (checked, raised)
