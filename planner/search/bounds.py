@@ -63,10 +63,12 @@ t(c, s) = least time of c with the (tp, pp) split s.
     and u. Over the m intervals of a steady state that repeats every m iterations (m P
     in all) c runs m times on d, each time inside some T' (it cannot overlap u, v or the
     realloc there), and every call between v and u runs once per interval inside
-    [end(v), start(u)], also inside T'. Their device-seconds fit on N devices within the
-    T's: the average T' >= (their least device-seconds) / N, which replaces the span
-    when larger (a per-interval window could count c twice in one interval and never in
-    the next, so only the sum, which is linear, is used);
+    [end(v), start(u)], also inside T'. Interval j holds them and c's n_j runs (one
+    mesh: they never overlap, so as one call of n_j t_c), so T'_j >= their window with
+    those times (`window_s`: device-seconds, longest call, packing), which for the plan's
+    options is an LP's value or a max of linear terms: convex in the times. By Jensen the
+    average T' >= the window at the average times (c once), which replaces the span when
+    larger;
   - not meeting both: when c is a home (its states stay on its mesh), c sits on at least
     the least size of those options with at least their least states and working
     memory. Any option of another call that must meet u's mesh and c's (sizes past N;
@@ -562,9 +564,9 @@ def _case_s(p: Problem, v: int, u: int, lag: int, ou: Candidate, desc: list[set[
             for w in ways:
                 r = _restricted(p, [w[c] for c in range(p.n)], q, kept)
                 gap = span_s(r, v, u, 0.0, 0.0, desc)
-                if mask:  # device-seconds, not window_s: it must hold on average
-                    gap = max(gap, sum(r.min_device_s[c] for c in inside + [
-                        c for k, c in enumerate(free) if mask >> k & 1]) / n)
+                if mask:  # on average over the intervals (module docstring): convex
+                    gap = max(gap, window_s(r, inside + [
+                        c for k, c in enumerate(free) if mask >> k & 1]))
                 out.append((gap, sum(r.min_device_s[c] for c in range(p.n) if c not in (u, v))))
         by_size[n_v] = out
         return out
