@@ -5,7 +5,9 @@
 * on random spaces where three inferences (reference, reward, a frozen critic) run
   between generation and training, on 2 nodes x 4 devices, the bound with the packed
   window stays at most the best period of every assignment (all simulated), and rises
-  above the bound without it on some.
+  above the bound without it on some;
+* generation's realloc from a train call on every device, priced exactly at each of its
+  positions, on random 2 x 2-device spaces with an 8B actor: the same two checks.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import random
 import pytest
 from ortools.linear_solver import pywraplp
 
+from planner.layout.layout import Layout
 from planner.search import bounds
+from planner.search.candidates import Candidate
 from planner.search.packing import least_window_s, lp_s, staircase
 from planner.search.scenarios import call, hand_problem, spec_of, TINY_MODELS
 
@@ -92,3 +96,60 @@ def test_packed_windows_hold_on_brute_forced_spaces(monkeypatch):
         monkeypatch.undo()
         raised += bound > before * (1 + 1e-9)
     assert checked >= WINDOW_SEEDS // 2 and raised >= 3, (checked, raised)
+
+
+REALLOC_SEEDS = 24  # tools: raise it for a longer check
+
+
+def _split_options(rng, meshes, base_s: float, splits, states, work, frozen: bool):
+    """One option per (mesh, split) with a random time and memory (splits: (tp, pp))."""
+    out = []
+    for (lo, hi), (tp, pp) in itertools.product(meshes, splits):
+        n = hi - lo
+        if n % (tp * pp):
+            continue
+        s = rng.uniform(*states)
+        out.append(Candidate(Layout(tuple(range(lo, hi)), dp=n // (tp * pp), tp=tp, pp=pp), 1,
+                             base_s / n ** rng.uniform(0.6, 1.0), int((s if frozen else s / 3) * 2**30),
+                             int(s * 2**30), int(rng.uniform(*work) * 2**30)))
+    return out
+
+
+def test_exact_realloc_from_a_home_on_every_device_holds(monkeypatch):
+    """A train call on all devices has one position, so generation's realloc is priced
+    exactly at each of its own positions (bounds.case_realloc_s) instead of floored. On 2
+    nodes x 2 devices with an 8B actor (reallocs cross the network): never above the best
+    plan (every assignment simulated), and above the floored bound on some."""
+    spec = spec_of([
+        call("actor_gen", "actor", "generate", ["prompts"], ["seqs"]),
+        call("ref_inf", "ref", "inference", ["seqs"], ["ref_logp"]),
+        call("reward_inf", "reward", "inference", ["seqs"], ["rewards"]),
+        call("actor_train", "actor", "train", ["seqs", "ref_logp", "rewards"], [], minibatches=2),
+    ], {"actor": {"arch": "llama3-8b", "trainable": True}, "ref": TINY_MODELS["ref"],
+        "reward": {"arch": "tiny-llama", "head": "reward"}}, nodes=2, gpn=2, memory_gib=80)
+    spec.cluster.hardware = "h100-sxm"
+    every = [(lo, lo + n) for n in (1, 2, 4) for lo in range(0, 4, n)]
+    raised = checked = 0
+    for seed in range(REALLOC_SEEDS):
+        rng = random.Random(4000 + seed)
+        splits = [(1, 1), (2, 1), (1, 2), (4, 1), (1, 4), (2, 2)]
+        lists = {"actor_gen": _split_options(rng, [(0, 4), (0, 2), (2, 4)], 1.0, splits,
+                                             (5, 10), (5, 15), True),
+                 "ref_inf": _random_options(rng, every, 0.5, (5, 20), (2, 10), True),
+                 "reward_inf": _random_options(rng, every, 0.3, (5, 20), (2, 10), True),
+                 "actor_train": _split_options(rng, [(0, 4)], 1.0, [rng.choice(splits)],
+                                               (10, 25), (5, 20), False)}
+        p = hand_problem(spec, lists)
+        periods = _every_period(p)
+        if not periods:
+            continue
+        checked += 1
+        bound = bounds.full_space_bound_s(p)
+        assert bound <= min(periods) * (1 + 1e-12), (seed, bound, min(periods))
+        monkeypatch.setattr(bounds, "case_realloc_s", lambda p, call, home, dst:
+                            bounds.realloc_floor_s(p, call, bounds._split(home),
+                                                   (dst.layout.tp, dst.layout.pp)))
+        before = bounds.full_space_bound_s(p)
+        monkeypatch.undo()
+        raised += bound > before * (1 + 1e-9)
+    assert checked >= REALLOC_SEEDS // 2 and raised >= 2, (checked, raised)

@@ -110,9 +110,10 @@ from dataclasses import replace
 from functools import lru_cache
 
 from planner.cost_model.device import device_of
-from planner.cost_model.fast_moves import _groups, _receiver_bytes
+from planner.cost_model.fast_moves import _groups, _receiver_bytes, fast_realloc
 from planner.cost_model.runtime_terms import realloc_fixed_s
 from planner.search.candidates import Candidate, time_work_frontier
+from planner.search.meshes import MeshShape, mesh_starts
 from planner.search.packing import Stairs, least_window_s, staircase
 from planner.search.problem import Problem
 
@@ -271,6 +272,28 @@ def _floor(arch, head, dtype_bytes: int, gpn: int, src: tuple[int, int, int],
             worst_s = max(worst_s, least_s)
             moved = max(moved, least_b)
     return worst_s + realloc_fixed_s(profile, moved)
+
+
+def case_realloc_s(p: Problem, call: int, home: Candidate, dst: Candidate) -> float:
+    """Least realloc time of `call`'s model from its home's option `home` to the option
+    `dst`, wherever dst's mesh sits: a home on every device has one position, so the
+    simulator's rule (fast_realloc) is taken at each position of dst's shape, exactly;
+    otherwise `realloc_floor_s`."""
+    floor = realloc_floor_s(p, call, _split(home), (dst.layout.tp, dst.layout.pp))
+    if _size(home) != p.num_devices:
+        return floor
+    size, gpn = _size(dst), p.gpus_per_node
+    starts = mesh_starts(MeshShape(size, size >= gpn), p.num_nodes, gpn)
+    m = p.spec.models[p.model_of[call]]
+    return min(_realloc_s(m.architecture, m.head, p.dtype_bytes[call], gpn, home.layout,
+                          replace(dst.layout, device_ids=tuple(range(s, s + size))), _Key(p))
+               for s in starts)
+
+
+@lru_cache(maxsize=65536)
+def _realloc_s(arch, head, dtype_bytes: int, gpn: int, src, dst, key: _Key) -> float:
+    return fast_realloc(arch, head, src, dst, key.profile, gpus_per_node=gpn,
+                        dtype_bytes=dtype_bytes).time_s
 
 
 def off_node_copy_floor_s(p: Problem, call: int, src_splits: frozenset[tuple[int, int]],
@@ -534,7 +557,7 @@ def _case_s(p: Problem, v: int, u: int, lag: int, ou: Candidate, desc: list[set[
     between = span_s(q, v, u, 0.0, 0.0, desc)
     inside = [c for c in range(p.n) if c not in (u, v) and c in desc[v] and u in desc[c]]
     free = [c for c in range(p.n) if c not in (u, v) and c not in inside]
-    n, n_u, t_u, s_u = p.num_devices, _size(ou), ou.time_s, _split(ou)
+    n, n_u, t_u = p.num_devices, _size(ou), ou.time_s
     by_size: dict[int, list[tuple[float, float]]] = {}
 
     def variants(n_v: int) -> list[tuple[float, float]]:
@@ -590,7 +613,7 @@ def _case_s(p: Problem, v: int, u: int, lag: int, ou: Candidate, desc: list[set[
                                  for k, ov in enumerate(kept[v])):
         if floor_s >= best:
             break
-        best = min(best, length_s(ov, realloc_floor_s(p, v, s_u, (ov.layout.tp, ov.layout.pp))))
+        best = min(best, length_s(ov, case_realloc_s(p, v, ou, ov)))
     return best
 
 
