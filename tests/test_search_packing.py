@@ -153,3 +153,14 @@ def test_exact_realloc_from_a_home_on_every_device_holds(monkeypatch):
         monkeypatch.undo()
         raised += bound > before * (1 + 1e-9)
     assert checked >= REALLOC_SEEDS // 2 and raised >= 2, (checked, raised)
+
+
+def test_least_window_is_the_least_over_every_choice():
+    """The pruned walk (least_window_s) returns the least LP over every choice of options."""
+    rng = random.Random(11)
+    for _ in range(60):
+        n = rng.choice([8, 128])
+        stairs = tuple(staircase((rng.randint(1, n), rng.uniform(0.1, 4.0)) for _ in range(6))
+                       for _ in range(rng.randint(1, 3)))
+        every = min(lp_s(n, jobs) for jobs in itertools.product(*stairs))
+        assert least_window_s(n, stairs) == pytest.approx(every, rel=1e-12), (n, stairs)

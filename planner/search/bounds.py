@@ -274,16 +274,21 @@ def _floor(arch, head, dtype_bytes: int, gpn: int, src: tuple[int, int, int],
     return worst_s + realloc_fixed_s(profile, moved)
 
 
+EXACT_REALLOC_POSITIONS_MAX = 16  # beyond, the floor (cost: one realloc per position)
+
+
 def case_realloc_s(p: Problem, call: int, home: Candidate, dst: Candidate) -> float:
     """Least realloc time of `call`'s model from its home's option `home` to the option
     `dst`, wherever dst's mesh sits: a home on every device has one position, so the
     simulator's rule (fast_realloc) is taken at each position of dst's shape, exactly;
-    otherwise `realloc_floor_s`."""
+    otherwise (or past EXACT_REALLOC_POSITIONS_MAX positions) `realloc_floor_s`."""
     floor = realloc_floor_s(p, call, _split(home), (dst.layout.tp, dst.layout.pp))
     if _size(home) != p.num_devices:
         return floor
     size, gpn = _size(dst), p.gpus_per_node
     starts = mesh_starts(MeshShape(size, size >= gpn), p.num_nodes, gpn)
+    if len(starts) > EXACT_REALLOC_POSITIONS_MAX:
+        return floor
     m = p.spec.models[p.model_of[call]]
     return min(_realloc_s(m.architecture, m.head, p.dtype_bytes[call], gpn, home.layout,
                           replace(dst.layout, device_ids=tuple(range(s, s + size))), _Key(p))

@@ -23,7 +23,7 @@ by their triples (a window holds every subset of its calls).
 from __future__ import annotations
 
 from functools import lru_cache
-from itertools import combinations, product
+from itertools import combinations
 from typing import Iterable
 
 Stairs = tuple[tuple[int, float], ...]  # (devices, least time), sizes up, times down
@@ -85,4 +85,18 @@ def least_window_s(n_devices: int, stairs: tuple[Stairs, ...]) -> float:
         return 0.0
     if len(stairs) > 3:
         return max(least_window_s(n_devices, trio) for trio in combinations(stairs, 3))
-    return min(lp_s(n_devices, jobs) for jobs in product(*stairs))
+    best = float("inf")
+
+    def walk(chosen: tuple[tuple[int, float], ...]) -> None:
+        # A subset's LP is no larger than the whole's: prune a prefix that cannot beat best.
+        nonlocal best
+        if chosen and lp_s(n_devices, chosen) >= best:
+            return
+        if len(chosen) == len(stairs):
+            best = lp_s(n_devices, chosen)
+            return
+        for job in reversed(stairs[len(chosen)]):  # fastest first: a good best early
+            walk(chosen + (job,))
+
+    walk(())
+    return best
