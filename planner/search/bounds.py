@@ -18,8 +18,12 @@ t(c, s) = least time of c with the (tp, pp) split s.
   - windows: every call c with a ->+ c ->+ w (same iteration) starts after a ends and
     ends before w starts, on at most N devices, so start(w) - end(a) >= W, the least
     W with sum_c work_c(W) <= N * W, where work_c(W) is c's least time x devices over
-    its options that take at most W (each must finish inside the window; `window_s`);
-    it is at least sum of w(c) / N and at least every t(c);
+    its options that take at most W (each must finish inside the window;
+    `work_window_s`); it is at least sum of w(c) / N and at least every t(c). Devices
+    are not divisible: calls run side by side only on disjoint meshes, so W is also at
+    least the least configuration LP over the calls' (size, time) options (packing.py;
+    e.g. 128 GPUs: a reward model on 56 devices beside a critic inference on 72 take as
+    long as the slower of the two, then the reference on all 128); `window_s` takes both;
   - the home pair: when u is the home of v's model (a train call and a call of the same
     model in the next iteration), v first receives the parameters from u's layout:
     end(u) - start(v) >= t(u, s_u) + realloc(s_u -> s_v) + t(v, s_v) + (start(u) -
@@ -45,7 +49,13 @@ t(c, s) = least time of c with the (tp, pp) split s.
   least span between v and u (windows over the kept options), and the work of one
   period is t(o) x size(o) + t(v) x size(v) + the realloc's time on v's devices and u's
   (it busies both, senders and receivers) + every other call's least device-seconds
-  among its kept options. The bound is the least over the cases (e.g. on the 70B PPO
+  among its kept options. Options of two other calls c1, c2 that would meet each other
+  and o (sizes pairwise past N) share one device with o (Helly): u's states, both calls'
+  resident bytes and the largest of the three transients must fit there, so an option
+  of c1 beside which no option of c2 fits is dropped too (`fit_in_pairs`, to a
+  fixpoint). When o spans every device it has one position, and v's realloc is priced
+  by the simulator's rule at each position of v's mesh shape (`case_realloc_s`) instead
+  of the floor. The bound is the least over the cases (e.g. on the 70B PPO
   specs: a train option fast enough fills every device with 14.4 GiB of states, so the
   reference's fastest layout, 64.2 GiB of parameters per device, cannot sit beside it,
   and the critic's training must take devices from generation or the cycle).
@@ -447,13 +457,65 @@ def fits_beside(p: Problem, u: int, ou: Candidate, c: int, oc: Candidate) -> boo
     the copy, or its home's states, is left out: less memory, so still a relaxation)."""
     if _size(oc) + _size(ou) <= p.num_devices:
         return True
-    need = ou.states_bytes
+    res, trans = _beside_bytes(p, u, ou, c, oc)
+    return ou.states_bytes + res + max(ou.work_bytes, trans) <= p.capacity_bytes
+
+
+def _beside_bytes(p: Problem, u: int, ou: Candidate, c: int, oc: Candidate) -> tuple[int, int]:
+    """What call c on `oc` puts on a device it shares with u's mesh (fits_beside): its
+    resident states when c is a home, and its transient (with the parameter copy of a call
+    of u's model on another layout)."""
+    res = oc.states_bytes if p.home[c] == c else 0
     trans = oc.work_bytes
-    if p.home[c] == c:
-        need += oc.states_bytes
-    elif p.home[c] == u and (_size(oc), _split(oc)) != (_size(ou), _split(ou)):
+    if p.home[c] == u and (_size(oc), _split(oc)) != (_size(ou), _split(ou)):
         trans += oc.params_bytes
-    return need + max(ou.work_bytes, trans) <= p.capacity_bytes
+    return res, trans
+
+
+def fit_in_pairs(p: Problem, u: int, ou: Candidate,
+                 kept: list[list[Candidate]]) -> list[list[Candidate]]:
+    """`kept` less the options that no option of some other call can sit beside when u
+    runs on `ou`: three meshes whose sizes pairwise add past N share a device (Helly), which
+    holds u's states, both calls' resident bytes and the largest of the three transients
+    (fits_beside's rule); an option of c1 stays when some option of c2 either need not
+    meet it and u's mesh or fits there with it. Repeated until nothing is dropped; every
+    plan with u on `ou` keeps its own options."""
+    n, n_u, cap = p.num_devices, _size(ou), p.capacity_bytes
+    kept = list(kept)
+    others = [c for c in range(p.n) if c != u and kept[c]]
+    changed = True
+    while changed:
+        changed = False
+        for c2 in others:
+            sized = [(_size(o), *_beside_bytes(p, u, ou, c2, o)) for o in kept[c2]]
+            least = min(size for size, _, _ in sized)
+            if least + n_u <= n:
+                continue  # c2 may keep off u's mesh: no option of another call is dropped
+            front = _frontier([(r, t) for _, r, t in sized])
+            for c1 in others:
+                if c1 == c2:
+                    continue
+                fit = [o for o in kept[c1] if _size(o) + least <= n or _size(o) + n_u <= n
+                       or _fits_three(ou, *_beside_bytes(p, u, ou, c1, o), front, cap)]
+                if len(fit) < len(kept[c1]):
+                    kept[c1], changed = fit, True
+    return kept
+
+
+def _frontier(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(resident, transient) pairs no other beats in both."""
+    out: list[tuple[int, int]] = []
+    for r, t in sorted(set(pairs)):
+        if not out or t < out[-1][1]:
+            out.append((r, t))
+    return out
+
+
+def _fits_three(ou: Candidate, res: int, trans: int, front: list[tuple[int, int]],
+                cap: int) -> bool:
+    base = ou.states_bytes + res
+    top = max(ou.work_bytes, trans)
+    return any(base + r + max(top, t) <= cap for r, t in front)
 
 
 def _beside_home(p: Problem, u: int, ou: Candidate, h: int,
@@ -556,6 +618,7 @@ def _case_s(p: Problem, v: int, u: int, lag: int, ou: Candidate, desc: list[set[
     (module docstring, memory cases); `stop_s`: a known answer to beat."""
     kept = [[ou] if c == u else [o for o in p.options[c] if fits_beside(p, u, ou, c, o)]
             for c in range(p.n)]
+    kept = fit_in_pairs(p, u, ou, kept)
     if any(not k for k in kept):
         return float("inf")  # no plan puts u on ou
     q = _restricted(p, kept)

@@ -1,4 +1,5 @@
-"""The packed window (planner/search/packing.py) against an LP solver and brute force.
+"""The tighter bound terms (packed windows, exact reallocs, pairs beside the train call)
+against an LP solver and brute force.
 
 * lp_s's closed form equals the configuration LP solved by GLOP (every set of jobs whose
   sizes fit side by side), on random jobs of up to three calls;
@@ -7,7 +8,9 @@
   window stays at most the best period of every assignment (all simulated), and rises
   above the bound without it on some;
 * generation's realloc from a train call on every device, priced exactly at each of its
-  positions, on random 2 x 2-device spaces with an 8B actor: the same two checks.
+  positions, on random 2 x 2-device spaces with an 8B actor: the same two checks;
+* options dropped when no option of another call fits beside them and the train call's
+  (memory cases), on random memory-tight 4-device spaces: the same two checks.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from planner.layout.layout import Layout
 from planner.search import bounds
 from planner.search.candidates import Candidate
 from planner.search.packing import least_window_s, lp_s, staircase
-from planner.search.scenarios import call, hand_problem, spec_of, TINY_MODELS
+from planner.search.scenarios import (call, hand_problem, spec_of, tiny_parallel_spec,
+                                      TINY_MODELS)
 
 from tests.test_search_bounds import _every_period, _random_options
 
@@ -164,3 +168,36 @@ def test_least_window_is_the_least_over_every_choice():
                        for _ in range(rng.randint(1, 3)))
         every = min(lp_s(n, jobs) for jobs in itertools.product(*stairs))
         assert least_window_s(n, stairs) == pytest.approx(every, rel=1e-12), (n, stairs)
+
+
+PAIR_SEEDS = 24  # tools: raise it for a longer check
+
+
+def test_pairs_beside_the_train_call_hold_on_brute_forced_memory_tight_spaces(monkeypatch):
+    """Inside a memory case, an option of one call is dropped when no option of another
+    can sit beside it and the train call's (bounds.fit_in_pairs: three meshes that pairwise
+    meet share a device). Random memory-tight spaces (one node of 4 devices, every
+    assignment simulated): never above the best plan, above the bound without the
+    filter on some."""
+    spec = tiny_parallel_spec(gpn=4, memory_gib=80)
+    spec.cluster.hardware = "h100-sxm"
+    meshes = [(lo, lo + n) for n in (1, 2, 4) for lo in range(0, 4, n)]
+    raised = checked = 0
+    for seed in range(PAIR_SEEDS):
+        rng = random.Random(seed)
+        lists = {"actor_gen": _random_options(rng, meshes, 8.0, (10, 20), (5, 15), True),
+                 "ref_inf": _random_options(rng, meshes, 2.0, (10, 50), (2, 10), True),
+                 "reward_inf": _random_options(rng, meshes, 1.0, (5, 30), (2, 10), True),
+                 "actor_train": _random_options(rng, meshes, 4.0, (20, 40), (5, 20), False)}
+        p = hand_problem(spec, lists)
+        periods = _every_period(p)
+        if not periods:
+            continue
+        checked += 1
+        bound = bounds.full_space_bound_s(p)
+        assert bound <= min(periods) * (1 + 1e-12), (seed, bound, min(periods))
+        monkeypatch.setattr(bounds, "fit_in_pairs", lambda p, u, ou, kept: kept)
+        before = bounds.full_space_bound_s(p)
+        monkeypatch.undo()
+        raised += bound > before * (1 + 1e-9)
+    assert checked >= PAIR_SEEDS // 2 and raised >= 3, (checked, raised)
