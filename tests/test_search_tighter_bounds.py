@@ -201,3 +201,35 @@ def test_pairs_beside_the_train_call_hold_on_brute_forced_memory_tight_spaces(mo
         monkeypatch.undo()
         raised += bound > before * (1 + 1e-9)
     assert checked >= PAIR_SEEDS // 2 and raised >= 3, (checked, raised)
+
+
+# Built by hand (README, Search): reward and critic inference split 56/72 devices, the
+# critic with 8 stages so its copy from the 8-device home stays small. Offsets: the
+# searched plan's order.
+BEST_128 = {"actor_gen": ((8, 128), (15, 8, 1), 1, None, 0.0),
+            "reward_inf": ((72, 128), (56, 1, 1), 1, None, 0.0),
+            "ref_inf": ((0, 128), (32, 2, 2), 16, None, 0.5),
+            "critic_inf": ((0, 72), (9, 1, 8), 32, None, 0.25),
+            "actor_train": ((0, 128), (2, 4, 16), 64, 1, 0.5),
+            "critic_train": ((0, 8), (8, 1, 1), 8, 3, 1.0)}
+
+
+def test_the_128_gpu_bound_stays_under_the_best_plan_known():
+    from planner.cost_model.memory import PLAIN, TrainMemoryChoice
+    from planner.graph.loader import load_spec
+    from planner.search.candidates import price
+    from planner.search.problem import build_problem
+    from planner.search.simulator import Simulator
+
+    path = "specs/ppo-llama2-70b-128gpu.yaml"
+    p = build_problem(load_spec(path), path)
+    assign, order = [0] * p.n, [0.0] * p.n
+    for name, ((lo, hi), (dp, tp, pp), mb, zero, offset) in BEST_128.items():
+        i = p.index[name]
+        memory = PLAIN if zero is None else TrainMemoryChoice(zero_stage=zero, recompute=False)
+        layout = Layout(tuple(range(lo, hi)), dp=dp, tp=tp, pp=pp)
+        assign[i] = p.add_candidate(i, price(p.contexts[i], layout, mb, memory))
+        order[i] = offset
+    sim = Simulator(p, order=order)
+    assert sim.feasible(tuple(assign))
+    assert bounds.full_space_bound_s(p) <= sim.period(tuple(assign))
