@@ -499,6 +499,8 @@ def fit_in_pairs(p: Problem, u: int, ou: Candidate,
                        or _fits_three(ou, *_beside_bytes(p, u, ou, c1, o), front, cap)]
                 if len(fit) < len(kept[c1]):
                     kept[c1], changed = fit, True
+                if not fit:
+                    return kept  # no plan puts u on ou
     return kept
 
 
