@@ -97,3 +97,31 @@ def test_collective_tables_without_a_group_of_2():
     assert tables["p2p"].bus_bytes_per_s == [pytest.approx([1024 / 3e-4, 4096 / 6e-4])]  # x3
     assert tables["all_reduce"].group_size == [3, 4]
     assert to_tables({}, sizes) == []
+
+
+def test_built_points_hold_one_input_at_a_time():
+    """Bench.time_all makes a Built point's inputs just before timing it and drops them
+    after, so a grid's inputs (measure_decode's KV caches) need not fit at once."""
+    import gc
+    import weakref
+
+    from planner.cost_model.profiler.measure import Bench, Built
+
+    live: list[weakref.ref] = []
+    most = [0]
+
+    class Inputs:  # stands in for a point's tensors
+        pass
+
+    def build():
+        gc.collect()
+        alive = sum(r() is not None for r in live)
+        most[0] = max(most[0], alive)
+        inputs = Inputs()
+        live.append(weakref.ref(inputs))
+        return lambda: inputs
+
+    bench = Bench("cpu", min_time_s=0.0, min_batches=1, rounds=2)
+    times = bench.time_all([Built(build) for _ in range(4)])
+    assert len(times) == 4 and all(t > 0 for t in times)
+    assert len(live) == 8 and most[0] == 0  # every earlier point's inputs were gone

@@ -50,13 +50,15 @@ def _engine(device: torch.device, dtype: torch.dtype | None, seed: int | None,
 
 
 @pytest.fixture()
-def pair(tmp_path):
+def pair(tmp_path, monkeypatch):
     """(cpu engine, cuda engine), fp32, the same weights (through a checkpoint)."""
-    torch.backends.cuda.matmul.allow_tf32 = False  # TF32 would round to 10 mantissa bits
+    # TF32 would round to 10 mantissa bits (off by default; a test run may have set it)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     cpu = _engine(CPU, torch.float32, seed=3)
     save_checkpoint(cpu, str(tmp_path / "ckpt"))
     gpu = _engine(_cuda(), torch.float32, seed=None)
     load_checkpoint(gpu, str(tmp_path / "ckpt"))
+    assert all(t.is_cuda for t in gpu.local_tensors().values())
     return cpu, gpu
 
 
@@ -97,10 +99,12 @@ def test_fp32_train_step_matches_cpu(pair):
 def test_bf16_engine_trains_samples_and_saves(tmp_path):
     eng = _engine(_cuda(), None, seed=3)
     assert eng.dtype == torch.bfloat16  # the engine's default on CUDA
-    cfg = GenerationConfig(max_new_tokens=6, greedy=False, seed=7)
-    one = generate(eng, BATCH["input_ids"], BATCH["attention_mask"], cfg)
-    two = generate(eng, BATCH["input_ids"], BATCH["attention_mask"], cfg)
-    assert torch.equal(one.tokens, two.tokens)  # seeded sampling repeats on the device
+    assert all(t.is_cuda for t in eng.local_tensors().values())
+    gen = lambda **kw: generate(eng, BATCH["input_ids"], BATCH["attention_mask"],  # noqa: E731
+                                GenerationConfig(max_new_tokens=6, **kw)).tokens
+    one, two = gen(greedy=False, seed=7), gen(greedy=False, seed=7)
+    assert one.is_cuda and torch.equal(one, two)  # seeded sampling repeats on the device
+    assert not torch.equal(one, gen(greedy=False, seed=8))  # and it samples
     losses = [eng.train_step(BATCH)["loss"] for _ in range(5)]
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0], losses
     save_checkpoint(eng, str(tmp_path / "ckpt"))
@@ -128,6 +132,7 @@ def test_runtime_runs_tiny_ppo_on_one_gpu(tmp_path):
                            capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(plan.read_text())["hardware_kind"] == "gpu"
+    assert [p["device"] for p in json.loads((run / "placement.json").read_text())] == [0]
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in metrics] == [0, 1, 2]
     assert all(math.isfinite(m["actor_train/loss"]) for m in metrics)

@@ -14,11 +14,14 @@ The estimate uses the profile as written (corrections included if any).
 On CPU, times are thread CPU times, like the profile's: a busy machine does
 not move them much (the runtime's wall times are another matter). On CUDA
 (`--device cuda`, the engine in bf16) they are wall times between two device
-synchronisations, and each row also gives memory beside the estimate's: the
-engine's model states after the call (parameters, gradients, optimizer states,
-`Engine.model_state_bytes`) against the estimate's resident bytes, and the
-CUDA allocator's peak during the call over what was allocated before it (the
-call's working memory: activations, logits, KV cache) against its transient bytes.
+synchronisations, and each row also gives the call's working memory beside
+the estimate's: the CUDA allocator's peak during the call over what was
+allocated before it, against the estimate's transient bytes (activations,
+logits, KV cache), plus its gradient bytes for a train call (the engine
+allocates gradients during backward, as activations are freed, and frees them
+after the step, so the allocator cannot tell the two apart). Model states held
+between calls (parameters, Adam moments) are not in either figure: the engine
+keeps them in bf16, where the estimate prices mixed-precision Adam.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ def _best_cuda(fn, reps: int) -> tuple[float, int]:
     """(fastest wall time between device synchronisations, the allocator's peak bytes
     over the calls above what was allocated before them) on CUDA: kernels run
     asynchronously, so only a synchronised wall clock sees them; the first call
-    (warm-up: cuBLAS plans, allocator growth, Adam's states) is not timed."""
+    (warm-up: cuBLAS plans, allocator growth, Adam's moments) is not timed."""
     fn()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -109,8 +112,10 @@ def _check_fit(args, profile, arch) -> str | None:
     if profile.kind != want:
         return (f"--profile {args.profile}: a {profile.kind} profile; this bench runs the "
                 f"engine on one {args.device} device, so it needs a {want} profile")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        return "--device cuda: no CUDA device is visible"
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            return "--device cuda: no CUDA device is visible"
+        return _check_cuda_memory(args, arch)
     if args.device == "cpu" and arch.num_params("lm") > MAX_PARAMS:
         return (f"--arch {args.arch}: {arch.num_params('lm') / 1e6:.0f}M parameters; this "
                 f"single-CPU bench takes archs up to {MAX_PARAMS / 1e6:.0f}M")
@@ -118,6 +123,28 @@ def _check_fit(args, profile, arch) -> str | None:
         return (f"--gen-len {args.gen_len}: --prompt-len + --gen-len = "
                 f"{args.prompt_len + args.gen_len} is over {args.arch}'s max_positions "
                 f"{arch.max_positions}")
+    return None
+
+
+def _engine_params_bytes(arch, head: str) -> int:
+    return arch.num_params(head) * 2  # bf16, the engine's dtype on CUDA
+
+
+def _check_cuda_memory(args, arch) -> str | None:
+    """The --arch whose two engines (actor, critic) and largest train step would not fit
+    the GPU, or None. The step is sized as the engine holds it: bf16 parameters,
+    gradients and two Adam moments (8 B a parameter) plus the estimate's working bytes."""
+    batch = max(int(x) for x in args.batches.split(","))
+    seq = args.prompt_len + args.gen_len
+    est = _estimate(arch, "lm", CallShape("train", batch, seq, seq, 0), load_profile("h200"),
+                    True)
+    need_bytes = (4 * _engine_params_bytes(arch, "lm") + _engine_params_bytes(arch, "value")
+                  + est.memory.transient_bytes)
+    free_bytes, _ = torch.cuda.mem_get_info()
+    if need_bytes > free_bytes:
+        return (f"--arch {args.arch}: its actor and critic engines and a train step of "
+                f"{batch} x {seq} tokens need about {need_bytes / 2**30:.0f} GiB; the GPU "
+                f"has {free_bytes / 2**30:.0f} GiB free (lower --batches or pick a smaller arch)")
     return None
 
 
@@ -152,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.set_device(0)
     else:
         torch.set_num_threads(1)
-    groups = build_groups(Layout((0,)))
+    groups = build_groups(Layout((0,)), device=torch.device(args.device, 0) if on_cuda
+                          else torch.device("cpu"))
     actor = Engine(arch, groups, "lm", lr=1e-3)
     critic = Engine(arch, groups, "value", lr=1e-3)
     p, g = args.prompt_len, args.gen_len
@@ -163,9 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         est = _estimate(arch, engine.head, shape, profile, trainable)
         mem = None
         if on_cuda:
-            meas_s, transient_bytes = _best_cuda(fn, args.reps)
-            mem = (sum(engine.model_state_bytes().values()), est.memory.resident_bytes,
-                   transient_bytes, est.memory.transient_bytes)
+            meas_s, working_bytes = _best_cuda(fn, args.reps)
+            m = est.memory
+            mem = (working_bytes, m.transient_bytes + (m.grads_bytes if shape.type == "train"
+                                                       else 0))
         else:
             meas_s = _best_s(fn, args.reps)
         rows.append((name, b, meas_s, device_s(est.breakdown), mem))
@@ -202,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print_header(on_cuda: bool) -> None:
     print(f"{'call':<20} {'batch':>5} {'measured ms':>12} {'estimate ms':>12} {'meas/est':>9}"
-          + (f" {'states GiB meas/est':>20} {'working GiB meas/est':>21}" if on_cuda else ""),
+          + (f" {'working GiB meas/est':>21}" if on_cuda else ""),
           flush=True)
 
 
@@ -211,7 +240,7 @@ def _print_row(row) -> None:
     line = f"{name:<20} {b:>5} {meas * 1e3:>12.2f} {est * 1e3:>12.2f} {meas / est:>8.2f}x"
     if mem is not None:
         gib = [x / 2**30 for x in mem]
-        line += f" {gib[0]:>9.2f} / {gib[1]:>8.2f} {gib[2]:>10.2f} / {gib[3]:>8.2f}"
+        line += f" {gib[0]:>11.2f} / {gib[1]:>7.2f}"
     print(line, flush=True)
 
 

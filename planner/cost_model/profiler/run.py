@@ -103,9 +103,9 @@ def plan_for(device: str, quick: bool, group_sizes: list[int]) -> Plan:
                 attn_seq=[128, 512, 1024, 2048, 4096, 8192, 16384], attn_head_dim=[64, 128],
                 layer_shapes=[_shape(4096, 11008, 32, 32), _shape(8192, 28672, 64, 8)],
                 layer_batch=[1, 2, 4, 8], layer_seq=[256, 1024, 2048, 4096],
-                # Every point's KV cache is held at once (measure_decode): 1024 sequences
-                # of 8192 tokens are 137 GB for this 32-head layer alone, so the grid
-                # stops at 256 (60 GB in all); the estimator extrapolates in batch.
+                # measure_decode holds one point's KV cache at a time: 1024 sequences
+                # of 8192 tokens would be 137 GB for this 32-head layer, so the grid
+                # stops at 256 (34 GB); the estimator extrapolates in batch.
                 decode_batch=[1, 4, 16, 64, 256], decode_context=[128, 512, 2048, 8192],
                 membw_bytes=4096 * MiB,
                 coll_sizes=[8 * KiB, 64 * KiB, 1 * MiB, 16 * MiB, 256 * MiB, 1024 * MiB],
