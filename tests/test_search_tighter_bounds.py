@@ -10,7 +10,10 @@ against an LP solver and brute force.
 * generation's realloc from a train call on every device, priced exactly at each of its
   positions, on random 2 x 2-device spaces with an 8B actor: the same two checks;
 * options dropped when no option of another call fits beside them and the train call's
-  (memory cases), on random memory-tight 4-device spaces: the same two checks.
+  (memory cases), on random memory-tight 4-device spaces: the same two checks;
+* the 128-GPU spec: the bound stays under the best plan known, which pairs.resplit (the
+  re-cut of a side-by-side pair that these windows pointed at) reaches from the searched
+  plan.
 """
 
 from __future__ import annotations
@@ -214,25 +217,56 @@ BEST_128 = {"actor_gen": ((8, 128), (15, 8, 1), 1, None, 0.0),
             "critic_train": ((0, 8), (8, 1, 1), 8, 3, 1.0)}
 
 
-def test_the_128_gpu_bound_stays_under_the_best_plan_known():
-    from planner.cost_model.memory import PLAIN, TrainMemoryChoice
+@pytest.fixture(scope="module")
+def problem_128():
     from planner.graph.loader import load_spec
-    from planner.search.candidates import price
     from planner.search.problem import build_problem
-    from planner.search.simulator import Simulator
 
     path = "specs/ppo-llama2-70b-128gpu.yaml"
-    p = build_problem(load_spec(path), path)
+    return build_problem(load_spec(path), path)
+
+
+def _plan_128(p, plan: dict) -> tuple[tuple[int, ...], list[float]]:
+    """The plan's options added to p's lists; (assignment, order offsets)."""
+    from planner.cost_model.memory import PLAIN, TrainMemoryChoice
+    from planner.search.candidates import price
+
     assign, order = [0] * p.n, [0.0] * p.n
-    for name, ((lo, hi), (dp, tp, pp), mb, zero, offset) in BEST_128.items():
+    for name, ((lo, hi), (dp, tp, pp), mb, zero, offset) in plan.items():
         i = p.index[name]
         memory = PLAIN if zero is None else TrainMemoryChoice(zero_stage=zero, recompute=False)
         layout = Layout(tuple(range(lo, hi)), dp=dp, tp=tp, pp=pp)
         assign[i] = p.add_candidate(i, price(p.contexts[i], layout, mb, memory))
         order[i] = offset
+    return tuple(assign), order
+
+
+def test_the_128_gpu_bound_stays_under_the_best_plan_known(problem_128):
+    from planner.search.simulator import Simulator
+
+    assign, order = _plan_128(problem_128, BEST_128)
+    sim = Simulator(problem_128, order=order)
+    assert sim.feasible(assign)
+    assert bounds.full_space_bound_s(problem_128) <= sim.period(assign)
+
+
+def test_resplit_recuts_the_searched_128_gpu_plan(problem_128):
+    """From the plan the search found (reward on 64-127 beside the critic's inference on
+    0-63:d8p8), pairs.resplit moves the cut between them and picks each side's option by
+    time plus realloc: the hand-built plan above, faster, fitting."""
+    from planner.search.pairs import resplit
+    from planner.search.simulator import Simulator
+
+    p = problem_128
+    found = dict(BEST_128, reward_inf=((64, 128), (64, 1, 1), 1, None, 0.0),
+                 critic_inf=((0, 64), (8, 1, 8), 64, None, 0.25))
+    start, order = _plan_128(p, found)
+    best, _ = _plan_128(p, BEST_128)
     sim = Simulator(p, order=order)
-    assert sim.feasible(tuple(assign))
-    assert bounds.full_space_bound_s(p) <= sim.period(tuple(assign))
+    recut, period, moves = resplit(p, start, order)
+    assert moves >= 1 and sim.feasible(recut)
+    assert period == pytest.approx(sim.period(recut))
+    assert period <= sim.period(best) < sim.period(start)
 
 
 def test_ppo_shaped_spaces_on_uneven_meshes_hold():

@@ -12,7 +12,10 @@ until none is or the deadline passes.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
+from planner.cost_model.fast_moves import fast_realloc
+from planner.search.candidates import Candidate
 from planner.search.problem import Problem
 from planner.search.simulator import Simulator
 
@@ -55,3 +58,70 @@ def side_by_side(p: Problem, a: tuple[int, ...], order: list[float] | None = Non
             return cur, cur_p, moves
         cur_p, cur = found
         moves += 1
+
+
+def resplit(p: Problem, a: tuple[int, ...], order: list[float] | None = None, *,
+            deadline: float | None = None, keep: int = 3) -> tuple[tuple[int, ...], float, int]:
+    """Re-cut of side-by-side pairs from the fitting plan `a`: two independent calls on
+    adjacent meshes of whole nodes, [lo, cut) and [cut, hi), try every other node boundary
+    as their cut, each side on its `keep` best priced options of that size (Problem.options,
+    every shape's undominated options) by time plus the realloc from its home's current
+    layout (a critic inference copied from an 8-device home prefers more pipeline stages
+    than its fastest layout). The pair's lists may hold neither option, and moving one call
+    alone overlaps the other, so no other move finds this. Trials run on a scratch copy;
+    the best faster plan that fits is taken (its two options join the lists), and again.
+    Returns (plan, its period, moves taken)."""
+    sim = Simulator(p, order=order)
+    cur, cur_p = tuple(a), sim.period(tuple(a))
+    gpn, moves = p.gpus_per_node, 0
+    while True:
+        q = p.scratch()
+        trial = Simulator(q, order=order)
+        found: tuple[float, tuple[int, ...]] | None = None
+        for u, v in independent_pairs(p):
+            x, y = p.candidates[u][cur[u]], p.candidates[v][cur[v]]
+            left, right = (u, v) if x.hi == y.lo else (v, u) if y.hi == x.lo else (-1, -1)
+            if left < 0:
+                continue
+            lo, hi = p.candidates[left][cur[left]].lo, p.candidates[right][cur[right]].hi
+            if lo % gpn or hi % gpn:
+                continue
+            for cut in range(lo + gpn, hi, gpn):
+                if cut == p.candidates[left][cur[left]].hi:
+                    continue
+                if deadline is not None and time.perf_counter() > deadline:
+                    return cur, cur_p, moves
+                for ol in _cheapest_on(p, left, lo, cut, cur, keep):
+                    for orr in _cheapest_on(p, right, cut, hi, cur, keep):
+                        z = list(cur)
+                        z[left], z[right] = q.add_candidate(left, ol), q.add_candidate(right, orr)
+                        z = tuple(z)
+                        per = trial.period(z)
+                        if per < (found[0] if found else cur_p - 1e-12) and trial.feasible(z):
+                            found = (per, z)
+        if found is None:
+            return cur, cur_p, moves
+        cur_p, cur = found[0], p.adopt(q, found[1])
+        moves += 1
+
+
+def _cheapest_on(p: Problem, c: int, lo: int, hi: int, cur: tuple[int, ...],
+                 keep: int) -> list[Candidate]:
+    """Call c's `keep` priced options of size hi - lo placed on [lo, hi), least time plus
+    realloc from its home's layout in `cur` first."""
+    h = p.home[c]
+    src = p.candidates[h][cur[h]].layout if h != c else None
+    m = p.spec.models[p.model_of[c]]
+    devices = tuple(range(lo, hi))
+    scored = []
+    for o in p.options[c]:
+        if len(o.layout.device_ids) != hi - lo:
+            continue
+        placed = replace(o, layout=replace(o.layout, device_ids=devices))
+        move_s = 0.0
+        if src is not None:
+            move_s = fast_realloc(m.architecture, m.head, src, placed.layout, p.profile,
+                                  gpus_per_node=p.gpus_per_node,
+                                  dtype_bytes=p.dtype_bytes[c]).time_s
+        scored.append((placed.time_s + move_s, len(scored), placed))
+    return [o for _, _, o in sorted(scored)[:keep]]
