@@ -8,8 +8,9 @@ Methods:
   first, which ends the search when its optimum re-simulates to its bound (a
   proven optimum); then MCMC for half the budget, then CP-SAT hinted with the
   best plan so far and capped by its period, which also yields a lower bound.
-The plan with the smallest simulated period wins; it is re-simulated with the
-cost model's exact move costs and written as an ExecutionPlan.
+The plan with the smallest simulated period wins; its side-by-side pairs are re-cut
+(pairs.resplit) and it is polished; it is re-simulated with the cost model's exact move
+costs and written as an ExecutionPlan.
 
 Budget: `time_limit_s` covers everything (pricing, baselines, search, the
 exact re-check). `steps` makes the run deterministic for a seed (MCMC
