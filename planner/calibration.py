@@ -25,6 +25,7 @@ Fitted, each a measured quantity (README.md, "planner calibrate"):
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import statistics
@@ -67,6 +68,9 @@ class Run:
     # call -> per iteration, the busiest device's worker-thread CPU time in the span
     # (traces that record it); span - cpu is time spent waiting, mostly for a core
     cpu_s: dict[str, list[float]] = field(default_factory=dict)
+    # call -> per iteration, {busy devices on its node: seconds of its span}: how many
+    # virtual devices shared the node's cores while it ran (alone_s)
+    busy_s: dict[str, list[dict[int, float]]] = field(default_factory=dict)
 
 
 def _read_json(path: Path):
@@ -149,6 +153,7 @@ def read_trace(run: Run, path: Path, skip: int) -> None:
     reallocs: dict[tuple[str, int], list] = {}  # (call, iteration) -> [start, end, bytes]
     # device -> (end, (call, iteration) it belongs to) of all its slices
     device_ends: dict[int, list[tuple[float, tuple[str, int]]]] = {}
+    device_slices: dict[int, list[tuple[float, float]]] = {}
     names = {c.name for c in run.spec.calls}
     devices = set(range(run.plan.cluster.num_devices))
     try:
@@ -182,9 +187,12 @@ def read_trace(run: Run, path: Path, skip: int) -> None:
                 continue
             box[0], box[1] = min(box[0], t0), max(box[1], t1)
             device_ends.setdefault(device, []).append((t1, owner))
+            device_slices.setdefault(device, []).append((t0, t1))
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         why = str(err) if isinstance(err, ValueError) else f"{err!r} missing or malformed"
         raise CalibrateError(f"{path} traceEvents: not a runtime trace ({why})") from None
+    gpn = run.plan.cluster.gpus_per_node
+    slices = _Slices([(t0, t1, d) for d, ends in device_slices.items() for t0, t1 in ends])
     g = build_graph(run.spec)
     run.host_fed = {v for u, v, a in g.edges(data=True)
                     if any("->" in k for k in a.get("data_keys", ()))}
@@ -193,6 +201,8 @@ def read_trace(run: Run, path: Path, skip: int) -> None:
             continue
         if cpu is not None:
             run.cpu_s.setdefault(name, []).append(cpu)
+        run.busy_s.setdefault(name, []).append(
+            _busy_seconds(slices, t0, t1, {d // gpn for d in devices}, gpn))
         start = min(t0, reallocs.get((name, it), [t0])[0])
         # Ready: its inputs are there and its devices are free; the rest is the driver's.
         # A call with no predecessor in its iteration gets no gap: before it the driver
@@ -210,6 +220,53 @@ def read_trace(run: Run, path: Path, skip: int) -> None:
             run.realloc_s.append((name, r[1] - r[0], r[2]))
 
 
+class _Slices:
+    """A trace's slices (start, end, device), sorted by start, found by window in
+    O(log n + hits): a long run's trace has a slice per call, device and iteration."""
+
+    def __init__(self, slices: list[tuple[float, float, int]]):
+        self.items = sorted(slices)
+        self.starts = [a for a, _, _ in self.items]
+        self.longest_s = max((b - a for a, b, _ in self.items), default=0.0)
+
+    def overlapping(self, t0: float, t1: float) -> list[tuple[float, float, int]]:
+        lo = bisect.bisect_left(self.starts, t0 - self.longest_s)
+        hi = bisect.bisect_left(self.starts, t1)
+        return [x for x in self.items[lo:hi] if x[1] > t0]
+
+
+def _busy_seconds(slices: "_Slices | list[tuple[float, float, int]]", t0: float, t1: float,
+                  nodes: set[int], gpn: int) -> dict[int, float]:
+    """{devices busy on the busiest of `nodes`: seconds of [t0, t1]}, from the trace's
+    slices (start, end, device)."""
+    if not isinstance(slices, _Slices):
+        slices = _Slices(slices)
+    cuts = {t0, t1}
+    inside = [(a, b, d) for a, b, d in slices.overlapping(t0, t1) if d // gpn in nodes]
+    for a, b, _ in inside:
+        cuts.update(x for x in (a, b) if t0 < x < t1)
+    out: dict[int, float] = {}
+    points = sorted(cuts)
+    for lo, hi in zip(points, points[1:]):
+        mid = (lo + hi) / 2
+        busy: dict[int, set[int]] = {}
+        for a, b, d in inside:
+            if a <= mid < b:
+                busy.setdefault(d // gpn, set()).add(d)
+        n = max((len(v) for v in busy.values()), default=0)
+        out[n] = out.get(n, 0.0) + (hi - lo)
+    return out
+
+
+def alone_s(busy: dict[int, float], own_devices: int, profile: HardwareProfile) -> float:
+    """A span measured while `busy` devices shared the node's cores, as the call would
+    take with only its own `own_devices` busy: what the estimate prices (its own
+    devices' share, profile.core_share); the simulator serializes the rest on the cores
+    (search/simulator.py). The span itself on GPUs or without sharing."""
+    own = profile.core_share(own_devices)
+    return sum(sec * own / max(own, profile.core_share(n)) for n, sec in busy.items())
+
+
 # ------------------------------------------------------------------ estimates
 
 
@@ -221,8 +278,9 @@ class CallRow:
     call: str
     kind: str
     num_devices: int
-    measured_s: float      # gap + span: what the call adds to the iteration (span: no gap)
+    measured_s: float      # gap + alone: what the call adds to the iteration (alone: no gap)
     span_s: float
+    alone_s: float         # the span less the slowdown of other calls sharing its cores
     gap_s: float | None
     estimate_s: float      # the estimate of the same (without launch and hand-off: no gap)
     device_s: float        # device terms only
@@ -262,6 +320,7 @@ def price_plan(spec: Spec, plan: ExecutionPlan, profile: HardwareProfile):
 
 def call_rows(run: Run, profile: HardwareProfile) -> tuple[list[CallRow], float, float]:
     cands, alone, steady = price_plan(run.spec, run.plan, profile)
+    gpn = run.plan.cluster.gpus_per_node
     rows = []
     for c in run.spec.calls:
         if c.name not in run.span_s:
@@ -270,14 +329,17 @@ def call_rows(run: Run, profile: HardwareProfile) -> tuple[list[CallRow], float,
         bd = cand.breakdown_s
         device = device_s(bd)
         span = statistics.median(run.span_s[c.name])
+        a = run.plan.assignment(c.name)
+        own = max(sum(1 for d in a.layout.device_ids if d // gpn == node)
+                  for node in {d // gpn for d in a.layout.device_ids})
+        unshared = statistics.median(alone_s(b, own, profile) for b in run.busy_s[c.name])
         gaps = run.gap_s.get(c.name)
         gap = statistics.median(gaps) if gaps else None
-        a = run.plan.assignment(c.name)
         est = cand.time_s
         if gap is None:  # compare the span alone with the estimate's work on the devices
             est -= gap_terms_s(bd)
         rows.append(CallRow(run.path.name, c.name, c.type, a.dp * a.tp * a.pp,
-                            span + (gap or 0.0), span, gap, est, device,
+                            unshared + (gap or 0.0), span, unshared, gap, est, device,
                             bd.get("handoff", 0.0), c.num_seqs))
     return rows, alone, steady
 
@@ -312,8 +374,8 @@ def fit(profile: HardwareProfile, runs: list[Run]) -> HardwareProfile:
     for run in runs:
         rows, _, _ = call_rows(run, base)
         for r in rows:
-            if r.device_s > 0 and r.span_s > 0:
-                ratios.setdefault((r.kind, r.num_devices), []).append(r.span_s / r.device_s)
+            if r.device_s > 0 and r.alone_s > 0:
+                ratios.setdefault((r.kind, r.num_devices), []).append(r.alone_s / r.device_s)
             if r.gap_s is None:
                 continue
             if r.call in run.host_fed:

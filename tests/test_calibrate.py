@@ -298,3 +298,17 @@ def test_compare_run_sets_a_reallocated_call_beside_its_own_estimate(recorded, t
     assert rows["actor_gen"][0] == pytest.approx(own, rel=1e-6)
     assert rows["realloc"][0] == pytest.approx(sum(  # every realloc step, once
         a.estimate.breakdown_s.get("realloc", 0.0) for a in plan.calls), rel=1e-6)
+
+
+def test_a_span_shared_with_other_calls_is_priced_as_if_alone():
+    """4 virtual devices on 2 cores: a 2-device call that ran 2 s beside another 2-device
+    call (4 busy) did 1 s of work alone; 2 s alone stay 2 s; on a GPU nothing changes."""
+    from planner.calibration import _busy_seconds, alone_s
+
+    slices = [(0.0, 4.0, 0), (0.0, 4.0, 1), (1.0, 3.0, 2), (1.0, 3.0, 3), (5.0, 6.0, 2)]
+    busy = _busy_seconds(slices, 0.0, 4.0, {0}, 4)
+    assert busy == pytest.approx({2: 2.0, 4: 2.0})
+    cpu = load_profile("cpu").model_copy(update={"cores_per_node": 2})
+    assert alone_s(busy, 2, cpu) == pytest.approx(2.0 + 1.0)
+    assert alone_s({4: 3.0}, 4, cpu) == pytest.approx(3.0)  # its own share is priced
+    assert alone_s(busy, 2, load_profile("h100-sxm")) == pytest.approx(4.0)

@@ -209,4 +209,10 @@ def test_virtual_cpu_devices_sharing_cores_slow_compute_not_communication():
     ref = estimate_call(arch, "lm", train, parse_layout("0-1:d2"), 1, alone, trainable=True,
                         gpus_per_node=2)
     assert same.time_s == ref.time_s
+    # A call on fewer devices than cores is not slowed by the node's other devices: the
+    # simulator shares the cores between calls (search/simulator.py).
+    half = estimate_call(arch, "lm", train, parse_layout("0-1:d2"), 1, shared, trainable=True,
+                         gpus_per_node=4)
+    assert half.time_s == estimate_call(arch, "lm", train, parse_layout("0-1:d2"), 1, alone,
+                                        trainable=True, gpus_per_node=4).time_s
     assert H100.model_copy(update={"cores_per_node": 1}).core_share(8) == 1.0

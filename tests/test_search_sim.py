@@ -216,3 +216,36 @@ def test_period_is_never_below_the_busiest_device(spec_name):
         checked += 1
         r = sim.evaluate(a, order)
         assert r.period_s >= busiest_device_s(sim._prepare(a)) * (1 - 1e-9)
+
+
+def _with_cores(p, cores):
+    p.profile = p.profile.model_copy(update={"cores_per_node": cores})
+    return p
+
+
+def test_shared_cores_serialise_calls_on_disjoint_devices():
+    """4 virtual devices on 2 cores: A (devices 0-1) and B (2-3) each hold both cores,
+    so they take turns, as the OS would give them half a core each; with 4 cores, or
+    with calls of one device each, they run side by side."""
+    cands = {"A": [cand(0, 2, 3.0)], "B": [cand(2, 4, 5.0)]}
+    p = _with_cores(hand_problem(two_frozen_calls(), cands), 2)
+    sim = Simulator(p)
+    ev = sim.timeline((0, 0))
+    assert calls_of(ev, p, 0) == {"A": (0, 3, 0, 2), "B": (3, 8, 2, 4)}
+    assert calls_of(ev, p, 1) == {"A": (8, 11, 0, 2), "B": (11, 16, 2, 4)}
+    assert sim.evaluate((0, 0)).period_s == pytest.approx(8.0)
+    assert Simulator(_with_cores(hand_problem(two_frozen_calls(), cands), 4)
+                     ).evaluate((0, 0)).period_s == pytest.approx(5.0)
+    ones = {"A": [cand(0, 1, 3.0)], "B": [cand(2, 3, 5.0)]}
+    assert Simulator(_with_cores(hand_problem(two_frozen_calls(), ones), 2)
+                     ).evaluate((0, 0)).period_s == pytest.approx(5.0)
+
+
+def test_shared_cores_under_a_replayed_order():
+    """The ordered run (CP-SAT's offsets) waits for cores too: B first, then A."""
+    cands = {"A": [cand(0, 2, 3.0)], "B": [cand(2, 4, 5.0)]}
+    p = _with_cores(hand_problem(two_frozen_calls(), cands), 2)
+    sim = Simulator(p)
+    ev = sim.timeline((0, 0), offsets=(0.5, 0.0))
+    assert calls_of(ev, p, 0) == {"B": (0, 5, 2, 4), "A": (5, 8, 0, 2)}
+    assert sim.evaluate((0, 0), offsets=(0.5, 0.0)).period_s == pytest.approx(8.0)

@@ -175,7 +175,7 @@ class _Ctx:
     dtype_bytes: int
     dp_tier: str
     pp_tier: str
-    core_share: float  # devices per physical core (profile.core_share); 1 on GPUs
+    core_share: float  # the call's devices per core of its node (profile.core_share); 1 on GPUs
 
     @property
     def dims(self) -> Dims:
@@ -183,6 +183,16 @@ class _Ctx:
 
 
 # ----------------------------------------------------------------- topology
+
+
+@lru_cache(maxsize=65536)
+def _devices_per_node(layout: Layout, gpus_per_node: int) -> int:
+    """The most devices of `layout` on one node: the processes of the call that share
+    that node's cores (profile.core_share)."""
+    counts: dict[int, int] = {}
+    for d in layout.device_ids:
+        counts[d // gpus_per_node] = counts.get(d // gpus_per_node, 0) + 1
+    return max(counts.values())
 
 
 @lru_cache(maxsize=65536)
@@ -570,7 +580,7 @@ def estimate_call(arch: ModelArch, head: HeadType, call: CallSpec | CallShape, l
     dev = device_of(profile)
     c = _Ctx(arch, head, layout.dp, layout.tp, layout.pp, micro_batches, dev,
              dtype_bytes or profile.dtype_bytes, dp_tier, pp_tier,
-             profile.core_share(gpus_per_node))
+             profile.core_share(_devices_per_node(layout, gpus_per_node)))
     if zero_stage not in ZERO_STAGES:
         raise ValueError(f"zero_stage must be one of {ZERO_STAGES}, not {zero_stage!r}")
     zero = max(zero_stage, 1) if shard_optimizer else zero_stage

@@ -377,12 +377,20 @@ class HardwareProfile(_Frozen):
     def tier(self, name: Tier) -> LinkTier:
         return self.intra_node if name == "intra_node" else self.inter_node
 
-    def core_share(self, devices_per_node: int) -> float:
-        """How many devices of a node share one core (>= 1): the factor compute slows by
-        when every virtual CPU device of a node is busy at once. 1 on GPUs."""
+    def core_share(self, devices: int) -> float:
+        """How many of `devices` busy virtual devices of one node share a core (>= 1): the
+        factor a call on that many devices of a node slows its compute by. 1 on GPUs."""
         if self.kind != "cpu" or self.cores_per_node is None:
             return 1.0
-        return max(1.0, devices_per_node / self.cores_per_node)
+        return max(1.0, devices / self.cores_per_node)
+
+    def core_slots(self, devices_per_node: int) -> int | None:
+        """The cores a node's virtual devices share when it has more devices than cores
+        (CPU profiles): at most that many devices compute at once, which the simulator
+        schedules as a resource (search/simulator.py). None: no sharing."""
+        if self.kind != "cpu" or self.cores_per_node is None:
+            return None
+        return self.cores_per_node if self.cores_per_node < devices_per_node else None
 
     def correction(self, call_type: str, num_devices: int) -> float:
         """The calibrated scale of a call kind's device time on `num_devices` (1: none). A

@@ -31,6 +31,14 @@ over the last half of the *exact* iterations (those no unsimulated task could
 delay), and never below the busiest device's work per iteration
 (busiest_device_s), a bound no schedule beats.
 
+Shared cores (CPU profiles with more virtual devices on a node than cores,
+profile.core_slots): a node's cores are a resource of that many slots; a
+call holds min(its devices on the node, cores) of them from its start to its
+end, so calls on disjoint devices run side by side only while cores are
+free, as the OS shares them (a call on more devices than cores is already
+priced slower: estimator core_share). Still max-plus: a call starts at the
+latest of its predecessors, its segments and its k-th earliest free slot.
+
 Memory: residency.py's rule (the one the plan and CP-SAT use): resident home
 states + the largest transient per device; over capacity minus headroom =
 overflow.
@@ -120,10 +128,14 @@ class Evaluation:
 
 
 def _place(c: int, k: int, cur: list[float], ends: list[list[float]], free: list[float],
-           preds, prev_preds, occ, realloc_s, extra, pro, dur, segs) -> tuple[float, float]:
+           preds, prev_preds, occ, realloc_s, extra, pro, dur, segs,
+           slots: list[list[float]] | None = None, needs=None) -> tuple[float, float]:
     """Run task (call c, iteration k) as early as its predecessors (this iteration's in
     `cur`, earlier ones' in `ends`) and its segments allow: the segments its realloc
-    holds are busy until the copy is done, its own until it ends. Returns (start, end)."""
+    holds are busy until the copy is done, its own until it ends. With shared cores
+    (`slots`: per node, the cores' free times, sorted), it also waits for the cores
+    it needs (`needs[c]`: (node, count) pairs) and holds them to its end.
+    Returns (start, end)."""
     t = 0.0
     for u in preds[c]:
         if cur[u] > t:
@@ -134,6 +146,10 @@ def _place(c: int, k: int, cur: list[float], ends: list[list[float]], free: list
     for s in occ[c]:
         if free[s] > t:
             t = free[s]
+    if slots is not None:
+        for node, want in needs[c]:
+            if slots[node][want - 1] > t:
+                t = slots[node][want - 1]
     r = realloc_s[c]
     if r:
         for s in extra[c]:
@@ -141,6 +157,11 @@ def _place(c: int, k: int, cur: list[float], ends: list[list[float]], free: list
     e = t + pro[c] + dur[c]
     for s in segs[c]:
         free[s] = e
+    if slots is not None:
+        for node, want in needs[c]:
+            sl = slots[node]
+            sl[:want] = [e] * want  # the earliest free cores (all free by t)
+            sl.sort()
     cur[c] = e
     return t, e
 
@@ -168,6 +189,8 @@ class Simulator:
         self.carried = sorted({(u, back) for v in range(n) for u, lag in self.prev_preds[v]
                                for back in range(lag)})
         self.offsets = order if order is not None else self.ahead_offsets()
+        # Cores a node's virtual devices share (CPU profiles with more devices than cores).
+        self.cores = problem.profile.core_slots(problem.gpus_per_node)
         self.cache: dict[tuple[int, ...], tuple[float, int]] = {}
         self.num_sims = 0
         self._tables()
@@ -256,7 +279,21 @@ class Simulator:
                                              for i in range(n)])
         peak, worst = mem.peak_bytes, mem.worst_device
         return (dur, pro, realloc_s, segs, extra, occ, used, num_segs, peak, worst, lo, hi,
-                src_range)
+                src_range, self._core_needs(lo, hi))
+
+    def _core_needs(self, lo: list[int], hi: list[int]) -> list[tuple[tuple[int, int], ...]] | None:
+        """Per call, (node, cores it holds) on each node its devices [lo, hi) touch; None
+        when cores are not shared."""
+        if self.cores is None:
+            return None
+        gpn, cores = self.p.gpus_per_node, self.cores
+        return [tuple((node, min(cores, min(h, (node + 1) * gpn) - max(l, node * gpn)))
+                      for node in range(l // gpn, (h - 1) // gpn + 1))
+                for l, h in zip(lo, hi)]
+
+    def _slots(self) -> list[list[float]] | None:
+        return None if self.cores is None else [[0.0] * self.cores
+                                                 for _ in range(self.p.num_nodes)]
 
     # --------------------------------------------------------------- schedule
 
@@ -268,10 +305,11 @@ class Simulator:
         if offsets is not None and any(offsets):
             return self._run_ordered(prep, iterations, record, offsets)
         (dur, pro, realloc_s, segs, extra, occ, used, num_segs, peak, worst, lo, hi,
-         src_range) = prep[:13]
+         src_range, needs) = prep[:14]
         n = self.p.n
         preds, prev_preds = self.preds, self.prev_preds
         free = [0.0] * num_segs
+        slots = self._slots()
         # Recording draws exactly `iterations`; evaluating runs until periodic (or the cap).
         limit = iterations if record else max(iterations, PERIODIC_CAP)
         ends: list[list[float]] = []
@@ -285,7 +323,7 @@ class Simulator:
             ends.append(cur)
             for c in range(n):
                 t, e = _place(c, k, cur, ends, free, preds, prev_preds, occ, realloc_s, extra,
-                              pro, dur, segs)
+                              pro, dur, segs, slots, needs)
                 if record:
                     self._record(events, c, k, t, realloc_s[c], pro[c], e, lo[c], hi[c],
                                  src_range[c])
@@ -294,6 +332,8 @@ class Simulator:
                 continue
             state = [free[s] for s in used] + [ends[k - b][u] if k >= b else 0.0
                                                for u, b in self.carried]
+            if slots is not None:
+                state += [x for sl in slots for x in sl]
             period = _repeats(history, state, iter_end[-1])
             if period is not None:
                 break
@@ -324,9 +364,10 @@ class Simulator:
         a uniform shift means the schedule repeats forever.
         """
         (dur, pro, realloc_s, segs, extra, occ, used, num_segs, peak, worst, lo, hi,
-         src_range) = prep[:13]
+         src_range, needs) = prep[:14]
         n = self.p.n
         preds, prev_preds = self.preds, self.prev_preds
+        slots = self._slots()
         whole = [int(o) for o in offsets]
         span = max(whole) + 1                 # offsets lie in [0, span)
         # One unit's tasks in key order: (fraction of the offset, index).
@@ -351,6 +392,8 @@ class Simulator:
                 state = [free[s] for s in used]
                 for xs in unit_ends[r - span - back:r]:
                     state.extend(xs)
+                if slots is not None:
+                    state += [x for sl in slots for x in sl]
                 period = _repeats(history, state, last_end)
                 if period is not None:
                     break
@@ -364,7 +407,7 @@ class Simulator:
                 while len(ends) <= k:
                     ends.append([0.0] * n)
                 t, e = _place(c, k, ends[k], ends, free, preds, prev_preds, occ, realloc_s,
-                              extra, pro, dur, segs)
+                              extra, pro, dur, segs, slots, needs)
                 mine.append(e)
                 last_end = e
                 if record and k < iterations:
