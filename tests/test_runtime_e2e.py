@@ -61,7 +61,8 @@ def test_searched_plan_runs_and_learns(tmp_path):
     assert last > max(3 * first, first + 0.05), rewards  # the rule reward is learned
     trace = json.loads((run / "trace.json").read_text())
     slices = [e for e in trace["traceEvents"] if e["ph"] == "X"]
-    assert {e["args"]["gpu"] for e in slices} == {0, 1, 2, 3}
+    used = {d for c in json.loads(plan.read_text())["calls"] for d in c["device_ids"]}
+    assert {e["args"]["gpu"] for e in slices} == used and len(used) >= 2
     assert {e["args"]["label"] for e in slices} >= {"actor_gen", "actor_train", "critic_inf"}
     latest = (run / "checkpoints" / "latest").read_text().strip()
     assert latest == "iter_000007"
