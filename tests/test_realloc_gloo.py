@@ -64,6 +64,17 @@ def _worker(rank: int, init: str, results: str) -> None:
             assert there == {}, "free_source leaves the caller's dict empty"
             _assert_equal(back, mine_a, f"case {i} B->A")
 
+        # A group of some devices only, ranked from 0 as the runtime's union groups are
+        # (device 2 -> group rank 0, 3 -> 1): the p2p peers are the group's members.
+        pair = dist.new_group([2, 3])  # collective: every process creates it
+        if rank in (2, 3):
+            arch = get_preset("tiny-llama")
+            full = full_model(arch, seed=7)
+            a, b = Layout((2,)), Layout((3,))
+            got = execute(plan_transfer(arch, a, b), device_shards(full, arch, a, rank),
+                          dtype=torch.float32, group=pair, device_to_rank={2: 0, 3: 1})
+            _assert_equal(got, device_shards(full, arch, b, rank), "devices 2 -> 3 in a pair group")
+
         # Bad input on one process: every process raises, nothing hangs.
         arch = get_preset("tiny-llama")
         a, b = parse_layout("0-3:t4"), parse_layout("0-3:d4")

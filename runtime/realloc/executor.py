@@ -154,11 +154,20 @@ def execute(plan: TransferPlan, shards: dict[str, torch.Tensor], *, dtype: torch
     if sched is None:
         return {}
 
-    result = _run(sched, shards, rank_of, dtype, group, tensor_device, free_source,
+    # P2P ops name their peer by its rank in the default (world) group, not in `group`.
+    peer_of = {d: _global_rank(group, r) for d, r in rank_of.items()}
+    result = _run(sched, shards, peer_of, dtype, group, tensor_device, free_source,
                   dict(out) if out is not None else {})
     if free_source:
         shards.clear()
     return result
+
+
+def _global_rank(group, rank: int) -> int:
+    """`rank` of `group` as a rank of the default group (what a P2POp's peer is)."""
+    if group is None or group is dist.group.WORLD:
+        return rank
+    return dist.get_global_rank(group, rank)
 
 
 def check_out(sched: DeviceSchedule, out: Mapping[str, torch.Tensor],
@@ -175,7 +184,7 @@ def check_out(sched: DeviceSchedule, out: Mapping[str, torch.Tensor],
     return None
 
 
-def _run(sched: DeviceSchedule, shards: dict[str, torch.Tensor], rank_of: dict[int, int],
+def _run(sched: DeviceSchedule, shards: dict[str, torch.Tensor], peer_of: dict[int, int],
          dtype: torch.dtype, group, tensor_device: torch.device,
          free_source: bool, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # A whole shard staying put: keep the tensor itself when the source may go
@@ -217,7 +226,7 @@ def _run(sched: DeviceSchedule, shards: dict[str, torch.Tensor], rank_of: dict[i
                                                          device=tensor_device)))
                         view = staged[-1][1]
                 direct.append(dist.P2POp(dist.isend if m.send else dist.irecv, view,
-                                         rank_of[m.peer], group))
+                                         peer_of[m.peer], group))
         if direct:
             reqs += dist.batch_isend_irecv(direct)
         if k == 0:
@@ -228,10 +237,10 @@ def _run(sched: DeviceSchedule, shards: dict[str, torch.Tensor], rank_of: dict[i
                 continue
             if m.send:
                 buf = torch.cat([shards[p.name][p.src_slice].reshape(-1) for p in m.parts])
-                packed.append(dist.P2POp(dist.isend, buf, rank_of[m.peer], group))
+                packed.append(dist.P2POp(dist.isend, buf, peer_of[m.peer], group))
             else:
                 buf = torch.empty(m.numel, dtype=dtype, device=tensor_device)
-                packed.append(dist.P2POp(dist.irecv, buf, rank_of[m.peer], group))
+                packed.append(dist.P2POp(dist.irecv, buf, peer_of[m.peer], group))
                 recvs.append((m, buf))
         if packed:
             reqs += dist.batch_isend_irecv(packed)
