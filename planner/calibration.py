@@ -68,9 +68,16 @@ class Run:
     # call -> per iteration, the busiest device's worker-thread CPU time in the span
     # (traces that record it); span - cpu is time spent waiting, mostly for a core
     cpu_s: dict[str, list[float]] = field(default_factory=dict)
-    # call -> per iteration, {busy devices on its node: seconds of its span}: how many
-    # virtual devices shared the node's cores while it ran (alone_s)
-    busy_s: dict[str, list[dict[int, float]]] = field(default_factory=dict)
+    # call -> per iteration, (start, end, nodes) of its span, and every slice of the trace
+    # (start, end, device): how many devices shared its node's cores (busy_s, alone_s)
+    windows: dict[str, list[tuple[float, float, frozenset[int]]]] = field(default_factory=dict)
+    slices: "_Slices | None" = None
+
+    def busy_s(self, call: str) -> list[dict[int, float]]:
+        """Per iteration of `call`, {busy devices on its busiest node: seconds of its span}."""
+        gpn = self.plan.cluster.gpus_per_node
+        return [_busy_seconds(self.slices, t0, t1, nodes, gpn)
+                for t0, t1, nodes in self.windows.get(call, [])]
 
 
 def _read_json(path: Path):
@@ -192,7 +199,7 @@ def read_trace(run: Run, path: Path, skip: int) -> None:
         why = str(err) if isinstance(err, ValueError) else f"{err!r} missing or malformed"
         raise CalibrateError(f"{path} traceEvents: not a runtime trace ({why})") from None
     gpn = run.plan.cluster.gpus_per_node
-    slices = _Slices([(t0, t1, d) for d, ends in device_slices.items() for t0, t1 in ends])
+    run.slices = _Slices([(t0, t1, d) for d, ends in device_slices.items() for t0, t1 in ends])
     g = build_graph(run.spec)
     run.host_fed = {v for u, v, a in g.edges(data=True)
                     if any("->" in k for k in a.get("data_keys", ()))}
@@ -201,8 +208,7 @@ def read_trace(run: Run, path: Path, skip: int) -> None:
             continue
         if cpu is not None:
             run.cpu_s.setdefault(name, []).append(cpu)
-        run.busy_s.setdefault(name, []).append(
-            _busy_seconds(slices, t0, t1, {d // gpn for d in devices}, gpn))
+        run.windows.setdefault(name, []).append((t0, t1, frozenset(d // gpn for d in devices)))
         start = min(t0, reallocs.get((name, it), [t0])[0])
         # Ready: its inputs are there and its devices are free; the rest is the driver's.
         # A call with no predecessor in its iteration gets no gap: before it the driver
@@ -332,7 +338,9 @@ def call_rows(run: Run, profile: HardwareProfile) -> tuple[list[CallRow], float,
         a = run.plan.assignment(c.name)
         own = max(sum(1 for d in a.layout.device_ids if d // gpn == node)
                   for node in {d // gpn for d in a.layout.device_ids})
-        unshared = statistics.median(alone_s(b, own, profile) for b in run.busy_s[c.name])
+        # only where the node's cores are shared (a GPU's span is its own)
+        unshared = (span if profile.core_slots(gpn) is None else
+                    statistics.median(alone_s(b, own, profile) for b in run.busy_s(c.name)))
         gaps = run.gap_s.get(c.name)
         gap = statistics.median(gaps) if gaps else None
         est = cand.time_s

@@ -249,3 +249,13 @@ def test_shared_cores_under_a_replayed_order():
     ev = sim.timeline((0, 0), offsets=(0.5, 0.0))
     assert calls_of(ev, p, 0) == {"B": (0, 5, 2, 4), "A": (5, 8, 0, 2)}
     assert sim.evaluate((0, 0), offsets=(0.5, 0.0)).period_s == pytest.approx(8.0)
+
+
+def test_shared_cores_of_an_unused_node_do_not_stop_convergence():
+    """Two nodes, every call on the second: the first node's idle cores are not part of the
+    repeating state, so the schedule is found periodic (not run to the iteration cap)."""
+    spec = spec_of(two_frozen_calls().model_dump()["calls"], {"a": FROZEN, "b": FROZEN},
+                   nodes=2)
+    cands = {"A": [cand(4, 6, 3.0)], "B": [cand(6, 8, 5.0)]}
+    r = Simulator(_with_cores(hand_problem(spec, cands), 2)).evaluate((0, 0))
+    assert r.converged and r.period_s == pytest.approx(8.0)

@@ -9,7 +9,8 @@ timing_s/iteration, perf/throughput), drops the first --skip iterations
 their ratio, plus tokens/s. A call's measured time is, from the run's trace,
 its launch gap (the driver's launch and hand-off: from the moment its inputs
 and devices were ready to its start) plus its span on the workers (first
-start to last end), as `planner calibrate` reads it, beside the whole
+start to last end; `planner calibrate` also takes out the slowdown from other
+devices sharing the node's cores, which this table leaves in), beside the whole
 estimate; a call with no gap (the first of an iteration) is its span beside
 the estimate without the launch and hand-off terms. Without a trace: the
 span from metrics.jsonl.

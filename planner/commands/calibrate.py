@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     runs = [load_run(d, profile, args.profile, args.skip) for d in args.runs]
     calibrated = fit(profile, runs)
 
-    t = Table(title="estimate vs measured (medians; a call's time = its launch gap + its span)")
+    t = Table(title="estimate vs measured (medians; a call's time = its launch gap + its span, "
+              "less the slowdown from other devices sharing its node's cores)")
     for col in ("run", "call", "devices", "measured ms", "before ms", "meas/before",
                 "after ms", "meas/after"):
         t.add_column(col, justify="left" if col in ("run", "call") else "right")

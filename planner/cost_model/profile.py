@@ -350,8 +350,9 @@ class HardwareProfile(_Frozen):
     cores_per_node: int | None = Field(
         None, gt=0,
         description="CPU profiles: virtual devices one node runs at full speed at once (its "
-                    "cores / torch threads per device). More devices than that share the cores, "
-                    "so their compute slows by devices / cores_per_node. None: never shared.")
+                    "cores / torch threads per device). A call on more devices than that "
+                    "computes its devices / cores_per_node slower, and the simulator holds "
+                    "the cores as a resource between calls. None: never shared.")
     host: dict[str, str] = Field(default_factory=dict, description="Where a profile was measured.")
     runtime: RuntimeOverheads | None = Field(
         None, description="The runtime's own costs (launch, hand-off, realloc, host functions).")

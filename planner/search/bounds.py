@@ -710,8 +710,26 @@ def memory_cycle_bound_s(p: Problem, base_s: float = 0.0) -> float:
     return max(best, base_s) if best else base_s
 
 
+def core_bound_s(p: Problem) -> float:
+    """Shared CPU cores (profile.core_slots): each call holds min(its devices, cores) of a
+    node's cores for its whole time once per period, so the period is at least the
+    calls' least core-seconds over all the cores. An option (time t, device-seconds w)
+    holds min(w, cores * t) core-seconds; a frontier point is no worse on both. 0 when
+    cores are not shared."""
+    cores = p.profile.core_slots(p.gpus_per_node)
+    if cores is None:
+        return 0.0
+    least = 0.0
+    for c in range(p.n):
+        if p.time_work[c]:
+            least += min(min(w, cores * t) for t, w in p.time_work[c])
+        elif p.candidates[c]:  # hand-made lists are the whole space
+            least += min(min(o.hi - o.lo, cores) * o.time_s for o in p.candidates[c])
+    return least / (cores * p.num_nodes)
+
+
 def full_space_bound_s(p: Problem) -> float:
-    """max(work, cycles, loops, memory cases): no legal plan of the spec is faster, under
-    the simulator's rules."""
-    base = max(work_bound_s(p), cycle_bound_s(p), loop_bound_s(p))
+    """max(work, cycles, loops, cores, memory cases): no legal plan of the spec is faster,
+    under the simulator's rules."""
+    base = max(work_bound_s(p), cycle_bound_s(p), loop_bound_s(p), core_bound_s(p))
     return max(base, memory_cycle_bound_s(p, base))

@@ -310,6 +310,7 @@ class Simulator:
         preds, prev_preds = self.preds, self.prev_preds
         free = [0.0] * num_segs
         slots = self._slots()
+        slot_nodes = sorted({q for ns in needs for q, _ in ns}) if needs else []
         # Recording draws exactly `iterations`; evaluating runs until periodic (or the cap).
         limit = iterations if record else max(iterations, PERIODIC_CAP)
         ends: list[list[float]] = []
@@ -332,8 +333,8 @@ class Simulator:
                 continue
             state = [free[s] for s in used] + [ends[k - b][u] if k >= b else 0.0
                                                for u, b in self.carried]
-            if slots is not None:
-                state += [x for sl in slots for x in sl]
+            if slots is not None:  # the nodes some call holds cores on (others stay 0)
+                state += [x for node in slot_nodes for x in slots[node]]
             period = _repeats(history, state, iter_end[-1])
             if period is not None:
                 break
@@ -368,6 +369,7 @@ class Simulator:
         n = self.p.n
         preds, prev_preds = self.preds, self.prev_preds
         slots = self._slots()
+        slot_nodes = sorted({q for ns in needs for q, _ in ns}) if needs else []
         whole = [int(o) for o in offsets]
         span = max(whole) + 1                 # offsets lie in [0, span)
         # One unit's tasks in key order: (fraction of the offset, index).
@@ -392,8 +394,8 @@ class Simulator:
                 state = [free[s] for s in used]
                 for xs in unit_ends[r - span - back:r]:
                     state.extend(xs)
-                if slots is not None:
-                    state += [x for sl in slots for x in sl]
+                if slots is not None:  # the nodes some call holds cores on
+                    state += [x for node in slot_nodes for x in slots[node]]
                 period = _repeats(history, state, last_end)
                 if period is not None:
                     break
