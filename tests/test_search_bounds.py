@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import random
 from dataclasses import replace
 
 import pytest
@@ -197,6 +198,55 @@ def _every_period(p: Problem) -> list[float]:
             if sim.feasible(a)]
 
 
+def _base_s(p: Problem) -> float:
+    """The bound's device terms alone (work, cycles, loops): no memory cases, no cores."""
+    return max(bounds.work_bound_s(p), bounds.cycle_bound_s(p), bounds.loop_bound_s(p))
+
+
+def _above_without(monkeypatch, name: str, value):
+    """raises(p, bound) for _brute_force: the bound is above the one with bounds.`name`
+    replaced by `value` (the term under test switched off)."""
+    def raises(p: Problem, bound_s: float) -> bool:
+        monkeypatch.setattr(bounds, name, value)
+        try:
+            before = bounds.full_space_bound_s(p)
+        finally:
+            monkeypatch.undo()
+        return bound_s > before * (1 + 1e-9)
+    return raises
+
+
+def _brute_force(seeds, problem_of, raises=None) -> tuple[int, int]:
+    """For each seed, problem_of(random.Random(seed)) made its whole space and every
+    feasible assignment simulated: the full-space bound is never above the best period.
+    Returns (spaces with a feasible plan, those where raises(p, bound) holds)."""
+    checked = raised = 0
+    for seed in seeds:
+        p = problem_of(random.Random(seed))
+        periods = _every_period(p)
+        if not periods:
+            continue
+        checked += 1
+        bound = bounds.full_space_bound_s(p)
+        assert bound <= min(periods) * (1 + 1e-12), (seed, bound, min(periods))
+        if raises is not None:
+            raised += raises(p, bound)
+    return checked, raised
+
+
+def _memory_tight_problem(rng) -> Problem:
+    """tiny_parallel_spec on 4 devices of 80 GiB, every mesh a random option per call,
+    states and working memory large enough that not every pair fits on a device."""
+    spec = tiny_parallel_spec(gpn=4, memory_gib=80)
+    spec.cluster.hardware = "h100-sxm"
+    meshes = [(lo, lo + n) for n in (1, 2, 4) for lo in range(0, 4, n)]
+    return hand_problem(spec, {
+        "actor_gen": _random_options(rng, meshes, 8.0, (10, 20), (5, 15), True),
+        "ref_inf": _random_options(rng, meshes, 2.0, (10, 50), (2, 10), True),
+        "reward_inf": _random_options(rng, meshes, 1.0, (5, 30), (2, 10), True),
+        "actor_train": _random_options(rng, meshes, 4.0, (20, 40), (5, 20), False)})
+
+
 SEEDS = 8  # tools: raise it for a longer check
 
 
@@ -206,26 +256,8 @@ def test_memory_cases_hold_on_brute_forced_memory_tight_spaces():
     cycle and one period's work counted together) never exceed the best plan of random
     memory-tight spaces (every mesh of 4 devices, every assignment simulated), and raise
     the bound above the older terms on some of them."""
-    import random
-
-    spec = tiny_parallel_spec(gpn=4, memory_gib=80)
-    spec.cluster.hardware = "h100-sxm"
-    meshes = [(lo, lo + n) for n in (1, 2, 4) for lo in range(0, 4, n)]
-    raised = 0
-    for seed in range(SEEDS):
-        rng = random.Random(seed)
-        lists = {"actor_gen": _random_options(rng, meshes, 8.0, (10, 20), (5, 15), True),
-                 "ref_inf": _random_options(rng, meshes, 2.0, (10, 50), (2, 10), True),
-                 "reward_inf": _random_options(rng, meshes, 1.0, (5, 30), (2, 10), True),
-                 "actor_train": _random_options(rng, meshes, 4.0, (20, 40), (5, 20), False)}
-        p = hand_problem(spec, lists)
-        periods = _every_period(p)
-        base = max(bounds.work_bound_s(p), bounds.cycle_bound_s(p), bounds.loop_bound_s(p))
-        bound = bounds.full_space_bound_s(p)
-        if not periods:
-            continue
-        assert bound <= min(periods) * (1 + 1e-12), (seed, bound, min(periods))
-        raised += bound > base * (1 + 1e-9)
+    _, raised = _brute_force(range(SEEDS), _memory_tight_problem,
+                             lambda p, bound: bound > _base_s(p) * (1 + 1e-9))
     assert raised >= 3
 
 
@@ -240,8 +272,6 @@ def test_free_home_cases_hold_on_brute_forced_memory_tight_spaces(monkeypatch):
     and two homes that must meet them and each other hold all four). Never above the best
     plan of random memory-tight spaces (every listed assignment simulated), and above the
     cases without the split on some of them."""
-    import random
-
     from planner.search.scenarios import call, spec_of, TINY_MODELS
 
     spec = spec_of([
@@ -256,28 +286,21 @@ def test_free_home_cases_hold_on_brute_forced_memory_tight_spaces(monkeypatch):
         gpn=4, memory_gib=80)
     spec.cluster.hardware = "h100-sxm"
     every = [(lo, lo + n) for n in (1, 2, 4) for lo in range(0, 4, n)]
-    raised = checked = 0
-    for seed in range(FREE_SEEDS):
-        rng = random.Random(1000 + seed)
+
+    def problem_of(rng):
         opts = functools.partial(_random_options, rng)
-        lists = {"actor_gen": opts([(0, 4), (0, 2), (2, 4), (1, 2)], 8.0,
-                                   (5, 10), (5, 15), True, (0.0, 0.2)),
-                 "ref_inf": opts(every, 2.0, (5, 35), (2, 10), True),
-                 "reward_inf": opts(every, 1.0, (5, 30), (2, 10), True),
-                 "actor_train": opts([(0, 4)], 4.0, (10, 25), (5, 20), False),
-                 "critic_train": opts([(0, 4), (0, 2), (2, 4), (3, 4), (0, 1)], 2.0,
-                                      (5, 25), (2, 10), False)}
-        p = hand_problem(spec, lists)
-        periods = _every_period(p)
-        if not periods:
-            continue
-        checked += 1
-        bound = bounds.full_space_bound_s(p)
-        assert bound <= min(periods) * (1 + 1e-12), (seed, bound, min(periods))
-        monkeypatch.setattr(bounds, "FREE_CALLS_SPLIT_MAX", -1)  # the cases without it
-        before = bounds.full_space_bound_s(p)
-        monkeypatch.undo()
-        raised += bound > before * (1 + 1e-9)
+        return hand_problem(spec, {
+            "actor_gen": opts([(0, 4), (0, 2), (2, 4), (1, 2)], 8.0, (5, 10), (5, 15), True,
+                              (0.0, 0.2)),
+            "ref_inf": opts(every, 2.0, (5, 35), (2, 10), True),
+            "reward_inf": opts(every, 1.0, (5, 30), (2, 10), True),
+            "actor_train": opts([(0, 4)], 4.0, (10, 25), (5, 20), False),
+            "critic_train": opts([(0, 4), (0, 2), (2, 4), (3, 4), (0, 1)], 2.0, (5, 25),
+                                 (2, 10), False)})
+
+    checked, raised = _brute_force(  # without the split: FREE_CALLS_SPLIT_MAX -1
+        range(1000, 1000 + FREE_SEEDS), problem_of,
+        _above_without(monkeypatch, "FREE_CALLS_SPLIT_MAX", -1))
     assert checked >= FREE_SEEDS // 2 and raised >= 2, (checked, raised)
 
 
@@ -290,8 +313,6 @@ def test_off_node_copy_floors_hold_on_brute_forced_two_node_spaces(monkeypatch):
     (bounds.with_copy_floors). On 2 nodes x 2 devices, random memory-tight spaces with an
     8B critic (realloc priced by the simulator's rule): never above the best plan (every
     assignment simulated), and above the bound without the floors on some."""
-    import random
-
     from planner.search.scenarios import call, spec_of, TINY_MODELS
 
     spec = spec_of([
@@ -306,28 +327,20 @@ def test_off_node_copy_floors_hold_on_brute_forced_two_node_spaces(monkeypatch):
         nodes=2, gpn=2, memory_gib=80)
     spec.cluster.hardware = "h100-sxm"
     every = [(lo, lo + n) for n in (1, 2, 4) for lo in range(0, 4, n)]
-    raised = checked = 0
-    for seed in range(COPY_SEEDS):
-        rng = random.Random(2000 + seed)
+
+    def problem_of(rng):
         opts = functools.partial(_random_options, rng)
-        lists = {"actor_gen": opts([(0, 4), (0, 2), (2, 4), (1, 2)], 8.0,
-                                   (5, 10), (5, 15), True, (0.0, 0.2)),
-                 "ref_inf": opts(every, 2.0, (5, 35), (2, 10), True),
-                 "critic_inf": opts(every, 1.0, (1, 10), (1, 5), False),
-                 "actor_train": opts([(0, 4)], 4.0, (10, 25), (5, 20), False),
-                 "critic_train": opts([(0, 4), (0, 2), (2, 4), (3, 4), (0, 1)], 2.0,
-                                      (5, 25), (2, 10), False)}
-        p = hand_problem(spec, lists)
-        periods = _every_period(p)
-        if not periods:
-            continue
-        checked += 1
-        bound = bounds.full_space_bound_s(p)
-        assert bound <= min(periods) * (1 + 1e-12), (seed, bound, min(periods))
-        monkeypatch.setattr(bounds, "COPY_FLOORS", False)
-        before = bounds.full_space_bound_s(p)
-        monkeypatch.undo()
-        raised += bound > before * (1 + 1e-9)
+        return hand_problem(spec, {
+            "actor_gen": opts([(0, 4), (0, 2), (2, 4), (1, 2)], 8.0, (5, 10), (5, 15), True,
+                              (0.0, 0.2)),
+            "ref_inf": opts(every, 2.0, (5, 35), (2, 10), True),
+            "critic_inf": opts(every, 1.0, (1, 10), (1, 5), False),
+            "actor_train": opts([(0, 4)], 4.0, (10, 25), (5, 20), False),
+            "critic_train": opts([(0, 4), (0, 2), (2, 4), (3, 4), (0, 1)], 2.0, (5, 25),
+                                 (2, 10), False)})
+
+    checked, raised = _brute_force(range(2000, 2000 + COPY_SEEDS), problem_of,
+                                   _above_without(monkeypatch, "COPY_FLOORS", False))
     assert checked >= COPY_SEEDS // 2 and raised >= 2, (checked, raised)
 
 
@@ -336,26 +349,21 @@ def test_core_bound_holds_on_brute_forced_spaces_with_shared_cores():
     bound with the core term (bounds.core_bound_s) never exceeds the best plan of random
     spaces (every mesh, every assignment simulated with the cores), and the core term
     lifts it above the device terms on some of them."""
-    import random
-
     spec = tiny_parallel_spec(gpn=4, memory_gib=80)
     meshes = [(lo, lo + n) for n in (1, 2, 4) for lo in range(0, 4, n)]
-    raised = 0
-    for seed in range(SEEDS):
-        rng = random.Random(seed)
+
+    def problem_of(rng):
         lists = {"actor_gen": _random_options(rng, meshes, 8.0, (1, 2), (1, 2), True),
                  "ref_inf": _random_options(rng, meshes, 2.0, (1, 2), (1, 2), True),
                  "reward_inf": _random_options(rng, meshes, 1.0, (1, 2), (1, 2), True),
                  "actor_train": _random_options(rng, meshes, 4.0, (1, 2), (1, 2), False)}
         # a call on more devices than cores computes that much slower (core_share)
-        lists = {k: [replace(o, time_s=o.time_s * max(1.0, (o.hi - o.lo) / 2)) for o in v]
-                 for k, v in lists.items()}
-        p = hand_problem(spec, lists)
+        p = hand_problem(spec, {k: [replace(o, time_s=o.time_s * max(1.0, (o.hi - o.lo) / 2))
+                                    for o in v] for k, v in lists.items()})
         p.profile = p.profile.model_copy(update={"cores_per_node": 2})
-        periods = _every_period(p)
-        assert periods
-        base = max(bounds.work_bound_s(p), bounds.cycle_bound_s(p), bounds.loop_bound_s(p))
-        bound = bounds.full_space_bound_s(p)
-        assert bound <= min(periods) * (1 + 1e-12), (seed, bound, min(periods))
-        raised += bounds.core_bound_s(p) > base * (1 + 1e-9)
-    assert raised >= 2
+        return p
+
+    checked, raised = _brute_force(
+        range(SEEDS), problem_of,
+        lambda p, bound: bounds.core_bound_s(p) > _base_s(p) * (1 + 1e-9))
+    assert checked == SEEDS and raised >= 2

@@ -29,10 +29,10 @@ from planner.layout.layout import Layout
 from planner.search import bounds
 from planner.search.candidates import Candidate
 from planner.search.packing import least_window_s, lp_s, staircase
-from planner.search.scenarios import (call, hand_problem, spec_of, tiny_parallel_spec,
-                                      TINY_MODELS)
+from planner.search.scenarios import call, hand_problem, spec_of, TINY_MODELS
 
-from tests.test_search_bounds import _every_period, _random_options
+from tests.test_search_bounds import (_above_without, _brute_force, _memory_tight_problem,
+                                      _random_options)
 
 
 def _glop_lp_s(n_devices: int, jobs) -> float:
@@ -82,26 +82,19 @@ def test_packed_windows_hold_on_brute_forced_spaces(monkeypatch):
         nodes=2, gpn=4, memory_gib=80)
     spec.cluster.hardware = "h100-sxm"
     sizes = [(0, 8), (0, 4), (4, 8), (0, 2), (6, 8), (0, 1)]
-    raised = checked = 0
-    for seed in range(WINDOW_SEEDS):
-        rng = random.Random(3000 + seed)
+
+    def problem_of(rng):
         opts = functools.partial(_random_options, rng)
-        lists = {"actor_gen": opts([(0, 8), (0, 4)], 8.0, (5, 10), (5, 15), True, (0.3, 0.6)),
-                 "ref_inf": opts(rng.sample(sizes, 4), 2.0, (5, 35), (2, 10), True),
-                 "reward_inf": opts(rng.sample(sizes, 4), 1.0, (5, 30), (2, 10), True),
-                 "value_inf": opts(rng.sample(sizes, 4), 1.0, (5, 30), (2, 10), True),
-                 "actor_train": opts([(0, 8)], 4.0, (10, 25), (5, 20), False)}
-        p = hand_problem(spec, lists)
-        periods = _every_period(p)
-        if not periods:
-            continue
-        checked += 1
-        bound = bounds.full_space_bound_s(p)
-        assert bound <= min(periods) * (1 + 1e-12), (seed, bound, min(periods))
-        monkeypatch.setattr(bounds, "least_window_s", lambda n, stairs: 0.0)
-        before = bounds.full_space_bound_s(p)
-        monkeypatch.undo()
-        raised += bound > before * (1 + 1e-9)
+        return hand_problem(spec, {
+            "actor_gen": opts([(0, 8), (0, 4)], 8.0, (5, 10), (5, 15), True, (0.3, 0.6)),
+            "ref_inf": opts(rng.sample(sizes, 4), 2.0, (5, 35), (2, 10), True),
+            "reward_inf": opts(rng.sample(sizes, 4), 1.0, (5, 30), (2, 10), True),
+            "value_inf": opts(rng.sample(sizes, 4), 1.0, (5, 30), (2, 10), True),
+            "actor_train": opts([(0, 8)], 4.0, (10, 25), (5, 20), False)})
+
+    checked, raised = _brute_force(
+        range(3000, 3000 + WINDOW_SEEDS), problem_of,
+        _above_without(monkeypatch, "least_window_s", lambda n, stairs: 0.0))
     assert checked >= WINDOW_SEEDS // 2 and raised >= 3, (checked, raised)
 
 
@@ -136,29 +129,21 @@ def test_exact_realloc_from_a_home_on_every_device_holds(monkeypatch):
         "reward": {"arch": "tiny-llama", "head": "reward"}}, nodes=2, gpn=2, memory_gib=80)
     spec.cluster.hardware = "h100-sxm"
     every = [(lo, lo + n) for n in (1, 2, 4) for lo in range(0, 4, n)]
-    raised = checked = 0
-    for seed in range(REALLOC_SEEDS):
-        rng = random.Random(4000 + seed)
-        splits = [(1, 1), (2, 1), (1, 2), (4, 1), (1, 4), (2, 2)]
-        lists = {"actor_gen": _split_options(rng, [(0, 4), (0, 2), (2, 4)], 1.0, splits,
-                                             (5, 10), (5, 15), True),
-                 "ref_inf": _random_options(rng, every, 0.5, (5, 20), (2, 10), True),
-                 "reward_inf": _random_options(rng, every, 0.3, (5, 20), (2, 10), True),
-                 "actor_train": _split_options(rng, [(0, 4)], 1.0, [rng.choice(splits)],
-                                               (10, 25), (5, 20), False)}
-        p = hand_problem(spec, lists)
-        periods = _every_period(p)
-        if not periods:
-            continue
-        checked += 1
-        bound = bounds.full_space_bound_s(p)
-        assert bound <= min(periods) * (1 + 1e-12), (seed, bound, min(periods))
-        monkeypatch.setattr(bounds, "case_realloc_s", lambda p, call, home, dst:
-                            bounds.realloc_floor_s(p, call, bounds._split(home),
-                                                   (dst.layout.tp, dst.layout.pp)))
-        before = bounds.full_space_bound_s(p)
-        monkeypatch.undo()
-        raised += bound > before * (1 + 1e-9)
+    splits = [(1, 1), (2, 1), (1, 2), (4, 1), (1, 4), (2, 2)]
+
+    def problem_of(rng):
+        return hand_problem(spec, {
+            "actor_gen": _split_options(rng, [(0, 4), (0, 2), (2, 4)], 1.0, splits, (5, 10),
+                                        (5, 15), True),
+            "ref_inf": _random_options(rng, every, 0.5, (5, 20), (2, 10), True),
+            "reward_inf": _random_options(rng, every, 0.3, (5, 20), (2, 10), True),
+            "actor_train": _split_options(rng, [(0, 4)], 1.0, [rng.choice(splits)], (10, 25),
+                                          (5, 20), False)})
+
+    floored = lambda p, call, home, dst: bounds.realloc_floor_s(  # noqa: E731
+        p, call, bounds._split(home), (dst.layout.tp, dst.layout.pp))
+    checked, raised = _brute_force(range(4000, 4000 + REALLOC_SEEDS), problem_of,
+                                   _above_without(monkeypatch, "case_realloc_s", floored))
     assert checked >= REALLOC_SEEDS // 2 and raised >= 2, (checked, raised)
 
 
@@ -182,27 +167,9 @@ def test_pairs_beside_the_train_call_hold_on_brute_forced_memory_tight_spaces(mo
     meet share a device). Random memory-tight spaces (one node of 4 devices, every
     assignment simulated): never above the best plan, above the bound without the
     filter on some."""
-    spec = tiny_parallel_spec(gpn=4, memory_gib=80)
-    spec.cluster.hardware = "h100-sxm"
-    meshes = [(lo, lo + n) for n in (1, 2, 4) for lo in range(0, 4, n)]
-    raised = checked = 0
-    for seed in range(PAIR_SEEDS):
-        rng = random.Random(seed)
-        lists = {"actor_gen": _random_options(rng, meshes, 8.0, (10, 20), (5, 15), True),
-                 "ref_inf": _random_options(rng, meshes, 2.0, (10, 50), (2, 10), True),
-                 "reward_inf": _random_options(rng, meshes, 1.0, (5, 30), (2, 10), True),
-                 "actor_train": _random_options(rng, meshes, 4.0, (20, 40), (5, 20), False)}
-        p = hand_problem(spec, lists)
-        periods = _every_period(p)
-        if not periods:
-            continue
-        checked += 1
-        bound = bounds.full_space_bound_s(p)
-        assert bound <= min(periods) * (1 + 1e-12), (seed, bound, min(periods))
-        monkeypatch.setattr(bounds, "fit_in_pairs", lambda p, u, ou, kept: kept)
-        before = bounds.full_space_bound_s(p)
-        monkeypatch.undo()
-        raised += bound > before * (1 + 1e-9)
+    checked, raised = _brute_force(
+        range(PAIR_SEEDS), _memory_tight_problem,
+        _above_without(monkeypatch, "fit_in_pairs", lambda p, u, ou, kept: kept))
     assert checked >= PAIR_SEEDS // 2 and raised >= 3, (checked, raised)
 
 
@@ -289,23 +256,18 @@ def test_ppo_shaped_spaces_on_uneven_meshes_hold():
         "reward": {"arch": "tiny-llama", "head": "reward"}}, nodes=3, gpn=2, memory_gib=80)
     spec.cluster.hardware = "h100-sxm"
     every = [(0, 6), (0, 4), (2, 6), (0, 2), (2, 4), (4, 6), (0, 1), (3, 4)]
-    checked = 0
-    for seed in range(7160, 7184):
-        rng = random.Random(seed)
+
+    def problem_of(rng):
         opts = functools.partial(_random_options, rng)
-        lists = {"actor_gen": opts([(0, 6), (0, 4), (2, 6)], 8.0, (5, 10), (5, 15), True,
-                                   (0.2, 0.6)),
-                 "reward_inf": opts(rng.sample(every, 4), 1.0, (5, 30), (2, 10), True),
-                 "ref_inf": opts(rng.sample(every, 4), 2.0, (5, 35), (2, 10), True),
-                 "critic_inf": opts(rng.sample(every, 4), 1.0, (1, 10), (1, 5), False),
-                 "actor_train": opts([(0, 6)], 4.0, (10, 25), (5, 20), False),
-                 "critic_train": opts([(0, 6), (0, 2), (4, 6), (5, 6)], 2.0, (5, 25), (2, 10),
-                                      False)}
-        p = hand_problem(spec, lists)
-        periods = _every_period(p)
-        if not periods:
-            continue
-        checked += 1
-        bound = bounds.full_space_bound_s(p)
-        assert bound <= min(periods) * (1 + 1e-12), (seed, bound, min(periods))
+        return hand_problem(spec, {
+            "actor_gen": opts([(0, 6), (0, 4), (2, 6)], 8.0, (5, 10), (5, 15), True,
+                              (0.2, 0.6)),
+            "reward_inf": opts(rng.sample(every, 4), 1.0, (5, 30), (2, 10), True),
+            "ref_inf": opts(rng.sample(every, 4), 2.0, (5, 35), (2, 10), True),
+            "critic_inf": opts(rng.sample(every, 4), 1.0, (1, 10), (1, 5), False),
+            "actor_train": opts([(0, 6)], 4.0, (10, 25), (5, 20), False),
+            "critic_train": opts([(0, 6), (0, 2), (4, 6), (5, 6)], 2.0, (5, 25), (2, 10),
+                                 False)})
+
+    checked, _ = _brute_force(range(7160, 7184), problem_of)
     assert checked >= 12, checked
