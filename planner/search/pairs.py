@@ -30,6 +30,17 @@ def independent_pairs(p: Problem) -> list[tuple[int, int]]:
             if u not in before[v]]
 
 
+def _better(sim: Simulator, z: tuple[int, ...],
+            found: tuple[float, tuple[int, ...]] | None,
+            cur_p: float) -> tuple[float, tuple[int, ...]] | None:
+    """(period, z) when plan z fits and is faster than the best trial so far (or, before
+    any, than the current plan's cur_p); else `found` unchanged."""
+    per = sim.period(z)
+    if per < (found[0] if found else cur_p - 1e-12) and sim.feasible(z):
+        return per, z
+    return found
+
+
 def side_by_side(p: Problem, a: tuple[int, ...], order: list[float] | None = None, *,
                  deadline: float | None = None) -> tuple[tuple[int, ...], float, int]:
     """Descent over side-by-side moves (module docstring) from the fitting plan `a` in
@@ -50,10 +61,7 @@ def side_by_side(p: Problem, a: tuple[int, ...], order: list[float] | None = Non
                         return cur, cur_p, moves
                     z = list(cur)
                     z[u], z[v] = j, l
-                    z = tuple(z)
-                    per = sim.period(z)
-                    if per < (found[0] if found else cur_p - 1e-12) and sim.feasible(z):
-                        found = (per, z)
+                    found = _better(sim, tuple(z), found, cur_p)
         if found is None:
             return cur, cur_p, moves
         cur_p, cur = found
@@ -95,10 +103,7 @@ def resplit(p: Problem, a: tuple[int, ...], order: list[float] | None = None, *,
                     for orr in _cheapest_on(p, right, cut, hi, cur, keep):
                         z = list(cur)
                         z[left], z[right] = q.add_candidate(left, ol), q.add_candidate(right, orr)
-                        z = tuple(z)
-                        per = trial.period(z)
-                        if per < (found[0] if found else cur_p - 1e-12) and trial.feasible(z):
-                            found = (per, z)
+                        found = _better(trial, tuple(z), found, cur_p)
         if found is None:
             return cur, cur_p, moves
         cur_p, cur = found[0], p.adopt(q, found[1])
