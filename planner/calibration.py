@@ -32,6 +32,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from planner.cost_model.estimator import devices_per_node
 from planner.cost_model.profile import (
     CallCorrection,
     HardwareProfile,
@@ -336,9 +337,8 @@ def call_rows(run: Run, profile: HardwareProfile) -> tuple[list[CallRow], float,
         device = device_s(bd)
         span = statistics.median(run.span_s[c.name])
         a = run.plan.assignment(c.name)
-        own = max(sum(1 for d in a.layout.device_ids if d // gpn == node)
-                  for node in {d // gpn for d in a.layout.device_ids})
         # only where the node's cores are shared (a GPU's span is its own)
+        own = devices_per_node(a.layout, gpn)
         unshared = (span if profile.core_slots(gpn) is None else
                     statistics.median(alone_s(b, own, profile) for b in run.busy_s(c.name)))
         gaps = run.gap_s.get(c.name)

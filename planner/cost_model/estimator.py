@@ -186,7 +186,7 @@ class _Ctx:
 
 
 @lru_cache(maxsize=65536)
-def _devices_per_node(layout: Layout, gpus_per_node: int) -> int:
+def devices_per_node(layout: Layout, gpus_per_node: int) -> int:
     """The most devices of `layout` on one node: the processes of the call that share
     that node's cores (profile.core_share)."""
     counts: dict[int, int] = {}
@@ -580,7 +580,7 @@ def estimate_call(arch: ModelArch, head: HeadType, call: CallSpec | CallShape, l
     dev = device_of(profile)
     c = _Ctx(arch, head, layout.dp, layout.tp, layout.pp, micro_batches, dev,
              dtype_bytes or profile.dtype_bytes, dp_tier, pp_tier,
-             profile.core_share(_devices_per_node(layout, gpus_per_node)))
+             profile.core_share(devices_per_node(layout, gpus_per_node)))
     if zero_stage not in ZERO_STAGES:
         raise ValueError(f"zero_stage must be one of {ZERO_STAGES}, not {zero_stage!r}")
     zero = max(zero_stage, 1) if shard_optimizer else zero_stage
