@@ -115,7 +115,7 @@ def _check_fit(args, profile, arch) -> str | None:
     if args.device == "cuda":
         if not torch.cuda.is_available():
             return "--device cuda: no CUDA device is visible"
-        return _check_cuda_memory(args, arch)
+        return _check_cuda_memory(args, arch, profile)
     if args.device == "cpu" and arch.num_params("lm") > MAX_PARAMS:
         return (f"--arch {args.arch}: {arch.num_params('lm') / 1e6:.0f}M parameters; this "
                 f"single-CPU bench takes archs up to {MAX_PARAMS / 1e6:.0f}M")
@@ -130,13 +130,13 @@ def _engine_params_bytes(arch, head: str) -> int:
     return arch.num_params(head) * 2  # bf16, the engine's dtype on CUDA
 
 
-def _check_cuda_memory(args, arch) -> str | None:
+def _check_cuda_memory(args, arch, profile) -> str | None:
     """The --arch whose two engines (actor, critic) and largest train step would not fit
     the GPU, or None. The step is sized as the engine holds it: bf16 parameters,
     gradients and two Adam moments (8 B a parameter) plus the estimate's working bytes."""
     batch = max(int(x) for x in args.batches.split(","))
     seq = args.prompt_len + args.gen_len
-    est = _estimate(arch, "lm", CallShape("train", batch, seq, seq, 0), load_profile("h200"),
+    est = _estimate(arch, "lm", CallShape("train", batch, seq, seq, 0), profile,
                     True)
     need_bytes = (4 * _engine_params_bytes(arch, "lm") + _engine_params_bytes(arch, "value")
                   + est.memory.transient_bytes)
