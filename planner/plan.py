@@ -17,13 +17,14 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from planner import limits as L
 from planner.bounded_io import BoundsError, load_json, read_input_file
 from planner.cost_model.legality import call_problem
 from planner.errors import PlanError
 from planner.graph.loader import format_path, pydantic_message
+from planner.graph.numbers import CheckedModel
 from planner.graph.spec import ClusterSpec, Spec
 from planner.layout import Layout, format_layout
 from planner.layout.layout import LayoutError, parse_devices
@@ -39,8 +40,8 @@ MEMORY_KINDS = ("params", "grads", "optimizer", "realloc_copy", "activations", "
 PIECE_COLUMNS = ("param", "src_rank", "dst_rank", "lo", "hi", "nbytes")
 
 
-class _Strict(BaseModel):
-    # Every number finite; integer fields carry bounds from planner/limits.py.
+class _Strict(CheckedModel):
+    # Every number finite, never a boolean; integer fields carry bounds from planner/limits.py.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 

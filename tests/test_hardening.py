@@ -123,6 +123,22 @@ def test_bool_fields_still_take_booleans(tmp_path, capsys):
     assert planner(["validate", str(spec)]) == 0, capsys.readouterr().err
 
 
+@pytest.mark.parametrize("field,value", [("cores_per_node", True), ("peak_flops", False),
+                                         ("intra_node", {"bus_bytes_per_s": True,
+                                                         "latency_s": 1e-6})])
+def test_a_profile_boolean_is_never_a_number(tmp_path, capsys, field, value):
+    """`cores_per_node: true` once read as 1 core: a profile's numbers are numbers."""
+    from planner.cost_model.profile import load_profile
+    profile = json.loads(load_profile("cpu").model_dump_json())
+    profile[field] = value
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(profile))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(TINY.replace("hardware: cpu", f"hardware: {path}"))
+    err = one_line(capsys, planner(["validate", str(spec)]))
+    assert "cluster.hardware" in err and "expected a number, got the boolean" in err, err
+
+
 def test_histogram_of_huge_finite_weights_keeps_its_mean(tmp_path):
     from planner.graph.lengths import LengthDist
     d = LengthDist(histogram=((8, 1e305), (L.MAX_TOKENS, 1e305)))
@@ -168,6 +184,11 @@ def _plan_cases(plan: dict) -> list[tuple[str, str, str]]:
     dm["peak_bytes"] += extra
     kind = next(iter(dm["by_kind_bytes"]))
     dm["by_kind_bytes"][kind] += extra
+    # A boolean is never a number (planner/graph/numbers.py), in a dict's values too.
+    bool_dp = json.loads(text)
+    bool_dp["calls"][0]["dp"] = True
+    bool_breakdown = json.loads(text)
+    bool_breakdown["calls"][0]["estimate"]["breakdown_s"] = {"compute": True}
     return [
         ("nested", "[" * 100_000 + "]" * 100_000, "nested more than 64"),
         ("5000-digits", re.sub(r'"format_version": \d+', '"format_version": ' + "9" * 5000, text),
@@ -183,6 +204,9 @@ def _plan_cases(plan: dict) -> list[tuple[str, str, str]]:
         ("args-device", json.dumps(args), "timeline[0].args.device: device 4 does not exist"),
         ("args-layout", json.dumps(layout), "timeline[0].args.layout: device 4 of '0-5:d6 m1'"),
         ("over-capacity", json.dumps(over), "device_memory[0].peak_bytes: "),
+        ("bool-dp", json.dumps(bool_dp), "calls[0].dp: expected a number, got the boolean True"),
+        ("bool-breakdown", json.dumps(bool_breakdown),
+         "calls[0].estimate.breakdown_s: expected a number, got the boolean True"),
         ("headroom-all", json.dumps({**plan, "memory_headroom_bytes": plan[
             "memory_capacity_bytes"]}), "memory_headroom_bytes: "),
         # A max_staleness 0 plan whose generation is ordered before the previous

@@ -18,11 +18,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from planner import limits as L
 from planner.bounded_io import BoundsError, load_json, read_input_file
 from planner.errors import UserError
+from planner.graph.numbers import CheckedModel
 
 PROFILE_FORMAT_VERSION = 1
 SHIPPED_PROFILES = ("h100-sxm", "a100-sxm-80g", "h200", "h20", "gb200", "v100-sxm2-32g", "cpu")
@@ -34,7 +35,7 @@ class ProfileError(UserError):
     """A hardware profile that cannot be found or read; the message names the file and field."""
 
 
-class _Frozen(BaseModel):
+class _Frozen(CheckedModel):  # a boolean is never a number (planner/graph/numbers.py)
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
@@ -457,7 +458,8 @@ def _format_validation(err: ValidationError) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"]) or "<root>"
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{loc}: {first['msg']}{more}"
+    msg = first["msg"].removeprefix("Value error, ")  # our own validators' words, unprefixed
+    return f"{loc}: {msg}{more}"
 
 
 def parse_profile(text: str, where: str) -> HardwareProfile:
