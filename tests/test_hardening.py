@@ -540,3 +540,17 @@ def test_pruning_keeps_latest_and_leaves_what_it_did_not_write(tmp_path):
     assert names == ["iter_000003", "iter_000004", "iter_000005", "iter_0000099", "latest"]
     assert (out / "checkpoints" / "latest").read_text() == "iter_000003\n"
     assert (stray / "mine.txt").exists()
+
+
+def test_a_relative_profile_path_is_read_beside_the_spec_first(tmp_path, monkeypatch):
+    """The same spec means the same profile wherever a command runs: a profile of that
+    name in the working directory does not shadow the one beside the spec."""
+    from planner.cost_model.profile import load_profile, load_spec_profile
+    base = json.loads(load_profile("cpu").model_dump_json())
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "p.json").write_text(json.dumps({**base, "name": "beside"}))
+    (tmp_path / "p.json").write_text(json.dumps({**base, "name": "cwd"}))
+    monkeypatch.chdir(tmp_path)
+    assert load_spec_profile("p.json", None, tmp_path / "specs" / "s.yaml").name == "beside"
+    (tmp_path / "specs" / "p.json").unlink()  # none beside the spec: the working directory's
+    assert load_spec_profile("p.json", None, tmp_path / "specs" / "s.yaml").name == "cwd"

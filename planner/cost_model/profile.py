@@ -513,9 +513,10 @@ def load_profile(name_or_path: str | Path, memory_override_gib: float | None = N
 
 def load_spec_profile(hardware: str, memory_override_gib: float | None,
                       spec_path: str | Path | None) -> HardwareProfile:
-    """A spec's `cluster.hardware` profile; a relative .json path that does not exist
-    from here is also tried beside the spec file."""
-    if hardware.endswith(".json") and not Path(hardware).exists() and spec_path is not None:
+    """A spec's `cluster.hardware` profile; a relative .json path is read beside the
+    spec file, and from the working directory only where the spec's folder has no such
+    file (so the spec means the same profile wherever a command runs)."""
+    if hardware.endswith(".json") and not Path(hardware).is_absolute() and spec_path is not None:
         beside = Path(spec_path).parent / hardware
         if beside.exists():
             hardware = str(beside)

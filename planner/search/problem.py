@@ -82,7 +82,7 @@ def key_bytes(call: CallSpec, key: str, head: str) -> int:
 
 
 def load_cluster_profile(spec: Spec, spec_path: str | Path | None = None) -> HardwareProfile:
-    """The spec's hardware profile; a relative profile path is also tried beside the spec."""
+    """The spec's hardware profile (a relative path: beside the spec first, load_spec_profile)."""
     return load_spec_profile(spec.cluster.hardware, spec.cluster.gpu_memory_gib, spec_path)
 
 
