@@ -178,3 +178,21 @@ def test_split_baseline_on_one_device_says_nothing_to_split(tmp_path, capsys):
                  "--baseline", "split"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["baseline split: the cluster has 1 device: nothing to split"]
+
+
+def test_a_time_limit_that_skips_the_baselines_says_so(spec_file, tmp_path, capsys,
+                                                       monkeypatch):
+    """Baselines the budget cut are named on the console, not only in the plan's notes."""
+    import planner.search.driver as driver
+    from planner.search.budget import SearchTimeError
+
+    def out_of_time(*args, **kwargs):
+        raise SearchTimeError("baselines")
+
+    monkeypatch.setattr(driver, "all_baselines", out_of_time)
+    out = tmp_path / "plan.json"
+    assert main(["search", str(spec_file), "-o", str(out), "--time-limit", "5"]) == 0
+    text = capsys.readouterr().out
+    assert "time limit reached: baselines skipped" in text
+    assert any("baselines skipped" in n for n in load_plan(out, load_spec(spec_file))
+               .provenance.notes)

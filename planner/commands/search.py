@@ -204,6 +204,9 @@ def run(args: argparse.Namespace) -> int:
                    f"staleness {out.problem.staleness}")
     show.print(plan_table(out))
     show.print(comparison_table(out))
+    if out.cut:  # a short --time-limit skipped work: say what, never silently
+        show.print("time limit reached: " + "; ".join(out.cut) + "; a longer --time-limit "
+                   "computes what was skipped", highlight=False, soft_wrap=True)
     for effect in choice_effects(out.problem, out.assignment):
         show.print(effect.line(), highlight=False, soft_wrap=True)
     if out.lower_bound_s is not None:

@@ -68,6 +68,7 @@ class SearchOutcome:
     search_time_s: float
     plan: ExecutionPlan
     notes: list[str] = field(default_factory=list)
+    cut: list[str] = field(default_factory=list)  # what the time limit skipped (budget.note_cut)
     list_bound_s: float | None = None  # CP-SAT's bound: plans of the candidate lists only
     bound_scope: str = ""
     bound_is_cpsat: bool = False  # the bound is CP-SAT's over complete lists (rounded times)
@@ -325,4 +326,5 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
                       evaluation=exact_eval)
     return SearchOutcome(p, chosen, assign, order, period, exact_eval[1].period_s, baselines,
                          base_exact, runs, bound, search_time, plan, notes,
-                         list_bound_s=list_bound, bound_scope=scope, bound_is_cpsat=by_cpsat)
+                         list_bound_s=list_bound, bound_scope=scope, bound_is_cpsat=by_cpsat,
+                         cut=cut)
