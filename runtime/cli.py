@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     run.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     run.add_argument("--address", help="Ray cluster address (default: start a local one)")
-    run.add_argument("--save-every", type=int, default=1, help="checkpoint every N iterations")
+    run.add_argument("--save-every", type=int, default=None, metavar="N",
+                     help="checkpoint every N iterations besides the last (default: the "
+                          "last only; checkpoint writes are not in the plan's estimate)")
     run.add_argument("--keep-checkpoints", type=int, default=3, metavar="N",
                      help="keep the newest N checkpoints, delete older ones once a newer one "
                           "is complete (default 3; 0 keeps every one)")

@@ -82,13 +82,14 @@ def in_flight_window(plan: ExecutionPlan, overlap: bool) -> int:
     return (2 if overlap else 1) + math.ceil(max(offs) - min(offs))
 
 
-def wait_saves(refs: list, ckpt_dir: str) -> None:
-    """Wait for the workers' shard writes; a worker's write error comes back as the
-    OSError it was (Ray wraps it with the worker's traceback)."""
+def wait_saves(refs: list, ckpt_dir: str) -> list:
+    """Wait for the workers' shard writes (their answers, Worker.save's); a worker's
+    write error comes back as the OSError it was (Ray wraps it with the worker's
+    traceback)."""
     import ray
 
     try:
-        ray.get(refs)
+        return ray.get(refs)
     except ray.exceptions.RayTaskError as err:
         cause = getattr(err, "cause", None)
         if isinstance(cause, OSError):
@@ -162,6 +163,7 @@ class Controller:
 
         self.checkpoints = checkpoints
         self.saves: dict[int, list] = {}  # iteration -> refs of its models' saves
+        self.save_events: list[dict] = []  # written saves not yet handed out (take_events)
         self.drawn: dict[int, int] = {}  # iteration -> prompts drawn once it opened
         order = task_order(self.plan, first, last)
         its: dict[int, Iteration] = {}
@@ -206,7 +208,8 @@ class Controller:
                 self._run_functions(its[k])
             while oldest in its and len(its[oldest].done) == len(self.spec.calls):
                 it = its.pop(oldest)
-                on_iteration(IterationResult(self._metrics(it, prev_end), it.events))
+                on_iteration(IterationResult(self._metrics(it, prev_end),
+                                             it.events + self.take_events()))
                 prev_end, oldest = it.last_end, oldest + 1
         self._finish_checkpoints(last)
 
@@ -385,7 +388,19 @@ class Controller:
         """Finish every queued checkpoint of an iteration < below (waits for its saves)."""
         for k in sorted(x for x in self.saves if x < below):
             refs, where = self.saves.pop(k), self.checkpoints.partial_dir(k)
-            self.checkpoints.finish(k, lambda: wait_saves(refs, where), self.drawn.pop(k))
+            answers: list = []
+            self.checkpoints.finish(k, lambda: answers.extend(wait_saves(refs, where)),
+                                    self.drawn.pop(k))
+            self.save_events += [dict(kind="checkpoint", name=f"checkpoint {w['model']}",
+                                      device=w["device"], start=w["start"],
+                                      end=max(w["start"], w["end"]), iteration=k)
+                                 for ws in answers for w in ws or ()]
+
+    def take_events(self) -> list[dict]:
+        """Checkpoint slices written since the last call (the trace's; the plan's
+        estimate leaves checkpoint writes out)."""
+        out, self.save_events = self.save_events, []
+        return out
 
     # -- metrics ------------------------------------------------------------
     def _metrics(self, it: Iteration, prev_end: float) -> dict[str, float]:

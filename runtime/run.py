@@ -115,12 +115,15 @@ def _check_homes(state: dict, ckpt: Path, homes: dict[str, str]) -> None:
 
 def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | None = None,
              run_dir: str = "runs/latest", resume: bool = False, seed: int = 0,
-             address: str | None = None, save_every: int = 1, keep_checkpoints: int = 3,
+             address: str | None = None, save_every: int | None = None,
+             keep_checkpoints: int = 3,
              driver_niceness: int = 0,
              console: Console | None = None, on_submit=None,
              overlap: bool = True) -> RunSummary:
     """`overlap=False` runs one iteration after the other (the same results; the
-    plan's steady state overlaps them). `driver_niceness` > 0 lowers the priority of
+    plan's steady state overlaps them). `save_every` N checkpoints every N iterations
+    besides the last (None: the last only; the plan's estimate leaves checkpoint
+    writes out, so a run that saves more often is slower than it by their time). `driver_niceness` > 0 lowers the priority of
     the calling thread (the driver's Python work: host functions, bookkeeping) once
     the workers run; `runtime run` passes DRIVER_NICENESS (a library caller's
     process is left alone: an unprivileged process cannot raise it back)."""
@@ -234,6 +237,7 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
         ctl.run(start_it, total, on_iteration,
                 Checkpoints(out, seed, spec.spec_hash(), save_every, total,
                             checkpoint_homes(plan), keep=keep_checkpoints))
+        events.extend(ctl.take_events())  # the last checkpoint's writes
         flush_trace()
         failed = False
     except OSError as err:  # the driver's own files: metrics, trace
@@ -298,14 +302,15 @@ class Checkpoints:
     queued by the controller), then renamed: a failure (a full disk) leaves the
     previous checkpoint as `latest`, no .partial, and one line naming path and cause."""
 
-    def __init__(self, out: Path, seed: int, spec_hash: str, save_every: int,
+    def __init__(self, out: Path, seed: int, spec_hash: str, save_every: int | None,
                  total: int, homes: dict[str, str] | None = None, keep: int = 3) -> None:
         self.out, self.seed, self.spec_hash = out, seed, spec_hash
         self.save_every, self.total, self.homes = save_every, total, homes or {}
         self.keep = keep  # newest complete checkpoints kept (0: all)
 
     def due(self, iteration: int) -> bool:
-        return (iteration + 1) % self.save_every == 0 or iteration + 1 == self.total
+        return (bool(self.save_every) and (iteration + 1) % self.save_every == 0
+                or iteration + 1 == self.total)
 
     def _paths(self, iteration: int) -> tuple[str, Path, Path]:
         name = f"iter_{iteration:06d}"

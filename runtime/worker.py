@@ -480,19 +480,25 @@ class Worker:
         return sums.cpu()
 
     # -- checkpoints ------------------------------------------------------
-    def save(self, ckpt_dir: str, models: list[str] | None = None) -> None:
+    def save(self, ckpt_dir: str, models: list[str] | None = None) -> list[dict[str, Any]]:
         """Trainable models (all, or `models`) as HF checkpoints plus this rank's
-        optimizer state."""
+        optimizer state. Returns, per model written, when this device wrote it (the
+        trace's checkpoint slices: a cost the plan's estimate leaves out)."""
+        written = []
         for name, m in self.spec.models.items():
             engine = self.home.get(name)
             if not m.trainable or engine is None or (models is not None and name not in models):
                 continue
+            t0 = time.time()
             save_checkpoint(engine, os.path.join(ckpt_dir, name))
             state = _optimizer_state(engine)
             path = os.path.join(ckpt_dir, "optim", name, f"device{self.device_id}.pt")
             os.makedirs(os.path.dirname(path), exist_ok=True)
             torch.save(state, path + ".tmp")
             os.replace(path + ".tmp", path)
+            written.append({"model": name, "device": self.device_id, "start": t0,
+                            "end": time.time()})
+        return written
 
     def _load(self, ckpt_dir: str) -> None:
         for name, m in self.spec.models.items():

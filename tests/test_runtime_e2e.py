@@ -66,6 +66,16 @@ def test_searched_plan_runs_and_learns(tmp_path):
     assert {e["args"]["label"] for e in slices} >= {"actor_gen", "actor_train", "critic_inf"}
     latest = (run / "checkpoints" / "latest").read_text().strip()
     assert latest == "iter_000007"
+    # By default only the last iteration saves (writes the estimate leaves out), and the
+    # trace shows each trainable model's write on its home devices.
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [latest, "latest"]
+    saves = [e for e in slices if e["args"]["kind"] == "checkpoint"]
+    homes = {c["name"]: set(c["device_ids"]) for c in json.loads(plan.read_text())["calls"]}
+    assert {e["name"] for e in saves} == {"checkpoint actor", "checkpoint critic"}
+    assert {e["args"]["iteration"] for e in saves} == {7}
+    for model, train in (("actor", "actor_train"), ("critic", "critic_train")):
+        assert {e["args"]["gpu"] for e in saves if e["name"] == f"checkpoint {model}"} \
+            == homes[train]
     ckpt = run / "checkpoints" / latest
     assert (ckpt / "actor" / "model.safetensors").exists()
     assert (ckpt / "actor" / "config.json").exists()
@@ -78,6 +88,7 @@ def test_searched_plan_runs_and_learns(tmp_path):
                         str(run)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "actor_gen (" in r.stdout and "iteration alone (no overlap)" in r.stdout
+    assert "checkpoint writes (not in the estimate): iteration(s) 8, median" in r.stdout
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +170,7 @@ def test_killed_worker_stops_run_and_keeps_checkpoint(ray_local, tmp_path):
     with pytest.raises(RunError, match=r"call (ref_inf|critic_inf|actor_train): the worker "
                                        r"of device 2 died"):
         run_plan(str(colocated_tiny_ppo(tmp_path)), iterations=3,
-                 run_dir=str(tmp_path / "run"), seed=1, on_submit=kill)
+                 run_dir=str(tmp_path / "run"), seed=1, on_submit=kill, save_every=1)
     ckpt = tmp_path / "run" / "checkpoints"
     assert (ckpt / "latest").read_text().strip() == "iter_000000"
     state = json.loads((ckpt / "iter_000000" / "state.json").read_text())

@@ -109,7 +109,8 @@ def test_lost_node_stops_the_run_and_keeps_the_checkpoint(cluster, tmp_path):
             c.remove_node(worker_node)
 
     with pytest.raises(RunError) as info:
-        run_plan(str(plan), iterations=2, run_dir=str(run), seed=1, on_submit=lose_node)
+        run_plan(str(plan), iterations=2, run_dir=str(run), seed=1, on_submit=lose_node,
+                 save_every=1)
     msg = str(info.value)
     lost = worker_node.node_id
     devices = ", ".join(str(d) for d, n in sorted(_placement(run).items()) if n == lost)

@@ -13,7 +13,9 @@ start to last end; `planner calibrate` also takes out the slowdown from other
 devices sharing the node's cores, which this table leaves in), beside the whole
 estimate; a call with no gap (the first of an iteration) is its span beside
 the estimate without the launch and hand-off terms. Without a trace: the
-span from metrics.jsonl.
+span from metrics.jsonl. Checkpoint writes (`runtime run --save-every`, and the
+last iteration's) are not in the plan's estimate: their measured time per
+model save is printed under the table.
 """
 
 from __future__ import annotations
@@ -77,6 +79,25 @@ def _call_times(plan, run_dir: Path, skip: int) -> tuple[dict, dict, dict]:
     run = Run(run_dir, spec, plan)
     read_trace(run, run_dir / "trace.json", skip)
     return run.span_s, run.gap_s, run.cpu_s
+
+
+def checkpoint_saves(run_dir: Path) -> dict[tuple[int, str], float]:
+    """(iteration, model) -> seconds of that model's checkpoint write (its devices'
+    first start to last end), from the trace's checkpoint slices; empty without."""
+    path = run_dir / "trace.json"
+    try:
+        events = json.loads(path.read_text())["traceEvents"] if path.exists() else []
+        spans: dict[tuple[int, str], list[float]] = {}
+        for e in events:
+            args = e.get("args") or {}
+            if e.get("ph") != "X" or args.get("kind") != "checkpoint":
+                continue
+            t0, t1 = e["ts"] * 1e-6, (e["ts"] + e["dur"]) * 1e-6
+            box = spans.setdefault((int(args["iteration"]), str(e["name"])), [t0, t1])
+            box[0], box[1] = min(box[0], t0), max(box[1], t1)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path}: not a runtime trace ({err!r})") from None
+    return {k: t1 - t0 for k, (t0, t1) in spans.items()}
 
 
 def compare(plan_path: str, run_dir: str, skip: int
@@ -156,6 +177,13 @@ def main(argv: list[str] | None = None) -> int:
         print("worker CPU: the call's thread CPU time on its busiest device (the native "
               "engine's work; vLLM computes elsewhere); measured span minus it is time the "
               "worker waited, mostly for a core")
+    saves = checkpoint_saves(Path(args.run_dir))
+    if saves:
+        its = sorted({k for k, _ in saves})
+        print(f"checkpoint writes (not in the estimate): iteration(s) "
+              f"{', '.join(str(k + 1) for k in its)}, "
+              f"median {statistics.median(saves.values()) * 1e3:.1f} ms per model save, on "
+              "its home devices (an iteration that saves is slower by about that)")
     tput = statistics.median(m["perf/throughput"] for m in metrics if "perf/throughput" in m)
     plan = load_plan(args.plan)
     n = plan.cluster.num_devices
