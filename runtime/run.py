@@ -40,7 +40,7 @@ from runtime.data.prompts import PromptSampler
 from runtime.data.tokenizer import load_tokenizer
 from runtime.generation.vllm_backend import start_vllm_engines
 from runtime.rewards import load_reward_fn
-from runtime.trace import write_trace
+from runtime.trace import earlier_slices, write_trace
 
 
 @dataclass
@@ -178,6 +178,8 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
             history = [m for m in history if isinstance(m, dict)
                        and isinstance(m.get("iteration"), int) and m["iteration"] < start_it]
         write_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in history))
+        # The earlier sessions' slices of the iterations kept stay in trace.json.
+        earlier = earlier_slices(out / "trace.json", start_it) if resume else []
         write_run_record(out, spec, plan, plan_path, None, seed)
     except OSError as err:
         raise UserError(f"{err.filename or out}: cannot write: {err.strerror}") from None
@@ -222,7 +224,7 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
 
         def flush_trace() -> None:
             if len(events) != trace_written[1]:
-                write_trace(out / "trace.json", events, plan.cluster.gpus_per_node, t0)
+                write_trace(out / "trace.json", events, plan.cluster.gpus_per_node, t0, earlier)
                 trace_written[:] = [time.time(), len(events)]
 
         def on_iteration(res) -> None:

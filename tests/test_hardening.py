@@ -554,3 +554,23 @@ def test_a_relative_profile_path_is_read_beside_the_spec_first(tmp_path, monkeyp
     assert load_spec_profile("p.json", None, tmp_path / "specs" / "s.yaml").name == "beside"
     (tmp_path / "specs" / "p.json").unlink()  # none beside the spec: the working directory's
     assert load_spec_profile("p.json", None, tmp_path / "specs" / "s.yaml").name == "cwd"
+
+
+def test_a_resumed_runs_trace_keeps_readable_earlier_slices_only(tmp_path):
+    """A resumed run carries the earlier session's slices of the iterations it keeps;
+    a trace that does not read (or slices without gpu/iteration) is left behind."""
+    from runtime.trace import SESSION_GAP_US, earlier_slices, trace_events
+    path = tmp_path / "trace.json"
+    old = [{"ph": "X", "name": "a", "ts": 10, "dur": 5, "args": {"gpu": 0, "iteration": 0}},
+           {"ph": "X", "name": "a", "ts": 20, "dur": 5, "args": {"gpu": 0, "iteration": 1}},
+           {"ph": "X", "name": "b", "ts": 30, "dur": 5, "args": {"gpu": "0", "iteration": 0}}]
+    path.write_text(json.dumps({"traceEvents": old}))
+    kept = earlier_slices(path, 1)
+    assert [e["ts"] for e in kept] == [10]
+    new = [dict(kind="call", name="a", device=1, start=100.0, end=100.5, iteration=1)]
+    out = [e for e in trace_events(new, 8, t0=100.0, earlier=kept) if e["ph"] == "X"]
+    assert [e["ts"] for e in out] == [10, 15 + SESSION_GAP_US]
+    for text in ("{", "[]", json.dumps({"traceEvents": [1, None]})):
+        path.write_text(text)
+        assert earlier_slices(path, 5) == []
+    assert earlier_slices(tmp_path / "missing.json", 5) == []

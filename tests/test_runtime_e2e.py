@@ -154,6 +154,13 @@ def test_resume_equals_straight_run(straight, tmp_path):
     run_plan(plan, iterations=2, run_dir=run_dir, seed=1)
     resumed = run_plan(plan, iterations=4, run_dir=run_dir, seed=1, resume=True)
     assert [m["iteration"] for m in resumed.metrics] == [0, 1, 2, 3]
+    # One trace per run directory: the first session's slices, then the resumed ones.
+    slices = [e for e in json.loads((tmp_path / "run" / "trace.json").read_text())
+              ["traceEvents"] if e["ph"] == "X"]
+    first = [e for e in slices if e["args"]["iteration"] < 2]
+    later = [e for e in slices if e["args"]["iteration"] >= 2]
+    assert {e["args"]["iteration"] for e in slices} == {0, 1, 2, 3}
+    assert min(e["ts"] for e in later) >= max(e["ts"] + e["dur"] for e in first)
     for got, want in zip(resumed.metrics[2:], summary.metrics[2:4]):
         assert got["reward/mean"] == pytest.approx(want["reward/mean"], abs=1e-6)
         assert got["actor_train/loss"] == pytest.approx(want["actor_train/loss"], rel=1e-4,
