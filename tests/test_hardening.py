@@ -98,6 +98,12 @@ def _spec_cases() -> list[tuple[str, str, str]]:
          ":5 cluster.nodes: expected a number, got the boolean True"),
         ("bool-lr", TINY.replace("lr: 1.0e-2}}\n  critic", "lr: false}}\n  critic"),
          ":7 models.actor.optimizer.lr: expected a number, got the boolean False"),
+        # A boolean where a model or a string goes keeps pydantic's own words and line.
+        ("bool-model", TINY.replace("  ref:    {arch: tiny-llama}", "  ref:    true"),
+         ":9 models.ref: input should be a valid dictionary"),
+        ("int-trainable", TINY.replace("ref:    {arch: tiny-llama}",
+                                       "ref:    {arch: tiny-llama, trainable: 1}"),
+         "models.ref.trainable: expected true or false, got 1"),
         ("overflowing-histogram",
          TINY.replace("gen_len: 16", "gen_len: {histogram: [[8, 1e308], [16, 1e308]]}"),
          ":14 algorithm.gen_len: histogram: the weights sum to inf"),
@@ -123,10 +129,14 @@ def test_bool_fields_still_take_booleans(tmp_path, capsys):
     assert planner(["validate", str(spec)]) == 0, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("field,value", [("cores_per_node", True), ("peak_flops", False),
-                                         ("intra_node", {"bus_bytes_per_s": True,
-                                                         "latency_s": 1e-6})])
-def test_a_profile_boolean_is_never_a_number(tmp_path, capsys, field, value):
+@pytest.mark.parametrize("field,value,expected", [
+    ("cores_per_node", True, "cores_per_node: expected a number, got the boolean True"),
+    ("peak_flops", False, "peak_flops: expected a number, got the boolean False"),
+    ("intra_node", {"bus_bytes_per_s": True, "latency_s": 1e-6},
+     "intra_node.bus_bytes_per_s: expected a number"),
+    ("name", True, "name: Input should be a valid string"),
+    ("flash_attention", 0, "flash_attention: expected true or false, got 0")])
+def test_a_profile_boolean_is_never_a_number(tmp_path, capsys, field, value, expected):
     """`cores_per_node: true` once read as 1 core: a profile's numbers are numbers."""
     from planner.cost_model.profile import load_profile
     profile = json.loads(load_profile("cpu").model_dump_json())
@@ -136,7 +146,7 @@ def test_a_profile_boolean_is_never_a_number(tmp_path, capsys, field, value):
     spec = tmp_path / "spec.yaml"
     spec.write_text(TINY.replace("hardware: cpu", f"hardware: {path}"))
     err = one_line(capsys, planner(["validate", str(spec)]))
-    assert "cluster.hardware" in err and "expected a number, got the boolean" in err, err
+    assert "cluster.hardware" in err and expected in err, err
 
 
 def test_histogram_of_huge_finite_weights_keeps_its_mean(tmp_path):
@@ -189,6 +199,11 @@ def _plan_cases(plan: dict) -> list[tuple[str, str, str]]:
     bool_dp["calls"][0]["dp"] = True
     bool_breakdown = json.loads(text)
     bool_breakdown["calls"][0]["estimate"]["breakdown_s"] = {"compute": True}
+    bool_note = json.loads(text)  # a string field keeps pydantic's own words
+    bool_note["provenance"]["notes"] = [True]
+    int_recompute = json.loads(text)  # and a boolean field takes true or false only
+    int_recompute["calls"][0]["memory"] = {**(int_recompute["calls"][0].get("memory") or {}),
+                                           "recompute": 1}
     return [
         ("nested", "[" * 100_000 + "]" * 100_000, "nested more than 64"),
         ("5000-digits", re.sub(r'"format_version": \d+', '"format_version": ' + "9" * 5000, text),
@@ -206,7 +221,10 @@ def _plan_cases(plan: dict) -> list[tuple[str, str, str]]:
         ("over-capacity", json.dumps(over), "device_memory[0].peak_bytes: "),
         ("bool-dp", json.dumps(bool_dp), "calls[0].dp: expected a number, got the boolean True"),
         ("bool-breakdown", json.dumps(bool_breakdown),
-         "calls[0].estimate.breakdown_s: expected a number, got the boolean True"),
+         "calls[0].estimate.breakdown_s: compute: expected a number, got the boolean True"),
+        ("bool-note", json.dumps(bool_note), "provenance.notes[0]: input should be a valid"),
+        ("int-recompute", json.dumps(int_recompute),
+         "calls[0].memory.recompute: expected true or false, got 1"),
         ("headroom-all", json.dumps({**plan, "memory_headroom_bytes": plan[
             "memory_capacity_bytes"]}), "memory_headroom_bytes: "),
         # A max_staleness 0 plan whose generation is ordered before the previous

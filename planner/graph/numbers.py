@@ -4,8 +4,9 @@ Pydantic's lax mode turns a boolean into 1 or 1.0 for an int or float field, so
 `gen_len: {mean: true, max: 10}` or `nodes: true` would pass as 1. Strict mode
 would refuse that but also refuses YAML lists for tuple fields, so instead every
 model read from a file (spec, profile, plan) derives from `CheckedModel`, which
-refuses a boolean (anywhere inside a list, or as a value of a dict-typed field)
-for any field whose type does not itself admit one.
+refuses a boolean for a number field (or inside a list of numbers, or as a value
+of a dict of numbers, named by its key), and anything but true or false for a
+boolean field (lax mode reads 1 or "yes" as True).
 """
 
 from __future__ import annotations
@@ -18,41 +19,59 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 
-def _admits_bool(annotation: Any) -> bool:
-    """Whether a field's type takes a bool (bool, Any, or a union/container holding one)."""
-    if annotation is bool or annotation is Any:
+_UNIONS = (typing.Union, types.UnionType)
+_SEQUENCES = (list, tuple, set, frozenset, collections.abc.Sequence)
+_MAPPINGS = (dict, collections.abc.Mapping)
+
+
+def _is_bool_field(annotation: Any) -> bool:
+    """bool, or bool | None: a field that takes true or false and nothing else."""
+    if annotation is bool:
         return True
-    if isinstance(annotation, str):  # an unresolved forward reference: do not guess
+    args = typing.get_args(annotation)
+    return (typing.get_origin(annotation) in _UNIONS and bool in args
+            and all(a is bool or a is type(None) for a in args))
+
+
+def _holds_numbers(annotation: Any) -> bool:
+    """Whether a field's type is a number (int, float) or a list/tuple of them or a
+    dict with them as values, and takes no bool: a boolean there is a mistake. Other
+    types (strings, literals, nested models) get pydantic's own message."""
+    if annotation is int or annotation is float:
         return True
-    for arg in typing.get_args(annotation):
-        if isinstance(arg, bool):  # Literal[True]
-            return True
-        if not isinstance(arg, (int, float, str)) and _admits_bool(arg):
-            return True
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in _UNIONS:
+        return bool not in args and any(_holds_numbers(a) for a in args)
+    if origin in _SEQUENCES:
+        return any(_holds_numbers(a) for a in args if a is not Ellipsis)
+    if origin in _MAPPINGS:
+        return len(args) == 2 and _holds_numbers(args[1])
     return False
 
 
 def _is_mapping(annotation: Any) -> bool:
-    """Whether a field's type is a dict (its values are then looked into; a nested
-    model's dict is not: that model checks its own fields)."""
+    """Whether a field's type is a dict (its values are then looked into)."""
     origin = typing.get_origin(annotation)
-    if origin in (dict, collections.abc.Mapping) or annotation is dict:
+    if origin in _MAPPINGS or annotation is dict:
         return True
-    return origin in (typing.Union, types.UnionType) and any(
-        _is_mapping(arg) for arg in typing.get_args(annotation))
+    return origin in _UNIONS and any(_is_mapping(a) for a in typing.get_args(annotation))
 
 
-def _first_bool(value: Any, mapping: bool = False) -> bool | None:
+def _first_bool(value: Any, mapping: bool = False) -> tuple[str, bool] | None:
     """The first boolean in `value` or in any list/tuple inside it (and, with
-    `mapping`, in a dict's values), else None."""
+    `mapping`, in a dict's values: then with its key), else None."""
     if isinstance(value, bool):
-        return value
-    items = value.values() if mapping and isinstance(value, dict) else \
-        value if isinstance(value, (list, tuple)) else ()
-    for item in items:  # a dict inside is a nested model's: it checks its own fields
-        found = _first_bool(item)
-        if found is not None:
-            return found
+        return "", value
+    if mapping and isinstance(value, dict):
+        for key, item in value.items():
+            found = _first_bool(item)
+            if found is not None:
+                return f"{key}: ", found[1]
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            found = _first_bool(item)
+            if found is not None:
+                return found
     return None
 
 
@@ -68,7 +87,14 @@ class CheckedModel(BaseModel):
         if info.field_name is None:
             return value
         annotation = cls.model_fields[info.field_name].annotation
+        if _is_bool_field(annotation):  # and the other way round: 1 or "yes" is no bool
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(f"expected true or false, got {value!r}")
+            return value
+        if not _holds_numbers(annotation):
+            return value
         found = _first_bool(value, _is_mapping(annotation))
-        if found is not None and not _admits_bool(annotation):
-            raise ValueError(f"expected a number, got the boolean {found}")
+        if found is not None:
+            where, flag = found
+            raise ValueError(f"{where}expected a number, got the boolean {flag}")
         return value
