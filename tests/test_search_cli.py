@@ -196,3 +196,26 @@ def test_a_time_limit_that_skips_the_baselines_says_so(spec_file, tmp_path, caps
     assert "time limit reached: baselines skipped" in text
     assert any("baselines skipped" in n for n in load_plan(out, load_spec(spec_file))
                .provenance.notes)
+
+
+def test_a_search_that_found_no_plan_in_its_time_does_not_claim_none_fits(
+        spec_file, tmp_path, capsys, monkeypatch):
+    """"No plan fits in memory" is said only when CP-SAT proved it over every legal
+    plan; a search cut by its time limit says it found none in that time."""
+    import planner.search.driver as driver
+    from planner.search.budget import SearchTimeError
+    from planner.search.mcmc import SearchResult
+
+    def out_of_time(*args, **kwargs):
+        raise SearchTimeError("baselines")
+
+    monkeypatch.setattr(driver, "all_baselines", out_of_time)
+    monkeypatch.setattr(driver, "mcmc_search", lambda sim, **kw: SearchResult(
+        "mcmc", None, None, 0.0, status="no plan fits in memory"))
+    out = tmp_path / "plan.json"
+    assert main(["search", str(spec_file), "-o", str(out), "--time-limit", "5",
+                 "--method", "mcmc"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("no plan that fits in memory found within --time-limit 5 s "
+                          "(baselines skipped"), err
+    assert "a longer search may find one" in err and not out.exists()

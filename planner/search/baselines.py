@@ -33,6 +33,7 @@ from planner.search import residency
 from planner.search.budget import check as check_budget
 from planner.search.candidates import Candidate, moved, price, shape_options
 from planner.search.meshes import MeshShape
+from planner.search.budget import note_cut
 from planner.search.problem import Problem
 from planner.search.simulator import Simulator
 
@@ -233,6 +234,7 @@ def split(p: Problem, sim: Simulator, deadline: float | None = None) -> Baseline
     for g in cuts:
         if deadline is not None and time.perf_counter() > deadline and \
                 any(v[1] is not None for v in tried.values()):
+            note_cut(f"the {name} baseline tried {len(tried)} of {len(cuts)} cuts")
             break
         at(g)
     ok = {g: v for g, v in tried.items() if v[1] is not None}

@@ -103,7 +103,10 @@ class SearchOutcome:
         return min(known, key=lambda x: x[1]) if known else None
 
 
-def _no_fit_message(p: Problem, sim: Simulator, closest: tuple[int, ...] | None) -> str:
+def _no_fit_message(p: Problem, sim: Simulator, closest: tuple[int, ...] | None,
+                    searched: str | None = None) -> str:
+    """Why there is no plan: proven (`searched` None: CP-SAT found none over every
+    legal plan) or only not found (`searched`: how long the search looked)."""
     a = closest or tuple(0 for _ in range(p.n))
     ev = sim.evaluate(a)
     dev = ev.worst_device
@@ -112,12 +115,16 @@ def _no_fit_message(p: Problem, sim: Simulator, closest: tuple[int, ...] | None)
         if lo <= dev < hi:
             resident, top = res, tr
     gib = 2**30
-    return (f"no plan fits in memory: every call fits alone, but together the closest plan "
+    head = ("no plan fits in memory: every call fits alone, but together" if searched is None
+            else f"no plan that fits in memory found {searched}: every call fits alone; together")
+    tail = ("use more devices or a larger gpu_memory_gib" if searched is None else
+            "a longer search may find one (--time-limit, --steps), or use more devices or a "
+            "larger gpu_memory_gib")
+    return (f"{head} the closest plan "
             f"found needs {ev.peak_bytes / gib:.1f} GiB on device {dev} (resident model states "
             f"{resident / gib:.1f} + largest working set {top / gib:.1f}) of "
             f"{p.capacity_bytes / gib:.1f} GiB usable ({p.memory_bytes / gib:.1f} minus "
-            f"{p.headroom_bytes / gib:.1f} headroom); use more devices or a larger "
-            "gpu_memory_gib")
+            f"{p.headroom_bytes / gib:.1f} headroom); {tail}")
 
 
 def polish(p: Problem, assign: tuple[int, ...], order: list[float] | None,
@@ -268,6 +275,8 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
             progress=(lambda f, b: progress("mcmc", f, b)) if progress else None))
     if method == "cpsat" or (method == "auto" and (deterministic or left() > build_s + 0.5)):
         runs.append(run_cpsat(left(), max(1.0, (steps or 0) / 5000)))
+    elif method == "auto":
+        cut.append(f"CP-SAT not run (its model takes about {build_s:.1f} s to build)")
 
     options: list[tuple[float, str, tuple[int, ...], list[float] | None]] = []
     for b in known:
@@ -277,7 +286,13 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
             options.append((r.period_s, r.method, r.assignment, r.order))
     if not options:
         closest = next((r.closest for r in runs if r.closest), None)
-        raise NoPlanFitsError(_no_fit_message(p, sim, closest))
+        # "fits in no plan" is a claim: only CP-SAT's proof over complete lists makes it.
+        proven = p.complete and any(r.method == "cpsat" and r.status == "INFEASIBLE"
+                                    for r in runs)
+        searched = (f"in {steps} steps" if deterministic else
+                    f"within --time-limit {time_limit_s:g} s"
+                    + (f" ({'; '.join(cut)})" if cut else ""))
+        raise NoPlanFitsError(_no_fit_message(p, sim, closest, None if proven else searched))
     # Ties go to the searched plans (listed last) only when strictly better.
     period, chosen, assign, order = min(options, key=lambda o: (o[0], o[1].startswith("base")))
     polished = recut = 0
