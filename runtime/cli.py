@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)
     from runtime.controller import RunError
-    from runtime.run import DRIVER_NICENESS, run_plan
+    from runtime.run import DRIVER_NICENESS, resume_hint, run_plan
 
     try:
         summary = run_plan(args.plan, spec_path=args.spec, iterations=args.iterations,
@@ -85,10 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"{err}\n")
         return 2
     except RunError as err:
-        sys.stderr.write(f"run failed: {err}\n")
+        sys.stderr.write(f"run failed: {err}; {resume_hint(args.run_dir)}\n")
         return 1
     except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
+        sys.stderr.write(f"interrupted; {resume_hint(args.run_dir)}\n")
         return 130
     print(f"done: {summary.iterations_done} iterations, metrics in "
           f"{summary.run_dir}/metrics.jsonl, trace in {summary.run_dir}/trace.json")

@@ -50,6 +50,21 @@ class RunSummary:
     iterations_done: int
 
 
+NO_CHECKPOINT = ("a run checkpoints its last iteration, and every N iterations with "
+                 "--save-every N")
+
+
+def resume_hint(run_dir: str | Path) -> str:
+    """What a stopped run left to resume from, in a few words (for its last line)."""
+    try:
+        ckpt = _latest(Path(run_dir).absolute())
+    except UserError:
+        ckpt = None
+    if ckpt is None:
+        return f"no checkpoint to resume from ({NO_CHECKPOINT})"
+    return f"--resume continues from {ckpt.name}"
+
+
 def _latest(run_dir: Path) -> Path | None:
     """The newest complete checkpoint, or None when there is none; UserError when the
     marker names something that is not a checkpoint directory."""
@@ -157,7 +172,7 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
     if resume:
         ckpt = _latest(out)
         if ckpt is None:
-            raise UserError(f"{out}: nothing to resume (no checkpoints/latest)")
+            raise UserError(f"{out}: nothing to resume (no checkpoints/latest; {NO_CHECKPOINT})")
         state = _read_state(ckpt, spec.spec_hash())
         _check_homes(state, ckpt, checkpoint_homes(plan))
         start_it, drawn, seed = state["iteration"] + 1, state["prompts_drawn"], state["seed"]
@@ -195,6 +210,7 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
     events: list[dict] = []
     t0 = time.time()
     failed = True
+    ctl = None
     try:
         with console.status(f"starting {plan.cluster.num_devices} workers"):
             on_term = signal.getsignal(signal.SIGTERM)
@@ -248,6 +264,8 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
         raise _name_lost_node(err, placement) from None
     finally:
         try:
+            if failed and ctl is not None:  # checkpoints finished before the failure
+                events.extend(ctl.take_events())
             if failed and events:  # what ran before the failure; that error is the one said
                 with contextlib.suppress(OSError):
                     flush_trace()

@@ -157,6 +157,20 @@ def test_measured_gpu_from_thread_name(plan, tmp_path):
         [(5, "call", 0.0, 0.0005), (5, "other", 0.0006, 0.00061)]
 
 
+def test_a_measured_checkpoint_write_is_drawn_but_not_in_the_iteration(plan, tmp_path):
+    """A run's checkpoint write (a cost the plan leaves out) follows its iteration's
+    last call: drawn, but the measured iteration still ends with that call."""
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps([
+        {"ph": "X", "name": "actor_gen", "ts": 1000, "dur": 500,
+         "args": {"gpu": 0, "kind": "call", "iteration": 2}},
+        {"ph": "X", "name": "checkpoint actor", "ts": 1500, "dur": 9000,
+         "args": {"gpu": 0, "kind": "checkpoint", "iteration": 2}}]))
+    tl = read_measured(path, plan.cluster, {"actor_gen"})
+    assert [s.kind for s in tl.slices] == ["call", "checkpoint"]
+    assert tl.span_s == pytest.approx(0.0005)
+
+
 @pytest.mark.parametrize("content,message", [
     (None, "cannot read"),
     ("{not json", "not a JSON trace"),

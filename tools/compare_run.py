@@ -180,10 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     saves = checkpoint_saves(Path(args.run_dir))
     if saves:
         its = sorted({k for k, _ in saves})
-        print(f"checkpoint writes (not in the estimate): iteration(s) "
-              f"{', '.join(str(k + 1) for k in its)}, "
+        print(f"checkpoint writes (not in the estimate): "
+              f"{', '.join(f'iter_{k:06d}' for k in its)}, "
               f"median {statistics.median(saves.values()) * 1e3:.1f} ms per model save, on "
-              "its home devices (an iteration that saves is slower by about that)")
+              "the model's home devices (an iteration that saves is slower by about that "
+              "per model; models saving on the same devices add up)")
     tput = statistics.median(m["perf/throughput"] for m in metrics if "perf/throughput" in m)
     plan = load_plan(args.plan)
     n = plan.cluster.num_devices

@@ -53,7 +53,8 @@ def _colors(plan: ExecutionPlan, spec: Spec | None) -> tuple[dict[str, str], dic
 
 def _timeline_json(tl: Timeline) -> dict[str, Any]:
     return {"source": tl.source, "iteration": tl.iteration, "notes": tl.notes,
-            "span_s": tl.span_s,
+            "span_s": tl.span_s,  # the iteration; extent_s: the axis (checkpoint writes too)
+            "extent_s": max((s.end_s for s in tl.slices), default=0.0),
             "slices": [{"d": s.device_id, "k": s.kind, "n": s.name, "s": s.start_s,
                         "e": s.end_s, "ev": s.event,
                         "a": {k: v for k, v in s.args.items()

@@ -141,7 +141,7 @@ def read_measured(path: str | Path, cluster: ClusterSpec, call_names: set[str], 
                             f"in args.gpu or the thread name (got {gpu!r})")
         name = str(args.get("call") or args.get("label") or ev.get("name", ""))
         kind = str(args.get("kind") or ev.get("cat") or "")
-        if kind not in ("call", "realloc", "transfer", "offload"):
+        if kind not in ("call", "realloc", "transfer", "offload", "checkpoint"):
             kind = "call" if name in call_names else "other"
         it = args.get("iteration")
         picked.append((ts, dur, gpu, kind, name, dict(args), it if isinstance(it, int) else None))

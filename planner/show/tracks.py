@@ -17,7 +17,7 @@ from planner.errors import UserError
 from planner.plan import CallAssignment, ExecutionPlan, TimelineEvent
 
 Source = Literal["estimate", "measured"]
-KINDS = ("call", "realloc", "transfer", "offload")
+KINDS = ("call", "realloc", "transfer", "offload", "checkpoint")
 
 
 class ShowError(UserError):
@@ -29,7 +29,7 @@ class Slice:
     """One GPU busy with one thing, [start_s, end_s) from the iteration's start."""
 
     device_id: int
-    kind: str            # call | realloc | transfer | offload | other
+    kind: str            # call | realloc | transfer | offload | checkpoint (measured) | other
     name: str            # the call name for calls; a readable label otherwise
     start_s: float
     end_s: float
@@ -50,7 +50,9 @@ class Timeline:
 
     @property
     def span_s(self) -> float:
-        return max((s.end_s for s in self.slices), default=0.0)
+        """The iteration's end; a measured checkpoint write (a cost the plan leaves out,
+        after the iteration's last call) is drawn but not counted."""
+        return max((s.end_s for s in self.slices if s.kind != "checkpoint"), default=0.0)
 
     def by_device(self) -> dict[int, list[Slice]]:
         out: dict[int, list[Slice]] = {}

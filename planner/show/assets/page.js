@@ -366,7 +366,7 @@
     const W = Math.max(760, c.clientWidth - 36);
     const left = laneH >= 13 ? 118 : 96, right = 62, top = 44, bottom = 26;
     const plotW = W - left - right;
-    const span = Math.max(...TL.map((t) => t.span_s), D.iteration_time_s || 0) * 1.01 || 1;
+    const span = Math.max(...TL.map((t) => t.extent_s || t.span_s), D.iteration_time_s || 0) * 1.01 || 1;
     const X = (t) => left + (t / span) * plotW;
     const laneY = (d) => top + d * laneH + Math.floor(d / GPN) * nodeGap;
     const H = laneY(NUM - 1) + laneH + bottom;
