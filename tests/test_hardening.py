@@ -67,7 +67,7 @@ def _spec_cases() -> list[tuple[str, str, str]]:
         ("nan-betas", TINY.replace("{lr: 1.0e-2}}\n  critic", "{betas: [.nan, .nan]}}\n  critic"),
          "models.actor.optimizer.betas"),
         ("missing-hardware", TINY.replace("hardware: cpu", "hardware: nonexistent.json"),
-         ":5 cluster.hardware: nonexistent.json: cannot read profile"),
+         ":5 cluster.hardware: nonexistent.json: no such profile beside the spec ("),
         ("million-gpus",
          TINY.replace("nodes: 1, gpus_per_node: 4", "nodes: 1000, gpus_per_node: 1000"),
          "cluster.gpus_per_node: input should be less than or equal to 64"),
@@ -571,6 +571,8 @@ def test_a_relative_profile_path_is_read_beside_the_spec_first(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     assert load_spec_profile("p.json", None, tmp_path / "specs" / "s.yaml").name == "beside"
     (tmp_path / "specs" / "p.json").unlink()  # none beside the spec: the working directory's
+    assert load_spec_profile("p.json", None, tmp_path / "specs" / "s.yaml").name == "cwd"
+    (tmp_path / "specs" / "p.json").mkdir()  # a folder of that name is no profile
     assert load_spec_profile("p.json", None, tmp_path / "specs" / "s.yaml").name == "cwd"
 
 

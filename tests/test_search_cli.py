@@ -219,3 +219,23 @@ def test_a_search_that_found_no_plan_in_its_time_does_not_claim_none_fits(
     assert err.startswith("no plan that fits in memory found within --time-limit 5 s "
                           "(baselines skipped"), err
     assert "a longer search may find one" in err and not out.exists()
+
+
+def test_evaluate_says_when_the_profile_is_not_the_one_that_priced_the_plan(tmp_path, capsys):
+    """Re-pricing a plan with another profile (a calibrated one, say) is allowed but
+    said: the figures are then not the plan file's."""
+    from planner.cost_model.profile import load_profile
+    profile = json.loads(load_profile("cpu").model_dump_json())
+    (tmp_path / "p.json").write_text(json.dumps(profile))
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text((TINY % "").replace("hardware: cpu", "hardware: p.json"))
+    plan = tmp_path / "plan.json"
+    assert main(["search", str(spec), "-o", str(plan), "--steps", "300"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(spec), "--plan", str(plan)]) == 0
+    assert "was priced with profile" not in capsys.readouterr().out
+    (tmp_path / "p.json").write_text(json.dumps({**profile, "peak_flops":
+                                                 profile["peak_flops"] * 2}))
+    assert main(["evaluate", str(spec), "--plan", str(plan)]) == 0
+    out = capsys.readouterr().out
+    assert f"{plan} was priced with profile" in out and "these figures use" in out

@@ -189,6 +189,13 @@ def run(args: argparse.Namespace) -> int:
         else:
             _row(t, b.name, p, b.assignment, first, b.note or b.description)
     Console().print(t)
+    if file_plan is not None and file_plan[0].profile_identity != p.profile.identity():
+        # Re-pricing a plan with another profile is legitimate (after calibrate), but never
+        # silent: its figures are then not the ones the plan file holds.
+        Console().print(f"{args.plan} was priced with profile {file_plan[0].profile_name!r} "
+                        f"({file_plan[0].profile_identity[:19]}); these figures use "
+                        f"{p.profile.name!r} ({p.profile.identity()[:19]}) from {args.spec}",
+                        highlight=False, soft_wrap=True)
     if args.output is not None and hand is not None:
         exact = exact_evaluation(p, hand)
         prov = Provenance(method="manual", notes=[f"--alloc {args.alloc}"])

@@ -518,8 +518,11 @@ def load_spec_profile(hardware: str, memory_override_gib: float | None,
     file (so the spec means the same profile wherever a command runs)."""
     if hardware.endswith(".json") and not Path(hardware).is_absolute() and spec_path is not None:
         beside = Path(spec_path).parent / hardware
-        if beside.exists():
+        if beside.is_file():
             hardware = str(beside)
+        elif not Path(hardware).exists():
+            raise ProfileError(f"{spec_path} cluster.hardware: {hardware}: no such profile "
+                               f"beside the spec ({beside}) or in the working directory")
     try:
         return load_profile(hardware, memory_override_gib)
     except ProfileError as err:
