@@ -230,7 +230,7 @@ def test_resplit_recuts_the_searched_128_gpu_plan(problem_128):
     start, order = _plan_128(p, found)
     best, _ = _plan_128(p, BEST_128)
     sim = Simulator(p, order=order)
-    recut, period, moves = resplit(p, start, order)
+    recut, period, moves, _ = resplit(p, start, order)
     assert moves >= 1 and sim.feasible(recut)
     assert period == pytest.approx(sim.period(recut))
     assert period <= sim.period(best) < sim.period(start)

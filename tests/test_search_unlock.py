@@ -82,7 +82,7 @@ def test_side_by_side_moves_two_independent_calls_onto_disjoint_devices():
     start = (0, 0, 0, 0)
     assert polish_plan(sim, start) == []
     best_s, best = _optimum(p)
-    a, period, moves = side_by_side(p, start)
+    a, period, moves, _ = side_by_side(p, start)
     assert moves == 1 and period == pytest.approx(best_s, rel=1e-12)
     assert {p.candidates[1][a[1]].lo, p.candidates[2][a[2]].lo} == {0, 2}
 

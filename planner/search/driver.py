@@ -34,7 +34,7 @@ from planner.search.budget import budget as time_budget
 from planner.search.bounds import full_space_bound_s, plans_covered
 from planner.search.cpsat import cpsat_search
 from planner.search.mcmc import SearchResult, mcmc_search
-from planner.search.pairs import resplit
+from planner.search.pairs import recut
 from planner.search.plan_out import build_plan, exact_evaluation
 from planner.cost_model.memory import PLAIN
 from planner.search.problem import Problem, build_problem
@@ -295,11 +295,11 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
         raise NoPlanFitsError(_no_fit_message(p, sim, closest, None if proven else searched))
     # Ties go to the searched plans (listed last) only when strictly better.
     period, chosen, assign, order = min(options, key=lambda o: (o[0], o[1].startswith("base")))
-    polished = recut = 0
+    polished = recuts = 0
     if method != "baseline":
         # a deterministic run (steps=) polishes fully: its plan must not depend on load
         until = None if deterministic else deadline
-        assign, period, recut = resplit(p, assign, order, deadline=until)
+        assign, period, recuts, order = recut(p, assign, order, deadline=until)
         assign, period, polished = polish(p, assign, order, until)
     bounds = [r.lower_bound_s for r in runs if r.lower_bound_s is not None]
     list_bound = max(bounds) if bounds else None  # every CP-SAT run's bound holds: the best
@@ -320,8 +320,8 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
     base_exact = {b.name: b.period_s for b in baselines}
     notes = [f"{len(p.candidates[i])} candidates for {p.names[i]}" for i in range(p.n)]
     notes.append(f"pricing {t_priced - t0:.1f} s, baselines {t_baselines - t_priced:.1f} s")
-    if recut:
-        notes.append(f"{recut} side-by-side pair(s) re-cut (planner/search/pairs.py)")
+    if recuts:
+        notes.append(f"{recuts} re-cut or re-partner move(s) (planner/search/pairs.py)")
     if polished:
         notes.append(f"{polished} call(s) off the critical path moved to their fastest "
                      "candidate on the same devices (same period)")

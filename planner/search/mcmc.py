@@ -26,8 +26,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from planner.search.order import (OFFSET_LEVELS, OFFSET_STEP, graph_edges, levels_of,
+                                  offsets_of, pushed)
+from planner.search.pairs import recut, side_by_side
 from planner.search.simulator import Simulator
-from planner.search.pairs import side_by_side
 from planner.search.unlock import unlock
 
 Progress = Callable[[float, float | None], None]  # (fraction done, best period or None)
@@ -96,13 +98,6 @@ def polish_plan(sim: Simulator, a: tuple[int, ...], offsets: tuple[float, ...] |
 
 
 UNLOCK_SHARE = 0.1  # of a timed run, kept for the last unlock and side-by-side descents
-OFFSET_STEP = 0.25   # order offsets live on a grid of quarter iterations
-OFFSET_LEVELS = 8    # 0, 0.25, ..., 1.75
-
-
-def offsets_of(levels: tuple[int, ...]) -> tuple[float, ...] | None:
-    """Grid levels -> the simulator's offsets (None for the default order)."""
-    return tuple(v * OFFSET_STEP for v in levels) if any(levels) else None
 
 
 def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
@@ -117,10 +112,11 @@ def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
     shifts one call's offset instead of changing its candidate, e.g. letting a critic's
     training yield to the next iteration's generation on devices they share.
 
-    With `unlock_moves`, every cycle ends with two descents from the best plan that take
+    With `unlock_moves`, every cycle ends with descents from the best plan that take
     compound moves whole: unlock.py's (a faster option for one call made to fit by
     memory-lean options of others; the options it brings join the lists, so the next
-    cycles walk among them) and pairs.py's (two independent calls onto disjoint devices).
+    cycles walk among them) and pairs.py's (two independent calls onto disjoint devices;
+    the node boundary between two calls re-cut), the latter in a retuned order.
     A timed run keeps the last UNLOCK_SHARE of its time for the final ones.
     """
     if steps is None and time_limit_s is None:
@@ -159,13 +155,15 @@ def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
     for a in pool:
         consider(a, zero)
     movable = [i for i in range(n) if sizes[i] > 1]
+    edges = graph_edges(sim)
     deadline = None if time_limit_s is None else t_begin + time_limit_s
     # A timed walk leaves the end of its time to the last descents.
     walk_s = (time_limit_s or 0.0) * (1 - UNLOCK_SHARE if unlock_moves else 1.0)
 
     def unlocked(until: float | None) -> bool:
-        """Unlock and side-by-side descents from the best plan, until neither improves
-        or `until` (time.perf_counter()) passes; True when they found a faster plan."""
+        """Unlock, side-by-side and re-cut descents from the best plan, until none
+        improves or `until` (time.perf_counter()) passes; True when they found a faster
+        plan. The pair moves may retune the order (order.retune): the best keeps it."""
         nonlocal sizes, movable
         if best is None:
             return False
@@ -173,14 +171,16 @@ def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
         while True:
             order = list(offsets_of(best_o) or sim.offsets or []) or None
             a, _, moves = unlock(p, best, order, deadline=until)
-            if moves:
-                sizes = [len(c) for c in p.candidates]  # its new options joined the lists
+            a, _, pair_moves, order = side_by_side(p, a, order, deadline=until)
+            a, _, recuts, order = recut(p, a, order, deadline=until)
+            if moves or recuts:
+                sizes = [len(c) for c in p.candidates]  # their new options joined the lists
                 movable = [i for i in range(n) if sizes[i] > 1]
-            b, _, pair_moves = side_by_side(p, a, order, deadline=until)
-            if not moves and not pair_moves:
+            if not (moves or pair_moves or recuts):
                 return improved
+            levels = levels_of(order, n)
             before = best_period
-            consider(b, best_o)
+            consider(a, best_o if levels is None else levels)
             if best_period >= before:
                 return improved
             improved = True
@@ -214,8 +214,10 @@ def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
         if rng.random() < order_prob:
             i = rng.randrange(n)
             v = rng.randrange(OFFSET_LEVELS - 1)
-            oy = ox[:i] + ((v + 1 if v >= ox[i] else v),) + ox[i + 1:]
-            if not sim.valid_offsets(tuple(v * OFFSET_STEP for v in oy)):
+            # the others pushed the least that keeps the order valid (order.pushed): a
+            # call often cannot rank earlier unless its predecessors do too
+            oy = pushed(edges, ox[:i] + ((v + 1 if v >= ox[i] else v),) + ox[i + 1:], i)
+            if oy is None or not sim.valid_offsets(tuple(v * OFFSET_STEP for v in oy)):
                 continue
         else:
             y = _propose(x, movable, sizes, rng, pair_prob)

@@ -1,23 +1,57 @@
-"""Side-by-side moves: two independent calls moved at once onto disjoint devices.
+"""Side-by-side moves and re-cuts: two calls moved at once onto disjoint devices.
 
 Two calls with no path between them in an iteration's graph (reward, reference and
 critic inference after generation; the two trainings) may run at the same time on
 disjoint devices. Moving one of them alone onto half the cluster only makes it slower
 while the other still spans the whole cluster, so single-call moves (polish, MCMC, at
-low temperature) do not find the pair; this descent tries every pair of their
+low temperature) do not find the pair; `side_by_side` tries every pair of their
 candidates on disjoint devices, takes the best plan that fits and is faster, and again
 until none is or the deadline passes.
+
+`resplit` re-cuts node boundaries the lists cannot: two calls on adjacent whole-node
+meshes (any two: generation beside the critic's training too), or two calls that
+overlap or are independent within the whole nodes they span, try every node boundary
+between them, each side
+on its best priced options of that size by time plus realloc from its home. A side that
+no longer fits is repaired by unlock.py's same-device switches to memory-lean options
+(at 128 GPUs generation growing from 14 to 15 nodes leaves the critic's training one
+node, where only its ZeRO-3 option fits).
+
+Every trial is also tried in a retuned order (order.retune over the two moved calls):
+a pair of calls side by side often needs another rank in the priority order than the
+one the plan had, and judged in the old order the better plan looks 1-2% worse.
+Each descent returns (plan, period, moves, order).
 """
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import replace
+from typing import NamedTuple
 
 from planner.cost_model.fast_moves import fast_realloc
-from planner.search.candidates import Candidate
+from planner.layout.layout import Layout
+from planner.search.candidates import Candidate, moved
+from planner.search.order import retune
 from planner.search.problem import Problem
 from planner.search.simulator import Simulator
+from planner.search.unlock import Pools, repair
+
+# Trials judged in the plan's old order this much slower than the best so far are
+# still retuned when they fit: a pair side by side costs up to ~1.5% in the wrong order (module
+# docstring); fewer retunes keep a descent to ~0.1-0.5 s at 128 GPUs.
+RETUNE_SLACK = 0.02
+REPARTNER_TRIES = 6  # re-partner trials retuned per pass, least busiest device first
+
+
+class Descent(NamedTuple):
+    """What a descent returns: the plan (in the caller's problem's indices), its period,
+    the moves taken, and the order (offsets) the period holds for."""
+
+    assignment: tuple[int, ...]
+    period_s: float
+    moves: int
+    order: list[float] | None
 
 
 def independent_pairs(p: Problem) -> list[tuple[int, int]]:
@@ -30,27 +64,52 @@ def independent_pairs(p: Problem) -> list[tuple[int, int]]:
             if u not in before[v]]
 
 
-def _better(sim: Simulator, z: tuple[int, ...],
-            found: tuple[float, tuple[int, ...]] | None,
-            cur_p: float) -> tuple[float, tuple[int, ...]] | None:
-    """(period, z) when plan z fits and is faster than the best trial so far (or, before
-    any, than the current plan's cur_p); else `found` unchanged."""
-    per = sim.period(z)
-    if per < (found[0] if found else cur_p - 1e-12) and sim.feasible(z):
-        return per, z
-    return found
+class _Best:
+    """The best trial of a pass: a plan that fits and beats the current one (less a
+    hair), each trial in the current order and, when close enough, retuned."""
+
+    def __init__(self, sim: Simulator, offsets: tuple[float, ...] | None,
+                 cur_p: float) -> None:
+        self.sim, self.offsets, self.cur_p = sim, offsets, cur_p
+        self.found: tuple[float, tuple[int, ...], tuple[float, ...] | None] | None = None
+
+    def limit(self) -> float:
+        return self.found[0] if self.found else self.cur_p - 1e-12
+
+    def close(self, z: tuple[int, ...]) -> bool:
+        """Worth a closer look: at most RETUNE_SLACK slower in the current order."""
+        return self.sim.period(z, self.offsets) < self.limit() * (1 + RETUNE_SLACK)
+
+    def offer(self, z: tuple[int, ...], calls: tuple[int, ...]) -> None:
+        """Plan z (it fits in the current order) as it is, else in the order retuned
+        over `calls`."""
+        lim = self.limit()
+        per = self.sim.period(z, self.offsets)
+        if per < lim:
+            self.found = (per, z, self.offsets)
+            return
+        per, off = retune(self.sim, z, self.offsets, calls)
+        if per < lim:
+            self.found = (per, z, off)
+
+
+def _start(p: Problem, a: tuple[int, ...], order: list[float] | None
+           ) -> tuple[Simulator, tuple[float, ...] | None, float]:
+    sim = Simulator(p)  # its own default order; the plan's offsets passed per trial
+    offsets = tuple(order) if order is not None else None
+    return sim, offsets, sim.period(tuple(a), offsets)
 
 
 def side_by_side(p: Problem, a: tuple[int, ...], order: list[float] | None = None, *,
-                 deadline: float | None = None) -> tuple[tuple[int, ...], float, int]:
+                 deadline: float | None = None) -> Descent:
     """Descent over side-by-side moves (module docstring) from the fitting plan `a` in
-    the order `order`. Returns (plan, its period, moves taken)."""
-    sim = Simulator(p, order=order)
+    the order `order`."""
+    sim, offsets, cur_p = _start(p, a, order)
     pairs = independent_pairs(p)
-    cur, cur_p = tuple(a), sim.period(tuple(a))
+    cur = tuple(a)
     moves = 0
     while True:
-        found: tuple[float, tuple[int, ...]] | None = None
+        best = _Best(sim, offsets, cur_p)
         for u, v in pairs:
             cu, cv = p.candidates[u], p.candidates[v]
             for j, x in enumerate(cu):
@@ -58,75 +117,209 @@ def side_by_side(p: Problem, a: tuple[int, ...], order: list[float] | None = Non
                     if (j, l) == (cur[u], cur[v]) or not (x.hi <= y.lo or y.hi <= x.lo):
                         continue
                     if deadline is not None and time.perf_counter() > deadline:
-                        return cur, cur_p, moves
+                        return Descent(cur, cur_p, moves, _listed(offsets))
                     z = list(cur)
                     z[u], z[v] = j, l
-                    found = _better(sim, tuple(z), found, cur_p)
-        if found is None:
-            return cur, cur_p, moves
-        cur_p, cur = found
+                    z = tuple(z)
+                    if best.close(z) and sim.feasible(z, offsets):
+                        best.offer(z, (u, v))
+        if best.found is None:
+            return Descent(cur, cur_p, moves, _listed(offsets))
+        cur_p, cur, offsets = best.found
         moves += 1
 
 
+def _listed(offsets: tuple[float, ...] | None) -> list[float] | None:
+    return list(offsets) if offsets is not None else None
+
+
+def _cuts(p: Problem, cur: tuple[int, ...], independent: set[tuple[int, int]]):
+    """(left call, right call, lo, hi): the two calls may take [lo, cut) and [cut, hi)
+    for a node boundary cut; adjacent meshes of any two calls, and the whole nodes two
+    calls span when they overlap or are independent (each side in turn): one call taken
+    out from under another (the critic's training from under generation's 128 devices)."""
+    gpn = p.gpus_per_node
+    for u in range(p.n):
+        for v in range(p.n):
+            if u == v:
+                continue
+            x, y = p.candidates[u][cur[u]], p.candidates[v][cur[v]]
+            if x.hi == y.lo:
+                lo, hi = x.lo, y.hi
+            elif (min(u, v), max(u, v)) in independent or (x.lo < y.hi and y.lo < x.hi):
+                lo, hi = min(x.lo, y.lo), max(x.hi, y.hi)
+            else:
+                continue
+            if lo % gpn == 0 and hi % gpn == 0 and hi - lo > gpn:
+                yield u, v, lo, hi
+
+
 def resplit(p: Problem, a: tuple[int, ...], order: list[float] | None = None, *,
-            deadline: float | None = None, keep: int = 3) -> tuple[tuple[int, ...], float, int]:
-    """Re-cut of side-by-side pairs from the fitting plan `a`: two independent calls on
-    adjacent meshes of whole nodes, [lo, cut) and [cut, hi), try every other node boundary
-    as their cut, each side on its `keep` best priced options of that size (Problem.options,
-    every shape's undominated options) by time plus the realloc from its home's current
-    layout (a critic inference copied from an 8-device home prefers more pipeline stages
-    than its fastest layout). The pair's lists may hold neither option, and moving one call
-    alone overlaps the other, so no other move finds this. Trials run on a scratch copy;
-    the best faster plan that fits is taken (its two options join the lists), and again.
-    Returns (plan, its period, moves taken)."""
-    sim = Simulator(p, order=order)
-    cur, cur_p = tuple(a), sim.period(tuple(a))
-    gpn, moves = p.gpus_per_node, 0
+            deadline: float | None = None, keep: int = 3,
+            max_repairs: int = 3) -> Descent:
+    """Re-cuts (module docstring) from the fitting plan `a` in the order `order`: each
+    pair of `_cuts` tries every node boundary, each side on its `keep` priced options of
+    that size (Problem.options, every shape's undominated options) with the least time
+    plus realloc from its home's current layout, a side that does not fit repaired by up
+    to `max_repairs` same-device switches (unlock.repair). Trials run on a scratch copy;
+    the best faster plan that fits is taken (its options join the lists), and again."""
+    sim0, offsets, cur_p = _start(p, a, order)
+    cur, moves = tuple(a), 0
+    independent = set(independent_pairs(p))
+    cheapest: dict = {}
     while True:
         q = p.scratch()
-        trial = Simulator(q, order=order)
-        found: tuple[float, tuple[int, ...]] | None = None
-        for u, v in independent_pairs(p):
-            x, y = p.candidates[u][cur[u]], p.candidates[v][cur[v]]
-            left, right = (u, v) if x.hi == y.lo else (v, u) if y.hi == x.lo else (-1, -1)
-            if left < 0:
-                continue
-            lo, hi = p.candidates[left][cur[left]].lo, p.candidates[right][cur[right]].hi
-            if lo % gpn or hi % gpn:
-                continue
-            for cut in range(lo + gpn, hi, gpn):
-                if cut == p.candidates[left][cur[left]].hi:
+        trial = Simulator(q)
+        fixer = Simulator(q, order=_listed(offsets))  # unlock.repair judges in the order
+        pools = Pools(q)
+        best = _Best(trial, offsets, cur_p)
+        for u, v, lo, hi in _cuts(p, cur, independent):
+            now = (p.candidates[u][cur[u]].lo, p.candidates[u][cur[u]].hi,
+                   p.candidates[v][cur[v]].lo, p.candidates[v][cur[v]].hi)
+            for cut in range(lo + p.gpus_per_node, hi, p.gpus_per_node):
+                if now == (lo, cut, cut, hi):
                     continue
                 if deadline is not None and time.perf_counter() > deadline:
-                    return cur, cur_p, moves
-                for ol in _cheapest_on(p, left, lo, cut, cur, keep):
-                    for orr in _cheapest_on(p, right, cut, hi, cur, keep):
-                        z = list(cur)
-                        z[left], z[right] = q.add_candidate(left, ol), q.add_candidate(right, orr)
-                        found = _better(trial, tuple(z), found, cur_p)
-        if found is None:
-            return cur, cur_p, moves
-        cur_p, cur = found[0], p.adopt(q, found[1])
+                    return Descent(cur, cur_p, moves, _listed(offsets))
+                lefts = _cheapest_on(p, u, lo, cut, cur, keep, cheapest)
+                rights = _cheapest_on(p, v, cut, hi, cur, keep, cheapest)
+                for k, (ol, orr) in enumerate((x, y) for x in lefts for y in rights):
+                    z = list(cur)
+                    z[u], z[v] = q.add_candidate(u, ol), q.add_candidate(v, orr)
+                    z = tuple(z)
+                    if not best.close(z):
+                        if k == 0:
+                            break  # its cheapest pair is far off; the rest are slower on each side
+                        continue
+                    if not trial.feasible(z, offsets):
+                        if trial.period(z, offsets) >= best.limit():
+                            continue
+                        fixed = repair(fixer, pools, z, -1, math.inf, max_repairs)
+                        if fixed is None:
+                            continue
+                        z = fixed[0]
+                    best.offer(z, (u, v))
+        if best.found is None:
+            return Descent(cur, cur_p, moves, _listed(offsets))
+        cur_p, z, offsets = best.found
+        cur = p.adopt(q, z)
         moves += 1
 
 
 def _cheapest_on(p: Problem, c: int, lo: int, hi: int, cur: tuple[int, ...],
-                 keep: int) -> list[Candidate]:
+                 keep: int, cache: dict) -> list[Candidate]:
     """Call c's `keep` priced options of size hi - lo placed on [lo, hi), least time plus
-    realloc from its home's layout in `cur` first."""
+    realloc from its home's layout in `cur` first (memoised in `cache`: the realloc
+    depends only on the strategy, priced once per (dp, tp, pp))."""
     h = p.home[c]
     src = p.candidates[h][cur[h]].layout if h != c else None
+    key = (c, lo, hi, src, keep)
+    hit = cache.get(key)
+    if hit is not None:
+        return hit
     m = p.spec.models[p.model_of[c]]
     devices = tuple(range(lo, hi))
+    move_s: dict[tuple[int, int, int], float] = {}
     scored = []
-    for o in p.options[c]:
-        if len(o.layout.device_ids) != hi - lo:
+    for k, o in enumerate(p.options[c]):
+        lay = o.layout
+        if lay.world_size != hi - lo:
             continue
-        placed = replace(o, layout=replace(o.layout, device_ids=devices))
-        move_s = 0.0
-        if src is not None:
-            move_s = fast_realloc(m.architecture, m.head, src, placed.layout, p.profile,
-                                  gpus_per_node=p.gpus_per_node,
-                                  dtype_bytes=p.dtype_bytes[c]).time_s
-        scored.append((placed.time_s + move_s, len(scored), placed))
-    return [o for _, _, o in sorted(scored)[:keep]]
+        strategy = (lay.dp, lay.tp, lay.pp)
+        if strategy not in move_s:
+            move_s[strategy] = 0.0 if src is None else fast_realloc(
+                m.architecture, m.head, src, Layout(devices, *strategy), p.profile,
+                gpus_per_node=p.gpus_per_node, dtype_bytes=p.dtype_bytes[c]).time_s
+        scored.append((o.time_s + move_s[strategy], k, o))
+    out = [moved(o, lo) for _, _, o in sorted(scored, key=lambda s: s[:2])[:keep]]
+    cache[key] = out
+    return out
+
+
+def repartner(p: Problem, a: tuple[int, ...], order: list[float] | None = None, *,
+              deadline: float | None = None, max_repairs: int = 3) -> Descent:
+    """Re-partner moves from the fitting plan `a`: a call v side by side with a call w
+    (adjacent whole-node meshes) under a call u that spans both moves beside u instead:
+    v takes a block of whole nodes at u's end on v's side, u gives that block up, and w
+    takes the whole range v and w held. At 128 GPUs the critic's training beside the
+    actor's (both under generation's 128 devices) goes beside generation on 120 devices,
+    the actor's training onto all 128: three calls at once, in an order retuned over all
+    calls (the old order can cost the new plan 30%), which no pair move or single change
+    reaches. Trials run on a scratch copy; the best faster plan that fits is taken."""
+    sim0, offsets, cur_p = _start(p, a, order)
+    cur, moves, gpn = tuple(a), 0, p.gpus_per_node
+    cheapest: dict = {}
+    every = tuple(range(p.n))
+    while True:
+        q = p.scratch()
+        trial = Simulator(q)
+        fixer = Simulator(q, order=_listed(offsets))
+        pools = Pools(q)
+        best = _Best(trial, offsets, cur_p)
+        c = [p.candidates[i][cur[i]] for i in range(p.n)]
+        trials = []  # (order-free floor, index, plan, u: kept as placed)
+        for v in range(p.n):
+            for w in range(p.n):
+                if w == v or not (c[v].hi == c[w].lo or c[w].hi == c[v].lo):
+                    continue
+                if c[v].hi - c[v].lo > c[w].hi - c[w].lo:
+                    continue  # the smaller of the two leaves its partner
+                lo, hi = min(c[v].lo, c[w].lo), max(c[v].hi, c[w].hi)
+                left = c[v].lo == lo  # v's side of the range
+                for u in range(p.n):
+                    if u in (v, w) or c[u].lo > lo or c[u].hi < hi:
+                        continue
+                    if (c[u].lo if left else c[u].hi) != (lo if left else hi):
+                        continue
+                    # v keeps at most the devices it had: it leaves w's side, not grows
+                    for size in range(gpn, min(c[v].hi - c[v].lo,
+                                               c[u].hi - c[u].lo - gpn) + 1, gpn):
+                        if deadline is not None and time.perf_counter() > deadline:
+                            return Descent(cur, cur_p, moves, _listed(offsets))
+                        vb = (c[u].lo, c[u].lo + size) if left else (c[u].hi - size, c[u].hi)
+                        ub = (vb[1], c[u].hi) if left else (c[u].lo, vb[0])
+                        picks = [(k, _cheapest_on(p, k, x, y, cur, 1, cheapest))
+                                 for k, (x, y) in ((v, vb), (u, ub), (w, (lo, hi)))]
+                        if not all(o for _, o in picks):
+                            continue  # a side with no priced option of its size
+                        z = list(cur)
+                        for k, o in picks:
+                            z[k] = q.add_candidate(k, o[0])
+                        z = tuple(z)
+                        floor = trial.busiest_s(z)
+                        if floor < best.limit():
+                            trials.append((floor, len(trials), z, u))
+        # Retuning over every call costs up to ~170 simulations: only the trials with the
+        # least busiest-device work (the period of no order is below it) get one.
+        tries = 0
+        for floor, _, z, u in sorted(trials):
+            if tries >= REPARTNER_TRIES or floor >= best.limit() or (
+                    deadline is not None and time.perf_counter() > deadline):
+                break
+            if not trial.feasible(z, offsets):
+                fixed = repair(fixer, pools, z, -1, math.inf, max_repairs)
+                if fixed is None:
+                    continue
+                z = fixed[0]
+            tries += 1
+            per, off = retune(trial, z, offsets, every)
+            if per < best.limit():
+                best.found = (per, z, off)
+        if best.found is None:
+            return Descent(cur, cur_p, moves, _listed(offsets))
+        cur_p, z, offsets = best.found
+        cur = p.adopt(q, z)
+        moves += 1
+
+
+def recut(p: Problem, a: tuple[int, ...], order: list[float] | None = None, *,
+          deadline: float | None = None) -> Descent:
+    """Re-cuts, then re-partner moves, from the fitting plan `a`, again until the latter
+    find nothing (MCMC's cycle ends and the driver's last step share it)."""
+    total = 0
+    while True:
+        a, _, cut_moves, order = resplit(p, a, order, deadline=deadline)
+        a, period, partner_moves, order = repartner(p, a, order, deadline=deadline)
+        total += cut_moves + partner_moves
+        if not partner_moves:
+            return Descent(a, period, total, order)

@@ -326,8 +326,9 @@ class Problem:
     def add_candidate(self, call: int, cand: Candidate) -> int:
         """Index of `cand` in the call's list, appending it when new (baselines use this)."""
         for j, c in enumerate(self.candidates[call]):
-            if (c.layout == cand.layout and c.micro_batches == cand.micro_batches
-                    and c.memory == cand.memory):
+            # cheap fields first: descents add thousands of trial options (pairs.py)
+            if (c.micro_batches == cand.micro_batches and c.memory == cand.memory
+                    and c.layout == cand.layout):
                 return j
         self.candidates[call].append(cand)
         self.version += 1

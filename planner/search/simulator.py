@@ -489,6 +489,11 @@ class Simulator:
     def period(self, a: tuple[int, ...], offsets: tuple[float, ...] | None = None) -> float:
         return self._cached(a, offsets)[0]
 
+    def busiest_s(self, a: tuple[int, ...]) -> float:
+        """The busiest device's work per iteration under assignment `a`: no order's
+        period is below it (busiest_device_s), and it costs no scheduling."""
+        return busiest_device_s(self._prepare(tuple(a)))
+
     def ahead_offsets(self) -> list[float] | None:
         """The default order under max_staleness K > 0: a stale generate call of iteration
         k + K ranks with the other calls of iteration k (they get offset K, it 0), so on

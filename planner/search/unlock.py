@@ -40,7 +40,7 @@ def excess_bytes(p: Problem, a: tuple[int, ...]) -> int:
                for x in range(len(s.cuts) - 1))
 
 
-class _Pools:
+class Pools:
     """Per (call, first device, end device): candidate indices of the scratch problem a
     call may switch to there (its list's and its shape's lean options), built on demand."""
 
@@ -67,7 +67,7 @@ class _Pools:
         return pool
 
 
-def _repair(sim: Simulator, pools: _Pools, y: tuple[int, ...], moved_call: int,
+def repair(sim: Simulator, pools: Pools, y: tuple[int, ...], moved_call: int,
             limit_s: float, max_repairs: int) -> tuple[tuple[int, ...], float] | None:
     """`y` (call `moved_call` just changed; it does not fit) made to fit by same-device
     switches of other calls, each the one that cuts the excess bytes most (then the
@@ -108,7 +108,7 @@ def unlock(p: Problem, a: tuple[int, ...], order: list[float] | None = None, *,
     new options are added to p's lists."""
     q = p.scratch()
     sim = Simulator(q, order=order)
-    pools = _Pools(q)
+    pools = Pools(q)
     cur, cur_p = tuple(a), sim.period(tuple(a))
     moves = 0
     while True:
@@ -127,7 +127,7 @@ def unlock(p: Problem, a: tuple[int, ...], order: list[float] | None = None, *,
                 if sim.feasible(y):
                     found = (per, y)
                     continue
-                fixed = _repair(sim, pools, y, i, limit, max_repairs)
+                fixed = repair(sim, pools, y, i, limit, max_repairs)
                 if fixed is not None:
                     found = (fixed[1], fixed[0])
         if found is None:
