@@ -199,6 +199,9 @@ def resplit(p: Problem, a: tuple[int, ...], order: list[float] | None = None, *,
                             continue
                         z = fixed[0]
                     best.offer(z, (u, v))
+                if lefts and rights:
+                    _join(p, q, cur, (u, lefts[0], lo, cut), (v, rights[0], cut, hi), best,
+                          fixer, pools, keep, cheapest, max_repairs)
         if best.found is None:
             return Descent(cur, cur_p, moves, _listed(offsets))
         cur_p, z, offsets = best.found
@@ -206,33 +209,78 @@ def resplit(p: Problem, a: tuple[int, ...], order: list[float] | None = None, *,
         moves += 1
 
 
+def _join(p: Problem, q: Problem, cur: tuple[int, ...], left: tuple, right: tuple,
+          best: _Best, fixer: Simulator, pools: Pools, keep: int, cheapest: dict,
+          max_repairs: int) -> None:
+    """The cut's cheapest pair with a third call moved onto one side (its cheapest option
+    there): one that spans both sides (at 128 GPUs reward inference on all devices joins
+    the critic's 24 beside the reference's 104, the boundary moving from 112 to 104), or
+    one on the same devices as u or v, which goes where that call goes."""
+    (u, ou, lo, cut), (v, ov, _, hi) = left, right
+    cu, cv = p.candidates[u][cur[u]], p.candidates[v][cur[v]]
+    for x in range(p.n):
+        cx = p.candidates[x][cur[x]]
+        if x in (u, v):
+            continue
+        if (cx.lo, cx.hi) == (cu.lo, cu.hi):
+            sides = ((lo, cut),)
+        elif (cx.lo, cx.hi) == (cv.lo, cv.hi):
+            sides = ((cut, hi),)
+        elif cx.lo <= lo and cx.hi >= hi:
+            sides = ((lo, cut), (cut, hi))
+        else:
+            continue
+        for a, b in sides:
+            ox = _cheapest_on(p, x, a, b, cur, 1, cheapest)
+            if not ox:
+                continue
+            z = list(cur)
+            z[u], z[v], z[x] = q.add_candidate(u, ou), q.add_candidate(v, ov), \
+                q.add_candidate(x, ox[0])
+            z = tuple(z)
+            if not best.close(z):
+                continue
+            if not best.sim.feasible(z, best.offsets):
+                fixed = repair(fixer, pools, z, -1, math.inf, max_repairs)
+                if fixed is None:
+                    continue
+                z = fixed[0]
+            best.offer(z, (u, v, x))
+
+
 def _cheapest_on(p: Problem, c: int, lo: int, hi: int, cur: tuple[int, ...],
                  keep: int, cache: dict) -> list[Candidate]:
     """Call c's `keep` priced options of size hi - lo placed on [lo, hi), least time plus
-    realloc from its home's layout in `cur` first (memoised in `cache`: the realloc
-    depends only on the strategy, priced once per (dp, tp, pp))."""
+    realloc from its home's layout in `cur` first. Options are scanned fastest first and
+    the scan stops once an option's time alone reaches the keep-th best score (a realloc
+    is never negative), so few reallocs are priced; results memoised in `cache`."""
     h = p.home[c]
     src = p.candidates[h][cur[h]].layout if h != c else None
-    key = (c, lo, hi, src, keep)
+    key = (c, lo, hi, id(src), keep)  # src: a layout of the problem's lists, kept alive
     hit = cache.get(key)
     if hit is not None:
         return hit
+    size = hi - lo
+    by_time = cache.get((c, size))
+    if by_time is None:
+        by_time = cache[(c, size)] = sorted(
+            (o for o in p.options[c] if o.layout.world_size == size),
+            key=lambda o: o.time_s)
     m = p.spec.models[p.model_of[c]]
     devices = tuple(range(lo, hi))
     move_s: dict[tuple[int, int, int], float] = {}
-    scored = []
-    for k, o in enumerate(p.options[c]):
-        lay = o.layout
-        if lay.world_size != hi - lo:
-            continue
-        strategy = (lay.dp, lay.tp, lay.pp)
+    scored: list[tuple[float, int, Candidate]] = []
+    for k, o in enumerate(by_time):
+        if len(scored) >= keep and o.time_s >= scored[keep - 1][0]:
+            break
+        strategy = (o.layout.dp, o.layout.tp, o.layout.pp)
         if strategy not in move_s:
             move_s[strategy] = 0.0 if src is None else fast_realloc(
                 m.architecture, m.head, src, Layout(devices, *strategy), p.profile,
                 gpus_per_node=p.gpus_per_node, dtype_bytes=p.dtype_bytes[c]).time_s
         scored.append((o.time_s + move_s[strategy], k, o))
-    out = [moved(o, lo) for _, _, o in sorted(scored, key=lambda s: s[:2])[:keep]]
-    cache[key] = out
+        scored.sort(key=lambda s: s[:2])
+    out = cache[key] = [moved(o, lo) for _, _, o in scored[:keep]]
     return out
 
 
