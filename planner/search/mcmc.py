@@ -97,7 +97,7 @@ def polish_plan(sim: Simulator, a: tuple[int, ...], offsets: tuple[float, ...] |
             return out
 
 
-UNLOCK_SHARE = 0.3  # of a timed run, kept for the last compound descents (1-3 s out of a basin at 128 GPUs)
+UNLOCK_SHARE = 0.5  # of a timed run, kept for the last compound descents (1-3 s out of a basin at 128 GPUs)
 
 
 def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,

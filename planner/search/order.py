@@ -22,6 +22,11 @@ import math
 
 from planner.search.simulator import Simulator
 
+# At most this many valid grid orders are tried one by one (order.every_order); six calls
+# of a PPO graph have ~320 with the least level 0.
+EVERY_ORDER_CAP = 1000
+_ORDERS: dict[tuple, list[tuple[int, ...]] | None] = {}
+
 OFFSET_STEP = 0.25   # order offsets live on a grid of quarter iterations
 OFFSET_LEVELS = 8    # 0, 0.25, ..., 1.75
 
@@ -111,3 +116,53 @@ def retune(sim: Simulator, a: tuple[int, ...], offsets: tuple[float, ...] | None
         if best[2] == start[2]:
             break
     return best[0], best[1]
+
+
+def every_order(sim: Simulator) -> list[tuple[int, ...]] | None:
+    """Every valid grid order whose least level is 0 (adding a constant to every offset
+    keeps the priority order), or None when there are more than EVERY_ORDER_CAP. Depth
+    first over the calls in topological order: a call ranks at or after its predecessors
+    in the iteration; cross-iteration edges are checked when both ends are set."""
+    n = sim.p.n
+    edges = graph_edges(sim)
+    key = (n, tuple(edges))
+    if key in _ORDERS:
+        return _ORDERS[key]
+    within = [[u for u, v, lag in edges if v == c and lag == 0] for c in range(n)]
+    cross = [[(u, v, lag) for u, v, lag in edges if lag and max(u, v) == c] for c in range(n)]
+    out: list[tuple[int, ...]] = []
+    lv = [0] * n
+
+    def place(c: int) -> bool:
+        if c == n:
+            if min(lv) == 0:
+                out.append(tuple(lv))
+            return len(out) <= EVERY_ORDER_CAP
+        for x in range(max((lv[u] for u in within[c]), default=0), OFFSET_LEVELS):
+            lv[c] = x
+            if all(lv[u] < lag + lv[v] for u, v, lag in cross[c]) and not place(c + 1):
+                return False
+        return True
+
+    found = place(0)
+    _ORDERS[key] = out if found else None
+    return _ORDERS[key]
+
+
+def best_order(sim: Simulator, a: tuple[int, ...], offsets: tuple[float, ...] | None
+               ) -> tuple[float, tuple[float, ...] | None]:
+    """(period, offsets) of the best valid grid order for plan `a` (every_order, each
+    simulated), else retune over every call from `offsets` when there are too many or
+    the simulator has its own default order; inf when `a` does not fit."""
+    orders = every_order(sim)
+    if orders is None or sim.offsets is not None:
+        return retune(sim, a, offsets, range(sim.p.n))
+    if not sim.feasible(a, offsets):  # memory does not depend on the order
+        return math.inf, offsets
+    best = (sim.period(a, offsets), offsets)
+    for t in orders:
+        off = offsets_of(t)
+        per = sim.period(a, off)
+        if per < best[0] - 1e-12:
+            best = (per, off)
+    return best
