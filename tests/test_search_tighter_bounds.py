@@ -271,3 +271,52 @@ def test_ppo_shaped_spaces_on_uneven_meshes_hold():
 
     checked, _ = _brute_force(range(7160, 7184), problem_of)
     assert checked >= 12, checked
+
+
+# Found by the search since the re-partner moves (pairs.py): generation on 120 devices,
+# reward and the critic's inference on the last 24 beside the reference's 104, the
+# actor's d4p8t4 training (the bound's binding case): 34.0807 s, 0.13 ms above the bound.
+LEAN_128 = {"actor_gen": ((0, 120), (15, 8, 1), 1, None, 0.0),
+            "reward_inf": ((104, 128), (24, 1, 1), 1, None, 0.75),
+            "ref_inf": ((0, 104), (26, 2, 2), 16, None, 0.0),
+            "critic_inf": ((104, 128), (24, 1, 1), 1, None, 0.5),
+            "actor_train": ((0, 128), (4, 4, 8), 32, 1, 0.75),
+            "critic_train": ((120, 128), (4, 1, 2), 32, 1, 1.25)}
+
+# A basin the 10 s search used to end in: generation on all 128 devices, the critic's
+# training on 16 beside the actor's on 112.
+TRAP_128 = {"actor_gen": ((0, 128), (16, 8, 1), 1, None, 0.0),
+            "reward_inf": ((0, 128), (128, 1, 1), 1, None, 0.0),
+            "ref_inf": ((0, 128), (16, 2, 4), 32, None, 0.0),
+            "critic_inf": ((0, 128), (8, 1, 16), 64, None, 0.25),
+            "actor_train": ((16, 128), (4, 2, 14), 32, 1, 0.5),
+            "critic_train": ((0, 16), (8, 1, 2), 16, 1, 0.75)}
+
+
+def test_the_128_gpu_bound_stays_under_the_leanest_plan_known(problem_128):
+    from planner.search.simulator import Simulator
+
+    assign, order = _plan_128(problem_128, LEAN_128)
+    sim = Simulator(problem_128, order=order)
+    assert sim.feasible(assign)
+    assert bounds.full_space_bound_s(problem_128) <= sim.period(assign) < 34.081
+
+
+def test_repartner_leaves_the_128_gpu_trap(problem_128):
+    """From TRAP_128 no pair move helps; one re-partner move puts the critic's training
+    beside generation (15 nodes) and the actor's training on all 128 devices, in an order
+    found among every valid one (the old order prices that plan at 47.5 s)."""
+    from planner.search.pairs import repartner
+    from planner.search.simulator import Simulator
+
+    p = problem_128
+    start, order = _plan_128(p, TRAP_128)
+    sim = Simulator(p)
+    before = sim.period(start, tuple(order))
+    a, period, moves, new_order = repartner(p, start, order)
+    assert moves >= 1 and sim.feasible(a, tuple(new_order))
+    assert period == pytest.approx(sim.period(a, tuple(new_order)))
+    assert period < 34.2 < before
+    gen, critic = p.candidates[p.index["actor_gen"]][a[p.index["actor_gen"]]], \
+        p.candidates[p.index["critic_train"]][a[p.index["critic_train"]]]
+    assert gen.hi - gen.lo == 120 and critic.hi - critic.lo == 8

@@ -98,6 +98,7 @@ def polish_plan(sim: Simulator, a: tuple[int, ...], offsets: tuple[float, ...] |
 
 
 UNLOCK_SHARE = 0.5  # of a timed run, kept for the last compound descents (1-3 s out of a basin at 128 GPUs)
+EXTRA_WALK_SHARE = 0.15  # of a timed run left after the descents: worth another walk
 
 
 def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
@@ -142,11 +143,16 @@ def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
     best_period = math.inf
     history: list[tuple[float, float]] = []
 
+    # The best fitting plan of the current walk (an extra walk's descents start there).
+    walk_best: list = [None, zero, math.inf]
+
     def consider(a: tuple[int, ...], o: tuple[int, ...]) -> None:
         nonlocal best, best_o, best_period
         off = offsets_of(o)
         if sim.feasible(a, off):
             per = sim.period(a, off)
+            if per < walk_best[2] - 1e-12:
+                walk_best[:] = [a, o, per]
             if per < best_period - 1e-12 or (abs(per - best_period) <= 1e-12
                                              and best is not None and (a, o) < (best, best_o)):
                 best, best_o, best_period = a, o, per
@@ -160,76 +166,96 @@ def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
     # A timed walk leaves the end of its time to the last descents.
     walk_s = (time_limit_s or 0.0) * (1 - UNLOCK_SHARE if unlock_moves else 1.0)
 
-    def unlocked(until: float | None) -> bool:
-        """Unlock, side-by-side and re-cut descents from the best plan, until none
-        improves or `until` (time.perf_counter()) passes; True when they found a faster
-        plan. The pair moves may retune the order (order.retune): the best keeps it."""
+    def unlocked(until: float | None, start: tuple | None = None) -> bool:
+        """Unlock, side-by-side and re-cut descents from the best plan (or the fitting
+        plan `start`, (assignment, levels, period)), until none improves or `until`
+        (time.perf_counter()) passes; True when they found a plan faster than the best.
+        The pair moves may retune the order (order.retune): the plan keeps it."""
         nonlocal sizes, movable
-        if best is None:
+        cur, cur_o, cur_p = start if start is not None else (best, best_o, best_period)
+        if cur is None:
             return False
-        improved = False
+        before = best_period
         while True:
-            order = list(offsets_of(best_o) or sim.offsets or []) or None
-            a, _, moves = unlock(p, best, order, deadline=until)
+            order = list(offsets_of(cur_o) or sim.offsets or []) or None
+            a, _, moves = unlock(p, cur, order, deadline=until)
             a, _, pair_moves, order = side_by_side(p, a, order, deadline=until)
-            a, _, recuts, order = recut(p, a, order, deadline=until)
+            a, per, recuts, order = recut(p, a, order, deadline=until)
             if moves or recuts:
                 sizes = [len(c) for c in p.candidates]  # their new options joined the lists
                 movable = [i for i in range(n) if sizes[i] > 1]
-            if not (moves or pair_moves or recuts):
-                return improved
+            if not (moves or pair_moves or recuts) or per >= cur_p - 1e-12:
+                return best_period < before
             levels = levels_of(order, n)
-            before = best_period
-            consider(a, best_o if levels is None else levels)
-            if best_period >= before:
-                return improved
-            improved = True
+            cur, cur_o, cur_p = a, (cur_o if levels is None else levels), per
+            consider(cur, cur_o)
 
     step = accepted = 0
     frac = 0.0
     cycle = 0
     log_ratio = math.log(t_end / t_start)
-    while movable:
-        if steps is not None and step >= steps:
-            break
-        if step % 64 == 0:
-            elapsed = time.perf_counter() - t_begin
-            if time_limit_s is not None and elapsed >= walk_s:
+    start_point = (x, ox), ex
+    walk_from, walk_to, num_cycles = 0.0, walk_s, cycles  # a timed walk's window (s)
+    while True:
+        while movable:
+            if steps is not None and step >= steps:
                 break
-            frac = max(step / steps if steps else 0.0,
-                       elapsed / walk_s if time_limit_s else 0.0)
-            if progress is not None and step % 1024 == 0:
-                progress(min(frac, 1.0), best_period if best is not None else None)
-        elif steps is not None:
-            frac = step / steps
-        c = min(int(frac * cycles), cycles - 1)
-        if c != cycle:  # a new cycle restarts hot from the best point so far
-            cycle = c
-            if unlock_moves and unlocked(deadline):
-                anchor, anchor_e = (best, best_o), energy(best, best_o)
-            (x, ox), ex = anchor, anchor_e
-        temp = t_start * math.exp(log_ratio * (frac * cycles - c)) * ex
-        step += 1
-        y, oy = x, ox
-        if rng.random() < order_prob:
-            i = rng.randrange(n)
-            v = rng.randrange(OFFSET_LEVELS - 1)
-            # the others pushed the least that keeps the order valid (order.pushed): a
-            # call often cannot rank earlier unless its predecessors do too
-            oy = pushed(edges, ox[:i] + ((v + 1 if v >= ox[i] else v),) + ox[i + 1:], i)
-            if oy is None or not sim.valid_offsets(tuple(v * OFFSET_STEP for v in oy)):
-                continue
-        else:
-            y = _propose(x, movable, sizes, rng, pair_prob)
-        ey = energy(y, oy)
-        if ey <= ex or rng.random() < math.exp(-(ey - ex) / temp):
-            x, ox, ex = y, oy, ey
-            accepted += 1
-            if ey < anchor_e:
-                anchor, anchor_e = (y, oy), ey
-            consider(y, oy)
-    if unlock_moves:
-        unlocked(None if time_limit_s is None else t_begin + time_limit_s * 1.05)
+            if step % 64 == 0:
+                elapsed = time.perf_counter() - t_begin
+                if time_limit_s is not None and elapsed >= walk_to:
+                    break
+                frac = max(step / steps if steps else 0.0,
+                           (elapsed - walk_from) / (walk_to - walk_from) if time_limit_s
+                           else 0.0)
+                if progress is not None and step % 1024 == 0:
+                    progress(min(frac, 1.0), best_period if best is not None else None)
+            elif steps is not None:
+                frac = step / steps
+            c = min(int(frac * num_cycles), num_cycles - 1)
+            if c != cycle:  # a new cycle restarts hot from the best point so far
+                cycle = c
+                if unlock_moves and unlocked(deadline):
+                    anchor, anchor_e = (best, best_o), energy(best, best_o)
+                (x, ox), ex = anchor, anchor_e
+            temp = t_start * math.exp(log_ratio * (frac * num_cycles - c)) * ex
+            step += 1
+            y, oy = x, ox
+            if rng.random() < order_prob:
+                i = rng.randrange(n)
+                v = rng.randrange(OFFSET_LEVELS - 1)
+                # the others pushed the least that keeps the order valid (order.pushed): a
+                # call often cannot rank earlier unless its predecessors do too
+                oy = pushed(edges, ox[:i] + ((v + 1 if v >= ox[i] else v),) + ox[i + 1:], i)
+                if oy is None or not sim.valid_offsets(tuple(v * OFFSET_STEP for v in oy)):
+                    continue
+            else:
+                y = _propose(x, movable, sizes, rng, pair_prob)
+            ey = energy(y, oy)
+            if ey <= ex or rng.random() < math.exp(-(ey - ex) / temp):
+                x, ox, ex = y, oy, ey
+                accepted += 1
+                if ey < anchor_e:
+                    anchor, anchor_e = (y, oy), ey
+                consider(y, oy)
+        if unlock_moves:
+            final = None if time_limit_s is None else t_begin + time_limit_s * 1.05
+            if walk_from == 0:
+                unlocked(final)
+            elif walk_best[0] is not None:  # an extra walk: from its own best plan
+                unlocked(final, tuple(walk_best))
+        if time_limit_s is None or not unlock_moves or not movable:
+            break
+        # Time the descents left: one more walk from the start (another basin: which one
+        # a walk ends in varies), its descents after it, while at least EXTRA_WALK_SHARE
+        # of the budget is left.
+        elapsed = time.perf_counter() - t_begin
+        if time_limit_s - elapsed < EXTRA_WALK_SHARE * time_limit_s:
+            break
+        walk_from, walk_to = elapsed, elapsed + (time_limit_s - elapsed) * (1 - UNLOCK_SHARE)
+        num_cycles, cycle, frac = 1, 0, 0.0
+        (x, ox), ex = start_point
+        anchor, anchor_e = start_point
+        walk_best[:] = [None, zero, math.inf]
     if best is not None and polish:
         for a in polish_plan(sim, best, offsets_of(best_o),
                              deadline=None if time_limit_s is None
