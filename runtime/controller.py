@@ -82,6 +82,13 @@ def in_flight_window(plan: ExecutionPlan, overlap: bool) -> int:
     return (2 if overlap else 1) + math.ceil(max(offs) - min(offs))
 
 
+# The driver waits for tasks in slices of this length: Python runs a signal handler
+# (SIGTERM, Ctrl-C) only between them, and a signal to the whole process group also
+# kills Ray's head, after which one unbounded wait would block until Ray aborts the
+# process (60 s).
+WAIT_SLICE_S = 0.5
+
+
 def wait_saves(refs: list, ckpt_dir: str) -> list:
     """Wait for the workers' shard writes (their answers, Worker.save's); a worker's
     write error comes back as the OSError it was (Ray wraps it with the worker's
@@ -187,7 +194,9 @@ class Controller:
             # Block until one more task finishes (finished ones are not waited on
             # again: that would spin and take a core from the workers).
             refs = [r for t in inflight.values() for r in t.refs if r not in finished]
-            ready, _ = ray.wait(refs, num_returns=1)
+            ready: list = []
+            while not ready:  # in slices: a signal is handled between them (below)
+                ready, _ = ray.wait(refs, num_returns=1, timeout=WAIT_SLICE_S)
             # A failed task fails the run at once: its peers may be blocked in a
             # collective with the dead worker and would never return.
             for t in inflight.values():

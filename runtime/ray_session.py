@@ -52,6 +52,52 @@ def record(run_dir: Path) -> None:
     write_atomic(run_dir / SESSION_FILE, json.dumps(info) + "\n")
 
 
+# How long a failed or interrupted run's Ray shutdown may take before its processes
+# are killed instead (a normal one takes 1-3 s on the 2-core VM).
+STOP_S = 10.0
+
+
+def stop_within(stop, run_dir: Path, cause: BaseException | None,
+                timeout_s: float = STOP_S) -> None:
+    """Run `stop()` (the driver's Ray shutdown) but give up after `timeout_s`: a signal to
+    the driver's whole process group (`timeout`, a batch scheduler's cancel) reaches
+    Ray's own processes too, which block SIGINT but not SIGTERM, and from then on a Ray
+    call of the driver may wait until Ray aborts the process (60 s, a C++ abort). Then
+    the session's processes are killed, the session forgotten, and this process ends
+    at once with one line: exit 130 for an interrupt, 1 for a failure."""
+    import sys
+    import threading
+
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            stop()
+        except BaseException as err:  # noqa: BLE001 - said below, as stop() would have
+            failure.append(err)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="ray-stop", daemon=True).start()
+    if done.wait(timeout_s):
+        if failure:
+            raise failure[0]
+        return
+    import ray
+
+    node = ray._private.worker._global_node  # noqa: SLF001 - the session dir has no public API
+    if node is not None:
+        _terminate(session_processes(node.get_session_dir_path()))
+    forget(run_dir)
+    interrupted = isinstance(cause, KeyboardInterrupt)
+    what = "interrupted" if interrupted else f"run failed: {str(cause).strip() or cause!r}"
+    sys.stderr.write(f"{what}; Ray did not stop within {timeout_s:.0f} s (a signal to the whole "
+                     "process group reaches its processes too), so they were killed\n")
+    sys.stderr.flush()
+    os._exit(130 if interrupted else 1)
+
+
 def forget(run_dir: Path) -> None:
     (run_dir / SESSION_FILE).unlink(missing_ok=True)
 

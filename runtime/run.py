@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -269,14 +270,22 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
             if failed and events:  # what ran before the failure; that error is the one said
                 with contextlib.suppress(OSError):
                     flush_trace()
-            for h in vllm_engines:
-                ray.kill(h)
-            if workers:
-                stop_workers(workers, groups, graceful=not failed)
         finally:
-            if started_ray:
-                ray.shutdown()
-                ray_session.forget(out)
+            def stop_ray() -> None:
+                try:
+                    for h in vllm_engines:
+                        ray.kill(h)
+                    if workers:
+                        stop_workers(workers, groups, graceful=not failed)
+                finally:
+                    if started_ray:
+                        ray.shutdown()
+                        ray_session.forget(out)
+
+            if not (failed and started_ray):
+                stop_ray()
+            else:  # Ray itself may be going down (below): bounded
+                ray_session.stop_within(stop_ray, out, sys.exc_info()[1])
     return RunSummary(Path(run_dir), history, total - start_it)
 
 

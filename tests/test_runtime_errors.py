@@ -324,6 +324,50 @@ def test_sigterm_interrupts_the_run_and_cleans_up(tmp_path):
     assert not (run / "ray_session.json").exists()  # the local Ray instance is gone
 
 
+def test_sigterm_to_the_whole_process_group_ends_the_run_in_bounded_time(tmp_path):
+    """`timeout -s TERM` or a batch scheduler's cancel signals the driver's whole process
+    group, Ray's own processes included: the driver once waited 60 s on Ray's dead head
+    and died in a C++ abort. Now: one line, exit 130, within the stop bound, nothing of
+    the session left running."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from runtime.ray_session import STOP_S, session_processes
+
+    plan = colocated_tiny_ppo(tmp_path)
+    run = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", str(plan),
+                             "--run-dir", str(run), "--iterations", "500"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        metrics = run / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 1:
+            break
+        time.sleep(0.2)
+    session_dir = json.loads((run / "ray_session.json").read_text())["session_dir"]
+    t0 = time.time()
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=STOP_S + 40)
+    took_s = time.time() - t0
+    assert proc.returncode == 130, err[-2000:]
+    assert took_s < STOP_S + 30, (took_s, err[-2000:])
+    assert err.strip().splitlines()[-1].startswith("interrupted"), err[-2000:]
+    assert not (run / "ray_session.json").exists(), err[-2000:]
+    left = session_processes(session_dir)
+    for _ in range(20):  # killed: they may take a moment to be gone from /proc
+        if not left:
+            break
+        time.sleep(0.25)
+        left = session_processes(session_dir)
+    assert left == [], (left, err[-2000:])
+
+
 @pytest.mark.parametrize("flags,expected", [
     (["--specs", ""], "--specs '': expected a comma separated list of"),
     (["--specs", ","], "--specs ',': expected a comma separated list of"),
