@@ -299,7 +299,8 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
     if method != "baseline":
         # a deterministic run (steps=) polishes fully: its plan must not depend on load
         until = None if deterministic else deadline
-        assign, period, recuts, order = recut(p, assign, order, deadline=until)
+        if chosen != "mcmc":  # MCMC's plan ends its own descents, re-cuts included
+            assign, period, recuts, order = recut(p, assign, order, deadline=until)
         assign, period, polished = polish(p, assign, order, until)
     bounds = [r.lower_bound_s for r in runs if r.lower_bound_s is not None]
     list_bound = max(bounds) if bounds else None  # every CP-SAT run's bound holds: the best

@@ -166,6 +166,8 @@ def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
     # A timed walk leaves the end of its time to the last descents.
     walk_s = (time_limit_s or 0.0) * (1 - UNLOCK_SHARE if unlock_moves else 1.0)
 
+    descended: set = set()  # (plan, levels, candidates in the lists) descents started from
+
     def unlocked(until: float | None, start: tuple | None = None) -> bool:
         """Unlock, side-by-side and re-cut descents from the best plan (or the fitting
         plan `start`, (assignment, levels, period)), until none improves or `until`
@@ -173,14 +175,17 @@ def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
         The pair moves may retune the order (order.retune): the plan keeps it."""
         nonlocal sizes, movable
         cur, cur_o, cur_p = start if start is not None else (best, best_o, best_period)
-        if cur is None:
-            return False
+        if cur is None or (cur, cur_o, p.candidate_count()) in descended:
+            return False  # the same descent from the same plan over the same lists
         before = best_period
         while True:
+            key = (cur, cur_o, p.candidate_count())
             order = list(offsets_of(cur_o) or sim.offsets or []) or None
             a, _, moves = unlock(p, cur, order, deadline=until)
             a, _, pair_moves, order = side_by_side(p, a, order, deadline=until)
             a, per, recuts, order = recut(p, a, order, deadline=until)
+            if until is None or time.perf_counter() < until:  # not cut short
+                descended.add(key)
             if moves or recuts:
                 sizes = [len(c) for c in p.candidates]  # their new options joined the lists
                 movable = [i for i in range(n) if sizes[i] > 1]
