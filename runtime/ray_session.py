@@ -2,8 +2,11 @@
 
 What happens to Ray's processes when the driver ends (Ray 2.60, checked by hand
 with the commands in README "Errors and limits"):
-- normal exit, an exception, Ctrl-C, SIGTERM (the CLI turns it into SystemExit):
+- normal exit, an exception, Ctrl-C, SIGTERM (the CLI turns it into an interrupt):
   `ray.shutdown()` in run_plan's `finally` stops every process of the instance;
+- SIGTERM to the driver's whole process group reaches Ray's processes too: a failed
+  or interrupted run's shutdown is bounded (`stop_within`), then the session's
+  processes are killed here;
 - SIGKILL of the driver: nothing in the driver runs. gcs_server, raylet and the
   workers notice and exit, but raylet's DashboardAgent and RuntimeEnvAgent are
   re-parented to init and stay alive. No code can run at SIGKILL, so the next
