@@ -95,7 +95,9 @@ def _gap_text(out: SearchOutcome) -> str:
     gap = out.gap or 0.0
     if gap <= 0.0 or gap >= 1e-4:
         return f"{100 * gap:.2f}%"
-    return f"{100 * gap:.4f}% ({(out.period_s - out.lower_bound_s) * 1e3:.2f} ms)"
+    over_s = out.period_s - out.lower_bound_s
+    return f"{100 * gap:.4f}% ({over_s * 1e3:.2f} ms)" if over_s >= 1e-4 else \
+        f"{100 * gap:.4f}% ({over_s * 1e6:.1f} us)"
 
 
 def _proven(out: SearchOutcome) -> str:
@@ -222,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
         show.print(f"lower bound {out.lower_bound_s:.3f} s "
                    f"({out.bound_scope}); gap of the plan {_gap_text(out)} "
                    f"(search cost model: {out.period_s:.3f} s)"
-                   + _proven(out))
+                   + _proven(out), soft_wrap=True)
     else:
         show.print("no lower bound (hand-made candidate lists)")
     if out.list_bound_s is not None and not out.problem.complete:
