@@ -60,14 +60,16 @@ def record(run_dir: Path) -> None:
 STOP_S = 10.0
 
 
-def stop_within(stop, run_dir: Path, cause: BaseException | None,
-                timeout_s: float = STOP_S) -> None:
+def stop_within(stop, run_dir: Path, cause: BaseException | None, *,
+                hint: str = "", timeout_s: float = STOP_S) -> None:
     """Run `stop()` (the driver's Ray shutdown) but give up after `timeout_s`: a signal to
     the driver's whole process group (`timeout`, a batch scheduler's cancel) reaches
     Ray's own processes too, which block SIGINT but not SIGTERM, and from then on a Ray
     call of the driver may wait until Ray aborts the process (60 s, a C++ abort). Then
     the session's processes are killed, the session forgotten, and this process ends
-    at once with one line: exit 130 for an interrupt, 1 for a failure."""
+    at once with one line (ending with `hint`: what is left to resume from): exit 130
+    for an interrupt, 1 for a failure. A second interrupt while waiting kills at once.
+    Only for a Ray instance this run started itself (never a cluster it joined)."""
     import sys
     import threading
 
@@ -83,10 +85,15 @@ def stop_within(stop, run_dir: Path, cause: BaseException | None,
             done.set()
 
     threading.Thread(target=run, name="ray-stop", daemon=True).start()
-    if done.wait(timeout_s):
-        if failure:
-            raise failure[0]
-        return
+    try:
+        if done.wait(timeout_s):
+            if failure:
+                raise failure[0]
+            return
+        why = f"Ray did not stop within {timeout_s:.0f} s (a signal to the whole process group " \
+              "reaches its processes too), so they were killed"
+    except KeyboardInterrupt:  # asked again: stop now
+        why = "interrupted again while Ray stopped, so its processes were killed"
     import ray
 
     node = ray._private.worker._global_node  # noqa: SLF001 - the session dir has no public API
@@ -95,8 +102,7 @@ def stop_within(stop, run_dir: Path, cause: BaseException | None,
     forget(run_dir)
     interrupted = isinstance(cause, KeyboardInterrupt)
     what = "interrupted" if interrupted else f"run failed: {str(cause).strip() or cause!r}"
-    sys.stderr.write(f"{what}; Ray did not stop within {timeout_s:.0f} s (a signal to the whole "
-                     "process group reaches its processes too), so they were killed\n")
+    sys.stderr.write(f"{what}; {why}" + (f"; {hint}" if hint else "") + "\n")
     sys.stderr.flush()
     os._exit(130 if interrupted else 1)
 
@@ -113,7 +119,10 @@ def session_processes(session_dir: str) -> list[int]:
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if session_dir in (entry / "cmdline").read_bytes().decode(errors="replace"):
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            # the directory itself or a path under it (an argument ends with NUL), never a
+            # longer name that starts the same (session_2 is no prefix of session_2026-...)
+            if any(session_dir.rstrip("/") + end in cmdline for end in ("/", "\0", " ")):
                 out.append(int(entry.name))
                 continue
             for fd in (entry / "fd").iterdir():

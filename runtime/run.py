@@ -183,6 +183,9 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
                     f"{spec_file} dataset.iterations {total} (no --iterations given)")
             raise UserError(f"{what}: {ckpt.name} already holds {start_it} iterations; "
                             f"expected more than {start_it} to resume")
+        for partial in (out / "checkpoints").glob("*.partial"):  # writes a stop cut short
+            if partial.is_dir() and CHECKPOINT_NAME.fullmatch(partial.name[:-len(".partial")]):
+                shutil.rmtree(partial, ignore_errors=True)
     elif (out / "checkpoints").exists():
         raise UserError(f"{out}: a run is already there; use --resume or another --run-dir")
     metrics_path = out / "metrics.jsonl"
@@ -259,6 +262,9 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
         events.extend(ctl.take_events())  # the last checkpoint's writes
         flush_trace()
         failed = False
+    except ConnectionError as err:  # Ray's, not a file's (an OSError too)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RunError(f"--address {address}: {first}" if address else first) from None
     except OSError as err:  # the driver's own files: metrics, trace
         raise RunError(f"cannot write {err.filename or out}: {err.strerror or err}") from None
     except (RunError, ray.exceptions.RayActorError) as err:
@@ -282,10 +288,13 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
                         ray.shutdown()
                         ray_session.forget(out)
 
-            if not (failed and started_ray):
+            # Only a Ray instance this run started itself is ever killed: never a cluster
+            # joined with --address (its processes, and other jobs, are not ours).
+            if not (failed and started_ray and address is None):
                 stop_ray()
             else:  # Ray itself may be going down (below): bounded
-                ray_session.stop_within(stop_ray, out, sys.exc_info()[1])
+                ray_session.stop_within(stop_ray, out, sys.exc_info()[1],
+                                        hint=resume_hint(out))
     return RunSummary(Path(run_dir), history, total - start_it)
 
 

@@ -594,3 +594,26 @@ def test_a_resumed_runs_trace_keeps_readable_earlier_slices_only(tmp_path):
         path.write_text(text)
         assert earlier_slices(path, 5) == []
     assert earlier_slices(tmp_path / "missing.json", 5) == []
+
+
+def test_a_session_directory_matches_whole_path_components_only(tmp_path):
+    """A stale ray_session.json naming .../session_2 must not match (and so kill) the
+    processes of .../session_2026-12-01_...: the name is matched as a path, not a prefix."""
+    import subprocess
+    import sys
+
+    from runtime.ray_session import session_processes
+    real = tmp_path / "session_2026-12-01_00-00-00_000000_1"
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)",
+                             f"--session-dir={real}"])
+    try:
+        import time
+        for _ in range(50):
+            if proc.pid in session_processes(str(real)):
+                break
+            time.sleep(0.05)
+        assert proc.pid in session_processes(str(real))
+        assert proc.pid not in session_processes(str(tmp_path / "session_2"))
+    finally:
+        proc.kill()
+        proc.wait()

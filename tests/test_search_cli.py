@@ -239,3 +239,18 @@ def test_evaluate_says_when_the_profile_is_not_the_one_that_priced_the_plan(tmp_
     assert main(["evaluate", str(spec), "--plan", str(plan)]) == 0
     out = capsys.readouterr().out
     assert f"{plan} was priced with profile" in out and "these figures use" in out
+
+
+def test_the_gap_is_never_printed_as_met_when_it_is_not():
+    """A plan a hair above its bound reads with its size; a proven one reads 0.00%."""
+    from types import SimpleNamespace
+
+    from planner.commands.search import _gap_text
+    hair = SimpleNamespace(gap=0.13e-3 / 34.0807, proven_optimal=False, period_s=34.0807,
+                           lower_bound_s=34.0807 - 0.13e-3)
+    assert _gap_text(hair) == "0.0004% (0.13 ms)"
+    tiny = SimpleNamespace(gap=2e-9, proven_optimal=False, period_s=0.5,
+                           lower_bound_s=0.5 - 1e-9)
+    assert _gap_text(tiny).endswith("(0.00 us)") and not _gap_text(tiny).startswith("0.00%")
+    met = SimpleNamespace(gap=1e-12, proven_optimal=True, period_s=1.0, lower_bound_s=1.0)
+    assert _gap_text(met) == "0.00%"

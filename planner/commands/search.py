@@ -93,11 +93,11 @@ def _gap_text(out: SearchOutcome) -> str:
     """The plan's gap to the bound; one under 0.01% also in milliseconds, so that a
     plan a hair above its bound never reads as 0.00% (met) when it is not proven."""
     gap = out.gap or 0.0
-    if gap <= 0.0 or gap >= 1e-4:
+    if out.proven_optimal or gap <= 0.0 or gap >= 1e-4:
         return f"{100 * gap:.2f}%"
     over_s = out.period_s - out.lower_bound_s
     return f"{100 * gap:.4f}% ({over_s * 1e3:.2f} ms)" if over_s >= 1e-4 else \
-        f"{100 * gap:.4f}% ({over_s * 1e6:.1f} us)"
+        f"{100 * gap:.6f}% ({over_s * 1e6:.2f} us)"
 
 
 def _proven(out: SearchOutcome) -> str:

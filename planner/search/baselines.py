@@ -232,14 +232,14 @@ def split(p: Problem, sim: Simulator, deadline: float | None = None) -> Baseline
     share = sum(work[i] for i in gens) / sum(work) if sum(work) > 0 else 0.5
     cuts = sorted(_splits(p), key=lambda g: (abs(g - share * n), g))
     for g in cuts:
-        if deadline is not None and time.perf_counter() > deadline and \
-                any(v[1] is not None for v in tried.values()):
+        if deadline is not None and time.perf_counter() > deadline and tried:
             note_cut(f"the {name} baseline tried {len(tried)} of {len(cuts)} cuts")
             break
         at(g)
     ok = {g: v for g, v in tried.items() if v[1] is not None}
     if not ok:
-        return Baseline(name, desc, None, None, "no split fits in memory")
+        return Baseline(name, desc, None, None, "no split fits in memory" if len(tried) == len(cuts)
+                        else f"no split of the {len(tried)} cuts tried fits in memory")
     g = min(ok, key=lambda k: (ok[k][1], k))
     return Baseline(name, desc, ok[g][0], ok[g][1],
                     f"generation on devices 0-{g - 1}, the rest on {g}-{n - 1}")
