@@ -292,12 +292,10 @@ def test_bench_engine_fidelity_bad_flags(capsys, flags, expected):
 
 
 @pytest.mark.multiprocess
-def test_sigterm_interrupts_the_run_and_cleans_up(tmp_path):
-    """SIGTERM to `runtime run` is an interrupt: one line, exit 130, Ray stopped (Ray's
-    own handler, installed by ray.init, exited at once with C++ frames and left
-    a half-written checkpoint)."""
+def _cli_run_until(tmp_path, iterations_done: int, **popen):
+    """`runtime run` of a colocated tiny PPO plan for 500 iterations in a subprocess,
+    returned once `iterations_done` iterations are in its metrics (or after 120 s)."""
     import os
-    import signal
     import subprocess
     import sys
     import time
@@ -307,13 +305,24 @@ def test_sigterm_interrupts_the_run_and_cleans_up(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", str(plan),
                              "--run-dir", str(run), "--iterations", "500"], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **popen)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         metrics = run / "metrics.jsonl"
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= iterations_done:
             break
         time.sleep(0.2)
+    return proc, run
+
+
+def test_sigterm_interrupts_the_run_and_cleans_up(tmp_path):
+    """SIGTERM to `runtime run` is an interrupt: one line, exit 130, Ray stopped (Ray's
+    own handler, installed by ray.init, exited at once with C++ frames and left
+    a half-written checkpoint)."""
+    import signal
+
+    proc, run = _cli_run_until(tmp_path, 2)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
@@ -331,25 +340,11 @@ def test_sigterm_to_the_whole_process_group_ends_the_run_in_bounded_time(tmp_pat
     the session left running."""
     import os
     import signal
-    import subprocess
-    import sys
     import time
 
     from runtime.ray_session import STOP_S, session_processes
 
-    plan = colocated_tiny_ppo(tmp_path)
-    run = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", str(plan),
-                             "--run-dir", str(run), "--iterations", "500"], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        metrics = run / "metrics.jsonl"
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 1:
-            break
-        time.sleep(0.2)
+    proc, run = _cli_run_until(tmp_path, 1, start_new_session=True)
     session_dir = json.loads((run / "ray_session.json").read_text())["session_dir"]
     t0 = time.time()
     os.killpg(proc.pid, signal.SIGTERM)
