@@ -73,6 +73,9 @@ class Run:
     # (start, end, device): how many devices shared its node's cores (busy_s, alone_s)
     windows: dict[str, list[tuple[float, float, frozenset[int]]]] = field(default_factory=dict)
     slices: "_Slices | None" = None
+    # (iteration, slice name) -> a checkpoint write's span over its devices: a cost the
+    # plan's estimate leaves out, so no call's time and no device's busy time
+    checkpoint_s: dict[tuple[int, str], float] = field(default_factory=dict)
 
     def busy_s(self, call: str) -> list[dict[int, float]]:
         """Per iteration of `call`, {busy devices on its busiest node: seconds of its span}."""
@@ -159,6 +162,7 @@ def read_trace(run: Run, path: Path, skip: int) -> None:
     events = _field(doc, "traceEvents", path, list)
     calls: dict[tuple[str, int], list] = {}  # (call, iteration) -> [start, end, devices, cpu]
     reallocs: dict[tuple[str, int], list] = {}  # (call, iteration) -> [start, end, bytes]
+    saves: dict[tuple[int, str], list[float]] = {}  # (iteration, name) -> [start, end]
     # device -> (end, (call, iteration) it belongs to) of all its slices
     device_ends: dict[int, list[tuple[float, tuple[str, int]]]] = {}
     device_slices: dict[int, list[tuple[float, float]]] = {}
@@ -191,6 +195,10 @@ def read_trace(run: Run, path: Path, skip: int) -> None:
                 owner = (e["name"].split("->")[-1], it)
                 box = reallocs.setdefault(owner, [t0, t1, 0])
                 box[2] += int(args.get("recv_bytes", 0))
+            elif args["kind"] == "checkpoint":
+                box = saves.setdefault((it, str(e["name"])), [t0, t1])
+                box[0], box[1] = min(box[0], t0), max(box[1], t1)
+                continue
             else:
                 continue
             box[0], box[1] = min(box[0], t0), max(box[1], t1)
@@ -199,6 +207,7 @@ def read_trace(run: Run, path: Path, skip: int) -> None:
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         why = str(err) if isinstance(err, ValueError) else f"{err!r} missing or malformed"
         raise CalibrateError(f"{path} traceEvents: not a runtime trace ({why})") from None
+    run.checkpoint_s = {k: t1 - t0 for k, (t0, t1) in saves.items()}
     gpn = run.plan.cluster.gpus_per_node
     run.slices = _Slices([(t0, t1, d) for d, ends in device_slices.items() for t0, t1 in ends])
     g = build_graph(run.spec)

@@ -63,14 +63,14 @@ def _check_same_plan(plan, plan_path: str, run_dir: Path) -> None:
                             f"{' m'.join(map(str, mine.get(a.name, ('none',))))}")
 
 
-def _call_times(plan, run_dir: Path, skip: int) -> tuple[dict, dict, dict]:
-    """Per call, spans, launch gaps and worker CPU times (seconds, per iteration after
-    `skip`) from the run's trace, as planner calibrate reads them; empty without a trace."""
+def _trace_run(plan, run_dir: Path, skip: int):
+    """The run's trace as planner calibrate reads it (calibration.Run: per call spans,
+    launch gaps, worker CPU times after `skip`; checkpoint writes); None without one."""
     from planner.calibration import Run, read_trace
     from planner.graph.spec import Spec
 
     if not (run_dir / "trace.json").exists() or not (run_dir / "spec.json").exists():
-        return {}, {}, {}
+        return None
     try:
         spec = Spec.model_validate_json((run_dir / "spec.json").read_text())
     except (OSError, ValueError) as err:
@@ -78,34 +78,20 @@ def _call_times(plan, run_dir: Path, skip: int) -> tuple[dict, dict, dict]:
             from None
     run = Run(run_dir, spec, plan)
     read_trace(run, run_dir / "trace.json", skip)
-    return run.span_s, run.gap_s, run.cpu_s
-
-
-def checkpoint_saves(run_dir: Path) -> dict[tuple[int, str], float]:
-    """(iteration, model) -> seconds of that model's checkpoint write (its devices'
-    first start to last end), from the trace's checkpoint slices; empty without."""
-    path = run_dir / "trace.json"
-    try:
-        events = json.loads(path.read_text())["traceEvents"] if path.exists() else []
-        spans: dict[tuple[int, str], list[float]] = {}
-        for e in events:
-            args = e.get("args") or {}
-            if e.get("ph") != "X" or args.get("kind") != "checkpoint":
-                continue
-            t0, t1 = e["ts"] * 1e-6, (e["ts"] + e["dur"]) * 1e-6
-            box = spans.setdefault((int(args["iteration"]), str(e["name"])), [t0, t1])
-            box[0], box[1] = min(box[0], t0), max(box[1], t1)
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UserError(f"{path}: not a runtime trace ({err!r})") from None
-    return {k: t1 - t0 for k, (t0, t1) in spans.items()}
+    return run
 
 
 def compare(plan_path: str, run_dir: str, skip: int
             ) -> list[tuple[str, float, float, float | None]]:
     """Rows (name, estimate s, measured s, worker CPU s or None)."""
-    plan = load_plan(plan_path)
-    _check_same_plan(plan, plan_path, Path(run_dir))
-    metrics = _metrics(Path(run_dir))[skip:]
+    return _compare(load_plan(plan_path), plan_path, Path(run_dir), skip)[0]
+
+
+def _compare(plan, plan_path: str, run_dir: Path, skip: int):
+    """compare's rows, the metrics after `skip` and the checkpoint writes
+    ((iteration, name) -> s), each read once."""
+    _check_same_plan(plan, plan_path, run_dir)
+    metrics = _metrics(run_dir)[skip:]
     if not metrics:
         raise UserError(f"{run_dir}/metrics.jsonl: no iterations after skipping {skip}")
 
@@ -113,7 +99,8 @@ def compare(plan_path: str, run_dir: str, skip: int
         vals = [m[key] for m in metrics if key in m]
         return statistics.median(vals) if vals else float("nan")
 
-    spans, gaps, cpus = _call_times(plan, Path(run_dir), skip)
+    run = _trace_run(plan, run_dir, skip)
+    spans, gaps, cpus = (run.span_s, run.gap_s, run.cpu_s) if run else ({}, {}, {})
     rows = []
     for a in plan.calls:
         if a.estimate is None:
@@ -149,7 +136,7 @@ def compare(plan_path: str, run_dir: str, skip: int
         span = "timing_s/iteration_span" if any("timing_s/iteration_span" in m
                                                  for m in metrics) else "timing_s/iteration"
         rows.append(("iteration alone (no overlap)", alone_s, median(span), None))
-    return rows
+    return rows, metrics, run.checkpoint_s if run else {}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --skip {args.skip}: expected 0 or more", file=sys.stderr)
         return 2
     try:
-        rows = compare(args.plan, args.run_dir, args.skip)
-        metrics = _metrics(Path(args.run_dir))[args.skip:]
+        plan = load_plan(args.plan)
+        rows, metrics, saves = _compare(plan, args.plan, Path(args.run_dir), args.skip)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -177,7 +164,6 @@ def main(argv: list[str] | None = None) -> int:
         print("worker CPU: the call's thread CPU time on its busiest device (the native "
               "engine's work; vLLM computes elsewhere); measured span minus it is time the "
               "worker waited, mostly for a core")
-    saves = checkpoint_saves(Path(args.run_dir))
     if saves:
         its = sorted({k for k, _ in saves})
         print(f"checkpoint writes (not in the estimate): "
@@ -186,7 +172,6 @@ def main(argv: list[str] | None = None) -> int:
               "the model's home devices (an iteration that saves is slower by about that "
               "per model; models saving on the same devices add up)")
     tput = statistics.median(m["perf/throughput"] for m in metrics if "perf/throughput" in m)
-    plan = load_plan(args.plan)
     n = plan.cluster.num_devices
     print(f"throughput: {tput:.0f} tokens/s/device, {tput * n:.0f} tokens/s over {n} devices "
           f"(median of {len(metrics)} iterations)")
