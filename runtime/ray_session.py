@@ -24,6 +24,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -70,9 +72,6 @@ def stop_within(stop, run_dir: Path, cause: BaseException | None, *,
     at once with one line (ending with `hint`: what is left to resume from): exit 130
     for an interrupt, 1 for a failure. A second interrupt while waiting kills at once.
     Only for a Ray instance this run started itself (never a cluster it joined)."""
-    import sys
-    import threading
-
     done = threading.Event()
     failure: list[BaseException] = []
 

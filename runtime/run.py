@@ -139,10 +139,11 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
     """`overlap=False` runs one iteration after the other (the same results; the
     plan's steady state overlaps them). `save_every` N checkpoints every N iterations
     besides the last (None: the last only; the plan's estimate leaves checkpoint
-    writes out, so a run that saves more often is slower than it by their time). `driver_niceness` > 0 lowers the priority of
-    the calling thread (the driver's Python work: host functions, bookkeeping) once
-    the workers run; `runtime run` passes DRIVER_NICENESS (a library caller's
-    process is left alone: an unprivileged process cannot raise it back)."""
+    writes out, so a run that saves more often is slower than it by their time).
+    `driver_niceness` > 0 lowers the priority of the calling thread (the driver's
+    Python work: host functions, bookkeeping) once the workers run; `runtime run`
+    passes DRIVER_NICENESS (a library caller's process is left alone: an unprivileged
+    process cannot raise it back)."""
     console = console or Console(stderr=True)
     check_output_dir(run_dir, "--run-dir", inputs=(plan_path, spec_path))
     if not 0 <= seed <= L.MAX_SEED:
@@ -183,9 +184,7 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
                     f"{spec_file} dataset.iterations {total} (no --iterations given)")
             raise UserError(f"{what}: {ckpt.name} already holds {start_it} iterations; "
                             f"expected more than {start_it} to resume")
-        for partial in (out / "checkpoints").glob("*.partial"):  # writes a stop cut short
-            if partial.is_dir() and CHECKPOINT_NAME.fullmatch(partial.name[:-len(".partial")]):
-                shutil.rmtree(partial, ignore_errors=True)
+        Checkpoints.remove_partials(out)  # writes a stop cut short
     elif (out / "checkpoints").exists():
         raise UserError(f"{out}: a run is already there; use --resume or another --run-dir")
     metrics_path = out / "metrics.jsonl"
@@ -304,6 +303,7 @@ RUN_RECORD_VERSION = 1
 # from a call in progress. Tiny PPO on 2 CPU devices: inference 23-25 -> 17-18 ms.
 DRIVER_NICENESS = 10
 CHECKPOINT_NAME = re.compile(r"iter_(\d{6,})")  # a complete checkpoint's directory
+PARTIAL = ".partial"  # its suffix while being written
 TRACE_EVERY_S = 1.0  # trace.json is rewritten at most this often during a run, and at its end
 
 
@@ -352,7 +352,14 @@ class Checkpoints:
 
     def _paths(self, iteration: int) -> tuple[str, Path, Path]:
         name = f"iter_{iteration:06d}"
-        return name, self.out / "checkpoints" / name, self.out / "checkpoints" / (name + ".partial")
+        return name, self.out / "checkpoints" / name, self.out / "checkpoints" / (name + PARTIAL)
+
+    @staticmethod
+    def remove_partials(out: Path) -> None:
+        """Delete the unfinished checkpoints (`iter_N.partial`) a stopped run left."""
+        for partial in (out / "checkpoints").glob("*" + PARTIAL):
+            if partial.is_dir() and CHECKPOINT_NAME.fullmatch(partial.name[:-len(PARTIAL)]):
+                shutil.rmtree(partial, ignore_errors=True)
 
     def partial_dir(self, iteration: int) -> str:
         return str(self._paths(iteration)[2])
