@@ -111,7 +111,7 @@ def load_run(run_dir: str | Path, profile: HardwareProfile, profile_path: str,
     spec_hash = _field(record, "spec_hash", d / "run.json", str)
     prof = _field(record, "profile", d / "run.json", dict)
     ident = _field(prof, "identity", d / "run.json", str)
-    if ident not in (profile.identity(), profile.legacy_identity()):
+    if not profile.has_identity(ident):
         raise CalibrateError(
             f"{d / 'run.json'} profile.identity: the run was priced with profile "
             f"'{prof.get('name')}' ({ident[:19]}...), not {profile_path} "

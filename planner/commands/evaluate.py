@@ -189,8 +189,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             _row(t, b.name, p, b.assignment, first, b.note or b.description)
     Console().print(t)
-    if file_plan is not None and file_plan[0].profile_identity not in (
-            p.profile.identity(), p.profile.legacy_identity()):
+    if file_plan is not None and not p.profile.has_identity(file_plan[0].profile_identity):
         # Re-pricing a plan with another profile is legitimate (after calibrate), but never
         # silent: its figures are then not the ones the plan file holds.
         Console().print(f"{args.plan} was priced with profile {file_plan[0].profile_name!r} "

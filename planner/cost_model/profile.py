@@ -432,6 +432,11 @@ class HardwareProfile(_Frozen):
         text = json.dumps(doc, indent=1) + "\n"
         return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
+    def has_identity(self, ident: str) -> bool:
+        """Whether a recorded identity (a run's, a plan's) is this profile's, now or as
+        recorded before identity() changed (legacy_identity)."""
+        return ident in (self.identity(), self.legacy_identity())
+
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json", exclude_none=True), indent=1) + "\n"
 
