@@ -30,10 +30,9 @@ from planner.cost_model.legality import layout_problem, mesh_problem
 from planner.cost_model.memory import PLAIN
 from planner.layout.layout import Layout
 from planner.search import residency
-from planner.search.budget import check as check_budget
+from planner.search.budget import check as check_budget, note_cut
 from planner.search.candidates import Candidate, moved, price, shape_options
 from planner.search.meshes import MeshShape
-from planner.search.budget import note_cut
 from planner.search.problem import Problem
 from planner.search.simulator import Simulator
 
@@ -238,8 +237,9 @@ def split(p: Problem, sim: Simulator, deadline: float | None = None) -> Baseline
         at(g)
     ok = {g: v for g, v in tried.items() if v[1] is not None}
     if not ok:
-        return Baseline(name, desc, None, None, "no split fits in memory" if len(tried) == len(cuts)
-                        else f"no split of the {len(tried)} cuts tried fits in memory")
+        why = ("no split fits in memory" if len(tried) == len(cuts)
+               else f"no split of the {len(tried)} cuts tried fits in memory")
+        return Baseline(name, desc, None, None, why)
     g = min(ok, key=lambda k: (ok[k][1], k))
     return Baseline(name, desc, ok[g][0], ok[g][1],
                     f"generation on devices 0-{g - 1}, the rest on {g}-{n - 1}")

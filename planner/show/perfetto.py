@@ -22,7 +22,7 @@ from typing import Any
 from planner import limits as L
 from planner.bounded_io import BoundsError, load_json, read_bounded
 from planner.graph.spec import ClusterSpec
-from planner.show.tracks import Slice, ShowError, Timeline, pack_rows
+from planner.show.tracks import KINDS, Slice, ShowError, Timeline, pack_rows
 
 _PID_BASE = {"estimate": 1, "measured": 1001}
 _ROW_TID_STRIDE = 100_000  # tid of a GPU's extra row r: gpu + 1 + r * stride
@@ -141,7 +141,7 @@ def read_measured(path: str | Path, cluster: ClusterSpec, call_names: set[str], 
                             f"in args.gpu or the thread name (got {gpu!r})")
         name = str(args.get("call") or args.get("label") or ev.get("name", ""))
         kind = str(args.get("kind") or ev.get("cat") or "")
-        if kind not in ("call", "realloc", "transfer", "offload", "checkpoint"):
+        if kind not in KINDS:
             kind = "call" if name in call_names else "other"
         it = args.get("iteration")
         picked.append((ts, dur, gpu, kind, name, dict(args), it if isinstance(it, int) else None))
