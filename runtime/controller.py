@@ -172,6 +172,10 @@ class Controller:
         self.saves: dict[int, list] = {}  # iteration -> refs of its models' saves
         self.save_events: list[dict] = []  # written saves not yet handed out (take_events)
         self.drawn: dict[int, int] = {}  # iteration -> prompts drawn once it opened
+        # Policy versions (runtime/versions.py): train calls submitted per model, as
+        # the workers count them. A worker runs its tasks in submission order, so a
+        # realloc submitted now finds the home at this version; its copy carries it.
+        self.trained = {n: first if m.trainable else 0 for n, m in self.spec.models.items()}
         order = task_order(self.plan, first, last)
         its: dict[int, Iteration] = {}
         inflight: dict[tuple[str, int], Task] = {}
@@ -258,7 +262,8 @@ class Controller:
         realloc_refs = []
         if step is not None:
             src = home_layout(plan, call.model)
-            realloc_refs = [(d, self.workers[d].realloc.remote(call.model, call.name))
+            version = self.trained[call.model]
+            realloc_refs = [(d, self.workers[d].realloc.remote(call.model, call.name, version))
                             for d in union_ranks(src, dst)]
         inputs, options = self._inputs(call, it)
         n_out = len(call.outputs)
@@ -275,6 +280,7 @@ class Controller:
             for d in dst.device_ids:
                 self.workers[d].drop.remote(call.model, call.name)
         if call.type == "train":
+            self.trained[call.model] += 1
             self._queue_save(call, it.k)
         return Task(call, it.k, [r for _, r in meta_refs], [r for _, r in realloc_refs],
                     {r: d for d, r in meta_refs + realloc_refs})

@@ -1,8 +1,9 @@
 """Policy versions: which policy sampled a batch, how far behind the trainer it is.
 
 A policy version is the number of train calls applied to a model's home
-engine (worker.py counts them; a realloc carries the version with the
-weights to devices that never held the policy). A generate call stamps each
+engine (worker.py counts them; the driver counts the train calls it submits
+and names the version with each realloc, which carries it with the weights to
+devices that never held the policy; the home's ranks check it). A generate call stamps each
 sequence it samples with its version (`policy_version` in the sequences
 batch, so it travels with the data) and names it on its trace event. The
 actor's train call reads the batch's version (RLAlgorithm.actor_options); a

@@ -109,7 +109,8 @@ class Worker:
         self.temp: dict[tuple[str, str], Engine | None] = {}
         self.groups: dict[Layout, Any] = {}
         self.union_groups: dict[tuple[int, ...], Any] = {}
-        self.transfers: dict[tuple[str, str], Any] = {}  # (model, call) -> TransferPlan
+        # (model, call) -> (TransferPlan, bytes this device receives), decoded once
+        self.transfers: dict[tuple[str, str], tuple[Any, int]] = {}
         # (model, layout) -> engine away from home, built once; storage freed between uses
         self.temp_engines: dict[tuple[str, Layout], Engine | None] = {}
         self.generators: dict[str, Any] = {}  # model -> its vLLM backend on this device
@@ -218,32 +219,39 @@ class Worker:
         return ray.get_runtime_context().get_accelerator_ids()["GPU"][0]
 
     # -- realloc ----------------------------------------------------------
-    def realloc(self, model: str, call: str) -> dict[str, Any]:
+    def realloc(self, model: str, call: str, version: int) -> dict[str, Any]:
         """Copy `model` from its home layout onto `call`'s layout (collective over
-        the union of both device sets). Returns timing and bytes received."""
+        the union of both device sets). `version`: the policy version of the home's
+        weights, which the driver counts (runtime/versions.py). Returns timing and
+        bytes received."""
         home = self.home.get(model)  # ZeRO-3: the home's shards gathered while read
         with home.full_params() if home is not None else contextlib.nullcontext():
-            return self._realloc(model, call)
+            return self._realloc(model, call, version)
 
-    def _realloc(self, model: str, call: str) -> dict[str, Any]:
+    def _realloc(self, model: str, call: str, version: int) -> dict[str, Any]:
         t0, cpu0 = time.time(), time.thread_time()
         plan = self.plan
         step = plan.realloc_into(call)
         if step is None or step.model != model:
             raise RuntimeError(f"the plan has no realloc step of {model} into {call}")
+        home = self.home.get(model)
+        if home is not None and self.version.get(model, 0) != version:
+            raise RuntimeError(f"realloc of {model} into {call}: the driver names policy "
+                               f"version {version}, the home holds {self.version.get(model, 0)}")
         src = layout_of(plan, step.from_call)
         dst = layout_of(plan, call)
         ranks = union_ranks(src, dst)
         engine = self._temp_engine(model, dst)
         self.temp[(model, call)] = engine
-        home = self.home.get(model)
         shards = home.local_tensors() if home is not None else {}
         dtype = (home or engine).dtype
-        transfer = self.transfers.get((model, call))
-        if transfer is None:  # the same every iteration: decode it once
+        known = self.transfers.get((model, call))
+        if known is None:  # the same every iteration: decode it once
             transfer = step_transfer(self.spec, plan, step,
                                      torch.empty(0, dtype=dtype).element_size())
-            self.transfers[(model, call)] = transfer
+            recv = int(transfer.stats().recv_bytes.get(self.device_id, 0))
+        else:
+            transfer, recv = known
         same = (engine is not None and home is not None
                 and engine.local_slices() == home.local_slices())
         same = same and home.sharded is None  # ZeRO-3 frees the home's full tensors
@@ -254,28 +262,17 @@ class Worker:
         # No piece crosses devices and this device's copy is shared or absent: nothing to do.
         if plan_crosses_devices(transfer) or (engine is not None and not same):
             out = engine.local_tensors() if engine is not None else None
+            # The processes agree that the inputs are good (one all-reduce) on the
+            # step's first run only: later runs meet the same engines, shapes and
+            # plan. Each still checks its own inputs and raises; its peers then
+            # wait in their sends until the driver, told of the error, stops the run.
             execute(transfer, shards, dtype=dtype, group=self.union_groups[ranks],
-                    device_to_rank={d: i for i, d in enumerate(ranks)}, out=out)
-        self.temp_version[(model, call)] = self._carry_version(
-            model, home, plan_crosses_devices(transfer), self.union_groups[ranks],
-            (home or engine).device)
-        recv = transfer.stats().recv_bytes.get(self.device_id, 0)
-        return {"start": t0, "end": time.time(), "recv_bytes": int(recv), "device": self.device_id,
+                    device_to_rank={d: i for i, d in enumerate(ranks)}, out=out,
+                    agree=known is None)
+        self.transfers[(model, call)] = (transfer, recv)
+        self.temp_version[(model, call)] = version
+        return {"start": t0, "end": time.time(), "recv_bytes": recv, "device": self.device_id,
                 "cpu_s": time.thread_time() - cpu0}
-
-    def _carry_version(self, model: str, home: Engine | None, crosses: bool, group,
-                       device) -> int:
-        """The policy version of the weights a realloc delivers: the home's. A device
-        off the home layout learns it from the home ranks with the weights (a max over
-        the union, -1 from non-home ranks); when nothing crosses devices every copy is
-        made from a local home shard, so the device knows it already (and no rank runs
-        a collective: `crosses` is the same on all of them)."""
-        mine = self.version.get(model, 0) if home is not None else -1
-        if not crosses:
-            return mine
-        t = torch.tensor([mine], dtype=torch.int64, device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
-        return int(t.item())
 
     def policy_version(self, call: CallSpec) -> int:
         """Train calls behind the weights `call` runs on (its copy's, or the home's)."""

@@ -10,7 +10,8 @@ Order of work, per process:
    present with the right shapes, one dtype); then one all-reduce so that
    every process raises if any process found a problem, before a byte moves
    (skipped when no piece crosses devices: nobody waits on anybody, so each
-   process raises on its own and no collective is needed at all);
+   process raises on its own and no collective is needed at all; and with
+   `agree=False`, for a plan replayed on the tensors it already ran on);
 2. rounds of batched p2p (`dist.batch_isend_irecv`), at most `chunk_bytes`
    sent and `chunk_bytes` received per process per round (see schedule.py):
    first the large contiguous blocks, sent from and received into the shards
@@ -110,12 +111,16 @@ def execute(plan: TransferPlan, shards: dict[str, torch.Tensor], *, dtype: torch
             chunk_bytes: int = DEFAULT_CHUNK_BYTES, free_source: bool = False,
             tensor_device: torch.device | str | None = None,
             direct_min_bytes: int = DEFAULT_DIRECT_MIN_BYTES,
-            out: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+            out: dict[str, torch.Tensor] | None = None,
+            agree: bool = True) -> dict[str, torch.Tensor]:
     """Run `plan`: from this process's source shards (HF name -> shard) return its
     destination shards. Collective over `group`: every process must call it.
 
     `out`, when given, holds destination tensors to fill in place (e.g. the
     generation engine's parameters from the previous iteration): no allocation.
+    `agree=False` skips the all-reduce of step 1 (each process still checks its
+    own inputs and raises): for a caller replaying a plan that already ran on
+    the same tensors, where a failure is a bug the caller's supervisor handles.
     """
     world = dist.get_world_size(group)
     my_rank = dist.get_rank(group)
@@ -141,7 +146,7 @@ def execute(plan: TransferPlan, shards: dict[str, torch.Tensor], *, dtype: torch
             problem = check_out(sched, out, dtype)
     elif shards:
         problem = f"rank {my_rank} is in neither layout but was given source shards"
-    if not plan_crosses_devices(plan):  # local copies only: no process waits on another
+    if not agree or not plan_crosses_devices(plan):  # nobody waits on an agreement
         if problem:
             raise ReallocError(problem)
     else:  # all processes agree before anything moves (MIN of "ok" flags)
