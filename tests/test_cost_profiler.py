@@ -125,3 +125,20 @@ def test_built_points_hold_one_input_at_a_time():
     times = bench.time_all([Built(build) for _ in range(4)])
     assert len(times) == 4 and all(t > 0 for t in times)
     assert len(live) == 8 and most[0] == 0  # every earlier point's inputs were gone
+
+
+@pytest.mark.multiprocess
+def test_runtime_overheads_probe_times_a_message_round():
+    """The realloc fixed term is a round of gloo send/recv between Ray actors (what a
+    steady-state realloc does besides its bytes), measured, not a constant."""
+    import subprocess
+    import sys
+
+    code = ("from planner.cost_model.profiler.runtime_overheads import measure_runtime_overheads;"
+            "print(measure_runtime_overheads(2, 3).model_dump_json())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=180, env={**os.environ, "RAY_DEDUP_LOGS": "0"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    rt = json.loads(done.stdout.strip().splitlines()[-1])
+    assert 0 < rt["realloc_fixed_s"] < 0.5 and 0 < rt["call_launch_s"] < 5
+    assert "send/recv" in rt["source"]

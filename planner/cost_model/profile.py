@@ -78,7 +78,7 @@ RUNTIME_OVERHEADS_VERSION = 1
 class RuntimeOverheads(_Frozen):
     """What the runtime itself costs, outside the devices' kernels. `planner profile`
     measures the first three on this machine (a tiny Ray actor round trip, Ray
-    object-store hand-off, a gloo all-reduce inside a Ray task); `planner calibrate`
+    object-store hand-off, a round of gloo send/recv inside a Ray task); `planner calibrate`
     refits them, and the host-function time, from measured runs (README.md beside
     this file). A profile without this block prices them at zero."""
 
@@ -90,8 +90,9 @@ class RuntimeOverheads(_Frozen):
         "Data keys the driver hands to a call and gets back: Ray object-store put + get "
         "throughput. None: not measured (priced at zero)."))
     realloc_fixed_s: float = Field(0.0, ge=0, description=(
-        "Per realloc that moves bytes, besides the bytes: its Ray task round trip and the "
-        "executor's agreement all-reduce over the union of both layouts."))
+        "Per realloc that moves bytes, besides the bytes: the worker-side cost of its "
+        "round of messages (planner profile: one round of 1-element send/recv; planner "
+        "calibrate: measured realloc spans less their bytes' time)."))
     host_function_s_per_seq: float = Field(0.0, ge=0, description=(
         "Per sequence through a host function (rule reward) on the driver: decoding and "
         "scoring. Fitted by planner calibrate (it depends on the user's function)."))

@@ -6,8 +6,11 @@ What `runtime run` does per call, reproduced with a tiny Ray actor per device
   per device and gets the results back (median round trip);
 - hand-off: the same with a large batch; the extra time over the small one,
   per extra byte, is the object-store throughput the driver's data keys see;
-- realloc fixed: inside a task on every device, one 1-element gloo all-reduce
-  over all of them (the realloc executor's agreement step), worker-side time.
+- realloc fixed: inside a task on every device, one round of batched gloo
+  send/recv of a 1-element buffer around the ring of actors (a steady-state
+  realloc's messages without their bytes: its inputs' agreement all-reduce
+  runs on its first iteration only, its policy version comes from the
+  driver), worker-side time of the slowest.
 Host-function time depends on the user's function: `planner calibrate` fits
 it from runs, so it is 0 here.
 """
@@ -27,12 +30,14 @@ def _probe_class():
     import ray
 
     class Probe:
-        """One stand-in worker: receives a batch, returns a small result, all-reduces."""
+        """One stand-in worker: receives a batch, returns a small result, exchanges a
+        message with its ring neighbours."""
 
         def init(self, rank: int, world: int, port: int) -> None:
             import torch
             import torch.distributed as dist
 
+            self.rank, self.world = rank, world
             torch.set_num_threads(1)
             dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                                     world_size=world)
@@ -40,13 +45,16 @@ def _probe_class():
         def call(self, batch: dict) -> dict:
             return {k: v[:1].clone() for k, v in batch.items()}
 
-        def all_reduce(self) -> float:
+        def exchange(self) -> float:
             import torch
             import torch.distributed as dist
 
-            t = torch.ones(1, dtype=torch.int32)
+            out, into = torch.ones(1, dtype=torch.int32), torch.empty(1, dtype=torch.int32)
             t0 = time.perf_counter()
-            dist.all_reduce(t, op=dist.ReduceOp.MIN)
+            ops = [dist.P2POp(dist.isend, out, (self.rank + 1) % self.world),
+                   dist.P2POp(dist.irecv, into, (self.rank - 1) % self.world)]
+            for req in dist.batch_isend_irecv(ops):
+                req.wait()
             return time.perf_counter() - t0
 
         def close(self) -> None:
@@ -92,7 +100,8 @@ def measure_runtime_overheads(num_workers: int = 2, reps: int = 10) -> RuntimeOv
         large_s = _round_trip_s(ray, actors, LARGE_BYTES, max(5, reps // 3))
         extra_s = large_s - launch_s
         rate = (LARGE_BYTES - SMALL_BYTES) / extra_s if extra_s > 0 else None
-        ar = [max(ray.get([a.all_reduce.remote() for a in actors])) for _ in range(reps)]
+        ray.get([a.exchange.remote() for a in actors])  # warm-up: gloo's pair connections
+        ring = [max(ray.get([a.exchange.remote() for a in actors])) for _ in range(reps)]
         ray.get([a.close.remote() for a in actors])
     finally:
         for a in actors:
@@ -101,10 +110,10 @@ def measure_runtime_overheads(num_workers: int = 2, reps: int = 10) -> RuntimeOv
             ray.shutdown()
     return RuntimeOverheads(
         call_launch_s=launch_s, handoff_bytes_per_s=rate,
-        realloc_fixed_s=statistics.median(ar),
+        realloc_fixed_s=statistics.median(ring),
         source=(f"planner profile: {num_workers} Ray actors on this machine; call_launch_s = "
                 f"median round trip of a {SMALL_BYTES >> 10} KiB batch to every actor, "
                 f"handoff_bytes_per_s = extra bytes / extra time of a {LARGE_BYTES >> 20} MiB "
-                "batch, realloc_fixed_s = median worker-side 1-element gloo all-reduce over "
-                "the actors (slowest actor); host_function_s_per_seq = 0 until planner "
+                "batch, realloc_fixed_s = median worker-side round of 1-element gloo "
+                "send/recv around the actors (slowest actor); host_function_s_per_seq = 0 until planner "
                 "calibrate fits it from runs"))
