@@ -148,6 +148,10 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
     check_output_dir(run_dir, "--run-dir", inputs=(plan_path, spec_path))
     if not 0 <= seed <= L.MAX_SEED:
         raise UserError(f"--seed {seed}: expected 0 to {L.MAX_SEED}")
+    if address:  # before anything is written: Ray itself retries for minutes
+        from runtime.launcher import check_reachable
+
+        check_reachable(address)
     # The plan embeds its spec (it runs from any directory); a given spec file must match.
     plan = load_plan(plan_path, spec=load_spec(spec_path) if spec_path else None)
     spec = plan.spec

@@ -66,6 +66,30 @@ def test_bad_flag_values(capsys, tmp_path, flags, expected):
     assert rc == 2 and expected in err
 
 
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound, then closed: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("address,expected", [
+    ("127.0.0.1:{port}", "nothing answers there (Connection refused); start the cluster's head"),
+    ("[::1]:{port}", "nothing answers there"),
+    ("ray://127.0.0.1:{port}", "nothing answers there"),
+    ("headnode", "expected HOST:PORT (e.g. 10.0.0.1:6379"),
+    ("10.0.0.1:99999", "expected HOST:PORT"),
+])
+def test_unreachable_address_fails_at_once(capsys, tmp_path, address, expected):
+    """Ray would retry for minutes; the run names the address and writes nothing."""
+    address = address.format(port=_closed_port())
+    rc, err = _run(capsys, str(colocated_tiny_ppo(tmp_path)), "--address", address,
+                   "--run-dir", str(tmp_path / "run"))
+    assert rc == 2 and err.startswith(f"--address {address}: ") and expected in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_unparsable_flag(capsys, tmp_path):
     with pytest.raises(SystemExit) as info:
         main(["run", str(colocated_tiny_ppo(tmp_path)), "--iterations", "two"])
