@@ -57,5 +57,5 @@ def check(stage: str) -> None:
     """Raise SearchTimeError when the open budget is spent."""
     if spent():
         raise SearchTimeError(f"--time-limit {_limit_s:g} s ran out while {stage}, before any "
-                              "plan was found; give a larger --time-limit (a cluster this "
-                              "large needs more time to price)")
+                              "plan was found; give a larger --time-limit (pricing the "
+                              "calls' candidates alone takes longer than that here)")
