@@ -15,7 +15,9 @@ A plan that does not fit is refused before any worker starts, in one line.
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 
 from planner.errors import UserError
 from planner.plan import ExecutionPlan
@@ -62,6 +64,10 @@ def start_workers(plan: ExecutionPlan, *, address: str | None, on_gpu: bool,
     cluster = plan.cluster
     n = cluster.num_devices
     if not ray.is_initialized():
+        # ray.init installs its own SIGTERM handler (it exits at once, with C++ frames);
+        # the caller's (runtime run: an interrupt, so its `finally` cleans up) comes
+        # back as soon as ray.init returns, before the workers start.
+        on_term = signal.getsignal(signal.SIGTERM)
         # Workers import this project: ship the working directory's packages.
         env = {"env_vars": {"PYTHONPATH": os.pathsep.join(
             p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)}}
@@ -76,8 +82,10 @@ def start_workers(plan: ExecutionPlan, *, address: str | None, on_gpu: bool,
             ray.init(address="local", num_cpus=n if not on_gpu else None, runtime_env=env,
                      include_dashboard=False, log_to_driver=log_to_driver,
                      _system_config={"worker_niceness": 0})
-            if on_local_ray is not None:
-                on_local_ray()
+        if callable(on_term) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_term)
+        if not address and on_local_ray is not None:
+            on_local_ray()
     need_key = "GPU" if on_gpu else "CPU"
     per_node = _ray_node_slots(need_key)
     check_fits(cluster.nodes, cluster.gpus_per_node, per_node, on_gpu=on_gpu)

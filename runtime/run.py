@@ -19,9 +19,7 @@ import json
 import os
 import re
 import shutil
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,14 +218,8 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
     ctl = None
     try:
         with console.status(f"starting {plan.cluster.num_devices} workers"):
-            on_term = signal.getsignal(signal.SIGTERM)
             workers, groups = start_workers(plan, address=address, on_gpu=on_gpu,
                                             on_local_ray=lambda: ray_session.record(out))
-            # ray.init installs its own SIGTERM handler (it exits at once, with C++
-            # frames); the caller's (runtime run: an interrupt, so `finally` cleans up)
-            # comes back.
-            if callable(on_term) and threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGTERM, on_term)
             placement = worker_nodes(workers)
             if driver_niceness > 0:  # after Ray's own threads started: they keep theirs
                 os.nice(driver_niceness)

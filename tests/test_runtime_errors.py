@@ -357,6 +357,36 @@ def test_sigterm_interrupts_the_run_and_cleans_up(tmp_path):
     assert not (run / "ray_session.json").exists()  # the local Ray instance is gone
 
 
+def test_sigterm_while_the_workers_start_is_an_interrupt(tmp_path):
+    """Right after ray.init (the session is recorded then), while the workers start:
+    Ray's own SIGTERM handler, installed by ray.init, used to be in charge until
+    every worker was up (it exits at once with C++ frames)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    plan = colocated_tiny_ppo(tmp_path)
+    run = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", str(plan),
+                             "--run-dir", str(run), "--iterations", "500"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None \
+            and not (run / "ray_session.json").exists():
+        time.sleep(0.02)
+    metrics = run / "metrics.jsonl"
+    assert not metrics.read_text().strip()  # no iteration ran yet
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("interrupted"), err[-2000:]
+    assert "SIGTERM received" not in err
+    assert not (run / "ray_session.json").exists()
+
+
 def test_sigterm_to_the_whole_process_group_ends_the_run_in_bounded_time(tmp_path):
     """`timeout -s TERM` or a batch scheduler's cancel signals the driver's whole process
     group, Ray's own processes included: the driver once waited 60 s on Ray's dead head
