@@ -100,3 +100,50 @@ def least_window_s(n_devices: int, stairs: tuple[Stairs, ...]) -> float:
 
     walk(())
     return best
+
+
+Tailed = tuple[tuple[int, float, float], ...]  # (devices, time, tail) options of one call
+
+
+def tailed(points: Iterable[tuple[int, float, float]]) -> Tailed:
+    """Options no other beats in devices, time and tail at once (per (devices, tail) the
+    least time first: tails take a few values, so few options remain)."""
+    least: dict[tuple[int, float], float] = {}
+    for size, time_s, tail_s in points:
+        if time_s < least.get((size, tail_s), float("inf")):
+            least[(size, tail_s)] = time_s
+    out: list[tuple[int, float, float]] = []
+    for size, time_s, tail_s in sorted((s, t, x) for (s, x), t in least.items()):
+        if not any(s <= size and t <= time_s and x <= tail_s for s, t, x in out):
+            out.append((size, time_s, tail_s))
+    return tuple(out)
+
+
+@lru_cache(maxsize=4096)
+def least_window_tails_s(n_devices: int, jobs: tuple[Tailed, ...]) -> float:
+    """Least LP value (least_window_s) plus the chosen options' tails, over one option per
+    call: a window followed by a wait that depends on the options taken (key_floors.py:
+    the keys the calls send to the train call after them). Calls beyond three: their
+    triples, each plus the least tails of the others. 0 when a call has no option."""
+    if not jobs or any(not j for j in jobs):
+        return 0.0
+    least = [min(x for _, _, x in j) for j in jobs]
+    if len(jobs) > 3:
+        return max(least_window_tails_s(n_devices, tuple(jobs[i] for i in trio))
+                   + sum(least) - sum(least[i] for i in trio)
+                   for trio in combinations(range(len(jobs)), 3))
+    rest = [sum(least[k:]) for k in range(len(jobs) + 1)]
+    best = float("inf")
+
+    def walk(chosen: tuple[tuple[int, float], ...], tail_s: float) -> None:
+        nonlocal best
+        if chosen and lp_s(n_devices, chosen) + tail_s + rest[len(chosen)] >= best:
+            return
+        if len(chosen) == len(jobs):
+            best = lp_s(n_devices, chosen) + tail_s
+            return
+        for size, time_s, x in sorted(jobs[len(chosen)], key=lambda j: (j[1], j[2])):
+            walk(chosen + ((size, time_s),), tail_s + x)
+
+    walk((), 0.0)
+    return best

@@ -102,6 +102,9 @@ class Problem:
         self.top_k = top_k
         self.max_pp = max_pp
         self.exact_moves = exact_moves
+        # Set once a transfer cost is fixed by hand: the bounds' key floors (key_floors.py)
+        # follow fast_data_transfer's rule and then no longer apply.
+        self.transfers_fixed = False
         cl = spec.cluster
         self.gpus_per_node = cl.gpus_per_node
         self.num_nodes = cl.nodes
@@ -406,6 +409,7 @@ class Problem:
     def set_transfer(self, edge: int, uj: int, vj: int, cost: MoveCost) -> None:
         """Fix a data-transfer cost (hand-worked tests, what-if studies)."""
         self._transfer[(edge, uj, vj)] = cost
+        self.transfers_fixed = True
 
     def exact_copy(self) -> "Problem":
         """The same problem (same candidates) with exact move costs, for re-checking a plan."""
