@@ -47,15 +47,16 @@ def cand(lo: int, hi: int, time_s: float, *, states_gib: float = 0.0, work_gib: 
 
 
 def hand_problem(spec: Spec, candidates: dict[str, list[Candidate]], *,
-                 realloc_s: float | None = None) -> Problem:
-    """A problem over hand-made candidates, data transfers free, reallocs optionally fixed."""
+                 realloc_s: float | None = None, free_transfers: bool = True) -> Problem:
+    """A problem over hand-made candidates, data transfers free (or, with
+    free_transfers=False, priced by the rule), reallocs optionally fixed."""
     names_order = [c.name for c in spec.calls]
     # Plain train calls: baselines add priced candidates to a hand problem, and its
     # scenarios are about scheduling, not the memory choices of train calls.
     p = Problem(spec, load_profile(spec.cluster.hardware, spec.cluster.gpu_memory_gib),
                 candidates=[[]] * len(names_order), memory_choices=(PLAIN,))
     p.candidates = [list(candidates[n]) for n in p.names]
-    for e, edge in enumerate(p.edges):
+    for e, edge in enumerate(p.edges if free_transfers else ()):
         for uj in range(len(p.candidates[edge.u])):
             for vj in range(len(p.candidates[edge.v])):
                 p.set_transfer(e, uj, vj, NO_MOVE)
