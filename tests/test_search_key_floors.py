@@ -34,7 +34,6 @@ from planner.search.packing import least_window_tails_s, lp_s, tailed
 from planner.search.problem import Problem
 from planner.search.scenarios import (TINY_MODELS, call, hand_problem, spec_of,
                                       tiny_parallel_spec, tiny_rlhf_spec)
-from planner.search.simulator import Simulator
 
 from tests.test_search_bounds import _brute_force, _layouts
 from tests.test_search_tighter_bounds import _split_options

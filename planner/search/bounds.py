@@ -30,7 +30,7 @@ t(c, s) = least time of c with the (tp, pp) split s.
     end(v)), minimised over the splits; realloc's least cost per pair of splits is
     `realloc_floor_s`.
   Data transfers and the other calls' reallocs only add time, so leaving them out keeps
-  it a bound.
+  it a bound (the memory cases count the data keys: below).
 * loops: between the end of a train call u in iteration k and its start in k+1 run all
   calls of k+1 that wait for u(k) through a lag-1 parameter edge, and their descendants
   that u waits for: P >= end(u, k+1) - end(u, k) >= t(u) + the least span of those calls
@@ -97,6 +97,15 @@ t(c, s) = least time of c with the (tp, pp) split s.
     own devices, inside every window it lies in). E.g. 128 GPUs: beside a 120-GPU
     generation the critic's training lies on one node, and its inference at 64 devices
     pays at least the copy to the other nodes (33.989 -> 34.017 s).
+  - data keys (key_floors.py; transfers priced by fast_data_transfer's rule): inside
+    each way, every option of a call other than u and v is lengthened by the least
+    transfer of its in-edges over the shapes its sources may take (the prologue, on its
+    own devices, after its predecessors), v's by its own in-edges' (after the realloc),
+    and end(v) to the start of u's run is at least the span to u's start plus u's
+    in-edge transfers each at its least, or the window of the calls between v and u
+    plus the transfers of their keys to u, minimised together over their options
+    (packing.least_window_tails_s: u's prologue follows the whole window). E.g. 128
+    GPUs: the 131 us of keys on the 34.0807 s plan's cycle, the bound's last 0.13 ms.
   Narrowed lists only raise least times, windows and device-seconds, so each way's
   length (as above) is a bound for the plans in it. E.g. 128 GPUs: a critic training
   beside a 120-GPU generation holds at least 12.3 GiB of states on its 8 devices, so
@@ -125,8 +134,7 @@ from planner.cost_model.runtime_terms import realloc_fixed_s
 from planner.search.candidates import Candidate, time_work_frontier
 from planner.search import key_floors
 from planner.search.meshes import MeshShape, mesh_starts
-from planner.search.packing import (Stairs, least_window_s, least_window_tails_s, staircase,
-                                    tailed)
+from planner.search.packing import Stairs, least_window_s, staircase
 from planner.search.problem import Problem
 
 
@@ -677,7 +685,7 @@ def _case_s(p: Problem, v: int, u: int, lag: int, ou: Candidate, desc: list[set[
             r = _restricted(p, [w[c] for c in range(p.n)], q, kept)
             gap = span_s(r, v, u, 0.0, 0.0, desc)
             if keys:
-                gap = _keyed_gap_s(p, r, u, ou, inside, gap, w)
+                gap = key_floors.gap_to_run_s(p, r, u, ou, inside, gap, w)
             if mask:  # on average over the intervals (module docstring): convex
                 gap = max(gap, window_s(r, inside + [
                     c for k, c in enumerate(free) if mask >> k & 1]))
@@ -716,19 +724,6 @@ def _case_s(p: Problem, v: int, u: int, lag: int, ou: Candidate, desc: list[set[
             plain = length_s(ov, r, keys=True)
         best = min(best, plain)
     return best
-
-
-def _keyed_gap_s(p: Problem, r: Problem, u: int, ou: Candidate, inside: list[int],
-                 span_gap_s: float, opts: dict[int, list[Candidate]]) -> float:
-    """end(v) to the start of u's run: the span to u's start (`span_gap_s`, its calls
-    lengthened by their own keys' floors) plus u's in-edge transfers, each at its least;
-    or the window of the calls between v and u and the transfers of their keys to u,
-    minimised together over their options (key_floors.py), plus the other in-edges'."""
-    dst = key_floors.shape_of(p, ou)
-    each = key_floors.in_floor_s(p, u, dst, opts)
-    rest = key_floors.in_floor_s(p, u, dst, opts, skip=frozenset(inside))
-    jobs = tuple(tailed(key_floors.tails(p, u, ou, c, r.options[c])) for c in inside)
-    return max(span_gap_s + each, least_window_tails_s(p.num_devices, jobs) + rest)
 
 
 def memory_cycle_bound_s(p: Problem, base_s: float = 0.0) -> float:

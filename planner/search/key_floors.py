@@ -33,6 +33,7 @@ from dataclasses import replace
 
 from planner.cost_model.device import device_of
 from planner.search.candidates import Candidate
+from planner.search.packing import least_window_tails_s, tailed
 from planner.search.problem import Problem
 
 Shape = tuple[int, int, int]  # (dp, devices, nodes): what a transfer's cost reads of a layout
@@ -172,3 +173,17 @@ def tails(p: Problem, u: int, ou: Candidate, c: int, options: list[Candidate]
     edges = [e for e in p.in_edges[u] if p.edges[e].u == c]
     return [(o.hi - o.lo, o.time_s,
              sum(edge_floor_s(p, e, shape_of(p, o), dst) for e in edges)) for o in options]
+
+
+def gap_to_run_s(p: Problem, r: Problem, u: int, ou: Candidate, inside: list[int],
+                 span_gap_s: float, opts: dict[int, list[Candidate]]) -> float:
+    """end(v) to the start of u's run in a memory case (u on `ou`; r: the case's view,
+    lists lengthened by with_key_floors; `inside`: the calls between v and u): the span
+    to u's start (`span_gap_s`) plus u's in-edge transfers, each at its least; or the
+    window of the calls between v and u plus the transfers of their keys to u,
+    minimised together over their options, plus the other in-edges' least."""
+    dst = shape_of(p, ou)
+    each = in_floor_s(p, u, dst, opts)
+    rest = in_floor_s(p, u, dst, opts, skip=frozenset(inside))
+    jobs = tuple(tailed(tails(p, u, ou, c, r.options[c])) for c in inside)
+    return max(span_gap_s + each, least_window_tails_s(p.num_devices, jobs) + rest)
