@@ -60,6 +60,21 @@ def test_mcmc_finds_the_optimum(case):
     assert again.period(r.assignment) == pytest.approx(r.period_s, rel=1e-12)
 
 
+def test_mcmc_stops_at_a_plan_that_meets_its_target(case):
+    """A target no plan beats (here the brute-force optimum; the driver passes the bound
+    over every legal plan) ends the walk when it is met; a target below every plan
+    changes nothing."""
+    p, _, (best, _) = case
+    full = mcmc_search(Simulator(p.scratch()), seed=1, steps=3000, unlock_moves=False)
+    met = mcmc_search(Simulator(p.scratch()), seed=1, steps=3000, unlock_moves=False,
+                      target_s=best * (1 + 1e-9))
+    assert met.period_s == pytest.approx(best, rel=1e-9) and met.steps < full.steps
+    low = mcmc_search(Simulator(p.scratch()), seed=1, steps=3000, unlock_moves=False,
+                      target_s=best * 0.5)
+    assert (low.assignment, low.steps, low.accepted) == (full.assignment, full.steps,
+                                                         full.accepted)
+
+
 def test_cpsat_finds_the_optimum_and_its_bound_holds(case):
     p, sim, (best, _) = case
     r = cpsat_search(Simulator(p), time_limit_s=60, workers=1, seed=0)

@@ -56,6 +56,20 @@ def test_search_writes_a_valid_plan_with_timeline(spec_file, tmp_path, capsys):
     assert "proven optimal" in text or re.search(r"optimal to within \d+\.\d us", text)
 
 
+def test_a_bound_cut_by_the_time_limit_says_so(spec_file, tmp_path, capsys, monkeypatch):
+    """The memory cases of the list-free bound get BOUND_SHARE of the limit (7 s of a
+    4 s limit once, at 128 GPUs of 16 GiB): cut, the bound says what it left out."""
+    import planner.search.driver as driver
+
+    monkeypatch.setattr(driver, "BOUND_SHARE", -1.0)  # the deadline passed already
+    out = tmp_path / "plan.json"
+    assert main(["search", str(spec_file), "-o", str(out), "--time-limit", "1.5",
+                 "--method", "mcmc"]) == 0  # no CP-SAT: the printed bound is the relaxation
+    text = " ".join(capsys.readouterr().out.split())
+    assert "time limit reached: lower bound without its memory cases" in text
+    assert "work/cycle/loop relaxation (its memory cases cut by the time limit)" in text
+
+
 @pytest.mark.parametrize("method", ["mcmc", "auto"])
 def test_same_seed_same_plan_file(spec_file, tmp_path, method):
     a, b = tmp_path / "a.json", tmp_path / "b.json"

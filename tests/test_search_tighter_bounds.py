@@ -333,3 +333,17 @@ def test_repartner_leaves_the_128_gpu_trap(problem_128):
     gen, critic = p.candidates[p.index["actor_gen"]][a[p.index["actor_gen"]]], \
         p.candidates[p.index["critic_train"]][a[p.index["critic_train"]]]
     assert gen.hi - gen.lo == 120 and critic.hi - critic.lo == 8
+
+
+def test_memory_cases_cut_by_a_deadline_leave_the_other_bounds(problem_128):
+    """Past its deadline the bound drops its memory cases (a least over some cases would
+    bound nothing) and says so: weaker, still under every plan."""
+    p = problem_128
+    cut: list[int] = []
+    full = bounds.full_space_bound_s(p)
+    weak = bounds.full_space_bound_s(p, deadline_s=0.0, on_cut=lambda: cut.append(1))
+    base = max(bounds.work_bound_s(p), bounds.cycle_bound_s(p), bounds.loop_bound_s(p),
+               bounds.core_bound_s(p))
+    assert cut == [1] and weak == base * (1 - bounds.FLOAT_SLACK) < full
+    assert bounds.full_space_bound_s(p, deadline_s=float("inf"),
+                                     on_cut=lambda: cut.append(2)) == full and cut == [1]

@@ -124,7 +124,9 @@ brute-force optima.
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import replace
 from functools import lru_cache
 
@@ -726,10 +728,16 @@ def _case_s(p: Problem, v: int, u: int, lag: int, ou: Candidate, desc: list[set[
     return best
 
 
-def memory_cycle_bound_s(p: Problem, base_s: float = 0.0) -> float:
+class BoundCut(Exception):
+    """The memory cases ran past their deadline (memory_cycle_bound_s)."""
+
+
+def memory_cycle_bound_s(p: Problem, base_s: float = 0.0,
+                         deadline_s: float | None = None) -> float:
     """The home-pair cycles split into cases by the train call's option (module
     docstring, memory cases); `base_s`: a bound already known (cases that cannot beat it
-    are not worked out)."""
+    are not worked out). Past `deadline_s` (time.perf_counter()) it raises BoundCut: the
+    least over some of the cases bounds nothing."""
     if not any(p.options):
         return 0.0  # hand-made lists: no priced options
     desc = _descendants(p)
@@ -743,6 +751,8 @@ def memory_cycle_bound_s(p: Problem, base_s: float = 0.0) -> float:
             for ou in _distinct(p.options[u]):  # fastest first
                 if (ou.time_s + floor) / lag >= least or least <= base_s:
                     break  # no later case is shorter / this cycle cannot beat base_s
+                if deadline_s is not None and time.perf_counter() > deadline_s:
+                    raise BoundCut
                 least = min(least, _case_s(p, v, u, lag, ou, desc, least))
             if least < float("inf"):
                 best = max(best, least)
@@ -774,8 +784,16 @@ def core_bound_s(p: Problem) -> float:
 FLOAT_SLACK = 1e-12
 
 
-def full_space_bound_s(p: Problem) -> float:
+def full_space_bound_s(p: Problem, deadline_s: float | None = None,
+                       on_cut: Callable[[], None] | None = None) -> float:
     """max(work, cycles, loops, cores, memory cases): no legal plan of the spec is faster,
-    under the simulator's rules (less FLOAT_SLACK)."""
+    under the simulator's rules (less FLOAT_SLACK). The memory cases (the costly part:
+    seconds where few options fit beside each other) stop at `deadline_s`
+    (time.perf_counter()): the bound is then the others' max, and `on_cut()` is called."""
     base = max(work_bound_s(p), cycle_bound_s(p), loop_bound_s(p), core_bound_s(p))
-    return max(base, memory_cycle_bound_s(p, base)) * (1 - FLOAT_SLACK)
+    try:
+        return max(base, memory_cycle_bound_s(p, base, deadline_s)) * (1 - FLOAT_SLACK)
+    except BoundCut:
+        if on_cut is not None:
+            on_cut()
+        return base * (1 - FLOAT_SLACK)

@@ -105,8 +105,11 @@ def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
                 time_limit_s: float | None = None, starts: list[tuple[int, ...]] | None = None,
                 cycles: int = 4, t_start: float = 0.07, t_end: float = 0.0015,
                 pair_prob: float = 0.25, order_prob: float = 0.1, polish: bool = True,
-                unlock_moves: bool = True, progress: Progress | None = None) -> SearchResult:
+                unlock_moves: bool = True, progress: Progress | None = None,
+                target_s: float | None = None) -> SearchResult:
     """Anneal from the best of `starts` (default: every call's fastest candidate).
+    A plan of period <= `target_s` (a lower bound over every legal plan: nothing is
+    faster) ends the walk, its descents and the polish at once.
 
     The state also holds the simulator's priority order as one offset per call (in
     quarter iterations; all 0 = iteration-major): with probability `order_prob` a move
@@ -145,6 +148,7 @@ def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
 
     # The best fitting plan of the current walk (an extra walk's descents start there).
     walk_best: list = [None, zero, math.inf]
+    met = [False]  # a plan met target_s: nothing is left to find
 
     def consider(a: tuple[int, ...], o: tuple[int, ...]) -> None:
         nonlocal best, best_o, best_period
@@ -157,6 +161,7 @@ def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
                                              and best is not None and (a, o) < (best, best_o)):
                 best, best_o, best_period = a, o, per
                 history.append((time.perf_counter() - t_begin, per))
+                met[0] = target_s is not None and per <= target_s
 
     for a in pool:
         consider(a, zero)
@@ -178,7 +183,7 @@ def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
         if cur is None or (cur, cur_o, p.candidate_count()) in descended:
             return False  # the same descent from the same plan over the same lists
         before = best_period
-        while True:
+        while not met[0]:
             key = (cur, cur_o, p.candidate_count())
             order = list(offsets_of(cur_o) or sim.offsets or []) or None
             a, _, moves = unlock(p, cur, order, deadline=until)
@@ -194,6 +199,7 @@ def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
             levels = levels_of(order, n)
             cur, cur_o, cur_p = a, (cur_o if levels is None else levels), per
             consider(cur, cur_o)
+        return best_period < before
 
     step = accepted = 0
     frac = 0.0
@@ -201,8 +207,8 @@ def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
     log_ratio = math.log(t_end / t_start)
     start_point = (x, ox), ex
     walk_from, walk_to, num_cycles = 0.0, walk_s, cycles  # a timed walk's window (s)
-    while True:
-        while movable:
+    while not met[0]:
+        while movable and not met[0]:
             if steps is not None and step >= steps:
                 break
             if step % 64 == 0:
@@ -242,13 +248,13 @@ def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
                 if ey < anchor_e:
                     anchor, anchor_e = (y, oy), ey
                 consider(y, oy)
-        if unlock_moves:
+        if unlock_moves and not met[0]:
             final = None if time_limit_s is None else t_begin + time_limit_s * 1.05
             if walk_from == 0:
                 unlocked(final)
             elif walk_best[0] is not None:  # an extra walk: from its own best plan
                 unlocked(final, tuple(walk_best))
-        if time_limit_s is None or not unlock_moves or not movable:
+        if time_limit_s is None or not unlock_moves or not movable or met[0]:
             break
         # Time the descents left: one more walk from the start (another basin: which one
         # a walk ends in varies), its descents after it, while at least EXTRA_WALK_SHARE
@@ -261,7 +267,7 @@ def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
         (x, ox), ex = start_point
         anchor, anchor_e = start_point
         walk_best[:] = [None, zero, math.inf]
-    if best is not None and polish:
+    if best is not None and polish and not met[0]:
         for a in polish_plan(sim, best, offsets_of(best_o),
                              deadline=None if time_limit_s is None
                              else t_begin + time_limit_s * 1.05):
