@@ -224,8 +224,11 @@ def test_a_search_that_found_no_plan_in_its_time_does_not_claim_none_fits(
         raise SearchTimeError("baselines")
 
     monkeypatch.setattr(driver, "all_baselines", out_of_time)
-    monkeypatch.setattr(driver, "mcmc_search", lambda sim, **kw: SearchResult(
-        "mcmc", None, None, 0.0, status="no plan fits in memory"))
+    def nothing_found(sim, **kw):
+        return SearchResult("mcmc", None, None, 0.0, status="no plan fits in memory")
+
+    monkeypatch.setattr(driver, "mcmc_search", nothing_found)
+    monkeypatch.setattr(driver, "twin_mcmc_search", nothing_found)  # a timed search's
     out = tmp_path / "plan.json"
     assert main(["search", str(spec_file), "-o", str(out), "--time-limit", "5",
                  "--method", "mcmc"]) == 2

@@ -40,6 +40,7 @@ from planner.search.plan_out import build_plan, exact_evaluation
 from planner.cost_model.memory import PLAIN
 from planner.search.problem import Problem, build_problem
 from planner.search.simulator import Simulator
+from planner.search.twin import twin_mcmc_search
 
 METHODS = ("auto", "mcmc", "cpsat", "baseline")
 BASELINES = ("colocate", "colocate-per-call", "split")  # baselines.all_baselines' names
@@ -285,10 +286,15 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
         if method != "auto" or (1 - share) * left() <= build_s + 0.5:
             share = 1.0
         budget = left() * share
-        runs.append(mcmc_search(
-            sim, seed=seed, steps=steps, time_limit_s=None if deterministic else budget,
-            starts=[b.assignment for b in known], target_s=target_s,
-            progress=(lambda f, b: progress("mcmc", f, b)) if progress else None))
+        walk_progress = (lambda f, b: progress("mcmc", f, b)) if progress else None
+        if deterministic:  # one walk: its plan depends on the seed alone
+            runs.append(mcmc_search(sim, seed=seed, steps=steps,
+                                    starts=[b.assignment for b in known], target_s=target_s,
+                                    progress=walk_progress))
+        else:  # a second walk on the second core (twin.py)
+            runs.append(twin_mcmc_search(sim, seed=seed, time_limit_s=budget,
+                                         starts=[b.assignment for b in known],
+                                         target_s=target_s, progress=walk_progress))
         if target_s is not None and runs[-1].period_s is not None \
                 and runs[-1].period_s <= target_s:
             method = "done"  # MCMC's plan meets the bound over every legal plan

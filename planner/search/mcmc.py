@@ -106,10 +106,12 @@ def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
                 cycles: int = 4, t_start: float = 0.07, t_end: float = 0.0015,
                 pair_prob: float = 0.25, order_prob: float = 0.1, polish: bool = True,
                 unlock_moves: bool = True, progress: Progress | None = None,
-                target_s: float | None = None) -> SearchResult:
+                target_s: float | None = None,
+                stop: Callable[[], bool] | None = None) -> SearchResult:
     """Anneal from the best of `starts` (default: every call's fastest candidate).
     A plan of period <= `target_s` (a lower bound over every legal plan: nothing is
-    faster) ends the walk, its descents and the polish at once.
+    faster) ends the walk, its descents and the polish at once; so does `stop()`
+    turning true (checked every 64 steps and between descents: another walk met it).
 
     The state also holds the simulator's priority order as one offset per call (in
     quarter iterations; all 0 = iteration-major): with probability `order_prob` a move
@@ -183,7 +185,7 @@ def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
         if cur is None or (cur, cur_o, p.candidate_count()) in descended:
             return False  # the same descent from the same plan over the same lists
         before = best_period
-        while not met[0]:
+        while not met[0] and not (stop is not None and stop()):
             key = (cur, cur_o, p.candidate_count())
             order = list(offsets_of(cur_o) or sim.offsets or []) or None
             a, _, moves = unlock(p, cur, order, deadline=until)
@@ -212,6 +214,9 @@ def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
             if steps is not None and step >= steps:
                 break
             if step % 64 == 0:
+                if stop is not None and stop():
+                    met[0] = True
+                    break
                 elapsed = time.perf_counter() - t_begin
                 if time_limit_s is not None and elapsed >= walk_to:
                     break
