@@ -287,7 +287,7 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
             share = 1.0
         budget = left() * share
         walk_progress = (lambda f, b: progress("mcmc", f, b)) if progress else None
-        if deterministic:  # one walk: its plan depends on the seed alone
+        if deterministic or workers < 2:  # one walk (steps=: its plan is the seed's alone)
             runs.append(mcmc_search(sim, seed=seed, steps=steps,
                                     starts=[b.assignment for b in known], target_s=target_s,
                                     progress=walk_progress))
