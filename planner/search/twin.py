@@ -74,10 +74,11 @@ def twin_mcmc_search(sim: Simulator, *, seed: int, time_limit_s: float,
         mine = mcmc_search(sim, seed=seed, progress=progress, stop=met.is_set, **kwargs)
         if target_s is not None and mine.period_s is not None and mine.period_s <= target_s:
             met.set()
+            return mine  # nothing is faster: the child's plan cannot win (killed below)
         wait_s = max(CHILD_GRACE_S, time_limit_s * 0.05)
         theirs = recv.recv() if recv.poll(wait_s) else None
     finally:
-        child.join(timeout=0.5)
+        child.join(timeout=0.0 if met.is_set() else 0.5)
         if child.is_alive():
             child.kill()
             child.join()
