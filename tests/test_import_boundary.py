@@ -48,3 +48,17 @@ def test_show_only_reads_the_plan():
     assert bad == []
     show_cmd = _imports(ROOT / "planner" / "commands" / "show.py")
     assert not [m for m in show_cmd if m.startswith(("planner.cost_model", "planner.search"))]
+
+
+def test_the_cli_loads_or_tools_only_for_a_search():
+    """Every `planner` command builds the whole parser; OR-Tools (a quarter of a
+    second) loads when a search builds CP-SAT or checks --cpsat-params, not before."""
+    import subprocess
+    import sys
+
+    code = ("import sys, planner.cli, planner.search; planner.cli.build_parser(); "
+            "print(sorted(m for m in sys.modules if m.startswith('ortools')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

@@ -22,7 +22,6 @@ from planner.errors import UserError
 from planner.graph.loader import load_spec
 from planner.outputs import check_output_file
 from planner.plan import save_plan
-from planner.search.cpsat import check_params
 from planner.search.driver import BASELINES, METHODS, SearchOutcome, search
 from planner.search.memory_report import choice_effects
 from planner.search.staleness import StalenessOutcome, search_staleness
@@ -87,6 +86,8 @@ def _check(args: argparse.Namespace) -> None:
         raise SearchFlagError(f"--seed {args.seed}: expected 0 to {L.MAX_SEED}")
     if args.baseline is not None and args.method != "baseline":
         raise SearchFlagError(f"--baseline {args.baseline}: only with --method baseline")
+    from planner.search.cpsat import check_params  # OR-Tools: only for a search
+
     check_params(args.cpsat_params)
     check_output_file(args.output, "-o", inputs=(args.spec,))
 

@@ -19,12 +19,21 @@ An assignment is a tuple with one candidate index per call, calls in
 """
 
 from planner.search.baselines import Baseline, all_baselines
-from planner.search.cpsat import cpsat_search
 from planner.search.driver import METHODS, NoPlanFitsError, SearchOutcome, search
 from planner.search.mcmc import SearchResult, mcmc_search
 from planner.search.plan_out import build_plan, exact_evaluation
 from planner.search.problem import ImpossibleSpecError, Problem, build_problem
 from planner.search.simulator import Evaluation, Simulator
+
+
+
+def __getattr__(name: str):
+    if name == "cpsat_search":  # OR-Tools loads on first use, not with every CLI command
+        from planner.search.cpsat import cpsat_search
+
+        return cpsat_search
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Baseline", "Evaluation", "ImpossibleSpecError", "METHODS", "NoPlanFitsError", "Problem",

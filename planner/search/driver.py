@@ -33,7 +33,6 @@ from planner.search.baselines import Baseline, all_baselines
 from planner.search.budget import SearchTimeError, cut_short, note_cut
 from planner.search.budget import budget as time_budget
 from planner.search.bounds import full_space_bound_s, plans_covered
-from planner.search.cpsat import cpsat_search
 from planner.search.mcmc import SearchResult, mcmc_search
 from planner.search.pairs import recut
 from planner.search.plan_out import build_plan, exact_evaluation
@@ -240,6 +239,8 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
     deterministic = steps is not None
 
     def run_cpsat(limit_s: float, det_time: float) -> SearchResult:
+        from planner.search.cpsat import cpsat_search  # OR-Tools: loaded when used
+
         incumbent = min((r for r in runs if r.assignment is not None),
                         key=lambda r: r.period_s, default=None)
         hint = incumbent.assignment if incumbent else (best_base.assignment if best_base else None)
