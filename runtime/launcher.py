@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 
 from planner.errors import UserError
@@ -25,29 +24,6 @@ from planner.plan import ExecutionPlan
 
 class LaunchError(UserError):
     pass
-
-
-# Ray retries an address where nothing listens for minutes before it gives up.
-ADDRESS_PROBE_S = 5.0
-
-
-def check_reachable(address: str, timeout_s: float = ADDRESS_PROBE_S) -> None:
-    """Fail at once on a HOST:PORT (or ray://HOST:PORT) where nothing answers;
-    "auto" and "local" are Ray's to resolve."""
-    target = address.removeprefix("ray://")
-    if target in ("auto", "local"):
-        return
-    host, sep, port = target.rpartition(":")
-    host = host.strip("[]")  # [::1]:6379
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise LaunchError(f"--address {address}: expected HOST:PORT (e.g. 10.0.0.1:6379, what "
-                          "`ray start --head` prints), ray://HOST:PORT or auto")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except OSError as err:
-        why = err.strerror or type(err).__name__
-        raise LaunchError(f"--address {address}: nothing answers there ({why}); start the "
-                          "cluster's head with `ray start --head`, or pass its address") from None
 
 
 def start_workers(plan: ExecutionPlan, *, address: str | None, on_gpu: bool,
@@ -71,8 +47,12 @@ def start_workers(plan: ExecutionPlan, *, address: str | None, on_gpu: bool,
         # Workers import this project: ship the working directory's packages.
         env = {"env_vars": {"PYTHONPATH": os.pathsep.join(
             p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)}}
-        if address:
-            ray.init(address=address, runtime_env=env, log_to_driver=log_to_driver)
+        if address:  # runtime/ray_address.py checked it; Ray may still refuse it
+            try:
+                ray.init(address=address, runtime_env=env, log_to_driver=log_to_driver)
+            except (ValueError, RuntimeError) as err:
+                first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+                raise LaunchError(f"--address {address}: {first}") from None
         else:
             # A local instance sized to the plan: one logical CPU per virtual device.
             # address="local": a new instance even if another one runs on this machine.

@@ -146,10 +146,12 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
     check_output_dir(run_dir, "--run-dir", inputs=(plan_path, spec_path))
     if not 0 <= seed <= L.MAX_SEED:
         raise UserError(f"--seed {seed}: expected 0 to {L.MAX_SEED}")
-    if address:  # before anything is written: Ray itself retries for minutes
-        from runtime.launcher import check_reachable
+    if address == "local":  # Ray's word for a new local instance: the default
+        address = None
+    if address is not None:  # before anything is written: Ray itself retries for minutes
+        from runtime.ray_address import check_address
 
-        check_reachable(address)
+        check_address(address)
     # The plan embeds its spec (it runs from any directory); a given spec file must match.
     plan = load_plan(plan_path, spec=load_spec(spec_path) if spec_path else None)
     spec = plan.spec

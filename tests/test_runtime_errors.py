@@ -77,16 +77,74 @@ def _closed_port() -> int:
 @pytest.mark.parametrize("address,expected", [
     ("127.0.0.1:{port}", "nothing answers there (Connection refused); start the cluster's head"),
     ("[::1]:{port}", "nothing answers there"),
-    ("ray://127.0.0.1:{port}", "nothing answers there"),
     ("headnode", "expected HOST:PORT (e.g. 10.0.0.1:6379"),
     ("10.0.0.1:99999", "expected HOST:PORT"),
+    ("http://127.0.0.1:{port}", "expected HOST:PORT"),
+    ("127.0.0.1:\u0663", "expected HOST:PORT"),  # an Arabic-Indic digit is no port
+    (" 127.0.0.1:{port}", "expected HOST:PORT"),
+    ("", "expected HOST:PORT"),
 ])
 def test_unreachable_address_fails_at_once(capsys, tmp_path, address, expected):
     """Ray would retry for minutes; the run names the address and writes nothing."""
     address = address.format(port=_closed_port())
     rc, err = _run(capsys, str(colocated_tiny_ppo(tmp_path)), "--address", address,
                    "--run-dir", str(tmp_path / "run"))
-    assert rc == 2 and err.startswith(f"--address {address}: ") and expected in err
+    assert rc == 2 and err.startswith("--address ") and expected in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("reply", [b"HTTP/1.0 400 Bad request\r\n\r\n", None])
+def test_an_address_that_is_no_ray_head_fails_at_once(capsys, tmp_path, monkeypatch, reply):
+    """Something listens but is not a Ray head (an HTTP server, the dashboard's port, a
+    proxy that accepts and says nothing): Ray would retry for a minute or more."""
+    import socket
+    import threading
+
+    import runtime.ray_address as ra
+
+    monkeypatch.setattr(ra, "PROBE_S", 0.5)  # the silent case waits this long
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def answer():
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(64)
+            if reply is not None:
+                conn.sendall(reply)
+            else:
+                threading.Event().wait(2.0)
+
+    threading.Thread(target=answer, daemon=True).start()
+    address = f"127.0.0.1:{server.getsockname()[1]}"
+    rc, err = _run(capsys, str(colocated_tiny_ppo(tmp_path)), "--address", address,
+                   "--run-dir", str(tmp_path / "run"))
+    server.close()
+    what = "something that is not a Ray head" if reply else "nothing"
+    assert rc == 2 and err.startswith(f"--address {address}: {what} answers the gRPC handshake")
+    assert not (tmp_path / "run").exists()
+
+
+def test_ray_client_address_without_its_extra_is_one_line(capsys, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "grpc" else real(name, *a))
+    rc, err = _run(capsys, str(colocated_tiny_ppo(tmp_path)), "--address",
+                   "ray://127.0.0.1:10001", "--run-dir", str(tmp_path / "run"))
+    assert rc == 2 and "Ray Client (ray://) needs the ray[client] extra" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_address_auto_without_a_cluster_fails_at_once(capsys, tmp_path, monkeypatch):
+    """`auto` resolved as Ray resolves it: RAY_ADDRESS first (here a closed port)."""
+    address = f"127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    rc, err = _run(capsys, str(colocated_tiny_ppo(tmp_path)), "--address", "auto",
+                   "--run-dir", str(tmp_path / "run"))
+    assert rc == 2 and err.startswith("--address auto (") and "nothing answers there" in err
     assert not (tmp_path / "run").exists()
 
 

@@ -47,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "up to the GPU count); 0 to skip collectives")
     p.add_argument("--no-runtime", action="store_true",
                    help="skip the runtime's own overheads (Ray task launch, data hand-off, "
-                   "realloc agreement); they are then priced at zero")
+                   "a realloc's message round); they are then priced at zero")
     p.add_argument("--backend", choices=("native", "vllm"), default="native",
                    help="vllm: also measure vLLM's prefill and decode times, which then price "
                    "generate calls with `backend: vllm` (needs the vllm extra)")

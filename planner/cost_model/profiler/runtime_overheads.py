@@ -10,7 +10,8 @@ What `runtime run` does per call, reproduced with a tiny Ray actor per device
   send/recv of a 1-element buffer around the ring of actors (a steady-state
   realloc's messages without their bytes: its inputs' agreement all-reduce
   runs on its first iteration only, its policy version comes from the
-  driver), worker-side time of the slowest.
+  driver), from the last actor's start to the last one's end (the runtime's
+  realloc span; an actor Ray started earlier only waits meanwhile).
 Host-function time depends on the user's function: `planner calibrate` fits
 it from runs, so it is 0 here.
 """
@@ -45,17 +46,17 @@ def _probe_class():
         def call(self, batch: dict) -> dict:
             return {k: v[:1].clone() for k, v in batch.items()}
 
-        def exchange(self) -> float:
+        def exchange(self) -> tuple[float, float]:
             import torch
             import torch.distributed as dist
 
             out, into = torch.ones(1, dtype=torch.int32), torch.empty(1, dtype=torch.int32)
-            t0 = time.perf_counter()
+            t0 = time.time()
             ops = [dist.P2POp(dist.isend, out, (self.rank + 1) % self.world),
                    dist.P2POp(dist.irecv, into, (self.rank - 1) % self.world)]
             for req in dist.batch_isend_irecv(ops):
                 req.wait()
-            return time.perf_counter() - t0
+            return t0, time.time()
 
         def close(self) -> None:
             import torch.distributed as dist
@@ -101,7 +102,11 @@ def measure_runtime_overheads(num_workers: int = 2, reps: int = 10) -> RuntimeOv
         extra_s = large_s - launch_s
         rate = (LARGE_BYTES - SMALL_BYTES) / extra_s if extra_s > 0 else None
         ray.get([a.exchange.remote() for a in actors])  # warm-up: gloo's pair connections
-        ring = [max(ray.get([a.exchange.remote() for a in actors])) for _ in range(reps)]
+        # From the last actor's arrival to the last one's end, as the runtime measures a
+        # realloc's span: an actor Ray started earlier only waits for the others meanwhile.
+        ring = [max(t1 for _, t1 in spans) - max(t0 for t0, _ in spans)
+                for spans in (ray.get([a.exchange.remote() for a in actors])
+                              for _ in range(reps))]
         ray.get([a.close.remote() for a in actors])
     finally:
         for a in actors:
@@ -114,6 +119,6 @@ def measure_runtime_overheads(num_workers: int = 2, reps: int = 10) -> RuntimeOv
         source=(f"planner profile: {num_workers} Ray actors on this machine; call_launch_s = "
                 f"median round trip of a {SMALL_BYTES >> 10} KiB batch to every actor, "
                 f"handoff_bytes_per_s = extra bytes / extra time of a {LARGE_BYTES >> 20} MiB "
-                "batch, realloc_fixed_s = median worker-side round of 1-element gloo "
-                "send/recv around the actors (slowest actor); host_function_s_per_seq = 0 until planner "
+                "batch, realloc_fixed_s = median round of 1-element gloo send/recv around the "
+                "actors, last start to last end; host_function_s_per_seq = 0 until planner "
                 "calibrate fits it from runs"))
