@@ -311,3 +311,18 @@ def test_evaluate_prices_a_plan_with_the_staleness_it_assumes(tmp_path, capsys, 
     assert main(["evaluate", str(f), "--plan", str(tmp_path / "split.json")]) == 0
     row = next(x for x in capsys.readouterr().out.splitlines() if "split.json" in x)
     assert f"{plan.iteration_time_s:.3f}" in row and f"{async_s:.3f}" not in row
+
+
+def test_staleness_search_prices_within_the_time_limit(tmp_path):
+    """Pricing counts in --time-limit as in a plain search (it ran outside any limit: a
+    1024-GPU spec with max_staleness 1 took 10.3 s for --time-limit 3)."""
+    import time
+
+    from planner.search.budget import SearchTimeError
+
+    f = tmp_path / "k1.yaml"
+    f.write_text((ROOT / "specs" / "grpo-qwen2.5-7b-8gpu.yaml").read_text()
+                 + "max_staleness: 1\n")
+    with pytest.raises(SearchTimeError, match="ran out while pricing"):
+        search_staleness(load_spec(f), spec_path=f, time_limit_s=1.0,
+                         start_s=time.perf_counter() - 5.0)  # the limit already spent

@@ -57,5 +57,5 @@ def check(stage: str) -> None:
     """Raise SearchTimeError when the open budget is spent."""
     if spent():
         raise SearchTimeError(f"--time-limit {_limit_s:g} s ran out while {stage}, before any "
-                              "plan was found; give a larger --time-limit (pricing the "
-                              "calls' candidates alone takes longer than that here)")
+                              "plan was found (the limit is the command's whole wall clock, "
+                              "its start and imports included); give a larger --time-limit")

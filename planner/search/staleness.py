@@ -13,14 +13,20 @@ baseline becomes the async one: baselines.split).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from planner.cost_model.memory import PLAIN
 from planner.graph.spec import Spec
+from planner.search.budget import budget as time_budget
 from planner.search.driver import Progress, SearchOutcome, search
 from planner.search.problem import Problem, build_problem
+
+# Each K's search gets at least this much, however little of the limit is left (a K
+# searched with none would have no plan): the limit is overrun by at most K+1 of them.
+MIN_SHARE_S = 0.2
 
 
 @dataclass
@@ -44,12 +50,14 @@ def search_staleness(spec: Spec, *, spec_path: str | Path | None = None,
     if progress:
         progress("candidates", 0.0, None)
     extra = {} if memory_choices else {"memory_choices": (PLAIN,)}  # see search()
-    p = problem or build_problem(spec, spec_path, top_k=top_k, every_node_count=every_node_count,
-                                 **extra)
+    # Pricing inside the limit, as search() prices (a --steps search is not timed).
+    with time_budget(math.inf if kwargs.get("steps") is not None else time_limit_s, t0):
+        p = problem or build_problem(spec, spec_path, top_k=top_k,
+                                     every_node_count=every_node_count, **extra)
     num = spec.max_staleness + 1
     per_k: list[SearchOutcome] = []
     for k in range(num):
-        share = max(0.5, (time_limit_s - (time.perf_counter() - t0)) / (num - k))
+        share = max(MIN_SHARE_S, (time_limit_s - (time.perf_counter() - t0)) / (num - k))
         stage = (lambda s, f, b, k=k: progress(f"K={k} {s}", f, b)) if progress else None
         per_k.append(search(spec, spec_path=spec_path, problem=p.with_staleness(k),
                             time_limit_s=share, progress=stage, **kwargs))
