@@ -212,6 +212,22 @@ def test_a_time_limit_that_skips_the_baselines_says_so(spec_file, tmp_path, caps
                .provenance.notes)
 
 
+def test_a_named_baseline_cut_by_the_time_limit_says_so(spec_file, tmp_path, capsys,
+                                                        monkeypatch):
+    import planner.search.driver as driver
+    from planner.search.budget import SearchTimeError
+
+    def out_of_time(*args, **kwargs):
+        raise SearchTimeError("baselines")
+
+    monkeypatch.setattr(driver, "all_baselines", out_of_time)
+    assert main(["search", str(spec_file), "-o", str(tmp_path / "p.json"), "--method",
+                 "baseline", "--baseline", "split", "--time-limit", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("--baseline split: --time-limit 5 s ran out before it was computed; raise "
+                   "--time-limit or use --steps")
+
+
 def test_a_search_that_found_no_plan_in_its_time_does_not_claim_none_fits(
         spec_file, tmp_path, capsys, monkeypatch):
     """"No plan fits in memory" is said only when CP-SAT proved it over every legal

@@ -217,9 +217,10 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
         # Under max_staleness K > 0 the split baseline is its async variant.
         named = next((b for b in baselines if b.name in (baseline, f"async-{baseline}")), None)
         if named is None:
-            raise UserError(f"--baseline {baseline}: not computed ("
-                            + ("; ".join(cut) or "no baseline of that name for this spec")
-                            + "); raise --time-limit or use --steps")
+            raise UserError(f"--baseline {baseline}: " + (
+                f"--time-limit {time_limit_s:g} s ran out before it was computed; raise "
+                "--time-limit or use --steps" if cut
+                else "no baseline of that name for this spec"))
         if named.assignment is None:
             raise NoPlanFitsError(f"baseline {baseline}: {named.note or 'no plan of it fits'}")
         known = [named]
