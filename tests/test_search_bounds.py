@@ -203,11 +203,11 @@ def _base_s(p: Problem) -> float:
     return max(bounds.work_bound_s(p), bounds.cycle_bound_s(p), bounds.loop_bound_s(p))
 
 
-def _above_without(monkeypatch, name: str, value):
-    """raises(p, bound) for _brute_force: the bound is above the one with bounds.`name`
+def _above_without(monkeypatch, name: str, value, module=bounds):
+    """raises(p, bound) for _brute_force: the bound is above the one with `module`.`name`
     replaced by `value` (the term under test switched off)."""
     def raises(p: Problem, bound_s: float) -> bool:
-        monkeypatch.setattr(bounds, name, value)
+        monkeypatch.setattr(module, name, value)
         try:
             before = bounds.full_space_bound_s(p)
         finally:

@@ -28,14 +28,14 @@ import pytest
 from planner.cost_model import load_profile
 from planner.cost_model.fast_moves import fast_data_transfer
 from planner.cost_model.memory import PLAIN
-from planner.search import bounds, key_floors
+from planner.search import key_floors
 from planner.search.candidates import Candidate
 from planner.search.packing import least_window_tails_s, lp_s, tailed
 from planner.search.problem import Problem
-from planner.search.scenarios import (TINY_MODELS, call, hand_problem, spec_of,
-                                      tiny_parallel_spec, tiny_rlhf_spec)
+from planner.search.scenarios import (hand_problem, ppo_shaped_spec, tiny_parallel_spec,
+                                      tiny_rlhf_spec)
 
-from tests.test_search_bounds import _brute_force, _layouts
+from tests.test_search_bounds import _above_without, _brute_force, _layouts
 from tests.test_search_tighter_bounds import _split_options
 
 
@@ -121,14 +121,7 @@ def _keyed_problem(rng) -> Problem:
 
 def _raised_by_keys(monkeypatch):
     """raises(p, bound) for _brute_force: the bound is above the one without key floors."""
-    def raises(p: Problem, bound_s: float) -> bool:
-        monkeypatch.setattr(key_floors, "applies", lambda q: False)
-        try:
-            before = bounds.full_space_bound_s(p)
-        finally:
-            monkeypatch.undo()
-        return bound_s > before * (1 + 1e-9)
-    return raises
+    return _above_without(monkeypatch, "applies", lambda q: False, module=key_floors)
 
 
 def test_key_floors_hold_on_brute_forced_spaces_with_priced_transfers(monkeypatch):
@@ -172,18 +165,7 @@ def _ppo_problem(rng) -> Problem:
     """The 128-GPU spec's shape at small scale with priced transfers: generation, three
     inferences, two trainings (the critic's free of the actor's cycle), on 3 nodes x 2
     devices, random splits, times of tens of microseconds."""
-    spec = spec_of([
-        call("actor_gen", "actor", "generate", ["prompts"], ["seqs"]),
-        call("reward_inf", "reward", "inference", ["seqs"], ["rewards"]),
-        call("ref_inf", "ref", "inference", ["seqs"], ["ref_logp"]),
-        call("critic_inf", "critic", "inference", ["seqs"], ["values"]),
-        call("actor_train", "actor", "train", ["seqs", "ref_logp", "rewards", "values"], [],
-             minibatches=2),
-        call("critic_train", "critic", "train", ["seqs", "rewards", "values"], [],
-             minibatches=2),
-    ], {"actor": TINY_MODELS["actor"], "ref": TINY_MODELS["ref"],
-        "critic": TINY_MODELS["critic"], "reward": {"arch": "tiny-llama", "head": "reward"}},
-        nodes=3, gpn=2, memory_gib=80)
+    spec = ppo_shaped_spec()
     spec.cluster.hardware = "h100-sxm"
     every = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (0, 2), (2, 4), (4, 6),
              (0, 4), (2, 6), (0, 6)]

@@ -29,7 +29,7 @@ from planner.layout.layout import Layout
 from planner.search import bounds
 from planner.search.candidates import Candidate
 from planner.search.packing import least_window_s, lp_s, staircase
-from planner.search.scenarios import call, hand_problem, spec_of, TINY_MODELS
+from planner.search.scenarios import call, hand_problem, ppo_shaped_spec, spec_of, TINY_MODELS
 
 from tests.test_search_bounds import (_above_without, _brute_force, _memory_tight_problem,
                                       _random_options)
@@ -242,18 +242,7 @@ def test_ppo_shaped_spaces_on_uneven_meshes_hold():
     2, 4 and 6 devices). Never above the best plan (every assignment simulated); the
     seeds include one where the pairs filter empties a list (no plan puts the train call
     on that option), which once raised instead of ruling the case out."""
-    spec = spec_of([
-        call("actor_gen", "actor", "generate", ["prompts"], ["seqs"]),
-        call("reward_inf", "reward", "inference", ["seqs"], ["rewards"]),
-        call("ref_inf", "ref", "inference", ["seqs"], ["ref_logp"]),
-        call("critic_inf", "critic", "inference", ["seqs"], ["values"]),
-        call("actor_train", "actor", "train", ["seqs", "ref_logp", "rewards", "values"], [],
-             minibatches=2),
-        call("critic_train", "critic", "train", ["seqs", "rewards", "values"], [],
-             minibatches=2),
-    ], {"actor": TINY_MODELS["actor"], "ref": TINY_MODELS["ref"],
-        "critic": {"arch": "llama3-8b", "trainable": True, "head": "value"},
-        "reward": {"arch": "tiny-llama", "head": "reward"}}, nodes=3, gpn=2, memory_gib=80)
+    spec = ppo_shaped_spec({"arch": "llama3-8b", "trainable": True, "head": "value"})
     spec.cluster.hardware = "h100-sxm"
     every = [(0, 6), (0, 4), (2, 6), (0, 2), (2, 4), (4, 6), (0, 1), (3, 4)]
 

@@ -102,6 +102,26 @@ def tiny_parallel_spec(*, nodes: int = 1, gpn: int = 4, memory_gib: float | None
         memory_gib=memory_gib)
 
 
+def ppo_shaped_spec(critic: dict | None = None, *, nodes: int = 3, gpn: int = 2,
+                    memory_gib: float | None = 80) -> Spec:
+    """The 128-GPU PPO spec's shape at small scale: generation, three inferences (reward,
+    reference, critic), two trainings (the critic's free of the actor's cycle); `critic`
+    the critic's model (default TINY_MODELS')."""
+    return spec_of([
+        call("actor_gen", "actor", "generate", ["prompts"], ["seqs"]),
+        call("reward_inf", "reward", "inference", ["seqs"], ["rewards"]),
+        call("ref_inf", "ref", "inference", ["seqs"], ["ref_logp"]),
+        call("critic_inf", "critic", "inference", ["seqs"], ["values"]),
+        call("actor_train", "actor", "train", ["seqs", "ref_logp", "rewards", "values"], [],
+             minibatches=2),
+        call("critic_train", "critic", "train", ["seqs", "rewards", "values"], [],
+             minibatches=2),
+    ], {"actor": TINY_MODELS["actor"], "ref": TINY_MODELS["ref"],
+        "critic": critic or TINY_MODELS["critic"],
+        "reward": {"arch": "tiny-llama", "head": "reward"}}, nodes=nodes, gpn=gpn,
+        memory_gib=memory_gib)
+
+
 def tiny_two_source_spec(*, nodes: int = 1, gpn: int = 4, memory_gib: float | None = None
                          ) -> Spec:
     """ReMax-like: two generations read the dataset (two sources), each rewarded, then train."""
