@@ -70,6 +70,21 @@ def test_a_bound_cut_by_the_time_limit_says_so(spec_file, tmp_path, capsys, monk
     assert "work/cycle/loop relaxation (its memory cases cut by the time limit)" in text
 
 
+def test_one_worker_keeps_a_timed_search_to_one_walk(spec_file, tmp_path, monkeypatch):
+    """--workers 1: no second walk (twin.py), and the one walk keeps its time limit (it
+    once ran with neither steps nor a limit: a traceback)."""
+    import planner.search.driver as driver
+
+    def no_twin(*args, **kwargs):
+        raise AssertionError("a second walk with --workers 1")
+
+    monkeypatch.setattr(driver, "twin_mcmc_search", no_twin)
+    out = tmp_path / "plan.json"
+    assert main(["search", str(spec_file), "-o", str(out), "--method", "mcmc",
+                 "--time-limit", "1.5", "--workers", "1"]) == 0
+    assert load_plan(out, load_spec(spec_file)).iteration_time_s > 0
+
+
 @pytest.mark.parametrize("method", ["mcmc", "auto"])
 def test_same_seed_same_plan_file(spec_file, tmp_path, method):
     a, b = tmp_path / "a.json", tmp_path / "b.json"

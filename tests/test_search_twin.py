@@ -3,6 +3,7 @@ the child's candidates merged into this process's lists, either walk's stop hono
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from types import MappingProxyType
 
@@ -61,3 +62,60 @@ def test_a_stop_from_the_other_walk_ends_this_one(tight):
     p, _ = tight
     r = mcmc_search(Simulator(p.scratch()), seed=1, steps=3000, stop=lambda: True)
     assert r.steps == 0
+
+
+def test_a_child_that_dies_before_it_sends_leaves_the_parents_plan(tight, monkeypatch):
+    """Killed (out of memory, by hand) before it sent: the parent's own walk stands."""
+    import os
+
+    p, best = tight
+    monkeypatch.setattr(twin, "_child", lambda *args: os._exit(9))
+    sim = Simulator(p.scratch())
+    r = twin.twin_mcmc_search(sim, seed=1, time_limit_s=1.0)
+    offsets = tuple(r.order) if r.order else None
+    assert r.assignment is not None and sim.feasible(r.assignment, offsets)
+    assert r.period_s == pytest.approx(sim.period(r.assignment, offsets), rel=1e-12)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_child_walk_ends_with_its_parent(tmp_path):
+    """SIGKILL to a search's process (what a TERM ends with, or the OOM killer): its
+    forked walk does not run on as an orphan (Linux: PR_SET_PDEATHSIG)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = f"""
+import os, sys, threading
+sys.path.insert(0, {str(os.getcwd())!r})
+from planner.search import twin
+from planner.search.problem import build_problem
+from planner.search.scenarios import tiny_parallel_spec
+from planner.search.simulator import Simulator
+p = build_problem(tiny_parallel_spec(nodes=2, gpn=2, memory_gib=0.004), top_k=5, full_lists=False)
+def report():
+    import multiprocessing, time
+    while not multiprocessing.active_children():
+        time.sleep(0.05)
+    print(multiprocessing.active_children()[0].pid, flush=True)
+threading.Thread(target=report, daemon=True).start()
+twin.twin_mcmc_search(Simulator(p), seed=1, time_limit_s=60.0)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    child = int(proc.stdout.readline())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    for _ in range(100):  # gone from /proc within a few seconds (it may be a zombie
+        try:              # of init for a moment: its state is Z)
+            with open(f"/proc/{child}/stat") as f:
+                if f.read().split(") ")[1].startswith("Z"):
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the child walk outlived its parent by 10 s")

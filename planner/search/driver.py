@@ -189,8 +189,9 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
         # The list-free bound, before the search so its time counts in the budget. Its
         # memory cases get at most BOUND_SHARE of the limit (seconds where few options
         # fit beside each other, e.g. 7 s at 128 GPUs of 16 GiB): cut, it is weaker.
-        bound_until = (None if steps is not None
-                       else time.perf_counter() + BOUND_SHARE * time_limit_s)
+        bound_until = (None if steps is not None  # never past the whole search's end
+                       else min(time.perf_counter() + BOUND_SHARE * time_limit_s,
+                                t0 + time_limit_s))
         bound_cut: list[str] = []
         relaxed = full_space_bound_s(p, bound_until, lambda: bound_cut.append(
             "lower bound without its memory cases")) \
@@ -291,6 +292,7 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
         walk_progress = (lambda f, b: progress("mcmc", f, b)) if progress else None
         if deterministic or workers < 2:  # one walk (steps=: its plan is the seed's alone)
             runs.append(mcmc_search(sim, seed=seed, steps=steps,
+                                    time_limit_s=None if deterministic else budget,
                                     starts=[b.assignment for b in known], target_s=target_s,
                                     progress=walk_progress))
         else:  # a second walk on the second core (twin.py)

@@ -34,10 +34,29 @@ def free_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _child(conn, sim: Simulator, kwargs: dict, met) -> None:
-    """Runs in the forked process: one walk, its plan back as candidate objects."""
+def _die_with_parent(parent_pid: int) -> Callable[[], bool]:
+    """A SIGTERM or SIGHUP that ends the parent must end this walk too: on Linux the
+    kernel sends it SIGKILL (PR_SET_PDEATHSIG); elsewhere, and if the parent died before
+    that was set, the returned check (re-parented: another parent id) stops the walk."""
     try:
-        r = mcmc_search(sim, stop=met.is_set, **kwargs)
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    except (OSError, AttributeError):
+        pass
+    return lambda: os.getppid() != parent_pid
+
+
+def _child(conn, sim: Simulator, kwargs: dict, met, parent_pid: int) -> None:
+    """Runs in the forked process: one walk, its plan back as candidate objects."""
+    orphaned = _die_with_parent(parent_pid)
+    if orphaned():
+        os._exit(0)
+    try:
+        r = mcmc_search(sim, stop=lambda: met.is_set() or orphaned(), **kwargs)
+        if orphaned():
+            os._exit(0)
         if kwargs.get("target_s") is not None and r.period_s is not None \
                 and r.period_s <= kwargs["target_s"]:
             met.set()
@@ -48,7 +67,10 @@ def _child(conn, sim: Simulator, kwargs: dict, met) -> None:
                   for i, j in enumerate(r.assignment)])
         conn.send((r.period_s, r.order, r.steps, r.accepted, cands))
     except BaseException as err:  # noqa: BLE001 - the parent goes on with its own walk
-        conn.send(("error", repr(err)))
+        try:
+            conn.send(("error", repr(err)))
+        except OSError:  # the parent is gone or stopped listening
+            pass
     finally:
         conn.close()
 
@@ -67,7 +89,8 @@ def twin_mcmc_search(sim: Simulator, *, seed: int, time_limit_s: float,
     met = ctx.Event()
     recv, send = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_child, daemon=True,
-                        args=(send, sim, {**kwargs, "seed": seed + TWIN_SEED_STRIDE}, met))
+                        args=(send, sim, {**kwargs, "seed": seed + TWIN_SEED_STRIDE}, met,
+                              os.getpid()))
     child.start()
     send.close()
     try:
@@ -76,7 +99,10 @@ def twin_mcmc_search(sim: Simulator, *, seed: int, time_limit_s: float,
             met.set()
             return mine  # nothing is faster: the child's plan cannot win (killed below)
         wait_s = max(CHILD_GRACE_S, time_limit_s * 0.05)
-        theirs = recv.recv() if recv.poll(wait_s) else None
+        try:
+            theirs = recv.recv() if recv.poll(wait_s) else None
+        except (EOFError, OSError):  # the child died before it sent (killed, out of memory)
+            theirs = None
     finally:
         child.join(timeout=0.0 if met.is_set() else 0.5)
         if child.is_alive():
