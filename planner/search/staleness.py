@@ -62,10 +62,14 @@ def search_staleness(spec: Spec, *, spec_path: str | Path | None = None,
         per_k.append(search(spec, spec_path=spec_path, problem=p.with_staleness(k),
                             time_limit_s=share, progress=stage, **kwargs))
     chosen = min(per_k, key=lambda o: (o.exact_period_s, o.problem.staleness))
-    return StalenessOutcome(per_k, _bounded_within_k(chosen, per_k))
+    # The written plan's search time is the whole search's (pricing and every K), not
+    # its own K's share.
+    return StalenessOutcome(per_k, _bounded_within_k(chosen, per_k,
+                                                     time.perf_counter() - t0))
 
 
-def _bounded_within_k(chosen: SearchOutcome, per_k: list[SearchOutcome]) -> SearchOutcome:
+def _bounded_within_k(chosen: SearchOutcome, per_k: list[SearchOutcome],
+                      search_time_s: float) -> SearchOutcome:
     """The chosen outcome with the bound that covers what it was chosen from: every legal
     plan of every staleness 0..K is the minimum of the per-K bounds (one K's bound says
     nothing about plans of another K); none if some K has none."""
@@ -85,8 +89,9 @@ def _bounded_within_k(chosen: SearchOutcome, per_k: list[SearchOutcome]) -> Sear
     notes = [*chosen.notes, line]
     prov = chosen.plan.provenance
     plan = chosen.plan if prov is None else chosen.plan.model_copy(update={
-        "provenance": prov.model_copy(update={"lower_bound_s": bound, "notes": notes})})
+        "provenance": prov.model_copy(update={"lower_bound_s": bound, "notes": notes,
+                                              "search_time_s": search_time_s})})
     # the least bound may be another K's, CP-SAT's or not: say only what holds for each
     by_cpsat = all(o.bound_is_cpsat for o in per_k)
     return replace(chosen, lower_bound_s=bound, bound_scope=scope, notes=notes, plan=plan,
-                   bound_is_cpsat=by_cpsat)
+                   bound_is_cpsat=by_cpsat, search_time_s=search_time_s)
