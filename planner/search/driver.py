@@ -318,9 +318,11 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
         # "fits in no plan" is a claim: only CP-SAT's proof over complete lists makes it.
         proven = p.complete and any(r.method == "cpsat" and r.status == "INFEASIBLE"
                                     for r in runs)
+        # what the time limit cut of the search (the bound's cut is no matter here)
+        missed = [c for c in cut if c not in bound_cut]
         searched = (f"in {steps} steps" if deterministic else
                     f"within --time-limit {time_limit_s:g} s"
-                    + (f" ({'; '.join(cut)})" if cut else ""))
+                    + (f" ({'; '.join(missed)})" if missed else ""))
         raise NoPlanFitsError(_no_fit_message(p, sim, closest, None if proven else searched))
     # Ties go to the searched plans (listed last) only when strictly better.
     period, chosen, assign, order = min(options, key=lambda o: (o[0], o[1].startswith("base")))
