@@ -7,6 +7,13 @@ a bug and keeps its traceback.
 from __future__ import annotations
 
 
+def first_line(err: BaseException) -> str:
+    """An exception's message cut to its first line (another library's error inside
+    one of ours); its type's name when it has no message."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class UserError(Exception):
     """Bad input from the user (a spec, a plan, a flag, a file)."""
 

@@ -18,7 +18,7 @@ import os
 import signal
 import threading
 
-from planner.errors import UserError
+from planner.errors import UserError, first_line
 from planner.plan import ExecutionPlan
 
 
@@ -51,8 +51,7 @@ def start_workers(plan: ExecutionPlan, *, address: str | None, on_gpu: bool,
             try:
                 ray.init(address=address, runtime_env=env, log_to_driver=log_to_driver)
             except (ValueError, RuntimeError) as err:
-                first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-                raise LaunchError(f"--address {address}: {first}") from None
+                raise LaunchError(f"--address {address}: {first_line(err)}") from None
         else:
             # A local instance sized to the plan: one logical CPU per virtual device.
             # address="local": a new instance even if another one runs on this machine.

@@ -20,7 +20,7 @@ import importlib.util
 import os
 import socket
 
-from planner.errors import UserError
+from planner.errors import UserError, first_line
 
 PROBE_S = 5.0  # per connection step; a Ray head on a LAN answers in milliseconds
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -74,8 +74,7 @@ def _resolve_auto(address: str) -> str | None:
     try:
         return canonicalize_bootstrap_address_or_die("auto")
     except Exception as err:  # noqa: BLE001 - Ray's ConnectionError or ValueError
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise AddressError(f"--address {address}: {first}") from None
+        raise AddressError(f"--address {address}: {first_line(err)}") from None
 
 
 def _probe(address: str, host: str, port: int, timeout_s: float) -> None:

@@ -28,7 +28,7 @@ from rich.console import Console
 
 from planner import limits as L
 from planner.bounded_io import BoundsError, read_bounded
-from planner.errors import UserError
+from planner.errors import UserError, first_line
 from planner.graph.backends import require_backend
 from planner.graph.loader import load_spec
 from planner.outputs import check_output_dir, write_atomic
@@ -260,8 +260,8 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
         flush_trace()
         failed = False
     except ConnectionError as err:  # Ray's, not a file's (an OSError too)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RunError(f"--address {address}: {first}" if address else first) from None
+        raise RunError(f"--address {address}: {first_line(err)}" if address
+                       else first_line(err)) from None
     except OSError as err:  # the driver's own files: metrics, trace
         raise RunError(f"cannot write {err.filename or out}: {err.strerror or err}") from None
     except (RunError, ray.exceptions.RayActorError) as err:
@@ -323,7 +323,7 @@ def _name_lost_node(err: Exception, placement: list[dict]) -> Exception:
     """A failure caused by a Ray node going away, said as that, in one line."""
     from runtime.launcher import lost_nodes
 
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    first = first_line(err)
     lost = lost_nodes(placement) if placement else {}
     if not lost:
         return err if isinstance(err, RunError) else RunError(first)
