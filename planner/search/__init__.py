@@ -26,7 +26,6 @@ from planner.search.problem import ImpossibleSpecError, Problem, build_problem
 from planner.search.simulator import Evaluation, Simulator
 
 
-
 def __getattr__(name: str):
     if name == "cpsat_search":  # OR-Tools loads on first use, not with every CLI command
         from planner.search.cpsat import cpsat_search

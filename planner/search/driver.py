@@ -299,8 +299,7 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
             runs.append(twin_mcmc_search(sim, seed=seed, time_limit_s=budget,
                                          starts=[b.assignment for b in known],
                                          target_s=target_s, progress=walk_progress))
-        if target_s is not None and runs[-1].period_s is not None \
-                and runs[-1].period_s <= target_s:
+        if runs[-1].meets(target_s):
             method = "done"  # MCMC's plan meets the bound over every legal plan
     if method == "cpsat" or (method == "auto" and (deterministic or left() > build_s + 0.5)):
         runs.append(run_cpsat(left(), max(1.0, (steps or 0) / 5000)))

@@ -53,6 +53,10 @@ class SearchResult:
     closest: tuple[int, ...] | None = None  # lowest energy seen, fitting or not (for errors)
     build_s: float = 0.0                    # CP-SAT: seconds spent building the model
 
+    def meets(self, target_s: float | None) -> bool:
+        """Its plan is no slower than `target_s` (a bound over every legal plan)."""
+        return target_s is not None and self.period_s is not None and self.period_s <= target_s
+
 
 def _propose(x: tuple[int, ...], movable: list[int], sizes: list[int], rng: random.Random,
              pair_prob: float) -> tuple[int, ...]:
@@ -150,7 +154,7 @@ def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
 
     # The best fitting plan of the current walk (an extra walk's descents start there).
     walk_best: list = [None, zero, math.inf]
-    met = [False]  # a plan met target_s: nothing is left to find
+    met = [False]  # a plan met target_s, here or in another walk (stop): nothing to find
 
     def consider(a: tuple[int, ...], o: tuple[int, ...]) -> None:
         nonlocal best, best_o, best_period

@@ -57,8 +57,7 @@ def _child(conn, sim: Simulator, kwargs: dict, met, parent_pid: int) -> None:
         r = mcmc_search(sim, stop=lambda: met.is_set() or orphaned(), **kwargs)
         if orphaned():
             os._exit(0)
-        if kwargs.get("target_s") is not None and r.period_s is not None \
-                and r.period_s <= kwargs["target_s"]:
+        if r.meets(kwargs.get("target_s")):
             met.set()
         # a read-only breakdown does not pickle: a dict travels, the parent restores it
         cands = (None if r.assignment is None else
@@ -95,7 +94,7 @@ def twin_mcmc_search(sim: Simulator, *, seed: int, time_limit_s: float,
     send.close()
     try:
         mine = mcmc_search(sim, seed=seed, progress=progress, stop=met.is_set, **kwargs)
-        if target_s is not None and mine.period_s is not None and mine.period_s <= target_s:
+        if mine.meets(target_s):
             met.set()
             return mine  # nothing is faster: the child's plan cannot win (killed below)
         wait_s = max(CHILD_GRACE_S, time_limit_s * 0.05)
@@ -126,9 +125,7 @@ def _better(sim: Simulator, mine: SearchResult, theirs) -> SearchResult:
         return mine
     period_s = sim.period(a, offsets)
     total = dict(steps=mine.steps + steps, accepted=mine.accepted + accepted)
-    if mine.period_s is not None and mine.period_s <= period_s:
-        return SearchResult(**{**mine.__dict__, **total})
-    return SearchResult(**{**mine.__dict__, **total, "assignment": a, "period_s": period_s,
-                           "order": list(order) if order else None,
-                           "status": "ok",
-                           "elapsed_s": mine.elapsed_s})
+    if mine.meets(period_s):
+        return replace(mine, **total)
+    return replace(mine, **total, assignment=a, period_s=period_s,
+                   order=list(order) if order else None, status="ok")
