@@ -101,11 +101,11 @@ def repair(sim: Simulator, pools: Pools, y: tuple[int, ...], moved_call: int,
 
 
 def unlock(p: Problem, a: tuple[int, ...], order: list[float] | None = None, *,
-           deadline: float | None = None, max_repairs: int = 3
-           ) -> tuple[tuple[int, ...], float, int]:
+           deadline: float | None = None, max_repairs: int = 3,
+           max_moves: int | None = None) -> tuple[tuple[int, ...], float, int]:
     """Descent over unlock moves (module docstring) from the fitting plan `a` in the
-    order `order`. Returns (the plan in p's indices, its period, moves taken); the plan's
-    new options are added to p's lists."""
+    order `order`, for at most `max_moves` moves if given. Returns (the plan in p's
+    indices, its period, moves taken); the plan's new options are added to p's lists."""
     q = p.scratch()
     sim = Simulator(q, order=order)
     pools = Pools(q)
@@ -134,6 +134,8 @@ def unlock(p: Problem, a: tuple[int, ...], order: list[float] | None = None, *,
             return _adopt(p, q, cur, cur_p, moves)
         cur_p, cur = found
         moves += 1
+        if max_moves is not None and moves >= max_moves:
+            return _adopt(p, q, cur, cur_p, moves)
 
 
 def _adopt(p: Problem, q: Problem, a: tuple[int, ...], period: float, moves: int
