@@ -65,8 +65,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, metavar="N",
                    help="MCMC steps instead of a time limit: same seed, same plan")
     p.add_argument("--workers", type=int, default=2,
-                   help="CP-SAT workers, and MCMC walks at once (1 or 2) of a timed search "
-                        "(default 2)")
+                   help="CP-SAT workers, and processes at once (1 or 2) for pricing and the "
+                        "MCMC walks of a timed search (default 2)")
     p.add_argument("--cpsat-params", default="", metavar="TEXT",
                    help="extra CP-SAT parameters, e.g. 'linearization_level:2'")
     p.set_defaults(run=run)

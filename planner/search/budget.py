@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 from planner.errors import UserError
 
@@ -59,3 +60,27 @@ def check(stage: str) -> None:
         raise SearchTimeError(f"--time-limit {_limit_s:g} s ran out while {stage}, before any "
                               "plan was found (the limit is the command's whole wall clock, "
                               "its start and imports included); give a larger --time-limit")
+
+
+@dataclass(frozen=True)
+class Until:
+    """Where a descent stops: at `at_s` (time.perf_counter(); None: no time limit), or
+    sooner once `stop()` turns true (twin.py: the other walk met the bound, so nothing
+    this one finds can win)."""
+
+    at_s: float | None
+    stop: Callable[[], bool] | None = None
+
+
+Deadline = float | Until | None  # what the descents take (pairs.py, unlock.py)
+
+
+def past(deadline: Deadline) -> bool:
+    """Whether a descent given `deadline` (a time.perf_counter() value, an Until, or None
+    for none) must stop now."""
+    if deadline is None:
+        return False
+    if isinstance(deadline, Until):
+        return ((deadline.stop is not None and deadline.stop())
+                or (deadline.at_s is not None and time.perf_counter() > deadline.at_s))
+    return time.perf_counter() > deadline

@@ -184,7 +184,8 @@ def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "au
     budget_s = math.inf if steps is not None else time_limit_s
     with time_budget(budget_s, t0):  # pricing and baselines grow with the cluster
         p = problem or build_problem(spec, spec_path, top_k=top_k,
-                                     every_node_count=every_node_count, **extra)
+                                     every_node_count=every_node_count, workers=workers,
+                                     **extra)
         t_priced = time.perf_counter()
         # The list-free bound, before the search so its time counts in the budget. Its
         # memory cases get at most BOUND_SHARE of the limit (seconds where few options

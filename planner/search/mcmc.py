@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from planner.search.budget import Until, past
 from planner.search.order import (OFFSET_LEVELS, OFFSET_STEP, graph_edges, levels_of,
                                   offsets_of, pushed)
 from planner.search.pairs import recut, side_by_side
@@ -189,13 +190,15 @@ def mcmc_search(sim: Simulator, *, seed: int = 0, steps: int | None = None,
         if cur is None or (cur, cur_o, p.candidate_count()) in descended:
             return False  # the same descent from the same plan over the same lists
         before = best_period
+        # the descents also stop when another walk meets the target (twin.py)
+        ends = Until(until, stop)
         while not met[0] and not (stop is not None and stop()):
             key = (cur, cur_o, p.candidate_count())
             order = list(offsets_of(cur_o) or sim.offsets or []) or None
-            a, _, moves = unlock(p, cur, order, deadline=until)
-            a, _, pair_moves, order = side_by_side(p, a, order, deadline=until)
-            a, per, recuts, order = recut(p, a, order, deadline=until)
-            if until is None or time.perf_counter() < until:  # not cut short
+            a, _, moves = unlock(p, cur, order, deadline=ends)
+            a, _, pair_moves, order = side_by_side(p, a, order, deadline=ends)
+            a, per, recuts, order = recut(p, a, order, deadline=ends)
+            if not past(ends):  # not cut short
                 descended.add(key)
             if moves or recuts:
                 sizes = [len(c) for c in p.candidates]  # their new options joined the lists

@@ -26,11 +26,11 @@ Each descent returns (plan, period, moves, order).
 from __future__ import annotations
 
 import math
-import time
 from typing import NamedTuple
 
 from planner.cost_model.fast_moves import fast_realloc
 from planner.layout.layout import Layout
+from planner.search.budget import Deadline, past
 from planner.search.candidates import Candidate, moved
 from planner.search.order import best_order, retune
 from planner.search.problem import Problem
@@ -102,7 +102,7 @@ class _Best:
         elif per < self.cur_p * (1 + LOOKAHEAD_SLACK):
             self.near.append((per, z, off))
 
-    def look_ahead(self, q: Problem, deadline: float | None) -> None:
+    def look_ahead(self, q: Problem, deadline: Deadline) -> None:
         """No trial was faster: from the best LOOKAHEAD_TRIES near misses, one
         unlock move each (one call onto a faster option, others made lean to fit it), the
         first that beats the plan taken: a regrouping that is no faster by itself often
@@ -110,7 +110,7 @@ class _Best:
         tried: set[tuple[tuple[int, int], ...]] = set()
         for _, z, off in sorted(self.near):
             if len(tried) >= LOOKAHEAD_TRIES or (
-                    deadline is not None and time.perf_counter() > deadline):
+                    past(deadline)):
                 return
             # one try per placement: near misses that differ only in micro-batches or
             # strategy on the same meshes free the same devices
@@ -133,7 +133,7 @@ def _start(p: Problem, a: tuple[int, ...], order: list[float] | None
 
 
 def side_by_side(p: Problem, a: tuple[int, ...], order: list[float] | None = None, *,
-                 deadline: float | None = None) -> Descent:
+                 deadline: Deadline = None) -> Descent:
     """Descent over side-by-side moves (module docstring) from the fitting plan `a` in
     the order `order`."""
     sim, offsets, cur_p = _start(p, a, order)
@@ -148,7 +148,7 @@ def side_by_side(p: Problem, a: tuple[int, ...], order: list[float] | None = Non
                 for l, y in enumerate(cv):
                     if (j, l) == (cur[u], cur[v]) or not (x.hi <= y.lo or y.hi <= x.lo):
                         continue
-                    if deadline is not None and time.perf_counter() > deadline:
+                    if past(deadline):
                         return Descent(cur, cur_p, moves, _listed(offsets))
                     z = list(cur)
                     z[u], z[v] = j, l
@@ -187,7 +187,7 @@ def _cuts(p: Problem, cur: tuple[int, ...], independent: set[tuple[int, int]]):
 
 
 def resplit(p: Problem, a: tuple[int, ...], order: list[float] | None = None, *,
-            deadline: float | None = None, keep: int = 3,
+            deadline: Deadline = None, keep: int = 3,
             max_repairs: int = 3) -> Descent:
     """Re-cuts (module docstring) from the fitting plan `a` in the order `order`: each
     pair of `_cuts` tries every node boundary, each side on its `keep` priced options of
@@ -211,7 +211,7 @@ def resplit(p: Problem, a: tuple[int, ...], order: list[float] | None = None, *,
             for cut in range(lo + p.gpus_per_node, hi, p.gpus_per_node):
                 if now == (lo, cut, cut, hi):
                     continue
-                if deadline is not None and time.perf_counter() > deadline:
+                if past(deadline):
                     return Descent(cur, cur_p, moves, _listed(offsets))
                 lefts = _cheapest_on(p, u, lo, cut, cur, keep, cheapest)
                 rights = _cheapest_on(p, v, cut, hi, cur, keep, cheapest)
@@ -328,7 +328,7 @@ def _cheapest_on(p: Problem, c: int, lo: int, hi: int, cur: tuple[int, ...],
 
 
 def repartner(p: Problem, a: tuple[int, ...], order: list[float] | None = None, *,
-              deadline: float | None = None, max_repairs: int = 3) -> Descent:
+              deadline: Deadline = None, max_repairs: int = 3) -> Descent:
     """Re-partner moves from the fitting plan `a`: a call v side by side with a call w
     (adjacent whole-node meshes) under a call u that spans both moves beside u instead:
     v takes a block of whole nodes at u's end on v's side, u gives that block up, and w
@@ -364,7 +364,7 @@ def repartner(p: Problem, a: tuple[int, ...], order: list[float] | None = None, 
                     # v keeps at most the devices it had: it leaves w's side, not grows
                     for size in range(gpn, min(c[v].hi - c[v].lo,
                                                c[u].hi - c[u].lo - gpn) + 1, gpn):
-                        if deadline is not None and time.perf_counter() > deadline:
+                        if past(deadline):
                             return Descent(cur, cur_p, moves, _listed(offsets))
                         vb = (c[u].lo, c[u].lo + size) if left else (c[u].hi - size, c[u].hi)
                         ub = (vb[1], c[u].hi) if left else (c[u].lo, vb[0])
@@ -384,7 +384,7 @@ def repartner(p: Problem, a: tuple[int, ...], order: list[float] | None = None, 
         tries = 0
         for floor, _, z, u in sorted(trials):
             if tries >= REPARTNER_TRIES or floor >= best.limit() or (
-                    deadline is not None and time.perf_counter() > deadline):
+                    past(deadline)):
                 break
             if not trial.feasible(z, offsets):
                 fixed = repair(fixer, pools, z, -1, math.inf, max_repairs)
@@ -405,7 +405,7 @@ def repartner(p: Problem, a: tuple[int, ...], order: list[float] | None = None, 
 
 
 def recut(p: Problem, a: tuple[int, ...], order: list[float] | None = None, *,
-          deadline: float | None = None) -> Descent:
+          deadline: Deadline = None) -> Descent:
     """Re-cuts, then re-partner moves, from the fitting plan `a`, again until the latter
     find nothing (MCMC's cycle ends and the driver's last step share it)."""
     total = 0

@@ -52,6 +52,7 @@ from planner.search.candidates import (
     price,
     price_shapes,
 )
+from planner.search.pricing import price_all
 
 # One-node problems whose complete candidate lists hold at most this many candidates in
 # all get them by default (Problem(full_lists=None)): CP-SAT still solves them quickly.
@@ -93,10 +94,11 @@ class Problem:
                  max_pp: int = 16, exact_moves: bool = False, shard_optimizer: bool = False,
                  memory_choices: tuple[TrainMemoryChoice, ...] = SEARCHED_MEMORY_CHOICES,
                  every_node_count: bool = False, full_lists: bool | None = None,
-                 candidates: list[list[Candidate]] | None = None) -> None:
+                 candidates: list[list[Candidate]] | None = None, workers: int = 2) -> None:
         """`full_lists`: every legal option that fits alone per call (less provably
         dominated ones), so CP-SAT's bound covers every legal plan; None = on clusters of
-        one node when the complete lists hold at most FULL_LIST_MAX_CANDIDATES in all."""
+        one node when the complete lists hold at most FULL_LIST_MAX_CANDIDATES in all.
+        `workers`: processes pricing may use at once (pricing.py; 1 or 2)."""
         self.spec = spec
         self.profile = profile
         self.top_k = top_k
@@ -182,8 +184,8 @@ class Problem:
         # The node counts the bound (bounds.py) covers: all, or meshes.node_counts.
         self.node_counts = (list(range(cl.nodes, 0, -1))
                             if covers_every_node_count(cl.nodes, every) else node_counts(cl.nodes))
-        priced = [price_shapes(ctx, cl.nodes, max_pp=max_pp, every_node_count=every)
-                  for ctx in self.contexts]
+        priced = price_all(self.contexts, cl.nodes, max_pp=max_pp, every_node_count=every,
+                           workers=workers)
         if full_lists is None:
             full_lists = cl.nodes == 1 and \
                 sum(x.full_count() for x in priced) <= FULL_LIST_MAX_CANDIDATES

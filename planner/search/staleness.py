@@ -53,7 +53,8 @@ def search_staleness(spec: Spec, *, spec_path: str | Path | None = None,
     # Pricing inside the limit, as search() prices (a --steps search is not timed).
     with time_budget(math.inf if kwargs.get("steps") is not None else time_limit_s, t0):
         p = problem or build_problem(spec, spec_path, top_k=top_k,
-                                     every_node_count=every_node_count, **extra)
+                                     every_node_count=every_node_count,
+                                     workers=kwargs.get("workers", 2), **extra)
     num = spec.max_staleness + 1
     per_k: list[SearchOutcome] = []
     for k in range(num):

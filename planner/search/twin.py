@@ -15,9 +15,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 from dataclasses import replace
-from types import MappingProxyType
 from typing import Callable
 
+from planner.search.forked import can_fork, die_with_parent
 from planner.search.mcmc import SearchResult, mcmc_search
 from planner.search.simulator import Simulator
 
@@ -27,30 +27,9 @@ TWIN_SEED_STRIDE = 1_000_003
 CHILD_GRACE_S = 1.0
 
 
-def free_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def _die_with_parent(parent_pid: int) -> Callable[[], bool]:
-    """A SIGTERM or SIGHUP that ends the parent must end this walk too: on Linux the
-    kernel sends it SIGKILL (PR_SET_PDEATHSIG); elsewhere, and if the parent died before
-    that was set, the returned check (re-parented: another parent id) stops the walk."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
-    except (OSError, AttributeError):
-        pass
-    return lambda: os.getppid() != parent_pid
-
-
 def _child(conn, sim: Simulator, kwargs: dict, met, parent_pid: int) -> None:
     """Runs in the forked process: one walk, its plan back as candidate objects."""
-    orphaned = _die_with_parent(parent_pid)
+    orphaned = die_with_parent(parent_pid)
     if orphaned():
         os._exit(0)
     try:
@@ -59,11 +38,8 @@ def _child(conn, sim: Simulator, kwargs: dict, met, parent_pid: int) -> None:
             os._exit(0)
         if r.meets(kwargs.get("target_s")):
             met.set()
-        # a read-only breakdown does not pickle: a dict travels, the parent restores it
         cands = (None if r.assignment is None else
-                 [replace(sim.p.candidates[i][j],
-                          breakdown_s=dict(sim.p.candidates[i][j].breakdown_s))
-                  for i, j in enumerate(r.assignment)])
+                 [sim.p.candidates[i][j] for i, j in enumerate(r.assignment)])
         conn.send((r.period_s, r.order, r.steps, r.accepted, cands))
     except BaseException as err:  # noqa: BLE001 - the parent goes on with its own walk
         try:
@@ -82,7 +58,7 @@ def twin_mcmc_search(sim: Simulator, *, seed: int, time_limit_s: float,
     """The better of two timed walks (seeds `seed` and `seed + TWIN_SEED_STRIDE`), one in
     a forked child; one walk when fewer than two cores are free or fork is unavailable."""
     kwargs = dict(time_limit_s=time_limit_s, starts=starts, target_s=target_s)
-    if free_cores() < 2 or "fork" not in multiprocessing.get_all_start_methods():
+    if not can_fork():
         return mcmc_search(sim, seed=seed, progress=progress, **kwargs)
     ctx = multiprocessing.get_context("fork")
     met = ctx.Event()
@@ -118,8 +94,7 @@ def _better(sim: Simulator, mine: SearchResult, theirs) -> SearchResult:
         return mine
     period_s, order, steps, accepted, cands = theirs
     p = sim.p
-    a = tuple(p.add_candidate(i, replace(c, breakdown_s=MappingProxyType(c.breakdown_s)))
-              for i, c in enumerate(cands))
+    a = tuple(p.add_candidate(i, c) for i, c in enumerate(cands))
     offsets = tuple(order) if order else None
     if not sim.feasible(a, offsets):
         return mine

@@ -23,9 +23,9 @@ plan it returns join the caller's lists.
 
 from __future__ import annotations
 
-import time
 
 from planner.search import residency
+from planner.search.budget import Deadline, past
 from planner.search.candidates import lean_options, moved
 from planner.search.problem import Problem
 from planner.search.simulator import Simulator
@@ -101,7 +101,7 @@ def repair(sim: Simulator, pools: Pools, y: tuple[int, ...], moved_call: int,
 
 
 def unlock(p: Problem, a: tuple[int, ...], order: list[float] | None = None, *,
-           deadline: float | None = None, max_repairs: int = 3,
+           deadline: Deadline = None, max_repairs: int = 3,
            max_moves: int | None = None) -> tuple[tuple[int, ...], float, int]:
     """Descent over unlock moves (module docstring) from the fitting plan `a` in the
     order `order`, for at most `max_moves` moves if given. Returns (the plan in p's
@@ -117,7 +117,7 @@ def unlock(p: Problem, a: tuple[int, ...], order: list[float] | None = None, *,
             for j in range(len(p.candidates[i])):  # the list's candidates (same in q)
                 if j == cur[i]:
                     continue
-                if deadline is not None and time.perf_counter() > deadline:
+                if past(deadline):
                     return _adopt(p, q, cur, cur_p, moves)
                 y = cur[:i] + (j,) + cur[i + 1:]
                 per = sim.period(y)

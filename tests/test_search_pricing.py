@@ -1,0 +1,95 @@
+"""Pricing on two cores (planner/search/pricing.py): the same shapes as one process, a
+failed helper's calls priced here, a helper out of time ends the search's pricing."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from planner.graph.loader import load_spec
+from planner.search import forked, pricing
+from planner.search.budget import SearchTimeError
+from planner.search.problem import build_problem
+
+SPEC = "specs/ppo-llama2-7b-16gpu.yaml"
+
+pytestmark = pytest.mark.skipif(not forked.can_fork(), reason="needs fork and two cores")
+
+
+@pytest.fixture
+def parallel(monkeypatch):
+    """Two processes for this 16-GPU spec too (the real rule starts at 64 devices)."""
+    monkeypatch.setattr(pricing, "PARALLEL_MIN_DEVICES", 1)
+
+
+def _shapes(p):
+    return ([[c.label() for c in cands] for cands in p.candidates], p.options,
+            p.plain_by_shape, p.time_work, p.min_time_s, p.min_device_s,
+            p.min_time_by_split, [[dict(c.breakdown_s) for c in o] for o in p.options])
+
+
+def test_two_processes_price_what_one_does(parallel):
+    spec = load_spec(SPEC)
+    calls = []
+    real = pricing.price_shapes
+
+    def counted(ctx, *args, **kwargs):
+        calls.append((os.getpid(), ctx.call.name))
+        return real(ctx, *args, **kwargs)
+
+    pricing.price_shapes = counted
+    try:
+        two = build_problem(spec, SPEC, workers=2)
+    finally:
+        pricing.price_shapes = real
+    one = build_problem(spec, SPEC, workers=1)
+    assert _shapes(two) == _shapes(one)
+    # this process priced only its share; the helper's calls came back by pipe
+    here = {name for pid, name in calls if pid == os.getpid()}
+    assert here and len(here) < len(spec.calls)
+
+
+def test_a_failed_helper_leaves_its_calls_to_this_process(parallel, monkeypatch):
+    parent = os.getpid()
+    real = pricing.price_shapes
+
+    def fails_in_child(ctx, *args, **kwargs):
+        if os.getpid() != parent:
+            raise MemoryError("the helper ran out of memory")
+        return real(ctx, *args, **kwargs)
+
+    monkeypatch.setattr(pricing, "price_shapes", fails_in_child)
+    spec = load_spec(SPEC)
+    p = build_problem(spec, SPEC, workers=2)
+    monkeypatch.setattr(pricing, "price_shapes", real)
+    assert _shapes(p) == _shapes(build_problem(spec, SPEC, workers=1))
+
+
+def test_a_helper_out_of_time_ends_the_pricing(parallel, monkeypatch):
+    parent = os.getpid()
+    real = pricing.price_shapes
+
+    def late_in_child(ctx, *args, **kwargs):
+        if os.getpid() != parent:
+            raise SearchTimeError("--time-limit 1 s ran out while pricing layouts")
+        return real(ctx, *args, **kwargs)
+
+    monkeypatch.setattr(pricing, "price_shapes", late_in_child)
+    with pytest.raises(SearchTimeError, match="ran out while pricing"):
+        build_problem(load_spec(SPEC), SPEC, workers=2)
+
+
+def test_the_heavier_calls_are_shared_out():
+    """Train calls weigh TRAIN_WEIGHT inferences: the two sides differ by at most one."""
+
+    class Ctx:
+        def __init__(self, kind):
+            self.call = type("C", (), {"type": kind})()
+
+    kinds = ["generate", "inference", "inference", "inference", "train", "train"]
+    theirs = pricing._child_share([Ctx(k) for k in kinds])
+    w = [pricing.TRAIN_WEIGHT if k == "train" else 1 for k in kinds]
+    mine = sum(w) - sum(w[i] for i in theirs)
+    assert abs(mine - sum(w[i] for i in theirs)) <= pricing.TRAIN_WEIGHT
+    assert {4, 5} - theirs and {4, 5} & theirs  # one train call each
