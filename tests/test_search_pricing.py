@@ -1,5 +1,7 @@
-"""Pricing on two cores (planner/search/pricing.py): the same shapes as one process, a
-failed helper's calls priced here, a helper out of time ends the search's pricing."""
+"""The search's forked helpers (planner/search/forked.py `beside`): pricing on two cores
+(pricing.py) gives the same shapes as one process, a failed helper's calls are priced
+here, a helper out of time ends the pricing; the bound computed beside the baselines
+(driver.py) is the one computed in line."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ pytestmark = pytest.mark.skipif(not forked.can_fork(), reason="needs fork and tw
 @pytest.fixture
 def parallel(monkeypatch):
     """Two processes for this 16-GPU spec too (the real rule starts at 64 devices)."""
-    monkeypatch.setattr(pricing, "PARALLEL_MIN_DEVICES", 1)
+    monkeypatch.setattr(forked, "PARALLEL_MIN_DEVICES", 1)
 
 
 def _shapes(p):
@@ -93,3 +95,24 @@ def test_the_heavier_calls_are_shared_out():
     mine = sum(w) - sum(w[i] for i in theirs)
     assert abs(mine - sum(w[i] for i in theirs)) <= pricing.TRAIN_WEIGHT
     assert {4, 5} - theirs and {4, 5} & theirs  # one train call each
+
+
+def test_the_bound_beside_the_baselines_is_the_one_in_line(parallel, monkeypatch, tmp_path):
+    from planner.search import driver
+
+    real = driver._bound
+
+    def where(p, until):  # which process computed it (a child's memory is its own)
+        (tmp_path / str(os.getpid())).write_text(repr(real(p, until)))
+        return real(p, until)
+
+    monkeypatch.setattr(driver, "_bound", where)
+    spec = load_spec("specs/tiny-remax-cpu.yaml")
+    runs = [driver.search(spec, spec_path="specs/tiny-remax-cpu.yaml", steps=300, workers=w)
+            for w in (2, 1)]
+    done = {int(f.name): f.read_text() for f in tmp_path.iterdir()}
+    assert len(done) == 2 and os.getpid() in done  # workers=2: a helper; 1: in line
+    assert len(set(done.values())) == 1
+    assert runs[0].lower_bound_s == runs[1].lower_bound_s is not None
+    assert runs[0].assignment == runs[1].assignment
+    assert runs[0].period_s == runs[1].period_s

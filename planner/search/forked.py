@@ -1,6 +1,7 @@
-"""What the search's forked helpers share (twin.py's second walk, pricing.py's second
-half of the pricing): whether a second core and fork are there, a child that dies with
-its parent, and pickling of the candidates' read-only breakdowns."""
+"""What the search's forked helpers share (twin.py's second walk; `beside`: pricing.py's
+second half of the pricing, the driver's bound beside the baselines): whether a second
+core and fork are there, a child that dies with its parent, and pickling of the
+candidates' read-only breakdowns."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import copyreg
 import multiprocessing
 import os
 import types
-from typing import Callable
+from typing import Any, Callable
+
+from planner.search.budget import SearchTimeError
 
 
 def free_cores() -> int:
@@ -21,6 +24,18 @@ def free_cores() -> int:
 def can_fork() -> bool:
     """Two or more cores for this process, and fork to start a helper with."""
     return free_cores() >= 2 and "fork" in multiprocessing.get_all_start_methods()
+
+
+# Below this many devices pricing and the bound take well under 0.3 s each: a fork (and
+# pickling results back) is not worth it, and tests that build many small problems stay
+# in one process.
+PARALLEL_MIN_DEVICES = 64
+
+
+def helper_pays(num_devices: int, workers: int) -> bool:
+    """Whether a search on `num_devices` allowed `workers` processes forks a helper for
+    its pricing and its bound (`beside`)."""
+    return workers >= 2 and num_devices >= PARALLEL_MIN_DEVICES and can_fork()
 
 
 def die_with_parent(parent_pid: int) -> Callable[[], bool]:
@@ -39,6 +54,72 @@ def die_with_parent(parent_pid: int) -> Callable[[], bool]:
 
 def read_only(d: dict) -> types.MappingProxyType:
     return types.MappingProxyType(d)
+
+
+class Beside:
+    """A function run in a forked child while this process goes on (`beside`)."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._fn, self._args = fn, args
+        ctx = multiprocessing.get_context("fork")
+        self._recv, send = ctx.Pipe(duplex=False)
+        self._child = ctx.Process(target=_run, daemon=True,
+                                  args=(send, fn, args, os.getpid()))
+        self._child.start()
+        send.close()
+
+    def cancel(self) -> None:
+        """The result is not wanted (this process failed or stopped): end the child."""
+        if self._child.is_alive():
+            self._child.kill()
+        self._child.join()
+        self._recv.close()
+
+    def result(self) -> Any:
+        """fn(*args) as the child computed it. A SearchTimeError there is raised here
+        (the budget ran out); any other failure (the child killed, out of memory) and
+        this process computes it itself: slower, the same result."""
+        try:
+            try:
+                got = self._recv.recv()
+            except (EOFError, OSError):
+                got = ("error", "the helper died")
+        finally:
+            self._child.join(timeout=0.5)
+            if self._child.is_alive():
+                self._child.kill()
+                self._child.join()
+            self._recv.close()
+        if got[0] == "timeout":
+            raise SearchTimeError(got[1])
+        if got[0] == "error":
+            return self._fn(*self._args)
+        return got[1]
+
+
+def beside(fn: Callable[..., Any], *args: Any) -> Beside:
+    """Start fn(*args) in a forked child (can_fork() must hold); `.result()` collects it.
+    The child sees this process's state as of now; what fn changes there stays there."""
+    return Beside(fn, *args)
+
+
+def _run(conn, fn: Callable[..., Any], args: tuple, parent_pid: int) -> None:
+    """Runs in the forked child: fn's result, or why there is none, back by pipe."""
+    orphaned = die_with_parent(parent_pid)
+    try:
+        if orphaned():
+            os._exit(0)
+        conn.send(("ok", fn(*args)))
+    except SearchTimeError as err:
+        conn.send(("timeout", str(err)))
+    except BaseException as err:  # noqa: BLE001 - the parent computes it itself
+        try:
+            conn.send(("error", repr(err)))
+        except OSError:
+            pass
+    finally:
+        conn.close()
+        os._exit(0)  # no atexit handlers or inherited cleanup in a forked helper
 
 
 def _mappingproxy(m: types.MappingProxyType):
