@@ -1,7 +1,8 @@
 """Two MCMC walks at once on a machine with two or more cores: which basin a timed walk
-ends in depends on its seed (README "Issue 19": at 128 GPUs, 4 of 8 seeds reach the
-proven optimum in 10 s, the others stop 0.09% above it), so a second walk on the second
-core raises the odds without lengthening the search.
+ends in depends on its seed (README "Issue 19": at 128 GPUs, before the look-ahead and
+the helpers, 4 of 8 single walks reached the proven optimum in 10 s, the others stopped
+0.09% above it), so a second walk on the second core raises the odds without
+lengthening the search.
 
 This process walks from `seed`; a forked child walks from `seed + TWIN_SEED_STRIDE` on
 its own copy of the problem and sends back its best plan as candidates (its descents
