@@ -52,16 +52,22 @@ def test_two_processes_price_what_one_does(parallel):
     assert here and len(here) < len(spec.calls)
 
 
-def test_a_failed_helper_leaves_its_calls_to_this_process(parallel, monkeypatch):
-    parent = os.getpid()
-    real = pricing.price_shapes
+def _raise_in_child(monkeypatch, err: BaseException):
+    """pricing.price_shapes raises `err` in a forked helper, prices in this process;
+    returns the real one."""
+    parent, real = os.getpid(), pricing.price_shapes
 
-    def fails_in_child(ctx, *args, **kwargs):
+    def patched(ctx, *args, **kwargs):
         if os.getpid() != parent:
-            raise MemoryError("the helper ran out of memory")
+            raise err
         return real(ctx, *args, **kwargs)
 
-    monkeypatch.setattr(pricing, "price_shapes", fails_in_child)
+    monkeypatch.setattr(pricing, "price_shapes", patched)
+    return real
+
+
+def test_a_failed_helper_leaves_its_calls_to_this_process(parallel, monkeypatch):
+    real = _raise_in_child(monkeypatch, MemoryError("the helper ran out of memory"))
     spec = load_spec(SPEC)
     p = build_problem(spec, SPEC, workers=2)
     monkeypatch.setattr(pricing, "price_shapes", real)
@@ -69,15 +75,7 @@ def test_a_failed_helper_leaves_its_calls_to_this_process(parallel, monkeypatch)
 
 
 def test_a_helper_out_of_time_ends_the_pricing(parallel, monkeypatch):
-    parent = os.getpid()
-    real = pricing.price_shapes
-
-    def late_in_child(ctx, *args, **kwargs):
-        if os.getpid() != parent:
-            raise SearchTimeError("--time-limit 1 s ran out while pricing layouts")
-        return real(ctx, *args, **kwargs)
-
-    monkeypatch.setattr(pricing, "price_shapes", late_in_child)
+    _raise_in_child(monkeypatch, SearchTimeError("--time-limit 1 s ran out while pricing"))
     with pytest.raises(SearchTimeError, match="ran out while pricing"):
         build_problem(load_spec(SPEC), SPEC, workers=2)
 
