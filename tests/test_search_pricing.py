@@ -5,18 +5,21 @@ here, a helper out of time ends the pricing; the bound computed beside the basel
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import time
+import types
 
 import pytest
 
 from planner.graph.loader import load_spec
 from planner.search import forked, pricing
-from planner.search.budget import SearchTimeError
+from planner.search.budget import SearchTimeError, budget
 from planner.search.problem import build_problem
 
 SPEC = "specs/ppo-llama2-7b-16gpu.yaml"
 
-pytestmark = pytest.mark.skipif(not forked.can_fork(), reason="needs fork and two cores")
+needs_fork = pytest.mark.skipif(not forked.can_fork(), reason="needs fork and two cores")
 
 
 @pytest.fixture
@@ -31,6 +34,7 @@ def _shapes(p):
             p.min_time_by_split, [[dict(c.breakdown_s) for c in o] for o in p.options])
 
 
+@needs_fork
 def test_two_processes_price_what_one_does(parallel):
     spec = load_spec(SPEC)
     calls = []
@@ -66,6 +70,7 @@ def _raise_in_child(monkeypatch, err: BaseException):
     return real
 
 
+@needs_fork
 def test_a_failed_helper_leaves_its_calls_to_this_process(parallel, monkeypatch):
     real = _raise_in_child(monkeypatch, MemoryError("the helper ran out of memory"))
     spec = load_spec(SPEC)
@@ -74,6 +79,7 @@ def test_a_failed_helper_leaves_its_calls_to_this_process(parallel, monkeypatch)
     assert _shapes(p) == _shapes(build_problem(spec, SPEC, workers=1))
 
 
+@needs_fork
 def test_a_helper_out_of_time_ends_the_pricing(parallel, monkeypatch):
     _raise_in_child(monkeypatch, SearchTimeError("--time-limit 1 s ran out while pricing"))
     with pytest.raises(SearchTimeError, match="ran out while pricing"):
@@ -95,6 +101,7 @@ def test_the_heavier_calls_are_shared_out():
     assert {4, 5} - theirs and {4, 5} & theirs  # one train call each
 
 
+@needs_fork
 def test_the_bound_beside_the_baselines_is_the_one_in_line(parallel, monkeypatch, tmp_path):
     from planner.search import driver
 
@@ -114,3 +121,56 @@ def test_the_bound_beside_the_baselines_is_the_one_in_line(parallel, monkeypatch
     assert runs[0].lower_bound_s == runs[1].lower_bound_s is not None
     assert runs[0].assignment == runs[1].assignment
     assert runs[0].period_s == runs[1].period_s
+
+
+def _slow_in_child(parent: int) -> int:
+    if os.getpid() != parent:
+        time.sleep(60)  # a helper stopped or deadlocked after the fork
+    return 42
+
+
+@needs_fork
+def test_a_helper_that_does_not_answer_is_given_up_by_the_budget(monkeypatch):
+    """The wait ends at the budget's end plus STALL_GRACE_S: the helper is killed and
+    this process computes the result (here at once)."""
+    monkeypatch.setattr(forked, "STALL_GRACE_S", 0.2)
+    with budget(0.3):
+        t0 = time.perf_counter()
+        helper = forked.beside(_slow_in_child, os.getpid())
+        assert helper.result() == 42
+    assert time.perf_counter() - t0 < 5.0
+    assert not multiprocessing.active_children()
+
+
+def test_a_failed_fork_leaves_the_work_to_this_process(monkeypatch):
+    """Under a process limit fork fails (EAGAIN): the helpers and the second walk run
+    here instead, no traceback."""
+    from multiprocessing.context import ForkProcess
+
+    from planner.search import twin
+    from planner.search.simulator import Simulator
+
+    def no_fork(self):
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(ForkProcess, "start", no_fork)
+    assert forked.beside(_slow_in_child, os.getpid()).result() == 42
+    p = build_problem(load_spec(SPEC), SPEC, workers=1)
+    r = twin.twin_mcmc_search(Simulator(p), seed=0, time_limit_s=0.3)
+    assert r.period_s is not None
+
+
+def test_read_only_breakdowns_pickle_only_through_the_helpers_pipes():
+    """forked.py registers its reducer with multiprocessing's pickler alone: pickle and
+    copy at large still refuse a mappingproxy, as without FlowPlan."""
+    import copy
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    m = types.MappingProxyType({"compute_s": 1.0})
+    back = pickle.loads(ForkingPickler.dumps(m))
+    assert isinstance(back, types.MappingProxyType) and dict(back) == {"compute_s": 1.0}
+    with pytest.raises(TypeError):
+        pickle.dumps(m)
+    with pytest.raises(TypeError):
+        copy.deepcopy(m)

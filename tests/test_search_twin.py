@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 import sys
+from multiprocessing.reduction import ForkingPickler
 from types import MappingProxyType
 
 import pytest
@@ -42,8 +43,8 @@ def test_the_childs_plan_joins_the_lists_when_it_is_faster(tight):
     opt = mcmc_search(Simulator(p.scratch()), seed=1, steps=3000, unlock_moves=False)
     assert opt.period_s == pytest.approx(best, rel=1e-9)
     # as they cross the pipe (forked.py pickles the read-only breakdowns)
-    cands = pickle.loads(pickle.dumps([p.candidates[i][j]
-                                       for i, j in enumerate(opt.assignment)]))
+    cands = pickle.loads(ForkingPickler.dumps([p.candidates[i][j]
+                                               for i, j in enumerate(opt.assignment)]))
     for i, j in enumerate(opt.assignment):  # this process lost them: the child brings them
         del q.candidates[i][j]
     worse = tuple(0 for _ in range(q.n))

@@ -42,6 +42,14 @@ def budget(limit_s: float, start_s: float | None = None) -> Iterator[None]:
         _deadline_s, _limit_s, _cut = prev
 
 
+def left_s() -> float | None:
+    """Seconds left in the open budget (negative once spent); None without a budget or
+    with an unbounded one."""
+    if _deadline_s is None or _deadline_s == float("inf"):
+        return None
+    return _deadline_s - time.perf_counter()
+
+
 def spent() -> bool:
     return _deadline_s is not None and time.perf_counter() > _deadline_s
 

@@ -5,13 +5,13 @@ candidates' read-only breakdowns."""
 
 from __future__ import annotations
 
-import copyreg
 import multiprocessing
 import os
 import types
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, Callable
 
-from planner.search.budget import SearchTimeError
+from planner.search.budget import SearchTimeError, left_s
 
 
 def free_cores() -> int:
@@ -56,40 +56,58 @@ def read_only(d: dict) -> types.MappingProxyType:
     return types.MappingProxyType(d)
 
 
+# What a helper may take past the open budget's end before this process stops waiting
+# for it (a helper stopped, swapped out or deadlocked after the fork): the budget's own
+# checks end a helper that is merely late.
+STALL_GRACE_S = 2.0
+
+
 class Beside:
-    """A function run in a forked child while this process goes on (`beside`)."""
+    """A function run in a forked child while this process goes on (`beside`). Where
+    the fork fails (a process limit), the function runs here when its result is asked."""
 
     def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
         self._fn, self._args = fn, args
+        self._child = None
         ctx = multiprocessing.get_context("fork")
         self._recv, send = ctx.Pipe(duplex=False)
-        self._child = ctx.Process(target=_run, daemon=True,
-                                  args=(send, fn, args, os.getpid()))
-        self._child.start()
-        send.close()
+        try:
+            child = ctx.Process(target=_run, daemon=True, args=(send, fn, args, os.getpid()))
+            child.start()
+            self._child = child
+        except OSError:  # EAGAIN and kin: no helper, this process does the work
+            self._recv.close()
+        finally:
+            send.close()
 
     def cancel(self) -> None:
         """The result is not wanted (this process failed or stopped): end the child."""
+        if self._child is None:
+            return
         if self._child.is_alive():
             self._child.kill()
         self._child.join()
         self._recv.close()
+        self._child = None
 
     def result(self) -> Any:
         """fn(*args) as the child computed it. A SearchTimeError there is raised here
-        (the budget ran out); any other failure (the child killed, out of memory) and
-        this process computes it itself: slower, the same result."""
+        (the budget ran out). Any other failure (the fork failed, the child was killed,
+        ran out of memory, or did not answer by the budget's end plus STALL_GRACE_S) and
+        this process computes it itself: slower, the same result (or the budget's
+        SearchTimeError)."""
+        if self._child is None:
+            return self._fn(*self._args)
+        left = left_s()
+        wait_s = None if left is None else max(0.0, left) + STALL_GRACE_S
         try:
-            try:
+            got = ("error", "the helper did not answer")
+            if self._recv.poll(wait_s):
                 got = self._recv.recv()
-            except (EOFError, OSError):
-                got = ("error", "the helper died")
+        except (EOFError, OSError):
+            got = ("error", "the helper died")
         finally:
-            self._child.join(timeout=0.5)
-            if self._child.is_alive():
-                self._child.kill()
-                self._child.join()
-            self._recv.close()
+            self.cancel()  # done or given up on: it goes either way
         if got[0] == "timeout":
             raise SearchTimeError(got[1])
         if got[0] == "error":
@@ -126,6 +144,7 @@ def _mappingproxy(m: types.MappingProxyType):
     return read_only, (dict(m),)
 
 
-# A candidate's breakdown is a read-only mapping, which pickle refuses: it travels as a
-# dict and comes back read-only.
-copyreg.pickle(types.MappingProxyType, _mappingproxy)
+# A candidate's breakdown is a read-only mapping, which pickle refuses: through the
+# helpers' pipes (multiprocessing's pickler only, not pickle or copy at large) it travels
+# as a dict and comes back read-only.
+ForkingPickler.register(types.MappingProxyType, _mappingproxy)

@@ -67,8 +67,13 @@ def twin_mcmc_search(sim: Simulator, *, seed: int, time_limit_s: float,
     child = ctx.Process(target=_child, daemon=True,
                         args=(send, sim, {**kwargs, "seed": seed + TWIN_SEED_STRIDE}, met,
                               os.getpid()))
-    child.start()
-    send.close()
+    try:
+        child.start()
+    except OSError:  # no process to spare (EAGAIN under a process limit): one walk
+        recv.close()
+        return mcmc_search(sim, seed=seed, progress=progress, **kwargs)
+    finally:
+        send.close()
     try:
         mine = mcmc_search(sim, seed=seed, progress=progress, stop=met.is_set, **kwargs)
         if mine.meets(target_s):
