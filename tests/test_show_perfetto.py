@@ -21,7 +21,6 @@ def _x_events(trace, source="estimate"):
 
 def _check_structure(trace, plan):
     assert isinstance(trace["traceEvents"], list)
-    cl = plan.cluster
     procs, threads = {}, {}
     for e in trace["traceEvents"]:
         assert e["ph"] in ("M", "X"), e

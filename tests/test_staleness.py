@@ -4,7 +4,6 @@ the async baseline, the plan's policy versions, and refused values."""
 from __future__ import annotations
 
 import itertools
-import json
 import subprocess
 from dataclasses import replace
 import sys

@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from planner.calibration import call_rows, load_run, price_plan, realloc_rows  # noqa: E402
+from planner.calibration import call_rows, load_run, realloc_rows  # noqa: E402
 from planner.cost_model.profile import load_profile  # noqa: E402
 from planner.errors import UserError  # noqa: E402
 from planner.graph.loader import load_spec  # noqa: E402

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Callable, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from planner import limits as L
 from planner.graph.lengths import LengthValue
