@@ -109,8 +109,7 @@ class _Best:
         frees the memory a faster option of a call it did not move needs."""
         tried: set[tuple[tuple[int, int], ...]] = set()
         for _, z, off in sorted(self.near):
-            if len(tried) >= LOOKAHEAD_TRIES or (
-                    past(deadline)):
+            if len(tried) >= LOOKAHEAD_TRIES or past(deadline):
                 return
             # one try per placement: near misses that differ only in micro-batches or
             # strategy on the same meshes free the same devices
@@ -165,6 +164,11 @@ def _listed(offsets: tuple[float, ...] | None) -> list[float] | None:
     return list(offsets) if offsets is not None else None
 
 
+def _pair(a: int, b: int) -> tuple[int, int]:
+    """Two calls as independent_pairs keys them (smaller index first)."""
+    return (a, b) if a < b else (b, a)
+
+
 def _cuts(p: Problem, cur: tuple[int, ...], independent: set[tuple[int, int]]):
     """(left call, right call, lo, hi): the two calls may take [lo, cut) and [cut, hi)
     for a node boundary cut; adjacent meshes of any two calls, and the whole nodes two
@@ -178,7 +182,7 @@ def _cuts(p: Problem, cur: tuple[int, ...], independent: set[tuple[int, int]]):
             x, y = p.candidates[u][cur[u]], p.candidates[v][cur[v]]
             if x.hi == y.lo:
                 lo, hi = x.lo, y.hi
-            elif (min(u, v), max(u, v)) in independent or (x.lo < y.hi and y.lo < x.hi):
+            elif _pair(u, v) in independent or (x.lo < y.hi and y.lo < x.hi):
                 lo, hi = min(x.lo, y.lo), max(x.hi, y.hi)
             else:
                 continue
@@ -241,10 +245,6 @@ def resplit(p: Problem, a: tuple[int, ...], order: list[float] | None = None, *,
         cur_p, z, offsets = best.found
         cur = p.adopt(q, z)
         moves += 1
-
-
-def _pair(a: int, b: int) -> tuple[int, int]:
-    return (a, b) if a < b else (b, a)
 
 
 def _join(p: Problem, q: Problem, cur: tuple[int, ...], left: tuple, right: tuple,
@@ -383,8 +383,7 @@ def repartner(p: Problem, a: tuple[int, ...], order: list[float] | None = None, 
         # least busiest-device work (the period of no order is below it) get one.
         tries = 0
         for floor, _, z, u in sorted(trials):
-            if tries >= REPARTNER_TRIES or floor >= best.limit() or (
-                    past(deadline)):
+            if tries >= REPARTNER_TRIES or floor >= best.limit() or past(deadline):
                 break
             if not trial.feasible(z, offsets):
                 fixed = repair(fixer, pools, z, -1, math.inf, max_repairs)

@@ -22,8 +22,7 @@ def price_all(contexts: list[CallContext], num_nodes: int, *, max_pp: int,
     """price_shapes for every call, in contexts' order; in two processes where a helper
     pays (forked.helper_pays: `workers` allows, the cluster is big enough, two cores)."""
     kwargs = dict(max_pp=max_pp, every_node_count=every_node_count)
-    devices = num_nodes * (contexts[0].gpus_per_node if contexts else 0)
-    if len(contexts) < 2 or not helper_pays(devices, workers):
+    if len(contexts) < 2 or not helper_pays(contexts[0].num_devices, workers):
         return [price_shapes(ctx, num_nodes, **kwargs) for ctx in contexts]
     theirs = _child_share(contexts)
     helper = beside(_price, contexts, theirs, num_nodes, kwargs)

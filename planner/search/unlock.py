@@ -23,7 +23,6 @@ plan it returns join the caller's lists.
 
 from __future__ import annotations
 
-
 from planner.search import residency
 from planner.search.budget import Deadline, past
 from planner.search.candidates import lean_options, moved
