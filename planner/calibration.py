@@ -17,8 +17,12 @@ Fitted, each a measured quantity (README.md, "planner calibrate"):
   estimate) over the calls of that kind and size;
 - runtime.call_launch_s = median(gap - hand-off estimate) over calls that
   read no host-function output;
-- runtime.host_function_s_per_seq = median((gap - launch - hand-off) / seqs)
-  over calls that do;
+- runtime.host_function_s_per_seq = median(driver time / seqs) over the host
+  functions' runs, from metrics.jsonl's host_s/<function> (the driver's wall
+  time: fetch, decode, reward, put; seqs: its producer's sequences); runs
+  without those keys fall back to median((gap - launch - hand-off) / seqs) over
+  the calls that read a host function's output (a gap that only sees the part
+  no other predecessor hides);
 - runtime.realloc_fixed_s = median(realloc span - its bytes' time) over
   reallocs that move bytes (unchanged when none did).
 """
@@ -66,6 +70,8 @@ class Run:
     iteration_s: list[float] = field(default_factory=list)  # period: steady state
     iteration_span_s: list[float] = field(default_factory=list)  # one iteration alone
     host_fed: set[str] = field(default_factory=set)  # calls reading a host function's output
+    # host function -> per iteration, the driver's wall time running it (metrics.jsonl)
+    host_s: dict[str, list[float]] = field(default_factory=dict)
     # call -> per iteration, the busiest device's worker-thread CPU time in the span
     # (traces that record it); span - cpu is time spent waiting, mostly for a core
     cpu_s: dict[str, list[float]] = field(default_factory=dict)
@@ -151,6 +157,19 @@ def load_run(run_dir: str | Path, profile: HardwareProfile, profile_path: str,
     run.iteration_span_s = [float(r.get("timing_s/iteration_span", r["timing_s/iteration"]))
                             for r in rows if isinstance(r, dict)
                             and r.get("iteration", -1) >= skip and "timing_s/iteration" in r]
+    functions = {f.name for f in spec.functions}
+    for r in rows:
+        if not isinstance(r, dict) or r.get("iteration", -1) < skip:
+            continue
+        for key, value in r.items():
+            name = key.removeprefix("host_s/")
+            if name == key or name not in functions:
+                continue
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not math.isfinite(value) or value < 0):
+                raise CalibrateError(f"{metrics} iteration {r['iteration']} {key}: {value!r} "
+                                     "(expected a finite number of seconds >= 0)")
+            run.host_s.setdefault(name, []).append(float(value))
     if not run.span_s or not run.iteration_s:
         raise CalibrateError(f"{d}: no measured iterations after the first {skip} "
                              "(run more iterations or lower --skip)")
@@ -401,7 +420,11 @@ def fit(profile: HardwareProfile, runs: list[Run]) -> HardwareProfile:
                 launch.append(r.gap_s - r.handoff_s)
     rt = profile.runtime or RuntimeOverheads()
     launch_s = max(0.0, _median(launch, rt.call_launch_s))
-    per_seq = [(r.gap_s - launch_s - r.handoff_s) / r.num_seqs for r, _ in host]
+    per_seq = [t / seqs for run in runs for t, seqs in _host_runs(run)]
+    host_from = "host functions' driver times"
+    if not per_seq:  # runs from before host_s/ was recorded
+        per_seq = [(r.gap_s - launch_s - r.handoff_s) / r.num_seqs for r, _ in host]
+        host_from = "gaps of calls reading them"
     host_s = max(0.0, _median(per_seq, rt.host_function_s_per_seq))
     realloc = _realloc_excess(base, runs)
     realloc_s = max(0.0, _median(realloc, rt.realloc_fixed_s))
@@ -416,10 +439,22 @@ def fit(profile: HardwareProfile, runs: list[Run]) -> HardwareProfile:
     names = ", ".join(r.path.name for r in runs)
     source = (f"{rt.source + '; ' if rt.source else ''}planner calibrate from runs {names}: "
               f"call_launch_s from {len(launch)} call gaps, host_function_s_per_seq from "
-              f"{len(per_seq)}, realloc_fixed_s from {len(realloc)} reallocs moving bytes")
+              f"{len(per_seq)} {host_from}, realloc_fixed_s from {len(realloc)} reallocs moving bytes")
     new_rt = rt.model_copy(update={"call_launch_s": launch_s, "host_function_s_per_seq": host_s,
                                    "realloc_fixed_s": realloc_s, "source": source})
     return profile.model_copy(update={"runtime": new_rt, "corrections": corrections})
+
+
+def _host_runs(run: Run) -> list[tuple[float, int]]:
+    """(driver seconds, sequences) per measured run of a host function: its sequences
+    are its first input's producer's, as the estimate prices it (search/problem.py)."""
+    producer = {k: c for c in run.spec.calls for k in c.outputs}
+    out = []
+    for f in run.spec.functions:
+        src = producer.get(f.inputs[0]) if f.inputs else None
+        if src is not None and src.num_seqs > 0:
+            out += [(t, src.num_seqs) for t in run.host_s.get(f.name, ())]
+    return out
 
 
 def _realloc_excess(profile: HardwareProfile, runs: list[Run]) -> list[float]:

@@ -20,7 +20,7 @@ from planner.graph.loader import load_spec
 from planner.plan import load_plan
 from runtime.run import write_run_record
 from runtime.trace import write_trace
-from tests.runtime_scenarios import TINY_PPO, manual_plan
+from tests.runtime_scenarios import SPLIT_GRPO, TINY_GRPO, TINY_PPO, manual_plan
 
 SCALE, GAP_S, ITERATIONS = 2.0, 0.006, 4
 CPU_SHARE = 0.8  # of a call's span, on its busiest device: the trace's cpu_ms
@@ -28,10 +28,12 @@ ALLOC = {"actor_train": "0-3:d4", "actor_gen": "0-1:d2", "ref_inf": "2-3:d2",
          "critic_inf": "0-1:d2", "critic_train": "0-3:d2t2"}
 
 
-def _make_run(tmp: Path, profile_path: Path, alloc: dict[str, str] = ALLOC) -> Path:
-    """A run directory of tiny PPO whose trace follows SCALE and GAP_S exactly."""
-    spec = load_spec(TINY_PPO)
-    plan = load_plan(manual_plan(TINY_PPO, alloc, tmp / "plan.json"), spec)
+def _make_run(tmp: Path, profile_path: Path, alloc: dict[str, str] = ALLOC,
+              spec_path: Path = TINY_PPO, host_s: float | None = None) -> Path:
+    """A run directory of tiny PPO (or `spec_path`) whose trace follows SCALE and GAP_S
+    exactly; its host functions, if any, took `host_s` of driver time each."""
+    spec = load_spec(spec_path)
+    plan = load_plan(manual_plan(spec_path, alloc, tmp / "plan.json"), spec)
     profile = load_profile(profile_path)
     est = {n: device_s(c.breakdown_s) for n, c in price_plan(spec, plan, profile)[0].items()}
     g = build_graph(spec)
@@ -53,7 +55,9 @@ def _make_run(tmp: Path, profile_path: Path, alloc: dict[str, str] = ALLOC) -> P
             for d in devices:
                 free[d] = stop
         t = max(end.values())
-        metrics.append({"iteration": it, "timing_s/iteration": t - t_iter})
+        metrics.append({"iteration": it, "timing_s/iteration": t - t_iter,
+                        **{f"host_s/{f.name}": host_s for f in spec.functions
+                           if host_s is not None}})
     run = tmp / "run"
     run.mkdir()
     write_run_record(run, spec, plan, str(tmp / "plan.json"), profile, seed=0)
@@ -89,6 +93,23 @@ def test_calibrated_profile_prices_the_run_closer(recorded, tmp_path, capsys):
             sum(load_run(run, before, "p").iteration_s) / (ITERATIONS - 1) / alone - 1)
     assert err["after"] < 0.05 < err["before"]
     assert err["after iteration"] < err["before iteration"] / 2
+
+
+def test_host_function_time_is_fitted_from_the_drivers_times(recorded, tmp_path, capsys):
+    """metrics.jsonl's host_s/<function>, per sequence of the generation it scores;
+    a value that is not a time: one line, exit 2."""
+    _, prof_path = recorded
+    run = _make_run(tmp_path, prof_path, SPLIT_GRPO, TINY_GRPO, host_s=0.0032)
+    out = tmp_path / "cal.json"
+    assert main(["calibrate", str(run), "--profile", str(prof_path), "-o", str(out)]) == 0
+    assert "from 3 host functions' driver times" in load_profile(out).runtime.source
+    seqs = load_spec(TINY_GRPO).call("actor_gen").num_seqs
+    assert load_profile(out).runtime.host_function_s_per_seq == pytest.approx(0.0032 / seqs)
+    rows = (run / "metrics.jsonl").read_text().replace('": 0.0032', '": "fast"')
+    (run / "metrics.jsonl").write_text(rows)
+    _one_line_exit_2(["calibrate", str(run), "--profile", str(prof_path), "-o",
+                      str(tmp_path / "o.json")], capsys, "metrics.jsonl iteration 1 host_s/",
+                     "'fast' (expected a finite number of seconds >= 0)")
 
 
 def _one_line_exit_2(argv, capsys, *expected: str) -> None:
