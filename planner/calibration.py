@@ -17,10 +17,15 @@ Fitted, each a measured quantity (README.md, "planner calibrate"):
   estimate) over the calls of that kind and size;
 - runtime.call_launch_s = median(gap - hand-off estimate) over calls that
   read no host-function output;
-- runtime.host_function_s_per_seq = median(driver time / seqs) over the host
-  functions' runs, from metrics.jsonl's host_s/<function> (the driver's wall
-  time: fetch, decode, reward, put; seqs: its producer's sequences); runs
-  without those keys fall back to median((gap - launch - hand-off) / seqs) over
+- runtime.host_function_s_per_seq = median(driver CPU / seqs) over the host
+  functions' runs, from metrics.jsonl's host_cpu_s/<function> (the driver
+  thread's CPU time: fetch, decode, reward, put; seqs: its producer's
+  sequences). CPU, not wall time: the estimate puts a host function in series
+  on its data edge, where it delays the consumer only while it is the last
+  thing that consumer waits for, and then the workers are idle and the driver
+  has the cores; its wall time beside a busy call only shows how long the
+  driver waited for a core (23 ms of wall for 6 ms of CPU on tiny GRPO's
+  colocated plan). Runs without those keys fall back to median((gap - launch - hand-off) / seqs) over
   the calls that read a host function's output (a gap that only sees the part
   no other predecessor hides);
 - runtime.realloc_fixed_s = median(realloc span - its bytes' time) over
@@ -70,8 +75,8 @@ class Run:
     iteration_s: list[float] = field(default_factory=list)  # period: steady state
     iteration_span_s: list[float] = field(default_factory=list)  # one iteration alone
     host_fed: set[str] = field(default_factory=set)  # calls reading a host function's output
-    # host function -> per iteration, the driver's wall time running it (metrics.jsonl)
-    host_s: dict[str, list[float]] = field(default_factory=dict)
+    # host function -> per iteration, the driver thread's CPU time running it
+    host_cpu_s: dict[str, list[float]] = field(default_factory=dict)
     # call -> per iteration, the busiest device's worker-thread CPU time in the span
     # (traces that record it); span - cpu is time spent waiting, mostly for a core
     cpu_s: dict[str, list[float]] = field(default_factory=dict)
@@ -162,14 +167,14 @@ def load_run(run_dir: str | Path, profile: HardwareProfile, profile_path: str,
         if not isinstance(r, dict) or r.get("iteration", -1) < skip:
             continue
         for key, value in r.items():
-            name = key.removeprefix("host_s/")
+            name = key.removeprefix("host_cpu_s/")
             if name == key or name not in functions:
                 continue
             if (isinstance(value, bool) or not isinstance(value, (int, float))
                     or not math.isfinite(value) or value < 0):
                 raise CalibrateError(f"{metrics} iteration {r['iteration']} {key}: {value!r} "
                                      "(expected a finite number of seconds >= 0)")
-            run.host_s.setdefault(name, []).append(float(value))
+            run.host_cpu_s.setdefault(name, []).append(float(value))
     if not run.span_s or not run.iteration_s:
         raise CalibrateError(f"{d}: no measured iterations after the first {skip} "
                              "(run more iterations or lower --skip)")
@@ -421,7 +426,7 @@ def fit(profile: HardwareProfile, runs: list[Run]) -> HardwareProfile:
     rt = profile.runtime or RuntimeOverheads()
     launch_s = max(0.0, _median(launch, rt.call_launch_s))
     per_seq = [t / seqs for run in runs for t, seqs in _host_runs(run)]
-    host_from = "host functions' driver times"
+    host_from = "host functions' driver CPU times"
     if not per_seq:  # runs from before host_s/ was recorded
         per_seq = [(r.gap_s - launch_s - r.handoff_s) / r.num_seqs for r, _ in host]
         host_from = "gaps of calls reading them"
@@ -446,14 +451,14 @@ def fit(profile: HardwareProfile, runs: list[Run]) -> HardwareProfile:
 
 
 def _host_runs(run: Run) -> list[tuple[float, int]]:
-    """(driver seconds, sequences) per measured run of a host function: its sequences
+    """(driver CPU seconds, sequences) per measured run of a host function: its sequences
     are its first input's producer's, as the estimate prices it (search/problem.py)."""
     producer = {k: c for c in run.spec.calls for k in c.outputs}
     out = []
     for f in run.spec.functions:
         src = producer.get(f.inputs[0]) if f.inputs else None
         if src is not None and src.num_seqs > 0:
-            out += [(t, src.num_seqs) for t in run.host_s.get(f.name, ())]
+            out += [(t, src.num_seqs) for t in run.host_cpu_s.get(f.name, ())]
     return out
 
 

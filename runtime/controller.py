@@ -161,7 +161,8 @@ class Iteration:
     funcs_done: set[str] = field(default_factory=set)
     events: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
-    host_s: dict[str, float] = field(default_factory=dict)  # host function -> driver wall
+    # host function -> (wall, CPU) seconds of the driver's thread running it
+    host_s: dict[str, tuple[float, float]] = field(default_factory=dict)
     realloc_s: float = 0.0
     first_start: float = math.inf
     last_end: float = 0.0
@@ -404,7 +405,7 @@ class Controller:
             if f.name in it.funcs_done or not all(
                     k in it.host or self.producer.get(k) in it.done for k in f.inputs):
                 continue
-            t0 = time.time()
+            t0, cpu0 = time.time(), time.thread_time()
             for k in f.inputs:
                 if k not in it.host:
                     it.host[k] = handles.fetch(it.handles[k])
@@ -419,7 +420,7 @@ class Controller:
             it.host[f.outputs[0]] = scores
             it.handles[f.outputs[0]] = handles.put(f.outputs[0], scores)
             it.funcs_done.add(f.name)
-            it.host_s[f.name] = time.time() - t0
+            it.host_s[f.name] = (time.time() - t0, time.thread_time() - cpu0)
 
     # -- checkpoints --------------------------------------------------------
     def _queue_save(self, call: CallSpec, k: int) -> None:
@@ -463,8 +464,9 @@ class Controller:
                                "timing_s/realloc": it.realloc_s}
         for name, t in it.timings.items():
             m[f"timing_s/{name}"] = t
-        for name, t in it.host_s.items():  # fetch, decode, reward and put, on the driver
-            m[f"host_s/{name}"] = t
+        for name, (wall_s, cpu_s) in it.host_s.items():  # fetch, decode, reward and put
+            m[f"host_s/{name}"] = wall_s
+            m[f"host_cpu_s/{name}"] = cpu_s
         m.update(it.train_metrics)
         if "perf/total_tokens" in m:
             m["perf/throughput"] = (m["perf/total_tokens"] / period_s

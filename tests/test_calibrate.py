@@ -29,9 +29,10 @@ ALLOC = {"actor_train": "0-3:d4", "actor_gen": "0-1:d2", "ref_inf": "2-3:d2",
 
 
 def _make_run(tmp: Path, profile_path: Path, alloc: dict[str, str] = ALLOC,
-              spec_path: Path = TINY_PPO, host_s: float | None = None) -> Path:
+              spec_path: Path = TINY_PPO, host_cpu_s: float | None = None) -> Path:
     """A run directory of tiny PPO (or `spec_path`) whose trace follows SCALE and GAP_S
-    exactly; its host functions, if any, took `host_s` of driver time each."""
+    exactly; its host functions, if any, took `host_cpu_s` of driver CPU each (and 4x
+    that of wall time, as beside busy workers)."""
     spec = load_spec(spec_path)
     plan = load_plan(manual_plan(spec_path, alloc, tmp / "plan.json"), spec)
     profile = load_profile(profile_path)
@@ -56,8 +57,9 @@ def _make_run(tmp: Path, profile_path: Path, alloc: dict[str, str] = ALLOC,
                 free[d] = stop
         t = max(end.values())
         metrics.append({"iteration": it, "timing_s/iteration": t - t_iter,
-                        **{f"host_s/{f.name}": host_s for f in spec.functions
-                           if host_s is not None}})
+                        **{k: v for f in spec.functions if host_cpu_s is not None
+                           for k, v in ((f"host_s/{f.name}", 4 * host_cpu_s),
+                                        (f"host_cpu_s/{f.name}", host_cpu_s))}})
     run = tmp / "run"
     run.mkdir()
     write_run_record(run, spec, plan, str(tmp / "plan.json"), profile, seed=0)
@@ -95,20 +97,21 @@ def test_calibrated_profile_prices_the_run_closer(recorded, tmp_path, capsys):
     assert err["after iteration"] < err["before iteration"] / 2
 
 
-def test_host_function_time_is_fitted_from_the_drivers_times(recorded, tmp_path, capsys):
-    """metrics.jsonl's host_s/<function>, per sequence of the generation it scores;
-    a value that is not a time: one line, exit 2."""
+def test_host_function_time_is_fitted_from_the_drivers_cpu(recorded, tmp_path, capsys):
+    """metrics.jsonl's host_cpu_s/<function> (not its wall time), per sequence of the
+    generation it scores; a value that is not a time: one line, exit 2."""
     _, prof_path = recorded
-    run = _make_run(tmp_path, prof_path, SPLIT_GRPO, TINY_GRPO, host_s=0.0032)
+    run = _make_run(tmp_path, prof_path, SPLIT_GRPO, TINY_GRPO, host_cpu_s=0.0032)
     out = tmp_path / "cal.json"
     assert main(["calibrate", str(run), "--profile", str(prof_path), "-o", str(out)]) == 0
-    assert "from 3 host functions' driver times" in load_profile(out).runtime.source
+    assert "from 3 host functions' driver CPU times" in load_profile(out).runtime.source
     seqs = load_spec(TINY_GRPO).call("actor_gen").num_seqs
     assert load_profile(out).runtime.host_function_s_per_seq == pytest.approx(0.0032 / seqs)
     rows = (run / "metrics.jsonl").read_text().replace('": 0.0032', '": "fast"')
+    assert '"fast"' in rows
     (run / "metrics.jsonl").write_text(rows)
     _one_line_exit_2(["calibrate", str(run), "--profile", str(prof_path), "-o",
-                      str(tmp_path / "o.json")], capsys, "metrics.jsonl iteration 1 host_s/",
+                      str(tmp_path / "o.json")], capsys, "metrics.jsonl iteration 1 host_cpu_s/",
                      "'fast' (expected a finite number of seconds >= 0)")
 
 

@@ -321,9 +321,10 @@ def test_stale_generation_overlaps_training_and_learns(ray_local, tmp_path):
     assert [x["async/staleness"] for x in m] == [0] + [1] * 7
     assert all(0.5 < x["async/behaviour_weight_mean"] < 2 for x in m[1:])
     assert "async/behaviour_weight_mean" not in m[0]  # on-policy: today's loss
-    # the rule reward's driver time (fetch, decode, reward, put), every iteration
-    assert all(len([k for k in x if k.startswith("host_s/")]) == 1 and
-               all(v > 0 for k, v in x.items() if k.startswith("host_s/")) for x in m), m[0]
+    # the rule reward's driver wall and CPU time (fetch, decode, reward, put), each iteration
+    for prefix in ("host_s/", "host_cpu_s/"):
+        assert all(len([k for k in x if k.startswith(prefix)]) == 1 and
+                   all(v > 0 for k, v in x.items() if k.startswith(prefix)) for x in m), m[0]
     trace = json.loads((tmp_path / "run" / "trace.json").read_text())
     span: dict[tuple[str, int], list[float]] = {}
     for e in trace["traceEvents"]:
