@@ -17,17 +17,17 @@ Fitted, each a measured quantity (README.md, "planner calibrate"):
   estimate) over the calls of that kind and size;
 - runtime.call_launch_s = median(gap - hand-off estimate) over calls that
   read no host-function output;
-- runtime.host_function_s_per_seq = median(driver CPU / seqs) over the host
-  functions' runs, from metrics.jsonl's host_cpu_s/<function> (the driver
-  thread's CPU time: fetch, decode, reward, put; seqs: its producer's
-  sequences). CPU, not wall time: the estimate puts a host function in series
-  on its data edge, where it delays the consumer only while it is the last
-  thing that consumer waits for, and then the workers are idle and the driver
-  has the cores; its wall time beside a busy call only shows how long the
-  driver waited for a core (23 ms of wall for 6 ms of CPU on tiny GRPO's
-  colocated plan). Runs without those keys fall back to median((gap - launch - hand-off) / seqs) over
-  the calls that read a host function's output (a gap that only sees the part
-  no other predecessor hides);
+- runtime.host_function_s (per run) and host_function_s_per_seq: a line
+  through the median driver CPU time of the host functions' runs at each
+  batch size (its producer's sequences), from metrics.jsonl's
+  host_cpu_s/<function> (the driver thread's CPU time: fetch, decode, reward,
+  put); runs of one batch size price it all per run. CPU, not wall time: the
+  estimate puts a host function in its consumer's prologue, after every
+  predecessor (search/simulator.py), where the workers wait and the driver has
+  the cores; beside a busy call its wall time counts the wait for a core (23 ms
+  of wall for 6 ms of CPU on tiny GRPO's colocated plan). Runs without those
+  keys fall back to median((gap - launch - hand-off) / seqs), per sequence, over
+  the calls that read a host function's output;
 - runtime.realloc_fixed_s = median(realloc span - its bytes' time) over
   reallocs that move bytes (unchanged when none did).
 """
@@ -425,12 +425,9 @@ def fit(profile: HardwareProfile, runs: list[Run]) -> HardwareProfile:
                 launch.append(r.gap_s - r.handoff_s)
     rt = profile.runtime or RuntimeOverheads()
     launch_s = max(0.0, _median(launch, rt.call_launch_s))
-    per_seq = [t / seqs for run in runs for t, seqs in _host_runs(run)]
-    host_from = "host functions' driver CPU times"
-    if not per_seq:  # runs from before host_s/ was recorded
-        per_seq = [(r.gap_s - launch_s - r.handoff_s) / r.num_seqs for r, _ in host]
-        host_from = "gaps of calls reading them"
-    host_s = max(0.0, _median(per_seq, rt.host_function_s_per_seq))
+    gap_per_seq = [(r.gap_s - launch_s - r.handoff_s) / r.num_seqs for r, _ in host]
+    host_s, per_seq_s, host_from = _fit_host(
+        [x for run in runs for x in _host_runs(run)], gap_per_seq, rt)
     realloc = _realloc_excess(base, runs)
     realloc_s = max(0.0, _median(realloc, rt.realloc_fixed_s))
     corrections = [CallCorrection(call_type=k, num_devices=n, scale=statistics.median(v),
@@ -443,11 +440,43 @@ def fit(profile: HardwareProfile, runs: list[Run]) -> HardwareProfile:
     corrections.sort(key=lambda c: (c.call_type, c.num_devices))
     names = ", ".join(r.path.name for r in runs)
     source = (f"{rt.source + '; ' if rt.source else ''}planner calibrate from runs {names}: "
-              f"call_launch_s from {len(launch)} call gaps, host_function_s_per_seq from "
-              f"{len(per_seq)} {host_from}, realloc_fixed_s from {len(realloc)} reallocs moving bytes")
-    new_rt = rt.model_copy(update={"call_launch_s": launch_s, "host_function_s_per_seq": host_s,
+              f"call_launch_s from {len(launch)} call gaps, host functions from "
+              f"{host_from}, realloc_fixed_s from {len(realloc)} reallocs moving bytes")
+    new_rt = rt.model_copy(update={"call_launch_s": launch_s, "host_function_s": host_s,
+                                   "host_function_s_per_seq": per_seq_s,
                                    "realloc_fixed_s": realloc_s, "source": source})
     return profile.model_copy(update={"runtime": new_rt, "corrections": corrections})
+
+
+def _fit_host(samples: list[tuple[float, int]], gap_per_seq: list[float],
+              rt: RuntimeOverheads) -> tuple[float, float, str]:
+    """(per run, per sequence, how) of the host functions' driver time: a line through
+    the median CPU time at each batch size; one batch size cannot tell the two apart,
+    and there all of it is priced per run (on tiny specs most of it is: 2.6-3.5 ms at
+    32 sequences, 5.4-6.3 ms at 128, README.md)."""
+    by_size: dict[int, list[float]] = {}
+    for t, n in samples:
+        by_size.setdefault(n, []).append(t)
+    points = sorted((n, statistics.median(ts)) for n, ts in by_size.items())
+    if len(points) >= 2:
+        mean_n = sum(n for n, _ in points) / len(points)
+        mean_t = sum(t for _, t in points) / len(points)
+        slope = (sum((n - mean_n) * (t - mean_t) for n, t in points)
+                 / sum((n - mean_n) ** 2 for n, _ in points))
+        fixed = mean_t - slope * mean_n
+        if slope < 0:  # more sequences never cost less: all per run
+            fixed, slope = mean_t, 0.0
+        elif fixed < 0:
+            fixed, slope = 0.0, statistics.median(t / n for n, t in points)
+        return fixed, slope, (f"{len(samples)} driver CPU times at {len(points)} batch sizes "
+                              "(per run and per sequence)")
+    if points:
+        return points[0][1], 0.0, (f"{len(samples)} driver CPU times at one batch size "
+                                   f"({points[0][0]} sequences: all per run)")
+    if gap_per_seq:  # runs from before host_cpu_s/ was recorded
+        return 0.0, max(0.0, statistics.median(gap_per_seq)), \
+            f"{len(gap_per_seq)} gaps of calls reading them (per sequence)"
+    return rt.host_function_s, rt.host_function_s_per_seq, "none in these runs (kept)"
 
 
 def _host_runs(run: Run) -> list[tuple[float, int]]:

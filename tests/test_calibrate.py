@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
 
-from planner.calibration import call_rows, device_s, load_run, price_plan
+from planner.calibration import _fit_host, call_rows, device_s, load_run, price_plan
+from planner.cost_model.runtime_terms import host_function_s
 from planner.cli import main
 from planner.cost_model.profile import RuntimeOverheads, load_profile
 from planner.cost_model.profiler import write_profile
@@ -104,15 +106,37 @@ def test_host_function_time_is_fitted_from_the_drivers_cpu(recorded, tmp_path, c
     run = _make_run(tmp_path, prof_path, SPLIT_GRPO, TINY_GRPO, host_cpu_s=0.0032)
     out = tmp_path / "cal.json"
     assert main(["calibrate", str(run), "--profile", str(prof_path), "-o", str(out)]) == 0
-    assert "from 3 host functions' driver CPU times" in load_profile(out).runtime.source
-    seqs = load_spec(TINY_GRPO).call("actor_gen").num_seqs
-    assert load_profile(out).runtime.host_function_s_per_seq == pytest.approx(0.0032 / seqs)
+    assert "from 3 driver CPU times at one batch size" in load_profile(out).runtime.source
+    rt = load_profile(out).runtime  # one batch size: all of it per run
+    assert (rt.host_function_s, rt.host_function_s_per_seq) == (pytest.approx(0.0032), 0.0)
+    # with tiny PPO's 32 sequences at 2 ms beside GRPO's 128 at 3.2: per run and per sequence
+    (tmp_path / "ppo").mkdir()
+    ppo = _make_run(tmp_path / "ppo", prof_path, host_cpu_s=0.002)
+    assert main(["calibrate", str(run), str(ppo), "--profile", str(prof_path), "-o",
+                 str(out)]) == 0
+    rt = load_profile(out).runtime
+    per_seq = (0.0032 - 0.002) / (load_spec(TINY_GRPO).call("actor_gen").num_seqs
+                                  - load_spec(TINY_PPO).call("actor_gen").num_seqs)
+    assert rt.host_function_s_per_seq == pytest.approx(per_seq)
+    assert host_function_s(load_profile(out), 32) == pytest.approx(0.002)
+    assert "at 2 batch sizes" in rt.source
     rows = (run / "metrics.jsonl").read_text().replace('": 0.0032', '": "fast"')
     assert '"fast"' in rows
     (run / "metrics.jsonl").write_text(rows)
     _one_line_exit_2(["calibrate", str(run), "--profile", str(prof_path), "-o",
                       str(tmp_path / "o.json")], capsys, "metrics.jsonl iteration 1 host_cpu_s/",
                      "'fast' (expected a finite number of seconds >= 0)")
+
+
+def test_host_fit_never_prices_a_sequence_below_zero():
+    rt = RuntimeOverheads()
+    assert _fit_host([(0.004, 32), (0.003, 128)], [], rt)[:2] == (pytest.approx(0.0035), 0.0)
+    fixed, per_seq, _ = _fit_host([(0.001, 32), (0.008, 128)], [], rt)  # line crosses 0 at n>0
+    assert fixed == 0.0 and per_seq == pytest.approx(statistics.median([0.001 / 32,
+                                                                         0.008 / 128]))
+    assert _fit_host([], [2e-5, 4e-5, -1.0], rt)[:2] == (0.0, 2e-5)  # gaps: per sequence
+    kept = RuntimeOverheads(host_function_s=0.001, host_function_s_per_seq=1e-5)
+    assert _fit_host([], [], kept)[:2] == (0.001, 1e-5)
 
 
 def _one_line_exit_2(argv, capsys, *expected: str) -> None:

@@ -93,9 +93,13 @@ class RuntimeOverheads(_Frozen):
         "Per realloc that moves bytes, besides the bytes: the worker-side cost of its "
         "round of messages (planner profile: one round of 1-element send/recv; planner "
         "calibrate: measured realloc spans less their bytes' time)."))
+    host_function_s: float = Field(0.0, ge=0, description=(
+        "Per run of a host function (rule reward) on the driver, besides its sequences: "
+        "the fetch of the keys it reads, the put of its output, Python's per-call work. "
+        "Fitted by planner calibrate from the driver's CPU time."))
     host_function_s_per_seq: float = Field(0.0, ge=0, description=(
-        "Per sequence through a host function (rule reward) on the driver: decoding and "
-        "scoring. Fitted by planner calibrate (it depends on the user's function)."))
+        "Per sequence through a host function on the driver: decoding and scoring. "
+        "Fitted by planner calibrate (it depends on the user's function)."))
     source: str = Field("", description="How each number was obtained.")
 
     @model_validator(mode="after")
@@ -317,6 +321,7 @@ _FIELDS_ADDED_SINCE_LEGACY_IDENTITY = (
     ("overheads", "train_step_s"),
     ("measured", "vllm", "hop_fixed_s"),
     ("measured", "vllm", "hop_per_layer_s"),
+    ("runtime", "host_function_s"),
 )
 
 

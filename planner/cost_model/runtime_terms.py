@@ -6,7 +6,7 @@
 - `calibration`: (scale - 1) x the call's device terms, where `planner
   calibrate` fitted a scale for this call kind and layout size;
 - realloc: a fixed cost per realloc that moves bytes;
-- host functions: per sequence, on the data edge through the function.
+- host functions: per run plus per sequence, on the data edge through the function.
 
 Each is a measured (or fitted-from-measurement) quantity; a profile without
 them prices them at zero. Seconds and bytes throughout.
@@ -59,4 +59,6 @@ def realloc_fixed_s(profile: HardwareProfile, moved_bytes: float) -> float:
 def host_function_s(profile: HardwareProfile, num_seqs: int) -> float:
     """Driver time of one host function over `num_seqs` sequences."""
     rt = profile.runtime
-    return rt.host_function_s_per_seq * num_seqs if rt is not None else 0.0
+    if rt is None:
+        return 0.0
+    return rt.host_function_s + rt.host_function_s_per_seq * num_seqs
