@@ -32,12 +32,13 @@ Host functions wait while a realloc runs. A realloc is a latency-bound
 exchange among all its devices' processes; where they share the node's cores
 with the driver (CPU devices), a host function's burst of driver CPU (fetch,
 decode, reward, put) preempts one of them and stalls every peer. Measured on
-tiny ReMax's split plan, 2 devices on 2 cores, 16 iterations, six runs each:
-the realloc right after the sampled generation took 2.2-3.0 ms (median of
-medians 2.7, 1.35x its estimate) with the reward beside it, 1.7-2.7 ms (2.0,
-1.0x) with it deferred; iterations were no slower. The wait is a realloc's
-length (milliseconds), and a host function's output is read only by calls
-not yet submitted, so no realloc ever waits on one: no deadlock.
+tiny ReMax's split plan, 2 devices on 2 cores, 16 iterations, three runs
+each: the realloc right after the sampled generation took 1.9-3.3 ms (median
+spans) with the reward beside it, 1.9-2.2 ms with it deferred (estimate 2.0
+ms); iterations were no slower. On 4 devices sharing the 2 cores it did not
+help (5.3-8.0 ms against 5.0-8.1). The wait is a realloc's length
+(milliseconds), and a host function's output is read only by calls not yet
+submitted, so no realloc ever waits on one: no deadlock.
 
 Checkpoints. A model's save is queued on its home workers right after its
 train call of the iteration; the checkpoint is finished (state file, rename)
