@@ -94,8 +94,8 @@ def run(args: argparse.Namespace) -> int:
         f"{k} {statistics.median(v) * 100:.0f}%" for k, v in errs.items() if v), highlight=False)
     rt = calibrated.runtime
     console.print(f"fitted: call launch {rt.call_launch_s * 1e3:.2f} ms, host functions "
-                  f"{rt.host_function_s * 1e3:.2f} ms + {rt.host_function_s_per_seq * 1e6:.1f} us/seq, "
-                  f"realloc fixed "
+                  f"{rt.host_function_s * 1e3:.2f} ms + "
+                  f"{rt.host_function_s_per_seq * 1e6:.1f} us/seq, realloc fixed "
                   f"{rt.realloc_fixed_s * 1e3:.2f} ms, corrections " + ", ".join(
                       f"{c.call_type}/{c.num_devices} x{c.scale:.2f}"
                       for c in calibrated.corrections), highlight=False)
