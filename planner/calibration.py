@@ -18,16 +18,19 @@ Fitted, each a measured quantity (README.md, "planner calibrate"):
 - runtime.call_launch_s = median(gap - hand-off estimate) over calls that
   read no host-function output;
 - runtime.host_function_s (per run) and host_function_s_per_seq: a line
-  through the median driver CPU time of the host functions' runs at each
-  batch size (its producer's sequences), from metrics.jsonl's
-  host_cpu_s/<function> (the driver thread's CPU time: fetch, decode, reward,
-  put); runs of one batch size price it all per run. CPU, not wall time: the
-  estimate puts a host function in its consumer's prologue, after every
-  predecessor (search/simulator.py), where the workers wait and the driver has
-  the cores; beside a busy call its wall time counts the wait for a core (23 ms
-  of wall for 6 ms of CPU on tiny GRPO's colocated plan). Runs without those
-  keys fall back to median((gap - launch - hand-off) / seqs), per sequence, over
-  the calls that read a host function's output;
+  through the median driver time of the host functions' runs at each batch
+  size (its producer's sequences); runs of one batch size price it all per
+  run. The driver time is metrics.jsonl's host_s/<function> (wall: fetch,
+  decode, reward, put) less host_queued_s/<function> (the driver thread's wait
+  for a core, from the kernel's schedstat), or host_cpu_s/<function> (its CPU
+  time) where the kernel does not say. Not the wall time: the estimate puts a
+  host function in its consumer's prologue, after every predecessor
+  (search/simulator.py), where the workers wait and the driver has the cores;
+  beside a busy call the wall time counts the wait for a core (23 ms of wall
+  for 6 ms of CPU on tiny GRPO's colocated plan). Not the CPU time alone: a
+  reward that waits (a sandbox, a remote scorer) takes its wait on any host.
+  Runs without those keys fall back to median((gap - launch - hand-off) /
+  seqs), per sequence, over the calls that read a host function's output;
 - runtime.realloc_fixed_s = median(realloc span - its bytes' time) over
   reallocs that move bytes (unchanged when none did).
 """
@@ -75,8 +78,10 @@ class Run:
     iteration_s: list[float] = field(default_factory=list)  # period: steady state
     iteration_span_s: list[float] = field(default_factory=list)  # one iteration alone
     host_fed: set[str] = field(default_factory=set)  # calls reading a host function's output
-    # host function -> per iteration, the driver thread's CPU time running it
-    host_cpu_s: dict[str, list[float]] = field(default_factory=dict)
+    # host function -> per iteration, the driver thread's time running it: its wall
+    # time less its wait for a core (host_queued_s/), or its CPU time where that is
+    # not recorded
+    host_busy_s: dict[str, list[float]] = field(default_factory=dict)
     # call -> per iteration, the busiest device's worker-thread CPU time in the span
     # (traces that record it); span - cpu is time spent waiting, mostly for a core
     cpu_s: dict[str, list[float]] = field(default_factory=dict)
@@ -93,6 +98,32 @@ class Run:
         gpn = self.plan.cluster.gpus_per_node
         return [_busy_seconds(self.slices, t0, t1, nodes, gpn)
                 for t0, t1, nodes in self.windows.get(call, [])]
+
+
+# metrics.jsonl's keys per host function: the driver's wall, CPU and queued seconds
+HOST_KEYS = ("host_s", "host_cpu_s", "host_queued_s")
+# A longer value is not a measured host function or iteration: a corrupt file.
+MAX_METRIC_S = 86400.0
+
+
+def _check_rows(rows: list, metrics: Path) -> None:
+    """Every row an object with an integer iteration, and every time it holds that
+    calibrate reads a finite number of seconds in [0, MAX_METRIC_S]."""
+    for i, r in enumerate(rows):
+        where = f"{metrics} line {i + 1}"
+        if not isinstance(r, dict):
+            raise CalibrateError(f"{where}: not a JSON object")
+        it = r.get("iteration")
+        if isinstance(it, bool) or not isinstance(it, int):
+            raise CalibrateError(f"{where} iteration: {it!r} (expected an integer)")
+        for key, value in r.items():
+            if not (key in ("timing_s/iteration", "timing_s/iteration_span")
+                    or key.split("/")[0] in HOST_KEYS):
+                continue
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not math.isfinite(value) or not 0 <= value <= MAX_METRIC_S):
+                raise CalibrateError(f"{metrics} iteration {it} {key}: {value!r} (expected "
+                                     f"a finite number of seconds in [0, {MAX_METRIC_S:g}])")
 
 
 def _read_json(path: Path):
@@ -155,6 +186,7 @@ def load_run(run_dir: str | Path, profile: HardwareProfile, profile_path: str,
         raise CalibrateError(f"{metrics}: cannot read ({err.strerror})") from None
     except json.JSONDecodeError as err:
         raise CalibrateError(f"{metrics}: not JSON lines ({err.msg})") from None
+    _check_rows(rows, metrics)
     run.iteration_s = [float(r["timing_s/iteration"]) for r in rows
                        if isinstance(r, dict) and r.get("iteration", -1) >= skip
                        and "timing_s/iteration" in r]
@@ -166,15 +198,13 @@ def load_run(run_dir: str | Path, profile: HardwareProfile, profile_path: str,
     for r in rows:
         if not isinstance(r, dict) or r.get("iteration", -1) < skip:
             continue
-        for key, value in r.items():
-            name = key.removeprefix("host_cpu_s/")
-            if name == key or name not in functions:
+        for name in functions:
+            wall, cpu, queued = (r.get(f"{k}/{name}") for k in HOST_KEYS)
+            if cpu is None:
                 continue
-            if (isinstance(value, bool) or not isinstance(value, (int, float))
-                    or not math.isfinite(value) or value < 0):
-                raise CalibrateError(f"{metrics} iteration {r['iteration']} {key}: {value!r} "
-                                     "(expected a finite number of seconds >= 0)")
-            run.host_cpu_s.setdefault(name, []).append(float(value))
+            # wall less the wait for a core where the kernel said it, else the CPU time
+            busy = wall - queued if wall is not None and queued is not None else cpu
+            run.host_busy_s.setdefault(name, []).append(max(0.0, float(busy)))
     if not run.span_s or not run.iteration_s:
         raise CalibrateError(f"{d}: no measured iterations after the first {skip} "
                              "(run more iterations or lower --skip)")
@@ -428,6 +458,9 @@ def fit(profile: HardwareProfile, runs: list[Run]) -> HardwareProfile:
     gap_per_seq = [(r.gap_s - launch_s - r.handoff_s) / r.num_seqs for r, _ in host]
     host_s, per_seq_s, host_from = _fit_host(
         [x for run in runs for x in _host_runs(run)], gap_per_seq, rt)
+    unrecorded = [r.path.name for r in runs if r.spec.functions and not r.host_busy_s]
+    if unrecorded and any(r.host_busy_s for r in runs):
+        host_from += f" ({', '.join(unrecorded)}: recorded before host_s/, left out)"
     realloc = _realloc_excess(base, runs)
     realloc_s = max(0.0, _median(realloc, rt.realloc_fixed_s))
     corrections = [CallCorrection(call_type=k, num_devices=n, scale=statistics.median(v),
@@ -451,7 +484,7 @@ def fit(profile: HardwareProfile, runs: list[Run]) -> HardwareProfile:
 def _fit_host(samples: list[tuple[float, int]], gap_per_seq: list[float],
               rt: RuntimeOverheads) -> tuple[float, float, str]:
     """(per run, per sequence, how) of the host functions' driver time: a line through
-    the median CPU time at each batch size; one batch size cannot tell the two apart,
+    the median time at each batch size; one batch size cannot tell the two apart,
     and there all of it is priced per run (on tiny specs most of it is: 2.6-3.5 ms at
     32 sequences, 5.4-6.3 ms at 128, README.md)."""
     by_size: dict[int, list[float]] = {}
@@ -468,26 +501,26 @@ def _fit_host(samples: list[tuple[float, int]], gap_per_seq: list[float],
             fixed, slope = mean_t, 0.0
         elif fixed < 0:
             fixed, slope = 0.0, statistics.median(t / n for n, t in points)
-        return fixed, slope, (f"{len(samples)} driver CPU times at {len(points)} batch sizes "
+        return fixed, slope, (f"{len(samples)} driver times at {len(points)} batch sizes "
                               "(per run and per sequence)")
     if points:
-        return points[0][1], 0.0, (f"{len(samples)} driver CPU times at one batch size "
+        return points[0][1], 0.0, (f"{len(samples)} driver times at one batch size "
                                    f"({points[0][0]} sequences: all per run)")
-    if gap_per_seq:  # runs from before host_cpu_s/ was recorded
+    if gap_per_seq:  # runs from before host_s/ was recorded
         return 0.0, max(0.0, statistics.median(gap_per_seq)), \
             f"{len(gap_per_seq)} gaps of calls reading them (per sequence)"
     return rt.host_function_s, rt.host_function_s_per_seq, "none in these runs (kept)"
 
 
 def _host_runs(run: Run) -> list[tuple[float, int]]:
-    """(driver CPU seconds, sequences) per measured run of a host function: its sequences
+    """(driver seconds, sequences) per measured run of a host function: its sequences
     are its first input's producer's, as the estimate prices it (search/problem.py)."""
     producer = {k: c for c in run.spec.calls for k in c.outputs}
     out = []
     for f in run.spec.functions:
         src = producer.get(f.inputs[0]) if f.inputs else None
         if src is not None and src.num_seqs > 0:
-            out += [(t, src.num_seqs) for t in run.host_cpu_s.get(f.name, ())]
+            out += [(t, src.num_seqs) for t in run.host_busy_s.get(f.name, ())]
     return out
 
 

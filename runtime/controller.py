@@ -28,9 +28,9 @@ included, on their own workers from whole keys (the same on every dp rank).
 Calls reading a host function's output are submitted once it ran (tasks
 behind them in the order wait too).
 
-Host functions wait while a realloc runs. A realloc is a latency-bound
-exchange among all its devices' processes; where they share the node's cores
-with the driver (CPU devices), a host function's burst of driver CPU (fetch,
+Host functions wait while a realloc runs, on CPU devices. A realloc is a
+latency-bound exchange among all its devices' processes; where they share the
+node's cores with the driver (CPU devices), a host function's burst of driver CPU (fetch,
 decode, reward, put) preempts one of them and stalls every peer. Measured on
 tiny ReMax's split plan, 2 devices on 2 cores, 16 iterations, three runs
 each: the realloc right after the sampled generation took 1.9-3.3 ms (median
@@ -38,7 +38,9 @@ spans) with the reward beside it, 1.9-2.2 ms with it deferred (estimate 2.0
 ms); iterations were no slower. On 4 devices sharing the 2 cores it did not
 help (5.3-8.0 ms against 5.0-8.1). The wait is a realloc's length
 (milliseconds), and a host function's output is read only by calls not yet
-submitted, so no realloc ever waits on one: no deadlock.
+submitted, so no realloc ever waits on one: no deadlock. GPU devices do not
+share the driver's cores, and a realloc there may move gigabytes for
+seconds: the host functions do not wait.
 
 Checkpoints. A model's save is queued on its home workers right after its
 train call of the iteration; the checkpoint is finished (state file, rename)
@@ -132,6 +134,16 @@ class Task:
         return self.meta_refs + self.realloc_refs
 
 
+def _queued_s() -> float | None:
+    """This thread's time spent runnable but waiting for a core, since it started
+    (Linux schedstat); None where the kernel does not keep it."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) * 1e-9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def realloc_running(tasks, finished) -> bool:
     """Whether a realloc's exchange runs now: each of its devices still in it has it
     as its earliest unfinished task (a worker runs its tasks in submission order).
@@ -162,8 +174,9 @@ class Iteration:
     funcs_done: set[str] = field(default_factory=set)
     events: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
-    # host function -> (wall, CPU) seconds of the driver's thread running it
-    host_s: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # host function -> seconds of the driver's thread running it: wall, CPU, and
+    # waiting for a core (None where the kernel does not say)
+    host_s: dict[str, tuple[float, float, float | None]] = field(default_factory=dict)
     realloc_s: float = 0.0
     first_start: float = math.inf
     last_end: float = 0.0
@@ -186,6 +199,8 @@ class Controller:
         self.tokenizer, self.sampler = tokenizer, prompts
         self.reward_fns, self.seed = reward_fns, seed
         self.window = in_flight_window(plan, overlap)
+        # Host functions wait for a running realloc where the devices are the cores.
+        self.host_waits_for_realloc = plan.hardware_kind != "gpu"
         self.functions = list(spec.functions)
         self.host_made = {k for f in self.functions for k in f.outputs}
         self.producer = {k: c.name for c in spec.calls for k in c.outputs}
@@ -250,7 +265,8 @@ class Controller:
             # and not while a realloc runs (module docstring). A realloc's end wakes
             # the wait above (its refs are among those waited on).
             pos = submit_ready(pos)
-            if not realloc_running(inflight.values(), finished):
+            if not (self.host_waits_for_realloc
+                    and realloc_running(inflight.values(), finished)):
                 for k in sorted(its):
                     self._run_functions(its[k])
             while oldest in its and len(its[oldest].done) == len(self.spec.calls):
@@ -406,7 +422,7 @@ class Controller:
             if f.name in it.funcs_done or not all(
                     k in it.host or self.producer.get(k) in it.done for k in f.inputs):
                 continue
-            t0, cpu0 = time.time(), time.thread_time()
+            t0, cpu0, queued0 = time.time(), time.thread_time(), _queued_s()
             for k in f.inputs:
                 if k not in it.host:
                     it.host[k] = handles.fetch(it.handles[k])
@@ -416,12 +432,30 @@ class Controller:
             p = int(seqs["prompt_len"][0])
             ids = [row[m.bool()].tolist() for row, m in
                    zip(seqs["input_ids"][:, p:], seqs["response_mask"])]
-            scores = torch.tensor(self.reward_fns[f.name](prompts, responses, ids),
-                                  dtype=torch.float32)
+            scores = self._scores(f.name, prompts, responses, ids)
             it.host[f.outputs[0]] = scores
             it.handles[f.outputs[0]] = handles.put(f.outputs[0], scores)
             it.funcs_done.add(f.name)
-            it.host_s[f.name] = (time.time() - t0, time.thread_time() - cpu0)
+            queued1 = _queued_s()
+            it.host_s[f.name] = (time.time() - t0, time.thread_time() - cpu0,
+                                 queued1 - queued0 if None not in (queued0, queued1) else None)
+
+    def _scores(self, name: str, prompts, responses, ids) -> torch.Tensor:
+        """The host function's scores, one finite number per sequence, or a RunError
+        naming it (a user's function: its failure is not the runtime's)."""
+        try:
+            raw = self.reward_fns[name](prompts, responses, ids)
+            scores = torch.as_tensor(raw, dtype=torch.float32).reshape(-1)
+        except Exception as err:  # any error of the user's code, named
+            raise RunError(f"host function {name} failed: {type(err).__name__}: "
+                           f"{err}".splitlines()[0]) from None
+        if scores.numel() != len(ids):
+            raise RunError(f"host function {name} returned {scores.numel()} scores for "
+                           f"{len(ids)} sequences (expected one per sequence)")
+        if not torch.isfinite(scores).all():
+            raise RunError(f"host function {name} returned a score that is not finite "
+                           "(NaN or inf)")
+        return scores
 
     # -- checkpoints --------------------------------------------------------
     def _queue_save(self, call: CallSpec, k: int) -> None:
@@ -465,9 +499,11 @@ class Controller:
                                "timing_s/realloc": it.realloc_s}
         for name, t in it.timings.items():
             m[f"timing_s/{name}"] = t
-        for name, (wall_s, cpu_s) in it.host_s.items():  # fetch, decode, reward and put
+        for name, (wall_s, cpu_s, queued_s) in it.host_s.items():  # fetch .. put
             m[f"host_s/{name}"] = wall_s
             m[f"host_cpu_s/{name}"] = cpu_s
+            if queued_s is not None:
+                m[f"host_queued_s/{name}"] = queued_s
         m.update(it.train_metrics)
         if "perf/total_tokens" in m:
             m["perf/throughput"] = (m["perf/total_tokens"] / period_s

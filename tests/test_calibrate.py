@@ -31,10 +31,11 @@ ALLOC = {"actor_train": "0-3:d4", "actor_gen": "0-1:d2", "ref_inf": "2-3:d2",
 
 
 def _make_run(tmp: Path, profile_path: Path, alloc: dict[str, str] = ALLOC,
-              spec_path: Path = TINY_PPO, host_cpu_s: float | None = None) -> Path:
+              spec_path: Path = TINY_PPO, host_busy_s: float | None = None) -> Path:
     """A run directory of tiny PPO (or `spec_path`) whose trace follows SCALE and GAP_S
-    exactly; its host functions, if any, took `host_cpu_s` of driver CPU each (and 4x
-    that of wall time, as beside busy workers)."""
+    exactly; its host functions, if any, ran `host_busy_s` each, in 4x that of wall time
+    (waiting for a core the rest, as beside busy workers) and half of it CPU (the rest
+    waiting on I/O)."""
     spec = load_spec(spec_path)
     plan = load_plan(manual_plan(spec_path, alloc, tmp / "plan.json"), spec)
     profile = load_profile(profile_path)
@@ -59,9 +60,10 @@ def _make_run(tmp: Path, profile_path: Path, alloc: dict[str, str] = ALLOC,
                 free[d] = stop
         t = max(end.values())
         metrics.append({"iteration": it, "timing_s/iteration": t - t_iter,
-                        **{k: v for f in spec.functions if host_cpu_s is not None
-                           for k, v in ((f"host_s/{f.name}", 4 * host_cpu_s),
-                                        (f"host_cpu_s/{f.name}", host_cpu_s))}})
+                        **{k: v for f in spec.functions if host_busy_s is not None
+                           for k, v in ((f"host_s/{f.name}", 4 * host_busy_s),
+                                        (f"host_cpu_s/{f.name}", host_busy_s / 2),
+                                        (f"host_queued_s/{f.name}", 3 * host_busy_s))}})
     run = tmp / "run"
     run.mkdir()
     write_run_record(run, spec, plan, str(tmp / "plan.json"), profile, seed=0)
@@ -99,19 +101,21 @@ def test_calibrated_profile_prices_the_run_closer(recorded, tmp_path, capsys):
     assert err["after iteration"] < err["before iteration"] / 2
 
 
-def test_host_function_time_is_fitted_from_the_drivers_cpu(recorded, tmp_path, capsys):
-    """metrics.jsonl's host_cpu_s/<function> (not its wall time), per sequence of the
-    generation it scores; a value that is not a time: one line, exit 2."""
+def test_host_function_time_is_its_wall_time_less_its_wait_for_a_core(recorded, tmp_path,
+                                                                       capsys):
+    """metrics.jsonl's host_s/ less host_queued_s/ (not the wall time, not the CPU time),
+    per run and per sequence of the generation it scores; without host_queued_s/, the
+    CPU time; a value that is not a time: one line, exit 2."""
     _, prof_path = recorded
-    run = _make_run(tmp_path, prof_path, SPLIT_GRPO, TINY_GRPO, host_cpu_s=0.0032)
+    run = _make_run(tmp_path, prof_path, SPLIT_GRPO, TINY_GRPO, host_busy_s=0.0032)
     out = tmp_path / "cal.json"
     assert main(["calibrate", str(run), "--profile", str(prof_path), "-o", str(out)]) == 0
-    assert "from 3 driver CPU times at one batch size" in load_profile(out).runtime.source
+    assert "from 3 driver times at one batch size" in load_profile(out).runtime.source
     rt = load_profile(out).runtime  # one batch size: all of it per run
     assert (rt.host_function_s, rt.host_function_s_per_seq) == (pytest.approx(0.0032), 0.0)
     # with tiny PPO's 32 sequences at 2 ms beside GRPO's 128 at 3.2: per run and per sequence
     (tmp_path / "ppo").mkdir()
-    ppo = _make_run(tmp_path / "ppo", prof_path, host_cpu_s=0.002)
+    ppo = _make_run(tmp_path / "ppo", prof_path, host_busy_s=0.002)
     assert main(["calibrate", str(run), str(ppo), "--profile", str(prof_path), "-o",
                  str(out)]) == 0
     rt = load_profile(out).runtime
@@ -120,12 +124,25 @@ def test_host_function_time_is_fitted_from_the_drivers_cpu(recorded, tmp_path, c
     assert rt.host_function_s_per_seq == pytest.approx(per_seq)
     assert host_function_s(load_profile(out), 32) == pytest.approx(0.002)
     assert "at 2 batch sizes" in rt.source
-    rows = (run / "metrics.jsonl").read_text().replace('": 0.0032', '": "fast"')
-    assert '"fast"' in rows
-    (run / "metrics.jsonl").write_text(rows)
-    _one_line_exit_2(["calibrate", str(run), "--profile", str(prof_path), "-o",
-                      str(tmp_path / "o.json")], capsys, "metrics.jsonl iteration 1 host_cpu_s/",
-                     "'fast' (expected a finite number of seconds >= 0)")
+    # a kernel without schedstat: the CPU time
+    text = (run / "metrics.jsonl").read_text()
+    (run / "metrics.jsonl").write_text("".join(
+        json.dumps({k: v for k, v in json.loads(x).items() if "queued" not in k}) + "\n"
+        for x in text.splitlines()))
+    assert main(["calibrate", str(run), "--profile", str(prof_path), "-o", str(out)]) == 0
+    assert load_profile(out).runtime.host_function_s == pytest.approx(0.0016)
+    for bad in ('"fast"', "-1", "1e308", "true", "NaN"):
+        (run / "metrics.jsonl").write_text(text.replace('": 0.0016', '": ' + bad))
+        _one_line_exit_2(["calibrate", str(run), "--profile", str(prof_path), "-o",
+                          str(tmp_path / "o.json")], capsys,
+                         "metrics.jsonl iteration 0 host_cpu_s/", "(expected a finite number")
+    for bad in ('"1"', "null", "true", "2.5"):
+        (run / "metrics.jsonl").write_text(
+            text.replace('"iteration": 1,', '"iteration": ' + bad + ','))
+        _one_line_exit_2(["calibrate", str(run), "--profile", str(prof_path), "-o",
+                          str(tmp_path / "o.json")], capsys,
+                         "metrics.jsonl line 2 iteration", "(expected an integer)")
+    assert not (tmp_path / "o.json").exists()
 
 
 def test_host_fit_never_prices_a_sequence_below_zero():

@@ -308,13 +308,35 @@ def test_no_overlap_window_admits_the_plans_stale_generation(tmp_path):
     assert in_flight_window(load_plan(split_tiny_grpo(tmp_path, 0)), False) == 1
 
 
-def test_stale_generation_overlaps_training_and_learns(ray_local, tmp_path):
+def test_stale_generation_overlaps_training_and_learns(ray_local, tmp_path, monkeypatch):
     """max_staleness 1, generation on devices 0-1 and the rest on 2-3: generation of
     iteration i+1 runs while iteration i trains, every batch's policy version is
     within 1 of the trainer's (the version rides the realloc to devices that never
-    held the policy), the stale batches train with decoupled PPO, and GRPO learns."""
+    held the policy), the stale batches train with decoupled PPO, and GRPO learns.
+    The rule reward runs only when the driver found no realloc running."""
+    import runtime.controller as controller
+
+    said: list[bool | None] = []  # the gate's answers; None: a host function ran
+    real_gate, real_run = controller.realloc_running, controller.Controller._run_functions
+
+    def gate(tasks, finished):
+        said.append(real_gate(tasks, finished))
+        return said[-1]
+
+    def run_functions(self, it):
+        done = len(it.funcs_done)
+        real_run(self, it)
+        said.extend([None] * (len(it.funcs_done) - done))
+
+    monkeypatch.setattr(controller, "realloc_running", gate)
+    monkeypatch.setattr(controller.Controller, "_run_functions", run_functions)
     res = run_plan(str(split_tiny_grpo(tmp_path, 1)), iterations=8,
                    run_dir=str(tmp_path / "run"), seed=1)
+    monkeypatch.undo()
+    last = [next(g for g in reversed(said[:i]) if g is not None)
+            for i, g in enumerate(said) if g is None]
+    assert len(last) == 8 and not any(last), said  # each ran after a "no realloc runs"
+    assert True in said, said  # and the driver did wait for one
     m = res.metrics
     # iterations 0 and 1 both sample with the initial policy; then one version behind
     assert [x["async/policy_version"] for x in m] == [0] + list(range(7))
@@ -341,6 +363,39 @@ def test_stale_generation_overlaps_training_and_learns(ray_local, tmp_path):
     rewards = [x["reward/mean"] for x in m]
     first, last = sum(rewards[:2]) / 2, sum(rewards[-2:]) / 2
     assert last > max(3 * first, first + 0.05), rewards
+
+
+def test_a_failing_reward_function_is_one_line_naming_it(ray_local, tmp_path, monkeypatch):
+    """The user's reward raises: the run stops with a RunError naming the function
+    (no traceback of the driver's loop)."""
+    from tests.runtime_scenarios import SPLIT_GRPO, TINY_GRPO, manual_plan
+
+    (tmp_path / "bad_reward.py").write_text(
+        "def boom(prompts, responses, ids):\n    raise ValueError('scorer down')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = tmp_path / "grpo.yaml"
+    spec.write_text(TINY_GRPO.read_text().replace("runtime.rewards:target_token_fraction",
+                                                  "bad_reward:boom"))
+    plan = manual_plan(spec, SPLIT_GRPO, tmp_path / "plan.json")
+    with pytest.raises(RunError, match=r"^host function reward_fn failed: ValueError: "
+                                       r"scorer down$"):
+        run_plan(str(plan), iterations=2, run_dir=str(tmp_path / "run"), seed=1)
+
+
+def test_reward_scores_are_checked_on_the_driver():
+    """One finite score per sequence, or a RunError naming the function."""
+    import runtime.controller as controller
+
+    c = controller.Controller.__new__(controller.Controller)
+    c.reward_fns = {"short": lambda p, r, ids: [1.0] * (len(ids) - 1),
+                    "nan": lambda p, r, ids: [float("nan")] * len(ids),
+                    "ok": lambda p, r, ids: [0.5] * len(ids)}
+    ids = [[1, 2]] * 4
+    assert c._scores("ok", [""] * 4, [""] * 4, ids).tolist() == [0.5] * 4
+    with pytest.raises(RunError, match="host function short returned 3 scores for 4 seq"):
+        c._scores("short", [""] * 4, [""] * 4, ids)
+    with pytest.raises(RunError, match="host function nan returned a score that is not fin"):
+        c._scores("nan", [""] * 4, [""] * 4, ids)
 
 
 def test_ppo_with_critic_learns_one_version_stale(ray_local, tmp_path):

@@ -120,5 +120,5 @@ def measure_runtime_overheads(num_workers: int = 2, reps: int = 10) -> RuntimeOv
                 f"median round trip of a {SMALL_BYTES >> 10} KiB batch to every actor, "
                 f"handoff_bytes_per_s = extra bytes / extra time of a {LARGE_BYTES >> 20} MiB "
                 "batch, realloc_fixed_s = median round of 1-element gloo send/recv around the "
-                "actors, last start to last end; host_function_s_per_seq = 0 until planner "
-                "calibrate fits it from runs"))
+                "actors, last start to last end; host_function_s and host_function_s_per_seq = 0 "
+                "until planner calibrate fits them from runs"))
