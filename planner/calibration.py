@@ -106,6 +106,12 @@ HOST_KEYS = ("host_s", "host_cpu_s", "host_queued_s")
 MAX_METRIC_S = 86400.0
 
 
+def _finite_in(value, hi: float = math.inf) -> bool:
+    """Whether a recorded time is a finite number in [0, hi] (a JSON bool is not one)."""
+    return (not isinstance(value, bool) and isinstance(value, (int, float))
+            and math.isfinite(value) and 0 <= value <= hi)
+
+
 def _check_rows(rows: list, metrics: Path) -> None:
     """Every row an object with an integer iteration, and every time it holds that
     calibrate reads a finite number of seconds in [0, MAX_METRIC_S]."""
@@ -120,8 +126,7 @@ def _check_rows(rows: list, metrics: Path) -> None:
             if not (key in ("timing_s/iteration", "timing_s/iteration_span")
                     or key.split("/")[0] in HOST_KEYS):
                 continue
-            if (isinstance(value, bool) or not isinstance(value, (int, float))
-                    or not math.isfinite(value) or not 0 <= value <= MAX_METRIC_S):
+            if not _finite_in(value, MAX_METRIC_S):
                 raise CalibrateError(f"{metrics} iteration {it} {key}: {value!r} (expected "
                                      f"a finite number of seconds in [0, {MAX_METRIC_S:g}])")
 
@@ -186,19 +191,14 @@ def load_run(run_dir: str | Path, profile: HardwareProfile, profile_path: str,
         raise CalibrateError(f"{metrics}: cannot read ({err.strerror})") from None
     except json.JSONDecodeError as err:
         raise CalibrateError(f"{metrics}: not JSON lines ({err.msg})") from None
-    _check_rows(rows, metrics)
-    run.iteration_s = [float(r["timing_s/iteration"]) for r in rows
-                       if isinstance(r, dict) and r.get("iteration", -1) >= skip
-                       and "timing_s/iteration" in r]
+    _check_rows(rows, metrics)  # every row an object with an integer iteration
+    measured = [r for r in rows if r["iteration"] >= skip and "timing_s/iteration" in r]
+    run.iteration_s = [float(r["timing_s/iteration"]) for r in measured]
     # Older runs (one iteration at a time) have no span: their period is the span.
     run.iteration_span_s = [float(r.get("timing_s/iteration_span", r["timing_s/iteration"]))
-                            for r in rows if isinstance(r, dict)
-                            and r.get("iteration", -1) >= skip and "timing_s/iteration" in r]
-    functions = {f.name for f in spec.functions}
-    for r in rows:
-        if not isinstance(r, dict) or r.get("iteration", -1) < skip:
-            continue
-        for name in functions:
+                            for r in measured]
+    for r in measured:
+        for name in (f.name for f in spec.functions):
             wall, cpu, queued = (r.get(f"{k}/{name}") for k in HOST_KEYS)
             if cpu is None:
                 continue
@@ -240,8 +240,7 @@ def read_trace(run: Run, path: Path, skip: int) -> None:
                 box[2].add(device)
                 if "cpu_ms" in args:
                     cpu = args["cpu_ms"]
-                    if (isinstance(cpu, bool) or not isinstance(cpu, (int, float))
-                            or not math.isfinite(cpu) or cpu < 0):
+                    if not _finite_in(cpu):
                         raise ValueError(f"event {e.get('name')!r}: args.cpu_ms {cpu!r} "
                                          "(expected a finite number >= 0)")
                     box[3] = max(box[3] or 0.0, cpu * 1e-3)

@@ -96,7 +96,8 @@ class RuntimeOverheads(_Frozen):
     host_function_s: float = Field(0.0, ge=0, description=(
         "Per run of a host function (rule reward) on the driver, besides its sequences: "
         "the fetch of the keys it reads, the put of its output, Python's per-call work. "
-        "Fitted by planner calibrate from the driver's CPU time."))
+        "Fitted by planner calibrate from the driver's time (wall less its wait for a "
+        "core)."))
     host_function_s_per_seq: float = Field(0.0, ge=0, description=(
         "Per sequence through a host function on the driver: decoding and scoring. "
         "Fitted by planner calibrate (it depends on the user's function)."))
