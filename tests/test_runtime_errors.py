@@ -481,6 +481,7 @@ def test_sigterm_to_the_whole_process_group_ends_the_run_in_bounded_time(tmp_pat
     (["--specs", "tiny-grpo", "--calibrate-on", "tiny-ppo"],
      "--calibrate-on tiny-ppo: not among --specs tiny-grpo"),
     (["--profile", "/nonexistent.json"], "--profile /nonexistent.json: no such file"),
+    (["--repeats", "0"], "--repeats 0: at least 1"),
 ])
 def test_bench_plans_bad_flags(capsys, tmp_path, flags, expected):
     """tools/bench_plans.py: one line, exit 2, before any run or output directory (were

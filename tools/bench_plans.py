@@ -1,15 +1,17 @@
 """Does the plan the planner ranks fastest run fastest? Estimated vs measured, per plan.
 
-    python tools/bench_plans.py --devices 2 [--iterations 8] [--profile P.json]
+    python tools/bench_plans.py --devices 2 [--iterations 8] [--repeats 2] [--profile P.json]
         [--calibrate-on tiny-ppo] [--specs tiny-ppo,tiny-grpo,tiny-remax] [--out runs/bench_plans]
 
 For tiny PPO, GRPO and ReMax (rule reward, tiny Llamas, one node of --devices
 virtual CPU devices), priced with a profile of this machine (`planner profile
 --quick`, measured first unless --profile is given): searches a plan, builds
 every baseline (colocate, colocate-per-call, split), runs each through
-`runtime run` for --iterations, and prints per plan the estimated and
-measured iteration (median, first iteration dropped), their ratio, per-call
-ratios (a call's time = its launch gap + its span, as `planner calibrate`
+`runtime run` for --iterations, --repeats times (in rounds: every plan once,
+then again, starting from the next plan), and prints per plan the estimated
+and measured iteration (median over its runs' iterations, each run's first
+dropped; each run's median beside it), their ratio, per-call ratios (median
+over runs) (a call's time = its launch gap + its span, as `planner calibrate`
 reads them), the measured speedup of the searched plan over each baseline,
 and Kendall's tau between the estimated and the measured order of the plans.
 
@@ -124,18 +126,25 @@ def kendall_tau(xs: list[float], ys: list[float]) -> float:
 
 
 def measure(spec_name: str, plans: dict[str, Path], out: Path, iterations: int,
-            profile_path: Path, profile) -> dict[str, dict]:
-    res = {}
-    for plan_name, plan_path in plans.items():
-        run_dir = out / f"run-{plan_name}"
-        shutil.rmtree(run_dir, ignore_errors=True)  # an earlier bench's run: another plan
-        _cli(["runtime.cli", "run", str(plan_path), "--run-dir", str(run_dir),
-              "--iterations", str(iterations), "--save-every", str(iterations)],
-             out / f"run-{plan_name}.log")
-        run = load_run(run_dir, profile, str(profile_path))
-        res[plan_name] = {"run": run, "plan": load_plan(plan_path)}
-        print(f"  {spec_name} {plan_name}: measured "
-              f"{statistics.median(run.iteration_s) * 1e3:.1f} ms / iteration", flush=True)
+            profile_path: Path, profile, repeats: int = 1) -> dict[str, dict]:
+    """Each plan run `repeats` times, in rounds (every plan once, then again in another
+    order), so a slow spell of the machine lands on several plans, not on all the runs
+    of one: {plan: {"runs": [Run, ...], "plan": ExecutionPlan}}."""
+    res = {name: {"runs": [], "plan": load_plan(path)} for name, path in plans.items()}
+    names = list(plans)
+    for k in range(repeats):
+        # round k starts at the k-th plan: no plan is always the first after a search
+        for plan_name in names[k % len(names):] + names[:k % len(names)]:
+            tag = plan_name if repeats == 1 else f"{plan_name}-{k + 1}"
+            run_dir = out / f"run-{tag}"
+            shutil.rmtree(run_dir, ignore_errors=True)  # an earlier bench's run: another plan
+            _cli(["runtime.cli", "run", str(plans[plan_name]), "--run-dir", str(run_dir),
+                  "--iterations", str(iterations), "--save-every", str(iterations)],
+                 out / f"run-{tag}.log")
+            run = load_run(run_dir, profile, str(profile_path))
+            res[plan_name]["runs"].append(run)
+            print(f"  {spec_name} {tag}: measured "
+                  f"{statistics.median(run.iteration_s) * 1e3:.1f} ms / iteration", flush=True)
     return res
 
 
@@ -147,15 +156,29 @@ def report(spec_name: str, res: dict[str, dict], profile, label: str) -> dict:
     """Print one spec's table under `profile`; returns its figures."""
     rows = {}
     for name, r in res.items():
-        calls, alone, steady = call_rows(r["run"], profile)
-        measured = statistics.median(r["run"].iteration_s)
-        span = statistics.median(r["run"].iteration_span_s)
-        ratios = {c.call: c.measured_s / c.estimate_s for c in calls}
-        reallocs = {call: {"estimate_s": est, "measured_s": got}
-                    for call, got, est in realloc_rows(r["run"], profile)}
+        runs = r["runs"]
+        # Every run's iterations pooled; per call and per realloc, the median over runs.
+        per_run = [call_rows(run, profile) for run in runs]
+        _, alone, steady = per_run[0]  # the estimate: the same plan, the same profile
+        measured = statistics.median(x for run in runs for x in run.iteration_s)
+        span = statistics.median(x for run in runs for x in run.iteration_span_s)
+        ratios: dict[str, list[float]] = {}
+        for calls, _, _ in per_run:
+            for c in calls:
+                ratios.setdefault(c.call, []).append(c.measured_s / c.estimate_s)
+        moved: dict[str, list[float]] = {}
+        est_of: dict[str, float] = {}
+        for run in runs:
+            for call, got, est in realloc_rows(run, profile):
+                moved.setdefault(call, []).append(got)
+                est_of[call] = est
+        reallocs = {call: {"estimate_s": est_of[call], "measured_s": statistics.median(v)}
+                    for call, v in moved.items()}
         rows[name] = {"alone_s": alone, "steady_s": steady, "measured_s": measured,
-                      "span_s": span, "ratio": measured / steady, "call_ratios": ratios,
-                      "reallocs": reallocs}
+                      "span_s": span, "ratio": measured / steady,
+                      "call_ratios": {c: statistics.median(v) for c, v in ratios.items()},
+                      "reallocs": reallocs,
+                      "run_medians_s": [statistics.median(run.iteration_s) for run in runs]}
     print(f"\n{spec_name} ({label}); iteration ms, measured period / estimated steady state:")
     print(f"  {'plan':18} {'est alone':>9} {'meas span':>9} {'est steady':>10} {'measured':>9} "
           f"{'ratio':>6}  per-call measured/estimate")
@@ -165,9 +188,11 @@ def report(spec_name: str, res: dict[str, dict], profile, label: str) -> dict:
         same = seen.setdefault(_layouts(res[name]["plan"]), name)
         x["same_plan_as"] = same if same != name else None
         note = f"  (the same plan as {same}: the difference is noise)" if same != name else ""
+        spread = ("" if len(x["run_medians_s"]) < 2 else "  (runs " + ", ".join(
+            f"{v * 1e3:.1f}" for v in x["run_medians_s"]) + ")")
         print(f"  {name:18} {x['alone_s'] * 1e3:9.1f} {x['span_s'] * 1e3:9.1f} "
               f"{x['steady_s'] * 1e3:10.1f} "
-              f"{x['measured_s'] * 1e3:9.1f} {x['ratio']:6.2f}  {per_call}{note}")
+              f"{x['measured_s'] * 1e3:9.1f} {x['ratio']:6.2f}  {per_call}{note}{spread}")
         for call, r in x["reallocs"].items():
             print(f"  {'':18} realloc into {call}: estimate {r['estimate_s'] * 1e3:.1f} ms, "
                   f"measured {r['measured_s'] * 1e3:.1f} ms "
@@ -222,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", help="profile .json of this machine (default: measure one)")
     ap.add_argument("--specs", default=",".join(SPECS))
     ap.add_argument("--calibrate-on", help="fit the profile on this spec's runs only")
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="runs of each plan, in rounds (default 2)")
     ap.add_argument("--out", default="runs/bench_plans")
     args = ap.parse_args(argv)
     try:
@@ -237,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
                             f"{','.join(specs)} (its runs are what it fits)")
         if args.iterations < 2:
             raise UserError("--iterations: at least 2 (the first is warm-up)")
+        if args.repeats < 1:
+            raise UserError(f"--repeats {args.repeats}: at least 1")
         if args.profile and not Path(args.profile).is_file():
             raise UserError(f"--profile {args.profile}: no such file")
         out = Path(args.out) / f"{args.devices}dev"
@@ -257,11 +286,13 @@ def main(argv: list[str] | None = None) -> int:
             d.mkdir(exist_ok=True)
             spec_path = write_spec(name, args.devices, prof_path, d)
             plans = make_plans(spec_path, d)
-            results[name] = measure(name, plans, d, args.iterations, prof_path, profile)
+            results[name] = measure(name, plans, d, args.iterations, prof_path, profile,
+                                    args.repeats)
             figures["specs"][name] = report(name, results[name], profile, "profile as measured")
         if args.calibrate_on:
             cal = out / f"calibrated-on-{args.calibrate_on}.json"
-            runs = [str(r["run"].path) for r in results[args.calibrate_on].values()]
+            runs = [str(run.path) for r in results[args.calibrate_on].values()
+                    for run in r["runs"]]
             _cli(["planner.cli", "calibrate", *runs, "--profile", str(prof_path), "-o",
                   str(cal)], out / "calibrate.log")
             print(f"\ncalibrated on {args.calibrate_on} -> {cal}")
@@ -273,9 +304,6 @@ def main(argv: list[str] | None = None) -> int:
                 figures["held_out"][name] = report(name, results[name], calibrated,
                                                    f"profile calibrated on {args.calibrate_on}"
                                                    f", {tag}")
-        for spec_fig in [*figures["specs"].values(), *figures.get("held_out", {}).values()]:
-            for x in spec_fig["plans"].values():
-                x.pop("run", None)
         (out / "bench.json").write_text(json.dumps(figures, indent=1, default=str) + "\n")
         print(f"\nfigures in {out / 'bench.json'}")
     except UserError as err:
