@@ -13,8 +13,11 @@ warm-up):
   hand-off and host work.
 
 Fitted, each a measured quantity (README.md, "planner calibrate"):
-- corrections[kind, layout size].scale = median(span / device terms of the
-  estimate) over the calls of that kind and size;
+- corrections[kind, layout size]: measured = fixed_s + scale x device terms of
+  the estimate, a line through the calls of that kind and size (fit_line) where
+  their device terms differ enough to tell the two apart; else fixed_s = 0 and
+  scale = median(measured / device terms). Measured: the span, less the
+  slowdown of other calls sharing its cores (alone_s);
 - runtime.call_launch_s = median(gap - hand-off estimate) over calls that
   read no host-function output;
 - runtime.host_function_s (per run) and host_function_s_per_seq: a line
@@ -439,13 +442,13 @@ def _median(xs: list[float], default: float) -> float:
 def fit(profile: HardwareProfile, runs: list[Run]) -> HardwareProfile:
     """The profile with corrections and runtime terms fitted to `runs` (see module doc)."""
     base = profile.model_copy(update={"corrections": []})
-    ratios: dict[tuple[str, int], list[float]] = {}
+    points: dict[tuple[str, int], list[tuple[float, float]]] = {}
     launch, host = [], []
     for run in runs:
         rows, _, _ = call_rows(run, base)
         for r in rows:
             if r.device_s > 0 and r.alone_s > 0:
-                ratios.setdefault((r.kind, r.num_devices), []).append(r.alone_s / r.device_s)
+                points.setdefault((r.kind, r.num_devices), []).append((r.device_s, r.alone_s))
             if r.gap_s is None:
                 continue
             if r.call in run.host_fed:
@@ -462,13 +465,15 @@ def fit(profile: HardwareProfile, runs: list[Run]) -> HardwareProfile:
         host_from += f" ({', '.join(unrecorded)}: recorded before host_s/, left out)"
     realloc = _realloc_excess(base, runs)
     realloc_s = max(0.0, _median(realloc, rt.realloc_fixed_s))
-    corrections = [CallCorrection(call_type=k, num_devices=n, scale=statistics.median(v),
-                                  samples=len(v))
-                   for (k, n), v in sorted(ratios.items())]
+    corrections = []
+    for (k, n), v in sorted(points.items()):
+        scale, fixed_s = fit_line(v)
+        corrections.append(CallCorrection(call_type=k, num_devices=n, scale=scale,
+                                          fixed_s=fixed_s, samples=len(v)))
     # Kinds and sizes these runs did not measure keep the fit they had (a re-calibration
     # on 1-device runs must not drop what 2-device runs taught).
     corrections += [c for c in profile.corrections
-                    if (c.call_type, c.num_devices) not in ratios]
+                    if (c.call_type, c.num_devices) not in points]
     corrections.sort(key=lambda c: (c.call_type, c.num_devices))
     names = ", ".join(r.path.name for r in runs)
     source = (f"{rt.source + '; ' if rt.source else ''}planner calibrate from runs {names}: "
@@ -478,6 +483,37 @@ def fit(profile: HardwareProfile, runs: list[Run]) -> HardwareProfile:
                                    "host_function_s_per_seq": per_seq_s,
                                    "realloc_fixed_s": realloc_s, "source": source})
     return profile.model_copy(update={"runtime": new_rt, "corrections": corrections})
+
+
+# Device terms this far apart (largest / smallest) tell a fixed cost per call from a
+# scale; closer, a line through them would fit noise, and the fit is a scale alone.
+LINE_SPREAD = 1.5
+
+
+def fit_line(samples: list[tuple[float, float]]) -> tuple[float, float]:
+    """(scale, fixed_s) of measured = fixed_s + scale x device terms, from (device terms,
+    measured) samples of one call kind and layout size: least squares through the
+    median measured time at each distinct device time (a batch size, a model), where
+    those spread LINE_SPREAD or more; else, or where that line would have a negative
+    fixed cost or a scale below 0.5 (noise, not the worker), the median ratio alone.
+    A call of a few milliseconds on the tiny specs carries a fixed 3-5 ms of the
+    worker's own (README.md, "Measured plan ranking"): a scale alone, fitted there,
+    over-prices a call 4x larger."""
+    by_device: dict[float, list[float]] = {}
+    for device, measured in samples:
+        by_device.setdefault(round(device, 9), []).append(measured)
+    pts = sorted((d, statistics.median(m)) for d, m in by_device.items())
+    ratio = statistics.median(m / d for d, m in samples)
+    if len(pts) < 2 or pts[-1][0] < LINE_SPREAD * pts[0][0]:
+        return ratio, 0.0
+    mean_d = sum(d for d, _ in pts) / len(pts)
+    mean_m = sum(m for _, m in pts) / len(pts)
+    scale = (sum((d - mean_d) * (m - mean_m) for d, m in pts)
+             / sum((d - mean_d) ** 2 for d, _ in pts))
+    fixed_s = mean_m - scale * mean_d
+    if fixed_s < 0 or scale < 0.5:
+        return ratio, 0.0
+    return scale, fixed_s
 
 
 def _fit_host(samples: list[tuple[float, int]], gap_per_seq: list[float],

@@ -31,9 +31,10 @@ ALLOC = {"actor_train": "0-3:d4", "actor_gen": "0-1:d2", "ref_inf": "2-3:d2",
 
 
 def _make_run(tmp: Path, profile_path: Path, alloc: dict[str, str] = ALLOC,
-              spec_path: Path = TINY_PPO, host_busy_s: float | None = None) -> Path:
+              spec_path: Path = TINY_PPO, host_busy_s: float | None = None,
+              fixed_s: float = 0.0, name: str = "run") -> Path:
     """A run directory of tiny PPO (or `spec_path`) whose trace follows SCALE and GAP_S
-    exactly; its host functions, if any, ran `host_busy_s` each, in 4x that of wall time
+    exactly (plus `fixed_s` per call); its host functions, if any, ran `host_busy_s` each, in 4x that of wall time
     (waiting for a core the rest, as beside busy workers) and half of it CPU (the rest
     waiting on I/O)."""
     spec = load_spec(spec_path)
@@ -49,7 +50,7 @@ def _make_run(tmp: Path, profile_path: Path, alloc: dict[str, str] = ALLOC,
             devices = plan.assignment(c.name).device_ids
             ready = max([end[p] for p in g.predecessors(c.name)] + [free[d] for d in devices])
             start = ready + GAP_S
-            stop = start + SCALE * est[c.name]
+            stop = start + fixed_s + SCALE * est[c.name]
             # worker CPU: CPU_SHARE of the span on the call's first device, less on others
             events += [dict(kind="call", name=c.name, device=d, start=start, end=stop,
                             iteration=it, args={"cpu_ms": (stop - start) * 1e3 * CPU_SHARE
@@ -64,7 +65,7 @@ def _make_run(tmp: Path, profile_path: Path, alloc: dict[str, str] = ALLOC,
                            for k, v in ((f"host_s/{f.name}", 4 * host_busy_s),
                                         (f"host_cpu_s/{f.name}", host_busy_s / 2),
                                         (f"host_queued_s/{f.name}", 3 * host_busy_s))}})
-    run = tmp / "run"
+    run = tmp / name
     run.mkdir()
     write_run_record(run, spec, plan, str(tmp / "plan.json"), profile, seed=0)
     write_trace(run / "trace.json", events, spec.cluster.gpus_per_node, 0.0)
@@ -143,6 +144,55 @@ def test_host_function_time_is_its_wall_time_less_its_wait_for_a_core(recorded, 
                           str(tmp_path / "o.json")], capsys,
                          "metrics.jsonl line 2 iteration", "(expected an integer)")
     assert not (tmp_path / "o.json").exists()
+
+
+def test_two_batch_sizes_fit_a_fixed_cost_per_call_beside_the_scale(recorded, tmp_path,
+                                                                    capsys):
+    """PPO (32 sequences) and GRPO (128) on layouts of the same sizes, every call taking
+    FIXED + SCALE x its device terms: calibrate recovers both per kind and size, and the
+    fitted profile prices both runs' calls within 1% (a scale alone, fitted on PPO, prices
+    GRPO's calls too high)."""
+    _, prof_path = recorded
+    fixed = 0.004
+    grpo_alloc = {"actor_gen": "0-1:d2", "ref_inf": "2-3:d2", "actor_train": "0-3:d4"}
+    (tmp_path / "ppo").mkdir()
+    (tmp_path / "grpo").mkdir()
+    ppo = _make_run(tmp_path / "ppo", prof_path, fixed_s=fixed)
+    grpo = _make_run(tmp_path / "grpo", prof_path, grpo_alloc, TINY_GRPO, fixed_s=fixed)
+    out, only_ppo = tmp_path / "line.json", tmp_path / "scale.json"
+    assert main(["calibrate", str(ppo), str(grpo), "--profile", str(prof_path),
+                 "-o", str(out)]) == 0
+    assert "+ 4.00 ms" in capsys.readouterr().out
+    fits = {(c.call_type, c.num_devices): c for c in load_profile(out).corrections}
+    assert set(fits) == {("generate", 2), ("inference", 2), ("train", 4)}
+    for c in fits.values():
+        assert c.scale == pytest.approx(SCALE, rel=1e-3)
+        assert c.fixed_s == pytest.approx(fixed, rel=1e-2)
+    assert main(["calibrate", str(ppo), "--profile", str(prof_path), "-o",
+                 str(only_ppo)]) == 0
+    assert all(c.fixed_s == 0 for c in load_profile(only_ppo).corrections)
+    base = load_profile(prof_path)
+    grpo_run = load_run(grpo, base, "p")
+    for prof, tolerance in ((load_profile(out), 0.01), (load_profile(only_ppo), None)):
+        rows, _, _ = call_rows(grpo_run, prof)
+        worst = max(abs(r.alone_s / (r.estimate_s - r.handoff_s - prof.runtime.call_launch_s)
+                        - 1) for r in rows if r.gap_s is not None)
+        if tolerance is not None:
+            assert worst < tolerance
+        else:  # PPO's scale carries PPO's fixed cost: GRPO's 4x larger calls over-priced
+            assert worst > 0.05
+
+
+def test_fit_line_falls_back_to_a_scale_where_a_line_is_not_measured():
+    """One device time, device times too close to tell a fixed cost from a scale, or a
+    line that would cost less than nothing at zero: the median ratio, no fixed cost."""
+    from planner.calibration import fit_line
+
+    assert fit_line([(0.01, 0.03), (0.04, 0.09)]) == pytest.approx((2.0, 0.01))
+    assert fit_line([(0.01, 0.02), (0.01, 0.04)]) == pytest.approx((3.0, 0.0))
+    assert fit_line([(0.010, 0.03), (0.012, 0.034)]) == (pytest.approx(3.0, rel=0.1), 0.0)
+    assert fit_line([(0.01, 0.01), (0.04, 0.10)]) == (pytest.approx(1.75), 0.0)  # < 0 at 0
+    assert fit_line([(0.01, 0.05), (0.04, 0.05)]) == (pytest.approx(3.125), 0.0)  # slope 0
 
 
 def test_host_fit_never_prices_a_sequence_below_zero():

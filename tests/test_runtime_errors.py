@@ -479,7 +479,11 @@ def test_sigterm_to_the_whole_process_group_ends_the_run_in_bounded_time(tmp_pat
     (["--specs", ""], "--specs '': expected a comma separated list of"),
     (["--specs", ","], "--specs ',': expected a comma separated list of"),
     (["--specs", "tiny-grpo", "--calibrate-on", "tiny-ppo"],
-     "--calibrate-on tiny-ppo: not among --specs tiny-grpo"),
+     "--calibrate-on tiny-ppo: tiny-ppo not among --specs tiny-grpo"),
+    (["--calibrate-on", "tiny-ppo", "--calibrate-on", "tiny-ppo,tiny-ppo-x4"],
+     "--calibrate-on tiny-ppo,tiny-ppo-x4: tiny-ppo-x4 not among --specs"),
+    (["--calibrate-on", ","], "--calibrate-on ',': expected a comma separated list of"),
+    (["--calibrate-on", "tiny-dpo"], "unknown spec 'tiny-dpo'"),
     (["--profile", "/nonexistent.json"], "--profile /nonexistent.json: no such file"),
     (["--repeats", "0"], "--repeats 0: at least 1"),
 ])

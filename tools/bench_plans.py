@@ -1,7 +1,8 @@
 """Does the plan the planner ranks fastest run fastest? Estimated vs measured, per plan.
 
     python tools/bench_plans.py --devices 2 [--iterations 8] [--repeats 2] [--profile P.json]
-        [--calibrate-on tiny-ppo] [--specs tiny-ppo,tiny-grpo,tiny-remax] [--out runs/bench_plans]
+        [--calibrate-on tiny-ppo ...] [--specs tiny-ppo,tiny-grpo,tiny-remax]
+        [--out runs/bench_plans]
 
 For tiny PPO, GRPO and ReMax (rule reward, tiny Llamas, one node of --devices
 virtual CPU devices), priced with a profile of this machine (`planner profile
@@ -22,9 +23,13 @@ printed beside the plan's iteration alone. Runs checkpoint only at the end
 (checkpoints are not priced). Every run is made afresh: a run directory left in
 --out by an earlier bench is replaced (its plan is searched again).
 
---calibrate-on SPEC: fit the profile (`planner calibrate`) on that spec's runs
-only and price every other spec's plans again with it: the held-out figures
-say whether calibration carries over. Plans are not searched again.
+--calibrate-on SPEC[,SPEC...]: fit the profile (`planner calibrate`) on those
+specs' runs only and price every other spec's plans again with it: the
+held-out figures say whether calibration carries over. Plans are not searched
+again. Given twice, two fits, each reported: `--calibrate-on tiny-ppo
+--calibrate-on tiny-ppo,tiny-ppo-x4` puts a scale per call kind and size (one
+batch size) beside a fixed cost plus a scale (PPO at 32 and 128 sequences;
+add tiny-ppo-x4 to --specs).
 """
 
 from __future__ import annotations
@@ -53,9 +58,15 @@ from planner.search.plan_out import build_plan  # noqa: E402
 from planner.search.problem import build_problem  # noqa: E402
 from planner.search.simulator import Simulator  # noqa: E402
 
-# name -> (shipped spec it starts from, algorithm name to put in its place)
-SPECS = {"tiny-ppo": ("tiny-ppo-cpu.yaml", "ppo"), "tiny-grpo": ("tiny-grpo-cpu.yaml", "grpo"),
-         "tiny-remax": ("tiny-ppo-cpu.yaml", "remax")}
+# name -> (shipped spec it starts from, algorithm name to put in its place, batch_size
+# to put in its place or None). tiny-ppo-x4: PPO at GRPO's 128 sequences, so a
+# calibration on PPO can measure each call kind at two batch sizes (planner calibrate
+# then fits a fixed cost per call beside the scale).
+SPECS = {"tiny-ppo": ("tiny-ppo-cpu.yaml", "ppo", None),
+         "tiny-ppo-x4": ("tiny-ppo-cpu.yaml", "ppo", 128),
+         "tiny-grpo": ("tiny-grpo-cpu.yaml", "grpo", None),
+         "tiny-remax": ("tiny-ppo-cpu.yaml", "remax", None)}
+DEFAULT_SPECS = ("tiny-ppo", "tiny-grpo", "tiny-remax")
 PLANS = ("searched", "colocate", "colocate-per-call", "split")
 
 
@@ -72,8 +83,11 @@ def _cli(args: list[str], log: Path) -> None:
 
 def write_spec(name: str, devices: int, profile: Path, out: Path) -> Path:
     """The tiny spec for `name` on one node of `devices`, priced with `profile`."""
-    base, algo = SPECS[name]
+    base, algo, batch_size = SPECS[name]
     text = (ROOT / "specs" / base).read_text()
+    if batch_size is not None:
+        text = re.sub(r"^  batch_size: \d+$", f"  batch_size: {batch_size}", text, count=1,
+                      flags=re.M)
     text = text.replace("gpus_per_node: 4", f"gpus_per_node: {devices}")
     text = text.replace("hardware: cpu}", f"hardware: {profile.resolve()}}}")
     text = text.replace("name: ppo\n", f"name: {algo}\n")
@@ -245,8 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--devices", type=int, choices=(2, 4), default=2)
     ap.add_argument("--iterations", type=int, default=8)
     ap.add_argument("--profile", help="profile .json of this machine (default: measure one)")
-    ap.add_argument("--specs", default=",".join(SPECS))
-    ap.add_argument("--calibrate-on", help="fit the profile on this spec's runs only")
+    ap.add_argument("--specs", default=",".join(DEFAULT_SPECS),
+                    help=f"comma separated, of {', '.join(SPECS)} (default "
+                         f"{','.join(DEFAULT_SPECS)})")
+    ap.add_argument("--calibrate-on", action="append", default=[],
+                    help="fit the profile on these specs' runs only (comma separated); "
+                         "again for another fit, each reported")
     ap.add_argument("--repeats", type=int, default=2,
                     help="runs of each plan, in rounds (default 2)")
     ap.add_argument("--out", default="runs/bench_plans")
@@ -256,12 +274,19 @@ def main(argv: list[str] | None = None) -> int:
         if not specs:
             raise UserError(f"--specs {args.specs!r}: expected a comma separated list of "
                             f"{', '.join(SPECS)}")
-        unknown = [s for s in specs + [args.calibrate_on or specs[0]] if s not in SPECS]
+        fits = [[s.strip() for s in c.split(",") if s.strip()] for c in args.calibrate_on]
+        for c, fit_specs in zip(args.calibrate_on, fits):
+            if not fit_specs:
+                raise UserError(f"--calibrate-on {c!r}: expected a comma separated list of "
+                                f"{', '.join(SPECS)}")
+        unknown = [s for s in specs + [s for f in fits for s in f] if s not in SPECS]
         if unknown:
             raise UserError(f"unknown spec {unknown[0]!r}; expected one of {', '.join(SPECS)}")
-        if args.calibrate_on and args.calibrate_on not in specs:
-            raise UserError(f"--calibrate-on {args.calibrate_on}: not among --specs "
-                            f"{','.join(specs)} (its runs are what it fits)")
+        for c, fit_specs in zip(args.calibrate_on, fits):
+            missing = [s for s in fit_specs if s not in specs]
+            if missing:
+                raise UserError(f"--calibrate-on {c}: {missing[0]} not among --specs "
+                                f"{','.join(specs)} (its runs are what it fits)")
         if args.iterations < 2:
             raise UserError("--iterations: at least 2 (the first is warm-up)")
         if args.repeats < 1:
@@ -289,21 +314,20 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = measure(name, plans, d, args.iterations, prof_path, profile,
                                     args.repeats)
             figures["specs"][name] = report(name, results[name], profile, "profile as measured")
-        if args.calibrate_on:
-            cal = out / f"calibrated-on-{args.calibrate_on}.json"
-            runs = [str(run.path) for r in results[args.calibrate_on].values()
+        for fit_specs in fits:
+            label = ",".join(fit_specs)
+            cal = out / f"calibrated-on-{'+'.join(fit_specs)}.json"
+            runs = [str(run.path) for name in fit_specs for r in results[name].values()
                     for run in r["runs"]]
             _cli(["planner.cli", "calibrate", *runs, "--profile", str(prof_path), "-o",
-                  str(cal)], out / "calibrate.log")
-            print(f"\ncalibrated on {args.calibrate_on} -> {cal}")
+                  str(cal)], out / f"calibrate-{'+'.join(fit_specs)}.log")
+            print(f"\ncalibrated on {label} -> {cal}")
             calibrated = load_profile(cal)
-            figures["calibrated_on"] = args.calibrate_on
-            figures["held_out"] = {}
+            held = figures.setdefault("held_out", {}).setdefault(label, {})
             for name in specs:
-                tag = "calibrated on it" if name == args.calibrate_on else "held out"
-                figures["held_out"][name] = report(name, results[name], calibrated,
-                                                   f"profile calibrated on {args.calibrate_on}"
-                                                   f", {tag}")
+                tag = "calibrated on it" if name in fit_specs else "held out"
+                held[name] = report(name, results[name], calibrated,
+                                    f"profile calibrated on {label}, {tag}")
         (out / "bench.json").write_text(json.dumps(figures, indent=1, default=str) + "\n")
         print(f"\nfigures in {out / 'bench.json'}")
     except UserError as err:

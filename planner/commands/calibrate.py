@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{rt.host_function_s_per_seq * 1e6:.1f} us/seq, realloc fixed "
                   f"{rt.realloc_fixed_s * 1e3:.2f} ms, corrections " + ", ".join(
                       f"{c.call_type}/{c.num_devices} x{c.scale:.2f}"
+                      + (f" + {c.fixed_s * 1e3:.2f} ms" if c.fixed_s else "")
                       for c in calibrated.corrections), highlight=False, soft_wrap=True)
     kept = [c for c in calibrated.corrections if c in profile.corrections]
     if kept:

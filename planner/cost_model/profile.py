@@ -112,13 +112,21 @@ class RuntimeOverheads(_Frozen):
 
 
 class CallCorrection(_Frozen):
-    """measured / estimated device time of one call kind on one layout size, fitted by
-    `planner calibrate` from runtime traces; priced as the breakdown term `calibration`."""
+    """A call's measured time as a line in its estimated device time, for one call kind
+    on one layout size: fixed_s + scale x device terms, fitted by `planner calibrate`
+    from runtime traces; priced as the breakdown term `calibration` (the line less the
+    device terms)."""
 
     call_type: Literal["generate", "inference", "train"]
     num_devices: int = Field(gt=0, description="Devices of the call's layout (dp*tp*pp).")
     scale: float = Field(gt=0, description="Multiplies the call's device terms.")
-    samples: int = Field(1, gt=0, description="Measured calls the scale was fitted from.")
+    fixed_s: float = Field(
+        0.0, ge=0, allow_inf_nan=False,
+        description="Seconds per call besides the scaled device terms (the worker's own "
+                    "work: fetching its rows, building its batch, returning its parts), "
+                    "fitted where the runs measured the kind and size at batches whose "
+                    "device terms differ; 0 where they did not.")
+    samples: int = Field(1, gt=0, description="Measured calls the line was fitted from.")
 
 
 def _check_grid(name: str, xs: list, ys: list, values: list[list[float]]) -> None:
@@ -401,13 +409,14 @@ class HardwareProfile(_Frozen):
             return None
         return self.cores_per_node if self.cores_per_node < devices_per_node else None
 
-    def correction(self, call_type: str, num_devices: int) -> float:
-        """The calibrated scale of a call kind's device time on `num_devices` (1: none). A
-        size without its own fit takes the nearest fitted size of the same kind."""
+    def correction(self, call_type: str, num_devices: int) -> tuple[float, float]:
+        """(scale, fixed_s) of a call kind's calibrated line on `num_devices` ((1, 0):
+        none). A size without its own fit takes the nearest fitted size of the same kind."""
         fits = [c for c in self.corrections if c.call_type == call_type]
         if not fits:
-            return 1.0
-        return min(fits, key=lambda c: (abs(c.num_devices - num_devices), c.num_devices)).scale
+            return 1.0, 0.0
+        c = min(fits, key=lambda c: (abs(c.num_devices - num_devices), c.num_devices))
+        return c.scale, c.fixed_s
 
     def with_memory_gib(self, gib: float) -> "HardwareProfile":
         return self.model_copy(update={"memory_bytes": int(gib * 2**30)})
@@ -436,6 +445,9 @@ class HardwareProfile(_Frozen):
                 parent = parent.get(key) if isinstance(parent, dict) else None
             if isinstance(parent, dict) and parent.get(path[-1]) == 0.0:
                 del parent[path[-1]]
+        for c in doc.get("corrections", []):  # fixed_s came after that version too
+            if c.get("fixed_s") == 0.0:
+                del c["fixed_s"]
         text = json.dumps(doc, indent=1) + "\n"
         return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 

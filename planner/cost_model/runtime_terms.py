@@ -3,8 +3,8 @@
 - `launch`: per call, the driver's task round trip to the call's devices;
 - `handoff`: the call's data keys through the driver (in and out), at the
   measured object-store throughput;
-- `calibration`: (scale - 1) x the call's device terms, where `planner
-  calibrate` fitted a scale for this call kind and layout size;
+- `calibration`: fixed + (scale - 1) x the call's device terms, where
+  `planner calibrate` fitted a line for this call kind and layout size;
 - realloc: a fixed cost per realloc that moves bytes;
 - host functions: per run plus per sequence, on the data edge through the function.
 
@@ -39,9 +39,9 @@ def call_terms(profile: HardwareProfile, call_type: str, num_devices: int, devic
                io_bytes: int) -> dict[str, float]:
     """The runtime terms of one call whose device terms sum to `device_s`."""
     out: dict[str, float] = {}
-    scale = profile.correction(call_type, num_devices)
-    if scale != 1.0:
-        out["calibration"] = (scale - 1.0) * device_s
+    scale, fixed_s = profile.correction(call_type, num_devices)
+    if scale != 1.0 or fixed_s:
+        out["calibration"] = (scale - 1.0) * device_s + fixed_s
     rt = profile.runtime
     if rt is not None:
         out["launch"] = rt.call_launch_s
