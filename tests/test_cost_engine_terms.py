@@ -112,6 +112,34 @@ def test_legacy_identity_matches_what_earlier_versions_recorded():
     assert p.identity() != p.legacy_identity()
 
 
+def test_a_calibrated_profile_from_before_fixed_costs_keeps_both_identities():
+    """A profile calibrated before corrections had fixed_s (a scale alone) prices as
+    before and is the same profile under identity() and legacy_identity()."""
+    import hashlib
+    import json
+
+    from planner.cost_model.profile import CallCorrection, HardwareProfile
+
+    p = load_profile("cpu")
+    written = json.loads(p.to_json())
+    written["corrections"] = [{"call_type": "train", "num_devices": 2, "scale": 1.5,
+                               "samples": 3}]
+    older = HardwareProfile.model_validate(written)
+    now = p.model_copy(update={"corrections": [CallCorrection(
+        call_type="train", num_devices=2, scale=1.5, fixed_s=0.0, samples=3)]})
+    assert older.identity() == now.identity()
+    legacy = json.loads(json.dumps(written))
+    for path in (("overheads", "optimizer_tensor_s"), ("overheads", "train_step_s"),
+                 ("runtime", "host_function_s")):
+        if legacy.get(path[0], {}).get(path[1]) == 0.0:
+            del legacy[path[0]][path[1]]
+    text = json.dumps(legacy, indent=1) + "\n"
+    assert now.legacy_identity() == "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    fixed = now.model_copy(update={"corrections": [CallCorrection(
+        call_type="train", num_devices=2, scale=1.5, fixed_s=0.002, samples=3)]})
+    assert fixed.identity() != now.identity()
+
+
 def test_train_prices_the_host_work_of_every_micro_batch():
     """train_step_s is paid once per micro-batch of every optimizer step."""
     arch = get_preset("tiny-llama")
