@@ -466,8 +466,9 @@ def fit(profile: HardwareProfile, runs: list[Run]) -> HardwareProfile:
     realloc = _realloc_excess(base, runs)
     realloc_s = max(0.0, _median(realloc, rt.realloc_fixed_s))
     corrections = []
+    had = {(c.call_type, c.num_devices): c.fixed_s for c in profile.corrections}
     for (k, n), v in sorted(points.items()):
-        scale, fixed_s = fit_line(v)
+        scale, fixed_s = fit_line(v, had.get((k, n), 0.0))
         corrections.append(CallCorrection(call_type=k, num_devices=n, scale=scale,
                                           fixed_s=fixed_s, samples=len(v)))
     # Kinds and sizes these runs did not measure keep the fit they had (a re-calibration
@@ -490,21 +491,29 @@ def fit(profile: HardwareProfile, runs: list[Run]) -> HardwareProfile:
 LINE_SPREAD = 1.5
 
 
-def fit_line(samples: list[tuple[float, float]]) -> tuple[float, float]:
+def fit_line(samples: list[tuple[float, float]], known_fixed_s: float = 0.0
+             ) -> tuple[float, float]:
     """(scale, fixed_s) of measured = fixed_s + scale x device terms, from (device terms,
     measured) samples of one call kind and layout size: least squares through the
     median measured time at each distinct device time (a batch size, a model), where
     those spread LINE_SPREAD or more; else, or where that line would have a negative
-    fixed cost or a scale below 0.5 (noise, not the worker), the median ratio alone.
-    A call of a few milliseconds on the tiny specs carries a fixed 3-5 ms of the
-    worker's own (README.md, "Measured plan ranking"): a scale alone, fitted there,
-    over-prices a call 4x larger."""
+    fixed cost or a scale below 0.5 (noise, not the worker), a scale alone: the median
+    ratio, or, where the input profile had fitted a fixed cost (`known_fixed_s`) these
+    samples cannot refit, that fixed cost kept and the scale refitted beside it (a
+    re-calibration on one batch size must not undo what two taught).
+    A call of a few milliseconds on the tiny specs carries a fixed 4-13 ms on 2 devices
+    (README.md, "A fixed cost per call"): a scale alone, fitted there, over-prices a
+    call 4x larger."""
     by_device: dict[float, list[float]] = {}
     for device, measured in samples:
         by_device.setdefault(round(device, 9), []).append(measured)
     pts = sorted((d, statistics.median(m)) for d, m in by_device.items())
     ratio = statistics.median(m / d for d, m in samples)
     if len(pts) < 2 or pts[-1][0] < LINE_SPREAD * pts[0][0]:
+        if known_fixed_s > 0:
+            beside = statistics.median((m - known_fixed_s) / d for d, m in samples)
+            if beside >= 0.5:
+                return beside, known_fixed_s
         return ratio, 0.0
     mean_d = sum(d for d, _ in pts) / len(pts)
     mean_m = sum(m for _, m in pts) / len(pts)

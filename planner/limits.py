@@ -43,6 +43,8 @@ MAX_TOP_K = MAX_VOCAB
 MAX_MICRO_BATCHES = MAX_SEQS
 MAX_BYTES = 1 << 60                    # any byte count in a plan
 MAX_SECONDS = 1e9                      # any time in a plan (30 years)
+MAX_PRICED_SECONDS = 1e6               # one priced call, realloc or data move (11.6 days);
+                                       # a plan's iteration sums them under MAX_SECONDS
 MAX_ITERATION_INDEX = MAX_ITERATIONS
 
 # Input files: read no more than this, nest no deeper, expand no more YAML nodes.

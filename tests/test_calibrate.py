@@ -195,6 +195,42 @@ def test_fit_line_falls_back_to_a_scale_where_a_line_is_not_measured():
     assert fit_line([(0.01, 0.05), (0.04, 0.05)]) == (pytest.approx(3.125), 0.0)  # slope 0
 
 
+def test_fit_line_keeps_a_fixed_cost_it_cannot_refit():
+    """Samples of one device time beside an earlier fitted fixed cost: the fixed cost stays
+    and the scale is refitted beside it; a scale that would fall under 0.5 (the fixed cost
+    no longer fits these runs) gives the median ratio alone."""
+    from planner.calibration import fit_line
+
+    assert fit_line([(0.01, 0.024), (0.01, 0.024)], 0.004) == pytest.approx((2.0, 0.004))
+    assert fit_line([(0.01, 0.006)], 0.004) == pytest.approx((0.6, 0.0))
+    # a spread wide enough refits the line whatever the earlier fixed cost was
+    assert fit_line([(0.01, 0.03), (0.04, 0.09)], 0.5) == pytest.approx((2.0, 0.01))
+
+
+def test_recalibration_on_one_batch_size_keeps_the_fixed_cost(recorded, tmp_path, capsys):
+    """A profile whose line came from two batch sizes, calibrated again on runs of one:
+    the fixed cost per call stays (and is named), only the scale is refitted."""
+    from planner.cost_model.profile import CallCorrection
+
+    _, prof_path = recorded
+    fixed = 0.004
+    base = load_profile(prof_path)
+    line = [CallCorrection(call_type=k, num_devices=n, scale=SCALE, fixed_s=fixed, samples=4)
+            for k, n in (("generate", 2), ("inference", 2), ("train", 4))]
+    withline = write_profile(base.model_copy(update={"corrections": line}),
+                             tmp_path / "line.json")
+    run = _make_run(tmp_path, withline, fixed_s=fixed)
+    out = tmp_path / "re.json"
+    assert main(["calibrate", str(run), "--profile", str(withline), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "fixed cost kept from the input profile" in printed, printed
+    assert "kept from the input profile (not measured" not in printed, printed
+    fits = {(c.call_type, c.num_devices): c for c in load_profile(out).corrections}
+    for k, n in (("generate", 2), ("inference", 2), ("train", 4)):
+        assert fits[(k, n)].fixed_s == fixed
+        assert fits[(k, n)].scale == pytest.approx(SCALE, rel=1e-3)
+
+
 def test_host_fit_never_prices_a_sequence_below_zero():
     rt = RuntimeOverheads()
     assert _fit_host([(0.004, 32), (0.003, 128)], [], rt)[:2] == (pytest.approx(0.0035), 0.0)
@@ -239,6 +275,10 @@ def test_bad_inputs_exit_2_with_one_line(recorded, tmp_path, capsys):
     _one_line_exit_2(["calibrate", str(run), "--profile", str(prof_path), "-o",
                       str(run / "trace.json")], capsys, "is an input of this command")
     assert (run / "trace.json").read_bytes() == trace
+    # the same run twice (once by another spelling) would double its samples
+    _one_line_exit_2(["calibrate", str(run), str(run) + "/", "--profile", str(prof_path),
+                      "-o", str(out)], capsys, "given twice")
+    assert not out.exists()
 
 
 def test_runtime_terms_are_named_in_the_breakdown():

@@ -149,6 +149,50 @@ def test_a_profile_boolean_is_never_a_number(tmp_path, capsys, field, value, exp
     assert "cluster.hardware" in err and expected in err, err
 
 
+_SPLIT = ("actor_gen=0-1:d2, actor_train=0-1:d2, critic_train=2-3:d2, critic_inf=2-3:d2, "
+          "ref_inf=2-3:d2")
+
+
+def _overpriced(profile: dict, where: str) -> None:
+    """Each number legal on its own, the price of some step past what a plan holds."""
+    if where == "corrections":
+        profile["corrections"] = [{"call_type": "train", "num_devices": 4, "scale": 1.3,
+                                   "fixed_s": 5e8}]
+    elif where == "scale":
+        profile["corrections"] = [{"call_type": "generate", "num_devices": 4, "scale": 1e300}]
+    elif where == "bandwidth":
+        for tier in ("intra_node", "inter_node"):
+            profile[tier]["bus_bytes_per_s"] = 1e-300
+        profile.pop("measured", None)  # its tables would price the moves instead
+    else:
+        profile["runtime"] = {where: 1e300}
+
+
+@pytest.mark.parametrize("where,what", [
+    ("corrections", "a train call"), ("scale", "a generate call"),
+    ("call_launch_s", "call on"), ("realloc_fixed_s", "a realloc"),
+    ("host_function_s", "a host function"), ("bandwidth", "")])
+@pytest.mark.parametrize("command", [["search", "--method", "baseline"], ["search"],
+                                     ["evaluate", "--alloc", _SPLIT]])
+def test_a_profile_that_prices_a_step_past_any_plan_is_one_line(tmp_path, capsys, where, what,
+                                                                 command):
+    """A fixed cost of 5e8 s a call (each number legal) once crashed search and evaluate
+    with a traceback from the plan's bounds or CP-SAT's integer times."""
+    from planner.cost_model.profile import load_profile
+    profile = json.loads(load_profile("cpu").model_dump_json())
+    _overpriced(profile, where)
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(profile))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(TINY.replace("hardware: cpu", f"hardware: {path}"))
+    out = tmp_path / "plan.json"
+    err = one_line(capsys, planner([command[0], str(spec), *command[1:], "-o", str(out),
+                                    *(["--time-limit", "30"] if command[0] == "search" else [])]))
+    assert "(the spec's cluster.hardware) prices" in err and what in err, err
+    assert "a plan allows for one step" in err, err
+    assert not out.exists()
+
+
 def test_histogram_of_huge_finite_weights_keeps_its_mean(tmp_path):
     from planner.graph.lengths import LengthDist
     d = LengthDist(histogram=((8, 1e305), (L.MAX_TOKENS, 1e305)))

@@ -486,11 +486,25 @@ def test_sigterm_to_the_whole_process_group_ends_the_run_in_bounded_time(tmp_pat
     (["--calibrate-on", "tiny-dpo"], "unknown spec 'tiny-dpo'"),
     (["--profile", "/nonexistent.json"], "--profile /nonexistent.json: no such file"),
     (["--repeats", "0"], "--repeats 0: at least 1"),
+    (["--specs", "tiny-ppo,tiny-grpo,tiny-ppo"], "tiny-ppo twice (each spec runs once)"),
+    (["--calibrate-on", "tiny-ppo,tiny-ppo"], "tiny-ppo twice (its runs would be fitted"),
+    (["--specs", "tiny-ppo,tiny-grpo", "--calibrate-on", "tiny-ppo,tiny-grpo",
+      "--calibrate-on", "tiny-grpo,tiny-ppo"],
+     "--calibrate-on tiny-grpo,tiny-ppo: the same specs as an earlier --calibrate-on"),
+    (["--profile", "BAD_PROFILE"], "corrections.0.fixed_s"),
 ])
 def test_bench_plans_bad_flags(capsys, tmp_path, flags, expected):
     """tools/bench_plans.py: one line, exit 2, before any run or output directory (were
-    tracebacks, --calibrate-on after every run of the other specs)."""
+    tracebacks, --calibrate-on after every run of the other specs; a bad --profile left
+    an empty output folder)."""
     import importlib.util
+
+    if "BAD_PROFILE" in flags:  # a correction whose fixed cost is below zero
+        profile = json.loads((ROOT / "profiles" / "cpu-epyc-2core.json").read_text())
+        profile["corrections"] = [{"call_type": "train", "num_devices": 2, "scale": 1.3,
+                                   "fixed_s": -0.001}]
+        (tmp_path / "bad.json").write_text(json.dumps(profile))
+        flags = [str(tmp_path / "bad.json") if f == "BAD_PROFILE" else f for f in flags]
 
     spec = importlib.util.spec_from_file_location("bench_plans", ROOT / "tools" / "bench_plans.py")
     bench = importlib.util.module_from_spec(spec)

@@ -279,6 +279,19 @@ def main(argv: list[str] | None = None) -> int:
             if not fit_specs:
                 raise UserError(f"--calibrate-on {c!r}: expected a comma separated list of "
                                 f"{', '.join(SPECS)}")
+        twice = [s for i, s in enumerate(specs) if s in specs[:i]]
+        if twice:
+            raise UserError(f"--specs {args.specs}: {twice[0]} twice (each spec runs once)")
+        for c, fit_specs in zip(args.calibrate_on, fits):
+            twice = [s for i, s in enumerate(fit_specs) if s in fit_specs[:i]]
+            if twice:
+                raise UserError(f"--calibrate-on {c}: {twice[0]} twice (its runs would be "
+                                "fitted twice)")
+        same = [c for i, (c, f) in enumerate(zip(args.calibrate_on, fits))
+                if sorted(f) in [sorted(g) for g in fits[:i]]]
+        if same:
+            raise UserError(f"--calibrate-on {same[0]}: the same specs as an earlier "
+                            "--calibrate-on (the same fit twice)")
         unknown = [s for s in specs + [s for f in fits for s in f] if s not in SPECS]
         if unknown:
             raise UserError(f"unknown spec {unknown[0]!r}; expected one of {', '.join(SPECS)}")
@@ -293,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--repeats {args.repeats}: at least 1")
         if args.profile and not Path(args.profile).is_file():
             raise UserError(f"--profile {args.profile}: no such file")
+        # A given profile is read before any folder is made: a bad one leaves nothing.
+        given = load_profile(args.profile) if args.profile else None
         out = Path(args.out) / f"{args.devices}dev"
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -303,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"measuring this machine into {prof_path} ...", flush=True)
             _cli(["planner.cli", "profile", "--quick", "--out", str(prof_path)],
                  out / "profile.log")
-        profile = load_profile(prof_path)
+        profile = given or load_profile(prof_path)
         figures: dict = {"devices": args.devices, "profile": str(prof_path), "specs": {}}
         results = {}
         for name in specs:

@@ -43,7 +43,8 @@ def _ratio(est: float, got: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from planner.calibration import RUN_FILES, CalibrateError, call_rows, fit, load_run
+    from planner.calibration import (LINE_SPREAD, RUN_FILES, CalibrateError, call_rows, fit,
+                                     load_run)
     from planner.cost_model.profile import load_profile
     from planner.cost_model.profiler import write_profile
 
@@ -54,6 +55,12 @@ def run(args: argparse.Namespace) -> int:
     check_output_file(args.output, "-o", inputs=(args.profile, *args.runs, *run_files))
     if args.skip < 0:
         raise CalibrateError(f"--skip {args.skip}: expected >= 0")
+    seen: dict[Path, str] = {}
+    for d in args.runs:  # the same run twice would count its calls twice in every fit
+        key = Path(d).resolve()
+        if key in seen:
+            raise CalibrateError(f"{d}: the same run directory as {seen[key]}, given twice")
+        seen[key] = d
     if not args.profile.endswith(".json"):
         raise CalibrateError(f"--profile {args.profile!r}: expected the profile .json the "
                              "runs were priced with")
@@ -68,8 +75,10 @@ def run(args: argparse.Namespace) -> int:
         t.add_column(col, justify="left" if col in ("run", "call") else "right")
     errs: dict[str, list[float]] = {"call before": [], "call after": [], "iteration before": [],
                                     "iteration after": []}
+    measured: set[tuple[str, int]] = set()  # the kinds and sizes fit() refitted
     for r in runs:
         before, alone0, steady0 = call_rows(r, profile)
+        measured |= {(b.kind, b.num_devices) for b in before if b.device_s > 0 and b.alone_s > 0}
         after, alone1, steady1 = call_rows(r, calibrated)
         for b, a in zip(before, after):
             t.add_row(b.run, b.call, str(b.num_devices), f"{b.measured_s * 1e3:.1f}",
@@ -100,10 +109,19 @@ def run(args: argparse.Namespace) -> int:
                       f"{c.call_type}/{c.num_devices} x{c.scale:.2f}"
                       + (f" + {c.fixed_s * 1e3:.2f} ms" if c.fixed_s else "")
                       for c in calibrated.corrections), highlight=False, soft_wrap=True)
-    kept = [c for c in calibrated.corrections if c in profile.corrections]
+    kept = [c for c in calibrated.corrections if (c.call_type, c.num_devices) not in measured]
     if kept:
         console.print("kept from the input profile (not measured in these runs): " + ", ".join(
             f"{c.call_type}/{c.num_devices}" for c in kept), highlight=False)
+    had = {(c.call_type, c.num_devices): c.fixed_s for c in profile.corrections}
+    kept_fixed = [c for c in calibrated.corrections if (c.call_type, c.num_devices) in measured
+                  and c.fixed_s and had.get((c.call_type, c.num_devices)) == c.fixed_s]
+    if kept_fixed:
+        console.print(
+            "fixed cost kept from the input profile, scale refitted beside it (these runs' "
+            f"device times spread under {LINE_SPREAD}x, too close to refit it): " + ", ".join(
+                f"{c.call_type}/{c.num_devices} {c.fixed_s * 1e3:.2f} ms" for c in kept_fixed),
+            highlight=False)
     try:
         write_profile(calibrated, out)
     except OSError as err:

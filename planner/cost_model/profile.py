@@ -35,6 +35,20 @@ class ProfileError(UserError):
     """A hardware profile that cannot be found or read; the message names the file and field."""
 
 
+def overpriced(profile: "HardwareProfile", time_s: float, what: str) -> ProfileError:
+    """The error for a step priced above L.MAX_PRICED_SECONDS (callers test
+    `not time_s <= L.MAX_PRICED_SECONDS`, true for NaN too, and build `what` only then:
+    the test sits on the search's hottest paths). A profile whose numbers are each legal
+    can still price a step past what a plan, the simulator and CP-SAT's integer times
+    hold (a fixed cost of 5e8 s, a bandwidth of 1e-300 bytes/s): that is the profile's
+    error, named where each call, realloc, data move and host function is priced."""
+    return ProfileError(
+        f"profile {profile.name!r} (the spec's cluster.hardware) prices {what} at "
+        f"{time_s:.3g} s, over the {L.MAX_PRICED_SECONDS:.0e} s a plan allows for one step: "
+        f"check the profile's times (corrections, runtime, layer and collective tables) "
+        f"and bandwidths")
+
+
 class _Frozen(CheckedModel):  # a boolean is never a number (planner/graph/numbers.py)
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -122,10 +136,10 @@ class CallCorrection(_Frozen):
     scale: float = Field(gt=0, description="Multiplies the call's device terms.")
     fixed_s: float = Field(
         0.0, ge=0, allow_inf_nan=False,
-        description="Seconds per call besides the scaled device terms (the worker's own "
-                    "work: fetching its rows, building its batch, returning its parts), "
-                    "fitted where the runs measured the kind and size at batches whose "
-                    "device terms differ; 0 where they did not.")
+        description="Seconds per call besides the scaled device terms (what a call costs "
+                    "that does not grow with them: on the tiny CPU specs mostly per-call "
+                    "work inside the engine), fitted where the runs measured the kind and "
+                    "size at device terms 1.5x or more apart; 0 where they never did.")
     samples: int = Field(1, gt=0, description="Measured calls the line was fitted from.")
 
 
