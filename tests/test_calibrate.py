@@ -229,6 +229,15 @@ def test_recalibration_on_one_batch_size_keeps_the_fixed_cost(recorded, tmp_path
     for k, n in (("generate", 2), ("inference", 2), ("train", 4)):
         assert fits[(k, n)].fixed_s == fixed
         assert fits[(k, n)].scale == pytest.approx(SCALE, rel=1e-3)
+    # a fixed cost the runs measure calls below: dropped, and said
+    big = [c.model_copy(update={"fixed_s": 5.0}) for c in line]
+    withbig = write_profile(base.model_copy(update={"corrections": big}), tmp_path / "big.json")
+    (tmp_path / "b").mkdir()
+    run = _make_run(tmp_path / "b", withbig, fixed_s=fixed)
+    assert main(["calibrate", str(run), "--profile", str(withbig), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "fixed cost of the input profile dropped" in printed and "5000.00 ms" in printed
+    assert all(c.fixed_s == 0 for c in load_profile(out).corrections)
 
 
 def test_host_fit_never_prices_a_sequence_below_zero():

@@ -193,6 +193,27 @@ def test_a_profile_that_prices_a_step_past_any_plan_is_one_line(tmp_path, capsys
     assert not out.exists()
 
 
+def test_layouts_priced_past_a_plan_are_left_out_not_fatal(tmp_path, capsys):
+    """A legal spec has absurd layouts too (pp 16 at 131072 micro-batches): one priced
+    over the bound is out of the search, as an illegal layout is; the plan uses the rest.
+    Here train calls on 4 devices cost 5e8 s more, on 1 or 2 nothing more."""
+    from planner.cost_model.profile import load_profile
+    from planner.plan import load_plan
+    profile = json.loads(load_profile("cpu").model_dump_json())
+    profile["corrections"] = [
+        {"call_type": "train", "num_devices": n, "scale": 1.0, "fixed_s": fixed}
+        for n, fixed in ((1, 0.0), (2, 0.0), (4, 5e8))]
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(profile))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(TINY.replace("hardware: cpu", f"hardware: {path}"))
+    out = tmp_path / "plan.json"
+    assert planner(["search", str(spec), "-o", str(out), "--time-limit", "30"]) == 0
+    plan = load_plan(out)
+    sizes = {c.name: len(c.device_ids) for c in plan.calls}
+    assert sizes["actor_train"] < 4 and sizes["critic_train"] < 4, sizes
+
+
 def test_histogram_of_huge_finite_weights_keeps_its_mean(tmp_path):
     from planner.graph.lengths import LengthDist
     d = LengthDist(histogram=((8, 1e305), (L.MAX_TOKENS, 1e305)))

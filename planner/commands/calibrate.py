@@ -116,6 +116,15 @@ def run(args: argparse.Namespace) -> int:
     had = {(c.call_type, c.num_devices): c.fixed_s for c in profile.corrections}
     kept_fixed = [c for c in calibrated.corrections if (c.call_type, c.num_devices) in measured
                   and c.fixed_s and had.get((c.call_type, c.num_devices)) == c.fixed_s]
+    dropped = [c for c in calibrated.corrections if (c.call_type, c.num_devices) in measured
+               and not c.fixed_s and had.get((c.call_type, c.num_devices))]
+    if dropped:
+        console.print(
+            "fixed cost of the input profile dropped (these runs measured the calls below a "
+            "line through it: a scale alone fits them): " + ", ".join(
+                f"{c.call_type}/{c.num_devices} was "
+                f"{had[(c.call_type, c.num_devices)] * 1e3:.2f} ms" for c in dropped),
+            highlight=False)
     if kept_fixed:
         console.print(
             "fixed cost kept from the input profile, scale refitted beside it (these runs' "

@@ -22,7 +22,6 @@ from functools import lru_cache
 from types import MappingProxyType
 from typing import Mapping
 
-from planner import limits as L
 from planner.cost_model.device import Device, device_of
 from planner.cost_model.flops import (
     Dims,
@@ -57,7 +56,7 @@ from planner.cost_model.memory import (
     rest_param_count,
     stage_param_counts,
 )
-from planner.cost_model.profile import HardwareProfile, overpriced
+from planner.cost_model.profile import HardwareProfile
 from planner.cost_model import sampling, vllm_pricing
 from planner.cost_model.runtime_terms import call_terms, handoff_bytes
 from planner.graph.arch import HeadType, ModelArch
@@ -587,10 +586,7 @@ def estimate_call(arch: ModelArch, head: HeadType, call: CallSpec | CallShape, l
     zero = max(zero_stage, 1) if shard_optimizer else zero_stage
     if shape.type != "train":  # options of train calls only: one cache entry
         recompute, zero, proximal = False, 0, False
-    est = _estimate_cached(c, shape, recompute, zero, trainable, proximal)
-    if not est.time_s <= L.MAX_PRICED_SECONDS:
-        raise overpriced(profile, est.time_s, f"a {shape.type} call on {layout} m{micro_batches}")
-    return est
+    return _estimate_cached(c, shape, recompute, zero, trainable, proximal)
 
 
 def decode_step(arch: ModelArch, head: HeadType, batch: int, context: int, profile: HardwareProfile,

@@ -20,6 +20,12 @@ class IllegalLayoutError(UserError):
     """A layout the cost model refuses; the message says which rule it breaks."""
 
 
+class OverpricedLayoutError(IllegalLayoutError):
+    """A layout the cost model prices past what a plan holds (limits.MAX_PRICED_SECONDS
+    for one call): out of the search like an illegal one (pp 16 at 131072 micro-batches
+    is legal and absurd); when every layout of a call is, the profile is the suspect."""
+
+
 def mesh_problem(device_ids: tuple[int, ...] | list[int], gpus_per_node: int,
                  num_devices: int | None = None) -> str | None:
     """Why a device set is not a legal mesh, or None when it is."""

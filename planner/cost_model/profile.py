@@ -35,18 +35,23 @@ class ProfileError(UserError):
     """A hardware profile that cannot be found or read; the message names the file and field."""
 
 
-def overpriced(profile: "HardwareProfile", time_s: float, what: str) -> ProfileError:
-    """The error for a step priced above L.MAX_PRICED_SECONDS (callers test
-    `not time_s <= L.MAX_PRICED_SECONDS`, true for NaN too, and build `what` only then:
-    the test sits on the search's hottest paths). A profile whose numbers are each legal
-    can still price a step past what a plan, the simulator and CP-SAT's integer times
-    hold (a fixed cost of 5e8 s, a bandwidth of 1e-300 bytes/s): that is the profile's
-    error, named where each call, realloc, data move and host function is priced."""
-    return ProfileError(
-        f"profile {profile.name!r} (the spec's cluster.hardware) prices {what} at "
-        f"{time_s:.3g} s, over the {L.MAX_PRICED_SECONDS:.0e} s a plan allows for one step: "
-        f"check the profile's times (corrections, runtime, layer and collective tables) "
-        f"and bandwidths")
+def overpriced_message(profile: "HardwareProfile", time_s: float, what: str) -> str:
+    """Why a step priced above L.MAX_PRICED_SECONDS (or not at all: NaN) has no place in
+    a plan. Callers test `not time_s <= L.MAX_PRICED_SECONDS` (true for NaN too) and build
+    `what` only then: the test sits on the search's hottest paths."""
+    price = ("at no number (NaN)" if time_s != time_s else
+             f"at {time_s:.3g} s, over the {L.MAX_PRICED_SECONDS:.0e} s a plan allows for one step")
+    return (f"profile {profile.name!r} (the spec's cluster.hardware) prices {what} {price}: "
+            f"check the profile's times (corrections, runtime, layer and collective tables) "
+            f"and bandwidths")
+
+
+def overpriced(profile: "HardwareProfile", time_s: float, what: str) -> "ProfileError":
+    """A realloc, data move or host function priced past what a plan, the simulator and
+    CP-SAT's integer times hold (a fixed cost of 1e300 s, a bandwidth of 1e-300 bytes/s):
+    the profile's error, whatever the plan. A call is another matter (a legal spec has
+    absurd layouts too): estimator.estimate_call refuses that layout alone."""
+    return ProfileError(overpriced_message(profile, time_s, what))
 
 
 class _Frozen(CheckedModel):  # a boolean is never a number (planner/graph/numbers.py)

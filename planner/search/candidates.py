@@ -35,10 +35,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from planner import limits as L
 from planner.cost_model import IllegalLayoutError, dtype_bytes_for, estimate_call
-from planner.cost_model.legality import (backend_problem, layout_problem, rank_records,
-                                         step_records)
-from planner.cost_model.profile import for_backend
+from planner.cost_model.legality import (OverpricedLayoutError, backend_problem,
+                                         layout_problem, rank_records, step_records)
+from planner.cost_model.profile import ProfileError, for_backend, overpriced_message
 from planner.cost_model.memory import PLAIN, TrainMemoryChoice
 from planner.cost_model.profile import HardwareProfile
 from planner.graph.spec import CallSpec, ModelSpec
@@ -128,7 +129,8 @@ class CallContext:
 
 def price(ctx: CallContext, layout: Layout, micro_batches: int,
           memory: TrainMemoryChoice = PLAIN) -> Candidate:
-    """The cost model's answer for one layout; raises IllegalLayoutError when it cannot run."""
+    """The cost model's answer for one layout; raises IllegalLayoutError when it cannot run
+    (OverpricedLayoutError: priced past limits.MAX_PRICED_SECONDS, a step no plan holds)."""
     m = ctx.model
     why = backend_problem(m.architecture, ctx.backend, layout)
     if why:
@@ -140,6 +142,9 @@ def price(ctx: CallContext, layout: Layout, micro_batches: int,
                         dtype_bytes=dtype_bytes_for(m, ctx.profile),
                         zero_stage=memory.zero_stage, recompute=memory.recompute,
                         proximal=ctx.proximal)
+    if not est.time_s <= L.MAX_PRICED_SECONDS:  # NaN too; `what` built only here
+        raise OverpricedLayoutError(overpriced_message(
+            profile, est.time_s, f"a {ctx.call.type} call on {layout} m{micro_batches}"))
     mem = est.memory
     return Candidate(layout, micro_batches, est.time_s, mem.params_bytes, mem.resident_bytes,
                      mem.transient_bytes, est.breakdown, mem.grads_bytes, mem.kv_cache_bytes,
@@ -406,10 +411,12 @@ def lean_options(options: list[Candidate], factor: float = LEAN_TIME_FACTOR
 
 
 def _leanest(ctx: CallContext, num_nodes: int, max_pp: int) -> Candidate | None:
-    """The option with the smallest peak on the whole cluster (for 'cannot fit' messages)."""
+    """The option with the smallest peak on the whole cluster (for 'cannot fit' messages).
+    Where every layout there is priced past a plan's bounds, that is the message."""
     n = num_nodes * ctx.gpus_per_node
     arch = ctx.model.architecture
     best: Candidate | None = None
+    over: OverpricedLayoutError | None = None
     for tp in _divisors(n):
         for pp in _divisors(n // tp):
             if pp > max_pp:  # the same space shape_options enumerates
@@ -423,8 +430,15 @@ def _leanest(ctx: CallContext, num_nodes: int, max_pp: int) -> Candidate | None:
                     check_budget("pricing layouts")
                     try:
                         c = price(ctx, lay, mb, choice)
+                    except OverpricedLayoutError as err:
+                        over = over or err
+                        continue
                     except IllegalLayoutError:
                         continue
                     if best is None or c.peak_bytes < best.peak_bytes:
                         best = c
+    if best is None and over is not None:
+        raise ProfileError(f"call '{ctx.call.name}': every layout of it on the whole cluster "
+                           f"is priced past a plan's bounds (the profile's numbers, or the "
+                           f"spec's sizes); e.g. {over}")
     return best
