@@ -213,6 +213,11 @@ def test_layouts_priced_past_a_plan_are_left_out_not_fatal(tmp_path, capsys):
     plan = load_plan(out)
     sizes = {c.name: len(c.device_ids) for c in plan.calls}
     assert sizes["actor_train"] < 4 and sizes["critic_train"] < 4, sizes
+    # colocate puts every call on all 4 devices: it says why there is none
+    capsys.readouterr()
+    err = one_line(capsys, planner(["search", str(spec), "-o", str(tmp_path / "c.json"),
+                                    "--method", "baseline", "--baseline", "colocate"]))
+    assert "priced within a plan's bounds" in err and "a train call on 0-3" in err, err
 
 
 def test_histogram_of_huge_finite_weights_keeps_its_mean(tmp_path):

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, replace
 
 from planner.cost_model import IllegalLayoutError
+from planner.cost_model.legality import OverpricedLayoutError
 from planner.cost_model.legality import layout_problem, mesh_problem
 from planner.cost_model.memory import PLAIN
 from planner.layout.layout import Layout
@@ -108,6 +109,7 @@ def colocate(p: Problem, sim: Simulator) -> Baseline:
     devices = tuple(range(n_dev))
     best: tuple[float, tuple[int, ...], str] | None = None
     tried = 0
+    over: list[str] = []  # why a strategy was priced out, where one was
     for tp in range(1, n_dev + 1):
         if n_dev % tp or tp > p.gpus_per_node:
             continue
@@ -119,19 +121,22 @@ def colocate(p: Problem, sim: Simulator) -> Baseline:
                    for m in p.model_of):
                 continue
             tried += 1
-            res = _same_layout(p, sim, lay)
+            res = _same_layout(p, sim, lay, over)
             if res is not None and (best is None or res[0] < best[0]):
                 best = res
     desc = "every call on all devices, one (dp, tp, pp) (DeepSpeed-Chat style)"
     if best is None:
-        return Baseline("colocate", desc, None, None,
-                        f"none of {tried} single strategies fits in memory")
+        why = f"none of {tried} single strategies fits in memory"
+        if over:
+            why += f" or is priced within a plan's bounds ({over[0]})"
+        return Baseline("colocate", desc, None, None, why)
     return Baseline("colocate", desc, best[1], best[0], best[2])
 
 
-def _same_layout(p: Problem, sim: Simulator, lay: Layout
+def _same_layout(p: Problem, sim: Simulator, lay: Layout, over: list[str] | None = None
                  ) -> tuple[float, tuple[int, ...], str] | None:
-    """Each call on `lay` with the fastest micro-batch count that leaves room for the homes."""
+    """Each call on `lay` with the fastest micro-batch count that leaves room for the homes;
+    a call priced past a plan's bounds there appends why to `over`."""
     per_call: list[list[Candidate]] = []
     for i in range(p.n):
         opts = []
@@ -139,6 +144,10 @@ def _same_layout(p: Problem, sim: Simulator, lay: Layout
         while mb <= 64:
             try:
                 opts.append(price(p.contexts[i], lay, mb))
+            except OverpricedLayoutError as err:
+                if over is not None and not opts:
+                    over.append(str(err))
+                break
             except IllegalLayoutError:
                 break
             mb *= 2
