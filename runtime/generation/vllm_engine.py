@@ -71,15 +71,25 @@ class VllmEngine:
         with open(os.path.join(self._dir.name, "config.json"), "w") as f:
             json.dump(hf_config(arch, head, getattr(torch, dtype)), f)
         elem = torch.empty((), dtype=getattr(torch, dtype)).element_size()
-        self.llm = LLM(model=self._dir.name, skip_tokenizer_init=True, enforce_eager=True,
-                       dtype=dtype, max_model_len=max_model_len, load_format="dummy",
-                       logprobs_mode="processed_logprobs", seed=seed,
-                       max_num_seqs=max_num_seqs, gpu_memory_utilization=0.05,
-                       # the prompt tokens the planner prices per prefill batch
-                       max_num_batched_tokens=max(max_num_batched_tokens, max_model_len),
-                       kv_cache_memory_bytes=kv_cache_bytes(arch, max_num_seqs * max_model_len,
-                                                            elem),
-                       disable_log_stats=True)
+        # vLLM's rendezvous file (vllm_dist_*) goes in the temp dir of the moment: ours,
+        # while the engine starts, so that it goes with the folder below.
+        tmp_before, tempfile.tempdir = tempfile.tempdir, self._dir.name
+        try:
+            self.llm = LLM(model=self._dir.name, skip_tokenizer_init=True, enforce_eager=True,
+                           dtype=dtype, max_model_len=max_model_len, load_format="dummy",
+                           logprobs_mode="processed_logprobs", seed=seed,
+                           max_num_seqs=max_num_seqs, gpu_memory_utilization=0.05,
+                           # the prompt tokens the planner prices per prefill batch
+                           max_num_batched_tokens=max(max_num_batched_tokens, max_model_len),
+                           kv_cache_memory_bytes=kv_cache_bytes(
+                               arch, max_num_seqs * max_model_len, elem),
+                           disable_log_stats=True)
+        finally:
+            tempfile.tempdir = tmp_before
+            # The config and the rendezvous were read: the engine ends by a kill (Ray
+            # actor, child process), which runs no finalizer, so the folder goes now or
+            # stays in /tmp for good.
+            self._dir.cleanup()
         self._warm_up()
         self.init_s = time.time() - t0
         self.version: int | None = None  # policy version of the weights held (None: dummy)
