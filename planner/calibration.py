@@ -439,6 +439,12 @@ def _median(xs: list[float], default: float) -> float:
     return statistics.median(xs) if xs else default
 
 
+def fit_sample(r: CallRow) -> bool:
+    """Whether a call row is a sample of its kind and size's line (fit_line): priced
+    device terms and a measured time, both above zero."""
+    return r.device_s > 0 and r.alone_s > 0
+
+
 def fit(profile: HardwareProfile, runs: list[Run]) -> HardwareProfile:
     """The profile with corrections and runtime terms fitted to `runs` (see module doc)."""
     base = profile.model_copy(update={"corrections": []})
@@ -447,7 +453,7 @@ def fit(profile: HardwareProfile, runs: list[Run]) -> HardwareProfile:
     for run in runs:
         rows, _, _ = call_rows(run, base)
         for r in rows:
-            if r.device_s > 0 and r.alone_s > 0:
+            if fit_sample(r):
                 points.setdefault((r.kind, r.num_devices), []).append((r.device_s, r.alone_s))
             if r.gap_s is None:
                 continue

@@ -44,7 +44,7 @@ def _ratio(est: float, got: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from planner.calibration import (LINE_SPREAD, RUN_FILES, CalibrateError, call_rows, fit,
-                                     load_run)
+                                     fit_sample, load_run)
     from planner.cost_model.profile import load_profile
     from planner.cost_model.profiler import write_profile
 
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     measured: set[tuple[str, int]] = set()  # the kinds and sizes fit() refitted
     for r in runs:
         before, alone0, steady0 = call_rows(r, profile)
-        measured |= {(b.kind, b.num_devices) for b in before if b.device_s > 0 and b.alone_s > 0}
+        measured |= {(b.kind, b.num_devices) for b in before if fit_sample(b)}
         after, alone1, steady1 = call_rows(r, calibrated)
         for b, a in zip(before, after):
             t.add_row(b.run, b.call, str(b.num_devices), f"{b.measured_s * 1e3:.1f}",

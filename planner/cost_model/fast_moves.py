@@ -30,9 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from planner import limits as L
 from planner.cost_model.device import device_of
-from planner.cost_model.profile import HardwareProfile, overpriced
+from planner.cost_model.profile import HardwareProfile, priced_s
 from planner.cost_model.runtime_terms import realloc_fixed_s
 from planner.graph.arch import HeadType, ModelArch
 from planner.layout.layout import Layout
@@ -218,9 +217,8 @@ def fast_realloc(arch: ModelArch, head: HeadType, src: Layout, dst: Layout,
         if hit[1] > worst_b:
             worst_b = hit[1]
         total += hit[1]
-    time_s = worst_s + realloc_fixed_s(profile, total)
-    if not time_s <= L.MAX_PRICED_SECONDS:
-        raise overpriced(profile, time_s, f"a realloc from {src} to {dst}")
+    time_s = priced_s(profile, worst_s + realloc_fixed_s(profile, total),
+                      "a realloc from {} to {}", src, dst)
     return MoveCost(time_s, worst_b, total)
 
 
@@ -257,6 +255,5 @@ def fast_data_transfer(nbytes: float, src: Layout, dst: Layout, profile: Hardwar
     dev = device_of(profile)
     worst = max(dev.collective_s("p2p", share, 2, "intra_node") if n_intra else 0.0,
                 dev.collective_s("p2p", share, 2, "inter_node") if n_inter else 0.0)
-    if not worst <= L.MAX_PRICED_SECONDS:
-        raise overpriced(profile, worst, f"a data move from {src} to {dst}")
+    priced_s(profile, worst, "a data move from {} to {}", src, dst)
     return MoveCost(worst, share, share * (n_intra + n_inter))

@@ -35,23 +35,24 @@ class ProfileError(UserError):
     """A hardware profile that cannot be found or read; the message names the file and field."""
 
 
-def overpriced_message(profile: "HardwareProfile", time_s: float, what: str) -> str:
-    """Why a step priced above L.MAX_PRICED_SECONDS (or not at all: NaN) has no place in
-    a plan. Callers test `not time_s <= L.MAX_PRICED_SECONDS` (true for NaN too) and build
-    `what` only then: the test sits on the search's hottest paths."""
+def priced_s(profile: "HardwareProfile", time_s: float, what: str, *args,
+             error: type[UserError] = ProfileError) -> float:
+    """`time_s` where a plan can hold it: at most L.MAX_PRICED_SECONDS for one step (a
+    call, realloc, data move or host function); else (NaN too) `error`, naming the
+    profile and the step `what.format(*args)`, formatted only then (the test sits on
+    the search's hottest paths). A profile whose numbers are each legal can still price
+    a step past what a plan, the simulator and CP-SAT's integer times hold (a fixed cost
+    of 1e300 s, a bandwidth of 1e-300 bytes/s): for a move or host function that is the
+    profile's error (ProfileError); a call's layout is another matter, as a legal spec
+    has absurd layouts too: search/candidates.price leaves that layout out
+    (legality.OverpricedLayoutError)."""
+    if time_s <= L.MAX_PRICED_SECONDS:
+        return time_s
     price = ("at no number (NaN)" if time_s != time_s else
              f"at {time_s:.3g} s, over the {L.MAX_PRICED_SECONDS:.0e} s a plan allows for one step")
-    return (f"profile {profile.name!r} (the spec's cluster.hardware) prices {what} {price}: "
-            f"check the profile's times (corrections, runtime, layer and collective tables) "
-            f"and bandwidths")
-
-
-def overpriced(profile: "HardwareProfile", time_s: float, what: str) -> "ProfileError":
-    """A realloc, data move or host function priced past what a plan, the simulator and
-    CP-SAT's integer times hold (a fixed cost of 1e300 s, a bandwidth of 1e-300 bytes/s):
-    the profile's error, whatever the plan. A call is another matter (a legal spec has
-    absurd layouts too): estimator.estimate_call refuses that layout alone."""
-    return ProfileError(overpriced_message(profile, time_s, what))
+    raise error(f"profile {profile.name!r} (the spec's cluster.hardware) prices "
+                f"{what.format(*args)} {price}: check the profile's times (corrections, "
+                f"runtime, layer and collective tables) and bandwidths")
 
 
 class _Frozen(CheckedModel):  # a boolean is never a number (planner/graph/numbers.py)

@@ -14,8 +14,7 @@ them prices them at zero. Seconds and bytes throughout.
 
 from __future__ import annotations
 
-from planner import limits as L
-from planner.cost_model.profile import HardwareProfile, overpriced
+from planner.cost_model.profile import HardwareProfile, priced_s
 
 # Bytes per token of a per-token data key (token ids int32, log-probs / values fp32).
 KEY_BYTES_PER_TOKEN = 4
@@ -62,7 +61,5 @@ def host_function_s(profile: HardwareProfile, num_seqs: int) -> float:
     rt = profile.runtime
     if rt is None:
         return 0.0
-    time_s = rt.host_function_s + rt.host_function_s_per_seq * num_seqs
-    if not time_s <= L.MAX_PRICED_SECONDS:
-        raise overpriced(profile, time_s, f"a host function over {num_seqs} sequences")
-    return time_s
+    return priced_s(profile, rt.host_function_s + rt.host_function_s_per_seq * num_seqs,
+                    "a host function over {} sequences", num_seqs)

@@ -16,9 +16,8 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-from planner import limits as L
 from planner.cost_model.device import Device, device_of
-from planner.cost_model.profile import HardwareProfile, overpriced
+from planner.cost_model.profile import HardwareProfile, priced_s
 from planner.cost_model.runtime_terms import realloc_fixed_s
 from planner.graph.arch import HeadType, ModelArch
 from planner.layout.layout import Layout
@@ -59,9 +58,8 @@ def realloc_cost(arch: ModelArch, head: HeadType, src: Layout, dst: Layout,
     """Time to give `dst` its parameter shards from `src` (slowest receiver bound)."""
     stats = realloc_bytes(arch, head, src, dst, gpus_per_node, dtype_bytes or profile.dtype_bytes)
     time_s = _slowest_receiver(device_of(profile), stats.recv_intra_bytes, stats.recv_inter_bytes)
-    time_s += realloc_fixed_s(profile, stats.total_bytes)
-    if not time_s <= L.MAX_PRICED_SECONDS:
-        raise overpriced(profile, time_s, f"a realloc from {src} to {dst}")
+    time_s = priced_s(profile, time_s + realloc_fixed_s(profile, stats.total_bytes),
+                      "a realloc from {} to {}", src, dst)
     return TransferCost(time_s, stats.max_recv_bytes, stats.intra_node_bytes,
                         stats.inter_node_bytes)
 
@@ -109,8 +107,7 @@ def data_transfer_cost(nbytes: float, src: Layout, dst: Layout, profile: Hardwar
     fr = _data_fractions(src, dst, gpus_per_node)
     intra = {d: a * nbytes for d, a, _ in fr if a}
     inter = {d: b * nbytes for d, _, b in fr if b}
-    time_s = _slowest_receiver(device_of(profile), intra, inter)
-    if not time_s <= L.MAX_PRICED_SECONDS:
-        raise overpriced(profile, time_s, f"a data move from {src} to {dst}")
+    time_s = priced_s(profile, _slowest_receiver(device_of(profile), intra, inter),
+                      "a data move from {} to {}", src, dst)
     max_recv = max((a + b for _, a, b in fr), default=0.0) * nbytes
     return TransferCost(time_s, int(max_recv), int(sum(intra.values())), int(sum(inter.values())))

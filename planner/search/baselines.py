@@ -26,8 +26,7 @@ import time
 from dataclasses import dataclass, replace
 
 from planner.cost_model import IllegalLayoutError
-from planner.cost_model.legality import OverpricedLayoutError
-from planner.cost_model.legality import layout_problem, mesh_problem
+from planner.cost_model.legality import OverpricedLayoutError, layout_problem, mesh_problem
 from planner.cost_model.memory import PLAIN
 from planner.layout.layout import Layout
 from planner.search import residency

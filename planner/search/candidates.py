@@ -35,11 +35,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from planner import limits as L
 from planner.cost_model import IllegalLayoutError, dtype_bytes_for, estimate_call
 from planner.cost_model.legality import (OverpricedLayoutError, backend_problem,
                                          layout_problem, rank_records, step_records)
-from planner.cost_model.profile import ProfileError, for_backend, overpriced_message
+from planner.cost_model.profile import ProfileError, for_backend, priced_s
 from planner.cost_model.memory import PLAIN, TrainMemoryChoice
 from planner.cost_model.profile import HardwareProfile
 from planner.graph.spec import CallSpec, ModelSpec
@@ -142,9 +141,8 @@ def price(ctx: CallContext, layout: Layout, micro_batches: int,
                         dtype_bytes=dtype_bytes_for(m, ctx.profile),
                         zero_stage=memory.zero_stage, recompute=memory.recompute,
                         proximal=ctx.proximal)
-    if not est.time_s <= L.MAX_PRICED_SECONDS:  # NaN too; `what` built only here
-        raise OverpricedLayoutError(overpriced_message(
-            profile, est.time_s, f"a {ctx.call.type} call on {layout} m{micro_batches}"))
+    priced_s(profile, est.time_s, "a {} call on {} m{}", ctx.call.type, layout, micro_batches,
+             error=OverpricedLayoutError)
     mem = est.memory
     return Candidate(layout, micro_batches, est.time_s, mem.params_bytes, mem.resident_bytes,
                      mem.transient_bytes, est.breakdown, mem.grads_bytes, mem.kv_cache_bytes,
