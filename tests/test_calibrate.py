@@ -390,6 +390,52 @@ def test_compare_run_reads_calls_as_calibrate_does(recorded):
     assert cpu["iteration,"] is None and cpu["realloc"] is None
 
 
+def test_compare_run_pools_several_runs_of_the_plan(recorded, tmp_path, capsys):
+    """compare_run PLAN RUN RUN2: the calls' and iteration's samples pooled (a copy of
+    the run 3x slower: the pooled median lies halfway, 2x), each run's median period
+    printed beside them; a run of another plan among them is refused."""
+    import importlib.util
+
+    run, _ = recorded
+    spec_ = importlib.util.spec_from_file_location(
+        "compare_run", Path(__file__).parent.parent / "tools" / "compare_run.py")
+    mod = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(mod)
+    slow = tmp_path / "slow"
+    shutil.copytree(run, slow)
+    doc = json.loads((slow / "trace.json").read_text())
+    for e in doc["traceEvents"]:
+        if e.get("ph") == "X":
+            e["ts"], e["dur"] = 3 * e["ts"], 3 * e["dur"]
+            if "cpu_ms" in e.get("args", {}):
+                e["args"]["cpu_ms"] *= 3
+    (slow / "trace.json").write_text(json.dumps(doc))
+    rows = [json.loads(x) for x in (slow / "metrics.jsonl").read_text().splitlines() if x]
+    rows = [{k: 3 * v if k.startswith("timing_s/") else v for k, v in r.items()} for r in rows]
+    (slow / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plan = str(run / "plan.json")
+    one = {n: (got, cpu) for n, _, got, cpu in mod.compare(plan, str(run), 1)}
+    both = {n: (got, cpu) for n, _, got, cpu in mod.compare(plan, [str(run), str(slow)], 1)}
+    for name, (got, cpu) in one.items():
+        if got > 0:
+            assert both[name][0] == pytest.approx(2 * got, rel=1e-3), name
+        if cpu is not None:
+            assert both[name][1] == pytest.approx(2 * cpu, rel=1e-3), name
+    assert mod.main([plan, str(run), str(slow)]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs pooled; each run's median period: " in out and "(slowest / fastest 3.00x)" in out
+    assert mod.main([plan, str(run), f"{run}/."]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {run}/.: the same run directory as {run}"
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    ran = json.loads((other / "plan.json").read_text())
+    ran["calls"][0]["micro_batches"] *= 2
+    (other / "plan.json").write_text(json.dumps(ran))
+    assert mod.main([plan, str(run), str(other)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {other / 'plan.json'} calls.") and "\n" not in err, err
+
+
 def test_realloc_rows_set_measured_reallocs_beside_the_plans_realloc_term(tmp_path):
     """bench_plans' realloc figure: per realloc step that moved bytes, the median
     measured span (zero-byte iterations left out) beside the estimate's realloc term,

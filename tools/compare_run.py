@@ -1,6 +1,6 @@
 """Estimated vs measured time per call of a finished `runtime run`.
 
-    python tools/compare_run.py runs/demo/plan.json runs/demo/run [--skip 1]
+    python tools/compare_run.py runs/demo/plan.json runs/demo/run [runs/demo/run2 ...] [--skip 1]
 
 Reads the plan's estimates (call durations, realloc, the steady-state
 iteration) and the run's metrics.jsonl (timing_s/<call>, timing_s/realloc,
@@ -15,7 +15,9 @@ estimate; a call with no gap (the first of an iteration) is its span beside
 the estimate without the launch and hand-off terms. Without a trace: the
 span from metrics.jsonl. Checkpoint writes (`runtime run --save-every`, and the
 last iteration's) are not in the plan's estimate: their measured time per
-model save is printed under the table.
+model save is printed under the table. Several runs of the plan are pooled (every
+run's iterations after --skip, every call's spans and gaps) and each run's median
+period is printed: the machine's own speed moves between runs.
 """
 
 from __future__ import annotations
@@ -81,26 +83,44 @@ def _trace_run(plan, run_dir: Path, skip: int):
     return run
 
 
-def compare(plan_path: str, run_dir: str, skip: int
+def compare(plan_path: str, run_dir: str | list[str], skip: int
             ) -> list[tuple[str, float, float, float | None]]:
-    """Rows (name, estimate s, measured s, worker CPU s or None)."""
-    return _compare(load_plan(plan_path), plan_path, Path(run_dir), skip)[0]
+    """Rows (name, estimate s, measured s, worker CPU s or None); several run
+    directories of the plan are pooled."""
+    dirs = [run_dir] if isinstance(run_dir, str) else run_dir
+    return _compare(load_plan(plan_path), plan_path, [Path(d) for d in dirs], skip)[0]
 
 
-def _compare(plan, plan_path: str, run_dir: Path, skip: int):
-    """compare's rows, the metrics after `skip` and the checkpoint writes
-    ((iteration, name) -> s), each read once."""
-    _check_same_plan(plan, plan_path, run_dir)
-    metrics = _metrics(run_dir)[skip:]
-    if not metrics:
-        raise UserError(f"{run_dir}/metrics.jsonl: no iterations after skipping {skip}")
+def _compare(plan, plan_path: str, run_dirs: list[Path], skip: int):
+    """compare's rows over the runs pooled (each run's first `skip` iterations dropped),
+    the metrics, the checkpoint writes (iteration -> s per save, all runs) and each
+    run's median period; each file read once."""
+    metrics: list[dict] = []
+    spans: dict[str, list[float]] = {}
+    gaps: dict[str, list[float]] = {}
+    cpus: dict[str, list[float]] = {}
+    saves: list[tuple[int, float]] = []
+    periods: list[float] = []
+    for run_dir in run_dirs:
+        _check_same_plan(plan, plan_path, run_dir)
+        mine = _metrics(run_dir)[skip:]
+        if not mine:
+            raise UserError(f"{run_dir}/metrics.jsonl: no iterations after skipping {skip}")
+        metrics += mine
+        its = [m["timing_s/iteration"] for m in mine if "timing_s/iteration" in m]
+        periods.append(statistics.median(its) if its else float("nan"))
+        run = _trace_run(plan, run_dir, skip)
+        if run is None:
+            continue
+        for pooled, got in ((spans, run.span_s), (gaps, run.gap_s), (cpus, run.cpu_s)):
+            for name, xs in got.items():
+                pooled.setdefault(name, []).extend(xs)
+        saves += [(k, t) for (k, _), t in run.checkpoint_s.items()]
 
     def median(key: str) -> float:
         vals = [m[key] for m in metrics if key in m]
         return statistics.median(vals) if vals else float("nan")
 
-    run = _trace_run(plan, run_dir, skip)
-    spans, gaps, cpus = (run.span_s, run.gap_s, run.cpu_s) if run else ({}, {}, {})
     rows = []
     for a in plan.calls:
         if a.estimate is None:
@@ -114,7 +134,7 @@ def _compare(plan, plan_path: str, run_dir: Path, skip: int):
         # drawn before start_s as their own timeline events (realloc: its own row)
         est = a.estimate.end_s - a.estimate.start_s
         got = median(f"timing_s/{a.name}")
-        if a.name in spans:
+        if spans.get(a.name):
             got = statistics.median(spans[a.name])
             if gaps.get(a.name):
                 got += statistics.median(gaps[a.name])
@@ -136,21 +156,29 @@ def _compare(plan, plan_path: str, run_dir: Path, skip: int):
         span = "timing_s/iteration_span" if any("timing_s/iteration_span" in m
                                                  for m in metrics) else "timing_s/iteration"
         rows.append(("iteration alone (no overlap)", alone_s, median(span), None))
-    return rows, metrics, run.checkpoint_s if run else {}
+    return rows, metrics, saves, periods
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("plan")
-    ap.add_argument("run_dir")
+    ap.add_argument("run_dir", nargs="+", help="one or more runs of the plan, pooled")
     ap.add_argument("--skip", type=int, default=1, help="warm-up iterations to drop (default 1)")
     args = ap.parse_args(argv)
     if args.skip < 0:
         print(f"error: --skip {args.skip}: expected 0 or more", file=sys.stderr)
         return 2
+    seen: dict[Path, str] = {}
+    for d in args.run_dir:  # one run given twice would count its iterations twice
+        if Path(d).resolve() in seen:
+            print(f"error: {d}: the same run directory as {seen[Path(d).resolve()]}",
+                  file=sys.stderr)
+            return 2
+        seen[Path(d).resolve()] = d
     try:
         plan = load_plan(args.plan)
-        rows, metrics, saves = _compare(plan, args.plan, Path(args.run_dir), args.skip)
+        rows, metrics, saves, periods = _compare(plan, args.plan,
+                                                 [Path(d) for d in args.run_dir], args.skip)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -164,17 +192,24 @@ def main(argv: list[str] | None = None) -> int:
         print("worker CPU: the call's thread CPU time on its busiest device (the native "
               "engine's work; vLLM computes elsewhere); measured span minus it is time the "
               "worker waited, mostly for a core")
+    if len(periods) > 1:
+        # The machine's own speed moves between runs (README, "Measured plan ranking"):
+        # each run's median beside the pooled one.
+        print(f"{len(periods)} runs pooled; each run's median period: "
+              f"{', '.join(f'{x * 1e3:.1f}' for x in periods)} ms "
+              f"(slowest / fastest {max(periods) / min(periods):.2f}x)")
     if saves:
         its = sorted({k for k, _ in saves})
         print(f"checkpoint writes (not in the estimate): "
               f"{', '.join(f'iter_{k:06d}' for k in its)}, "
-              f"median {statistics.median(saves.values()) * 1e3:.1f} ms per model save, on "
+              f"median {statistics.median(t for _, t in saves) * 1e3:.1f} ms per model save, on "
               "the model's home devices (an iteration that saves is slower by about that "
               "per model; models saving on the same devices add up)")
-    tput = statistics.median(m["perf/throughput"] for m in metrics if "perf/throughput" in m)
-    n = plan.cluster.num_devices
-    print(f"throughput: {tput:.0f} tokens/s/device, {tput * n:.0f} tokens/s over {n} devices "
-          f"(median of {len(metrics)} iterations)")
+    tputs = [m["perf/throughput"] for m in metrics if "perf/throughput" in m]
+    if tputs:  # runs recorded before perf/throughput have none
+        tput, n = statistics.median(tputs), plan.cluster.num_devices
+        print(f"throughput: {tput:.0f} tokens/s/device, {tput * n:.0f} tokens/s over {n} "
+              f"devices (median of {len(tputs)} iterations)")
     return 0
 
 
