@@ -52,8 +52,8 @@ demo: install
 	@# at a time (README, "Measured plan ranking"), and a fit on one short run of each
 	@# is a fit on one moment of it.
 	for k in 1 2; do \
-		$(PY) -m runtime.cli run $(CAL)/searched.json --run-dir $(CAL)/run-searched-$$k --iterations 8 --save-every 8 && \
-		$(PY) -m runtime.cli run $(CAL)/split.json --run-dir $(CAL)/run-split-$$k --iterations 8 --save-every 8 || exit 1; \
+		$(PY) -m runtime.cli run $(CAL)/searched.json --run-dir $(CAL)/run-searched-$$k --iterations 16 --save-every 16 && \
+		$(PY) -m runtime.cli run $(CAL)/split.json --run-dir $(CAL)/run-split-$$k --iterations 16 --save-every 16 || exit 1; \
 	done
 	$(PY) -m planner.cli calibrate $(CAL)/run-searched-1 $(CAL)/run-split-1 \
 		$(CAL)/run-searched-2 $(CAL)/run-split-2 \

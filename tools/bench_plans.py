@@ -8,8 +8,9 @@ For tiny PPO, GRPO and ReMax (rule reward, tiny Llamas, one node of --devices
 virtual CPU devices), priced with a profile of this machine (`planner profile
 --quick`, measured first unless --profile is given): searches a plan, builds
 every baseline (colocate, colocate-per-call, split), runs each through
-`runtime run` for --iterations, --repeats times (in rounds: every plan once,
-then again, starting from the next plan), and prints per plan the estimated
+`runtime run` for --iterations, --repeats times (in rounds: every plan of
+every spec once, then again, each spec's plans starting from the next one),
+and prints per plan the estimated
 and measured iteration (median over its runs' iterations, each run's first
 dropped; each run's median beside it), their ratio, per-call ratios (median
 over runs) (a call's time = its launch gap + its span, as `planner calibrate`
@@ -139,26 +140,33 @@ def kendall_tau(xs: list[float], ys: list[float]) -> float:
     return (conc - disc) / denom if denom else float("nan")
 
 
-def measure(spec_name: str, plans: dict[str, Path], out: Path, iterations: int,
-            profile_path: Path, profile, repeats: int = 1) -> dict[str, dict]:
-    """Each plan run `repeats` times, in rounds (every plan once, then again in another
-    order), so a slow spell of the machine lands on several plans, not on all the runs
-    of one: {plan: {"runs": [Run, ...], "plan": ExecutionPlan}}."""
-    res = {name: {"runs": [], "plan": load_plan(path)} for name, path in plans.items()}
-    names = list(plans)
+def measure(plans: dict[str, dict[str, Path]], outs: dict[str, Path], iterations: int,
+            profile_path: Path, profile, repeats: int = 1) -> dict[str, dict[str, dict]]:
+    """Each plan of each spec run `repeats` times, in rounds: every plan of every spec
+    once, then again, each spec's plans in another order. The machine's own speed moves
+    for seconds to minutes at a time (README, "This VM's speed"): in rounds a slow spell
+    lands on several plans and specs, not on all the runs of one plan, nor on the specs
+    held out of a calibration and not on the ones it fits.
+    {spec: {plan: {"runs": [Run, ...], "plan": ExecutionPlan}}}."""
+    res = {spec: {name: {"runs": [], "plan": load_plan(path)} for name, path in ps.items()}
+           for spec, ps in plans.items()}
     for k in range(repeats):
-        # round k starts at the k-th plan: no plan is always the first after a search
-        for plan_name in names[k % len(names):] + names[:k % len(names)]:
-            tag = plan_name if repeats == 1 else f"{plan_name}-{k + 1}"
-            run_dir = out / f"run-{tag}"
-            shutil.rmtree(run_dir, ignore_errors=True)  # an earlier bench's run: another plan
-            _cli(["runtime.cli", "run", str(plans[plan_name]), "--run-dir", str(run_dir),
-                  "--iterations", str(iterations), "--save-every", str(iterations)],
-                 out / f"run-{tag}.log")
-            run = load_run(run_dir, profile, str(profile_path))
-            res[plan_name]["runs"].append(run)
-            print(f"  {spec_name} {tag}: measured "
-                  f"{statistics.median(run.iteration_s) * 1e3:.1f} ms / iteration", flush=True)
+        for spec_name, ps in plans.items():
+            names = list(ps)
+            # round k starts at the k-th plan: no plan is always the first after a search
+            for plan_name in names[k % len(names):] + names[:k % len(names)]:
+                tag = plan_name if repeats == 1 else f"{plan_name}-{k + 1}"
+                out = outs[spec_name]
+                run_dir = out / f"run-{tag}"
+                shutil.rmtree(run_dir, ignore_errors=True)  # an earlier bench's: another plan
+                _cli(["runtime.cli", "run", str(ps[plan_name]), "--run-dir", str(run_dir),
+                      "--iterations", str(iterations), "--save-every", str(iterations)],
+                     out / f"run-{tag}.log")
+                run = load_run(run_dir, profile, str(profile_path))
+                res[spec_name][plan_name]["runs"].append(run)
+                print(f"  {spec_name} {tag}: measured "
+                      f"{statistics.median(run.iteration_s) * 1e3:.1f} ms / iteration",
+                      flush=True)
     return res
 
 
@@ -320,14 +328,13 @@ def main(argv: list[str] | None = None) -> int:
                  out / "profile.log")
         profile = given or load_profile(prof_path)
         figures: dict = {"devices": args.devices, "profile": str(prof_path), "specs": {}}
-        results = {}
-        for name in specs:
-            d = out / name
+        outs = {name: out / name for name in specs}
+        plans = {}
+        for name, d in outs.items():  # every spec's plans first: their runs go in rounds
             d.mkdir(exist_ok=True)
-            spec_path = write_spec(name, args.devices, prof_path, d)
-            plans = make_plans(spec_path, d)
-            results[name] = measure(name, plans, d, args.iterations, prof_path, profile,
-                                    args.repeats)
+            plans[name] = make_plans(write_spec(name, args.devices, prof_path, d), d)
+        results = measure(plans, outs, args.iterations, prof_path, profile, args.repeats)
+        for name in specs:
             figures["specs"][name] = report(name, results[name], profile, "profile as measured")
         for fit_specs in fits:
             label = ",".join(fit_specs)
