@@ -13,8 +13,8 @@ spec.loader.exec_module(bench)
 
 
 def test_runs_go_in_rounds_over_every_spec(monkeypatch, tmp_path):
-    """Every plan of every spec once, then again with each spec's plans starting from
-    the next one: a slow spell of the machine lands on several specs and plans, not on
+    """Every plan of every spec once, then again with the specs and each spec's plans
+    starting from the next one: a slow spell of the machine lands on several specs and plans, not on
     the specs a calibration holds out."""
     ran = []
 
@@ -31,7 +31,7 @@ def test_runs_go_in_rounds_over_every_spec(monkeypatch, tmp_path):
     res = bench.measure(plans, outs, 8, tmp_path / "p.json", None, repeats=2)
     assert ran == ["tiny-ppo/run-searched-1", "tiny-ppo/run-split-1",
                    "tiny-grpo/run-searched-1", "tiny-grpo/run-split-1",
-                   "tiny-ppo/run-split-2", "tiny-ppo/run-searched-2",
-                   "tiny-grpo/run-split-2", "tiny-grpo/run-searched-2"]
+                   "tiny-grpo/run-split-2", "tiny-grpo/run-searched-2",
+                   "tiny-ppo/run-split-2", "tiny-ppo/run-searched-2"]
     assert [r.path.name for r in res["tiny-grpo"]["split"]["runs"]] == ["run-split-1",
                                                                          "run-split-2"]

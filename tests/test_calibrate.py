@@ -424,8 +424,10 @@ def test_compare_run_pools_several_runs_of_the_plan(recorded, tmp_path, capsys):
     assert mod.main([plan, str(run), str(slow)]) == 0
     out = capsys.readouterr().out
     assert "2 runs pooled; each run's median period: " in out and "(slowest / fastest 3.00x)" in out
-    assert mod.main([plan, str(run), f"{run}/."]) == 2
-    assert capsys.readouterr().err.strip() == f"error: {run}/.: the same run directory as {run}"
+    alias = tmp_path / "alias"
+    alias.symlink_to(run)
+    assert mod.main([plan, str(run), str(alias)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {alias}: the same run directory as {run}"
     other = tmp_path / "other"
     shutil.copytree(run, other)
     ran = json.loads((other / "plan.json").read_text())

@@ -16,7 +16,7 @@ spec.loader.exec_module(machine_speed)
 
 def test_summary_reads_a_machine_that_is_fast_then_slow():
     """10 s of 10 ms chunks at the fastest speed, then 10 s at 1.5x: per 5 s window
-    1.00, 1.00, 1.50, 1.50; half the chunks slow."""
+    1.00, 1.00, 1.50, 1.50; 40% of the chunks slow (667 of 1667)."""
     times = [(i * 0.01, 0.01) for i in range(1000)] + \
         [(10 + i * 0.015, 0.015) for i in range(667)]
     first, windows, spread = machine_speed.summary(times, 5.0)
@@ -30,10 +30,13 @@ def test_the_probe_runs_and_refuses_bad_flags(capsys):
     assert machine_speed.main(["--seconds", "0.3", "--window", "0.1"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 3 and out[1].startswith("mean slowdown per 0.1 s window: ")
-    for flag, value in (("--seconds", "nan"), ("--seconds", "-1"), ("--window", "0")):
+    assert machine_speed.main(["--seconds", "0.01"]) == 0  # at least one chunk, always
+    assert capsys.readouterr().out.split(" chunks,")[0] in {"1", "2", "3", "4", "5"}
+    for flag, value in (("--seconds", "nan"), ("--seconds", "-1"), ("--seconds", "1e-9"),
+                        ("--window", "0"), ("--window", "1e-320"), ("--window", "inf")):
         assert machine_speed.main([flag, value]) == 2
         err = capsys.readouterr().err.strip()
-        assert err == (f"error: {flag} {float(value):g}: expected a number of seconds above "
-                       "0 and below 86400")
+        assert err == (f"error: {flag} {float(value):g}: expected a number of seconds from "
+                       "0.01 to 86400")
     with pytest.raises(SystemExit):
         machine_speed.main(["--seconds", "ten"])

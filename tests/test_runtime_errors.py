@@ -545,3 +545,47 @@ def test_compare_run_refuses_negative_skip_and_bad_cpu_times(capsys, tmp_path):
         assert tool.main([str(plan), str(run), "--skip", "0"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"args.cpu_ms {bad!r} (expected a finite number >= 0)" in err[0]
+
+
+def test_compare_run_refuses_bad_metrics_and_runs_recorded_unlike(capsys, tmp_path):
+    """A timing or throughput that is null, NaN, text or below 0 in metrics.jsonl: one
+    line naming the file, line and key (null was a TypeError traceback). Runs pooled
+    with and without a trace: refused (calls came from the traced ones only, the
+    iteration from all). A zero period among pooled runs prints no spread (was a
+    ZeroDivisionError)."""
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("compare_run", ROOT / "tools" / "compare_run.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    plan = colocated_tiny_ppo(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(plan, run / "plan.json")
+    good = {"iteration": 0, "timing_s/iteration": 0.1, "perf/throughput": 1.0}
+    for key, bad in (("timing_s/iteration", None), ("timing_s/actor_gen", "NaN"),
+                     ("perf/throughput", -1), ("timing_s/realloc", float("nan"))):
+        rows = [good, {**good, key: bad}]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        assert tool.main([str(plan), str(run), "--skip", "0"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"error: {run / 'metrics.jsonl'} line 2 {key}: {bad!r}, expected a "
+                       "finite number of 0 or more"], err
+    (run / "metrics.jsonl").write_text(json.dumps(good) + "\n")
+    zero = tmp_path / "zero"
+    shutil.copytree(run, zero)
+    (zero / "metrics.jsonl").write_text(json.dumps({**good, "timing_s/iteration": 0}) + "\n")
+    assert tool.main([str(plan), str(run), str(zero), "--skip", "0"]) == 0
+    assert "2 runs pooled; each run's median period: 100.0, 0.0 ms\n" in capsys.readouterr().out
+    traced = tmp_path / "traced"
+    shutil.copytree(run, traced)
+    from planner.plan import load_plan
+    (traced / "spec.json").write_text(load_plan(plan).spec.model_dump_json())
+    event = {"ph": "X", "name": "actor_gen", "pid": 0, "tid": 0, "ts": 0, "dur": 10,
+             "args": {"iteration": 0, "gpu": 0, "kind": "call"}}
+    (traced / "trace.json").write_text(json.dumps({"traceEvents": [event]}))
+    assert tool.main([str(plan), str(traced), str(run), "--skip", "0"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {run}: no trace.json or spec.json, while {traced} has them (pool runs "
+        "recorded alike)")

@@ -16,14 +16,16 @@ the estimate without the launch and hand-off terms. Without a trace: the
 span from metrics.jsonl. Checkpoint writes (`runtime run --save-every`, and the
 last iteration's) are not in the plan's estimate: their measured time per
 model save is printed under the table. Several runs of the plan are pooled (every
-run's iterations after --skip, every call's spans and gaps) and each run's median
-period is printed: the machine's own speed moves between runs.
+run's iterations after --skip, every call's spans and gaps; all with a trace or
+none) and each run's median period is printed: the machine's own speed moves
+between runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -41,10 +43,24 @@ def _metrics(run_dir: Path) -> list[dict]:
         lines = path.read_text().splitlines()
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None
-    try:
-        return [json.loads(x) for x in lines if x.strip()]
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not JSON lines ({err})") from None
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path} line {n}: not JSON ({err})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path} line {n}: expected an object of metrics")
+        for key, value in row.items():  # the figures this table takes medians of
+            if key.startswith("timing_s/") or key == "perf/throughput":
+                if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                        or not math.isfinite(value) or value < 0:
+                    raise UserError(f"{path} line {n} {key}: {value!r}, expected a finite "
+                                    "number of 0 or more")
+        rows.append(row)
+    return rows
 
 
 def _check_same_plan(plan, plan_path: str, run_dir: Path) -> None:
@@ -87,7 +103,7 @@ def compare(plan_path: str, run_dir: str | list[str], skip: int
             ) -> list[tuple[str, float, float, float | None]]:
     """Rows (name, estimate s, measured s, worker CPU s or None); several run
     directories of the plan are pooled."""
-    dirs = [run_dir] if isinstance(run_dir, str) else run_dir
+    dirs = [run_dir] if isinstance(run_dir, (str, Path)) else run_dir
     return _compare(load_plan(plan_path), plan_path, [Path(d) for d in dirs], skip)[0]
 
 
@@ -101,6 +117,17 @@ def _compare(plan, plan_path: str, run_dirs: list[Path], skip: int):
     cpus: dict[str, list[float]] = {}
     saves: list[tuple[int, float]] = []
     periods: list[float] = []
+    seen: dict[Path, Path] = {}
+    for run_dir in run_dirs:  # one run given twice would count its iterations twice
+        if run_dir.resolve() in seen:
+            raise UserError(f"{run_dir}: the same run directory as {seen[run_dir.resolve()]}")
+        seen[run_dir.resolve()] = run_dir
+    traced = [d for d in run_dirs if (d / "trace.json").exists() and (d / "spec.json").exists()]
+    if traced and len(traced) < len(run_dirs):
+        # calls come from traces, the iteration from metrics: mixed, they would disagree
+        bare = next(d for d in run_dirs if d not in traced)
+        raise UserError(f"{bare}: no trace.json or spec.json, while {traced[0]} has them "
+                        "(pool runs recorded alike)")
     for run_dir in run_dirs:
         _check_same_plan(plan, plan_path, run_dir)
         mine = _metrics(run_dir)[skip:]
@@ -168,13 +195,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.skip < 0:
         print(f"error: --skip {args.skip}: expected 0 or more", file=sys.stderr)
         return 2
-    seen: dict[Path, str] = {}
-    for d in args.run_dir:  # one run given twice would count its iterations twice
-        if Path(d).resolve() in seen:
-            print(f"error: {d}: the same run directory as {seen[Path(d).resolve()]}",
-                  file=sys.stderr)
-            return 2
-        seen[Path(d).resolve()] = d
     try:
         plan = load_plan(args.plan)
         rows, metrics, saves, periods = _compare(plan, args.plan,
@@ -193,11 +213,13 @@ def main(argv: list[str] | None = None) -> int:
               "engine's work; vLLM computes elsewhere); measured span minus it is time the "
               "worker waited, mostly for a core")
     if len(periods) > 1:
-        # The machine's own speed moves between runs (README, "Measured plan ranking"):
-        # each run's median beside the pooled one.
+        # The machine's own speed moves between runs (README, "This VM's speed"): each
+        # run's median beside the pooled one.
+        timed = [x for x in periods if x > 0]  # NaN: a run without timing_s/iteration
+        spread = (f" (slowest / fastest {max(timed) / min(timed):.2f}x)"
+                  if len(timed) > 1 else "")
         print(f"{len(periods)} runs pooled; each run's median period: "
-              f"{', '.join(f'{x * 1e3:.1f}' for x in periods)} ms "
-              f"(slowest / fastest {max(periods) / min(periods):.2f}x)")
+              f"{', '.join(f'{x * 1e3:.1f}' for x in periods)} ms{spread}")
     if saves:
         its = sorted({k for k, _ in saves})
         print(f"checkpoint writes (not in the estimate): "
