@@ -287,15 +287,22 @@ def test_bench_zero_bad_flags(capsys, flags, expected):
     assert info.value.code == 2 and expected in capsys.readouterr().err.strip().splitlines()[-1]
 
 
-def test_compare_run_refuses_another_plans_run(capsys, tmp_path):
-    """tools/compare_run.py PLAN RUN_DIR: a run of another plan (its plan.json copy) is
-    refused in one line, exit 2 (it printed the other plan's estimates beside the run)."""
+def _compare_run_tool():
+    """tools/compare_run.py as a module."""
     import importlib.util
-    import shutil
 
     spec = importlib.util.spec_from_file_location("compare_run", ROOT / "tools" / "compare_run.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    return tool
+
+
+def test_compare_run_refuses_another_plans_run(capsys, tmp_path):
+    """tools/compare_run.py PLAN RUN_DIR: a run of another plan (its plan.json copy) is
+    refused in one line, exit 2 (it printed the other plan's estimates beside the run)."""
+    import shutil
+
+    tool = _compare_run_tool()
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(realloc_tiny_ppo(tmp_path), run / "plan.json")
@@ -523,12 +530,9 @@ def test_bench_plans_bad_flags(capsys, tmp_path, flags, expected):
 def test_compare_run_refuses_negative_skip_and_bad_cpu_times(capsys, tmp_path):
     """compare_run --skip -1 read only the last iteration; a trace's cpu_ms of true, NaN
     or below 0 was read as a number. Both: one line, exit 2."""
-    import importlib.util
     import shutil
 
-    spec = importlib.util.spec_from_file_location("compare_run", ROOT / "tools" / "compare_run.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = _compare_run_tool()
     plan = colocated_tiny_ppo(tmp_path)
     run = tmp_path / "run"
     run.mkdir()
@@ -553,12 +557,9 @@ def test_compare_run_refuses_bad_metrics_and_runs_recorded_unlike(capsys, tmp_pa
     with and without a trace: refused (calls came from the traced ones only, the
     iteration from all). A zero period among pooled runs prints no spread (was a
     ZeroDivisionError)."""
-    import importlib.util
     import shutil
 
-    spec = importlib.util.spec_from_file_location("compare_run", ROOT / "tools" / "compare_run.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = _compare_run_tool()
     plan = colocated_tiny_ppo(tmp_path)
     run = tmp_path / "run"
     run.mkdir()

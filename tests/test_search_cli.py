@@ -161,15 +161,10 @@ def test_evaluate_a_searched_plan_file(spec_file, tmp_path, capsys):
         "which it waits for in the same iteration; re-run `planner search`"), err
 
 
-def test_polish_keeps_the_period_and_takes_faster_calls_off_the_critical_path(tmp_path):
-    """polish (planner/search/driver.py) on random legal plans of tiny PPO on 2 devices:
-    the period never grows, the plan stays legal, and afterwards no call can take a
-    faster candidate on its devices without growing the period; calls off the critical
-    path do move."""
-    import random
+def _two_device_ppo(tmp_path):
+    """The search problem of tiny PPO on 2 devices and its simulator."""
     from pathlib import Path
 
-    from planner.search.driver import PERIOD_TIE_REL, polish
     from planner.search.problem import build_problem
     from planner.search.simulator import Simulator
 
@@ -177,7 +172,19 @@ def test_polish_keeps_the_period_and_takes_faster_calls_off_the_critical_path(tm
     path = tmp_path / "two.yaml"
     path.write_text(text.replace("gpus_per_node: 4", "gpus_per_node: 2"))
     p = build_problem(load_spec(path), top_k=40)
-    sim = Simulator(p)
+    return p, Simulator(p)
+
+
+def test_polish_keeps_the_period_and_takes_faster_calls_off_the_critical_path(tmp_path):
+    """polish (planner/search/driver.py) on random legal plans of tiny PPO on 2 devices:
+    the period never grows, the plan stays legal, and afterwards no call can take a
+    faster candidate on its devices without growing the period; calls off the critical
+    path do move."""
+    import random
+
+    from planner.search.driver import PERIOD_TIE_REL, polish
+
+    p, sim = _two_device_ppo(tmp_path)
     rng = random.Random(0)
     moved_total = tried = 0
     while tried < 20:
@@ -208,17 +215,11 @@ def test_polish_takes_a_faster_call_whose_equal_period_comes_back_an_ulp_larger(
     that as the same period."""
     import math
     import random
-    from pathlib import Path
 
     import planner.search.driver as driver
-    from planner.search.problem import build_problem
     from planner.search.simulator import Simulator
 
-    text = (Path(__file__).parent.parent / "specs" / "tiny-ppo-cpu.yaml").read_text()
-    path = tmp_path / "two.yaml"
-    path.write_text(text.replace("gpus_per_node: 4", "gpus_per_node: 2"))
-    p = build_problem(load_spec(path), top_k=40)
-    sim = Simulator(p)
+    p, sim = _two_device_ppo(tmp_path)
     rng = random.Random(0)
 
     def slower_at_same_period(polished):
@@ -257,17 +258,11 @@ def test_polish_never_gives_back_a_gain_it_made(tmp_path, monkeypatch):
     it started: refused (a ceiling fixed at the start period took it, 15 of 300 random
     plans of the 16-GPU PPO spec came out up to 0.015% slower than before the ulp rule)."""
     import random
-    from pathlib import Path
 
     import planner.search.driver as driver
-    from planner.search.problem import build_problem
     from planner.search.simulator import Simulator
 
-    text = (Path(__file__).parent.parent / "specs" / "tiny-ppo-cpu.yaml").read_text()
-    path = tmp_path / "two.yaml"
-    path.write_text(text.replace("gpus_per_node: 4", "gpus_per_node: 2"))
-    p = build_problem(load_spec(path), top_k=40)
-    sim = Simulator(p)
+    p, sim = _two_device_ppo(tmp_path)
     rng = random.Random(0)
 
     def has_faster(a, i):
