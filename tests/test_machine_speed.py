@@ -31,7 +31,7 @@ def test_the_probe_runs_and_refuses_bad_flags(capsys):
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 3 and out[1].startswith("mean slowdown per 0.1 s window: ")
     assert machine_speed.main(["--seconds", "0.01"]) == 0  # at least one chunk, always
-    assert capsys.readouterr().out.split(" chunks,")[0] in {"1", "2", "3", "4", "5"}
+    assert int(capsys.readouterr().out.split(" chunks,")[0]) >= 1
     for flag, value in (("--seconds", "nan"), ("--seconds", "-1"), ("--seconds", "1e-9"),
                         ("--window", "0"), ("--window", "1e-320"), ("--window", "inf")):
         assert machine_speed.main([flag, value]) == 2

@@ -573,6 +573,18 @@ def test_compare_run_refuses_bad_metrics_and_runs_recorded_unlike(capsys, tmp_pa
         err = capsys.readouterr().err.strip().splitlines()
         assert err == [f"error: {run / 'metrics.jsonl'} line 2 {key}: {bad!r}, expected a "
                        "finite number of 0 or more"], err
+    huge = 10 ** 400  # an int no float holds
+    (run / "metrics.jsonl").write_text(json.dumps({**good, "timing_s/iteration": huge}) + "\n")
+    assert tool.main([str(plan), str(run), "--skip", "0"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {run / 'metrics.jsonl'} line 1 timing_s/iteration: {str(huge)[:37]}..., "
+        "expected a finite number of 0 or more")
+    for raw, expected in ((b"\xff\xfe{}\n", "not UTF-8 text"),
+                          (b"[" * 100000 + b"\n", "line 1: not JSON (")):
+        (run / "metrics.jsonl").write_bytes(raw)
+        assert tool.main([str(plan), str(run), "--skip", "0"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], err
     (run / "metrics.jsonl").write_text(json.dumps(good) + "\n")
     zero = tmp_path / "zero"
     shutil.copytree(run, zero)

@@ -43,21 +43,28 @@ def _metrics(run_dir: Path) -> list[dict]:
         lines = path.read_text().splitlines()
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
     rows = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path} line {n}: not JSON ({err})") from None
+        except (ValueError, RecursionError) as err:  # JSONDecodeError, too many digits, nesting
+            raise UserError(f"{path} line {n}: not JSON ({str(err)[:120]})") from None
         if not isinstance(row, dict):
             raise UserError(f"{path} line {n}: expected an object of metrics")
         for key, value in row.items():  # the figures this table takes medians of
             if key.startswith("timing_s/") or key == "perf/throughput":
-                if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                        or not math.isfinite(value) or value < 0:
-                    raise UserError(f"{path} line {n} {key}: {value!r}, expected a finite "
+                try:  # an int too large for a float is no timing either
+                    number = float(value) if isinstance(value, (int, float)) \
+                        and not isinstance(value, bool) else math.nan
+                except OverflowError:
+                    number = math.nan
+                if not math.isfinite(number) or number < 0:
+                    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+                    raise UserError(f"{path} line {n} {key}: {shown}, expected a finite "
                                     "number of 0 or more")
         rows.append(row)
     return rows

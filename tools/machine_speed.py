@@ -9,7 +9,7 @@ speed a virtual machine's neighbours move most. Prints each chunk's time relativ
 to the fastest one as percentiles, and per --window seconds the mean slowdown and
 the share of chunks over 1.25x the fastest. A steady machine reads about 1.0x
 everywhere; the VM this project is measured on read 1.03x and 1.45x in turns,
-spells of 0.5-5 s (README, "Measured plan ranking"), which no cost model calibrated
+spells of 0.5-5 s (README, "This VM's speed"), which no cost model calibrated
 a minute earlier can predict. Figures taken while the windows disagree by more than
 the error a benchmark is judged by are noise, not evidence.
 """

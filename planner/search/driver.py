@@ -156,7 +156,8 @@ def polish(p: Problem, assign: tuple[int, ...], order: list[float] | None,
     period = sim.period(tuple(best))
     # The same period reached through another plan's float sums can come back a few
     # ulps larger (5e-17 s in a 120 ms plan kept a critic's training at 2 recomputed
-    # micro-batches, measured 1.7x the plain layout's estimate). The ceiling follows the
+    # micro-batches, measured 1.7x its own estimate, where the plain layout fits the
+    # same period). The ceiling follows the
     # best period reached, so a move never gives back an earlier move's gain and the
     # tolerance cannot creep.
     ceiling = period * (1 + PERIOD_TIE_REL)
