@@ -109,10 +109,16 @@ HOST_KEYS = ("host_s", "host_cpu_s", "host_queued_s")
 MAX_METRIC_S = 86400.0
 
 
-def _finite_in(value, hi: float = math.inf) -> bool:
-    """Whether a recorded time is a finite number in [0, hi] (a JSON bool is not one)."""
-    return (not isinstance(value, bool) and isinstance(value, (int, float))
-            and math.isfinite(value) and 0 <= value <= hi)
+def finite_in(value, hi: float = math.inf) -> bool:
+    """Whether a recorded time is a finite number in [0, hi] (a JSON bool is not one,
+    nor an integer past a float's range, which JSON allows)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        number = float(value)
+    except OverflowError:
+        return False
+    return math.isfinite(number) and 0 <= number <= hi
 
 
 def _check_rows(rows: list, metrics: Path) -> None:
@@ -129,20 +135,35 @@ def _check_rows(rows: list, metrics: Path) -> None:
             if not (key in ("timing_s/iteration", "timing_s/iteration_span")
                     or key.split("/")[0] in HOST_KEYS):
                 continue
-            if not _finite_in(value, MAX_METRIC_S):
+            if not finite_in(value, MAX_METRIC_S):
                 raise CalibrateError(f"{metrics} iteration {it} {key}: {value!r} (expected "
                                      f"a finite number of seconds in [0, {MAX_METRIC_S:g}])")
 
 
-def _read_json(path: Path):
+def _read_text(path: Path) -> str:
     try:
-        text = path.read_text()
+        return path.read_text()
     except OSError as err:
         raise CalibrateError(f"{path}: cannot read ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise CalibrateError(f"{path}: not UTF-8 text") from None
+
+
+def _json_value(text: str, where: str, line_numbers: bool = True):
+    """`text` parsed, else a CalibrateError naming `where` (and the line, if asked):
+    bad syntax, but also a number of more digits than Python converts or nesting deeper
+    than its parser goes (a plain ValueError and a RecursionError)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise CalibrateError(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from None
+        line = f":{err.lineno}" if line_numbers else ""
+        raise CalibrateError(f"{where}{line}: not valid JSON: {err.msg}") from None
+    except (ValueError, RecursionError) as err:
+        raise CalibrateError(f"{where}: not valid JSON: {str(err)[:120]}") from None
+
+
+def _read_json(path: Path):
+    return _json_value(_read_text(path), str(path))
 
 
 def _field(doc: dict, key: str, path: Path, kind: type):
@@ -176,10 +197,7 @@ def load_run(run_dir: str | Path, profile: HardwareProfile, profile_path: str,
     if spec.spec_hash() != spec_hash:
         raise CalibrateError(f"{d / 'run.json'} spec_hash: the run was made for another spec "
                              f"than {d / 'spec.json'}")
-    try:
-        plan_text = (d / "plan.json").read_text()
-    except OSError as err:
-        raise CalibrateError(f"{d / 'plan.json'}: cannot read ({err.strerror})") from None
+    plan_text = _read_text(d / "plan.json")
     try:
         plan = plan_from_json_text(plan_text, file=str(d / "plan.json"), spec=spec)
     except UserError as err:
@@ -187,13 +205,8 @@ def load_run(run_dir: str | Path, profile: HardwareProfile, profile_path: str,
     run = Run(d, spec, plan)
     read_trace(run, d / "trace.json", skip)
     metrics = d / "metrics.jsonl"
-    try:
-        lines = metrics.read_text().splitlines()
-        rows = [json.loads(x) for x in lines if x.strip()]
-    except OSError as err:
-        raise CalibrateError(f"{metrics}: cannot read ({err.strerror})") from None
-    except json.JSONDecodeError as err:
-        raise CalibrateError(f"{metrics}: not JSON lines ({err.msg})") from None
+    rows = [_json_value(x, f"{metrics} line {n}", line_numbers=False)
+            for n, x in enumerate(_read_text(metrics).splitlines(), 1) if x.strip()]
     _check_rows(rows, metrics)  # every row an object with an integer iteration
     measured = [r for r in rows if r["iteration"] >= skip and "timing_s/iteration" in r]
     run.iteration_s = [float(r["timing_s/iteration"]) for r in measured]
@@ -243,7 +256,7 @@ def read_trace(run: Run, path: Path, skip: int) -> None:
                 box[2].add(device)
                 if "cpu_ms" in args:
                     cpu = args["cpu_ms"]
-                    if not _finite_in(cpu):
+                    if not finite_in(cpu):
                         raise ValueError(f"event {e.get('name')!r}: args.cpu_ms {cpu!r} "
                                          "(expected a finite number >= 0)")
                     box[3] = max(box[3] or 0.0, cpu * 1e-3)

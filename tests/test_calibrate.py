@@ -290,6 +290,29 @@ def test_bad_inputs_exit_2_with_one_line(recorded, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_run_files_json_cannot_parse_or_hold_exit_2(recorded, tmp_path, capsys):
+    """metrics.jsonl or plan.json that are not UTF-8, nested past the parser, hold a
+    number of more digits than Python converts or an integer no float holds: one line,
+    exit 2 (each was a traceback: UnicodeDecodeError, RecursionError, ValueError,
+    OverflowError)."""
+    run, prof_path = recorded
+    out = tmp_path / "o.json"
+    cases = [("metrics.jsonl", b"\xff\xfe\n", "metrics.jsonl: not UTF-8 text"),
+             ("metrics.jsonl", b"[" * 100000 + b"\n", "metrics.jsonl line 1: not valid JSON"),
+             ("metrics.jsonl", b'{"iteration": 0, "timing_s/iteration": 1' + b"0" * 5000
+              + b"}\n", "metrics.jsonl line 1: not valid JSON"),
+             ("metrics.jsonl", b'{"iteration": 0, "timing_s/iteration": 1' + b"0" * 400
+              + b"}\n", "timing_s/iteration"),
+             ("plan.json", b"\xff\xfe", "plan.json: not UTF-8 text")]
+    for k, (name, raw, expected) in enumerate(cases):
+        bad = tmp_path / f"bad{k}"
+        shutil.copytree(run, bad)
+        (bad / name).write_bytes(raw)
+        _one_line_exit_2(["calibrate", str(bad), "--profile", str(prof_path), "-o", str(out)],
+                         capsys, expected)
+    assert not out.exists()
+
+
 def test_runtime_terms_are_named_in_the_breakdown():
     from planner.cost_model import estimate_call, realloc_cost
     from planner.cost_model.profile import CallCorrection
