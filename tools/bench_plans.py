@@ -10,8 +10,7 @@ virtual CPU devices), priced with a profile of this machine (`planner profile
 every baseline (colocate, colocate-per-call, split), runs each through
 `runtime run` for --iterations, --repeats times (in rounds: every plan of
 every spec once, then again, the specs and each spec's plans starting from
-the next one),
-and prints per plan the estimated
+the next one), and prints per plan the estimated
 and measured iteration (median over its runs' iterations, each run's first
 dropped; each run's median beside it), their ratio, per-call ratios (median
 over runs) (a call's time = its launch gap + its span, as `planner calibrate`
@@ -144,23 +143,24 @@ def kendall_tau(xs: list[float], ys: list[float]) -> float:
 def measure(plans: dict[str, dict[str, Path]], outs: dict[str, Path], iterations: int,
             profile_path: Path, profile, repeats: int = 1) -> dict[str, dict[str, dict]]:
     """Each plan of each spec run `repeats` times, in rounds: every plan of every spec
-    once, then again, the specs and each spec's plans in another order. The machine's own speed moves
-    for seconds to minutes at a time (README, "This VM's speed"): in rounds a slow spell
-    lands on several plans and specs, not on all the runs of one plan, nor on the specs
-    held out of a calibration and not on the ones it fits.
+    once, then again, the specs and each spec's plans in another order. The machine's
+    own speed moves for seconds to minutes at a time (README, "This VM's speed"): in
+    rounds a slow spell lands on several plans and specs, not on all the runs of one
+    plan, nor on the specs held out of a calibration and not on the ones it fits.
     {spec: {plan: {"runs": [Run, ...], "plan": ExecutionPlan}}}."""
     res = {spec: {name: {"runs": [], "plan": load_plan(path)} for name, path in ps.items()}
            for spec, ps in plans.items()}
-    specs = list(plans)
+    def turned(names, k: int) -> list:  # from the k-th on, then the ones before it
+        names = list(names)
+        return names[k % len(names):] + names[:k % len(names)]
+
     for k in range(repeats):
         # round k starts at the k-th spec, and each spec's plans at its k-th plan: no
         # spec or plan always runs at the same point of a round
-        for spec_name in specs[k % len(specs):] + specs[:k % len(specs)]:
-            names = list(plans[spec_name])
-            ps = plans[spec_name]
-            for plan_name in names[k % len(names):] + names[:k % len(names)]:
+        for spec_name in turned(plans, k):
+            ps, out = plans[spec_name], outs[spec_name]
+            for plan_name in turned(ps, k):
                 tag = plan_name if repeats == 1 else f"{plan_name}-{k + 1}"
-                out = outs[spec_name]
                 run_dir = out / f"run-{tag}"
                 shutil.rmtree(run_dir, ignore_errors=True)  # an earlier bench's: another plan
                 _cli(["runtime.cli", "run", str(ps[plan_name]), "--run-dir", str(run_dir),

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from planner.calibration import finite_in  # noqa: E402
 from planner.cost_model.runtime_terms import gap_terms_s  # noqa: E402
 from planner.errors import UserError  # noqa: E402
 from planner.plan import load_plan  # noqa: E402
@@ -56,16 +56,11 @@ def _metrics(run_dir: Path) -> list[dict]:
         if not isinstance(row, dict):
             raise UserError(f"{path} line {n}: expected an object of metrics")
         for key, value in row.items():  # the figures this table takes medians of
-            if key.startswith("timing_s/") or key == "perf/throughput":
-                try:  # an int too large for a float is no timing either
-                    number = float(value) if isinstance(value, (int, float)) \
-                        and not isinstance(value, bool) else math.nan
-                except OverflowError:
-                    number = math.nan
-                if not math.isfinite(number) or number < 0:
-                    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-                    raise UserError(f"{path} line {n} {key}: {shown}, expected a finite "
-                                    "number of 0 or more")
+            if (key.startswith("timing_s/") or key == "perf/throughput") \
+                    and not finite_in(value):
+                shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+                raise UserError(f"{path} line {n} {key}: {shown}, expected a finite number "
+                                "of 0 or more")
         rows.append(row)
     return rows
 
@@ -88,13 +83,18 @@ def _check_same_plan(plan, plan_path: str, run_dir: Path) -> None:
                             f"{' m'.join(map(str, mine.get(a.name, ('none',))))}")
 
 
+def _has_trace(run_dir: Path) -> bool:
+    """Whether the run recorded what the per-call rows are read from."""
+    return (run_dir / "trace.json").exists() and (run_dir / "spec.json").exists()
+
+
 def _trace_run(plan, run_dir: Path, skip: int):
     """The run's trace as planner calibrate reads it (calibration.Run: per call spans,
     launch gaps, worker CPU times after `skip`; checkpoint writes); None without one."""
     from planner.calibration import Run, read_trace
     from planner.graph.spec import Spec
 
-    if not (run_dir / "trace.json").exists() or not (run_dir / "spec.json").exists():
+    if not _has_trace(run_dir):
         return None
     try:
         spec = Spec.model_validate_json((run_dir / "spec.json").read_text())
@@ -129,7 +129,7 @@ def _compare(plan, plan_path: str, run_dirs: list[Path], skip: int):
         if run_dir.resolve() in seen:
             raise UserError(f"{run_dir}: the same run directory as {seen[run_dir.resolve()]}")
         seen[run_dir.resolve()] = run_dir
-    traced = [d for d in run_dirs if (d / "trace.json").exists() and (d / "spec.json").exists()]
+    traced = [d for d in run_dirs if _has_trace(d)]
     if traced and len(traced) < len(run_dirs):
         # calls come from traces, the iteration from metrics: mixed, they would disagree
         bare = next(d for d in run_dirs if d not in traced)

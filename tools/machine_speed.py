@@ -31,6 +31,7 @@ def chunk_times(seconds: float) -> list[tuple[float, float]]:
     torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(0)
     x, w = torch.randn(32, 64, generator=gen), torch.randn(64, 64, generator=gen)
+
     def chunk():
         for _ in range(300):
             (torch.nn.functional.silu(x @ w) + x).softmax(-1)

@@ -157,9 +157,8 @@ def polish(p: Problem, assign: tuple[int, ...], order: list[float] | None,
     # The same period reached through another plan's float sums can come back a few
     # ulps larger (5e-17 s in a 120 ms plan kept a critic's training at 2 recomputed
     # micro-batches, measured 1.7x its own estimate, where the plain layout fits the
-    # same period). The ceiling follows the
-    # best period reached, so a move never gives back an earlier move's gain and the
-    # tolerance cannot creep.
+    # same period). The ceiling follows the best period reached, so a move never gives
+    # back an earlier move's gain and the tolerance cannot creep.
     ceiling = period * (1 + PERIOD_TIE_REL)
     moved, again = 0, True
     while again:  # until no call moves: a move can open room for an earlier call
@@ -170,14 +169,14 @@ def polish(p: Problem, assign: tuple[int, ...], order: list[float] | None,
                             if (c.lo, c.hi) == (cur.lo, cur.hi) and c.time_s < cur.time_s)
             for _, j in faster:
                 if deadline is not None and time.perf_counter() > deadline:
-                    return tuple(best), sim.period(tuple(best)), moved
+                    return tuple(best), period, moved
                 trial = tuple(best[:i] + [j] + best[i + 1:])
                 if sim.feasible(trial) and (trial_s := sim.period(trial)) <= ceiling:
-                    best[i] = j
+                    best[i], period = j, trial_s  # best is the trial: its period
                     ceiling = min(ceiling, trial_s * (1 + PERIOD_TIE_REL))
                     moved, again = moved + 1, True
                     break
-    return tuple(best), sim.period(tuple(best)), moved
+    return tuple(best), period, moved
 
 
 def search(spec: Spec, *, spec_path: str | Path | None = None, method: str = "auto",
