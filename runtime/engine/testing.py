@@ -49,8 +49,11 @@ def make_hf_checkpoint(path: str, arch: ModelArch, head: HeadType = "lm", seed: 
 
 
 def free_port() -> int:
+    # On every address, as the rendezvous store listens: a port free on 127.0.0.1 may be
+    # taken on the node's own IP (a Ray process's server), and the store then fails
+    # with EADDRINUSE (seen with two test processes at once).
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))
         return s.getsockname()[1]
 
 

@@ -25,8 +25,11 @@ OPS = ("all_reduce", "all_gather", "broadcast", "p2p")
 
 
 def _free_port() -> int:
+    # On every address, as the rendezvous store listens: a port free on 127.0.0.1 may be
+    # taken on the node's own IP (a Ray process's server), and the store then fails
+    # with EADDRINUSE (seen with two test processes at once).
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))
         return s.getsockname()[1]
 
 
