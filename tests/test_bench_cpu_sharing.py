@@ -3,15 +3,16 @@ compute at once (README, "Two calls at once on two cores")."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import subprocess
 import sys
 from pathlib import Path
 
 TOOL = Path(__file__).parent.parent / "tools" / "bench_cpu_sharing.py"
-spec = importlib.util.spec_from_file_location("bench_cpu_sharing", TOOL)
-bench_cpu_sharing = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench_cpu_sharing)
+# Imported by its name from tools/ (on sys.path, which spawned processes inherit), so
+# its worker function pickles by reference into measure's processes.
+sys.path.insert(0, str(TOOL.parent))
+bench_cpu_sharing = importlib.import_module("bench_cpu_sharing")
 
 
 def test_table_divides_the_median_process_by_the_one_alone():
@@ -39,3 +40,13 @@ def test_the_probe_runs_and_refuses_bad_flags(capsys):
                  ["--rounds", "0"], ["--seqs", "0"], ["--seqs", "5000"]):
         assert bench_cpu_sharing.main(argv) == 2
         assert capsys.readouterr().err.startswith("error: --")
+
+
+def test_a_probe_process_that_dies_is_an_error_not_a_hang(monkeypatch):
+    """A worker that fails (here: an impossible sequence count reaches it) leaves its
+    peer at the barrier: measure stops with an error naming the exit code."""
+    import pytest
+
+    with pytest.raises(RuntimeError, match=r"a probe process of 2 ended without its times "
+                       r"\(exit code 1\)"):
+        bench_cpu_sharing.measure(2, 1, -1)

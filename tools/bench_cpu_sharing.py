@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import queue
 import statistics
 import sys
 import time
@@ -29,6 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = ("generate", "train")
+# A peer that died leaves the others at the barrier: they give up after this long.
+BARRIER_S = 600.0
 
 
 def _worker(rounds: int, seqs: int, barrier, out) -> None:
@@ -61,7 +64,7 @@ def _worker(rounds: int, seqs: int, barrier, out) -> None:
     times: dict[str, list[tuple[float, float]]] = {s: [] for s in STEPS}
     for _ in range(rounds):
         for step in STEPS:
-            barrier.wait()  # every process starts this step together
+            barrier.wait(BARRIER_S)  # every process starts this step together
             t, c = time.perf_counter(), time.thread_time()
             run(step)
             times[step].append((time.perf_counter() - t, time.thread_time() - c))
@@ -76,9 +79,22 @@ def measure(n: int, rounds: int, seqs: int) -> list[dict[str, tuple[float, float
     procs = [ctx.Process(target=_worker, args=(rounds, seqs, barrier, q)) for _ in range(n)]
     for p in procs:
         p.start()
-    res = [q.get() for _ in procs]
-    for p in procs:
-        p.join()
+    res: list = []
+    try:
+        while len(res) < n:
+            try:
+                res.append(q.get(timeout=1.0))
+            except queue.Empty:  # a process that died never reports: stop, not hang
+                failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                if failed or all(p.exitcode is not None for p in procs):
+                    code = failed[0] if failed else 0
+                    raise RuntimeError(f"a probe process of {n} ended without its times "
+                                       f"(exit code {code}); its error is above")
+    finally:
+        for p in procs:
+            if len(res) < n:
+                p.terminate()
+            p.join()
     return res
 
 
@@ -120,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --rounds expects 1 to 10000 (got {args.rounds}) and --seqs 1 to "
               f"4096 (got {args.seqs})", file=sys.stderr)
         return 2
-    results = {n: measure(n, args.rounds, args.seqs) for n in dict.fromkeys(counts)}
+    try:
+        results = {n: measure(n, args.rounds, args.seqs) for n in dict.fromkeys(counts)}
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print("\n".join(table(results)))
     return 0
 
