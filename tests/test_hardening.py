@@ -474,7 +474,9 @@ def test_search_on_the_largest_cluster_honours_its_time_limit(tmp_path, capsys):
     rc = planner(["search", str(spec), "-o", str(tmp_path / "p.json"), "--time-limit", "1"])
     took_s = time.perf_counter() - t0
     assert "--time-limit 1 s ran out" in one_line(capsys, rc)
-    assert took_s < 1.0 + 1.0  # the budget, plus loading the spec and the last step
+    # the budget, plus loading the spec and the last step (with a second test process
+    # on the cores: make test runs two)
+    assert took_s < 1.0 + 2.0
     assert not (tmp_path / "p.json").exists()
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
-from datetime import timedelta
 
 import pytest
 import torch
@@ -16,6 +14,7 @@ from planner.graph.arch import ModelArch, get_preset
 from planner.layout.layout import Layout, parse_layout
 from planner.layout.transfer import plan_transfer
 from runtime.realloc import ReallocError, execute, reallocate
+from runtime.engine.testing import init_gloo, rendezvous_store
 from runtime.realloc.reference import device_shards, full_model
 
 WORLD = 4
@@ -46,9 +45,8 @@ def _assert_equal(got: dict, want: dict, what: str) -> None:
         assert torch.equal(got[name], want[name]), (what, name)
 
 
-def _worker(rank: int, init: str, results: str) -> None:
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD,
-                            timeout=timedelta(seconds=60))
+def _worker(rank: int, port: int, results: str) -> None:
+    init_gloo(rank, WORLD, port)
     try:
         for i, (arch_x, head, a_x, b_x, chunk, dtype) in enumerate(CASES):
             arch, a, b = _arch(arch_x), _lay(a_x), _lay(b_x)
@@ -105,18 +103,9 @@ def _worker(rank: int, init: str, results: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    # On every address, as the rendezvous store listens: a port free on 127.0.0.1 may be
-    # taken on the node's own IP (a Ray process's server), and the store then fails
-    # with EADDRINUSE (seen with two test processes at once).
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.multiprocess
 def test_realloc_there_and_back_on_four_gloo_processes():
+    store = rendezvous_store()
     with tempfile.TemporaryDirectory() as results:
-        mp.spawn(_worker, args=(f"tcp://127.0.0.1:{_free_port()}", results), nprocs=WORLD,
-                 join=True)
+        mp.spawn(_worker, args=(store.port, results), nprocs=WORLD, join=True)
         assert sorted(os.listdir(results)) == [f"ok{r}" for r in range(WORLD)]

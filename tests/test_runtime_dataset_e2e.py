@@ -20,7 +20,9 @@ pytestmark = pytest.mark.multiprocess
 @pytest.fixture(scope="module")
 def ray_address():
     ray = pytest.importorskip("ray")
-    ctx = ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    # a new local cluster: without an address ray.init joins the one this machine
+    # recorded last (another test's, or a user's `ray start`)
+    ctx = ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield ctx.address_info["address"]
     ray.shutdown()
 

@@ -66,12 +66,29 @@ def test_bad_flag_values(capsys, tmp_path, flags, expected):
     assert rc == 2 and expected in err
 
 
-def _closed_port() -> int:
+@pytest.fixture
+def closed_port():
+    """A port nothing listens on for the whole test: held bound (not listening) on
+    127.0.0.1 and, where the machine has IPv6, on ::1, so a connection is refused and no
+    other process (another pytest process's Ray, say) can start listening there."""
     import socket
 
-    with socket.socket() as s:  # bound, then closed: nothing listens there
+    held = []
+    try:
+        s = socket.socket()
+        held.append(s)
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port = s.getsockname()[1]
+        try:
+            s6 = socket.socket(socket.AF_INET6)
+            held.append(s6)
+            s6.bind(("::1", port))
+        except OSError:  # no IPv6 here (or that port is taken on ::1)
+            pass
+        yield port
+    finally:
+        for s in held:
+            s.close()
 
 
 @pytest.mark.parametrize("address,expected", [
@@ -84,9 +101,9 @@ def _closed_port() -> int:
     (" 127.0.0.1:{port}", "expected HOST:PORT"),
     ("", "expected HOST:PORT"),
 ])
-def test_unreachable_address_fails_at_once(capsys, tmp_path, address, expected):
+def test_unreachable_address_fails_at_once(capsys, tmp_path, closed_port, address, expected):
     """Ray would retry for minutes; the run names the address and writes nothing."""
-    address = address.format(port=_closed_port())
+    address = address.format(port=closed_port)
     rc, err = _run(capsys, str(colocated_tiny_ppo(tmp_path)), "--address", address,
                    "--run-dir", str(tmp_path / "run"))
     assert rc == 2 and err.startswith("--address ") and expected in err
@@ -138,9 +155,10 @@ def test_ray_client_address_without_its_extra_is_one_line(capsys, tmp_path, monk
     assert not (tmp_path / "run").exists()
 
 
-def test_address_auto_without_a_cluster_fails_at_once(capsys, tmp_path, monkeypatch):
+def test_address_auto_without_a_cluster_fails_at_once(capsys, tmp_path, monkeypatch,
+                                                     closed_port):
     """`auto` resolved as Ray resolves it: RAY_ADDRESS first (here a closed port)."""
-    address = f"127.0.0.1:{_closed_port()}"
+    address = f"127.0.0.1:{closed_port}"
     monkeypatch.setenv("RAY_ADDRESS", address)
     rc, err = _run(capsys, str(colocated_tiny_ppo(tmp_path)), "--address", "auto",
                    "--run-dir", str(tmp_path / "run"))

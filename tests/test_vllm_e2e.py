@@ -50,26 +50,33 @@ def test_missing_vllm_is_one_line_exit_2(plan):
     assert "calls.actor_gen" in lines[0]
 
 
+def _vllm_temp_files(folder: str) -> list[str]:
+    import glob
+    return [*glob.glob(f"{folder}/flowplan-vllm-*"), *glob.glob(f"{folder}/vllm_dist_*")]
+
+
 @pytest.mark.multiprocess
 @pytest.mark.skipif(not vllm_installed(), reason="the vllm extra is not installed "
                     "(make install installs it; CI runs this)")
-def _vllm_temp_files() -> set[str]:
-    import glob
-    import tempfile
-    return {*glob.glob(f"{tempfile.gettempdir()}/flowplan-vllm-*"),
-            *glob.glob(f"{tempfile.gettempdir()}/vllm_dist_*")}
-
-
 def test_grpo_with_vllm_generation_runs(plan):
+    import shutil
+    import tempfile
+
     run = plan.parent / "run"
-    temp_before = _vllm_temp_files()
-    r = subprocess.run([sys.executable, "-m", "runtime.cli", "run", str(plan), "--run-dir",
-                        str(run), "--iterations", "3", "--save-every", "3"],
-                       capture_output=True, text=True, env=ENV, cwd=plan.parent, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    # The engine's actor ends by a kill: its config folder and vLLM's rendezvous file
-    # went right after start-up (they were left in /tmp on every run).
-    assert _vllm_temp_files() <= temp_before
+    # The run's own temp folder (Ray's and vLLM's files go there), so what another test
+    # process leaves in /tmp meanwhile is not counted; short: sockets live under it.
+    tmp = tempfile.mkdtemp(prefix="fpv")
+    try:
+        r = subprocess.run([sys.executable, "-m", "runtime.cli", "run", str(plan),
+                            "--run-dir", str(run), "--iterations", "3", "--save-every", "3"],
+                           capture_output=True, text=True, env={**ENV, "TMPDIR": tmp},
+                           cwd=plan.parent, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        # The engine's actor ends by a kill: its config folder and vLLM's rendezvous file
+        # went right after start-up (they were left in /tmp on every run).
+        assert _vllm_temp_files(tmp) == []
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in metrics] == [0, 1, 2]
     assert all(0.0 <= m["reward/mean"] <= 1.0 for m in metrics)

@@ -150,8 +150,8 @@ def bench_exec(world: int, hidden: int, layers: int, reps: int, chunk_mb: int) -
     print(f"== execution on {world} gloo processes (CPU), fp32, "
           f"{arch.num_params() * 4 / 1e6:.0f} MB model (hidden {hidden}, {layers} layers), "
           f"chunk {chunk_mb} MiB, best of {reps} ==")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+    with socket.socket() as s:  # free on every address, as the rendezvous store listens
+        s.bind(("", 0))
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as out_dir:
         mp.spawn(_worker, args=(world, f"tcp://127.0.0.1:{port}", arch, pairs, reps,

@@ -1,12 +1,12 @@
 """Helpers shared by the engine's tests and benchmark: tiny HF checkpoints,
-multi-process spawning on free ports, and the multi-process scenario.
+multi-process spawning (a rendezvous store in the parent), and the multi-process
+scenario.
 
 transformers is imported lazily: only the reference side needs it.
 """
 
 from __future__ import annotations
 
-import socket
 from datetime import timedelta
 
 import torch
@@ -48,19 +48,28 @@ def make_hf_checkpoint(path: str, arch: ModelArch, head: HeadType = "lm", seed: 
     return model
 
 
-def free_port() -> int:
-    # On every address, as the rendezvous store listens: a port free on 127.0.0.1 may be
-    # taken on the node's own IP (a Ray process's server), and the store then fails
-    # with EADDRINUSE (seen with two test processes at once).
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+TIMEOUT = timedelta(seconds=120)
+
+
+def rendezvous_store() -> dist.TCPStore:
+    """A rendezvous store for spawned gloo processes, listening in this process on a
+    port the system picks as it binds: no window in which another process (a second
+    pytest process's Ray or gloo) can take a port picked free a moment before. Keep it
+    alive until the processes end; they join it with `init_gloo(rank, world, .port)`."""
+    return dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
+                         timeout=TIMEOUT)
+
+
+def init_gloo(rank: int, world_size: int, port: int) -> None:
+    """Join the gloo group whose store (rendezvous_store) listens on `port` here."""
+    store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=TIMEOUT)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size,
+                            timeout=TIMEOUT)
 
 
 def _entry(rank: int, fn, world_size: int, port: int, args: tuple) -> None:
     torch.set_num_threads(1)  # several processes share few cores
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world_size, timeout=timedelta(seconds=120))
+    init_gloo(rank, world_size, port)
     try:
         fn(rank, *args)
     finally:
@@ -69,7 +78,12 @@ def _entry(rank: int, fn, world_size: int, port: int, args: tuple) -> None:
 
 def spawn(fn, world_size: int, *args) -> None:
     """Run fn(rank, *args) in world_size gloo processes; raises if any fails."""
-    mp.spawn(_entry, args=(fn, world_size, free_port(), args), nprocs=world_size, join=True)
+    store = rendezvous_store()
+    try:
+        mp.spawn(_entry, args=(fn, world_size, store.port, args), nprocs=world_size,
+                 join=True)
+    finally:
+        del store
 
 
 def random_batch(arch: ModelArch, batch: int, seq: int, seed: int, pad_left: list[int]
