@@ -1,5 +1,5 @@
 """tools/bench_cpu_sharing.py: do virtual CPU devices slow each other down when they
-compute at once (README, "Two calls at once on two cores")."""
+compute at once (README, "Measured plan ranking")."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 TOOL = Path(__file__).parent.parent / "tools" / "bench_cpu_sharing.py"
 # Imported by its name from tools/ (on sys.path, which spawned processes inherit), so
 # its worker function pickles by reference into measure's processes.
@@ -15,18 +17,18 @@ sys.path.insert(0, str(TOOL.parent))
 bench_cpu_sharing = importlib.import_module("bench_cpu_sharing")
 
 
-def test_table_divides_the_median_process_by_the_one_alone():
+def test_table_divides_the_median_process_together_by_process_0_alone():
     alone = {"generate": (0.040, 0.040), "train": (0.050, 0.050)}
-    pair = [{"generate": (0.040, 0.040), "train": (0.060, 0.058)},
-            {"generate": (0.044, 0.042), "train": (0.070, 0.062)}]
-    lines = bench_cpu_sharing.table({1: [alone], 2: pair})
+    together = [{"generate": (0.040, 0.040), "train": (0.060, 0.058)},
+                {"generate": (0.044, 0.042), "train": (0.070, 0.062)},
+                {"generate": (0.080, 0.043), "train": (0.100, 0.090)}]
+    lines = bench_cpu_sharing.table({1: (alone, [alone]), 3: (alone, together)})
     assert len(lines) == 5
-    assert lines[2].split()[-2:] == ["1.00x,", "1.00x"]
-    assert lines[3].split()[:4] == ["2", "generate", "40.0", "44.0"]
-    assert lines[3].split()[-2:] == ["1.05x,", "1.02x"]  # medians 42 / 40, 41 / 40
-    assert lines[4].split()[-2:] == ["1.30x,", "1.20x"]  # 65 / 50, 60 / 50
-    # no one-process run to divide by: no ratio column
-    assert bench_cpu_sharing.table({2: pair})[1].split()[-1] == "42.0"
+    assert lines[1].split() == ["1", "generate", "40.0", "40.0", "40.0", "1.00x,", "1.00x"]
+    # medians of three (not means): wall 44 / 40, CPU 42 / 40; wall 70 / 50, CPU 62 / 50
+    assert lines[3].split() == ["3", "generate", "40.0", "40.0", "44.0", "80.0", "40.0",
+                                "42.0", "43.0", "1.10x,", "1.05x"]
+    assert lines[4].split()[-2:] == ["1.40x,", "1.24x"]
 
 
 def test_the_probe_runs_and_refuses_bad_flags(capsys):
@@ -37,16 +39,47 @@ def test_the_probe_runs_and_refuses_bad_flags(capsys):
     out = run.stdout.splitlines()
     assert [line.split()[:2] for line in out[1:]] == [["1", "generate"], ["1", "train"]]
     for argv in (["--procs", "0"], ["--procs", "a"], ["--procs", ""], ["--procs", "65"],
+                 ["--procs", "1_0"], ["--procs", "\u0662"], ["--procs", "1,,2"],
                  ["--rounds", "0"], ["--seqs", "0"], ["--seqs", "5000"]):
         assert bench_cpu_sharing.main(argv) == 2
         assert capsys.readouterr().err.startswith("error: --")
 
 
-def test_a_probe_process_that_dies_is_an_error_not_a_hang(monkeypatch):
-    """A worker that fails (here: an impossible sequence count reaches it) leaves its
-    peer at the barrier: measure stops with an error naming the exit code."""
-    import pytest
-
-    with pytest.raises(RuntimeError, match=r"a probe process of 2 ended without its times "
+def test_a_probe_process_that_dies_is_an_error_not_a_hang():
+    """Both workers fail before any barrier (an impossible sequence count reaches them):
+    an error naming the exit code."""
+    with pytest.raises(RuntimeError, match=r"probe process 0 of 2 ended without its times "
                        r"\(exit code 1\)"):
         bench_cpu_sharing.measure(2, 1, -1)
+
+
+def test_a_probe_process_killed_mid_run_ends_the_measure_and_its_peer():
+    """One of two workers killed while the other waits for it at a barrier: measure
+    stops with an error naming the signal, and no process is left behind."""
+    import multiprocessing
+    import os
+    import signal
+    import threading
+    import time
+
+    errors = []
+
+    def probe():
+        try:
+            bench_cpu_sharing.measure(2, 10_000, 2)
+        except RuntimeError as e:
+            errors.append(str(e))
+
+    t = threading.Thread(target=probe)
+    t.start()
+    end = time.time() + 120
+    while len(multiprocessing.active_children()) < 2 and time.time() < end:
+        time.sleep(0.05)
+    children = multiprocessing.active_children()
+    assert len(children) == 2
+    os.kill(children[1].pid, signal.SIGKILL)
+    t.join(timeout=60)
+    assert not t.is_alive()
+    assert errors and errors[0].startswith("probe process ")
+    assert errors[0].endswith("of 2 ended without its times (killed by signal 9)")
+    assert multiprocessing.active_children() == []
