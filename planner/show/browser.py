@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -30,9 +31,7 @@ def find_browser() -> tuple[str | None, str | None, str]:
     chromium = os.environ.get("CHROMIUM") or shutil.which("chromium") or \
         shutil.which("chromium-browser")
     driver = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver")
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("selenium") is None:
         return chromium, driver, "the selenium package is not installed " \
                                  "(bash tools/install_browser.sh)"
     if not chromium or not driver:
