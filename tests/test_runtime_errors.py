@@ -73,18 +73,28 @@ def closed_port():
     other process (another pytest process's Ray, say) can start listening there."""
     import socket
 
+    import errno
+
     held = []
     try:
-        s = socket.socket()
-        held.append(s)
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        try:
-            s6 = socket.socket(socket.AF_INET6)
+        for _ in range(20):
+            for s in held:
+                s.close()
+            held = [socket.socket()]
+            held[0].bind(("127.0.0.1", 0))
+            port = held[0].getsockname()[1]
+            try:
+                s6 = socket.socket(socket.AF_INET6)
+            except OSError:  # no IPv6 on this machine
+                break
             held.append(s6)
-            s6.bind(("::1", port))
-        except OSError:  # no IPv6 here (or that port is taken on ::1)
-            pass
+            try:
+                s6.bind(("::1", port))
+                break
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE:  # no ::1 here: IPv4 alone
+                    break
+                # taken on ::1 (something may listen there): another port
         yield port
     finally:
         for s in held:

@@ -28,12 +28,13 @@ def tight():
 
 def test_twin_walks_find_the_optimum_and_stop_there(tight):
     p, best = tight
-    # a generous limit (a second test process may share the cores): the target, not
-    # the limit, must end the walks
+    # a generous limit (a second test process may share the cores); without the target
+    # the first walk alone would run to half of it, so ending before that half shows
+    # the target, not the limit, ended the walks
     r = twin.twin_mcmc_search(Simulator(p.scratch()), seed=1, time_limit_s=20.0,
                               target_s=best * (1 + 1e-9))
     assert r.period_s == pytest.approx(best, rel=1e-9)
-    assert r.elapsed_s < 20.0  # the target ended the walks before their time
+    assert r.elapsed_s < 0.5 * 20.0
 
 
 def test_the_childs_plan_joins_the_lists_when_it_is_faster(tight):

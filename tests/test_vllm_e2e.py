@@ -65,7 +65,7 @@ def test_grpo_with_vllm_generation_runs(plan):
     run = plan.parent / "run"
     # The run's own temp folder (Ray's and vLLM's files go there), so what another test
     # process leaves in /tmp meanwhile is not counted; short: sockets live under it.
-    tmp = tempfile.mkdtemp(prefix="fpv")
+    tmp = tempfile.mkdtemp(prefix="fpv", dir="/tmp")
     try:
         r = subprocess.run([sys.executable, "-m", "runtime.cli", "run", str(plan),
                             "--run-dir", str(run), "--iterations", "3", "--save-every", "3"],

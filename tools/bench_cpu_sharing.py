@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STEPS = ("generate", "train")
 # A peer that died leaves the others at the barrier: they give up after this long.
 BARRIER_S = 600.0
+PROCESS_NAME = "bench_cpu_sharing"  # the probe processes' names (with their rank)
 
 Times = dict[str, tuple[float, float]]  # step -> (median wall s, median thread CPU s)
 
@@ -92,7 +93,8 @@ def measure(n: int, rounds: int, seqs: int) -> tuple[Times, list[Times]]:
     """`n` processes, paired rounds: (process 0's times alone, each process's together)."""
     ctx = mp.get_context("spawn")
     barrier, q = ctx.Barrier(n), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(r, rounds, seqs, barrier, q)) for r in range(n)]
+    procs = [ctx.Process(target=_worker, args=(r, rounds, seqs, barrier, q),
+                         name=f"{PROCESS_NAME}-{r}") for r in range(n)]
     got: dict[int, tuple[Times, Times]] = {}
     try:
         for p in procs:

@@ -52,10 +52,12 @@ TIMEOUT = timedelta(seconds=120)
 
 
 def rendezvous_store() -> dist.TCPStore:
-    """A rendezvous store for spawned gloo processes, listening in this process on a
-    port the system picks as it binds: no window in which another process (a second
-    pytest process's Ray or gloo) can take a port picked free a moment before. Keep it
-    alive until the processes end; they join it with `init_gloo(rank, world, .port)`."""
+    """A rendezvous store for spawned gloo processes, listening in this process (on
+    every address) on a port the system picks as it binds: no window in which another
+    process (a second pytest process's Ray or gloo) can take a port picked free a moment
+    before. Keep it alive until the processes end; they join it with
+    `init_gloo(rank, world, .port)`, once each: a group set up again on the same store
+    would reuse its keys."""
     return dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
                          timeout=TIMEOUT)
 
