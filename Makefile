@@ -73,10 +73,10 @@ demo: install
 		$(PY) -m runtime.cli run $(DEMO)/plan_vllm.json --run-dir $(DEMO)/run_vllm; fi
 	@echo "open $(DEMO)/plan.html; metrics in $(DEMO)/run/metrics.jsonl"
 
-# Two pytest processes, one test file each at a time (a file's fixtures are built
-# once): the suite mostly waits on process starts, so on the 2-core VM it took 7 min
-# 22 s this way against 10 min 43 s in one process (README, "Tests"). TEST_WORKERS=0
-# (or empty) runs it in one.
-TEST_WORKERS ?= 2
+# One pytest process by default. TEST_WORKERS=2 runs two (pytest-xdist, one test file
+# each at a time): 7 min 22-59 s against 10 min 43 s on the 2-core VM, but under that
+# load the whole-process-group SIGTERM test once ended with exit 1, not 130 (README,
+# "Tests"), so CI keeps one until that is fixed.
+TEST_WORKERS ?= 0
 test: install
 	$(PY) -m pytest -q -n $(or $(TEST_WORKERS),0) --dist loadfile
