@@ -475,7 +475,7 @@ def test_search_on_the_largest_cluster_honours_its_time_limit(tmp_path, capsys):
     took_s = time.perf_counter() - t0
     assert "--time-limit 1 s ran out" in one_line(capsys, rc)
     # the budget, plus loading the spec and the last step (with a second test process
-    # on the cores: make test runs two)
+    # on the cores: make test TEST_WORKERS=2)
     assert took_s < 1.0 + 2.0
     assert not (tmp_path / "p.json").exists()
 

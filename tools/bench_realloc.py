@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import sys
 import tempfile
 import time
-from datetime import timedelta
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -64,17 +62,17 @@ def bench_planning(reps: int) -> None:
               f"{spread / 1e6:.1f} MB (largest piece {biggest / 1e6:.1f} MB)")
 
 
-def _worker(rank: int, world: int, init: str, arch: ModelArch, pairs: list, reps: int,
+def _worker(rank: int, world: int, port: int, arch: ModelArch, pairs: list, reps: int,
             chunk_bytes: int, out_dir: str) -> None:
     import torch
     import torch.distributed as dist
 
+    from runtime.engine.testing import init_gloo
     from runtime.realloc import execute
     from runtime.realloc.reference import device_shards, full_model
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
-                            timeout=timedelta(seconds=120))
+    init_gloo(rank, world, port)
     lines = []
     for a, b in pairs:
         src, dst = parse_layout(a), parse_layout(b)
@@ -150,12 +148,12 @@ def bench_exec(world: int, hidden: int, layers: int, reps: int, chunk_mb: int) -
     print(f"== execution on {world} gloo processes (CPU), fp32, "
           f"{arch.num_params() * 4 / 1e6:.0f} MB model (hidden {hidden}, {layers} layers), "
           f"chunk {chunk_mb} MiB, best of {reps} ==")
-    with socket.socket() as s:  # free on every address, as the rendezvous store listens
-        s.bind(("", 0))
-        port = s.getsockname()[1]
+    from runtime.engine.testing import rendezvous_store
+
+    store = rendezvous_store()  # the workers' rendezvous, alive until they end
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_worker, args=(world, f"tcp://127.0.0.1:{port}", arch, pairs, reps,
-                                chunk_mb << 20, out_dir), nprocs=world, join=True)
+        mp.spawn(_worker, args=(world, store.port, arch, pairs, reps, chunk_mb << 20,
+                                out_dir), nprocs=world, join=True)
         with open(os.path.join(out_dir, "result.txt")) as f:
             print(f.read())
 
