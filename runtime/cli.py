@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 
 from planner.errors import UserError
 from planner.limits import MAX_ITERATIONS, MAX_SEED
+from runtime import interrupt
 
 EXAMPLES = """examples:
   runtime run plan.json                          # local Ray, the plan's spec, its iterations
@@ -51,10 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _terminated(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "run":
@@ -69,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     # SIGTERM ends the run like Ctrl-C does: run_plan's `finally` stops the workers and
     # the Ray instance it started (SIGKILL cannot be caught: see runtime/ray_session.py).
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminated)
+    interrupt.install()
     from runtime.controller import RunError
     from runtime.run import DRIVER_NICENESS, resume_hint, run_plan
 
@@ -85,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"{err}\n")
         return 2
     except RunError as err:
+        if interrupt.received():  # Ray's processes got the signal too (runtime/interrupt.py)
+            sys.stderr.write(f"interrupted (meanwhile: {err}); {resume_hint(args.run_dir)}\n")
+            return 130
         sys.stderr.write(f"run failed: {err}; {resume_hint(args.run_dir)}\n")
         return 1
     except KeyboardInterrupt:

@@ -43,7 +43,7 @@ def start_workers(plan: ExecutionPlan, *, address: str | None, on_gpu: bool,
         # ray.init installs its own SIGTERM handler (it exits at once, with C++ frames);
         # the caller's (runtime run: an interrupt, so its `finally` cleans up) comes
         # back as soon as ray.init returns, before the workers start.
-        on_term = signal.getsignal(signal.SIGTERM)
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         # Workers import this project: ship the working directory's packages.
         env = {"env_vars": {"PYTHONPATH": os.pathsep.join(
             p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)}}
@@ -61,8 +61,10 @@ def start_workers(plan: ExecutionPlan, *, address: str | None, on_gpu: bool,
             ray.init(address="local", num_cpus=n if not on_gpu else None, runtime_env=env,
                      include_dashboard=False, log_to_driver=log_to_driver,
                      _system_config={"worker_niceness": 0})
-        if callable(on_term) and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, on_term)
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in handlers.items():
+                if callable(handler):
+                    signal.signal(sig, handler)
         if not address and on_local_ray is not None:
             on_local_ray()
     need_key = "GPU" if on_gpu else "CPU"

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from planner.errors import UserError
 from planner.outputs import write_atomic
+from runtime import interrupt
 
 SESSION_FILE = "ray_session.json"
 
@@ -71,7 +72,8 @@ def stop_within(stop, run_dir: Path, cause: BaseException | None, *,
     the session's processes are killed, the session forgotten, and this process ends
     at once with one line (ending with `hint`: what is left to resume from): exit 130
     for an interrupt, 1 for a failure. A second interrupt while waiting kills at once.
-    Only for a Ray instance this run started itself (never a cluster it joined)."""
+    A `stop()` that fails kills them too: its error never hides `cause`. Only for a
+    Ray instance this run started itself (never a cluster it joined)."""
     done = threading.Event()
     failure: list[BaseException] = []
 
@@ -86,24 +88,36 @@ def stop_within(stop, run_dir: Path, cause: BaseException | None, *,
     threading.Thread(target=run, name="ray-stop", daemon=True).start()
     try:
         if done.wait(timeout_s):
-            if failure:
-                raise failure[0]
-            return
-        why = f"Ray did not stop within {timeout_s:.0f} s (a signal to the whole process group " \
-              "reaches its processes too), so they were killed"
-    except KeyboardInterrupt:  # asked again: stop now
-        why = "interrupted again while Ray stopped, so its processes were killed"
+            if not failure:
+                return
+            why = f"Ray's shutdown failed ({_one_line(failure[0])}), so its processes were killed"
+        else:
+            why = f"Ray did not stop within {timeout_s:.0f} s (a signal to the whole process " \
+                  "group reaches its processes too), so they were killed"
+    except KeyboardInterrupt:  # asked (again): stop now
+        why = ("interrupted again" if isinstance(cause, KeyboardInterrupt) else "a signal came") \
+            + " while Ray stopped, so its processes were killed"
     import ray
 
     node = ray._private.worker._global_node  # noqa: SLF001 - the session dir has no public API
     if node is not None:
         _terminate(session_processes(node.get_session_dir_path()))
     forget(run_dir)
-    interrupted = isinstance(cause, KeyboardInterrupt)
-    what = "interrupted" if interrupted else f"run failed: {str(cause).strip() or cause!r}"
+    # A failure after a SIGTERM to the whole group is its consequence (runtime/interrupt.py).
+    interrupted = isinstance(cause, KeyboardInterrupt) or interrupt.received()
+    if isinstance(cause, KeyboardInterrupt) or cause is None:
+        what = "interrupted" if interrupted else "run failed"
+    else:
+        what = (f"interrupted (meanwhile: {_one_line(cause)})" if interrupted
+                else f"run failed: {_one_line(cause)}")
     sys.stderr.write(f"{what}; {why}" + (f"; {hint}" if hint else "") + "\n")
     sys.stderr.flush()
     os._exit(130 if interrupted else 1)
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else repr(err)
 
 
 def forget(run_dir: Path) -> None:

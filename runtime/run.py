@@ -33,7 +33,7 @@ from planner.graph.backends import require_backend
 from planner.graph.loader import load_spec
 from planner.outputs import check_output_dir, write_atomic
 from planner.plan import load_plan, save_plan
-from runtime import ray_session
+from runtime import interrupt, ray_session
 from runtime.controller import Controller, RunError, check_supported
 from runtime.data.prompts import PromptSampler
 from runtime.data.tokenizer import load_tokenizer
@@ -264,7 +264,7 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
                        else first_line(err)) from None
     except OSError as err:  # the driver's own files: metrics, trace
         raise RunError(f"cannot write {err.filename or out}: {err.strerror or err}") from None
-    except (RunError, ray.exceptions.RayActorError) as err:
+    except (RunError, ray.exceptions.RayError) as err:  # a lost object too, not only a worker
         raise _name_lost_node(err, placement) from None
     finally:
         try:
@@ -324,7 +324,11 @@ def _name_lost_node(err: Exception, placement: list[dict]) -> Exception:
     from runtime.launcher import lost_nodes
 
     first = first_line(err)
-    lost = lost_nodes(placement) if placement else {}
+    lost: dict = {}
+    # After SIGTERM to the whole group Ray's head is going too: asking it may wait 60 s.
+    if placement and not interrupt.received():
+        with contextlib.suppress(Exception):  # Ray's head gone too: the error said is err's
+            lost = lost_nodes(placement)
     if not lost:
         return err if isinstance(err, RunError) else RunError(first)
     ip = {p["node_id"]: p["ip"] for p in placement}
