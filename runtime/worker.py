@@ -31,6 +31,7 @@ import os
 import socket
 import time
 import zlib
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -52,10 +53,8 @@ from runtime.generation import backend_class
 from runtime.realloc.executor import execute, plan_crosses_devices
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+# How long a rank waits at the rendezvous for the others (torch's own default).
+RENDEZVOUS_TIMEOUT = timedelta(seconds=300)
 
 
 def init_seed(spec: Spec, model: str, seed: int) -> int:
@@ -103,6 +102,7 @@ class Worker:
         self.device_id = device_id
         self.world_size = world_size
         self.backend = backend
+        self.store: dist.TCPStore | None = None  # the global group's rendezvous store
         if backend == "gloo":
             torch.set_num_threads(num_threads)
         self.home: dict[str, Engine | None] = {}
@@ -121,15 +121,22 @@ class Worker:
 
     # -- startup ----------------------------------------------------------
     def address(self) -> tuple[str, int]:
-        """Where the other ranks reach this one's rendezvous store: under Ray the
-        node's routable IP (ranks may be on other machines), else this host."""
+        """Open this rank's rendezvous store and say where the other ranks reach it:
+        under Ray the node's routable IP (ranks may be on other machines), else this
+        host. The store listens (on every address) on a port the system picks as it
+        binds: a port picked free and bound later, after a Ray round trip, could be
+        taken in between by another process (another run's Ray or gloo)."""
         import sys
 
         ray = sys.modules.get("ray")
         if ray is not None and ray.is_initialized():
-            return ray.util.get_node_ip_address(), free_port()
-        host = socket.gethostbyname(socket.gethostname()) if self.backend == "nccl" else "127.0.0.1"
-        return host, free_port()
+            host = ray.util.get_node_ip_address()
+        else:
+            host = socket.gethostbyname(socket.gethostname()) if self.backend == "nccl" \
+                else "127.0.0.1"
+        self.store = dist.TCPStore(host, 0, self.world_size, is_master=True,
+                                   wait_for_workers=False, timeout=RENDEZVOUS_TIMEOUT)
+        return host, self.store.port
 
     def node(self) -> dict[str, Any]:
         """The Ray node this worker runs on (id and IP), as it sees it."""
@@ -139,11 +146,14 @@ class Worker:
                 "ip": ray.util.get_node_ip_address(), "pid": os.getpid()}
 
     def init_distributed(self, master_addr: str, master_port: int) -> int:
-        os.environ["MASTER_ADDR"] = master_addr
-        os.environ["MASTER_PORT"] = str(master_port)
+        """Join the global group through rank 0's store (`address`, called on rank 0)."""
+        if self.store is None:
+            self.store = dist.TCPStore(master_addr, master_port, is_master=False,
+                                       timeout=RENDEZVOUS_TIMEOUT)
         if self.backend == "nccl":
             torch.cuda.set_device(0)  # Ray gives each worker one visible GPU
-        dist.init_process_group(self.backend, rank=self.device_id, world_size=self.world_size)
+        dist.init_process_group(self.backend, store=self.store, rank=self.device_id,
+                                world_size=self.world_size)
         return self.device_id
 
     def setup(self, spec_json: str, plan_json: str, seed: int,

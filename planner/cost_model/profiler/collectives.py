@@ -1,7 +1,7 @@
 """Collective bandwidth over group sizes and message sizes, with torch.distributed.
 
 One process per device (gloo on CPU, NCCL on GPUs), spawned fresh for each
-group size on a free localhost port. Rank 0 writes what it measured to a
+group size, joined through a store the parent listens on. Rank 0 writes what it measured to a
 JSON file the parent reads back. Bus bandwidth follows nccl-tests
 (PERFORMANCE.md there): all_reduce 2(g-1)/g * bytes / time, all_gather
 (g-1)/g * bytes / time, broadcast and p2p bytes / time.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import tempfile
 import time
 from typing import Sequence
@@ -24,13 +23,34 @@ from planner.cost_model.profile import CollectiveTable
 OPS = ("all_reduce", "all_gather", "broadcast", "p2p")
 
 
-def _free_port() -> int:
-    # On every address, as the rendezvous store listens: a port free on 127.0.0.1 may be
-    # taken on the node's own IP (a Ray process's server), and the store then fails
-    # with EADDRINUSE (seen with two test processes at once).
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+# How long a rank waits at the rendezvous for the others.
+RENDEZVOUS_TIMEOUT_S = 120
+
+
+def open_store():
+    """The rendezvous store of a group this process starts, listening here (on every
+    address) on a port the system picks as it binds: a port picked free and bound
+    later by a child could be taken in between (a Ray process's server, another
+    test process's group: EADDRINUSE). Keep it alive until the group ends; its
+    `.port` is what the ranks join (`join_group`)."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    return dist.TCPStore("127.0.0.1", 0, is_master=True,
+                         wait_for_workers=False,
+                         timeout=timedelta(seconds=RENDEZVOUS_TIMEOUT_S))
+
+
+def join_group(backend: str, port: int, rank: int, world: int) -> None:
+    """Join the process group whose store (`open_store`) listens on `port` here."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    store = dist.TCPStore("127.0.0.1", port, is_master=False,
+                          timeout=timedelta(seconds=RENDEZVOUS_TIMEOUT_S))
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world)
 
 
 def _worker(rank: int, world: int, port: int, backend: str, sizes: list[int], ops: list[str],
@@ -43,8 +63,7 @@ def _worker(rank: int, world: int, port: int, backend: str, sizes: list[int], op
     if cuda:
         torch.cuda.set_device(rank)
     dev = torch.device("cuda", rank) if cuda else torch.device("cpu")
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world)
+    join_group(backend, port, rank, world)
 
     def sync() -> None:
         if cuda:
@@ -108,8 +127,9 @@ def measure_group(world: int, sizes: Sequence[int], *, backend: str = "gloo",
 
     fd, out_path = tempfile.mkstemp(suffix=".json", prefix="flowplan-coll-")
     os.close(fd)
+    store = open_store()
     try:
-        mp.start_processes(_worker, args=(world, _free_port(), backend, list(sizes), list(ops),
+        mp.start_processes(_worker, args=(world, store.port, backend, list(sizes), list(ops),
                                           min_time_s, out_path),
                            nprocs=world, join=True, start_method="spawn")
         with open(out_path) as f:

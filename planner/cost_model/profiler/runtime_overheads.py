@@ -36,12 +36,12 @@ def _probe_class():
 
         def init(self, rank: int, world: int, port: int) -> None:
             import torch
-            import torch.distributed as dist
+
+            from planner.cost_model.profiler.collectives import join_group
 
             self.rank, self.world = rank, world
             torch.set_num_threads(1)
-            dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                                    world_size=world)
+            join_group("gloo", port, rank, world)
 
         def call(self, batch: dict) -> dict:
             return {k: v[:1].clone() for k, v in batch.items()}
@@ -84,7 +84,7 @@ def measure_runtime_overheads(num_workers: int = 2, reps: int = 10) -> RuntimeOv
     """Start a private local Ray instance with `num_workers` probe actors and time them."""
     import ray
 
-    from planner.cost_model.profiler.collectives import _free_port as free_port
+    from planner.cost_model.profiler.collectives import open_store
 
     started = not ray.is_initialized()
     if started:
@@ -94,8 +94,8 @@ def measure_runtime_overheads(num_workers: int = 2, reps: int = 10) -> RuntimeOv
     try:
         cls = _probe_class()
         actors = [cls.remote() for _ in range(num_workers)]
-        port = free_port()
-        ray.get([a.init.remote(r, num_workers, port) for r, a in enumerate(actors)])
+        store = open_store()  # listens here until the probes are gone
+        ray.get([a.init.remote(r, num_workers, store.port) for r, a in enumerate(actors)])
         _round_trip_s(ray, actors, SMALL_BYTES, 3)  # warm-up: first tasks import torch
         launch_s = _round_trip_s(ray, actors, SMALL_BYTES, reps)
         large_s = _round_trip_s(ray, actors, LARGE_BYTES, max(5, reps // 3))
