@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"{err}\n")
         return 2
     except RunError as err:
-        if interrupt.received():  # Ray's processes got the signal too (runtime/interrupt.py)
+        if interrupt.after_signal(err):  # Ray's processes got it too (runtime/interrupt.py)
             sys.stderr.write(f"interrupted (meanwhile: {err}); {resume_hint(args.run_dir)}\n")
             return 130
         sys.stderr.write(f"run failed: {err}; {resume_hint(args.run_dir)}\n")

@@ -14,12 +14,12 @@ A plan that does not fit is refused before any worker starts, in one line.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
-import threading
 
 from planner.errors import UserError, first_line
 from planner.plan import ExecutionPlan
+from runtime import interrupt
 
 
 class LaunchError(UserError):
@@ -40,33 +40,31 @@ def start_workers(plan: ExecutionPlan, *, address: str | None, on_gpu: bool,
     cluster = plan.cluster
     n = cluster.num_devices
     if not ray.is_initialized():
-        # ray.init installs its own SIGTERM handler (it exits at once, with C++ frames);
-        # the caller's (runtime run: an interrupt, so its `finally` cleans up) comes
-        # back as soon as ray.init returns, before the workers start.
-        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         # Workers import this project: ship the working directory's packages.
         env = {"env_vars": {"PYTHONPATH": os.pathsep.join(
             p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)}}
-        if address:  # runtime/ray_address.py checked it; Ray may still refuse it
-            try:
-                ray.init(address=address, runtime_env=env, log_to_driver=log_to_driver)
-            except (ValueError, RuntimeError) as err:
-                raise LaunchError(f"--address {address}: {first_line(err)}") from None
-        else:
-            # A local instance sized to the plan: one logical CPU per virtual device.
-            # address="local": a new instance even if another one runs on this machine.
-            # worker_niceness 0: Ray starts workers at nice 15 by default, below the
-            # driver; here the workers are the devices, and a driver burst (a rule
-            # reward) would stop a call in progress on a host whose cores are the devices.
-            ray.init(address="local", num_cpus=n if not on_gpu else None, runtime_env=env,
-                     include_dashboard=False, log_to_driver=log_to_driver,
-                     _system_config={"worker_niceness": 0})
-        if threading.current_thread() is threading.main_thread():
-            for sig, handler in handlers.items():
-                if callable(handler):
-                    signal.signal(sig, handler)
-        if not address and on_local_ray is not None:
-            on_local_ray()
+        # A signal during ray.init is held until the instance is up and recorded: cut
+        # short, ray.init left raylet's agents running with no session recorded to find
+        # them by. The caller's handlers (runtime run: an interrupt, so its `finally`
+        # cleans up) come back as the block ends, before the workers start.
+        with interrupt.held(), _ray_init_keeps_sigterm():
+            if address:  # runtime/ray_address.py checked it; Ray may still refuse it
+                try:
+                    ray.init(address=address, runtime_env=env, log_to_driver=log_to_driver)
+                except (ValueError, RuntimeError) as err:
+                    raise LaunchError(f"--address {address}: {first_line(err)}") from None
+            else:
+                # A local instance sized to the plan: one logical CPU per virtual device.
+                # address="local": a new instance even if another one runs on this
+                # machine. worker_niceness 0: Ray starts workers at nice 15 by default,
+                # below the driver; here the workers are the devices, and a driver burst
+                # (a rule reward) would stop a call in progress on a host whose cores
+                # are the devices.
+                ray.init(address="local", num_cpus=n if not on_gpu else None,
+                         runtime_env=env, include_dashboard=False,
+                         log_to_driver=log_to_driver, _system_config={"worker_niceness": 0})
+                if on_local_ray is not None:
+                    on_local_ray()
     need_key = "GPU" if on_gpu else "CPU"
     per_node = _ray_node_slots(need_key)
     check_fits(cluster.nodes, cluster.gpus_per_node, per_node, on_gpu=on_gpu)
@@ -94,6 +92,24 @@ def start_workers(plan: ExecutionPlan, *, address: str | None, on_gpu: bool,
     addr, port = ray.get(workers[0].address.remote())
     ray.get([w.init_distributed.remote(addr, port) for w in workers])
     return workers, groups
+
+
+@contextlib.contextmanager
+def _ray_init_keeps_sigterm():
+    """ray.init's first step makes SIGTERM `sys.exit(15)` (later: exit 15 with no message,
+    or Ray's C++ abort): skipped here, so a SIGTERM during ray.init is held like Ctrl-C.
+    Ray has no option for it; without the private function (another Ray) nothing changes."""
+    import ray._private.utils as ray_utils  # noqa: SLF001
+
+    original = getattr(ray_utils, "set_sigterm_handler", None)
+    if original is None:
+        yield
+        return
+    ray_utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        ray_utils.set_sigterm_handler = original
 
 
 def _unit(on_gpu: bool) -> str:

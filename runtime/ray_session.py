@@ -71,11 +71,17 @@ def stop_within(stop, run_dir: Path, cause: BaseException | None, *,
     call of the driver may wait until Ray aborts the process (60 s, a C++ abort). Then
     the session's processes are killed, the session forgotten, and this process ends
     at once with one line (ending with `hint`: what is left to resume from): exit 130
-    for an interrupt, 1 for a failure. A second interrupt while waiting kills at once.
-    A `stop()` that fails kills them too: its error never hides `cause`. Only for a
-    Ray instance this run started itself (never a cluster it joined)."""
+    for an interrupt, 1 for a failure (`cause` is marked by runtime/interrupt.py: a
+    failure said before any signal stays one). A signal while waiting kills at once,
+    and none cuts the kill short. A `stop()` that fails kills them too: its error never
+    hides `cause`. Only for a Ray instance this run started itself (never a cluster it
+    joined)."""
     done = threading.Event()
     failure: list[BaseException] = []
+    # Said before any signal of this shutdown: a failure stays a failure (exit 1) even
+    # if Ctrl-C comes while Ray stops.
+    interrupted = (isinstance(cause, KeyboardInterrupt) or interrupt.after_signal(cause)
+                   if cause is not None else interrupt.received())
 
     def run() -> None:
         try:
@@ -85,34 +91,37 @@ def stop_within(stop, run_dir: Path, cause: BaseException | None, *,
         finally:
             done.set()
 
-    threading.Thread(target=run, name="ray-stop", daemon=True).start()
-    try:
-        if done.wait(timeout_s):
+    # No signal may cut this short from here on (it would skip the kill, or leave the
+    # session file): one while waiting is noted and kills at once.
+    with interrupt.held(raise_after=False) as asked:
+        threading.Thread(target=run, name="ray-stop", daemon=True).start()
+        deadline = time.monotonic() + timeout_s
+        while not done.wait(0.05) and not asked.is_set() and time.monotonic() < deadline:
+            pass
+        if done.is_set():
             if not failure:
                 return
             why = f"Ray's shutdown failed ({_one_line(failure[0])}), so its processes were killed"
+        elif asked.is_set():  # asked (again): stop now
+            why = ("interrupted again" if interrupted else "a signal came") \
+                + " while Ray stopped, so its processes were killed"
         else:
             why = f"Ray did not stop within {timeout_s:.0f} s (a signal to the whole process " \
                   "group reaches its processes too), so they were killed"
-    except KeyboardInterrupt:  # asked (again): stop now
-        why = ("interrupted again" if isinstance(cause, KeyboardInterrupt) else "a signal came") \
-            + " while Ray stopped, so its processes were killed"
-    import ray
+        import ray
 
-    node = ray._private.worker._global_node  # noqa: SLF001 - the session dir has no public API
-    if node is not None:
-        _terminate(session_processes(node.get_session_dir_path()))
-    forget(run_dir)
-    # A failure after a SIGTERM to the whole group is its consequence (runtime/interrupt.py).
-    interrupted = isinstance(cause, KeyboardInterrupt) or interrupt.received()
-    if isinstance(cause, KeyboardInterrupt) or cause is None:
-        what = "interrupted" if interrupted else "run failed"
-    else:
-        what = (f"interrupted (meanwhile: {_one_line(cause)})" if interrupted
-                else f"run failed: {_one_line(cause)}")
-    sys.stderr.write(f"{what}; {why}" + (f"; {hint}" if hint else "") + "\n")
-    sys.stderr.flush()
-    os._exit(130 if interrupted else 1)
+        node = ray._private.worker._global_node  # noqa: SLF001 - the session dir has no public API
+        if node is not None:
+            _terminate(session_processes(node.get_session_dir_path()))
+        forget(run_dir)
+        if isinstance(cause, KeyboardInterrupt) or cause is None:
+            what = "interrupted" if interrupted else "run failed"
+        else:
+            what = (f"interrupted (meanwhile: {_one_line(cause)})" if interrupted
+                    else f"run failed: {_one_line(cause)}")
+        sys.stderr.write(f"{what}; {why}" + (f"; {hint}" if hint else "") + "\n")
+        sys.stderr.flush()
+        os._exit(130 if interrupted else 1)
 
 
 def _one_line(err: BaseException) -> str:

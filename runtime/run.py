@@ -259,13 +259,15 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
         events.extend(ctl.take_events())  # the last checkpoint's writes
         flush_trace()
         failed = False
+    # Each failure notes whether a signal came before it (runtime/interrupt.py).
     except ConnectionError as err:  # Ray's, not a file's (an OSError too)
-        raise RunError(f"--address {address}: {first_line(err)}" if address
-                       else first_line(err)) from None
+        raise interrupt.mark(RunError(f"--address {address}: {first_line(err)}" if address
+                                      else first_line(err))) from None
     except OSError as err:  # the driver's own files: metrics, trace
-        raise RunError(f"cannot write {err.filename or out}: {err.strerror or err}") from None
+        raise interrupt.mark(RunError(f"cannot write {err.filename or out}: "
+                                      f"{err.strerror or err}")) from None
     except (RunError, ray.exceptions.RayError) as err:  # a lost object too, not only a worker
-        raise _name_lost_node(err, placement) from None
+        raise interrupt.mark(_name_lost_node(err, placement)) from None
     finally:
         try:
             if failed and ctl is not None:  # checkpoints finished before the failure
@@ -288,7 +290,7 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
             # Only a Ray instance this run started itself is ever killed: never a cluster
             # joined with --address (its processes, and other jobs, are not ours).
             if not (failed and started_ray and address is None):
-                stop_ray()
+                _stop_said(stop_ray, sys.exc_info()[1])
             else:  # Ray itself may be going down (below): bounded
                 ray_session.stop_within(stop_ray, out, sys.exc_info()[1],
                                         hint=resume_hint(out))
@@ -317,6 +319,31 @@ def write_run_record(out: Path, spec, plan, plan_path: str, profile, seed: int) 
               "plan_path": str(plan_path), "seed": seed,
               "profile": {"name": name, "identity": ident}}
     write_atomic(out / "run.json", json.dumps(record, indent=2) + "\n")
+
+
+def _stop_said(stop, cause: BaseException | None) -> None:
+    """Stop the workers of a run that finished (`cause` None) or that joined a cluster
+    with --address; what fails is one line, and never hides the run's own `cause`."""
+    try:
+        stop()
+    except Exception as err:  # noqa: BLE001 - Ray's errors have no common base
+        if cause is None:
+            raise interrupt.mark(RunError(f"the run finished, but stopping its workers "
+                                          f"failed: {first_line(err)}")) from None
+        if isinstance(cause, RunError):
+            raise _also(cause, f"stopping its workers then failed too: {first_line(err)}")
+        # an interrupt or a bad input in flight: that is what is said
+    except KeyboardInterrupt:
+        if isinstance(cause, RunError):  # the failure came first: still a failure
+            raise _also(cause, "interrupted while its workers stopped")
+        raise
+
+
+def _also(cause: RunError, more: str) -> RunError:
+    err = RunError(f"{cause}; {more}")
+    err.after_signal = interrupt.after_signal(cause)
+    err.__suppress_context__ = True
+    return err
 
 
 def _name_lost_node(err: Exception, placement: list[dict]) -> Exception:

@@ -108,3 +108,104 @@ def test_cli_without_a_signal_still_reports_the_failure(monkeypatch, tmp_path, c
     code = cli.main(["run", str(tmp_path / "plan.json"), "--run-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and err[0].startswith("run failed: call generate"), err
+
+
+def test_a_signal_while_ray_is_killed_does_not_cut_the_kill_short(monkeypatch, tmp_path,
+                                                                  capsys, handlers):
+    """Was: a second Ctrl-C after the 10 s wait escaped the kill path (a KeyboardInterrupt
+    out of stop_within): the session file stayed, the SIGKILL round could be skipped."""
+    interrupt.install()
+    forgotten = []
+
+    def forget_after_a_signal(run_dir):
+        os.kill(os.getpid(), signal.SIGINT)
+        signal.sigtimedwait([], 0.5)  # a raising handler would raise here
+        forgotten.append(run_dir)
+
+    monkeypatch.setattr(ray_session, "forget", forget_after_a_signal)
+    code = _stop_within(monkeypatch, tmp_path, KeyboardInterrupt(), _failing_stop)
+    assert code == 130 and forgotten == [tmp_path]
+    assert "so its processes were killed" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is interrupt._on_signal  # noqa: SLF001 - back
+
+
+def test_ctrl_c_while_a_failed_run_stops_is_still_the_failure(monkeypatch, tmp_path, capsys,
+                                                              handlers):
+    """A worker died (no signal), then Ctrl-C while Ray stops: was exit 130 and
+    "interrupted (meanwhile: ...)", as if the signal had caused the failure."""
+    import time
+
+    interrupt.install()
+    cause = interrupt.mark(RunError("call actor_train: the worker of device 1 died "
+                                    "(ActorDiedError)"))
+
+    def slow_stop():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(3)
+
+    code = _stop_within(monkeypatch, tmp_path, cause, slow_stop)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1, err
+    assert err == ["run failed: call actor_train: the worker of device 1 died "
+                   "(ActorDiedError); a signal came while Ray stopped, so its processes "
+                   "were killed; no checkpoint"]
+
+
+def test_held_signals_wait_for_the_end_of_the_block(handlers):
+    """ray.init runs in interrupt.held(): cut short, it left raylet's agents running
+    with no session recorded to find them by."""
+    interrupt.install()
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupt.held() as asked:
+            os.kill(os.getpid(), signal.SIGINT)
+            signal.sigtimedwait([], 0.5)
+            steps.append(asked.is_set())
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as ray.init sets its own
+            steps.append("recorded")
+    assert steps == [True, "recorded"] and interrupt.received()
+    assert signal.getsignal(signal.SIGTERM) is interrupt._on_signal  # noqa: SLF001
+    assert signal.getsignal(signal.SIGINT) is interrupt._on_signal  # noqa: SLF001
+
+
+def _stop_said(cause, stop):
+    from runtime.run import _stop_said
+
+    with pytest.raises(BaseException) as said:
+        _stop_said(stop, cause)
+    return said.value
+
+
+def _ray_error_stop():
+    import ray
+
+    raise ray.exceptions.RaySystemError("the GCS is gone\ntraceback ...")
+
+
+def test_a_failing_stop_after_a_finished_run_is_one_line():
+    """Was: a Ray error of stop_workers after a run that finished, or of a run that
+    joined a cluster with --address, was a traceback."""
+    err = _stop_said(None, _ray_error_stop)
+    assert isinstance(err, RunError) and "\n" not in str(err)
+    assert str(err) == "the run finished, but stopping its workers failed: System error: " \
+                       "the GCS is gone"
+
+
+def test_a_failing_stop_after_a_failed_run_keeps_its_cause(handlers):
+    """--address: the run's own failure was replaced by the shutdown's error."""
+    cause = interrupt.mark(RunError("call ref_inf: the worker of device 2 died"))
+    err = _stop_said(cause, _ray_error_stop)
+    assert str(err) == ("call ref_inf: the worker of device 2 died; stopping its workers "
+                        "then failed too: System error: the GCS is gone")
+
+    def interrupted_stop():
+        raise KeyboardInterrupt
+
+    interrupt._received.set()  # noqa: SLF001 - the Ctrl-C came after the failure
+    err = _stop_said(cause, interrupted_stop)
+    assert isinstance(err, RunError) and not interrupt.after_signal(err)
+    assert str(err).endswith("; interrupted while its workers stopped")
+    assert isinstance(_stop_said(None, interrupted_stop), KeyboardInterrupt)
+    # an interrupt in flight stays the interrupt: the stop's error is not said over it
+    from runtime.run import _stop_said as stop_said
+    stop_said(_ray_error_stop, KeyboardInterrupt())

@@ -630,3 +630,63 @@ def test_compare_run_refuses_bad_metrics_and_runs_recorded_unlike(capsys, tmp_pa
     assert capsys.readouterr().err.strip() == (
         f"error: {run}: no trace.json or spec.json, while {traced} has them (pool runs "
         "recorded alike)")
+
+
+def _raylet_session_dir(pid: int) -> str | None:
+    """The Ray session directory of a raylet that `pid` started, once one runs."""
+    import re
+    from pathlib import Path
+
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or \
+                    int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) != pid:
+                continue
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        found = re.search(r"(/[^\s\x00=]*/session_[^/\s\x00]+)/", cmdline)
+        if "raylet" in cmdline and found:
+            return found.group(1)
+    return None
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_ray_starts_leaves_nothing_running(tmp_path, signame):
+    """Ctrl-C or SIGTERM while ray.init runs (its raylet up, the agents starting): ray.init
+    was cut short (SIGTERM: by Ray's own handler, exit 15) and left raylet's
+    DashboardAgent and RuntimeEnvAgent running, with no session recorded to find them
+    by. Now the signal waits until Ray is up and recorded: an interrupt, exit 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from runtime.ray_session import session_processes
+
+    plan = colocated_tiny_ppo(tmp_path)
+    run = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", str(plan),
+                             "--run-dir", str(run), "--iterations", "500"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, session_dir = time.time() + 120, None
+    while time.time() < deadline and proc.poll() is None and session_dir is None:
+        session_dir = _raylet_session_dir(proc.pid)
+        time.sleep(0.02)
+    assert session_dir is not None, "no raylet started"
+    time.sleep(0.3)  # raylet starts its agents
+    assert not (run / "ray_session.json").exists()  # still in ray.init
+    proc.send_signal(getattr(signal, signame))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("interrupted"), err[-2000:]
+    assert not (run / "ray_session.json").exists()
+    left = session_processes(session_dir)
+    for _ in range(20):  # they may take a moment to be gone from /proc
+        if not left:
+            break
+        time.sleep(0.25)
+        left = session_processes(session_dir)
+    assert left == [], left
