@@ -65,8 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM ends the run like Ctrl-C does: run_plan's `finally` stops the workers and
     # the Ray instance it started (SIGKILL cannot be caught: see runtime/ray_session.py).
     interrupt.install()
-    from runtime.controller import RunError
-    from runtime.run import DRIVER_NICENESS, resume_hint, run_plan
+    try:  # torch and Ray load here (1-2 s): a signal meanwhile is an interrupt too
+        from runtime.controller import RunError
+        from runtime.run import DRIVER_NICENESS, resume_hint, run_plan
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted (nothing had started)\n")
+        return 130
 
     try:
         summary = run_plan(args.plan, spec_path=args.spec, iterations=args.iterations,

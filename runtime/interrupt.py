@@ -10,6 +10,8 @@ signal stays a failure, whatever comes while Ray stops (`mark`, `after_signal`).
 from __future__ import annotations
 
 import contextlib
+import os
+import select
 import signal
 import threading
 
@@ -47,29 +49,68 @@ def after_signal(err: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def held(*, raise_after: bool = True):
+def held(*, raise_after: bool = True, stuck_s: float | None = None, on_stuck=None):
     """SIGTERM and SIGINT in the block are noted, not raised: the block is not cut at a
     point it cannot clean up from (Ray half started, Ray's processes half killed). Yields
-    an Event set by such a signal; with `raise_after` the block's end raises
-    KeyboardInterrupt for it. The handlers before the block come back at its end (also
-    over any the block installed: ray.init sets its own SIGTERM handler)."""
+    an Event set by such a signal. With `raise_after`, KeyboardInterrupt is raised for
+    it at the block's end, and also in place of what the block raised after it (a Ray
+    start failing because the same signal ended Ray's head). `on_stuck()` runs (in
+    another thread; it should end the process) if the block still runs `stuck_s` after
+    such a signal. The handlers before the block come back at its end (also over any
+    the block installed: ray.init sets its own SIGTERM handler)."""
     asked = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield asked  # signals go to the main thread only
         return
+    ended = threading.Event()
 
     def note(signum, frame) -> None:
         _received.set()
         asked.set()
 
+    # A Python handler runs only when the main thread runs Python again, and ray.init
+    # may sit in C++ for a minute: the stuck watch wakes on the C-level wakeup fd.
+    before_fd = _watch(ended, stuck_s, on_stuck) if on_stuck is not None else None
     before = {sig: signal.getsignal(sig) for sig in SIGNALS}
     for sig in SIGNALS:
         signal.signal(sig, note)
     try:
         yield asked
+    except Exception:
+        if raise_after and asked.is_set():
+            raise KeyboardInterrupt from None
+        raise
     finally:
+        if before_fd is not None:
+            signal.set_wakeup_fd(before_fd)
+        ended.set()  # the watch ends, and closes its pipe
         for sig, handler in before.items():
-            if handler is not None:  # None: set outside Python, cannot be put back
-                signal.signal(sig, handler)
+            # None: set outside Python; the default is what it most likely was
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
     if raise_after and asked.is_set():
         raise KeyboardInterrupt
+
+
+def _watch(ended: threading.Event, stuck_s: float, on_stuck) -> int:
+    """Run `on_stuck()` if `ended` is not set `stuck_s` after SIGTERM or SIGINT; the
+    wakeup fd before, for the block's end to restore."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    os.set_blocking(write_fd, False)
+    before_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    numbers = {int(sig) for sig in SIGNALS}
+
+    def watch() -> None:
+        try:
+            while not ended.is_set():
+                if select.select([read_fd], [], [], 0.1)[0] and \
+                        numbers & set(os.read(read_fd, 512)):  # a byte per signal
+                    if not ended.wait(stuck_s):
+                        on_stuck()
+                    return
+        finally:
+            os.close(read_fd)
+            os.close(write_fd)
+
+    threading.Thread(target=watch, name="signal-watch", daemon=True).start()
+    return before_fd

@@ -26,11 +26,19 @@ class LaunchError(UserError):
     pass
 
 
+# A healthy local ray.init takes 2-4 s on the 2-core VM: one still running this long
+# after a signal is waiting for a head that the signal ended.
+STUCK_START_S = 5.0
+
+
 def start_workers(plan: ExecutionPlan, *, address: str | None, on_gpu: bool,
-                  num_threads: int = 1, log_to_driver: bool = False, on_local_ray=None):
+                  num_threads: int = 1, log_to_driver: bool = False, on_local_ray=None,
+                  on_stuck_start=None):
     """`on_gpu`: the kind of the cluster's hardware profile (a measured CPU profile is
     a .json path too, so the hardware name alone does not say). `on_local_ray()` runs
-    as soon as a local Ray instance this call started is up (to record it)."""
+    as soon as a local Ray instance this call started is up (to record it);
+    `on_stuck_start()` if Ray is not up STUCK_START_S after a signal (it ends the
+    process: ray_session.abandon_start)."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -46,8 +54,11 @@ def start_workers(plan: ExecutionPlan, *, address: str | None, on_gpu: bool,
         # A signal during ray.init is held until the instance is up and recorded: cut
         # short, ray.init left raylet's agents running with no session recorded to find
         # them by. The caller's handlers (runtime run: an interrupt, so its `finally`
-        # cleans up) come back as the block ends, before the workers start.
-        with interrupt.held(), _ray_init_keeps_sigterm():
+        # cleans up) come back as the block ends, before the workers start. Ray's head
+        # may be dying of the same signal (sent to the whole process group), and then
+        # ray.init waits 30-60 s: given up STUCK_START_S after the signal.
+        with interrupt.held(stuck_s=STUCK_START_S, on_stuck=on_stuck_start), \
+                _ray_init_keeps_sigterm():
             if address:  # runtime/ray_address.py checked it; Ray may still refuse it
                 try:
                     ray.init(address=address, runtime_env=env, log_to_driver=log_to_driver)

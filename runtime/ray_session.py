@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -63,8 +64,14 @@ def record(run_dir: Path) -> None:
 STOP_S = 10.0
 
 
+# How long a finished run's Ray shutdown may take (its workers' graceful shutdown waits
+# up to 30 s) before it is a failure and Ray's processes are killed.
+FINISHED_STOP_S = 45.0
+
+
 def stop_within(stop, run_dir: Path, cause: BaseException | None, *,
-                hint: str = "", timeout_s: float = STOP_S) -> None:
+                hint: str = "", timeout_s: float = STOP_S,
+                asked: threading.Event | None = None) -> None:
     """Run `stop()` (the driver's Ray shutdown) but give up after `timeout_s`: a signal to
     the driver's whole process group (`timeout`, a batch scheduler's cancel) reaches
     Ray's own processes too, which block SIGINT but not SIGTERM, and from then on a Ray
@@ -72,16 +79,17 @@ def stop_within(stop, run_dir: Path, cause: BaseException | None, *,
     the session's processes are killed, the session forgotten, and this process ends
     at once with one line (ending with `hint`: what is left to resume from): exit 130
     for an interrupt, 1 for a failure (`cause` is marked by runtime/interrupt.py: a
-    failure said before any signal stays one). A signal while waiting kills at once,
-    and none cuts the kill short. A `stop()` that fails kills them too: its error never
-    hides `cause`. Only for a Ray instance this run started itself (never a cluster it
-    joined)."""
+    failure said before any signal stays one). `cause` None: the run finished. A
+    signal while waiting (or one noted in `asked` by the caller's interrupt.held)
+    kills at once, and none cuts the kill short. A `stop()` that fails kills them too:
+    its error never hides `cause`. Only for a Ray instance this run started itself
+    (never a cluster it joined)."""
     done = threading.Event()
     failure: list[BaseException] = []
     # Said before any signal of this shutdown: a failure stays a failure (exit 1) even
     # if Ctrl-C comes while Ray stops.
-    interrupted = (isinstance(cause, KeyboardInterrupt) or interrupt.after_signal(cause)
-                   if cause is not None else interrupt.received())
+    interrupted = cause is not None and (isinstance(cause, KeyboardInterrupt)
+                                         or interrupt.after_signal(cause))
 
     def run() -> None:
         try:
@@ -93,18 +101,23 @@ def stop_within(stop, run_dir: Path, cause: BaseException | None, *,
 
     # No signal may cut this short from here on (it would skip the kill, or leave the
     # session file): one while waiting is noted and kills at once.
-    with interrupt.held(raise_after=False) as asked:
+    with interrupt.held(raise_after=False) as mine:
+        def signalled() -> bool:
+            return mine.is_set() or (asked is not None and asked.is_set())
+
         threading.Thread(target=run, name="ray-stop", daemon=True).start()
         deadline = time.monotonic() + timeout_s
-        while not done.wait(0.05) and not asked.is_set() and time.monotonic() < deadline:
+        while not done.wait(0.05) and not signalled() and time.monotonic() < deadline:
             pass
         if done.is_set():
             if not failure:
                 return
             why = f"Ray's shutdown failed ({_one_line(failure[0])}), so its processes were killed"
-        elif asked.is_set():  # asked (again): stop now
+        elif signalled():  # asked (again): stop now
             why = ("interrupted again" if interrupted else "a signal came") \
                 + " while Ray stopped, so its processes were killed"
+        elif cause is None:
+            why = f"Ray did not stop within {timeout_s:.0f} s, so its processes were killed"
         else:
             why = f"Ray did not stop within {timeout_s:.0f} s (a signal to the whole process " \
                   "group reaches its processes too), so they were killed"
@@ -114,14 +127,91 @@ def stop_within(stop, run_dir: Path, cause: BaseException | None, *,
         if node is not None:
             _terminate(session_processes(node.get_session_dir_path()))
         forget(run_dir)
-        if isinstance(cause, KeyboardInterrupt) or cause is None:
-            what = "interrupted" if interrupted else "run failed"
+        if cause is None:
+            what = "the run finished"
+        elif isinstance(cause, KeyboardInterrupt):
+            what = "interrupted"
         else:
             what = (f"interrupted (meanwhile: {_one_line(cause)})" if interrupted
                     else f"run failed: {_one_line(cause)}")
         sys.stderr.write(f"{what}; {why}" + (f"; {hint}" if hint else "") + "\n")
         sys.stderr.flush()
-        os._exit(130 if interrupted else 1)
+        # A finished run whose stop was interrupted: the interrupt's status.
+        os._exit(130 if interrupted or (cause is None and signalled()) else 1)
+
+
+def abandon_start(run_dir: Path, hint: str, stuck_s: float) -> None:
+    """A signal came while Ray started, and Ray was not up `stuck_s` later: a signal to
+    the whole process group ends Ray's head as it starts, and ray.init then waits 30-60
+    s for it and fails with a traceback. Kill the Ray processes this driver started
+    (its descendants, and what holds files of their sessions: raylet's agents outlive
+    it) and end at once with one line, exit 130. Runs in a timer thread."""
+    for _ in range(2):  # what a dying raylet started while the first round was killed
+        pids = set(_descendants(os.getpid()))
+        # the same signal may have ended gcs_server and raylet: their agents outlive them
+        sessions = ({_session_dir(pid) for pid in pids} - {None}) | set(_own_sessions())
+        for session_dir in sessions:
+            pids |= set(session_processes(session_dir))
+        _terminate(sorted(pids))
+    forget(run_dir)
+    sys.stderr.write(f"interrupted; Ray was starting and was not up {stuck_s:.0f} s after the "
+                     "signal, so its processes were killed" + (f"; {hint}" if hint else "")
+                     + "\n")
+    sys.stderr.flush()
+    os._exit(130)
+
+
+def _own_sessions() -> list[str]:
+    """Ray session directories this process created: Ray names them
+    session_<date>_<time>_<microseconds>_<pid of the driver>, made after it started."""
+    try:
+        from ray._common.utils import get_default_ray_temp_dir
+        root = Path(get_default_ray_temp_dir())
+    except ImportError:  # another Ray: its default
+        root = Path("/tmp/ray")
+    boot_s = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+    started_s = boot_s + (_start_time(os.getpid()) or 0) / os.sysconf("SC_CLK_TCK")
+    out = []
+    for path in root.glob(f"session_*_{os.getpid()}"):
+        try:
+            if path.is_dir() and path.stat().st_mtime >= started_s - 1:
+                out.append(str(path))
+        except OSError:
+            continue
+    return out
+
+
+def _descendants(root: int) -> list[int]:
+    """Live processes below `root` (children, their children, ...)."""
+    parent = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                parent[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    out, todo = [], [root]
+    while todo:
+        below = todo.pop()
+        kids = [pid for pid, ppid in parent.items() if ppid == below]
+        out += kids
+        todo += kids
+    return out
+
+
+_SESSION_ARG = re.compile(r"(/[^\s\x00=]*/session_[^/\s\x00]+)/")
+
+
+def _session_dir(pid: int) -> str | None:
+    """The Ray session directory a Ray process names on its command line (gcs_server's
+    and raylet's --log_dir and sockets are under it)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return None
+    found = _SESSION_ARG.search(cmdline)
+    return found.group(1) if found else None
 
 
 def _one_line(err: BaseException) -> str:

@@ -210,7 +210,7 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
 
     import ray
 
-    from runtime.launcher import start_workers, stop_workers, worker_nodes
+    from runtime.launcher import STUCK_START_S, start_workers, stop_workers, worker_nodes
 
     started_ray = not ray.is_initialized()
     workers, groups, vllm_engines, placement = [], [], [], []
@@ -221,7 +221,9 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
     try:
         with console.status(f"starting {plan.cluster.num_devices} workers"):
             workers, groups = start_workers(plan, address=address, on_gpu=on_gpu,
-                                            on_local_ray=lambda: ray_session.record(out))
+                                            on_local_ray=lambda: ray_session.record(out),
+                                            on_stuck_start=lambda: ray_session.abandon_start(
+                                                out, resume_hint(out), STUCK_START_S))
             placement = worker_nodes(workers)
             if driver_niceness > 0:  # after Ray's own threads started: they keep theirs
                 os.nice(driver_niceness)
@@ -269,31 +271,37 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
     except (RunError, ray.exceptions.RayError) as err:  # a lost object too, not only a worker
         raise interrupt.mark(_name_lost_node(err, placement)) from None
     finally:
-        try:
-            if failed and ctl is not None:  # checkpoints finished before the failure
-                events.extend(ctl.take_events())
-            if failed and events:  # what ran before the failure; that error is the one said
-                with contextlib.suppress(OSError):
-                    flush_trace()
-        finally:
-            def stop_ray() -> None:
-                try:
-                    for h in vllm_engines:
-                        ray.kill(h)
-                    if workers:
-                        stop_workers(workers, groups, graceful=not failed)
-                finally:
-                    if started_ray:
-                        ray.shutdown()
-                        ray_session.forget(out)
+        cause = sys.exc_info()[1]
+        # From here on a signal is noted, not raised: cut short, this cleanup would leave
+        # Ray's processes and ray_session.json behind. One noted kills Ray at once.
+        with interrupt.held(raise_after=False) as asked:
+            try:
+                if failed and ctl is not None:  # checkpoints finished before the failure
+                    events.extend(ctl.take_events())
+                if failed and events:  # what ran before the failure; that error is the one said
+                    with contextlib.suppress(OSError):
+                        flush_trace()
+            finally:
+                def stop_ray() -> None:
+                    try:
+                        for h in vllm_engines:
+                            ray.kill(h)
+                        if workers:
+                            stop_workers(workers, groups, graceful=not failed)
+                    finally:
+                        if started_ray:
+                            ray.shutdown()
+                            ray_session.forget(out)
 
-            # Only a Ray instance this run started itself is ever killed: never a cluster
-            # joined with --address (its processes, and other jobs, are not ours).
-            if not (failed and started_ray and address is None):
-                _stop_said(stop_ray, sys.exc_info()[1])
-            else:  # Ray itself may be going down (below): bounded
-                ray_session.stop_within(stop_ray, out, sys.exc_info()[1],
-                                        hint=resume_hint(out))
+                # Only a Ray instance this run started itself is ever killed: never a
+                # cluster joined with --address (its processes, and other jobs, are not ours).
+                if started_ray and address is None:  # Ray may be going down: bounded
+                    ray_session.stop_within(
+                        stop_ray, out, cause, asked=asked,
+                        hint=resume_hint(out) if failed else "",
+                        timeout_s=ray_session.STOP_S if failed else ray_session.FINISHED_STOP_S)
+                else:  # held: a joined cluster's stop is bounded by stop_workers' own 30 s
+                    _stop_said(stop_ray, cause)
     return RunSummary(Path(run_dir), history, total - start_it)
 
 
@@ -333,10 +341,6 @@ def _stop_said(stop, cause: BaseException | None) -> None:
         if isinstance(cause, RunError):
             raise _also(cause, f"stopping its workers then failed too: {first_line(err)}")
         # an interrupt or a bad input in flight: that is what is said
-    except KeyboardInterrupt:
-        if isinstance(cause, RunError):  # the failure came first: still a failure
-            raise _also(cause, "interrupted while its workers stopped")
-        raise
 
 
 def _also(cause: RunError, more: str) -> RunError:

@@ -198,14 +198,107 @@ def test_a_failing_stop_after_a_failed_run_keeps_its_cause(handlers):
     assert str(err) == ("call ref_inf: the worker of device 2 died; stopping its workers "
                         "then failed too: System error: the GCS is gone")
 
-    def interrupted_stop():
-        raise KeyboardInterrupt
-
-    interrupt._received.set()  # noqa: SLF001 - the Ctrl-C came after the failure
-    err = _stop_said(cause, interrupted_stop)
-    assert isinstance(err, RunError) and not interrupt.after_signal(err)
-    assert str(err).endswith("; interrupted while its workers stopped")
-    assert isinstance(_stop_said(None, interrupted_stop), KeyboardInterrupt)
     # an interrupt in flight stays the interrupt: the stop's error is not said over it
     from runtime.run import _stop_said as stop_said
     stop_said(_ray_error_stop, KeyboardInterrupt())
+
+
+def test_a_block_failing_after_a_held_signal_is_the_interrupt(handlers):
+    """A group SIGTERM ends Ray's head as ray.init starts it: ray.init's own failure is
+    the signal's consequence (was: a traceback and exit 1)."""
+    interrupt.install()
+    with pytest.raises(KeyboardInterrupt):
+        with interrupt.held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.sigtimedwait([], 0.5)
+            raise RuntimeError("Timed out waiting for file .../gcs_server_port_...")
+    with pytest.raises(RuntimeError):  # no signal: the failure itself
+        with interrupt.held():
+            raise RuntimeError("the GCS did not start")
+
+
+def test_a_block_still_running_after_a_signal_calls_on_stuck(handlers):
+    """The stuck watch wakes on the C-level wakeup fd (ray.init may sit in C++ while Ray's
+    head, ended by the same signal, never comes)."""
+    import threading
+    import time
+
+    interrupt.install()
+    stuck = threading.Event()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        with interrupt.held(stuck_s=0.3, on_stuck=stuck.set):
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stuck.wait(5), "on_stuck never ran"
+    assert time.monotonic() - t0 >= 0.3
+    quick = threading.Event()
+    with pytest.raises(KeyboardInterrupt):  # the block ends in time: on_stuck never runs
+        with interrupt.held(stuck_s=0.5, on_stuck=quick.set):
+            os.kill(os.getpid(), signal.SIGINT)
+            signal.sigtimedwait([], 0.1)
+    time.sleep(0.7)
+    assert not quick.is_set()
+    assert signal.set_wakeup_fd(-1) == -1  # the watch's fd was handed back
+
+
+def test_a_signal_while_a_finished_run_stops(monkeypatch, tmp_path, capsys, handlers):
+    """Was: the finished run's stop ran unguarded; a Ctrl-C in it left ray_session.json
+    and said `--resume continues from ...` of a run with nothing left to run."""
+    import threading
+    import time
+
+    asked = threading.Event()
+    asked.set()  # noted by run_plan's interrupt.held before the stop began
+
+    def fake_exit(code):
+        raise SystemExit(code)
+
+    monkeypatch.setattr(ray_session.os, "_exit", fake_exit)
+    with pytest.raises(SystemExit) as ended:
+        ray_session.stop_within(lambda: time.sleep(3), tmp_path, None, asked=asked)
+    assert ended.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "the run finished; a signal came while Ray stopped, so its processes were killed"]
+
+
+def test_abandon_start_kills_what_the_driver_started(monkeypatch, tmp_path, capsys):
+    """Ray was not up 5 s after the signal: its processes (the driver's descendants) are
+    killed and the driver ends at once, exit 130, one line."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    (tmp_path / ray_session.SESSION_FILE).write_text("{}")
+
+    def fake_exit(code):
+        raise SystemExit(code)
+
+    monkeypatch.setattr(ray_session.os, "_exit", fake_exit)
+    with pytest.raises(SystemExit) as ended:
+        ray_session.abandon_start(tmp_path, "no checkpoint", 5.0)
+    assert ended.value.code == 130
+    assert child.wait(timeout=5) is not None  # killed
+    assert not (tmp_path / ray_session.SESSION_FILE).exists()
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "interrupted; Ray was starting and was not up 5 s after the signal, so its "
+        "processes were killed; no checkpoint"]
+
+
+def test_a_signal_while_torch_and_ray_load_is_an_interrupt(monkeypatch, tmp_path, capsys,
+                                                           handlers):
+    """`runtime run` imports torch and Ray after it installs its handlers (1-2 s): a
+    signal then was a 30-line traceback (exit -2)."""
+    import sys
+
+    from runtime import cli
+
+    class Interrupted:  # a meta path finder: the import of runtime.run is interrupted
+        def find_spec(self, name, path=None, target=None):
+            if name == "runtime.run":
+                raise KeyboardInterrupt
+
+    monkeypatch.delitem(sys.modules, "runtime.run", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Interrupted(), *sys.meta_path])
+    code = cli.main(["run", str(tmp_path / "plan.json"), "--run-dir", str(tmp_path / "run")])
+    assert code == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["interrupted (nothing had started)"]
