@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                            address=args.address, save_every=args.save_every,
                            keep_checkpoints=args.keep_checkpoints,
                            driver_niceness=DRIVER_NICENESS,
-                           overlap=not args.no_overlap)
+                           overlap=not args.no_overlap, own_process=True)
     except UserError as err:
         sys.stderr.write(f"{err}\n")
         return 2

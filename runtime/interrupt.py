@@ -48,6 +48,42 @@ def after_signal(err: BaseException) -> bool:
     return getattr(err, "after_signal", received())
 
 
+def reassert() -> None:
+    """Install again the handlers Python believes are installed: Ray's shutdown puts
+    SIGTERM back to the system default below Python (getsignal still names Python's
+    handler), and a SIGTERM then ends the process at once (exit -15, nothing cleaned
+    up). Main thread only; a no-op elsewhere."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in SIGNALS:
+            handler = signal.getsignal(sig)
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
+def guarded(fn, poll_s: float = 0.02):
+    """`fn()` (Ray's shutdown) in another thread while this one keeps the signal handlers
+    installed (`reassert` every `poll_s`); what `fn` returned, or its error."""
+    done = threading.Event()
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, fn()))
+        except BaseException as err:  # noqa: BLE001 - raised again below, in this thread
+            outcome.append((False, err))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="guarded", daemon=True).start()
+    while not done.wait(poll_s):
+        reassert()
+    reassert()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
 @contextlib.contextmanager
 def held(*, raise_after: bool = True, stuck_s: float | None = None, on_stuck=None):
     """SIGTERM and SIGINT in the block are noted, not raised: the block is not cut at a
@@ -109,6 +145,7 @@ def _watch(ended: threading.Event, stuck_s: float, on_stuck) -> int:
                         on_stuck()
                     return
         finally:
+            ended.wait()  # write_fd is the wakeup fd until the block's end
             os.close(read_fd)
             os.close(write_fd)
 

@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 from planner.errors import UserError
@@ -90,6 +91,10 @@ def stop_within(stop, run_dir: Path, cause: BaseException | None, *,
     # if Ctrl-C comes while Ray stops.
     interrupted = cause is not None and (isinstance(cause, KeyboardInterrupt)
                                          or interrupt.after_signal(cause))
+    import ray
+
+    node = ray._private.worker._global_node  # noqa: SLF001 - the session dir has no public API
+    session_dir = node.get_session_dir_path() if node is not None else None
 
     def run() -> None:
         try:
@@ -107,10 +112,16 @@ def stop_within(stop, run_dir: Path, cause: BaseException | None, *,
 
         threading.Thread(target=run, name="ray-stop", daemon=True).start()
         deadline = time.monotonic() + timeout_s
-        while not done.wait(0.05) and not signalled() and time.monotonic() < deadline:
-            pass
+        # Ray's shutdown resets SIGTERM below Python: installed again every 20 ms
+        while not done.wait(0.02) and not signalled() and time.monotonic() < deadline:
+            interrupt.reassert()
+        interrupt.reassert()
         if done.is_set():
             if not failure:
+                # Ray's shutdown may leave some behind (seen: workers after a SIGTERM to
+                # the whole group, re-parented to init)
+                if session_dir is not None:
+                    _terminate(session_processes(session_dir))
                 return
             why = f"Ray's shutdown failed ({_one_line(failure[0])}), so its processes were killed"
         elif signalled():  # asked (again): stop now
@@ -121,11 +132,13 @@ def stop_within(stop, run_dir: Path, cause: BaseException | None, *,
         else:
             why = f"Ray did not stop within {timeout_s:.0f} s (a signal to the whole process " \
                   "group reaches its processes too), so they were killed"
-        import ray
-
-        node = ray._private.worker._global_node  # noqa: SLF001 - the session dir has no public API
-        if node is not None:
-            _terminate(session_processes(node.get_session_dir_path()))
+        # Ending anyway: signals are ignored from here, again every 50 ms while Ray's
+        # shutdown (still running in its thread) may reset them below Python
+        if threading.current_thread() is threading.main_thread():
+            for sig in interrupt.SIGNALS:
+                signal.signal(sig, signal.SIG_IGN)
+        if session_dir is not None:
+            _terminate(session_processes(session_dir), between=interrupt.reassert)
         forget(run_dir)
         if cause is None:
             what = "the run finished"
@@ -140,19 +153,17 @@ def stop_within(stop, run_dir: Path, cause: BaseException | None, *,
         os._exit(130 if interrupted or (cause is None and signalled()) else 1)
 
 
-def abandon_start(run_dir: Path, hint: str, stuck_s: float) -> None:
+def abandon_start(run_dir: Path, hint: str, stuck_s: float, since_s: float) -> None:
     """A signal came while Ray started, and Ray was not up `stuck_s` later: a signal to
     the whole process group ends Ray's head as it starts, and ray.init then waits 30-60
-    s for it and fails with a traceback. Kill the Ray processes this driver started
-    (its descendants, and what holds files of their sessions: raylet's agents outlive
-    it) and end at once with one line, exit 130. Runs in a timer thread."""
+    s for it and fails with a traceback. Kill the processes of the Ray session this
+    driver started (named by its child processes, or by this pid and a start after
+    `since_s`, epoch seconds: raylet's agents outlive raylet) and end at once with one
+    line, exit 130. Runs in a timer thread; only for `runtime run`'s own process."""
     for _ in range(2):  # what a dying raylet started while the first round was killed
-        pids = set(_descendants(os.getpid()))
-        # the same signal may have ended gcs_server and raylet: their agents outlive them
-        sessions = ({_session_dir(pid) for pid in pids} - {None}) | set(_own_sessions())
-        for session_dir in sessions:
-            pids |= set(session_processes(session_dir))
-        _terminate(sorted(pids))
+        sessions = {_session_dir(pid) for pid in _descendants(os.getpid())} - {None}
+        sessions |= set(_own_sessions(since_s))
+        _terminate(sorted({pid for d in sessions for pid in session_processes(d)}))
     forget(run_dir)
     sys.stderr.write(f"interrupted; Ray was starting and was not up {stuck_s:.0f} s after the "
                      "signal, so its processes were killed" + (f"; {hint}" if hint else "")
@@ -161,23 +172,23 @@ def abandon_start(run_dir: Path, hint: str, stuck_s: float) -> None:
     os._exit(130)
 
 
-def _own_sessions() -> list[str]:
-    """Ray session directories this process created: Ray names them
-    session_<date>_<time>_<microseconds>_<pid of the driver>, made after it started."""
+def _own_sessions(since_s: float) -> list[str]:
+    """Ray session directories this process started after `since_s`: Ray names them
+    session_<local date>_<time>_<microseconds>_<pid of the driver>."""
     try:
         from ray._common.utils import get_default_ray_temp_dir
         root = Path(get_default_ray_temp_dir())
     except ImportError:  # another Ray: its default
         root = Path("/tmp/ray")
-    boot_s = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
-    started_s = boot_s + (_start_time(os.getpid()) or 0) / os.sysconf("SC_CLK_TCK")
     out = []
     for path in root.glob(f"session_*_{os.getpid()}"):
         try:
-            if path.is_dir() and path.stat().st_mtime >= started_s - 1:
-                out.append(str(path))
-        except OSError:
+            started = datetime.strptime(path.name[len("session_"):].rsplit("_", 1)[0],
+                                        "%Y-%m-%d_%H-%M-%S_%f").timestamp()
+        except ValueError:
             continue
+        if started >= since_s - 1 and path.is_dir():
+            out.append(str(path))
     return out
 
 
@@ -246,8 +257,9 @@ def session_processes(session_dir: str) -> list[int]:
     return sorted(out)
 
 
-def _terminate(pids: list[int], grace_s: float = 1.0) -> None:
-    """SIGTERM, then SIGKILL what is still alive after `grace_s` (Ray's agents ignore TERM)."""
+def _terminate(pids: list[int], grace_s: float = 1.0, between=lambda: None) -> None:
+    """SIGTERM, then SIGKILL what is still alive after `grace_s` (Ray's agents ignore TERM);
+    `between()` runs every 50 ms of the wait."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
             try:
@@ -259,6 +271,7 @@ def _terminate(pids: list[int], grace_s: float = 1.0) -> None:
             pids = [p for p in pids if _start_time(p) is not None]
             if not pids:
                 return
+            between()
             time.sleep(0.05)
 
 

@@ -133,8 +133,10 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
              keep_checkpoints: int = 3,
              driver_niceness: int = 0,
              console: Console | None = None, on_submit=None,
-             overlap: bool = True) -> RunSummary:
-    """`overlap=False` runs one iteration after the other (the same results; the
+             overlap: bool = True, own_process: bool = False) -> RunSummary:
+    """`own_process`: the process is this run's alone (`runtime run`): a Ray start
+    still stuck 5 s after a signal kills that Ray session and ends the process (a
+    library caller's process is never ended). `overlap=False` runs one iteration after the other (the same results; the
     plan's steady state overlaps them). `save_every` N checkpoints every N iterations
     besides the last (None: the last only; the plan's estimate leaves checkpoint
     writes out, so a run that saves more often is slower than it by their time).
@@ -218,12 +220,14 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
     t0 = time.time()
     failed = True
     ctl = None
+    # Ends the process: only `runtime run`'s own.
+    stuck_start = ((lambda: ray_session.abandon_start(out, resume_hint(out), STUCK_START_S, t0))
+                   if own_process else None)
     try:
         with console.status(f"starting {plan.cluster.num_devices} workers"):
             workers, groups = start_workers(plan, address=address, on_gpu=on_gpu,
                                             on_local_ray=lambda: ray_session.record(out),
-                                            on_stuck_start=lambda: ray_session.abandon_start(
-                                                out, resume_hint(out), STUCK_START_S))
+                                            on_stuck_start=stuck_start)
             placement = worker_nodes(workers)
             if driver_niceness > 0:  # after Ray's own threads started: they keep theirs
                 os.nice(driver_niceness)
@@ -333,7 +337,7 @@ def _stop_said(stop, cause: BaseException | None) -> None:
     """Stop the workers of a run that finished (`cause` None) or that joined a cluster
     with --address; what fails is one line, and never hides the run's own `cause`."""
     try:
-        stop()
+        interrupt.guarded(stop)  # Ray's shutdown resets SIGTERM below Python
     except Exception as err:  # noqa: BLE001 - Ray's errors have no common base
         if cause is None:
             raise interrupt.mark(RunError(f"the run finished, but stopping its workers "

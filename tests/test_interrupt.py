@@ -261,27 +261,88 @@ def test_a_signal_while_a_finished_run_stops(monkeypatch, tmp_path, capsys, hand
         "the run finished; a signal came while Ray stopped, so its processes were killed"]
 
 
-def test_abandon_start_kills_what_the_driver_started(monkeypatch, tmp_path, capsys):
-    """Ray was not up 5 s after the signal: its processes (the driver's descendants) are
-    killed and the driver ends at once, exit 130, one line."""
+def test_abandon_start_kills_the_session_the_driver_started(monkeypatch, tmp_path, capsys):
+    """Ray was not up 5 s after the signal: the processes of the Ray session this driver
+    started (named session_<start>_<pid>) are killed, no other child of the process nor
+    an older session of the same pid, and the driver ends at once, exit 130, one line."""
     import subprocess
     import sys
+    import time
+    from datetime import datetime
 
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    import ray._common.utils
+
+    monkeypatch.setattr(ray._common.utils, "get_default_ray_temp_dir",
+                        lambda: str(tmp_path / "ray"))
+
+    def session(started_s: float):
+        stamp = datetime.fromtimestamp(started_s).strftime("%Y-%m-%d_%H-%M-%S_%f")
+        path = tmp_path / "ray" / f"session_{stamp}_{os.getpid()}"
+        (path / "logs").mkdir(parents=True)
+        return path
+
+    def holding(path):  # a process that holds a file of `path` open, as raylet's agents
+        # (the path in the environment: a child naming a session on its command line
+        # is taken as one of Ray's, as gcs_server and raylet are)
+        return subprocess.Popen([sys.executable, "-c", "import os, time; "
+                                 "f = open(os.environ['LOG'], 'w'); time.sleep(60)"],
+                                env=dict(os.environ, LOG=str(path / "logs" / "agent.log")))
+
+    since_s = time.time()
+    ours, older = session(since_s + 0.5), session(since_s - 3600)
+    agent, other_run, bystander = holding(ours), holding(older), subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"])
+    for proc in (agent, other_run):  # until they hold their files open
+        deadline = time.time() + 10
+        while time.time() < deadline and proc.pid not in ray_session.session_processes(
+                str(ours if proc is agent else older)):
+            time.sleep(0.05)
     (tmp_path / ray_session.SESSION_FILE).write_text("{}")
 
     def fake_exit(code):
         raise SystemExit(code)
 
     monkeypatch.setattr(ray_session.os, "_exit", fake_exit)
-    with pytest.raises(SystemExit) as ended:
-        ray_session.abandon_start(tmp_path, "no checkpoint", 5.0)
-    assert ended.value.code == 130
-    assert child.wait(timeout=5) is not None  # killed
+    try:
+        with pytest.raises(SystemExit) as ended:
+            ray_session.abandon_start(tmp_path, "no checkpoint", 5.0, since_s)
+        assert ended.value.code == 130
+        assert agent.wait(timeout=5) is not None  # killed
+        assert other_run.poll() is None and bystander.poll() is None
+    finally:
+        for proc in (agent, other_run, bystander):
+            proc.kill()
+            proc.wait()
     assert not (tmp_path / ray_session.SESSION_FILE).exists()
     assert capsys.readouterr().err.strip().splitlines() == [
         "interrupted; Ray was starting and was not up 5 s after the signal, so its "
         "processes were killed; no checkpoint"]
+
+
+def test_the_handlers_stay_installed_through_rays_shutdown(handlers):
+    """Ray's shutdown resets SIGTERM to the system default below Python (getsignal still
+    names Python's handler): a SIGTERM then ended a stopping run at once (exit -15,
+    ray_session.json left). A reset of the same kind, done by another thread:"""
+    import ctypes
+    import time
+
+    interrupt.install()
+    libc = ctypes.CDLL(None)
+    libc.signal.restype = ctypes.c_void_p
+    libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+
+    def caught() -> bool:
+        status = open("/proc/self/status").read()
+        mask = int(status.split("SigCgt:")[1].split()[0], 16)
+        return bool(mask >> (int(signal.SIGTERM) - 1) & 1)
+
+    def shutdown_like_ray():
+        libc.signal(int(signal.SIGTERM), 0)  # SIG_DFL, below Python
+        time.sleep(0.3)
+        return caught()
+
+    assert interrupt.guarded(shutdown_like_ray) is True  # installed again meanwhile
+    assert caught()
 
 
 def test_a_signal_while_torch_and_ray_load_is_an_interrupt(monkeypatch, tmp_path, capsys,
