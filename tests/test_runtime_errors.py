@@ -409,13 +409,12 @@ def test_bench_engine_fidelity_bad_flags(capsys, flags, expected):
 
 
 @pytest.mark.multiprocess
-def _cli_run_until(tmp_path, iterations_done: int, **popen):
-    """`runtime run` of a colocated tiny PPO plan for 500 iterations in a subprocess,
-    returned once `iterations_done` iterations are in its metrics (or after 120 s)."""
+def _start_cli_run(tmp_path, **popen):
+    """`runtime run` of a colocated tiny PPO plan for 500 iterations in a subprocess:
+    (the process, its run directory)."""
     import os
     import subprocess
     import sys
-    import time
 
     plan = colocated_tiny_ppo(tmp_path)
     run = tmp_path / "run"
@@ -424,6 +423,15 @@ def _cli_run_until(tmp_path, iterations_done: int, **popen):
                              "--run-dir", str(run), "--iterations", "500"], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             **popen)
+    return proc, run
+
+
+def _cli_run_until(tmp_path, iterations_done: int, **popen):
+    """`_start_cli_run`, returned once `iterations_done` iterations are in its metrics
+    (or after 120 s)."""
+    import time
+
+    proc, run = _start_cli_run(tmp_path, **popen)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         metrics = run / "metrics.jsonl"
@@ -454,18 +462,10 @@ def test_sigterm_while_the_workers_start_is_an_interrupt(tmp_path):
     """Right after ray.init (the session is recorded then), while the workers start:
     Ray's own SIGTERM handler, installed by ray.init, used to be in charge until
     every worker was up (it exits at once with C++ frames)."""
-    import os
     import signal
-    import subprocess
-    import sys
     import time
 
-    plan = colocated_tiny_ppo(tmp_path)
-    run = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", str(plan),
-                             "--run-dir", str(run), "--iterations", "500"], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, run = _start_cli_run(tmp_path)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None \
             and not (run / "ray_session.json").exists():
@@ -663,19 +663,11 @@ def test_a_signal_while_ray_starts_leaves_nothing_running(tmp_path, signame, gro
     after the signal (ray_session.abandon_start)."""
     import os
     import signal
-    import subprocess
-    import sys
     import time
 
     from runtime.ray_session import session_processes
 
-    plan = colocated_tiny_ppo(tmp_path)
-    run = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", str(plan),
-                             "--run-dir", str(run), "--iterations", "500"], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=group)
+    proc, run = _start_cli_run(tmp_path, start_new_session=group)
     deadline, session_dir = time.time() + 120, None
     while time.time() < deadline and proc.poll() is None and session_dir is None:
         session_dir = _raylet_session_dir(proc.pid)
