@@ -60,28 +60,43 @@ def reassert() -> None:
                 signal.signal(sig, handler)
 
 
+class InThread:
+    """`fn()` run in a daemon thread (Ray's shutdown, while the main thread keeps the
+    signal handlers): `done` is set when it ends; `error()` what it raised, if anything;
+    `result()` what it returned, or its error raised again in the caller's thread."""
+
+    def __init__(self, fn, name: str) -> None:
+        self.done = threading.Event()
+        self._outcome: tuple[bool, object] = (True, None)
+        threading.Thread(target=self._run, args=(fn,), name=name, daemon=True).start()
+
+    def _run(self, fn) -> None:
+        try:
+            self._outcome = (True, fn())
+        except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
+            self._outcome = (False, err)
+        finally:
+            self.done.set()
+
+    def error(self) -> BaseException | None:
+        ok, value = self._outcome
+        return None if ok else value
+
+    def result(self):
+        ok, value = self._outcome
+        if not ok:
+            raise value
+        return value
+
+
 def guarded(fn, poll_s: float = 0.02):
     """`fn()` (Ray's shutdown) in another thread while this one keeps the signal handlers
     installed (`reassert` every `poll_s`); what `fn` returned, or its error."""
-    done = threading.Event()
-    outcome: list = []
-
-    def run() -> None:
-        try:
-            outcome.append((True, fn()))
-        except BaseException as err:  # noqa: BLE001 - raised again below, in this thread
-            outcome.append((False, err))
-        finally:
-            done.set()
-
-    threading.Thread(target=run, name="guarded", daemon=True).start()
-    while not done.wait(poll_s):
+    job = InThread(fn, "guarded")
+    while not job.done.wait(poll_s):
         reassert()
     reassert()
-    ok, value = outcome[0]
-    if not ok:
-        raise value
-    return value
+    return job.result()
 
 
 @contextlib.contextmanager

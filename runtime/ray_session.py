@@ -38,14 +38,21 @@ from runtime import interrupt
 SESSION_FILE = "ray_session.json"
 
 
-def _start_time(pid: int) -> int | None:
-    """Process start time in clock ticks since boot (tells a reused pid apart)."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name (field 3 of proc(5) first)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    return int(fields[19]) if fields[0] != "Z" else None  # field 22 of proc(5); Z = zombie
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def _start_time(pid: int) -> int | None:
+    """Process start time in clock ticks since boot (tells a reused pid apart)."""
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] == "Z":  # gone, or a zombie
+        return None
+    return int(fields[19])  # field 22 of proc(5)
 
 
 def record(run_dir: Path) -> None:
@@ -85,8 +92,6 @@ def stop_within(stop, run_dir: Path, cause: BaseException | None, *,
     kills at once, and none cuts the kill short. A `stop()` that fails kills them too:
     its error never hides `cause`. Only for a Ray instance this run started itself
     (never a cluster it joined)."""
-    done = threading.Event()
-    failure: list[BaseException] = []
     # Said before any signal of this shutdown: a failure stays a failure (exit 1) even
     # if Ctrl-C comes while Ray stops.
     interrupted = cause is not None and (isinstance(cause, KeyboardInterrupt)
@@ -96,34 +101,26 @@ def stop_within(stop, run_dir: Path, cause: BaseException | None, *,
     node = ray._private.worker._global_node  # noqa: SLF001 - the session dir has no public API
     session_dir = node.get_session_dir_path() if node is not None else None
 
-    def run() -> None:
-        try:
-            stop()
-        except BaseException as err:  # noqa: BLE001 - said below, as stop() would have
-            failure.append(err)
-        finally:
-            done.set()
-
     # No signal may cut this short from here on (it would skip the kill, or leave the
     # session file): one while waiting is noted and kills at once.
     with interrupt.held(raise_after=False) as mine:
         def signalled() -> bool:
             return mine.is_set() or (asked is not None and asked.is_set())
 
-        threading.Thread(target=run, name="ray-stop", daemon=True).start()
+        job = interrupt.InThread(stop, "ray-stop")  # its error is said below, never raised
         deadline = time.monotonic() + timeout_s
         # Ray's shutdown resets SIGTERM below Python: installed again every 20 ms
-        while not done.wait(0.02) and not signalled() and time.monotonic() < deadline:
+        while not job.done.wait(0.02) and not signalled() and time.monotonic() < deadline:
             interrupt.reassert()
         interrupt.reassert()
-        if done.is_set():
-            if not failure:
+        if job.done.is_set():
+            if job.error() is None:
                 # Ray's shutdown may leave some behind (seen: workers after a SIGTERM to
                 # the whole group, re-parented to init)
                 if session_dir is not None:
                     _terminate(session_processes(session_dir))
                 return
-            why = f"Ray's shutdown failed ({_one_line(failure[0])}), so its processes were killed"
+            why = f"Ray's shutdown failed ({_one_line(job.error())}), so its processes were killed"
         elif signalled():  # asked (again): stop now
             why = ("interrupted again" if interrupted else "a signal came") \
                 + " while Ray stopped, so its processes were killed"
@@ -196,12 +193,9 @@ def _descendants(root: int) -> list[int]:
     """Live processes below `root` (children, their children, ...)."""
     parent = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                parent[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
+        fields = _stat_fields(int(entry.name)) if entry.name.isdigit() else None
+        if fields is not None:
+            parent[int(entry.name)] = int(fields[1])  # field 4 of proc(5): the parent's pid
     out, todo = [], [root]
     while todo:
         below = todo.pop()

@@ -136,8 +136,8 @@ def run_plan(plan_path: str, *, spec_path: str | None = None, iterations: int | 
              overlap: bool = True, own_process: bool = False) -> RunSummary:
     """`own_process`: the process is this run's alone (`runtime run`): a Ray start
     still stuck 5 s after a signal kills that Ray session and ends the process (a
-    library caller's process is never ended). `overlap=False` runs one iteration after the other (the same results; the
-    plan's steady state overlaps them). `save_every` N checkpoints every N iterations
+    library caller's process is never ended). `overlap=False` runs one iteration
+    after the other (the same results; the plan's steady state overlaps them). `save_every` N checkpoints every N iterations
     besides the last (None: the last only; the plan's estimate leaves checkpoint
     writes out, so a run that saves more often is slower than it by their time).
     `driver_niceness` > 0 lowers the priority of the calling thread (the driver's

@@ -634,20 +634,17 @@ def test_compare_run_refuses_bad_metrics_and_runs_recorded_unlike(capsys, tmp_pa
 
 def _raylet_session_dir(pid: int) -> str | None:
     """The Ray session directory of a raylet that `pid` started, once one runs."""
-    import re
     from pathlib import Path
 
-    for entry in Path("/proc").iterdir():
+    from runtime.ray_session import _descendants, _session_dir
+
+    for child in _descendants(pid):
         try:
-            if not entry.name.isdigit() or \
-                    int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) != pid:
-                continue
-            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
-        except (OSError, IndexError, ValueError):
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
             continue
-        found = re.search(r"(/[^\s\x00=]*/session_[^/\s\x00]+)/", cmdline)
-        if "raylet" in cmdline and found:
-            return found.group(1)
+        if "raylet" in cmdline and _session_dir(child) is not None:
+            return _session_dir(child)
     return None
 
 
